@@ -1,0 +1,172 @@
+"""The ``caffe2tf`` command line. Thin by design: parse flags, call the library, print the
+report, map it to an exit code. Any :class:`~caffe2tf.errors.Caffe2TfError` becomes one line
+``file:line:col: error: message`` on stderr and exit code 2 (no traceback).
+
+Heavy modules (TensorFlow above all) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from caffe2tf.errors import Caffe2TfError
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job ran and found a problem (e.g. verification mismatch)
+EXIT_INVALID = 2  # invalid input or untranslatable recipe; nothing was written
+
+
+def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., None]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = command(*args, **kwargs)
+        except Caffe2TfError as err:
+            click.echo(f"{err.location}: error: {err.message}" if err.location
+                       else f"caffe2tf: error: {err.message}", err=True)
+            sys.exit(EXIT_INVALID)
+        except RecursionError:
+            click.echo("caffe2tf: error: input is nested too deeply to read", err=True)
+            sys.exit(EXIT_INVALID)
+        sys.exit(code or EXIT_OK)
+
+    return wrapper
+
+
+_existing_file = click.Path(exists=False, dir_okay=False, path_type=Path)
+
+net_option = click.option("--net", "net_path", type=_existing_file, default=None,
+                          help="Train net prototxt (overrides the solver's net/train_net).")
+lenient_option = click.option("--lenient", is_flag=True, default=False,
+                              help="Read fork dialects: skip unknown fields/messages and list "
+                                   "each skipped item (and whether it can change training).")
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                             default="table", show_default=True, help="Output format.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="caffe2tf")
+def cli() -> None:
+    """Move Caffe solvers to Keras 3 without changing what the training does, and prove it."""
+
+
+@cli.command()
+@click.argument("file", type=_existing_file)
+@net_option
+@lenient_option
+@format_option
+@_user_errors_exit_2
+def inspect(file: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
+    """Show a solver's effective fields (defaults marked) and the train net's param table.
+
+    FILE may be a solver or a net prototxt (decided by content).
+    """
+    from caffe2tf.caffe.inspect import inspect_file
+
+    report = inspect_file(file, net_path=net_path, lenient=lenient)
+    click.echo(report.render(fmt))
+    return report.exit_code
+
+
+@cli.command()
+@click.argument("solver", type=_existing_file)
+@net_option
+@lenient_option
+@format_option
+@_user_errors_exit_2
+def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
+    """Explain Caffe's update rule for SOLVER step by step, with the numbers filled in."""
+    from caffe2tf.rule.explain import explain_recipe
+
+    click.echo(explain_recipe(solver, net_path=net_path, lenient=lenient, fmt=fmt))
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("solver", type=_existing_file)
+@net_option
+@lenient_option
+@click.option("--init", "init_path", type=_existing_file, required=True,
+              help='Initial weights (.npz, keys "{layer}/{blob}").')
+@click.option("--grads", "grads_path", type=_existing_file, required=True,
+              help='Gradients (.npz, keys "{step}/{layer}/{blob}", the iter_size sum).')
+@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help='Weights after each update (.npz, keys "{step}/{layer}/{blob}").')
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True)
+@_user_errors_exit_2
+def replay(solver: Path, net_path: Path | None, lenient: bool, init_path: Path,
+           grads_path: Path, out_path: Path, precision: str) -> int:
+    """Run Caffe's update rule on recorded gradients and write the weight trajectory."""
+    from caffe2tf.rule.replay import replay_files
+
+    summary = replay_files(solver, net_path=net_path, lenient=lenient, init_path=init_path,
+                           grads_path=grads_path, out_path=out_path, precision=precision)
+    click.echo(summary)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("solver", type=_existing_file)
+@net_option
+@lenient_option
+@click.option("--layer-map", "layer_map", type=_existing_file, default=None,
+              help="YAML mapping Caffe layer names to Keras layer names.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Output directory (train_config.yaml, optimizer.py).")
+@click.option("--allow-approx", is_flag=True, default=False,
+              help="Write the artifacts even when a choice is only approximate.")
+@click.option("--force", is_flag=True, default=False, help="Replace an existing output directory.")
+@format_option
+@_user_errors_exit_2
+def convert(solver: Path, net_path: Path | None, lenient: bool, layer_map: Path | None,
+            out_dir: Path, allow_approx: bool, force: bool, fmt: str) -> int:
+    """Write OUT/train_config.yaml and OUT/optimizer.py that train exactly like SOLVER."""
+    from caffe2tf.targets.keras.convert import convert_solver
+
+    report = convert_solver(solver, net_path=net_path, lenient=lenient, layer_map=layer_map,
+                            out_dir=out_dir, allow_approx=allow_approx, force=force)
+    click.echo(report.render(fmt))
+    return report.exit_code
+
+
+@cli.command()
+@click.argument("solver", type=_existing_file)
+@net_option
+@lenient_option
+@click.option("--module", "module_path", type=_existing_file, default=None,
+              help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=float, default=1e-3, show_default=True)
+@click.option("--against", type=click.Choice(["reference", "caffe"]), default="reference",
+              show_default=True, help="Reference executor, or the real Caffe 1.0 binary.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write a PNG of the deviation per step.")
+@format_option
+@_user_errors_exit_2
+def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path | None,
+           steps: int, seed: int, tolerance: float, against: str, plot_path: Path | None,
+           fmt: str) -> int:
+    """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
+    from caffe2tf.verify.run import verify_solver
+
+    report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,
+                           steps=steps, seed=seed, tolerance=tolerance, against=against,
+                           plot_path=plot_path)
+    click.echo(report.render(fmt))
+    return report.exit_code
+
+
+def main() -> None:
+    cli(prog_name="caffe2tf")
+
+
+if __name__ == "__main__":
+    main()

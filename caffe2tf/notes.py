@@ -1,0 +1,55 @@
+"""Notes: everything the tool wants to tell the user, collected instead of raised mid-pass.
+
+A pass (parse, lower, plan) returns its result together with a tuple of :class:`Note`; the
+report that the CLI prints owns the exit code (see ``cli.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+from caffe2tf.errors import SourceLocation
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Exactness(str, Enum):
+    """How a translation choice relates to Caffe's rule."""
+
+    EXACT = "exact"
+    APPROX = "approx"
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass(frozen=True)
+class Note:
+    """One thing worth telling the user.
+
+    ``code`` is a stable machine-readable id (e.g. ``"lenient.skipped_field"``);
+    ``affects_training`` marks items that may change what training does (a skipped ``larc``
+    field does, a skipped ``display`` field does not).
+    """
+
+    code: str
+    message: str
+    severity: Severity = Severity.INFO
+    location: SourceLocation | None = None
+    affects_training: bool = False
+    exactness: Exactness | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        tag = f"[{self.exactness.value}] " if self.exactness else ""
+        return f"{where}{self.severity.value}: {tag}{self.message}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["severity"] = self.severity.value
+        data["exactness"] = self.exactness.value if self.exactness else None
+        data["location"] = str(self.location) if self.location else None
+        return data

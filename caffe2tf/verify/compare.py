@@ -1,0 +1,180 @@
+"""The deviation measure and the verdict used by every trajectory comparison in caffe2tf.
+
+Inputs are weight trajectories in Caffe blob layout, keyed ``"{layer}/{blob}"``:
+``init`` holds w_0 and ``reference[t-1]`` / ``candidate[t-1]`` hold the weights after t updates,
+t = 1..N (the same shape as ``caffe2tf replay`` writes, see :func:`trajectory_from_flat`).
+
+Definitions (all arithmetic in float64 on the float32 values; ``max`` over the elements of every
+compared blob, B = the set of compared keys)::
+
+    travelled  T = max_{t=1..N} max_{b in B} max_i |ref_t[b]_i - w_0[b]_i|
+                   (the elementwise distance the *reference* weights got from their start, at
+                   the worst element and step; not a path length, not a norm)
+    floor      F = 0.01 * max_{b in B} max_i |w_0[b]_i|
+    scale      S = max(T, F)            (S = 1 when both are 0: then deviations are absolute)
+    dev[t][b]  = max_i |cand_t[b]_i - ref_t[b]_i| / S
+    dev[t]     = max_b dev[t][b]        (per-step series)
+    dev[b]     = max_t dev[t][b]        (per-blob figure)
+    deviation  = max_t dev[t]           (the number the verdict reads)
+    passed     = deviation <= tolerance (NaN/inf anywhere in the candidate -> deviation = inf)
+
+One scale for all blobs on purpose: a blob that barely moves (``lr_mult: 0``, a bias with tiny
+gradients) is judged on the scale of the whole net's motion, so its float32 rounding noise does not
+dominate, while a wrong rule that moves it noticeably still shows. The 1% floor keeps runs whose
+weights hardly move (small lr) from turning rounding error into large relative numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Weights = Mapping[str, np.ndarray]
+Trajectory = Sequence[Weights]
+
+DEFAULT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`compare_trajectories` (see the module docstring for each figure)."""
+
+    keys: tuple[str, ...]
+    steps: int
+    tolerance: float
+    travelled: float
+    floor: float
+    scale: float
+    deviation: float
+    worst_key: str
+    worst_step: int  # 1-based update number where the deviation peaked (0 if no steps)
+    per_blob: dict[str, float] = field(default_factory=dict)
+    per_step: tuple[float, ...] = ()
+    per_blob_step: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
+    max_abs_diff: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.deviation <= self.tolerance)
+
+    @property
+    def percent_of_travel(self) -> float:
+        """The deviation as a percentage of the scale S (the distance travelled, floored)."""
+        return 100.0 * self.deviation
+
+    def to_dict(self) -> dict:
+        def num(x: float) -> float | str:
+            return x if math.isfinite(x) else str(x)
+
+        return {
+            "steps": self.steps,
+            "tolerance": self.tolerance,
+            "travelled": num(self.travelled),
+            "floor": num(self.floor),
+            "scale": num(self.scale),
+            "deviation": num(self.deviation),
+            "max_abs_diff": num(self.max_abs_diff),
+            "worst_key": self.worst_key,
+            "worst_step": self.worst_step,
+            "passed": self.passed,
+            "per_blob": {k: num(v) for k, v in self.per_blob.items()},
+        }
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"{verdict}: deviation {self.deviation:.3e} (tolerance {self.tolerance:g}) at "
+                f"{self.worst_key} step {self.worst_step}; travelled {self.travelled:.3e}, "
+                f"scale {self.scale:.3e}")
+
+
+def trajectory_from_flat(flat: Mapping[str, np.ndarray], steps: int | None = None
+                         ) -> list[dict[str, np.ndarray]]:
+    """``{"{step}/{layer}/{blob}": w}`` (step = 1..N, as ``replay`` writes) -> list of dicts.
+
+    Keys whose first component is not an integer are ignored (the replay format says other keys
+    are ignored). ``steps`` defaults to the largest step present; a missing step is an error.
+    """
+    by_step: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in flat.items():
+        head, sep, rest = key.partition("/")
+        if not sep or not head.isdigit():
+            continue
+        by_step.setdefault(int(head), {})[rest] = np.asarray(value)
+    n = max(by_step, default=0) if steps is None else steps
+    missing = [t for t in range(1, n + 1) if t not in by_step]
+    if missing:
+        raise ValueError(f"trajectory lacks steps {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    return [by_step[t] for t in range(1, n + 1)]
+
+
+def trajectory_to_flat(trajectory: Trajectory) -> dict[str, np.ndarray]:
+    """Inverse of :func:`trajectory_from_flat`."""
+    return {f"{t}/{k}": np.asarray(v) for t, ws in enumerate(trajectory, 1) for k, v in ws.items()}
+
+
+def compare_trajectories(init: Weights, reference: Trajectory, candidate: Trajectory, *,
+                         tolerance: float = DEFAULT_TOLERANCE,
+                         keys: Sequence[str] | None = None) -> Comparison:
+    """Compare ``candidate`` with ``reference`` (both start from ``init``); see module docstring.
+
+    ``keys`` defaults to the keys of ``init``. Both trajectories must have the same length and
+    hold every compared key with ``init``'s shape; a mismatch raises ``ValueError`` (it is a bug in
+    the caller, not a verdict).
+    """
+    keys = tuple(keys) if keys is not None else tuple(init)
+    if len(reference) != len(candidate):
+        raise ValueError(f"reference has {len(reference)} steps, candidate {len(candidate)}")
+    w0 = {k: np.asarray(init[k], dtype=np.float64) for k in keys}
+    for t, (ref_t, cand_t) in enumerate(zip(reference, candidate, strict=True), 1):
+        for k in keys:
+            for who, ws in (("reference", ref_t), ("candidate", cand_t)):
+                if k not in ws:
+                    raise ValueError(f"{who} lacks {k!r} at step {t}")
+                if np.shape(ws[k]) != w0[k].shape:
+                    raise ValueError(f"{who} {k!r} at step {t} has shape {np.shape(ws[k])}, "
+                                     f"init has {w0[k].shape}")
+    steps = len(reference)
+    travelled = 0.0
+    for ref_t in reference:
+        for k in keys:
+            if w0[k].size:
+                d = float(np.max(np.abs(np.asarray(ref_t[k], np.float64) - w0[k])))
+                travelled = max(travelled, d)
+    floor = 0.01 * max((float(np.max(np.abs(v))) for v in w0.values() if v.size), default=0.0)
+    scale = max(travelled, floor)
+    if not scale > 0:
+        scale = 1.0
+    per_blob_step: dict[str, list[float]] = {k: [] for k in keys}
+    max_abs = 0.0
+    for ref_t, cand_t in zip(reference, candidate, strict=True):
+        for k in keys:
+            c = np.asarray(cand_t[k], np.float64)
+            if c.size == 0:
+                per_blob_step[k].append(0.0)
+                continue
+            if not np.all(np.isfinite(c)):
+                d = math.inf
+            else:
+                d = float(np.max(np.abs(c - np.asarray(ref_t[k], np.float64))))
+            max_abs = max(max_abs, d)
+            per_blob_step[k].append(d / scale)
+    per_step = tuple(max((per_blob_step[k][t] for k in keys), default=0.0) for t in range(steps))
+    per_blob = {k: max(v, default=0.0) for k, v in per_blob_step.items()}
+    deviation = max(per_step, default=0.0)
+    worst_step = (int(np.argmax(per_step)) + 1) if steps else 0
+    worst_key = ""
+    if steps and keys:
+        worst_key = max(keys, key=lambda k: per_blob_step[k][worst_step - 1])
+    return Comparison(keys=keys, steps=steps, tolerance=float(tolerance), travelled=travelled,
+                      floor=floor, scale=scale, deviation=deviation, worst_key=worst_key,
+                      worst_step=worst_step, per_blob=per_blob, per_step=per_step,
+                      per_blob_step={k: tuple(v) for k, v in per_blob_step.items()},
+                      max_abs_diff=max_abs)
+
+
+def comparison_json(comparison: Comparison) -> str:
+    return json.dumps(comparison.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,86 @@
+"""The deviation measure of caffe2tf.verify.compare (definitions in its module docstring)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from caffe2tf.verify.compare import (
+    compare_trajectories,
+    trajectory_from_flat,
+    trajectory_to_flat,
+)
+
+
+def _line(start: float, step: float, n: int) -> list[dict[str, np.ndarray]]:
+    return [{"a/0": np.array([start + step * t, 0.0], np.float32)} for t in range(1, n + 1)]
+
+
+def test_identical_trajectories_have_zero_deviation():
+    init = {"a/0": np.array([1.0, 0.0], np.float32)}
+    ref = _line(1.0, -0.1, 5)
+    cmp = compare_trajectories(init, ref, ref)
+    assert cmp.deviation == 0.0 and cmp.passed
+    assert cmp.travelled == pytest.approx(0.5, rel=1e-6)
+
+
+def test_deviation_is_max_abs_diff_over_distance_travelled():
+    init = {"a/0": np.array([1.0, 0.0], np.float32)}
+    ref = _line(1.0, -0.1, 5)  # travels 0.5 at the last step
+    cand = [{"a/0": w["a/0"] + np.array([0.0, 0.01 * t], np.float32)} for t, w in
+            enumerate(ref, 1)]
+    cmp = compare_trajectories(init, ref, cand, tolerance=1e-3)
+    assert cmp.deviation == pytest.approx(0.05 / 0.5, rel=1e-5)
+    assert cmp.worst_step == 5 and cmp.worst_key == "a/0"
+    assert not cmp.passed
+    assert cmp.per_step[0] == pytest.approx(0.01 / 0.5, rel=1e-5)
+    assert len(cmp.per_step) == 5
+
+
+def test_floor_is_one_percent_of_initial_magnitude():
+    init = {"a/0": np.array([100.0, 0.0], np.float32)}
+    ref = [{"a/0": np.array([100.0, 0.0], np.float32)}] * 3  # does not move at all
+    cand = [{"a/0": np.array([100.0, 0.5], np.float32)}] * 3
+    cmp = compare_trajectories(init, ref, cand)
+    assert cmp.travelled == 0.0 and cmp.scale == pytest.approx(1.0)
+    assert cmp.deviation == pytest.approx(0.5)
+
+
+def test_one_scale_for_all_blobs():
+    init = {"a/0": np.zeros(2, np.float32), "b/0": np.zeros(2, np.float32)}
+    ref = [{"a/0": np.array([2.0, 0.0], np.float32), "b/0": np.zeros(2, np.float32)}]
+    cand = [{"a/0": np.array([2.0, 0.0], np.float32), "b/0": np.array([0.0, 0.002], np.float32)}]
+    cmp = compare_trajectories(init, ref, cand)
+    assert cmp.per_blob["a/0"] == 0.0
+    assert cmp.per_blob["b/0"] == pytest.approx(0.001, rel=1e-4)
+    assert cmp.worst_key == "b/0"
+
+
+def test_nan_candidate_fails():
+    init = {"a/0": np.array([1.0], np.float32)}
+    ref = [{"a/0": np.array([0.9], np.float32)}]
+    cand = [{"a/0": np.array([np.nan], np.float32)}]
+    cmp = compare_trajectories(init, ref, cand)
+    assert math.isinf(cmp.deviation) and not cmp.passed
+
+
+def test_shape_and_length_mismatch_raise():
+    init = {"a/0": np.zeros(2, np.float32)}
+    with pytest.raises(ValueError):
+        compare_trajectories(init, [init], [init, init])
+    with pytest.raises(ValueError):
+        compare_trajectories(init, [init], [{"a/0": np.zeros(3, np.float32)}])
+    with pytest.raises(ValueError):
+        compare_trajectories(init, [init], [{}])
+
+
+def test_flat_round_trip():
+    traj = _line(0.0, 1.0, 3)
+    flat = trajectory_to_flat(traj)
+    assert set(flat) == {"1/a/0", "2/a/0", "3/a/0"}
+    back = trajectory_from_flat({**flat, "meta": np.zeros(1)})
+    assert len(back) == 3 and np.array_equal(back[2]["a/0"], traj[2]["a/0"])
+    with pytest.raises(ValueError):
+        trajectory_from_flat({"2/a/0": np.zeros(1)})

@@ -1,0 +1,272 @@
+"""Runs INSIDE the Debian bullseye root (python3.9, numpy 1.19, pycaffe 1.0.0+git20180821).
+
+Standalone: standard library, numpy and caffe only; never import caffe2tf here. The host side
+(:mod:`caffe2tf.verify.oracle`) copies this file into ``ROOT/tmp/caffe2tf-XXXX/`` together
+with a ``job.json`` and the data files, then runs
+``chroot ROOT python3 /tmp/caffe2tf-XXXX/_caffe_harness.py /tmp/caffe2tf-XXXX``. Results go to
+``result.json`` (and one ``.npz`` per trajectory) in that folder.
+
+Every task runs in a forked child whose stderr goes to its own file, so a Caffe CHECK failure
+(glog FATAL aborts the process) fails that task alone and its message reaches the caller.
+
+Task kinds (fields in job.json, file names relative to the job folder):
+
+``run``  {solver, net, init, grads, steps, method}
+    ``init`` npz: owner key -> array; ``grads`` npz: owner key -> array of shape (steps, *shape)
+    (a missing key means zero diffs, as after ``ClearParamDiffs``). Builds the solver with
+    ``caffe.get_solver`` (so ``type`` and the ``solver_type`` upgrade are honoured, BVLC
+    ``python/caffe/_caffe.cpp:199-203``), writes the initial weights into the
+    *owner* blobs, then for step k = 0..steps-1 writes the diffs and applies one update:
+    ``method="apply_update"`` calls ``Solver::ApplyUpdate`` (``sgd_solver.cpp:108-127``; in this
+    build it increments ``iter_``, checked every step), ``method="step"`` overwrites the diffs in
+    the ``on_gradients_ready`` callback during ``step(1)`` (``solver.cpp:229-267``). Writes
+    ``out``: owner key -> array (steps, *shape); row k-1 = the weights after k updates.
+``params`` {net}
+    Builds ``caffe.Net(net, TRAIN)`` and lists every blob of ``net.params`` (layer order, sharers
+    included) with its shape and its owner (blobs that alias the same memory are one learnable
+    param, ``net.cpp:459-514``). With ``probe=true`` it also measures each owner's effective
+    lr_mult and decay_mult by running two SGD updates with base_lr 1 through a solver.
+``solver_check`` {solver, net}
+    Builds the solver and applies one update with zero diffs, so the checks in the constructor,
+    ``GetLearningRate`` and ``Regularize`` run; reports Caffe's FATAL message if any.
+``upgrade_net`` {net}
+    Runs ``/usr/bin/upgrade_net_proto_text`` (``tools/upgrade_net_proto_text.cpp``) and returns
+    the upgraded text.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+
+_FATAL = re.compile(r"^(?:[FE]\d{4} [\d:.]+\s+\d+ (\S+\] .*)|\[libprotobuf (?:ERROR|FATAL) (.*))$")
+
+
+def _fatal_message(text):
+    """The glog FATAL/ERROR lines of ``text`` (without their time prefix), else its tail."""
+    hits = [m.group(1) or m.group(2) for m in map(_FATAL.match, text.splitlines()) if m]
+    if hits:
+        return "\n".join(hits)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-15:])
+
+
+def _blob_key(layer, index):
+    return f"{layer}/{index}"
+
+
+def _pointer(array):
+    return array.__array_interface__["data"][0]
+
+
+def _owners(net):
+    """(all_blobs, owners): all_blobs lists (key, blob, owner_key) in net.params order."""
+    seen = {}
+    all_blobs = []
+    owners = []
+    for layer, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            key = _blob_key(layer, i)
+            ptr = _pointer(blob.data)
+            owner = seen.setdefault(ptr, key)
+            all_blobs.append((key, blob, owner))
+            if owner == key:
+                owners.append((key, blob))
+    return all_blobs, owners
+
+
+def _task_run(job_dir, task):
+    import caffe
+    import numpy as np
+
+    caffe.set_mode_cpu()
+    solver = caffe.get_solver(os.path.join(job_dir, task["solver"]))
+    _, owners = _owners(solver.net)
+    owner_keys = [k for k, _ in owners]
+    with np.load(os.path.join(job_dir, task["init"])) as data:
+        init = {k: data[k] for k in data.files}
+    with np.load(os.path.join(job_dir, task["grads"])) as data:
+        grads = {k: data[k] for k in data.files}
+    missing = [k for k in owner_keys if k not in init]
+    extra = [k for k in init if k not in owner_keys]
+    if missing or extra:
+        raise ValueError(f"init keys do not match the net's learnable params "
+                         f"(owners {owner_keys}): missing {missing}, not owners {extra}")
+    for key, blob in owners:
+        value = init[key]
+        if tuple(value.shape) != tuple(blob.data.shape):
+            raise ValueError(f"init {key} has shape {value.shape}, "
+                             f"Caffe's blob is {blob.data.shape}")
+        blob.data[...] = value
+    steps = int(task["steps"])
+    for key in grads:
+        if key not in owner_keys:
+            raise ValueError(f"grads for {key!r}, which is not an owner blob of the net "
+                             f"(owners {owner_keys})")
+        blob = dict(owners)[key]
+        if tuple(grads[key].shape) != (steps,) + tuple(blob.diff.shape):
+            raise ValueError(f"grads for {key} have shape {grads[key].shape}, "
+                             f"expected (steps,) + {blob.diff.shape}")
+
+    def write_diffs(step):
+        for key, blob in owners:
+            if key in grads:
+                blob.diff[...] = grads[key][step]
+            else:
+                blob.diff[...] = 0
+
+    traj = {key: np.zeros((steps,) + tuple(blob.data.shape), dtype=np.float32)
+            for key, blob in owners}
+    method = task.get("method", "apply_update")
+    if method == "step":
+        current = [0]
+        solver.add_callback(lambda: None, lambda: write_diffs(current[0]))
+    for step in range(steps):
+        before = solver.iter
+        if method == "apply_update":
+            write_diffs(step)
+            solver.apply_update()
+        elif method == "step":
+            current[0] = step
+            solver.step(1)
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        if solver.iter != before + 1:
+            raise RuntimeError(f"solver.iter went {before} -> {solver.iter} during update "
+                               f"{step} with method {method}")
+        for key, blob in owners:
+            traj[key][step] = blob.data
+    np.savez(os.path.join(job_dir, task["out"]), **traj)
+    return {"owners": owner_keys, "iter": int(solver.iter)}
+
+
+def _task_params(job_dir, task):
+    import caffe
+    import numpy as np
+
+    caffe.set_mode_cpu()
+    net_path = os.path.join(job_dir, task["net"])
+    net = caffe.Net(net_path, caffe.TRAIN)
+    all_blobs, owners = _owners(net)
+    rows = [{"key": key, "layer": key.rsplit("/", 1)[0], "index": int(key.rsplit("/", 1)[1]),
+             "shape": [int(d) for d in blob.data.shape], "owner": owner}
+            for key, blob, owner in all_blobs]
+    result = {"blobs": rows, "layers": [str(n) for n in net._layer_names],
+              "layer_types": [str(layer.type) for layer in net.layers]}
+    if not task.get("probe"):
+        return result
+    # Probe the effective multipliers: SGD, momentum 0, base_lr 1, fixed, L2 decay 1.
+    # Update 1: w=0, g=1 -> w1 = -lr_mult (decay term is 0 because w=0).
+    # Update 2: w=1, g=0 -> w2 = 1 - lr_mult*decay_mult.
+    probe_solver = os.path.join(job_dir, task["net"] + ".probe_solver.prototxt")
+    with open(probe_solver, "w") as f:
+        f.write(f'net: "{net_path}"\ntype: "SGD"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\n'
+                'weight_decay: 1\nregularization_type: "L2"\nmax_iter: 2\n')
+    solver = caffe.get_solver(probe_solver)
+    _, owners = _owners(solver.net)
+    for _, blob in owners:
+        blob.data[...] = 0
+        blob.diff[...] = 1
+    solver.apply_update()
+    lr = {}
+    for key, blob in owners:
+        lr[key] = float(-np.mean(blob.data)) + 0.0
+        blob.data[...] = 1
+        blob.diff[...] = 0
+    solver.apply_update()
+    mults = {}
+    for key, blob in owners:
+        step = float(1 - np.mean(blob.data))
+        mults[key] = {"lr_mult": lr[key],
+                      "decay_mult": (step / lr[key]) if lr[key] != 0 else None}
+    result["multipliers"] = mults
+    return result
+
+
+def _task_solver_check(job_dir, task):
+    import caffe
+
+    caffe.set_mode_cpu()
+    solver = caffe.get_solver(os.path.join(job_dir, task["solver"]))
+    _, owners = _owners(solver.net)
+    for _, blob in owners:
+        blob.diff[...] = 0
+    solver.apply_update()
+    return {"type": type(solver).__name__, "iter": int(solver.iter)}
+
+
+def _task_upgrade_net(job_dir, task):
+    src = os.path.join(job_dir, task["net"])
+    dst = src + ".upgraded.prototxt"
+    proc = subprocess.run(["/usr/bin/upgrade_net_proto_text", src, dst],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    if proc.returncode != 0 or not os.path.exists(dst):
+        raise RuntimeError(f"upgrade_net_proto_text failed ({proc.returncode}): "
+                           f"{_fatal_message(proc.stdout)}")
+    with open(dst) as f:
+        return {"text": f.read(), "log": proc.stdout}
+
+
+_KINDS = {"run": _task_run, "params": _task_params, "solver_check": _task_solver_check,
+          "upgrade_net": _task_upgrade_net}
+
+
+def _child(job_dir, index, task):
+    err_path = os.path.join(job_dir, f"task-{index}.err")
+    fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        result = _KINDS[task["kind"]](job_dir, task)
+        with open(os.path.join(job_dir, f"task-{index}.json"), "w") as f:
+            json.dump(result, f)
+        code = 0
+    except BaseException:  # report everything, the parent decides
+        traceback.print_exc()
+        code = 3
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(job_dir):
+    with open(os.path.join(job_dir, "job.json")) as f:
+        job = json.load(f)
+    tasks = job["tasks"]
+    workers = max(1, int(job.get("workers", 1)))
+    import caffe  # noqa: F401  (import once in the parent; children inherit it)
+
+    results = [None] * len(tasks)
+    running = {}
+    pending = list(range(len(tasks)))
+    while pending or running:
+        while pending and len(running) < workers:
+            index = pending.pop(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(job_dir, index, tasks[index])
+            running[pid] = index
+        pid, status = os.wait()
+        index = running.pop(pid)
+        err_path = os.path.join(job_dir, f"task-{index}.err")
+        with open(err_path, errors="replace") as f:
+            err = f.read()
+        res_path = os.path.join(job_dir, f"task-{index}.json")
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and os.path.exists(res_path):
+            with open(res_path) as f:
+                results[index] = {"ok": True, "result": json.load(f), "stderr": err[-4000:]}
+        else:
+            how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
+                   else f"signal {os.WTERMSIG(status)}")
+            results[index] = {"ok": False, "how": how, "message": _fatal_message(err),
+                              "stderr": err[-8000:]}
+    with open(os.path.join(job_dir, "result.json"), "w") as f:
+        json.dump({"results": results}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

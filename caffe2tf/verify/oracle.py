@@ -1,0 +1,387 @@
+"""The real Caffe 1.0 as oracle: a Debian bullseye root with ``python3-caffe`` run under chroot.
+
+Host side only (standard library + numpy; never TensorFlow). The root is built once by
+``scripts/build_caffe_root.sh`` (debootstrap, cached outside the repository, default
+``/var/cache/caffe2tf/bullseye-root``, overridable with ``CAFFE2TF_CAFFE_ROOT``). Work is handed
+to :mod:`caffe2tf.verify._caffe_harness`, which runs inside the root under its python3.9 and
+numpy 1.19; many cases go to ONE chroot process (each case in a forked child, so a Caffe CHECK
+failure fails that case alone, with Caffe's own message).
+
+Conventions (same as ``caffe2tf replay``): a blob is named ``"{layer}/{blob_index}"`` and holds
+Caffe's layout (InnerProduct weight ``(out, in)``); ``grads[k]`` is what Caffe's diff holds when
+update k starts, i.e. the raw sum over the ``iter_size`` passes (``solver.cpp:229-267``,
+``sgd_solver.cpp:108-127``); results are the weights after updates 1..N, float32. Only the
+*owners* of shared params appear (``net.cpp:459-514``: a sharer aliases its owner's data and
+diff).
+
+Caffe build used: Debian ``caffe 1.0.0+git20180821.99bd997`` (CPU, ``Solver<float>``), whose
+``Solver.apply_update`` increments ``iter_`` (checked by the harness at every step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_ROOT = Path("/var/cache/caffe2tf/bullseye-root")
+ROOT_ENV = "CAFFE2TF_CAFFE_ROOT"
+_CAFFE_PKG = Path("usr/lib/python3/dist-packages/caffe/__init__.py")
+_REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = _REPO / "scripts" / "build_caffe_root.sh"
+_HARNESS = Path(__file__).with_name("_caffe_harness.py")
+
+
+class OracleError(RuntimeError):
+    """The real Caffe could not be run, or it rejected/crashed on a case (message = its stderr)."""
+
+
+class CaffeRootMissing(OracleError):
+    """No usable Caffe root, and building one failed or was not possible."""
+
+
+@dataclass(frozen=True)
+class OracleCase:
+    """One trajectory to run through the real solver.
+
+    ``init`` maps every owner blob key ``"{layer}/{i}"`` to its initial value (Caffe layout);
+    ``grads[k]`` maps owner keys to the diff at update k (missing key = zero diff). The number
+    of updates is ``len(grads)``. ``solver_text`` must not rely on its own ``net``/``train_net``
+    (they are replaced by ``net_text``); inline ``net_param``/``train_net_param`` is refused.
+    """
+
+    name: str
+    solver_text: str
+    net_text: str
+    init: Mapping[str, np.ndarray]
+    grads: Sequence[Mapping[str, np.ndarray]] = field(default=())
+
+
+@dataclass(frozen=True)
+class SolverVerdict:
+    """Caffe's own verdict on a solver: ``ok`` or the FATAL message (e.g. ``Check failed``)."""
+
+    ok: bool
+    message: str = ""
+    solver_class: str = ""
+
+
+# ------------------------------------------------------------------------------------ the root
+
+
+def caffe_root() -> Path | None:
+    """The Caffe root to use (``$CAFFE2TF_CAFFE_ROOT`` or the default), or None if it does not
+    contain the caffe python package."""
+    root = Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    return root if (root / _CAFFE_PKG).is_file() else None
+
+
+def ensure_caffe_root() -> Path:
+    """Return the Caffe root, building it with ``scripts/build_caffe_root.sh`` when absent.
+
+    Raises :class:`CaffeRootMissing` with the script's output when it cannot be built.
+    """
+    root = caffe_root()
+    if root is not None:
+        return root
+    target = Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    if not BUILD_SCRIPT.is_file():
+        raise CaffeRootMissing(f"no Caffe root at {target} and no build script at {BUILD_SCRIPT}")
+    proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(target)], capture_output=True,
+                          text=True, check=False)
+    root = caffe_root()
+    if proc.returncode != 0 or root is None:
+        raise CaffeRootMissing(
+            f"could not build the Caffe root at {target} with {BUILD_SCRIPT} "
+            f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return root
+
+
+def caffe_package_version(root: Path | None = None) -> str:
+    """The Debian version of the ``caffe``/``libcaffe1``/``python3-caffe`` package in the root."""
+    root = Path(root) if root is not None else _require_root(None)
+    status = (root / "var/lib/dpkg/status").read_text(errors="replace")
+    versions = {}
+    for block in status.split("\n\n"):
+        name = re.search(r"^Package: (\S+)$", block, re.M)
+        ver = re.search(r"^Version: (\S+)$", block, re.M)
+        if name and ver and name.group(1) in ("python3-caffe", "libcaffe1", "caffe"):
+            versions[name.group(1)] = ver.group(1)
+    for pkg in ("python3-caffe", "libcaffe1", "caffe"):
+        if pkg in versions:
+            return f"{pkg} {versions[pkg]}"
+    raise OracleError(f"no caffe package recorded in {root}/var/lib/dpkg/status")
+
+
+def _require_root(root: Path | str | None) -> Path:
+    if root is not None:
+        root = Path(root)
+        if not (root / _CAFFE_PKG).is_file():
+            raise CaffeRootMissing(f"{root} has no caffe python package ({_CAFFE_PKG})")
+        return root
+    found = caffe_root()
+    if found is None:
+        raise CaffeRootMissing(
+            f"no Caffe root at {os.environ.get(ROOT_ENV) or DEFAULT_ROOT}; build it with "
+            f"{BUILD_SCRIPT} (or call ensure_caffe_root())")
+    return found
+
+
+# ------------------------------------------------------------------------------- batch runner
+
+_NET_FIELD = re.compile(r"""^\s*(net|train_net)\s*:\s*("[^"]*"|'[^']*')\s*(#.*)?$""")
+_INLINE_NET = re.compile(r"^\s*(net_param|train_net_param)\s*[:{]", re.M)
+
+
+def retarget_solver_text(text: str, net_path: str) -> str:
+    """The solver text with its ``net``/``train_net`` lines removed and ``net: net_path`` added.
+
+    Raises ValueError for inline ``net_param``/``train_net_param`` (there the net is part of
+    the solver; give it separately instead).
+    """
+    if _INLINE_NET.search(text):
+        raise ValueError("solver has an inline net_param/train_net_param; pass the net as "
+                         "net_text and remove it from the solver")
+    kept = [line for line in text.splitlines() if not _NET_FIELD.match(line)]
+    return "\n".join(kept) + f'\nnet: "{net_path}"\n'
+
+
+class _Job:
+    """A temporary job folder inside the root (``ROOT/tmp/caffe2tf-XXXX``), removed afterwards."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "tmp").mkdir(exist_ok=True)
+        self.host_dir = Path(tempfile.mkdtemp(prefix="caffe2tf-", dir=root / "tmp"))
+        self.chroot_dir = "/" + str(self.host_dir.relative_to(root))
+        self.tasks: list[dict] = []
+
+    def write_text(self, name: str, text: str) -> str:
+        (self.host_dir / name).write_text(text)
+        return name
+
+    def write_npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> str:
+        with open(self.host_dir / name, "wb") as f:
+            np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+        return name
+
+    def chroot_path(self, name: str) -> str:
+        return f"{self.chroot_dir}/{name}"
+
+    def run(self, workers: int | None = None) -> list[dict]:
+        shutil.copyfile(_HARNESS, self.host_dir / "_caffe_harness.py")
+        workers = workers or min(len(self.tasks), os.cpu_count() or 1) or 1
+        (self.host_dir / "job.json").write_text(json.dumps({"tasks": self.tasks,
+                                                            "workers": workers}))
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+               "GLOG_minloglevel": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = ["chroot", str(self.root), "/usr/bin/python3",
+               self.chroot_path("_caffe_harness.py"), self.chroot_dir]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        except OSError as err:
+            raise OracleError(f"could not start {' '.join(cmd)}: {err}") from err
+        result_path = self.host_dir / "result.json"
+        if proc.returncode != 0 or not result_path.exists():
+            hint = " (chroot needs root privileges)" if os.geteuid() != 0 else ""
+            raise OracleError(f"the Caffe harness failed{hint} (exit {proc.returncode}):\n"
+                              f"{proc.stderr[-6000:]}{proc.stdout[-2000:]}")
+        return json.loads(result_path.read_text())["results"]
+
+    def close(self) -> None:
+        shutil.rmtree(self.host_dir, ignore_errors=True)
+
+    def __enter__(self) -> _Job:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _task_error(what: str, res: dict) -> OracleError:
+    return OracleError(f"real Caffe failed on {what} ({res.get('how')}):\n{res.get('message')}"
+                       f"\n--- stderr tail ---\n{res.get('stderr', '')[-3000:]}")
+
+
+def _stack_grads(case: OracleCase) -> dict[str, np.ndarray]:
+    """owner key -> (steps, *shape) float32; a key missing at some step is zero there."""
+    keys = sorted({key for g in case.grads for key in g})
+    stacked = {}
+    for key in keys:
+        shape = next(np.shape(g[key]) for g in case.grads if key in g)
+        arr = np.zeros((len(case.grads), *shape), dtype=np.float32)
+        for k, g in enumerate(case.grads):
+            if key in g:
+                arr[k] = g[key]
+        stacked[key] = arr
+    return stacked
+
+
+def run_cases(cases: Sequence[OracleCase], *, root: Path | str | None = None,
+              method: str = "apply_update",
+              workers: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Run every case through the real Caffe solver in ONE chroot process.
+
+    For each case: the harness builds ``caffe.get_solver`` on the case's solver (pointed at its
+    net), writes ``init`` into the owner blobs, and for k = 0..N-1 writes ``grads[k]`` into the
+    diffs and applies one update (``method="apply_update"``: ``Solver::ApplyUpdate``;
+    ``"step"``: overwrite the diffs in ``on_gradients_ready`` during ``step(1)``).
+    Returns ``{case.name: [weights after update 1, ..., after update N]}``, float32.
+    Raises :class:`OracleError` with Caffe's message if any case fails.
+    """
+    root = _require_root(root)
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise ValueError("case names must be unique")
+    out: dict[str, list[dict[str, np.ndarray]]] = {}
+    if not cases:
+        return out
+    with _Job(root) as job:
+        for i, case in enumerate(cases):
+            net = job.write_text(f"c{i}.net.prototxt", case.net_text)
+            solver = job.write_text(f"c{i}.solver.prototxt",
+                                    retarget_solver_text(case.solver_text, job.chroot_path(net)))
+            init = job.write_npz(f"c{i}.init.npz", case.init)
+            grads = job.write_npz(f"c{i}.grads.npz", _stack_grads(case))
+            job.tasks.append({"kind": "run", "solver": solver, "net": net, "init": init,
+                              "grads": grads, "steps": len(case.grads), "method": method,
+                              "out": f"c{i}.out.npz"})
+        results = job.run(workers)
+        errors = [_task_error(f"case {case.name!r}", res)
+                  for case, res in zip(cases, results, strict=True) if not res["ok"]]
+        if errors:
+            raise OracleError("\n\n".join(str(e) for e in errors))
+        for i, (case, res) in enumerate(zip(cases, results, strict=True)):
+            owners = res["result"]["owners"]
+            with np.load(job.host_dir / f"c{i}.out.npz") as data:
+                traj = {key: data[key] for key in owners}
+            out[case.name] = [{key: traj[key][k] for key in owners}
+                              for k in range(len(case.grads))]
+    return out
+
+
+# ------------------------------------------------------------------------ nets, upgrade, solver
+
+
+@dataclass(frozen=True)
+class CaffeBlob:
+    """One entry of pycaffe's ``net.params`` (layer order, sharers included)."""
+
+    layer: str
+    index: int
+    shape: tuple[int, ...]
+    owner: str  # key of the owner blob; == key for an owner
+    lr_mult: float | None = None  # measured (probe); None when not probed
+    decay_mult: float | None = None  # measured; None when not probed or lr_mult == 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}/{self.index}"
+
+
+def caffe_param_tables(net_texts: Sequence[str], *, probe: bool = True,
+                       root: Path | str | None = None) -> list[list[CaffeBlob] | OracleError]:
+    """For each net text, what Caffe builds in TRAIN phase: every blob of ``net.params`` with
+    its shape and owner, and (``probe``) each owner's effective lr_mult/decay_mult measured by
+    two SGD updates with base_lr 1 (``w=0,g=1 -> -lr_mult``; ``w=1,g=0,λ=1 -> 1-lr·decay``).
+
+    One chroot process for all; a net Caffe rejects yields an :class:`OracleError` in its slot.
+    """
+    root = _require_root(root)
+    tables: list[list[CaffeBlob] | OracleError] = []
+    with _Job(root) as job:
+        for i, text in enumerate(net_texts):
+            job.tasks.append({"kind": "params", "net": job.write_text(f"n{i}.prototxt", text),
+                              "probe": probe})
+        results = job.run() if job.tasks else []
+    for i, res in enumerate(results):
+        if not res["ok"]:
+            tables.append(_task_error(f"net #{i}", res))
+            continue
+        mults = res["result"].get("multipliers", {})
+        rows = []
+        for row in res["result"]["blobs"]:
+            m = mults.get(row["owner"], {}) if row["owner"] == row["key"] else {}
+            rows.append(CaffeBlob(row["layer"], row["index"], tuple(row["shape"]), row["owner"],
+                                  m.get("lr_mult"), m.get("decay_mult")))
+        tables.append(rows)
+    return tables
+
+
+def caffe_net_blobs(net_text: str, *,
+                    root: Path | str | None = None) -> list[tuple[str, int, tuple[int, ...]]]:
+    """``[(layer, blob_index, shape)]`` of ``net.params`` as Caffe builds the net in TRAIN
+    phase (layer order, sharers included). Raises :class:`OracleError` if Caffe rejects it."""
+    (table,) = caffe_param_tables([net_text], probe=False, root=root)
+    if isinstance(table, OracleError):
+        raise table
+    return [(b.layer, b.index, b.shape) for b in table]
+
+
+def caffe_upgrade_net_texts(texts: Sequence[str], *,
+                            root: Path | str | None = None) -> list[str | OracleError]:
+    """Each net text after Caffe's own upgrade (``/usr/bin/upgrade_net_proto_text`` in the root:
+    V0 -> V1 -> V2, ``upgrade_proto.cpp``); an :class:`OracleError` in the slot of a failure."""
+    root = _require_root(root)
+    with _Job(root) as job:
+        for i, text in enumerate(texts):
+            job.tasks.append({"kind": "upgrade_net",
+                              "net": job.write_text(f"u{i}.prototxt", text)})
+        results = job.run() if job.tasks else []
+    return [res["result"]["text"] if res["ok"] else _task_error(f"net #{i}", res)
+            for i, res in enumerate(results)]
+
+
+def caffe_upgrade_net_text(text: str, *, root: Path | str | None = None) -> str:
+    """One net text after Caffe's own upgrade. Raises :class:`OracleError` on failure."""
+    (res,) = caffe_upgrade_net_texts([text], root=root)
+    if isinstance(res, OracleError):
+        raise res
+    return res
+
+
+_PROBE_NET = """name: "probe"
+layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 dim: 3 } } }
+"""
+
+
+def caffe_read_solvers(texts: Sequence[str], *, net_text: str | None = None,
+                       root: Path | str | None = None) -> list[SolverVerdict]:
+    """Caffe's own validity verdict on each solver text.
+
+    Each solver is read with ``caffe.get_solver`` (text parse, ``solver_type`` upgrade,
+    constructor CHECKs such as momentum == 0 for AdaGrad/RMSProp) and one update is applied
+    with zero diffs (``GetLearningRate`` CHECKs on gamma/stepsize, unknown lr_policy,
+    ``Regularize``'s unknown regularization_type when weight_decay != 0). Solvers with their own
+    ``net``/``train_net`` are pointed at ``net_text`` (default: one Parameter layer); a solver
+    with an inline ``net_param``/``train_net_param`` is used as is.
+    """
+    root = _require_root(root)
+    with _Job(root) as job:
+        net = job.write_text("net.prototxt", net_text if net_text is not None else _PROBE_NET)
+        for i, text in enumerate(texts):
+            try:
+                body = retarget_solver_text(text, job.chroot_path(net))
+            except ValueError:
+                body = text
+            job.tasks.append({"kind": "solver_check",
+                              "solver": job.write_text(f"s{i}.prototxt", body)})
+        results = job.run() if job.tasks else []
+    return [SolverVerdict(True, "", res["result"]["type"]) if res["ok"]
+            else SolverVerdict(False, res.get("message", ""))
+            for res in results]
+
+
+def caffe_read_solver(text: str, *, net_text: str | None = None,
+                      root: Path | str | None = None) -> SolverVerdict:
+    """Caffe's verdict on one solver text (see :func:`caffe_read_solvers`)."""
+    return caffe_read_solvers([text], net_text=net_text, root=root)[0]

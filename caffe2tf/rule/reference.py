@@ -1,0 +1,165 @@
+"""NumPy reference executor of an :class:`UpdateRule` (float32 in Caffe's CPU order, or float64).
+
+``run_reference(rule, init, grads)`` returns the weights after updates 1..N. Conventions (the
+same as ``caffe2tf replay`` and the oracle harness):
+
+* keys are ``"{layer}/{blob}"`` in Caffe's blob layout; ``grads[k]`` is what Caffe's diff holds
+  when update k+1 starts = the raw SUM over the ``iter_size`` forward/backward passes;
+* grads keys that are not weights are ignored; a sharer's key (``rule.params[..].sharers``)
+  stands for its owner (owner and sharers alias one diff in Caffe, so the owner's key wins when
+  both are given; they are never added twice);
+* when the net is known, blobs are processed in Caffe's ``learnable_params_`` order; otherwise
+  in the order of ``init`` with Caffe's default multipliers (``rule.default_group``);
+* ``lr_mult: 0`` blobs are still learnable params (``net.cpp:149-152``): they have solver state,
+  they are decayed (times eta = 0) and their diff enters the clip norm. In real training that
+  diff is 0 (the layer does not compute it, unless ``force_backward``); the harness and replay
+  write diffs directly and ``ApplyUpdate`` just reads them, so a non-zero gradient given for an
+  lr_mult-0 blob DOES count in the clip norm here, as it does in the binary.
+
+One update is ``for step in rule.steps: STEP_FUNCTIONS[type(step)](step, env)`` followed by
+``w -= u`` (``Net::Update``, ``blob.cpp:173-197``) and ``k += 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from caffe2tf.rule.model import ClipByGlobalNorm, ParamGroup, UpdateRule
+from caffe2tf.rule.steps import STEP_FUNCTIONS, StepFn, UpdateEnv
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _dtype(precision: str) -> type:
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"precision must be 'float32' or 'float64', not {precision!r}") from None
+
+
+def owner_map(rule: UpdateRule) -> dict[str, str]:
+    """Every known key (owners and sharers) -> its owner's key."""
+    out: dict[str, str] = {}
+    for g in rule.params:
+        out[g.key] = g.key
+        for s in g.sharers:
+            out[s] = g.key
+    return out
+
+
+class ReferenceOptimizer:
+    """Stateful step-by-step executor: ``opt.step(grads)`` applies one update and returns the
+    new weights (keyed like ``init``). ``k`` is Caffe's ``iter_``; ``current_step`` its
+    ``current_step_``; ``state`` the solver history per owner key; ``last_rate`` the global
+    rate used by the latest update."""
+
+    def __init__(self, rule: UpdateRule, init: Mapping[str, np.ndarray], *,
+                 precision: str = "float32",
+                 registry: Mapping[type, StepFn] | None = None) -> None:
+        self.rule = rule
+        self.dtype = _dtype(precision)
+        self.registry = dict(STEP_FUNCTIONS if registry is None else registry)
+        omap = owner_map(rule)
+        self._init_keys = list(init)
+        self._key_owner: dict[str, str] = {}
+        if rule.params:
+            unknown = [k for k in init if k not in omap]
+            if unknown:
+                raise ValueError(f"weights {unknown} are not learnable blobs of the net")
+            for k in init:
+                self._key_owner[k] = omap[k]
+            present = set(self._key_owner.values())
+            self.keys = [g.key for g in rule.params if g.key in present]
+            missing = [g.key for g in rule.params if g.key not in present]
+            if missing and rule.step(ClipByGlobalNorm) is not None:
+                raise ValueError(f"clipping needs every learnable blob; init lacks {missing}")
+            self.groups: dict[str, ParamGroup] = {g.key: g for g in rule.params}
+        else:
+            self._key_owner = {k: k for k in init}
+            self.keys = list(init)
+            dg = rule.default_group
+            self.groups = {k: ParamGroup(key=k, lr_mult=dg.lr_mult, decay_mult=dg.decay_mult)
+                           for k in self.keys}
+        self.weights: dict[str, np.ndarray] = {}
+        for k in init:
+            owner = self._key_owner[k]
+            if owner not in self.weights or k == owner:
+                self.weights[owner] = np.array(init[k], dtype=self.dtype, copy=True)
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.k = 0
+        self.current_step = 0
+        self.last_rate = 0.0
+
+    def _gradient(self, grads: Mapping[str, np.ndarray], owner: str) -> np.ndarray:
+        g = grads.get(owner)
+        if g is None:  # a sharer's key stands for its owner (they alias one diff)
+            g = next((grads[s] for s in self.groups[owner].sharers if s in grads), None)
+        if g is None:
+            raise ValueError(f"update {self.k + 1}: no gradient for {owner!r}")
+        g = np.asarray(g)
+        if g.shape != self.weights[owner].shape:
+            raise ValueError(f"update {self.k + 1}: gradient for {owner!r} has shape "
+                             f"{g.shape}, weights have {self.weights[owner].shape}")
+        return g.astype(self.dtype, copy=True)
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = UpdateEnv(k=self.k, dtype=self.dtype, keys=list(self.keys), weights=self.weights,
+                        grads={o: self._gradient(grads, o) for o in self.keys},
+                        groups=self.groups, state=self.state, current_step=self.current_step)
+        with np.errstate(all="ignore"):
+            for s in self.rule.steps:
+                self.registry[type(s)](s, env)
+            for o in self.keys:
+                self.weights[o] = self.weights[o] - env.updates[o]
+        self.current_step = env.current_step
+        self.last_rate = env.rate
+        self.k += 1
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Current weights keyed like ``init`` (a sharer's key gets its owner's weights)."""
+        return {k: self.weights[self._key_owner[k]].copy() for k in self._init_keys}
+
+
+def run_reference(rule: UpdateRule, init: Mapping[str, np.ndarray],
+                  grads: Sequence[Mapping[str, np.ndarray]], *, precision: str = "float32",
+                  registry: Mapping[type, StepFn] | None = None) -> list[dict[str, np.ndarray]]:
+    """Weights after updates 1..N (``len(grads)`` updates from a fresh solver, ``iter_ = 0``).
+
+    ``registry`` replaces :data:`caffe2tf.rule.steps.STEP_FUNCTIONS` (for planting mistakes).
+    """
+    opt = ReferenceOptimizer(rule, init, precision=precision, registry=registry)
+    return [opt.step(g) for g in grads]
+
+
+def deviation(reference: Sequence[Mapping[str, np.ndarray]],
+              candidate: Sequence[Mapping[str, np.ndarray]],
+              init: Mapping[str, np.ndarray]) -> float:
+    """``max|w_cand - w_ref| / max(distance travelled, 1% of max|w0|)`` over all steps and
+    blobs of ``reference``; the distance travelled is ``max_k max|w_ref_k - w0|``. NaN/inf in
+    either trajectory (where the other is finite) gives ``inf``."""
+    worst = 0.0
+    travelled = 0.0
+    w0max = max((float(np.max(np.abs(np.asarray(v, np.float64)))) for v in init.values()
+                 if np.size(v)), default=0.0)
+    for ref, cand in zip(reference, candidate, strict=True):
+        for key, r in ref.items():
+            r64 = np.asarray(r, np.float64)
+            c64 = np.asarray(cand[key], np.float64)
+            both_nan = np.isnan(r64) & np.isnan(c64)
+            diff = np.where(both_nan, 0.0, np.abs(c64 - r64))
+            if np.any(~np.isfinite(diff)):
+                return float("inf")
+            if diff.size:
+                worst = max(worst, float(diff.max()))
+            if key in init:
+                moved = np.abs(r64 - np.asarray(init[key], np.float64))
+                finite = moved[np.isfinite(moved)]
+                if finite.size:
+                    travelled = max(travelled, float(finite.max()))
+    scale = max(travelled, 0.01 * w0max)
+    if scale == 0.0:
+        return 0.0 if worst == 0.0 else float("inf")
+    return worst / scale

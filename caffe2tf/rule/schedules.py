@@ -1,0 +1,167 @@
+"""Caffe's seven learning-rate policies as pure functions of the iteration counter.
+
+Reproduces ``SGDSolver<Dtype>::GetLearningRate`` (caffe ``src/caffe/solvers/sgd_solver.cpp:26-70``,
+identical in the 2018 Debian ``1.0.0+git20180821.99bd997`` build) with ``k`` = ``iter_`` = the
+number of updates already applied (update k+1 uses ``lr(k)``)::
+
+    fixed      base_lr
+    step       base_lr * gamma ^ (k // stepsize)                 integer division (:34-37)
+    exp        base_lr * gamma ^ k                               (:38-40)
+    inv        base_lr * (1 + gamma*k) ^ (-power)                base formed in float (:41-45)
+    multistep  base_lr * gamma ^ current_step                    (:46-55) where, before that,
+               current_step += 1 if current_step < len(stepvalue) and k >= stepvalue[current_step]
+               (an ``if``: at most ONE advance per call -- the counter is state)
+    poly       base_lr * (1 - k/max_iter) ^ power                float division (:56-59)
+    sigmoid    base_lr / (1 + exp(-gamma*(k - stepsize)))        (:60-65); Caffe CHECKs
+               gamma >= 0, so this is a ramp UP with lr = base_lr/2 at k = stepsize.
+
+Precision (caffe-semantics.md §2, §9): the proto fields are float32; Caffe stores the rate as
+``Dtype`` = float. ``precision="float32"`` follows the C++ expression types: ``step``/``exp``
+call ``pow(float, int)`` (promoted to double) and round the product once; ``inv``, ``poly`` and
+``sigmoid`` are evaluated with float operands, so each operation rounds to float32 (the float
+``pow``/``exp`` is emulated by evaluating in double and rounding, which can differ from libm's
+``powf`` by at most 1 ulp). ``precision="float64"`` evaluates the same formula in double from
+the float32-rounded fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from caffe2tf.rule.model import LrSchedule
+
+_F32 = np.float32
+
+
+def _f(x: float) -> float:
+    """Round to float32 (returned as a Python float)."""
+    return float(_F32(x))
+
+
+def _pow(base: float, exponent: float) -> float:
+    try:
+        return math.pow(base, exponent)
+    except (OverflowError, ValueError):
+        with np.errstate(all="ignore"):
+            return float(np.power(np.float64(base), np.float64(exponent)))
+
+
+def _fixed(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    return s.base_lr, cs
+
+
+def _step(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    if s.stepsize <= 0:
+        raise ValueError("lr_policy 'step' needs stepsize > 0 (Caffe CHECK_GT)")
+    cs = k // s.stepsize  # C++ int division; k, stepsize >= 0
+    return s.base_lr * _pow(s.gamma, cs), cs
+
+
+def _exp(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    return s.base_lr * _pow(s.gamma, k), cs
+
+
+def _inv(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    if f32:
+        base = _f(1.0 + _f(s.gamma * _f(k)))
+        return s.base_lr * _f(_pow(base, -s.power)), cs
+    return s.base_lr * _pow(1.0 + s.gamma * k, -s.power), cs
+
+
+def _multistep(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    if cs < len(s.stepvalue) and k >= s.stepvalue[cs]:
+        cs += 1
+    return s.base_lr * _pow(s.gamma, cs), cs
+
+
+def _poly(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    with np.errstate(all="ignore"):
+        if f32:
+            frac = _F32(k) / _F32(s.max_iter)  # float division, inf/nan when max_iter = 0
+            base = _f(_F32(1.0) - frac)
+            return s.base_lr * _f(_pow(base, s.power)), cs
+        frac = np.float64(k) / np.float64(s.max_iter)
+        return s.base_lr * _pow(float(1.0 - frac), s.power), cs
+
+
+def _sigmoid(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    if s.stepsize <= 0:
+        raise ValueError("lr_policy 'sigmoid' needs stepsize > 0 (Caffe CHECK_GT)")
+    if f32:
+        arg = _f(-s.gamma * _f(_f(k) - _f(s.stepsize)))
+        e = _f(math.exp(arg)) if arg < 709 else math.inf
+        return s.base_lr * _f(1.0 / _f(1.0 + e)), cs
+    arg = -s.gamma * (k - s.stepsize)
+    e = math.exp(arg) if arg < 709 else math.inf
+    return s.base_lr / (1.0 + e), cs
+
+
+PolicyFn = Callable[[LrSchedule, int, int, bool], tuple[float, int]]
+
+#: policy name -> f(schedule, k, current_step, float32?) -> (unrounded rate, new current_step)
+POLICIES: dict[str, PolicyFn] = {
+    "fixed": _fixed,
+    "step": _step,
+    "exp": _exp,
+    "inv": _inv,
+    "multistep": _multistep,
+    "poly": _poly,
+    "sigmoid": _sigmoid,
+}
+
+#: policies whose rate depends on ``current_step`` carried between calls
+STATEFUL_POLICIES = frozenset({"multistep"})
+
+
+def lr_at(schedule: LrSchedule, k: int, current_step: int = 0, *,
+          precision: str = "float32") -> tuple[float, int]:
+    """Caffe's rate for the update with ``iter_ = k`` and the new ``current_step_``.
+
+    ``current_step`` is Caffe's ``current_step_`` *before* this call (0 on a fresh start);
+    ``step`` overwrites it with ``k // stepsize``, ``multistep`` advances it by at most one,
+    the others leave it alone. In float32 mode the rate is rounded to float32 like Caffe's
+    ``Dtype rate``.
+    """
+    try:
+        fn = POLICIES[schedule.policy]
+    except KeyError:
+        raise ValueError(f"unknown lr_policy {schedule.policy!r} "
+                         f"(Caffe: 'Unknown learning rate policy')") from None
+    f32 = precision == "float32"
+    rate, cs = fn(schedule, int(k), int(current_step), f32)
+    return (_f(rate) if f32 else float(rate)), cs
+
+
+def lr_sequence(schedule: LrSchedule, n: int, *, start: int = 0, current_step: int = 0,
+                precision: str = "float32") -> np.ndarray:
+    """Rates of updates ``start .. start+n-1`` calling :func:`lr_at` once per update (as
+    ``ApplyUpdate`` does), from a fresh start by default. float32 (or float64) array."""
+    out = np.empty(n, dtype=np.float32 if precision == "float32" else np.float64)
+    cs = current_step
+    for i in range(n):
+        out[i], cs = lr_at(schedule, start + i, cs, precision=precision)
+    return out
+
+
+def boundaries(schedule: LrSchedule, horizon: int) -> list[int]:
+    """Iterations in ``[0, horizon)`` at which a piecewise-constant rate changes (fresh start):
+    ``k`` is listed when ``lr(k) != lr(k-1)`` is caused by a step boundary (``step``: multiples
+    of stepsize; ``multistep``: where current_step advances). Empty for smooth policies."""
+    if schedule.policy == "step" and schedule.stepsize > 0:
+        return list(range(schedule.stepsize, horizon, schedule.stepsize))
+    if schedule.policy == "multistep":
+        # advance i happens at max(stepvalue[i], previous advance + 1): one per call
+        out: list[int] = []
+        prev = -1
+        for value in schedule.stepvalue:
+            prev = max(value, prev + 1)
+            if prev >= horizon:
+                break
+            out.append(prev)
+        return out
+    if schedule.policy == "sigmoid" and 0 < schedule.stepsize < horizon:
+        return [schedule.stepsize]
+    return []

@@ -1,0 +1,239 @@
+"""The reference math of each rule step, one function per step class, in Caffe's CPU order.
+
+Each function has the signature ``fn(step, env) -> None`` and updates the per-update
+:class:`UpdateEnv` in place (the working gradient = Caffe's diff, the solver state, the
+per-blob learning rates, the final update). :data:`STEP_FUNCTIONS` maps step class -> function;
+:func:`caffe2tf.rule.reference.run_reference` dispatches through it (tests replace entries to
+plant mistakes).
+
+Float32 mode reproduces the roundings of ``Solver<float>`` on the CPU without MKL
+(caffe-semantics.md §9): every BLAS-like call is one rounded float32 operation per element;
+``caffe_cpu_axpby(a, x, b, y)`` = ``y = b*y`` (``?scal``) then ``y = a*x + y`` (``?axpy``)
+(``math_functions.cpp:117-127``); ``caffe_powx`` is ``pow`` elementwise
+(``mkl_alternate.hpp:62``), so square roots are ``pow(h, 0.5f)`` and squares ``pow(g, 2f)``;
+scalars such as ``1 - momentum`` are formed in float. Float64 mode runs the same sequence in
+double (from the float32-rounded hyper-parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from caffe2tf.rule.model import (
+    AdaDelta,
+    AdaGrad,
+    Adam,
+    AddDecay,
+    ClipByGlobalNorm,
+    Momentum,
+    NormalizeBy,
+    ParamGroup,
+    RMSProp,
+    ScaleByLr,
+)
+from caffe2tf.rule.schedules import lr_at
+
+
+@dataclass
+class UpdateEnv:
+    """Everything one update reads and writes. ``keys`` are the owner blobs in Caffe's
+    ``learnable_params_`` order; ``grads`` is the diff being transformed in place."""
+
+    k: int
+    dtype: type
+    keys: list[str]
+    weights: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    groups: dict[str, ParamGroup]
+    state: dict[str, dict[str, np.ndarray]]
+    current_step: int = 0
+    rate: float = 0.0
+    eta: dict[str, np.floating] = field(default_factory=dict)
+    updates: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        return "float32" if self.dtype is np.float32 else "float64"
+
+    def s(self, x: float) -> np.floating:
+        """A scalar of the working dtype (float32 rounding of Caffe's ``Dtype`` scalars)."""
+        return self.dtype(x)
+
+    def slot(self, key: str, name: str) -> np.ndarray:
+        """Zero-initialised solver state (``sgd_solver.cpp:72-85``)."""
+        per = self.state.setdefault(key, {})
+        if name not in per:
+            per[name] = np.zeros_like(self.weights[key])
+        return per[name]
+
+
+def axpby(a: np.floating, x: np.ndarray, b: np.floating, y: np.ndarray) -> np.ndarray:
+    """``caffe_cpu_axpby`` without MKL: ``y = b*y`` then ``y = a*x + y`` (two roundings each)."""
+    return a * x + b * y
+
+
+def powx(x: np.ndarray, p: float) -> np.ndarray:
+    """``caffe_powx``: elementwise ``pow(x, p)`` (not ``sqrt``) in the working dtype."""
+    return np.power(x, x.dtype.type(p))
+
+
+# ---- the steps ---------------------------------------------------------------------------
+
+
+def clip_by_global_norm(step: ClipByGlobalNorm, env: UpdateEnv) -> None:
+    """``SGDSolver::ClipGradients`` (``sgd_solver.cpp:87-106``): ``n = sqrt(sum_p g_p.g_p)``
+    over ALL learnable (owner) blobs -- lr_mult 0 blobs included, with whatever their diff holds;
+    if ``n > c`` (strict; NaN never clips) every diff is scaled by ``c/n`` (``blob.cpp:384``).
+    Per blob the dot is ``cblas_sdot``; the blob sums are accumulated in ``Dtype``."""
+    c = env.s(step.threshold)
+    sumsq = env.s(0.0)
+    for key in env.keys:
+        g = env.grads[key].ravel()
+        sumsq = env.dtype(sumsq + np.dot(g, g))
+    norm = env.dtype(np.sqrt(sumsq))
+    if norm > c:
+        scale = env.dtype(c / norm)
+        for key in env.keys:
+            env.grads[key] = env.grads[key] * scale
+
+
+def normalize_by(step: NormalizeBy, env: UpdateEnv) -> None:
+    """``SGDSolver::Normalize`` (``sgd_solver.cpp:129-153``): ``g *= fl(1/iter_size)``."""
+    if step.iter_size == 1:
+        return
+    factor = env.dtype(env.s(1.0) / env.s(step.iter_size))
+    for key in env.keys:
+        env.grads[key] = env.grads[key] * factor
+
+
+def add_decay(step: AddDecay, env: UpdateEnv) -> None:
+    """``SGDSolver::Regularize`` (``sgd_solver.cpp:155-215``): ``local_decay = wd*decay_mult``
+    formed in Dtype; skipped when 0; L2 ``g += local_decay*w``, L1 ``g += local_decay*sign(w)``
+    with ``sign(0) = 0`` (``caffe_axpy``)."""
+    wd = env.s(step.weight_decay)
+    for key in env.keys:
+        local = env.dtype(wd * env.s(env.groups[key].decay_mult))
+        if not local:
+            continue
+        w = env.weights[key]
+        if step.kind == "L2":
+            env.grads[key] = local * w + env.grads[key]
+        elif step.kind == "L1":
+            env.grads[key] = local * np.sign(w).astype(env.dtype) + env.grads[key]
+        else:
+            raise ValueError(f"unknown regularization type {step.kind!r}")
+
+
+def scale_by_lr(step: ScaleByLr, env: UpdateEnv) -> None:
+    """``GetLearningRate`` at ``iter_ = k`` (``sgd_solver.cpp:26-70``; advances the multistep
+    counter), then ``local_rate = rate * lr_mult`` in Dtype (``sgd_solver.cpp:228``)."""
+    rate, env.current_step = lr_at(step.schedule, env.k, env.current_step,
+                                   precision=env.precision)
+    env.rate = rate
+    r = env.s(rate)
+    for key in env.keys:
+        env.eta[key] = env.dtype(r * env.s(env.groups[key].lr_mult))
+
+
+def momentum(step: Momentum, env: UpdateEnv) -> None:
+    """SGD (``sgd_solver.cpp:223-254``): ``h = mu*h + eta*g`` (axpby), update ``u = h`` -- the
+    learning rate lives INSIDE the velocity. Nesterov (``nesterov_solver.cpp:13-56``):
+    ``h_old = h; h = mu*h + eta*g; u = (1+mu)*h - mu*h_old`` (axpby, ``1+mu`` in Dtype)."""
+    mu = env.s(step.momentum)
+    for key in env.keys:
+        h_old = env.slot(key, "history")
+        h = axpby(env.eta[key], env.grads[key], mu, h_old)
+        env.state[key]["history"] = h
+        if step.nesterov:
+            env.updates[key] = axpby(env.dtype(env.s(1.0) + mu), h, -mu, h_old)
+        else:
+            env.updates[key] = h
+
+
+def adagrad(step: AdaGrad, env: UpdateEnv) -> None:
+    """AdaGrad (``adagrad_solver.cpp:13-64``, CPU order): ``h += pow(g,2)``;
+    ``u = eta * (g / (pow(h,0.5) + delta))`` -- delta OUTSIDE the root."""
+    delta = env.s(step.delta)
+    for key in env.keys:
+        g = env.grads[key]
+        h = powx(g, 2.0) + env.slot(key, "history")
+        env.state[key]["history"] = h
+        env.updates[key] = env.eta[key] * (g / (powx(h, 0.5) + delta))
+
+
+def rmsprop(step: RMSProp, env: UpdateEnv) -> None:
+    """RMSProp (``rmsprop_solver.cpp:13-65``, CPU order): ``h = rho*h + fl(1-rho)*pow(g,2)``;
+    ``u = eta * (g / (pow(h,0.5) + delta))`` -- delta OUTSIDE the root."""
+    rho = env.s(step.rms_decay)
+    one_minus = env.dtype(env.s(1.0) - rho)
+    delta = env.s(step.delta)
+    for key in env.keys:
+        g = env.grads[key]
+        h = axpby(one_minus, powx(g, 2.0), rho, env.slot(key, "history"))
+        env.state[key]["history"] = h
+        env.updates[key] = env.eta[key] * (g / (powx(h, 0.5) + delta))
+
+
+def adadelta(step: AdaDelta, env: UpdateEnv) -> None:
+    """AdaDelta (``adadelta_solver.cpp:25-107``, CPU order), rho = ``momentum``::
+
+        a = rho*a + fl(1-rho)*pow(g,2)
+        d = g * pow((delta + b) / (delta + a), 0.5)      delta INSIDE both
+        b = rho*b + fl(1-rho)*pow(d,2)                   (unscaled d)
+        u = eta * d
+    """
+    rho = env.s(step.rho)
+    one_minus = env.dtype(env.s(1.0) - rho)
+    delta = env.s(step.delta)
+    for key in env.keys:
+        g = env.grads[key]
+        a = axpby(one_minus, powx(g, 2.0), rho, env.slot(key, "history"))
+        b = env.slot(key, "update_history")
+        d = g * powx((delta + b) / (delta + a), 0.5)
+        env.state[key]["history"] = a
+        env.state[key]["update_history"] = axpby(one_minus, powx(d, 2.0), rho, b)
+        env.updates[key] = env.eta[key] * d
+
+
+def adam_correction(beta1: float, beta2: float, t: int) -> float:
+    """``sqrt(1 - beta2^t) / (1 - beta1^t)`` in double (``adam_solver.cpp:39-41``)."""
+    return math.sqrt(1.0 - math.pow(beta2, t)) / (1.0 - math.pow(beta1, t))
+
+
+def adam(step: Adam, env: UpdateEnv) -> None:
+    """Adam (``adam_solver.cpp:25-89``, CPU order), t = k + 1::
+
+        m = b1*m + fl(1-b1)*g ;  v = b2*v + fl(1-b2)*(g*g)
+        u = fl(eta * corr) * (m / (pow(v,0.5) + delta))   corr in double, rounded to Dtype
+    delta is added to the UNCORRECTED sqrt(v) (the paper's epsilon-hat form)."""
+    b1, b2 = env.s(step.beta1), env.s(step.beta2)
+    om1, om2 = env.dtype(env.s(1.0) - b1), env.dtype(env.s(1.0) - b2)
+    delta = env.s(step.delta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = env.s(adam_correction(float(b1), float(b2), env.k + 1))
+    for key in env.keys:
+        g = env.grads[key]
+        m = axpby(om1, g, b1, env.slot(key, "m"))
+        v = axpby(om2, g * g, b2, env.slot(key, "v"))
+        env.state[key]["m"], env.state[key]["v"] = m, v
+        env.updates[key] = env.dtype(env.eta[key] * corr) * (m / (powx(v, 0.5) + delta))
+
+
+StepFn = Callable[[object, UpdateEnv], None]
+
+#: step class -> reference function (tests replace entries to plant mistakes)
+STEP_FUNCTIONS: dict[type, StepFn] = {
+    ClipByGlobalNorm: clip_by_global_norm,  # type: ignore[dict-item]
+    NormalizeBy: normalize_by,  # type: ignore[dict-item]
+    AddDecay: add_decay,  # type: ignore[dict-item]
+    ScaleByLr: scale_by_lr,  # type: ignore[dict-item]
+    Momentum: momentum,  # type: ignore[dict-item]
+    AdaGrad: adagrad,  # type: ignore[dict-item]
+    RMSProp: rmsprop,  # type: ignore[dict-item]
+    AdaDelta: adadelta,  # type: ignore[dict-item]
+    Adam: adam,  # type: ignore[dict-item]
+}

@@ -1,0 +1,453 @@
+"""The TRAIN-phase net as Caffe builds it: layer filtering, the learnable-param table, shapes.
+
+This reproduces three parts of ``Net<Dtype>::Init`` (BVLC/caffe ``src/caffe/net.cpp`` at
+9b891540, identical to Debian's 1.0.0+git20180821.99bd997 for this file):
+
+* ``FilterNet``/``StateMeetsRule`` (net.cpp:260-353): which layers exist for a NetState.
+* ``AppendParam`` (net.cpp:141-156, 422-515): every blob of every layer becomes a *param*; an
+  unnamed blob, or the first blob with a given ``param { name }``, is a new *learnable* param
+  (an owner, in ``learnable_params_`` order); later blobs with that name alias the owner.
+* ``Layer::SetUp`` of each layer, for the blob shapes (see :mod:`caffe2tf.caffe.shapes`).
+
+The NetState used for the train net is built like ``Solver::InitTrainNet`` (solver.cpp:106-114):
+start from ``phase: TRAIN``, merge the net's own ``state``, then the solver's ``train_state``
+(a later ``phase`` set explicitly wins; ``stage`` lists are concatenated by protobuf merging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from caffe2tf.caffe import shapes as shp
+from caffe2tf.caffe.model import LayerInfo, NetSpec, ParamBlob
+from caffe2tf.errors import InputError, SourceLocation
+from caffe2tf.notes import Note, Severity
+
+TRAIN, TEST = 0, 1  # caffe.proto ``enum Phase``
+
+#: Layer types of BVLC Caffe with no shape rule of their own here but known to Caffe.
+OPAQUE_KNOWN = frozenset({"Python"})
+
+#: Fork layer types that are known to own learnable blobs (beyond their ``param {}`` blocks).
+FORK_TYPES_WITH_PARAMS = {
+    "BN": 2,  # SegNet / yjxiong caffe: scale and shift
+    "Normalize": 1,  # SSD: channel scale
+    "ConvolutionDepthwise": None,
+    "DepthwiseConvolution": None,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# NetState and include/exclude rules
+
+
+def train_state(net: Any, state: Any | None = None) -> Any:
+    """The NetState of the train net (solver.cpp:106-114): phase TRAIN, then ``net.state``
+    merged in, then the solver's ``train_state`` (highest precedence)."""
+    result = type(net.state)()
+    result.phase = TRAIN
+    result.MergeFrom(net.state)
+    if state is not None:
+        result.MergeFrom(state)
+    return result
+
+
+def state_meets_rule(state: Any, rule: Any) -> bool:
+    """``Net::StateMeetsRule`` (net.cpp:290-353): the rule's phase (if set) must equal the
+    state's; min_level <= level <= max_level where set; the state must hold ALL of the rule's
+    ``stage``s and NONE of its ``not_stage``s."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def layer_included(state: Any, layer: Any) -> bool:
+    """``Net::FilterNet`` (net.cpp:266-286) for one layer: with no include rules a layer is in
+    unless an exclude rule is met; with include rules it is in only if one is met. Both kinds on
+    one layer is fatal in Caffe (net.cpp:269-270); the caller checks that first."""
+    if len(layer.include) == 0:
+        return not any(state_meets_rule(state, r) for r in layer.exclude)
+    return any(state_meets_rule(state, r) for r in layer.include)
+
+
+def filter_layers(
+    net: Any, state: Any, path: str, layer_locations: Sequence[SourceLocation | None] = ()
+) -> list[int]:
+    """Indices (into ``net.layer``) of the layers that exist for ``state``."""
+    kept = []
+    for i, layer in enumerate(net.layer):
+        if len(layer.include) and len(layer.exclude):
+            raise InputError(
+                f"layer '{layer.name}': Specify either include rules or exclude rules; not both.",
+                _loc(layer_locations, i, path),
+            )
+        if layer_included(state, layer):
+            kept.append(i)
+    return kept
+
+
+def _loc(locations: Sequence[SourceLocation | None], i: int, path: str) -> SourceLocation:
+    if i < len(locations) and locations[i] is not None:
+        return locations[i]  # type: ignore[return-value]
+    return SourceLocation(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the param table
+
+
+@dataclass
+class _Owner:
+    key: str
+    layer: str
+    layer_type: str
+    index: int
+    shape: shp.Shape
+    lr_mult: float
+    decay_mult: float
+    lr_explicit: bool
+    decay_explicit: bool
+    share_name: str
+    location: SourceLocation | None
+    sharers: list[str] = field(default_factory=list)
+
+    def freeze(self) -> ParamBlob:
+        shape = self.shape if shp.known(self.shape) else None
+        return ParamBlob(
+            key=self.key,
+            layer=self.layer,
+            layer_type=self.layer_type,
+            index=self.index,
+            shape=shape,  # type: ignore[arg-type]
+            lr_mult=self.lr_mult,
+            decay_mult=self.decay_mult,
+            share_name=self.share_name,
+            sharers=tuple(self.sharers),
+            lr_mult_explicit=self.lr_explicit,
+            decay_mult_explicit=self.decay_explicit,
+            location=self.location,
+        )
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A ParamSpec as AppendParam sees it: values and whether they were set explicitly."""
+
+    name: str = ""
+    permissive: bool = False
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+    lr_explicit: bool = False
+    decay_explicit: bool = False
+
+
+def _spec(ps: Any) -> _Spec:
+    return _Spec(
+        name=ps.name,
+        permissive=ps.share_mode == 1,  # ParamSpec.DimCheckMode PERMISSIVE = 1
+        lr_mult=float(ps.lr_mult),
+        decay_mult=float(ps.decay_mult),
+        lr_explicit=ps.HasField("lr_mult"),
+        decay_explicit=ps.HasField("decay_mult"),
+    )
+
+
+def layer_specs(layer: Any, n_blobs: int, loc: SourceLocation) -> list[_Spec]:
+    """The ParamSpecs AppendParam reads for each blob of ``layer`` (net.cpp:440-442): param[i]
+    if present, else the default (lr_mult 1, decay_mult 1, both implicit).
+
+    BatchNorm first edits its own copy of the LayerParameter (batch_norm_layer.cpp:37-48): each
+    blob without a ParamSpec gets ``param { lr_mult: 0 }`` appended, and an existing ParamSpec
+    whose lr_mult (default 1) is not 0 is fatal."""
+    specs = [_spec(ps) for ps in layer.param]
+    if layer.type == "BatchNorm":
+        for i in range(n_blobs):
+            if i == len(specs):
+                specs.append(_Spec(lr_mult=0.0, lr_explicit=True))
+            elif specs[i].lr_mult != 0.0:
+                raise InputError(
+                    f"layer '{layer.name}': Cannot configure batch normalization statistics as "
+                    f"layer parameters (param {i} has lr_mult {specs[i].lr_mult:g}; BatchNorm "
+                    "requires lr_mult: 0, batch_norm_layer.cpp:44-46)",
+                    loc,
+                )
+    while len(specs) < n_blobs:
+        specs.append(_Spec())
+    return specs
+
+
+def _fmt(shape: shp.Shape) -> str:
+    if shape is None:
+        return "?"
+    return " ".join("?" if d is None else str(d) for d in shape) + f" ({shp.prod(shape) or '?'})"
+
+
+class _ParamTable:
+    """``Net::AppendParam`` state: owners in learnable order and the name index."""
+
+    def __init__(self) -> None:
+        self.owners: list[_Owner] = []
+        self.by_name: dict[str, _Owner] = {}
+
+    def append(
+        self,
+        layer: Any,
+        index: int,
+        shape: shp.Shape,
+        spec: _Spec,
+        loc: SourceLocation,
+        notes: list[Note],
+    ) -> None:
+        key = f"{layer.name}/{index}"
+        owner = self.by_name.get(spec.name) if spec.name else None
+        if owner is None:  # net.cpp:443-458: a new learnable param
+            new = _Owner(
+                key=key,
+                layer=layer.name,
+                layer_type=layer.type,
+                index=index,
+                shape=shape,
+                lr_mult=spec.lr_mult,
+                decay_mult=spec.decay_mult,
+                lr_explicit=spec.lr_explicit,
+                decay_explicit=spec.decay_explicit,
+                share_name=spec.name,
+                location=loc,
+            )
+            self.owners.append(new)
+            if spec.name:
+                self.by_name[spec.name] = new
+            return
+        # net.cpp:459-514: share the owner's blob
+        where = (
+            f"Cannot share param '{spec.name}' owned by layer '{owner.layer}' with layer "
+            f"'{layer.name}'"
+        )
+        if (
+            shape is not None
+            and owner.shape is not None
+            and (shp.known(shape) and shp.known(owner.shape))
+        ):
+            if spec.permissive:  # net.cpp:475-483: counts only
+                if shp.prod(shape) != shp.prod(owner.shape):
+                    raise InputError(
+                        f"{where}; count mismatch.  Owner layer param shape is "
+                        f"{_fmt(owner.shape)}; sharing layer shape is {_fmt(shape)}",
+                        loc,
+                    )
+            elif tuple(shape) != tuple(owner.shape):  # net.cpp:484-491: all dims
+                raise InputError(
+                    f"{where}; shape mismatch.  Owner layer param shape is {_fmt(owner.shape)}; "
+                    f"sharing layer expects shape {_fmt(shape)}",
+                    loc,
+                )
+        else:
+            notes.append(
+                Note(
+                    "net.share_unchecked",
+                    f"layer '{layer.name}' shares param '{spec.name}' with layer '{owner.layer}'"
+                    " but a shape is unknown, so Caffe's shape check could not be repeated",
+                    Severity.WARNING,
+                    loc,
+                )
+            )
+            if owner.shape is None or not shp.known(owner.shape):
+                if shp.known(shape):
+                    owner.shape = shape
+        # net.cpp:495-513: explicit multipliers must agree; an explicit one replaces an
+        # implicit (default) one of the owner.
+        if spec.lr_explicit:
+            if owner.lr_explicit:
+                if spec.lr_mult != owner.lr_mult:
+                    raise InputError(
+                        f"Shared param '{spec.name}' has mismatched lr_mult "
+                        f"(layer '{owner.layer}': {owner.lr_mult:g}, layer '{layer.name}': "
+                        f"{spec.lr_mult:g})",
+                        loc,
+                    )
+            else:
+                owner.lr_explicit = True
+                owner.lr_mult = spec.lr_mult
+        if spec.decay_explicit:
+            if owner.decay_explicit:
+                if spec.decay_mult != owner.decay_mult:
+                    raise InputError(
+                        f"Shared param '{spec.name}' has mismatched decay_mult "
+                        f"(layer '{owner.layer}': {owner.decay_mult:g}, layer '{layer.name}': "
+                        f"{spec.decay_mult:g})",
+                        loc,
+                    )
+            else:
+                owner.decay_explicit = True
+                owner.decay_mult = spec.decay_mult
+        owner.sharers.append(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole net
+
+
+def build_net_spec(
+    net: Any,
+    *,
+    path: str,
+    layer_locations: Sequence[SourceLocation | None] = (),
+    notes: Sequence[Note] = (),
+    legacy_format: str = "V2",
+    state: Any | None = None,
+    lenient: bool = False,
+) -> NetSpec:
+    """Build the TRAIN-phase :class:`NetSpec` of an (already V2-upgraded) ``NetParameter``.
+
+    ``layer_locations[i]`` is the source location of ``net.layer[i]``; ``state`` is the solver's
+    ``train_state``; ``notes`` are carried into the result first. Caffe's fatal checks raise
+    :class:`InputError`; with ``lenient`` unknown layer types and dangling bottoms become notes.
+    """
+    out_notes: list[Note] = list(notes)
+    st = train_state(net, state)
+    if st.phase != TRAIN:
+        out_notes.append(
+            Note(
+                "net.phase_test",
+                "the net's state / the solver's train_state set phase: TEST; Caffe builds the "
+                "train net with that phase (solver.cpp:110-114), so TEST-phase layers are used",
+                Severity.WARNING,
+                SourceLocation(path),
+                affects_training=True,
+            )
+        )
+    kept = filter_layers(net, st, path, layer_locations)
+    blob_shapes: dict[str, shp.Shape] = {}
+    table = _ParamTable()
+    infos: list[LayerInfo] = []
+    for i in kept:
+        layer = net.layer[i]
+        loc = _loc(layer_locations, i, path)
+        infos.append(LayerInfo(layer.name, layer.type, tuple(layer.bottom), tuple(layer.top), loc))
+        bottoms: list[shp.Shape] = []
+        for b_i, b in enumerate(layer.bottom):
+            if b not in blob_shapes:  # net.cpp:384-390 AppendBottom
+                msg = f"Unknown bottom blob '{b}' (layer '{layer.name}', bottom index {b_i})"
+                if not lenient:
+                    raise InputError(msg, loc)
+                out_notes.append(Note("net.unknown_bottom", msg, Severity.WARNING, loc))
+            bottoms.append(blob_shapes.get(b))
+        for t_i, t in enumerate(layer.top):  # net.cpp:362-376 AppendTop
+            in_place = t_i < len(layer.bottom) and layer.bottom[t_i] == t
+            if t in blob_shapes and not in_place and not lenient:
+                raise InputError(f"Top blob '{t}' produced by multiple sources.", loc)
+        result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes)
+        for t_i, t in enumerate(layer.top):
+            blob_shapes[t] = result.tops[t_i] if t_i < len(result.tops) else None
+        if len(layer.param) > n_blobs:  # net.cpp:141-144
+            raise InputError(
+                f"Too many params specified for layer {layer.name} ({len(layer.param)} param "
+                f"blocks for {n_blobs} blobs)",
+                loc,
+            )
+        specs = layer_specs(layer, n_blobs, loc)
+        blob_shapes_l = list(result.blobs) + [None] * (n_blobs - len(result.blobs))
+        for b_i in range(n_blobs):
+            table.append(layer, b_i, blob_shapes_l[b_i], specs[b_i], loc, out_notes)
+        if n_blobs and not opaque and not all(shp.known(s) for s in blob_shapes_l):
+            out_notes.append(
+                Note(
+                    "net.param_shape_unknown",
+                    f"layer '{layer.name}' ({layer.type}): learnable blob shape unknown "
+                    f"({result.unknown or 'input shape unknown'}); shown as ?",
+                    Severity.INFO,
+                    loc,
+                )
+            )
+        elif layer.type in shp.DATA_DEPENDENT and result.unknown:
+            out_notes.append(
+                Note(
+                    "net.data_shape_unknown",
+                    f"layer '{layer.name}' ({layer.type}): top shape not fully known "
+                    f"({result.unknown}); shapes that depend on it are shown as ?",
+                    Severity.INFO,
+                    loc,
+                )
+            )
+    return NetSpec(
+        path=path,
+        name=net.name,
+        layers=tuple(infos),
+        params=tuple(o.freeze() for o in table.owners),
+        legacy_format=legacy_format,
+        message=net,
+        notes=tuple(out_notes),
+    )
+
+
+def _layer_shapes(
+    layer: Any,
+    bottoms: list[shp.Shape],
+    loc: SourceLocation,
+    lenient: bool,
+    notes: list[Note],
+) -> tuple[shp.LayerShapes, int, bool]:
+    """Shapes for one layer, the number of blobs it owns, and whether it is opaque to us."""
+    try:
+        result = shp.infer(layer, bottoms)
+    except shp.ShapeError as exc:
+        if not lenient:
+            raise InputError(f"layer '{layer.name}' ({layer.type}): {exc}", loc) from None
+        notes.append(
+            Note(
+                "net.layer_rejected",
+                f"layer '{layer.name}' ({layer.type}): Caffe would reject this layer: {exc}",
+                Severity.WARNING,
+                loc,
+            )
+        )
+        result = None
+    if result is not None:
+        return result, len(result.blobs), False
+    n_params = len(layer.param)
+    tops = tuple(None for _ in layer.top)
+    if shp.RULES.get(layer.type) is not None:  # a known type whose check failed (lenient)
+        return shp.LayerShapes(tops), n_params, True
+    if layer.type not in OPAQUE_KNOWN and not lenient:
+        raise InputError(
+            f"Unknown layer type: {layer.type} (layer '{layer.name}'); BVLC Caffe has no such "
+            "layer (use --lenient to read fork files)",
+            loc,
+        )
+    fork_blobs = FORK_TYPES_WITH_PARAMS.get(layer.type, 0)
+    owns = n_params > 0 or layer.type in FORK_TYPES_WITH_PARAMS
+    n_blobs = max(n_params, fork_blobs or 0)
+    what = "Python layer" if layer.type == "Python" else f"unknown layer type '{layer.type}'"
+    if owns:
+        msg = (
+            f"layer '{layer.name}': {what} owns learnable blobs whose count and shapes are "
+            f"unknown here; listed {n_blobs} (from its param blocks"
+            + (" and the fork's known layout" if fork_blobs else "")
+            + "); any further blob would train with lr_mult 1, decay_mult 1"
+        )
+    else:
+        msg = (
+            f"layer '{layer.name}': {what}: its tops' shapes are unknown and any learnable "
+            "blobs it creates are not listed"
+        )
+    notes.append(
+        Note(
+            "net.python_layer" if layer.type == "Python" else "net.unknown_layer_type",
+            msg,
+            Severity.WARNING,
+            loc,
+            affects_training=owns,
+        )
+    )
+    return shp.LayerShapes(tops), n_blobs, True

@@ -328,7 +328,7 @@ def build_net_spec(
             )
         )
     kept = filter_layers(net, st, path, layer_locations)
-    blob_shapes: dict[str, shp.Shape] = {}
+    blob_shapes: dict[str, shp.Shape] = dict(_legacy_inputs(net))
     table = _ParamTable()
     infos: list[LayerInfo] = []
     for i in kept:
@@ -360,6 +360,15 @@ def build_net_spec(
         blob_shapes_l = list(result.blobs) + [None] * (n_blobs - len(result.blobs))
         for b_i in range(n_blobs):
             table.append(layer, b_i, blob_shapes_l[b_i], specs[b_i], loc, out_notes)
+        if result.assumed:
+            out_notes.append(
+                Note(
+                    "net.shape_assumed",
+                    f"layer '{layer.name}' ({layer.type}): {result.assumed}",
+                    Severity.INFO,
+                    loc,
+                )
+            )
         if n_blobs and not opaque and not all(shp.known(s) for s in blob_shapes_l):
             out_notes.append(
                 Note(
@@ -389,6 +398,21 @@ def build_net_spec(
         message=net,
         notes=tuple(out_notes),
     )
+
+
+def _legacy_inputs(net: Any) -> list[tuple[str, shp.Shape]]:
+    """Net-level ``input`` blobs left in a net (Caffe's upgrade turns them into an Input layer,
+    upgrade_proto.cpp UpgradeNetInput): shapes from ``input_shape`` or 4 ``input_dim`` each."""
+    out: list[tuple[str, shp.Shape]] = []
+    dims = [int(d) for d in net.input_dim]
+    for i, name in enumerate(net.input):
+        shape: shp.Shape = None
+        if i < len(net.input_shape):
+            shape = tuple(int(d) for d in net.input_shape[i].dim)
+        elif len(dims) >= 4 * (i + 1):
+            shape = tuple(dims[4 * i : 4 * i + 4])
+        out.append((name, shape))
+    return out
 
 
 def _layer_shapes(
@@ -434,12 +458,13 @@ def _layer_shapes(
             f"layer '{layer.name}': {what} owns learnable blobs whose count and shapes are "
             f"unknown here; listed {n_blobs} (from its param blocks"
             + (" and the fork's known layout" if fork_blobs else "")
-            + "); any further blob would train with lr_mult 1, decay_mult 1"
+            + "); any further blob would train with lr_mult 1, decay_mult 1; in-place tops "
+            "assumed unchanged in shape"
         )
     else:
         msg = (
-            f"layer '{layer.name}': {what}: its tops' shapes are unknown and any learnable "
-            "blobs it creates are not listed"
+            f"layer '{layer.name}': {what}: its tops' shapes are unknown (in-place tops assumed "
+            "unchanged) and any learnable blobs it creates are not listed"
         )
     notes.append(
         Note(
@@ -449,5 +474,12 @@ def _layer_shapes(
             loc,
             affects_training=owns,
         )
+    )
+    # An in-place top (top i == bottom i) of an opaque layer keeps its bottom's shape: Caffe
+    # lets a layer write in place only over a blob of its own size (e.g. a fork's BN, ReLU-like
+    # layers); an assumption, stated in the note above.
+    tops = tuple(
+        bottoms[i] if i < len(layer.bottom) and layer.bottom[i] == t else None
+        for i, t in enumerate(layer.top)
     )
     return shp.LayerShapes(tops), n_blobs, True

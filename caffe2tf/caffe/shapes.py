@@ -34,11 +34,13 @@ class LayerShapes:
 
     ``blobs`` lists one shape per blob (the blob *count* is always known for a registered type).
     ``unknown`` is a human-readable reason when some shape could not be inferred (else "").
+    ``assumed`` states an assumption made to go on (e.g. a 4-D input of unknown rank), else "".
     """
 
     tops: tuple[Shape, ...]
     blobs: tuple[Shape, ...] = ()
     unknown: str = ""
+    assumed: str = ""
 
 
 Rule = Callable[[object, Sequence[Shape]], LayerShapes]
@@ -285,11 +287,18 @@ def _conv_common(layer, bottoms, reverse: bool) -> LayerShapes:
         raise ShapeError("num_output must be > 0 (base_conv_layer.cpp:119)")
     group = int(conv.group)
     bias = bool(conv.bias_term)
+    assumed = ""
     if x is None:
         n_sp = _guess_spatial_axes(conv)
+        if n_sp is None and int(conv.axis) in (1, -3):
+            # The bottom's rank is unknown (e.g. a Python data layer): assume the usual 4-D
+            # (N, C, H, W) input, so that the layers after this one get known channel counts.
+            n_sp = 2
+            assumed = "input of unknown rank assumed 4-D (N, C, H, W)"
         channels: Dim = None
         spatial_in: list[Dim] = [None] * (n_sp or 0)
-        lead: Shape = None
+        axis_ok = n_sp is not None and int(conv.axis) in (1, -(n_sp + 1))
+        lead: Shape = (None,) if axis_ok else None
     else:
         ax = canonical_axis(int(conv.axis), len(x))
         n_sp = len(x) - ax - 1
@@ -338,7 +347,7 @@ def _conv_common(layer, bottoms, reverse: bool) -> LayerShapes:
             out_sp.append((size + 2 * pad[i] - ext) // stride[i] + 1)
     top: Shape = None if lead is None else (*lead, num_output, *out_sp)
     unknown = "" if all(known(b) for b in blobs) else "input channels unknown"
-    return LayerShapes(tuple(top for _ in layer.top), tuple(blobs), unknown=unknown)
+    return LayerShapes(tuple(top for _ in layer.top), tuple(blobs), unknown, assumed)
 
 
 @register("Convolution")

@@ -38,6 +38,9 @@ FORK_TYPES_WITH_PARAMS = {
     "DepthwiseConvolution": None,
 }
 
+#: Fork layer types whose top has the shape of their bottom (per-channel normalisations).
+FORK_SHAPE_PRESERVING = frozenset({"BN", "Normalize"})
+
 
 # ---------------------------------------------------------------------------------------------
 # NetState and include/exclude rules
@@ -478,8 +481,12 @@ def _layer_shapes(
     # An in-place top (top i == bottom i) of an opaque layer keeps its bottom's shape: Caffe
     # lets a layer write in place only over a blob of its own size (e.g. a fork's BN, ReLU-like
     # layers); an assumption, stated in the note above.
+    # Fork normalisation layers (FORK_SHAPE_PRESERVING) likewise keep bottom i's shape.
+    keep = layer.type in FORK_SHAPE_PRESERVING
     tops = tuple(
-        bottoms[i] if i < len(layer.bottom) and layer.bottom[i] == t else None
+        bottoms[i]
+        if i < len(layer.bottom) and (keep or layer.bottom[i] == t) and i < len(bottoms)
+        else None
         for i, t in enumerate(layer.top)
     )
     return shp.LayerShapes(tops), n_blobs, True

@@ -1,0 +1,545 @@
+"""Train a Keras model that mirrors a Caffe net exactly per the emitted optimizer's contract.
+
+The contract of ``optimizer.py`` (``caffe2tf convert``): call ``optimizer.apply_gradients`` once
+per Caffe forward/backward pass (one micro-batch when ``iter_size`` = S > 1) on the gradients of
+``loss + sum(model.losses)``; ``model.compile(optimizer=build_optimizer())`` + ``fit`` is the same.
+Caffe layer name = Keras layer name; blob 0 = kernel, blob 1 = bias.
+
+This module plays the user's side of that contract, with the data gradient prescribed instead of
+computed from data:
+
+* :func:`build_mirror_model` builds a Keras model whose layers carry the Caffe layer names and
+  whose variables have the Caffe blobs' shapes in Keras layout (InnerProduct ``(out, in)`` ->
+  ``Dense.kernel`` ``(in, out)``; Convolution ``(out, in, kh, kw)`` -> ``Conv2D.kernel``
+  ``(kh, kw, in, out)``; Parameter -> :class:`CaffeParameter` with one weight).
+* For Caffe update k (diff G_k, the raw sum over the S passes, as Caffe's solver sees it when
+  ``ApplyUpdate`` starts, ``solver.cpp:229-267``) :func:`split_micro_batches` draws S seeded parts
+  g_k1..g_kS with sum G_k (up to float32 rounding; the parts differ from each other, so a port
+  that mishandles accumulation shows).
+* Micro-batch j uses the synthetic loss ``L_j(w) = sum_v sum(stop_gradient(g_kjv) * v)``, whose
+  gradient w.r.t. v is exactly g_kjv. The gradient of ``L_j + sum(model.losses)`` comes from the
+  backend's autodiff: ``tf.GradientTape`` on TensorFlow; on JAX ``jax.grad`` of a stateless
+  function of the variable values (the regularizer losses are read inside a
+  ``keras.StatelessScope`` mapping each variable to the traced value, the same mechanism
+  ``Layer.stateless_call`` uses). Then ONE ``optimizer.apply_gradients`` per micro-batch.
+* ``route="fit"``: ``model.compile(optimizer=..., loss=linear)`` + ``model.fit`` where each batch
+  (batch size 1) *is* g_kj flattened; the model outputs ``sum(stop_gradient(x) * v)`` and the loss
+  is that output, so fit differentiates ``L_j + sum(model.losses)`` itself (``trainer.py``
+  ``compute_loss`` adds ``self.losses``) and calls the optimizer once per batch.
+
+Weights are recorded after every S-th micro-batch (= after each Caffe update) in Caffe layout.
+Keras/TensorFlow/JAX are imported lazily, inside the functions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffe2tf.errors import InputError
+
+Weights = dict[str, np.ndarray]
+
+# Caffe layer types the mirror knows, and the Keras layer used for them.
+SUPPORTED_TYPES = ("InnerProduct", "Convolution", "Parameter")
+
+
+@dataclass(frozen=True)
+class MirrorBlob:
+    """One Caffe owner blob: ``key = "{layer}/{index}"``, ``shape`` in Caffe layout."""
+
+    key: str
+    layer: str
+    index: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MirrorLayer:
+    name: str
+    type: str
+    blobs: tuple[MirrorBlob, ...]
+
+
+# ---- layout conversion -----------------------------------------------------------------------
+
+
+def caffe_to_keras(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
+    """Caffe blob layout -> Keras variable layout (``inner_product_layer.cpp:20-33``: W is
+    ``(N_out, K_in)``; ``conv_layer``/``base_conv_layer.cpp:140-150``: ``(out, in/g, kh, kw)``)."""
+    value = np.asarray(value)
+    if index == 0 and layer_type == "InnerProduct":
+        return np.ascontiguousarray(value.T)
+    if index == 0 and layer_type == "Convolution":
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+    return value
+
+
+def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    if index == 0 and layer_type == "InnerProduct":
+        return np.ascontiguousarray(value.T)
+    if index == 0 and layer_type == "Convolution":
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    return value
+
+
+# ---- describing the net ----------------------------------------------------------------------
+
+
+def mirror_layers_from_net(net: Any) -> tuple[MirrorLayer, ...]:
+    """From a :class:`caffe2tf.caffe.model.NetSpec` (owners only, Caffe order)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    types: dict[str, str] = {}
+    for blob in net.params:
+        if blob.shape is None:
+            raise InputError(f"the shape of {blob.key} ({blob.layer_type}) cannot be inferred "
+                             f"from the net, so no mirror model can be built for verification",
+                             blob.location)
+        shapes[blob.key] = tuple(int(d) for d in blob.shape)
+        types[blob.layer] = blob.layer_type
+    return mirror_layers_from_shapes(shapes, types)
+
+
+def mirror_layers_from_shapes(shapes: Mapping[str, Sequence[int]],
+                              layer_types: Mapping[str, str]) -> tuple[MirrorLayer, ...]:
+    """From ``{"{layer}/{i}": shape}`` (Caffe layout) and ``{layer: caffe type}``."""
+    by_layer: dict[str, list[MirrorBlob]] = {}
+    for key, shape in shapes.items():
+        layer, _, idx = key.rpartition("/")
+        if not layer or not idx.isdigit():
+            raise ValueError(f"blob key {key!r} is not '<layer>/<index>'")
+        by_layer.setdefault(layer, []).append(
+            MirrorBlob(key=key, layer=layer, index=int(idx), shape=tuple(int(d) for d in shape)))
+    layers = []
+    for name, blobs in by_layer.items():
+        ltype = layer_types.get(name, "")
+        if ltype not in SUPPORTED_TYPES:
+            raise InputError(f"verify cannot mirror layer {name!r} of type {ltype or '?'} "
+                             f"(supported: {', '.join(SUPPORTED_TYPES)})")
+        if "/" in name:
+            raise InputError(f"Caffe layer name {name!r} contains '/', which Keras layer names "
+                             f"cannot; use a --layer-map and a module built for it")
+        layers.append(MirrorLayer(name=name, type=ltype,
+                                  blobs=tuple(sorted(blobs, key=lambda b: b.index))))
+    return tuple(layers)
+
+
+def mirror_layers_from_net_text(net_text: str, init: Mapping[str, np.ndarray]
+                                ) -> tuple[MirrorLayer, ...]:
+    """Cheap route for the matrix nets: layer types read from the prototxt text (``name:`` then
+    ``type:`` inside each ``layer {``), shapes from ``init``."""
+    import re
+
+    types: dict[str, str] = {}
+    for block in re.split(r"\blayers?\s*\{", net_text)[1:]:
+        name = re.search(r'\bname\s*:\s*"([^"]*)"', block)
+        ltype = re.search(r'\btype\s*:\s*"([^"]*)"', block)
+        if name and ltype:
+            types.setdefault(name.group(1), ltype.group(1))
+    return mirror_layers_from_shapes({k: np.shape(v) for k, v in init.items()}, types)
+
+
+# ---- the Keras side ----------------------------------------------------------------------------
+
+
+def _parameter_layer_class() -> type:
+    import keras
+
+    class CaffeParameter(keras.layers.Layer):
+        """Caffe's ``Parameter`` layer: one learnable blob, output = the blob
+        (``parameter_layer.hpp``). The weight is named after the layer."""
+
+        def __init__(self, shape: Sequence[int], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.param_shape = tuple(int(d) for d in shape)
+            self.kernel = self.add_weight(shape=self.param_shape, name=self.name,
+                                          initializer="zeros")
+            self.built = True
+
+        def call(self, inputs: Any) -> Any:
+            return self.kernel
+
+    return CaffeParameter
+
+
+def _make_layer(spec: MirrorLayer) -> Any:
+    import keras
+
+    indices = {b.index for b in spec.blobs}
+    shape0 = next((b.shape for b in spec.blobs if b.index == 0), None)
+    if spec.type == "Parameter":
+        if indices != {0}:
+            raise InputError(f"Parameter layer {spec.name!r} should have exactly one blob")
+        return _parameter_layer_class()(shape0, name=spec.name)
+    if shape0 is None or not indices <= {0, 1}:
+        raise InputError(f"layer {spec.name!r}: the mirror needs blob 0 (and optionally 1) as "
+                         f"owners; got {sorted(indices)}")
+    use_bias = 1 in indices
+    if spec.type == "InnerProduct":
+        if len(shape0) != 2:
+            raise InputError(f"InnerProduct {spec.name!r} weight has shape {shape0}, want 2-D")
+        layer = keras.layers.Dense(shape0[0], use_bias=use_bias, name=spec.name)
+        layer.build((None, shape0[1]))
+        return layer
+    if spec.type == "Convolution":
+        if len(shape0) != 4:
+            raise InputError(f"Convolution {spec.name!r} weight has shape {shape0}, want 4-D")
+        layer = keras.layers.Conv2D(shape0[0], (shape0[2], shape0[3]), use_bias=use_bias,
+                                    name=spec.name)
+        layer.build((None, None, None, shape0[1]))
+        return layer
+    raise InputError(f"verify cannot mirror layer type {spec.type}")
+
+
+def _variable_for(layer: Any, spec: MirrorLayer, index: int) -> Any:
+    if spec.type == "Parameter":
+        return layer.kernel
+    return layer.kernel if index == 0 else layer.bias
+
+
+def build_mirror_model(layers: Sequence[MirrorLayer]) -> Any:
+    """A built Keras model with one layer per Caffe layer (same names). Its ``call(x)`` takes a
+    batch of flattened Keras-layout gradients (see :meth:`feed_order`) and returns the linear
+    loss ``sum(stop_gradient(x) * v)`` per sample, so ``compile`` + ``fit`` can train it."""
+    import keras
+    from keras import ops
+
+    class CaffeMirror(keras.Model):
+        def __init__(self, specs: Sequence[MirrorLayer]) -> None:
+            super().__init__(name="caffe_mirror")
+            self.specs = tuple(specs)
+            self.caffe_layers = [_make_layer(s) for s in self.specs]
+            self._feed: list[tuple[Any, int, int, tuple[int, ...]]] = []
+            self.built = True
+
+        def blob_variables(self) -> dict[str, tuple[Any, str, int]]:
+            """``{caffe key: (variable, caffe layer type, blob index)}``."""
+            out = {}
+            for spec, layer in zip(self.specs, self.caffe_layers, strict=True):
+                for b in spec.blobs:
+                    out[b.key] = (_variable_for(layer, spec, b.index), spec.type, b.index)
+            return out
+
+        def feed_order(self) -> list[str]:
+            return [k for k, _ in sorted(self.blob_variables().items())]
+
+        def set_feed(self) -> int:
+            self._feed = []
+            pos = 0
+            for key in self.feed_order():
+                var = self.blob_variables()[key][0]
+                n = int(np.prod(var.shape))
+                self._feed.append((var, pos, pos + n, tuple(var.shape)))
+                pos += n
+            return pos
+
+        def call(self, x: Any) -> Any:
+            total = None
+            for var, lo, hi, shape in self._feed:
+                g = ops.stop_gradient(ops.reshape(x[:, lo:hi], (-1,) + shape))
+                term = ops.sum(ops.reshape(g * var, (ops.shape(g)[0], -1)), axis=1)
+                total = term if total is None else total + term
+            return ops.expand_dims(total, -1)
+
+    return CaffeMirror(layers)
+
+
+def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
+    blobs = model.blob_variables()
+    missing = [k for k in blobs if k not in weights]
+    if missing:
+        raise ValueError(f"initial weights lack {missing}")
+    for key, (var, ltype, idx) in blobs.items():
+        value = caffe_to_keras(ltype, idx, np.asarray(weights[key], np.float32))
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
+                             f"the Caffe blob gives {value.shape}")
+        var.assign(value)
+
+
+def get_caffe_weights(model: Any) -> Weights:
+    import keras
+
+    return {key: keras_to_caffe(ltype, idx, np.array(keras.ops.convert_to_numpy(var.value),
+                                                      dtype=np.float32))
+            for key, (var, ltype, idx) in model.blob_variables().items()}
+
+
+# ---- gradient streams into micro-batches -----------------------------------------------------
+
+
+def split_micro_batches(total: Mapping[str, np.ndarray], iter_size: int, *, seed: int,
+                        step: int) -> list[Weights]:
+    """S seeded parts of the raw sum ``total`` (one per Caffe forward/backward pass).
+
+    Parts 1..S-1 are ``total/S + noise`` (noise ~ N(0, std(total)) per element, generator seeded
+    by (seed, step)); part S is ``total`` minus their float64 sum, so the parts add up to
+    ``total`` in exact arithmetic (float32 rounding of each part aside). ``iter_size`` 1 returns
+    ``[total]`` unchanged."""
+    if iter_size <= 1:
+        return [{k: np.asarray(v, np.float32) for k, v in total.items()}]
+    rng = np.random.default_rng([int(seed) & 0x7FFFFFFF, int(step), 0x5EED])
+    parts: list[dict[str, np.ndarray]] = [{} for _ in range(iter_size)]
+    for key in sorted(total):
+        g = np.asarray(total[key], np.float64)
+        spread = float(np.std(g)) or float(np.max(np.abs(g), initial=0.0))
+        acc = np.zeros_like(g)
+        for j in range(iter_size - 1):
+            p = g / iter_size + rng.normal(0.0, spread, size=g.shape)
+            p32 = p.astype(np.float32)
+            parts[j][key] = p32
+            acc += p32
+        parts[-1][key] = (g - acc).astype(np.float32)
+    return parts
+
+
+# ---- running a candidate ---------------------------------------------------------------------
+
+
+Progress = Callable[[int, int], None]
+
+
+def _trained_pairs(model: Any) -> list[tuple[str, Any]]:
+    """(caffe key, variable) for the mapped variables that are trainable, in feed order."""
+    blobs = model.blob_variables()
+    trainable = {id(v) for v in model.trainable_variables}
+    return [(k, blobs[k][0]) for k in model.feed_order() if id(blobs[k][0]) in trainable]
+
+
+def _keras_grads(model: Any, part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    blobs = model.blob_variables()
+    out = {}
+    for key, (var, ltype, idx) in blobs.items():
+        g = part.get(key)
+        out[key] = (np.zeros(tuple(var.shape), np.float32) if g is None
+                    else caffe_to_keras(ltype, idx, np.asarray(g, np.float32)))
+    return out
+
+
+def _loop_tf(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
+             iter_size: int, jit: bool = False) -> None:
+    import tensorflow as tf
+
+    pairs = _trained_pairs(model)
+    tvars = [v for _, v in pairs]
+    for j, part in parts_iter:
+        kg = _keras_grads(model, part)
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(tf.stop_gradient(tf.constant(kg[k])) * v.value)
+                             for k, v in pairs]) if pairs else tf.constant(0.0)
+            reg = model.losses
+            if reg:
+                loss = loss + tf.add_n([tf.cast(tf.reduce_sum(r), loss.dtype) for r in reg])
+        grads = tape.gradient(loss, [v.value for v in tvars])
+        grads = [tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, tvars,
+                                                                            strict=True)]
+        optimizer.apply_gradients(zip(grads, tvars, strict=True))
+        if (j + 1) % iter_size == 0:
+            on_update()
+
+
+def _loop_jax(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
+              iter_size: int, jit: bool = True) -> None:
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    pairs = _trained_pairs(model)
+    tvars = [v for _, v in pairs]
+    keys = [k for k, _ in pairs]
+
+    def total_loss(values: list[Any], gs: list[Any]) -> Any:
+        lin = sum((jnp.sum(g * w) for g, w in zip(gs, values, strict=True)), jnp.float32(0))
+        with keras.StatelessScope(state_mapping=list(zip(tvars, values, strict=True))):
+            reg = model.losses
+            reg_total = sum((jnp.sum(r).astype(jnp.float32) for r in reg), jnp.float32(0))
+        return lin + reg_total
+
+    grad_fn = jax.jit(jax.grad(total_loss))
+    if not jit:
+        for j, part in parts_iter:
+            kg = _keras_grads(model, part)
+            values = [v.value for v in tvars]
+            grads = grad_fn(values, [jnp.asarray(kg[k]) for k in keys])
+            optimizer.apply_gradients(zip(grads, tvars, strict=True))
+            if (j + 1) % iter_size == 0:
+                on_update()
+        return
+
+    # jit route: the same gradient, and ``optimizer.stateless_apply`` (the functional form of
+    # ``apply_gradients`` that Keras' own JAX trainer calls, ``backend/jax/trainer.py``), one
+    # call per micro-batch; the values are written back into the variables after each update.
+    optimizer.build(tvars)
+    opt_vars = list(optimizer.variables)
+
+    def step(values: list[Any], opt_values: list[Any], gs: list[Any]) -> Any:
+        grads = jax.grad(total_loss)(values, gs)
+        return optimizer.stateless_apply(opt_values, grads, values)
+
+    step_fn = jax.jit(step)
+    values = [v.value for v in tvars]
+    opt_values = [v.value for v in opt_vars]
+    for j, part in parts_iter:
+        kg = _keras_grads(model, part)
+        values, opt_values = step_fn(values, opt_values, [jnp.asarray(kg[k]) for k in keys])
+        values, opt_values = list(values), list(opt_values)
+        if (j + 1) % iter_size == 0:
+            for v, x in zip(tvars, values, strict=True):
+                v.assign(x)
+            on_update()
+    for v, x in zip(opt_vars, opt_values, strict=True):
+        v.assign(x)
+
+
+def _loop_torch(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
+                iter_size: int, jit: bool = False) -> None:
+    import torch
+
+    pairs = _trained_pairs(model)
+    tvars = [v for _, v in pairs]
+    for j, part in parts_iter:
+        kg = _keras_grads(model, part)
+        for v in tvars:
+            v.value.grad = None
+        loss = sum(torch.sum(torch.as_tensor(kg[k], device=v.value.device) * v.value)
+                   for k, v in pairs)
+        for r in model.losses:
+            loss = loss + torch.sum(r)
+        loss.backward()
+        grads = [v.value.grad.detach().clone() if v.value.grad is not None
+                 else torch.zeros_like(v.value) for v in tvars]
+        with torch.no_grad():
+            optimizer.apply_gradients(zip(grads, tvars, strict=True))
+        if (j + 1) % iter_size == 0:
+            on_update()
+
+
+def _fit(model: Any, optimizer: Any, parts: list[Weights], on_update: Callable[[], None],
+         iter_size: int, jit_compile: Any = "auto") -> None:
+    import keras
+
+    width = model.set_feed()
+    order = model.feed_order()
+    rows = []
+    for part in parts:
+        kg = _keras_grads(model, part)
+        rows.append(np.concatenate([kg[k].reshape(-1) for k in order]) if order
+                    else np.zeros((0,), np.float32))
+    x = np.stack(rows).astype(np.float32).reshape(len(parts), width)
+    y = np.zeros((len(parts), 1), np.float32)
+
+    def linear_loss(y_true: Any, y_pred: Any) -> Any:
+        return keras.ops.sum(y_pred, axis=-1)
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if (batch + 1) % iter_size == 0:
+                _ = self.model  # on JAX this syncs the trained state back into the variables
+                on_update()
+
+    model.compile(optimizer=optimizer, loss=linear_loss, jit_compile=jit_compile)
+    model.fit(x, y, batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[Record()])
+
+
+def run_contract(model: Any, optimizer: Any, grads: Sequence[Mapping[str, np.ndarray]], *,
+                 iter_size: int = 1, seed: int = 0, route: str = "loop",
+                 progress: Progress | None = None, jit: bool = True) -> list[Weights]:
+    """Train ``model`` (already initialised and prepared) with ``optimizer`` on the Caffe update
+    gradients ``grads[k]`` (raw sums over ``iter_size`` passes, Caffe layout); return the Caffe-
+    layout weights after each update. ``route`` is ``"loop"`` (custom loop, one
+    ``apply_gradients`` per micro-batch) or ``"fit"`` (``compile`` + ``fit``). ``jit`` (JAX loop
+    only): run each micro-batch as one jitted ``grad`` + ``optimizer.stateless_apply`` instead of
+    an eager ``apply_gradients`` (same arithmetic, far fewer dispatches)."""
+    import keras
+
+    iter_size = max(1, int(iter_size))
+    steps = len(grads)
+    out: list[Weights] = []
+
+    def on_update() -> None:
+        out.append(get_caffe_weights(model))
+        if progress is not None:
+            progress(len(out), steps)
+
+    def parts_iter() -> Any:
+        j = 0
+        for k, total in enumerate(grads):
+            for part in split_micro_batches(total, iter_size, seed=seed, step=k):
+                yield j, part
+                j += 1
+
+    backend = keras.backend.backend()
+    if route == "fit":
+        _fit(model, optimizer, [p for _, p in parts_iter()], on_update, iter_size)
+    elif route == "loop":
+        loop = {"tensorflow": _loop_tf, "jax": _loop_jax, "torch": _loop_torch}.get(backend)
+        if loop is None:
+            raise RuntimeError(f"no custom training loop for the {backend} backend")
+        loop(model, optimizer, parts_iter(), on_update, iter_size, jit=jit)
+    else:
+        raise ValueError(f"route must be 'loop' or 'fit', not {route!r}")
+    if len(out) != steps:
+        raise RuntimeError(f"recorded {len(out)} updates, expected {steps}")
+    return out
+
+
+# ---- the emitted module ----------------------------------------------------------------------
+
+
+def load_module(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    """Import an emitted ``optimizer.py`` from its path (a fresh module object each call)."""
+    path = Path(path)
+    modname = name or f"caffe2tf_candidate_{abs(hash(str(path.resolve()))) & 0xFFFFFF:x}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(modname, None)
+    for fn in ("build_optimizer", "prepare_model"):
+        if not callable(getattr(module, fn, None)):
+            raise InputError(f"{path} defines no {fn}()")
+    return module
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something that can train the mirror: ``build_optimizer()`` and ``prepare_model(model)``
+    (an emitted module, or one of :mod:`caffe2tf.verify.wrong_ports`)."""
+
+    name: str
+    build_optimizer: Callable[[], Any]
+    prepare_model: Callable[[Any], Any]
+
+
+def candidate_from_module(module: Any, name: str = "optimizer.py") -> Candidate:
+    return Candidate(name=name, build_optimizer=module.build_optimizer,
+                     prepare_model=module.prepare_model)
+
+
+def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
+                  init: Mapping[str, np.ndarray], grads: Sequence[Mapping[str, np.ndarray]], *,
+                  iter_size: int = 1, seed: int = 0, route: str = "loop",
+                  progress: Progress | None = None, jit: bool = True) -> list[Weights]:
+    """Mirror model -> initial weights -> ``prepare_model`` -> train per the contract."""
+    if not isinstance(candidate, Candidate):
+        candidate = candidate_from_module(candidate)
+    model = build_mirror_model(layers)
+    set_caffe_weights(model, init)
+    prepared = candidate.prepare_model(model)
+    if prepared is not None and prepared is not model:
+        model = prepared
+    optimizer = candidate.build_optimizer()
+    return run_contract(model, optimizer, grads, iter_size=iter_size, seed=seed, route=route,
+                        progress=progress, jit=jit)

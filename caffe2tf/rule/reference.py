@@ -5,7 +5,8 @@ same as ``caffe2tf replay`` and the oracle harness):
 
 * keys are ``"{layer}/{blob}"`` in Caffe's blob layout; ``grads[k]`` is what Caffe's diff holds
   when update k+1 starts = the raw SUM over the ``iter_size`` forward/backward passes;
-* grads keys that are not weights are ignored; a sharer's key (``rule.params[..].sharers``)
+* grads keys that are not weights are ignored; a blob without a gradient at some update has a
+  zero diff there (as after ``ClearParamDiffs``); a sharer's key (``rule.params[..].sharers``)
   stands for its owner (owner and sharers alias one diff in Caffe, so the owner's key wins when
   both are given; they are never added twice);
 * when the net is known, blobs are processed in Caffe's ``learnable_params_`` order; otherwise
@@ -96,8 +97,8 @@ class ReferenceOptimizer:
         g = grads.get(owner)
         if g is None:  # a sharer's key stands for its owner (they alias one diff)
             g = next((grads[s] for s in self.groups[owner].sharers if s in grads), None)
-        if g is None:
-            raise ValueError(f"update {self.k + 1}: no gradient for {owner!r}")
+        if g is None:  # no diff given: Caffe's cleared diff is zero
+            return np.zeros_like(self.weights[owner])
         g = np.asarray(g)
         if g.shape != self.weights[owner].shape:
             raise ValueError(f"update {self.k + 1}: gradient for {owner!r} has shape "
@@ -133,33 +134,3 @@ def run_reference(rule: UpdateRule, init: Mapping[str, np.ndarray],
     opt = ReferenceOptimizer(rule, init, precision=precision, registry=registry)
     return [opt.step(g) for g in grads]
 
-
-def deviation(reference: Sequence[Mapping[str, np.ndarray]],
-              candidate: Sequence[Mapping[str, np.ndarray]],
-              init: Mapping[str, np.ndarray]) -> float:
-    """``max|w_cand - w_ref| / max(distance travelled, 1% of max|w0|)`` over all steps and
-    blobs of ``reference``; the distance travelled is ``max_k max|w_ref_k - w0|``. NaN/inf in
-    either trajectory (where the other is finite) gives ``inf``."""
-    worst = 0.0
-    travelled = 0.0
-    w0max = max((float(np.max(np.abs(np.asarray(v, np.float64)))) for v in init.values()
-                 if np.size(v)), default=0.0)
-    for ref, cand in zip(reference, candidate, strict=True):
-        for key, r in ref.items():
-            r64 = np.asarray(r, np.float64)
-            c64 = np.asarray(cand[key], np.float64)
-            both_nan = np.isnan(r64) & np.isnan(c64)
-            diff = np.where(both_nan, 0.0, np.abs(c64 - r64))
-            if np.any(~np.isfinite(diff)):
-                return float("inf")
-            if diff.size:
-                worst = max(worst, float(diff.max()))
-            if key in init:
-                moved = np.abs(r64 - np.asarray(init[key], np.float64))
-                finite = moved[np.isfinite(moved)]
-                if finite.size:
-                    travelled = max(travelled, float(finite.max()))
-    scale = max(travelled, 0.01 * w0max)
-    if scale == 0.0:
-        return 0.0 if worst == 0.0 else float("inf")
-    return worst / scale

@@ -1,0 +1,56 @@
+"""Shared pytest fixtures. The ``oracle`` marker (declared in pyproject.toml) marks tests that
+run the real Caffe 1.0 in the Debian bullseye root (see :mod:`caffe2tf.verify.oracle`).
+
+Use the ``caffe_root`` fixture in every such test::
+
+    @pytest.mark.oracle
+    def test_something(caffe_root):
+        result = oracle.run_cases(cases, root=caffe_root)
+
+Behaviour when the root is absent:
+* ``CI=true`` (any of true/1/yes): build it once with ``ensure_caffe_root()`` (debootstrap,
+  ~75-120 s) and FAIL loudly, with the build output, if that is impossible;
+* otherwise: skip, saying why and how to build it.
+
+An oracle-marked test that does not request ``caffe_root`` still gets the same treatment
+(the fixture is applied to it automatically).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_CI_TRUE = {"1", "true", "yes", "on"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in _CI_TRUE
+
+
+@pytest.fixture(scope="session")
+def caffe_root() -> Path:
+    """Path of the Debian bullseye root with the real Caffe (skips/fails as described above)."""
+    from caffe2tf.verify import oracle
+
+    root = oracle.caffe_root()
+    if root is not None:
+        return root
+    if in_ci():
+        try:
+            return oracle.ensure_caffe_root()
+        except oracle.OracleError as err:
+            pytest.fail(f"CI=true but the real-Caffe root could not be built:\n{err}",
+                        pytrace=False)
+    where = os.environ.get(oracle.ROOT_ENV) or str(oracle.DEFAULT_ROOT)
+    pytest.skip(f"no real-Caffe root at {where}; build it with "
+                f"`sudo scripts/build_caffe_root.sh` (or set CI=true to build it and require it)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("oracle") is not None and "caffe_root" not in getattr(
+                item, "fixturenames", ()):
+            item.fixturenames.insert(0, "caffe_root")

@@ -23,9 +23,11 @@ and without ``momentum2``; RMSProp with and without ``rms_decay``; AdaGrad/RMSPr
 from __future__ import annotations
 
 import itertools
+import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -291,3 +293,51 @@ def matrix_cases(steps: int = 100) -> list[MatrixCase]:
         seen[str(combo["solver"])] = variant + 1
         cases.append(build_case(combo, steps, variant))
     return cases
+
+
+# ---------------------------------------------------------------------------- golden traces
+
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """A committed trace of the real Caffe: the case (texts, inputs) and ``weights[k-1]`` =
+    Caffe's weights after k updates (float32). Written by ``scripts/regen_goldens.py``."""
+
+    case: MatrixCase
+    weights: Sequence[Mapping[str, np.ndarray]]
+    caffe: str = ""
+
+
+def golden_cases(directory: Path | str | None = None) -> list[GoldenCase]:
+    """Load every golden trace listed in ``directory/MANIFEST.json`` (default
+    ``fixtures/golden`` of the repository). Needs no Caffe root."""
+    directory = Path(directory) if directory is not None else GOLDEN_DIR
+    manifest = json.loads((directory / "MANIFEST.json").read_text())
+    out = []
+    for entry in manifest["cases"]:
+        name = entry["name"]
+        steps, iter_size = int(entry["steps"]), int(entry["iter_size"])
+        with np.load(directory / f"{name}.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+        keys = list(entry["blobs"])
+        if iter_size > 1:
+            micro = tuple({k: arrays[f"micro/{k}"][i] for k in keys}
+                          for i in range(steps * iter_size))
+            grads = tuple(streams.accumulate(micro, iter_size))
+        else:
+            grads = micro = tuple({k: arrays[f"grads/{k}"][i] for k in keys}
+                                  for i in range(steps))
+        factors = dict(entry["factors"])
+        case = MatrixCase(
+            name=name,
+            solver_text=(directory / f"{name}.solver.prototxt").read_text(),
+            net_text=(directory / f"{name}.net.prototxt").read_text(),
+            init={k: arrays[f"init/{k}"] for k in keys}, grads=grads, steps=steps,
+            iter_size=iter_size, micro_grads=micro, factors=factors,
+            multipliers=dict(MULTIPLIERS.get(str(factors.get("mults")), {})),
+            clip_threshold=entry.get("clip_threshold"), seed=int(entry.get("seed", 0)))
+        weights = tuple({k: arrays[f"weights/{k}"][i] for k in keys} for i in range(steps))
+        out.append(GoldenCase(case, weights, manifest.get("caffe", "")))
+    return out

@@ -1,0 +1,455 @@
+"""The param table agrees with the real Caffe 1.0 (Debian bullseye root, pycaffe in a chroot).
+
+For every net below (our own, plus corpus nets with their data layers swapped for DummyData of
+the same declared shape and their loss layers dropped), Caffe builds ``caffe.Net(path, TRAIN)``
+and reports ``net.params`` (every blob, sharers included, with its owner) plus the effective
+lr_mult/decay_mult of each owner measured by two SGD updates (see
+``caffe2tf.verify.oracle.caffe_param_tables``). We compare keys, order, shapes, sharing and
+multipliers with :func:`caffe2tf.caffe.net.build_net_spec`. Nets Caffe rejects must be rejected
+by us too. All nets go to ONE chroot process.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+
+from caffe2tf.caffe import shapes as shp
+from caffe2tf.caffe._proto import caffe_pb2
+from caffe2tf.caffe.net import build_net_spec
+from caffe2tf.errors import InputError
+
+pytestmark = pytest.mark.oracle
+
+CORPUS = Path(os.environ.get("CAFFE2TF_CORPUS", Path(__file__).resolve().parents[2] / "shared"
+                             / "corpus"))
+
+INPUT = """
+layer { name: "data" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 2 dim: 3 dim: 17 dim: 19 } shape { dim: 2 } } }
+"""
+
+NETS: dict[str, str] = {
+    "conv_variants": INPUT + """
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+  convolution_param { num_output: 4 kernel_h: 3 kernel_w: 1 group: 2 bias_term: false } }
+layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3" param { lr_mult: 0 }
+  convolution_param { num_output: 8 kernel_size: 2 kernel_size: 3 dilation: 2 pad: 2
+    stride: 1 stride: 2 } }
+layer { name: "d1" type: "Deconvolution" bottom: "c3" top: "d1"
+  convolution_param { num_output: 4 kernel_size: 4 stride: 2 group: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "d1" top: "ip"
+  inner_product_param { num_output: 5 } }
+""",
+    "conv_nd": """
+layer { name: "x" type: "DummyData" top: "x"
+  dummy_data_param { shape { dim: 1 dim: 2 dim: 5 dim: 6 dim: 7 } } }
+layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+  convolution_param { num_output: 3 kernel_size: 2 kernel_size: 3 kernel_size: 1 } }
+layer { name: "c1d" type: "Convolution" bottom: "c" top: "c1d"
+  convolution_param { num_output: 2 kernel_size: 1 axis: 2 } }
+""",
+    "ip_embed": """
+layer { name: "x" type: "DummyData" top: "x" top: "ids"
+  dummy_data_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } shape { dim: 2 dim: 3 } } }
+layer { name: "ip_ax2" type: "InnerProduct" bottom: "x" top: "a"
+  inner_product_param { num_output: 7 axis: 2 } }
+layer { name: "ip_t" type: "InnerProduct" bottom: "x" top: "b"
+  inner_product_param { num_output: 6 transpose: true bias_term: false } }
+layer { name: "ip_neg" type: "InnerProduct" bottom: "x" top: "c" param { decay_mult: 0 }
+  inner_product_param { num_output: 2 axis: -1 } }
+layer { name: "emb" type: "Embed" bottom: "ids" top: "e"
+  param { lr_mult: 0.5 } embed_param { num_output: 4 input_dim: 10 } }
+layer { name: "emb2" type: "Embed" bottom: "ids" top: "e2"
+  embed_param { num_output: 3 input_dim: 5 bias_term: false } }
+""",
+    "scale_bias_prelu_bn": INPUT + """
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
+layer { name: "bn2" type: "BatchNorm" bottom: "data" top: "bn2"
+  param { lr_mult: 0 decay_mult: 0 } }
+layer { name: "s1" type: "Scale" bottom: "bn" top: "s1" scale_param { bias_term: true } }
+layer { name: "s2" type: "Scale" bottom: "bn" top: "s2" scale_param { axis: 2 num_axes: 2 } }
+layer { name: "s3" type: "Scale" bottom: "bn" top: "s3" scale_param { axis: 0 num_axes: 0 } }
+layer { name: "s4" type: "Scale" bottom: "bn" top: "s4" scale_param { axis: 1 num_axes: -1 } }
+layer { name: "w" type: "Parameter" top: "w" parameter_param { shape { dim: 3 dim: 17 } } }
+layer { name: "s5" type: "Scale" bottom: "bn" bottom: "w" top: "s5"
+  scale_param { bias_term: true } }
+layer { name: "b1" type: "Bias" bottom: "bn" top: "b1" }
+layer { name: "b2" type: "Bias" bottom: "bn" top: "b2" bias_param { axis: -1 num_axes: 1 } }
+layer { name: "b3" type: "Bias" bottom: "bn" bottom: "w" top: "b3" }
+layer { name: "p1" type: "PReLU" bottom: "bn" top: "p1" }
+layer { name: "p2" type: "PReLU" bottom: "bn" top: "p2" prelu_param { channel_shared: true } }
+""",
+    "recurrent": """
+layer { name: "x" type: "DummyData" top: "x" top: "cont" top: "xs"
+  dummy_data_param { shape { dim: 4 dim: 2 dim: 3 dim: 2 } shape { dim: 4 dim: 2 }
+    shape { dim: 2 dim: 5 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 5 } }
+layer { name: "lstm_s" type: "LSTM" bottom: "x" bottom: "cont" bottom: "xs" top: "hs"
+  recurrent_param { num_output: 3 } }
+layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "r"
+  param { lr_mult: 2 } recurrent_param { num_output: 4 } }
+layer { name: "rnn_s" type: "RNN" bottom: "x" bottom: "cont" bottom: "xs" top: "rs"
+  recurrent_param { num_output: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "h" top: "o"
+  inner_product_param { num_output: 2 axis: 2 } }
+""",
+    "shape_only": """
+layer { name: "x" type: "DummyData" top: "x" top: "y" top: "idx"
+  dummy_data_param { shape { dim: 2 dim: 4 dim: 13 dim: 11 } shape { dim: 2 dim: 4 dim: 8 dim: 9 }
+    shape { dim: 3 } } }
+layer { name: "pool_ceil" type: "Pooling" bottom: "x" top: "p1"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "c_p1" type: "Convolution" bottom: "p1" top: "cp1"
+  convolution_param { num_output: 1 kernel_size: 1 } }
+layer { name: "ip_p1" type: "InnerProduct" bottom: "p1" top: "ip_p1"
+  inner_product_param { num_output: 1 } }
+layer { name: "pool_pad" type: "Pooling" bottom: "x" top: "p2" top: "mask"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "ip_p2" type: "InnerProduct" bottom: "p2" top: "ip_p2"
+  inner_product_param { num_output: 1 } }
+layer { name: "pool_ave" type: "Pooling" bottom: "x" top: "p3"
+  pooling_param { pool: AVE kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 1 pad_h: 1 pad_w: 0 } }
+layer { name: "ip_p3" type: "InnerProduct" bottom: "p3" top: "ip_p3"
+  inner_product_param { num_output: 1 } }
+layer { name: "gpool" type: "Pooling" bottom: "x" top: "g"
+  pooling_param { pool: AVE global_pooling: true } }
+layer { name: "ip_g" type: "InnerProduct" bottom: "g" top: "ip_g"
+  inner_product_param { num_output: 1 } }
+layer { name: "cat" type: "Concat" bottom: "x" bottom: "x" top: "cat" }
+layer { name: "ip_cat" type: "InnerProduct" bottom: "cat" top: "ip_cat"
+  inner_product_param { num_output: 1 axis: 3 } }
+layer { name: "cat2" type: "Concat" bottom: "x" bottom: "x" top: "cat2" concat_param { axis: 2 } }
+layer { name: "ip_cat2" type: "InnerProduct" bottom: "cat2" top: "ip_cat2"
+  inner_product_param { num_output: 1 axis: 2 } }
+layer { name: "sl" type: "Slice" bottom: "x" top: "s_a" top: "s_b" top: "s_c"
+  slice_param { axis: 2 slice_point: 3 slice_point: 10 } }
+layer { name: "ip_sa" type: "InnerProduct" bottom: "s_a" top: "ip_sa"
+  inner_product_param { num_output: 1 } }
+layer { name: "ip_sc" type: "InnerProduct" bottom: "s_c" top: "ip_sc"
+  inner_product_param { num_output: 1 } }
+layer { name: "sl2" type: "Slice" bottom: "x" top: "t_a" top: "t_b" }
+layer { name: "ip_ta" type: "InnerProduct" bottom: "t_a" top: "ip_ta"
+  inner_product_param { num_output: 1 } }
+layer { name: "rs" type: "Reshape" bottom: "x" top: "rs"
+  reshape_param { shape { dim: 0 dim: -1 dim: 11 } } }
+layer { name: "ip_rs" type: "InnerProduct" bottom: "rs" top: "ip_rs"
+  inner_product_param { num_output: 1 axis: 2 } }
+layer { name: "rs2" type: "Reshape" bottom: "x" top: "rs2"
+  reshape_param { shape { dim: 11 dim: -1 } axis: 2 } }
+layer { name: "ip_rs2" type: "InnerProduct" bottom: "rs2" top: "ip_rs2"
+  inner_product_param { num_output: 1 axis: 3 } }
+layer { name: "fl" type: "Flatten" bottom: "x" top: "fl" flatten_param { axis: 2 } }
+layer { name: "ip_fl" type: "InnerProduct" bottom: "fl" top: "ip_fl"
+  inner_product_param { num_output: 1 axis: 2 } }
+layer { name: "crop" type: "Crop" bottom: "x" bottom: "y" top: "crop"
+  crop_param { axis: 2 offset: 1 } }
+layer { name: "ip_crop" type: "InnerProduct" bottom: "crop" top: "ip_crop"
+  inner_product_param { num_output: 1 } }
+layer { name: "elt" type: "Eltwise" bottom: "x" bottom: "x" top: "elt" }
+layer { name: "tile" type: "Tile" bottom: "x" top: "tile" tile_param { axis: 3 tiles: 3 } }
+layer { name: "ip_tile" type: "InnerProduct" bottom: "tile" top: "ip_tile"
+  inner_product_param { num_output: 1 axis: 3 } }
+layer { name: "red" type: "Reduction" bottom: "x" top: "red" reduction_param { axis: 2 } }
+layer { name: "ip_red" type: "InnerProduct" bottom: "red" top: "ip_red"
+  inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "am" type: "ArgMax" bottom: "x" top: "am"
+  argmax_param { top_k: 2 out_max_val: true } }
+layer { name: "ip_am" type: "InnerProduct" bottom: "am" top: "ip_am"
+  inner_product_param { num_output: 1 axis: 1 } }
+layer { name: "am2" type: "ArgMax" bottom: "x" top: "am2" argmax_param { axis: 3 top_k: 3 } }
+layer { name: "ip_am2" type: "InnerProduct" bottom: "am2" top: "ip_am2"
+  inner_product_param { num_output: 1 axis: 1 } }
+layer { name: "spp" type: "SPP" bottom: "x" top: "spp" spp_param { pyramid_height: 3 } }
+layer { name: "ip_spp" type: "InnerProduct" bottom: "spp" top: "ip_spp"
+  inner_product_param { num_output: 1 } }
+layer { name: "lrn" type: "LRN" bottom: "x" top: "lrn" }
+layer { name: "relu" type: "ReLU" bottom: "lrn" top: "lrn" }
+layer { name: "drop" type: "Dropout" bottom: "lrn" top: "drop" }
+layer { name: "sm" type: "Softmax" bottom: "drop" top: "sm" }
+layer { name: "mvn" type: "MVN" bottom: "sm" top: "mvn" }
+layer { name: "ip_mvn" type: "InnerProduct" bottom: "mvn" top: "ip_mvn"
+  inner_product_param { num_output: 1 } }
+layer { name: "i2c" type: "Im2col" bottom: "x" top: "i2c"
+  convolution_param { kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "ip_i2c" type: "InnerProduct" bottom: "i2c" top: "ip_i2c"
+  inner_product_param { num_output: 1 axis: 1 } }
+layer { name: "br" type: "BatchReindex" bottom: "x" bottom: "idx" top: "br" }
+layer { name: "ip_br" type: "InnerProduct" bottom: "br" top: "ip_br"
+  inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "split" type: "Split" bottom: "x" top: "sp1" top: "sp2" }
+layer { name: "ip_sp2" type: "InnerProduct" bottom: "sp2" top: "ip_sp2"
+  inner_product_param { num_output: 1 axis: 3 } }
+layer { name: "sil" type: "Silence" bottom: "sp1" }
+""",
+    "sharing": INPUT + """
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a"
+  param { name: "w" } param { name: "bias" lr_mult: 2 }
+  inner_product_param { num_output: 4 } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
+  param { name: "w" lr_mult: 3 decay_mult: 0.5 } param { name: "bias" lr_mult: 2 }
+  inner_product_param { num_output: 4 } }
+layer { name: "c" type: "InnerProduct" bottom: "data" top: "c"
+  param { name: "w" share_mode: PERMISSIVE } param { name: "bias" }
+  inner_product_param { num_output: 4 } }
+layer { name: "r" type: "Reshape" bottom: "data" top: "r"
+  reshape_param { shape { dim: 2 dim: 3 dim: 323 } } }
+layer { name: "d" type: "InnerProduct" bottom: "r" top: "d"
+  param { name: "w2" share_mode: PERMISSIVE } param { name: "w2b" }
+  inner_product_param { num_output: 4 axis: 1 } }
+layer { name: "e" type: "InnerProduct" bottom: "data" top: "e"
+  param { name: "w2" share_mode: PERMISSIVE } param { name: "w2b" }
+  inner_product_param { num_output: 4 transpose: true } }
+""",
+    "phases": """
+state { stage: "s1" }
+layer { name: "data" type: "Input" top: "data"
+  input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "tr" type: "InnerProduct" bottom: "data" top: "o"
+  include { phase: TRAIN } inner_product_param { num_output: 2 } }
+layer { name: "te" type: "InnerProduct" bottom: "data" top: "o"
+  include { phase: TEST } inner_product_param { num_output: 3 } }
+layer { name: "st" type: "InnerProduct" bottom: "data" top: "st"
+  include { stage: "s1" } inner_product_param { num_output: 4 } }
+layer { name: "st2" type: "InnerProduct" bottom: "data" top: "st2"
+  include { stage: "s1" stage: "s2" } inner_product_param { num_output: 4 } }
+layer { name: "nst" type: "InnerProduct" bottom: "data" top: "nst"
+  include { not_stage: "s1" } inner_product_param { num_output: 4 } }
+layer { name: "ex" type: "InnerProduct" bottom: "data" top: "ex"
+  exclude { stage: "s1" } inner_product_param { num_output: 4 } }
+layer { name: "ex2" type: "InnerProduct" bottom: "data" top: "ex2"
+  exclude { phase: TEST } inner_product_param { num_output: 5 } }
+layer { name: "lv" type: "InnerProduct" bottom: "data" top: "lv"
+  include { min_level: 1 } include { max_level: 0 phase: TRAIN }
+  inner_product_param { num_output: 6 } }
+layer { name: "lv2" type: "InnerProduct" bottom: "data" top: "lv2"
+  include { min_level: 1 } inner_product_param { num_output: 6 } }
+""",
+}
+
+# Nets Caffe refuses (CHECK failures); we must refuse them too.
+BAD_NETS: dict[str, str] = {
+    "too_many_params": INPUT + """
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  param { } param { } param { } inner_product_param { num_output: 2 } }
+""",
+    "too_many_params_no_bias": INPUT + """
+layer { name: "c" type: "Convolution" bottom: "data" top: "c" param { } param { }
+  convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }
+""",
+    "shared_shape_mismatch": INPUT + """
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+  inner_product_param { num_output: 4 } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" }
+  inner_product_param { num_output: 4 transpose: true } }
+""",
+    "shared_count_mismatch_permissive": INPUT + """
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+  inner_product_param { num_output: 4 } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
+  param { name: "w" share_mode: PERMISSIVE } inner_product_param { num_output: 5 } }
+""",
+    "shared_lr_mismatch": INPUT + """
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" lr_mult: 1 }
+  inner_product_param { num_output: 4 } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" lr_mult: 2 }
+  inner_product_param { num_output: 4 } }
+""",
+    "shared_decay_mismatch_after_implicit": INPUT + """
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+  inner_product_param { num_output: 4 } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
+  param { name: "w" decay_mult: 0 } inner_product_param { num_output: 4 } }
+layer { name: "c" type: "InnerProduct" bottom: "data" top: "c"
+  param { name: "w" decay_mult: 1 } inner_product_param { num_output: 4 } }
+""",
+    "batchnorm_lr": INPUT + """
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" param { lr_mult: 1 } }
+""",
+    "batchnorm_implicit_lr": INPUT + """
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" param { decay_mult: 0 } }
+""",
+    "include_and_exclude": INPUT + """
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  include { phase: TRAIN } exclude { phase: TEST } inner_product_param { num_output: 2 } }
+""",
+}
+
+
+# ------------------------------------------------------------------------- corpus data swap
+
+DATA_TYPES = frozenset({"Data", "ImageData", "WindowData", "HDF5Data", "MemoryData",
+                        "DenseImageData", "VideoData"})
+DROP_TYPES_SUFFIX = ("Loss",)
+DROP_TYPES = frozenset({"Accuracy", "Silence"})
+
+
+def swap_data_layers(net, *, batch: int = 1, channels: int = 3, size: int = 64):
+    """A copy of ``net`` whose data layers are DummyData of the same declared shape (unknown
+    dims filled with ``batch``/``channels``/``size``), legacy net inputs turned into an Input
+    layer, and loss/accuracy layers (no params; their label checks are data-specific) dropped.
+    Python layers without bottoms count as data layers."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    if len(net.input):
+        layer = out.layer.add(name="input", type="Input")
+        dims = list(net.input_dim)
+        for i, name in enumerate(net.input):
+            layer.top.append(name)
+            s = layer.input_param.shape.add()
+            s.dim.extend(list(net.input_shape[i].dim) if i < len(net.input_shape)
+                         else dims[4 * i:4 * i + 4])
+        out.ClearField("input")
+        out.ClearField("input_dim")
+        out.ClearField("input_shape")
+    for layer in net.layer:
+        if layer.type.endswith(DROP_TYPES_SUFFIX) or layer.type in DROP_TYPES:
+            continue
+        is_data = layer.type in DATA_TYPES or (layer.type == "Python" and not len(layer.bottom))
+        if not is_data:
+            out.layer.add().CopyFrom(layer)
+            continue
+        known = shp.infer(layer, []) if layer.type in shp.RULES else None
+        dummy = out.layer.add(name=layer.name, type="DummyData")
+        dummy.top.extend(layer.top)
+        dummy.include.extend(layer.include)
+        dummy.exclude.extend(layer.exclude)
+        for t in range(len(layer.top)):
+            shape = known.tops[t] if known is not None and t < len(known.tops) else None
+            if shape is None:
+                shape = (batch, channels, size, size) if t == 0 else (batch,)
+            fill = [batch, channels, size, size]
+            dims = [d if d is not None else fill[min(i, 3)] for i, d in enumerate(shape)]
+            dummy.dummy_data_param.shape.add().dim.extend(dims)
+    return out
+
+
+def _corpus_nets() -> dict[str, caffe_pb2.NetParameter]:
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.is_file():
+        return {}
+    try:
+        from caffe2tf.caffe.load import load_net  # the upgrader (V0/V1 nets) when present
+    except ImportError:
+        load_net = None
+    nets = {}
+    with open(manifest, newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["kind"] != "net":
+                continue
+            path = CORPUS / row["saved_name"]
+            try:
+                if load_net is not None:
+                    loaded = load_net(str(path), lenient=True)
+                    net = getattr(loaded, "message", loaded)
+                else:
+                    net = text_format.Parse(path.read_text(), caffe_pb2.NetParameter(),
+                                            allow_unknown_field=True)
+            except Exception:  # noqa: BLE001 - a corpus file we cannot read is not our subject
+                continue
+            swapped = swap_data_layers(net)
+            if not len(swapped.layer):
+                continue
+            if all(layer.type in shp.RULES for layer in swapped.layer):
+                nets["corpus:" + row["saved_name"]] = swapped
+    return nets
+
+
+# ------------------------------------------------------------------------------- the oracle
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    from caffe2tf.verify import oracle as orc
+
+    if orc.caffe_root() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no Caffe root (build it with scripts/build_caffe_root.sh)")
+        pytest.skip("no Caffe root; set CAFFE2TF_CAFFE_ROOT or build it")
+    return orc
+
+
+@pytest.fixture(scope="module")
+def caffe_tables(oracle):
+    good = {name: text_format.Parse(text, caffe_pb2.NetParameter()) for name, text in
+            NETS.items()}
+    good.update(_corpus_nets())
+    names = list(good) + list(BAD_NETS)
+    texts = [text_format.MessageToString(good[n]) for n in good] + list(BAD_NETS.values())
+    tables = oracle.caffe_param_tables(texts, probe=True)
+    return good, dict(zip(names, tables, strict=True))
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_corpus_nets_are_included(caffe_tables):
+    good, _ = caffe_tables
+    if (CORPUS / "MANIFEST.tsv").is_file():
+        assert any(name.startswith("corpus:") for name in good)
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_own_nets_match_caffe(caffe_tables, name):
+    _compare(caffe_tables, name)
+
+
+def test_corpus_nets_match_caffe(caffe_tables):
+    good, _ = caffe_tables
+    corpus = [n for n in good if n.startswith("corpus:")]
+    failures = []
+    for name in corpus:
+        try:
+            _compare(caffe_tables, name)
+        except AssertionError as err:
+            failures.append(f"{name}: {err}")
+    assert not failures, "\n".join(failures)
+
+
+def _compare(caffe_tables, name):
+    good, tables = caffe_tables
+    table = tables[name]
+    if isinstance(table, Exception) and name.startswith("corpus:"):
+        # The filler dims of the swap can make a corpus net invalid (e.g. the siamese net
+        # slices a 2-channel pair); then we must reject it as Caffe did.
+        with pytest.raises(InputError):
+            build_net_spec(good[name], path=name)
+        return
+    assert not isinstance(table, Exception), f"Caffe rejected {name}: {table}"
+    spec = build_net_spec(good[name], path=name)
+    owners = [row for row in table if row.owner == row.key]
+    assert [p.key for p in spec.params] == [row.key for row in owners]
+    by_key = {p.key: p for p in spec.params}
+    for row in owners:
+        ours = by_key[row.key]
+        assert ours.shape == row.shape, f"{row.key}: ours {ours.shape}, Caffe {row.shape}"
+        if row.lr_mult is not None:
+            assert _close(ours.lr_mult, row.lr_mult), (row.key, ours.lr_mult, row.lr_mult)
+        if row.decay_mult is not None:
+            assert _close(ours.decay_mult, row.decay_mult), (
+                row.key, ours.decay_mult, row.decay_mult)
+    sharers = {row.key: row.owner for row in table if row.owner != row.key}
+    ours_sharers = {s: p.key for p in spec.params for s in p.sharers}
+    assert ours_sharers == sharers
+    layer_names = {layer.name for layer in spec.layers}
+    assert {row.layer for row in table} <= layer_names
+
+
+@pytest.mark.parametrize("name", list(BAD_NETS))
+def test_bad_nets_rejected_by_both(caffe_tables, name):
+    _, tables = caffe_tables
+    assert isinstance(tables[name], Exception), f"Caffe accepted {name}"
+    net = text_format.Parse(BAD_NETS[name], caffe_pb2.NetParameter())
+    with pytest.raises(InputError):
+        build_net_spec(net, path=name)

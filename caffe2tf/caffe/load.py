@@ -1,0 +1,239 @@
+"""Entry points of the Caffe front end: read a solver, a net, or a solver with its train net.
+
+Read order mirrors Caffe: ``ReadSolverParamsFromTextFileOrDie`` (parse, then
+``UpgradeSolverAsNeeded``; ``upgrade_proto.cpp:1119-1125``), the solver's own checks, then the
+train net (``Solver::InitTrainNet``, ``solver.cpp:76-120``): a net file is read with
+``ReadNetParamsFromTextFileOrDie`` (parse + upgrades), an inline ``net_param`` /
+``train_net_param`` is used as written, and the net is built for state
+``phase: TRAIN`` merged with the net's ``state`` and the solver's ``train_state``.
+
+Caffe opens ``net``/``train_net`` relative to the process's working directory. We try that
+first, then the solver's folder, and say which one was used. A missing net is a warning (the
+per-blob multipliers are then unknown), never an error; ``net_path`` (``--net``) overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from caffe2tf.caffe.model import NetSpec, Recipe, SolverSpec
+from caffe2tf.caffe.parse import Parsed, parse_text, read_source
+from caffe2tf.errors import InputError, SourceLocation
+from caffe2tf.notes import Note, Severity
+
+__all__ = ["load_net", "load_recipe", "load_solver", "parse_net_file", "parse_solver_file",
+           "sniff_kind"]
+
+
+def _pb() -> Any:
+    from caffe2tf.caffe._proto import caffe_pb2
+
+    return caffe_pb2
+
+
+_EMPTY_RE = None
+
+
+def _is_blank(text: str) -> bool:
+    """True when the text holds nothing but whitespace and ``#`` comments."""
+    global _EMPTY_RE
+    if _EMPTY_RE is None:
+        import re
+
+        _EMPTY_RE = re.compile(r"(?:[ \t\n\r\v\f]+|#[^\n]*)*\Z")
+    return _EMPTY_RE.match(text) is not None
+
+
+def parse_solver_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:
+    """Parse a solver prototxt (no upgrade, no checks). An empty file is an InputError."""
+    p = os.fspath(path)
+    text = read_source(p)
+    if _is_blank(text):
+        raise InputError("empty solver file: Caffe needs at least lr_policy and a train net "
+                         "(net, net_param, train_net or train_net_param)", SourceLocation(p))
+    return parse_text(text, _pb().SolverParameter(), path=p, lenient=lenient)
+
+
+def parse_net_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:
+    """Parse a net prototxt (no upgrade). An empty file is an InputError: Caffe's parser
+    accepts it, but the net has no layers and there is nothing to train."""
+    p = os.fspath(path)
+    text = read_source(p)
+    if _is_blank(text):
+        raise InputError("empty net file: a net with no layers has nothing to train (Caffe "
+                         "would build an empty net)", SourceLocation(p))
+    return parse_text(text, _pb().NetParameter(), path=p, lenient=lenient)
+
+
+def load_solver(path: str | os.PathLike[str], *, lenient: bool = False) -> SolverSpec:
+    """Parse, upgrade (``solver_type``) and check a solver; resolve its net file's path."""
+    return _load_solver(path, lenient=lenient)[0]
+
+
+def _load_solver(path: str | os.PathLike[str], *,
+                 lenient: bool) -> tuple[SolverSpec, Parsed]:
+    from caffe2tf.caffe.solver import build_solver_spec
+    from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
+
+    parsed = parse_solver_file(path, lenient=lenient)
+    msg, locations, up_notes = upgrade_solver(parsed)
+    notes = list(parsed.notes) + list(up_notes) + list(inline_net_notes(parsed))
+    net_path, path_notes = _resolve_net_path(msg, parsed)
+    notes.extend(path_notes)
+    spec = build_solver_spec(msg, parsed, locations, tuple(notes), lenient=lenient,
+                             net_path=net_path)
+    return spec, parsed
+
+
+def _resolve_net_path(msg: Any, parsed: Parsed) -> tuple[str | None, list[Note]]:
+    field = "net" if msg.HasField("net") else "train_net" if msg.HasField("train_net") else None
+    if field is None:
+        return None, []
+    written = getattr(msg, field)
+    where = parsed.location(field)
+    if os.path.isfile(written):
+        return written, [Note("load.net_path",
+                              f"{field} {written!r} found relative to the working directory, "
+                              "where Caffe looks for it", Severity.INFO, where)]
+    beside = os.path.join(os.path.dirname(os.path.abspath(parsed.path)), written)
+    if not os.path.isabs(written) and os.path.isfile(beside):
+        return beside, [Note("load.net_path",
+                             f"{field} {written!r} is not in the working directory (where "
+                             f"Caffe looks); using the file next to the solver: {beside}",
+                             Severity.INFO, where)]
+    tried = [os.path.abspath(written)]
+    if not os.path.isabs(written):
+        tried.append(beside)
+    return None, [Note("load.net_missing",
+                       f"{field} {written!r} not found (tried {' and '.join(tried)}); the train "
+                       "net is unknown, so per-blob multipliers (lr_mult, decay_mult) and the "
+                       "param table are unknown. Pass --net to supply it.",
+                       Severity.WARNING, where, affects_training=True)]
+
+
+def load_net(path: str | os.PathLike[str], *, lenient: bool = False,
+             state: Any | None = None) -> NetSpec:
+    """Parse a net file, upgrade it as Caffe does, and build its TRAIN-phase :class:`NetSpec`.
+
+    ``state`` is the solver's ``train_state`` (merged over the net's own state by net.py).
+    """
+    from caffe2tf.caffe.net import build_net_spec
+    from caffe2tf.caffe.upgrade import upgrade_net
+
+    parsed = parse_net_file(path, lenient=lenient)
+    up = upgrade_net(parsed)
+    return build_net_spec(up.message, path=parsed.path, layer_locations=up.layer_locations,
+                          notes=tuple(parsed.notes) + up.notes,
+                          legacy_format=up.legacy_format, state=state, lenient=lenient)
+
+
+def load_recipe(solver_path: str | os.PathLike[str], *,
+                net_path: str | os.PathLike[str] | None = None,
+                lenient: bool = False) -> Recipe:
+    """A solver and its train net (or None with a warning note when the net file is missing)."""
+    from caffe2tf.caffe.net import build_net_spec
+
+    solver, parsed = _load_solver(solver_path, lenient=lenient)
+    msg = solver.message
+    state = msg.train_state if msg.HasField("train_state") else None
+    notes: list[Note] = []
+    net: NetSpec | None = None
+    if net_path is not None:
+        np_ = os.fspath(net_path)
+        net = load_net(np_, lenient=lenient, state=state)
+        notes.append(Note("load.net_override",
+                          f"train net taken from --net {np_} instead of the solver's "
+                          + ("inline net" if _inline_field(msg) else
+                             (f"{_file_field(msg)} {getattr(msg, _file_field(msg))!r}"
+                              if _file_field(msg) else "(absent) net")),
+                          Severity.INFO, SourceLocation(np_)))
+        solver = dataclasses.replace(solver, net_path=np_)
+    elif _inline_field(msg):
+        field = _inline_field(msg)
+        assert field is not None
+        inline = getattr(msg, field)
+        # Caffe uses the inline net as written: no upgrade (solver.cpp:86-105).
+        layer_locations = [parsed.location(f"{field}.layer[{i}]")
+                           for i in range(len(inline.layer))]
+        net = build_net_spec(inline, path=solver.path, layer_locations=layer_locations,
+                             notes=(), legacy_format="V2", state=state, lenient=lenient)
+    elif solver.net_path is not None:
+        net = load_net(solver.net_path, lenient=lenient, state=state)
+    return Recipe(solver=solver, net=net, notes=tuple(notes))
+
+
+def _inline_field(msg: Any) -> str | None:
+    for f in ("train_net_param", "net_param"):
+        if msg.HasField(f):
+            return f
+    return None
+
+
+def _file_field(msg: Any) -> str | None:
+    for f in ("train_net", "net"):
+        if msg.HasField(f):
+            return f
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Which kind of file is it?
+
+_SOLVER_ONLY: frozenset[str] | None = None
+_NET_ONLY: frozenset[str] | None = None
+
+
+def sniff_kind(path: str | os.PathLike[str]) -> str:
+    """``"solver"`` or ``"net"``, decided by which message the top-level field names belong to.
+
+    Field names known to only one of ``SolverParameter``/``NetParameter`` are counted; the
+    larger count wins (a tie with any solver field counts as a solver). An empty file, or one
+    whose top level names no field of either, is an :class:`InputError`.
+    """
+    global _SOLVER_ONLY, _NET_ONLY
+    from caffe2tf.caffe.parse import _T_EOF, _T_IDENT, _T_SYM, _Lexer
+
+    p = os.fspath(path)
+    text = read_source(p)
+    if _is_blank(text):
+        raise InputError("empty file: neither a solver (Caffe needs lr_policy and a train net) "
+                         "nor a net (no layers)", SourceLocation(p))
+    if _SOLVER_ONLY is None or _NET_ONLY is None:
+        pb = _pb()
+        solver_names = {f.name for f in pb.SolverParameter.DESCRIPTOR.fields}
+        net_names = {f.name for f in pb.NetParameter.DESCRIPTOR.fields}
+        _SOLVER_ONLY = frozenset(solver_names - net_names)
+        _NET_ONLY = frozenset(net_names - solver_names)
+    n_solver = n_net = 0
+    depth = 0
+    try:
+        lex = _Lexer(text, p)
+        prev_ident = None
+        while lex.tok.kind != _T_EOF:
+            tok = lex.next()
+            if tok.kind == _T_SYM and tok.text in "{<[":
+                if depth == 0 and prev_ident is not None:
+                    n_solver += prev_ident in _SOLVER_ONLY
+                    n_net += prev_ident in _NET_ONLY
+                depth += 1
+                prev_ident = None
+            elif tok.kind == _T_SYM and tok.text in "}>]":
+                depth -= 1
+                prev_ident = None
+            elif tok.kind == _T_SYM and tok.text == ":" and depth == 0 and prev_ident:
+                if not (lex.tok.kind == _T_SYM and lex.tok.text in "{<["):
+                    n_solver += prev_ident in _SOLVER_ONLY
+                    n_net += prev_ident in _NET_ONLY
+                    prev_ident = None
+            elif tok.kind == _T_IDENT and depth == 0:
+                prev_ident = tok.text
+    except InputError:
+        pass  # the real parse reports it with its position
+    if n_net > n_solver:
+        return "net"
+    if n_solver > 0:
+        return "solver"
+    raise InputError("neither a solver nor a net: no top-level field of Caffe's "
+                     "SolverParameter or NetParameter was found", SourceLocation(p))

@@ -19,7 +19,9 @@ Task kinds (fields in job.json, file names relative to the job folder):
     *owner* blobs, then for step k = 0..steps-1 writes the diffs and applies one update:
     ``method="apply_update"`` calls ``Solver::ApplyUpdate`` (``sgd_solver.cpp:108-127``; in this
     build it increments ``iter_``, checked every step), ``method="step"`` overwrites the diffs in
-    the ``on_gradients_ready`` callback during ``step(1)`` (``solver.cpp:229-267``). Writes
+    the ``on_gradients_ready`` callback during ``step(1)`` (``solver.cpp:229-267``),
+    ``method="backward"`` runs ``step(1)`` untouched (the net's own forward/backward makes the
+    gradients; ``grads`` must be empty). Writes
     ``out``: owner key -> array (steps, *shape); row k-1 = the weights after k updates.
 ``params`` {net}
     Builds ``caffe.Net(net, TRAIN)`` and lists every blob of ``net.params`` (layer order, sharers
@@ -101,6 +103,8 @@ def _task_run(job_dir, task):
                              f"Caffe's blob is {blob.data.shape}")
         blob.data[...] = value
     steps = int(task["steps"])
+    if task.get("method") == "backward" and grads:
+        raise ValueError("method 'backward' takes no grads (the net computes them)")
     for key in grads:
         if key not in owner_keys:
             raise ValueError(f"grads for {key!r}, which is not an owner blob of the net "
@@ -130,6 +134,8 @@ def _task_run(job_dir, task):
             solver.apply_update()
         elif method == "step":
             current[0] = step
+            solver.step(1)
+        elif method == "backward":  # the net computes its own gradients (needs data layers)
             solver.step(1)
         else:
             raise ValueError(f"unknown method {method!r}")

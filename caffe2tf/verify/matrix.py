@@ -229,9 +229,9 @@ def _decay_lines(decay: str, variant: int) -> list[str]:
     if decay == "none":
         return ['weight_decay: 0', 'regularization_type: "L1"'] if variant % 3 == 2 else []
     if decay == "L2":
-        lines = ["weight_decay: 0.02"]
+        lines = ["weight_decay: 0.05"]
         return lines + ['regularization_type: "L2"'] if variant % 2 == 0 else lines
-    return ["weight_decay: 0.01", 'regularization_type: "L1"']
+    return ["weight_decay: 0.02", 'regularization_type: "L1"']
 
 
 def _clip_threshold(grads: Sequence[Mapping[str, np.ndarray]]) -> float:

@@ -234,7 +234,9 @@ def run_cases(cases: Sequence[OracleCase], *, root: Path | str | None = None,
     For each case: the harness builds ``caffe.get_solver`` on the case's solver (pointed at its
     net), writes ``init`` into the owner blobs, and for k = 0..N-1 writes ``grads[k]`` into the
     diffs and applies one update (``method="apply_update"``: ``Solver::ApplyUpdate``;
-    ``"step"``: overwrite the diffs in ``on_gradients_ready`` during ``step(1)``).
+    ``"step"``: overwrite the diffs in ``on_gradients_ready`` during ``step(1)``;
+    ``"backward"``: plain ``step(1)``, the net's own forward/backward makes the gradients —
+    then ``grads`` must hold N empty dicts, which only set the number of updates).
     Returns ``{case.name: [weights after update 1, ..., after update N]}``, float32.
     Raises :class:`OracleError` with Caffe's message if any case fails.
     """

@@ -451,13 +451,17 @@ def _fit(model: Any, optimizer: Any, parts: list[Weights], on_update: Callable[[
 
 def run_contract(model: Any, optimizer: Any, grads: Sequence[Mapping[str, np.ndarray]], *,
                  iter_size: int = 1, seed: int = 0, route: str = "loop",
-                 progress: Progress | None = None, jit: bool = True) -> list[Weights]:
+                 progress: Progress | None = None, jit: bool = True,
+                 micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None
+                 ) -> list[Weights]:
     """Train ``model`` (already initialised and prepared) with ``optimizer`` on the Caffe update
     gradients ``grads[k]`` (raw sums over ``iter_size`` passes, Caffe layout); return the Caffe-
     layout weights after each update. ``route`` is ``"loop"`` (custom loop, one
     ``apply_gradients`` per micro-batch) or ``"fit"`` (``compile`` + ``fit``). ``jit`` (JAX loop
     only): run each micro-batch as one jitted ``grad`` + ``optimizer.stateless_apply`` instead of
-    an eager ``apply_gradients`` (same arithmetic, far fewer dispatches)."""
+    an eager ``apply_gradients`` (same arithmetic, far fewer dispatches). ``micro_grads``: the
+    per-pass gradients (``len(grads) * iter_size`` of them, e.g. a matrix case's), used instead of
+    :func:`split_micro_batches`."""
     import keras
 
     iter_size = max(1, int(iter_size))
@@ -469,7 +473,14 @@ def run_contract(model: Any, optimizer: Any, grads: Sequence[Mapping[str, np.nda
         if progress is not None:
             progress(len(out), steps)
 
+    if micro_grads is not None and len(micro_grads) != steps * iter_size:
+        raise ValueError(f"{len(micro_grads)} micro-batch gradients for {steps} updates of "
+                         f"{iter_size} passes")
+
     def parts_iter() -> Any:
+        if micro_grads is not None:
+            yield from enumerate(micro_grads)
+            return
         j = 0
         for k, total in enumerate(grads):
             for part in split_micro_batches(total, iter_size, seed=seed, step=k):
@@ -531,7 +542,9 @@ def candidate_from_module(module: Any, name: str = "optimizer.py") -> Candidate:
 def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
                   init: Mapping[str, np.ndarray], grads: Sequence[Mapping[str, np.ndarray]], *,
                   iter_size: int = 1, seed: int = 0, route: str = "loop",
-                  progress: Progress | None = None, jit: bool = True) -> list[Weights]:
+                  progress: Progress | None = None, jit: bool = True,
+                  micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None
+                  ) -> list[Weights]:
     """Mirror model -> initial weights -> ``prepare_model`` -> train per the contract."""
     if not isinstance(candidate, Candidate):
         candidate = candidate_from_module(candidate)
@@ -542,4 +555,4 @@ def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
         model = prepared
     optimizer = candidate.build_optimizer()
     return run_contract(model, optimizer, grads, iter_size=iter_size, seed=seed, route=route,
-                        progress=progress, jit=jit)
+                        progress=progress, jit=jit, micro_grads=micro_grads)

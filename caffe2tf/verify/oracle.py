@@ -63,6 +63,7 @@ class OracleCase:
     net_text: str
     init: Mapping[str, np.ndarray]
     grads: Sequence[Mapping[str, np.ndarray]] = field(default=())
+    method: str | None = None  # overrides run_cases(method=...) for this case
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,8 @@ def run_cases(cases: Sequence[OracleCase], *, root: Path | str | None = None,
             init = job.write_npz(f"c{i}.init.npz", case.init)
             grads = job.write_npz(f"c{i}.grads.npz", _stack_grads(case))
             job.tasks.append({"kind": "run", "solver": solver, "net": net, "init": init,
-                              "grads": grads, "steps": len(case.grads), "method": method,
+                              "grads": grads, "steps": len(case.grads),
+                              "method": case.method or method,
                               "out": f"c{i}.out.npz"})
         results = job.run(workers)
         errors = [_task_error(f"case {case.name!r}", res)

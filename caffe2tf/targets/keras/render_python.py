@@ -1,0 +1,291 @@
+"""KerasPlan -> a standalone, formatted ``optimizer.py`` (keras, numpy and stdlib only).
+
+The emitted module defines ``build_optimizer()`` and ``prepare_model(model)``. Any custom piece
+(CaffeSchedule, CaffeOptimizer, the blob binder) is copied from the marked blocks of
+``runtime.py``, read as TEXT (no Keras import on the convert path), so the library and the
+emitted file share one source.
+
+Safety: names from the prototxt (layer names, paths) only appear as string literals produced by
+:func:`literal` (JSON-style escaping of an ASCII-only, double-quoted string); comments and the
+docstring never contain them. Every number is followed by a comment naming its prototxt field.
+The output is ``ruff format`` clean at line length 88 and 100 (rows are exploded when long).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from typing import Any
+
+from caffe2tf.targets.keras.plan import Arg, CallSpec, KerasPlan
+
+LINE = 88
+_SAFE = re.compile(r"^[A-Za-z0-9_.:+/ -]*$")
+_DOC_SAFE = re.compile(r"[^A-Za-z0-9 .,:;()=*/+\-_'^<>%\[\]]")
+
+
+def literal(text: str) -> str:
+    """A double-quoted Python string literal for ``text``: escapes, never raw code."""
+    if _SAFE.match(text):
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _doc(text: str) -> str:
+    """Plain words for the docstring: anything outside a safe character set becomes ``?``."""
+    return _DOC_SAFE.sub("?", text)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return literal(v)
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if v is None:
+        return "None"
+    raise TypeError(type(v))
+
+
+def _runtime_blocks(*names: str) -> str:
+    """The named ``# -- inline begin NAME`` blocks of runtime.py, in file order."""
+    text = resources.files("caffe2tf.targets.keras").joinpath("runtime.py").read_text("utf-8")
+    out = []
+    pattern = re.compile(r"# -- inline begin (\w+)\n(.*?)\n# -- inline end \1\n", re.S)
+    for m in pattern.finditer(text):
+        if m.group(1) in names:
+            out.append(m.group(2).strip("\n"))
+    return "\n\n\n".join(out)
+
+
+def _wrap_words(text: str, width: int, indent: str = "") -> list[str]:
+    lines: list[str] = []
+    cur = ""
+    for word in text.split():
+        if cur and len(indent) + len(cur) + 1 + len(word) > width:
+            lines.append(indent + cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}" if cur else word
+    if cur:
+        lines.append(indent + cur)
+    return lines
+
+
+def _call_lines(head: str, args: list[tuple[str, str, str]], indent: str,
+                tail: str = ")") -> list[str]:
+    """``head(`` then one ``name=value,  # source`` line per argument, then ``tail``."""
+    lines = [f"{indent}{head}("]
+    for name, value, source in args:
+        comment = f"  # {source}" if source else ""
+        lines.append(f"{indent}    {name}={value},{comment}")
+    lines.append(f"{indent}{tail}")
+    return lines
+
+
+def _row(items: list[str], indent: str, comment: str = "") -> list[str]:
+    one = f"{indent}({', '.join(items)}),"
+    if len(one) + (len(comment) + 2 if comment else 0) <= LINE:
+        return [one + (f"  # {comment}" if comment else "")]
+    lines = [f"{indent}(" + (f"  # {comment}" if comment else "")]
+    lines += [f"{indent}    {item}," for item in items]
+    lines.append(f"{indent}),")
+    return lines
+
+
+def _schedule_lines(spec: CallSpec) -> list[str]:
+    """Body of ``build_schedule(lr_mult)``."""
+    ind = "    "
+
+    def scaled(a: Arg) -> tuple[str, str, str]:
+        if a.name in ("learning_rate", "initial_learning_rate"):
+            return a.name, f"{_value(a.value)} * lr_mult", a.source
+        if a.name == "values":
+            return a.name, f"[v * lr_mult for v in {_value(a.value)}]", a.source
+        return a.name, _value(a.value), a.source
+
+    if spec.cls == "constant":
+        a = spec.args[0]
+        return [f"{ind}return {_value(a.value)} * lr_mult  # {a.source}"]
+    if spec.cls == "CaffeSchedule":
+        args = [(a.name, _value(a.value), a.source) for a in spec.args]
+        args.append(("lr_mult", "lr_mult", "param.lr_mult"))
+        return _call_lines("return CaffeSchedule", args, ind)
+    args = [scaled(a) for a in spec.args]
+    return _call_lines(f"return keras.optimizers.schedules.{spec.cls}", args, ind)
+
+
+USAGE = '''
+Use it with ``fit``::
+
+    import optimizer as caffe_solver
+
+    model = make_model()  # Keras layers named like the Caffe layers
+    caffe_solver.prepare_model(model)
+    model.compile(optimizer=caffe_solver.build_optimizer(), loss=...)
+    model.fit(x, y, batch_size=...)  # one batch = one Caffe forward/backward pass
+
+or in a custom loop (TensorFlow backend shown), calling ``apply_gradients`` exactly once
+per Caffe forward/backward pass (one micro-batch when iter_size > 1)::
+
+    optimizer = caffe_solver.build_optimizer()
+    for x, y in batches:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True)) + sum(model.losses)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+A custom loop must differentiate ``loss + sum(model.losses)``: ``model.losses`` holds the
+regularizers that ``prepare_model`` attaches (Caffe's weight decay on the regularizer
+route), and ``fit`` adds them by itself. Without them the decay is silently lost.
+'''
+
+
+def render_python(p: KerasPlan) -> str:
+    """The text of ``optimizer.py`` for ``p``."""
+    custom_sched = p.schedule.cls == "CaffeSchedule"
+    custom_opt = p.route == "custom"
+    blocks = ["binder"]
+    if custom_sched:
+        blocks.append("schedule")
+    if custom_opt:
+        blocks.append("optimizer")
+    if p.route == "multi":
+        blocks.append("multi")
+    out: list[str] = []
+    doc = [
+        '"""Keras 3 optimizer that trains exactly like a Caffe solver (generated by caffe2tf).',
+        "",
+        f"Caffe solver type {p.solver}; Keras route: {p.route}.",
+    ]
+    doc += USAGE.rstrip("\n").split("\n")
+    doc += ["", "What was translated, and how:", ""]
+    for n in p.notes:
+        tag = n.exactness.value if n.exactness else n.severity.value
+        doc += _wrap_words(f"- [{tag}] {_doc(n.message)}", LINE)
+    doc += ['"""']
+    out += doc
+    out += ["", "from __future__ import annotations", ""]
+    std = []
+    if "multi" in blocks:
+        std.append("import re")
+    std.append("import warnings")
+    std.append("from typing import Any")
+    out += std
+    out += ["", "import keras"]
+    if custom_opt:
+        out.append("import numpy as np")
+    if custom_sched or custom_opt:
+        out.append("from keras import ops")
+    out += [""]
+    out.append(_runtime_blocks(*blocks))
+    out += ["", ""]
+
+    # ---- the blob table
+    out.append("# One row per learnable Caffe blob of the train net, in Caffe's order:")
+    out.append("# Keras layer name; blob index (0: kernel/depthwise_kernel/embeddings/gamma/alpha,")
+    out.append("# 1: bias/beta); lr_mult and decay_mult (param { } of the net prototxt);")
+    out.append("# trainable (lr_mult != 0); the regularizer prepare_model attaches: L2 factor")
+    out.append("# weight_decay * decay_mult / 2 (Keras' L2 has no 1/2), L1 factor")
+    out.append("# weight_decay * decay_mult.")
+    out.append("CAFFE_BLOBS: list[tuple[str, int, float, float, bool, Any]] = [")
+    for b in p.blobs:
+        reg = "None" if b.regularizer is None else \
+            f"({literal(b.regularizer[0])}, {_value(b.regularizer[1])})"
+        out += _row([literal(b.keras_layer), str(b.blob), _value(b.lr_mult),
+                     _value(b.decay_mult), _value(b.trainable), reg], "    ")
+    out.append("]")
+    out.append("# Caffe layer name of each Keras layer above (for messages).")
+    names = {b.keras_layer: b.caffe_layer for b in p.blobs}
+    if names:
+        out.append("CAFFE_LAYER_NAMES: dict[str, str] = {")
+        for k, v in names.items():
+            item = f"    {literal(k)}: {literal(v)},"
+            if len(item) > LINE:
+                out += [f"    {literal(k)}: (", f"        {literal(v)}", "    ),"]
+            else:
+                out.append(item)
+        out.append("}")
+    else:
+        out.append("CAFFE_LAYER_NAMES: dict[str, str] = {}")
+    d = p.default_blob
+    dreg = "None" if d.regularizer is None else \
+        f"({literal(d.regularizer[0])}, {_value(d.regularizer[1])})"
+    out.append("# Variables of no listed blob (every variable when the net is unknown):")
+    out.append("# lr_mult, decay_mult, trainable, regularizer.")
+    out.append(f"DEFAULT_BLOB: tuple[float, float, bool, Any] = ({_value(d.lr_mult)}, "
+               f"{_value(d.decay_mult)}, {_value(d.trainable)}, {dreg})")
+    if len(out[-1]) > LINE:
+        last = out.pop()
+        out.append("DEFAULT_BLOB: tuple[float, float, bool, Any] = (")
+        for item in (_value(d.lr_mult), _value(d.decay_mult), _value(d.trainable), dreg):
+            out.append(f"    {item},")
+        out.append(")")
+        del last
+    out += ["", ""]
+
+    # ---- build_schedule
+    out.append("def build_schedule(lr_mult: float = 1.0) -> Any:")
+    out.append('    """The learning rate of Caffe\'s lr_policy, times ``lr_mult``."""')
+    out += _schedule_lines(p.schedule)
+    out += ["", ""]
+
+    # ---- build_optimizer
+    out.append("def build_optimizer() -> keras.optimizers.Optimizer:")
+    out.append('    """A fresh optimizer; one apply_gradients per Caffe forward/backward."""')
+    opt_args = [(a.name, _value(a.value), a.source) for a in p.optimizer.args]
+    if p.route == "builtin":
+        out += _call_lines(f"return keras.optimizers.{p.optimizer.cls}",
+                           [("learning_rate", "build_schedule()", "")] + opt_args, "    ")
+    elif p.route == "multi":
+        out.append("")
+        out.append("    def sub_optimizer(lr_mult: float) -> keras.optimizers.Optimizer:")
+        out += _call_lines(f"return keras.optimizers.{p.optimizer.cls}",
+                           [("learning_rate", "build_schedule(lr_mult)", "")] + opt_args,
+                           "        ")
+        out.append("")
+        out.append("    by_lr_mult = {1.0: sub_optimizer(1.0)}")
+        out.append("    routes = {}")
+        out.append("    for layer, blob, lr_mult, _, trainable, _ in CAFFE_BLOBS:")
+        out.append("        if trainable and lr_mult != 1.0:")
+        out.append("            if lr_mult not in by_lr_mult:")
+        out.append("                by_lr_mult[lr_mult] = sub_optimizer(lr_mult)")
+        out.append("            routes[path_pattern(layer, blob)] = by_lr_mult[lr_mult]")
+        out.append("    default = by_lr_mult[1.0]")
+        out.append("    return keras.optimizers.MultiOptimizer(")
+        out.append("        keras.optimizers.OptimizerMap("
+                   "default_optimizer=default, optimizer_map=routes)")
+        out.append("    )")
+    else:
+        out.append("    multipliers = {")
+        out.append("        f\"{layer}/{blob}\": (lr_mult, decay_mult)")
+        out.append("        for layer, blob, lr_mult, decay_mult, _, _ in CAFFE_BLOBS")
+        out.append("    }")
+        out += _call_lines("return CaffeOptimizer",
+                           [("learning_rate", "build_schedule()", "")] + opt_args
+                           + [("multipliers", "multipliers", ""),
+                              ("default_multipliers", "DEFAULT_BLOB[:2]", "")], "    ")
+    out += ["", ""]
+
+    # ---- prepare_model
+    out.append("def prepare_model(model: keras.Model) -> dict[str, str]:")
+    out.append('    """Bind Caffe\'s per-blob settings to the variables of a built ``model``.')
+    out.append("")
+    out.append("    Sets ``variable.regularizer`` (Caffe's weight decay on the regularizer route,")
+    out.append("    None otherwise) and ``variable.trainable = False`` for lr_mult 0. Raises")
+    out.append("    ValueError listing Caffe blobs with no Keras variable; warns about Keras")
+    out.append("    variables with no Caffe blob. Returns {variable.path: layer/blob}.")
+    out.append('    """')
+    out.append("    blobs = [")
+    out.append("        (layer, blob, trainable, regularizer)")
+    out.append("        for layer, blob, _, _, trainable, regularizer in CAFFE_BLOBS")
+    out.append("    ]")
+    out.append("    default = (DEFAULT_BLOB[2], DEFAULT_BLOB[3])")
+    out.append("    return bind_caffe_blobs(model, blobs, default, CAFFE_LAYER_NAMES)")
+    return "\n".join(out) + "\n"

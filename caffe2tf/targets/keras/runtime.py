@@ -1,0 +1,452 @@
+"""Exact Caffe pieces for Keras 3: ``CaffeSchedule``, ``CaffeOptimizer`` and the model binder.
+
+This module is imported (lazily) by :mod:`caffe2tf.targets.keras.build` and is ALSO the source
+that :mod:`caffe2tf.targets.keras.render_python` inlines into the emitted ``optimizer.py``: the
+text between the ``# -- inline begin`` and ``# -- inline end`` markers is copied verbatim, so it
+must only use ``keras``, ``numpy``, ``math``, ``re``, ``warnings`` and ``typing.Any`` and stay
+``ruff format`` clean at the default line length (88).
+
+Caffe's update (BVLC ``src/caffe/solvers/sgd_solver.cpp:108-127``, ``solver.cpp:229-267``), which
+:class:`CaffeOptimizer` reproduces, for update k (0-based) after S = ``iter_size`` micro-batches
+with raw data gradients g_1..g_S::
+
+    G = g_1 + ... + g_S                                  (Caffe sums the diffs)
+    n = sqrt(sum_p ||G_p||^2); G *= c / n if n > c        ClipGradients   :87-106 (strict >)
+    g = G * fl(1/S)                                      Normalize       :129-153
+    g += wd * decay_mult * w   (L2)  or * sign(w)  (L1)  Regularize      :155-215
+    r = policy(k) * lr_mult                              GetLearningRate :26-70, :228
+    solver step with r                                   sgd/nesterov/adagrad/rmsprop/adadelta/adam
+
+Keras facts used (keras 3.15.1, ``keras/src/optimizers/base_optimizer.py``): ``apply`` (L466-533)
+filters None gradients, calls ``_backend_apply_gradients`` (L535; overridden here, so no
+backend-specific clip/decay/update runs) and then increments ``_iterations`` once per call; a
+``LearningRateSchedule`` is evaluated at ``_iterations`` before that increment (L777-786).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+# -- inline begin binder
+# Which Keras variable name holds which Caffe blob of a layer: blob 0 is the main weight
+# (kernel / depthwise_kernel / embeddings / BatchNormalization gamma / PReLU alpha),
+# blob 1 the bias (bias / BatchNormalization beta).
+CAFFE_BLOB_OF_KERAS_NAME: dict[str, int] = {
+    "kernel": 0,
+    "depthwise_kernel": 0,
+    "embeddings": 0,
+    "gamma": 0,
+    "alpha": 0,
+    "bias": 1,
+    "beta": 1,
+}
+
+
+def caffe_blob_key(path: str) -> str | None:
+    """``"<keras layer>/<blob>"`` for a variable path such as ``"model/conv1/kernel"``.
+
+    Keras layer names cannot contain ``/``, so the last two path parts are the layer name and
+    the variable name. A variable named like its layer (a one-weight custom layer, e.g. for
+    Caffe's ``Parameter``) is blob 0. Returns None for variables that hold no Caffe blob.
+    """
+    parts = path.split("/")
+    if len(parts) < 2:
+        return None
+    if parts[-1] == parts[-2]:  # a one-weight layer that names its weight after itself
+        return f"{parts[-2]}/0"
+    if parts[-1] not in CAFFE_BLOB_OF_KERAS_NAME:
+        return None
+    return f"{parts[-2]}/{CAFFE_BLOB_OF_KERAS_NAME[parts[-1]]}"
+
+
+# -- inline end binder
+
+
+# -- inline begin schedule
+class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Caffe's ``lr_policy`` (``sgd_solver.cpp:26-70``) as a Keras schedule, in float32.
+
+    With k = floor(step / iter_size) (the number of Caffe updates already applied)::
+
+        fixed      base_lr
+        step       base_lr * gamma ^ floor(k / stepsize)
+        exp        base_lr * gamma ^ k
+        inv        base_lr * (1 + gamma * k) ^ (-power)
+        multistep  base_lr * gamma ^ #{stepvalue <= k}
+        poly       base_lr * (1 - k / max_iter) ^ power
+        sigmoid    base_lr / (1 + exp(-gamma * (k - stepsize)))
+
+    The result is multiplied by ``lr_mult``; with ``rms_decay`` set it is divided by
+    sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)`` into Caffe's
+    RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        base_lr: float,
+        gamma: float = 0.0,
+        power: float = 0.0,
+        stepsize: int = 0,
+        stepvalue: tuple[int, ...] | list[int] = (),
+        max_iter: int = 0,
+        iter_size: int = 1,
+        rms_decay: float | None = None,
+        lr_mult: float = 1.0,
+    ) -> None:
+        self.policy = str(policy)
+        self.base_lr = float(base_lr)
+        self.gamma = float(gamma)
+        self.power = float(power)
+        self.stepsize = int(stepsize)
+        self.stepvalue = [int(s) for s in stepvalue]
+        self.max_iter = int(max_iter)
+        self.iter_size = max(int(iter_size), 1)
+        self.rms_decay = None if rms_decay is None else float(rms_decay)
+        self.lr_mult = float(lr_mult)
+
+    def __call__(self, step: Any) -> Any:
+        k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
+        k = ops.cast(k_int, "float32")
+        base = ops.convert_to_tensor(self.base_lr, dtype="float32")
+        gamma = ops.convert_to_tensor(self.gamma, dtype="float32")
+        if self.policy == "fixed":
+            rate = base
+        elif self.policy == "step":
+            exponent = ops.cast(ops.floor_divide(k_int, self.stepsize), "float32")
+            rate = base * ops.power(gamma, exponent)
+        elif self.policy == "exp":
+            rate = base * ops.power(gamma, k)
+        elif self.policy == "inv":
+            rate = base * ops.power(1.0 + gamma * k, -self.power)
+        elif self.policy == "multistep":
+            passed = ops.zeros((), dtype="float32")
+            for value in self.stepvalue:
+                passed = passed + ops.cast(
+                    ops.greater_equal(k, float(value)), "float32"
+                )
+            rate = base * ops.power(gamma, passed)
+        elif self.policy == "poly":
+            rate = base * ops.power(1.0 - k / float(self.max_iter), self.power)
+        elif self.policy == "sigmoid":
+            rate = base * (1.0 / (1.0 + ops.exp(-gamma * (k - float(self.stepsize)))))
+        else:
+            raise ValueError(f"unknown Caffe lr_policy {self.policy!r}")
+        if self.lr_mult != 1.0:
+            rate = rate * self.lr_mult
+        if self.rms_decay is not None:
+            rho = ops.convert_to_tensor(self.rms_decay, dtype="float32")
+            rate = rate / ops.sqrt(1.0 - ops.power(rho, k + 1.0))
+        return rate
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "base_lr": self.base_lr,
+            "gamma": self.gamma,
+            "power": self.power,
+            "stepsize": self.stepsize,
+            "stepvalue": list(self.stepvalue),
+            "max_iter": self.max_iter,
+            "iter_size": self.iter_size,
+            "rms_decay": self.rms_decay,
+            "lr_mult": self.lr_mult,
+        }
+
+
+# -- inline end schedule
+
+
+# -- inline begin optimizer
+class CaffeOptimizer(keras.optimizers.Optimizer):
+    """All six Caffe solvers with Caffe's order of operations, on any Keras 3 backend.
+
+    Call ``apply_gradients`` once per Caffe forward/backward pass with the gradients of the
+    data loss (the model carries no regularizers on this route: the decay is added here, after
+    the clip, as Caffe does). Every ``iter_size``-th call applies one Caffe update to the raw
+    SUM of the gradients of the last ``iter_size`` calls; the other calls only accumulate.
+    ``learning_rate`` must count Caffe updates, i.e. be a :class:`CaffeSchedule` built with
+    the same ``iter_size`` (``iterations`` counts calls).
+
+    ``multipliers`` maps ``"<keras layer name>/<caffe blob index>"`` (see
+    :func:`caffe_blob_key`) to ``(lr_mult, decay_mult)``; other variables use
+    ``default_multipliers``. The lookup happens once, in ``build``, by ``variable.path``;
+    ``update`` finds the entry through the optimizer's variable index, so it also works where
+    a backend hands in its own variable objects.
+
+    Solver steps (``r`` = lr * lr_mult, ``g`` the decayed gradient; BVLC ``src/caffe/solvers``):
+    SGD ``h = mu*h + r*g; w -= h`` (sgd_solver.cpp:223-238); Nesterov
+    ``h' = mu*h + r*g; w -= (1+mu)*h' - mu*h`` (nesterov_solver.cpp:13-40); AdaGrad
+    ``h += g^2; w -= r*g/(sqrt(h)+delta)`` (adagrad_solver.cpp:13-49); RMSProp
+    ``h = rho*h + (1-rho)*g^2; w -= r*g/(sqrt(h)+delta)`` (rmsprop_solver.cpp:13-51); AdaDelta
+    ``a = mu*a + (1-mu)*g^2; d = g*sqrt((b+delta)/(a+delta)); b = mu*b + (1-mu)*d^2;
+    w -= r*d`` (adadelta_solver.cpp:25-90); Adam with t = k+1
+    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+    w -= r*sqrt(1-b2^t)/(1-b1^t)*m/(sqrt(v)+delta)`` (adam_solver.cpp:25-74).
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any,
+        solver: str = "SGD",
+        momentum: float = 0.0,
+        momentum2: float = 0.999,
+        rms_decay: float = 0.99,
+        delta: float = 1e-8,
+        weight_decay: float = 0.0,
+        regularization_type: str = "L2",
+        clip_gradients: float = -1.0,
+        iter_size: int = 1,
+        multipliers: dict[str, Any] | None = None,
+        default_multipliers: tuple[float, float] | list[float] = (1.0, 1.0),
+        name: str = "caffe_optimizer",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if solver not in ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"):
+            raise ValueError(f"unknown Caffe solver type {solver!r}")
+        if regularization_type not in ("L1", "L2"):
+            raise ValueError(f"unknown regularization_type {regularization_type!r}")
+        self.solver = solver
+        self.momentum = float(momentum)
+        self.momentum2 = float(momentum2)
+        self.rms_decay = float(rms_decay)
+        self.delta = float(delta)
+        self.caffe_weight_decay = float(weight_decay)
+        self.regularization_type = regularization_type
+        self.clip_gradients = float(clip_gradients)
+        self.iter_size = max(int(iter_size), 1)
+        self.multipliers = {
+            str(k): (float(v[0]), float(v[1])) for k, v in (multipliers or {}).items()
+        }
+        self.default_multipliers = (
+            float(default_multipliers[0]),
+            float(default_multipliers[1]),
+        )
+
+    def multipliers_for(self, path: str) -> tuple[float, float]:
+        """(lr_mult, decay_mult) for the variable at ``path``."""
+        key = caffe_blob_key(path)
+        if key is not None and key in self.multipliers:
+            return self.multipliers[key]
+        return self.default_multipliers
+
+    def build(self, variables: list[Any]) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        self._caffe_mults = [self.multipliers_for(v.path) for v in variables]
+        self._history = self.add_optimizer_variables(variables, "history")
+        if self.solver in ("AdaDelta", "Adam"):
+            self._history2 = self.add_optimizer_variables(variables, "history2")
+        if self.iter_size > 1:
+            self._grad_sum = self.add_optimizer_variables(variables, "grad_sum")
+
+    def _backend_apply_gradients(
+        self, grads: list[Any], trainable_variables: list[Any]
+    ) -> None:
+        indices = [self._get_variable_index(v) for v in trainable_variables]
+        grads = [
+            ops.convert_to_tensor(g, dtype=v.dtype)
+            for g, v in zip(grads, trainable_variables, strict=True)
+        ]
+        is_update = None
+        if self.iter_size > 1:
+            # Sum the raw micro-batch gradients (Caffe's diffs accumulate, solver.cpp:229-233).
+            is_update = ops.equal((self._iterations + 1) % self.iter_size, 0)
+            grads = [self._grad_sum[i] + g for i, g in zip(indices, grads, strict=True)]
+            for i, g in zip(indices, grads, strict=True):
+                self._grad_sum[i].assign(ops.where(is_update, ops.zeros_like(g), g))
+        if self.clip_gradients >= 0:
+            norm = ops.sqrt(sum(ops.sum(ops.square(g)) for g in grads))
+            factor = ops.where(
+                ops.greater(norm, self.clip_gradients),
+                self.clip_gradients / norm,
+                ops.ones_like(norm),
+            )
+            grads = [g * ops.cast(factor, g.dtype) for g in grads]
+        if self.iter_size > 1:
+            scale = float(np.float32(1.0) / np.float32(self.iter_size))
+            grads = [g * scale for g in grads]
+        lr = ops.cast(self.learning_rate, "float32")
+        step = ops.cast(
+            ops.floor_divide(self._iterations, self.iter_size) + 1, "float32"
+        )
+        for i, g, v in zip(indices, grads, trainable_variables, strict=True):
+            self._caffe_update(i, g, v, lr, step, is_update)
+
+    def _caffe_update(
+        self, i: int, g: Any, w: Any, lr: Any, t: Any, is_update: Any
+    ) -> None:
+        lr_mult, decay_mult = self._caffe_mults[i]
+        dtype = w.dtype
+        local_decay = float(
+            np.float32(self.caffe_weight_decay) * np.float32(decay_mult)
+        )
+        if local_decay != 0.0:
+            if self.regularization_type == "L2":
+                g = g + local_decay * w
+            else:
+                g = g + local_decay * ops.sign(w)
+        r = ops.cast(lr, dtype) * float(lr_mult)
+        h = self._history[i]
+        updates: list[tuple[Any, Any]] = []
+        if self.solver in ("SGD", "Nesterov"):
+            h_new = self.momentum * h + r * g
+            if self.solver == "SGD":
+                w_new = w - h_new
+            else:
+                w_new = w - ((1.0 + self.momentum) * h_new - self.momentum * h)
+            updates = [(h, h_new)]
+        elif self.solver == "AdaGrad":
+            h_new = h + ops.square(g)
+            w_new = w - r * g / (ops.sqrt(h_new) + self.delta)
+            updates = [(h, h_new)]
+        elif self.solver == "RMSProp":
+            h_new = self.rms_decay * h + (1.0 - self.rms_decay) * ops.square(g)
+            w_new = w - r * g / (ops.sqrt(h_new) + self.delta)
+            updates = [(h, h_new)]
+        elif self.solver == "AdaDelta":
+            b = self._history2[i]
+            a_new = self.momentum * h + (1.0 - self.momentum) * ops.square(g)
+            d = g * ops.sqrt((b + self.delta) / (a_new + self.delta))
+            b_new = self.momentum * b + (1.0 - self.momentum) * ops.square(d)
+            w_new = w - r * d
+            updates = [(h, a_new), (b, b_new)]
+        else:  # Adam
+            v = self._history2[i]
+            m_new = self.momentum * h + (1.0 - self.momentum) * g
+            v_new = self.momentum2 * v + (1.0 - self.momentum2) * ops.square(g)
+            b1_t = ops.power(ops.cast(self.momentum, "float32"), t)
+            b2_t = ops.power(ops.cast(self.momentum2, "float32"), t)
+            correction = ops.cast(ops.sqrt(1.0 - b2_t) / (1.0 - b1_t), dtype)
+            w_new = w - r * correction * m_new / (ops.sqrt(v_new) + self.delta)
+            updates = [(h, m_new), (v, v_new)]
+        updates.append((w, w_new))
+        for var, value in updates:
+            if is_update is not None:
+                value = ops.where(is_update, value, var)
+            self.assign(var, value)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "solver": self.solver,
+                "momentum": self.momentum,
+                "momentum2": self.momentum2,
+                "rms_decay": self.rms_decay,
+                "delta": self.delta,
+                "weight_decay": self.caffe_weight_decay,
+                "regularization_type": self.regularization_type,
+                "clip_gradients": self.clip_gradients,
+                "iter_size": self.iter_size,
+                "multipliers": {k: list(v) for k, v in self.multipliers.items()},
+                "default_multipliers": list(self.default_multipliers),
+            }
+        )
+        return config
+
+
+# -- inline end optimizer
+
+
+# -- inline begin binder
+def make_regularizer(spec: tuple[str, float] | list[Any] | None) -> Any:
+    """``("L2", c)`` -> ``keras.regularizers.L2(c)``; ``("L1", c)`` -> ``L1(c)``; None -> None."""
+    if spec is None:
+        return None
+    kind, coefficient = spec[0], float(spec[1])
+    if kind == "L2":
+        return keras.regularizers.L2(coefficient)
+    return keras.regularizers.L1(coefficient)
+
+
+def bind_caffe_blobs(
+    model: Any,
+    blobs: list[tuple[str, int, bool, Any]],
+    default_blob: tuple[bool, Any],
+    caffe_names: dict[str, str],
+) -> dict[str, str]:
+    """Attach Caffe's per-blob settings to the variables of an (already built) Keras model.
+
+    ``blobs`` holds ``(keras_layer, blob_index, trainable, regularizer_spec)`` for every
+    Caffe blob of the net; ``default_blob`` is ``(trainable, regularizer_spec)`` for every
+    variable when the net is unknown (``blobs`` empty). ``caffe_names`` maps a Keras layer
+    name back to its Caffe name (for messages). Regularizers go on ``variable.regularizer``
+    (a regularizer given to a layer after it was built is never read). Existing regularizers
+    of mapped variables are replaced, so ``sum(model.losses)`` is exactly Caffe's decay.
+
+    Raises ValueError listing every Caffe blob with no Keras variable; warns about trainable
+    Keras variables with no Caffe blob. Returns ``{variable.path: "<keras layer>/<blob>"}``.
+    """
+    by_key: dict[str, list[Any]] = {}
+    for variable in model.variables:
+        key = caffe_blob_key(variable.path)
+        if key is not None:
+            by_key.setdefault(key, []).append(variable)
+    bound: dict[str, str] = {}
+    if not blobs:
+        trainable, spec = default_blob
+        for variable in model.trainable_variables:
+            key = caffe_blob_key(variable.path)
+            if key is None:
+                continue
+            variable.regularizer = make_regularizer(spec)
+            variable.trainable = bool(trainable)
+            bound[variable.path] = key
+        return bound
+    missing = []
+    for layer, index, trainable, spec in blobs:
+        found = by_key.get(f"{layer}/{index}", [])
+        if not found:
+            missing.append(f"{caffe_names.get(layer, layer)!r} blob {index}")
+            continue
+        for variable in found:
+            variable.regularizer = make_regularizer(spec)
+            variable.trainable = bool(trainable)
+            bound[variable.path] = f"{layer}/{index}"
+    if missing:
+        raise ValueError(
+            "These Caffe blobs have no Keras variable (a Keras layer must carry the Caffe "
+            "layer's name, or map names with --layer-map): " + ", ".join(missing)
+        )
+    extra = [v.path for v in model.trainable_variables if v.path not in bound]
+    if extra:
+        warnings.warn(
+            "Keras variables with no Caffe counterpart (trained with lr_mult 1 and no "
+            "weight decay): " + ", ".join(extra),
+            stacklevel=2,
+        )
+    return bound
+
+
+# -- inline end binder
+
+
+# -- inline begin multi
+def path_pattern(keras_layer: str, blob: int) -> str:
+    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable."""
+    layer = re.escape(keras_layer)
+    if blob == 0:
+        return f"(?:.*/)?{layer}/(?:kernel|depthwise_kernel|embeddings|gamma|alpha|{layer})"
+    return f"(?:.*/)?{layer}/(?:bias|beta)"
+
+
+# -- inline end multi
+
+__all__ = [
+    "CAFFE_BLOB_OF_KERAS_NAME",
+    "CaffeOptimizer",
+    "CaffeSchedule",
+    "bind_caffe_blobs",
+    "caffe_blob_key",
+    "make_regularizer",
+    "path_pattern",
+]

@@ -191,6 +191,55 @@ layer { name: "ip_sp2" type: "InnerProduct" bottom: "sp2" top: "ip_sp2"
   inner_product_param { num_output: 1 axis: 3 } }
 layer { name: "sil" type: "Silence" bottom: "sp1" }
 """,
+    "shape_only_2": """
+layer { name: "x" type: "DummyData" top: "x" top: "y" top: "v" top: "lab"
+  dummy_data_param { shape { dim: 2 dim: 4 dim: 13 dim: 11 } shape { dim: 1 dim: 2 dim: 3 dim: 4 }
+    shape { dim: 5 dim: 7 } shape { dim: 5 } } }
+layer { name: "rs0" type: "Reshape" bottom: "x" top: "rs0"
+  reshape_param { shape { dim: 1 } axis: 1 num_axes: 0 } }
+layer { name: "ip_rs0" type: "InnerProduct" bottom: "rs0" top: "ip_rs0"
+  inner_product_param { num_output: 1 axis: 2 } }
+layer { name: "crop1" type: "Crop" bottom: "x" bottom: "y" top: "crop1" crop_param { axis: 1 } }
+layer { name: "ip_crop1" type: "InnerProduct" bottom: "crop1" top: "ip_crop1"
+  inner_product_param { num_output: 1 } }
+layer { name: "fl0" type: "Flatten" bottom: "x" top: "fl0"
+  flatten_param { axis: 0 end_axis: 1 } }
+layer { name: "ip_fl0" type: "InnerProduct" bottom: "fl0" top: "ip_fl0"
+  inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "am" type: "ArgMax" bottom: "v" top: "am" }
+layer { name: "ip_am" type: "InnerProduct" bottom: "am" top: "ip_am"
+  inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "acc" type: "Accuracy" bottom: "v" bottom: "lab" top: "acc" top: "per_class" }
+layer { name: "ip_acc" type: "InnerProduct" bottom: "per_class" top: "ip_acc"
+  inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "sc" type: "Scale" bottom: "x" top: "sc" scale_param { axis: -1 bias_term: true } }
+layer { name: "dc" type: "Deconvolution" bottom: "x" top: "dc"
+  convolution_param { num_output: 2 kernel_size: 4 stride: 3 pad: 1 dilation: 2 } }
+layer { name: "ip_dc" type: "InnerProduct" bottom: "dc" top: "ip_dc"
+  inner_product_param { num_output: 1 axis: 2 } }
+layer { name: "pool_floor" type: "Pooling" bottom: "x" top: "pf"
+  pooling_param { kernel_size: 2 stride: 2 round_mode: FLOOR } }
+layer { name: "ip_pf" type: "InnerProduct" bottom: "pf" top: "ip_pf"
+  inner_product_param { num_output: 1 } }
+layer { name: "h" type: "DummyData" top: "H" dummy_data_param { shape { dim: 7 dim: 7 } } }
+layer { name: "ig_loss" type: "InfogainLoss" bottom: "v" bottom: "lab" bottom: "H" top: "l"
+  top: "prob" loss_weight: 1 loss_weight: 0 infogain_loss_param { axis: 1 } }
+layer { name: "ip_prob" type: "InnerProduct" bottom: "prob" top: "ip_prob"
+  inner_product_param { num_output: 1 axis: 0 } }
+""",
+    "lstm_expose_hidden": """
+layer { name: "x" type: "DummyData" top: "x" top: "cont" top: "h0" top: "c0"
+  dummy_data_param { shape { dim: 4 dim: 2 dim: 6 } shape { dim: 4 dim: 2 }
+    shape { dim: 1 dim: 2 dim: 3 } shape { dim: 1 dim: 2 dim: 3 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "h0" bottom: "c0"
+  top: "h" top: "hT" top: "cT" recurrent_param { num_output: 3 expose_hidden: true } }
+layer { name: "ip_hT" type: "InnerProduct" bottom: "hT" top: "ip_hT"
+  inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" bottom: "h0" top: "r" top: "rT"
+  recurrent_param { num_output: 3 expose_hidden: true } }
+layer { name: "ip_rT" type: "InnerProduct" bottom: "rT" top: "ip_rT"
+  inner_product_param { num_output: 1 axis: 0 } }
+""",
     "sharing": INPUT + """
 layer { name: "a" type: "InnerProduct" bottom: "data" top: "a"
   param { name: "w" } param { name: "bias" lr_mult: 2 }
@@ -277,6 +326,21 @@ layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" param { lr_mult: 1
 """,
     "batchnorm_implicit_lr": INPUT + """
 layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" param { decay_mult: 0 } }
+""",
+    "loss_two_tops_one_weight": """
+layer { name: "x" type: "DummyData" top: "v" top: "lab"
+  dummy_data_param { shape { dim: 5 dim: 7 } shape { dim: 5 } } }
+layer { name: "l" type: "SoftmaxWithLoss" bottom: "v" bottom: "lab" top: "l" top: "prob" }
+""",
+    "softmax_loss_two_tops_two_weights": """
+layer { name: "x" type: "DummyData" top: "v" top: "lab"
+  dummy_data_param { shape { dim: 5 dim: 7 } shape { dim: 5 } } }
+layer { name: "l" type: "SoftmaxWithLoss" bottom: "v" bottom: "lab" top: "l" top: "prob"
+  loss_weight: 1 loss_weight: 0 }
+""",
+    "relu_two_loss_weights": """
+layer { name: "x" type: "DummyData" top: "v" dummy_data_param { shape { dim: 5 dim: 7 } } }
+layer { name: "r" type: "ReLU" bottom: "v" top: "r" loss_weight: 1 loss_weight: 1 }
 """,
     "include_and_exclude": INPUT + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"

@@ -350,6 +350,7 @@ def build_net_spec(
             in_place = t_i < len(layer.bottom) and layer.bottom[t_i] == t
             if t in blob_shapes and not in_place and not lenient:
                 raise InputError(f"Top blob '{t}' produced by multiple sources.", loc)
+        _check_loss_weights(layer, loc, lenient, out_notes)
         result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes)
         for t_i, t in enumerate(layer.top):
             blob_shapes[t] = result.tops[t_i] if t_i < len(result.tops) else None
@@ -401,6 +402,34 @@ def build_net_spec(
         message=net,
         notes=tuple(out_notes),
     )
+
+
+def _check_loss_weights(layer: Any, loc: SourceLocation, lenient: bool, notes: list[Note]) -> None:
+    """``Layer::SetLossWeights`` (include/caffe/layer.hpp:388-402): ``loss_weight`` must be given
+    0 times or once per top. A loss layer with none gets one (``LossLayer::LayerSetUp``,
+    loss_layer.cpp:10-14), so a loss layer with two tops must list both weights."""
+    n = len(layer.loss_weight)
+    if n == 0 and layer.type in shp.LOSS_TYPES:
+        n = 1
+    msg = ""
+    if n and n != len(layer.top):
+        msg = (
+            f"layer '{layer.name}': loss_weight must be unspecified or specified once per top "
+            f"blob ({len(layer.top)} tops, {n} loss weights"
+            + (", counting the implicit 1 of a loss layer" if not len(layer.loss_weight) else "")
+            + ")"
+        )
+    elif layer.type == "SoftmaxWithLoss" and n > 1:
+        # softmax_loss_layer.cpp:14-21: the internal Softmax layer is a copy of this layer's
+        # parameters, loss weights included, with one top: more than one weight fails there.
+        msg = (
+            f"layer '{layer.name}': loss_weight must be unspecified or specified once per top "
+            f"blob (SoftmaxWithLoss passes its {n} loss weights to its internal one-top Softmax)"
+        )
+    if msg:
+        if not lenient:
+            raise InputError(msg, loc)
+        notes.append(Note("net.layer_rejected", msg, Severity.WARNING, loc))
 
 
 def _legacy_inputs(net: Any) -> list[tuple[str, shp.Shape]]:

@@ -823,15 +823,19 @@ def _loss(layer, bottoms):
     return LayerShapes(tuple(tops))
 
 
-register(
-    "SoftmaxWithLoss",
-    "EuclideanLoss",
-    "HingeLoss",
-    "InfogainLoss",
-    "ContrastiveLoss",
-    "MultinomialLogisticLoss",
-    "SigmoidCrossEntropyLoss",
-)(_loss)
+#: BVLC layers derived from LossLayer (include/caffe/layers/loss_layer.hpp).
+LOSS_TYPES = frozenset(
+    {
+        "SoftmaxWithLoss",
+        "EuclideanLoss",
+        "HingeLoss",
+        "InfogainLoss",
+        "ContrastiveLoss",
+        "MultinomialLogisticLoss",
+        "SigmoidCrossEntropyLoss",
+    }
+)
+register(*LOSS_TYPES)(_loss)
 
 
 @register("Accuracy")

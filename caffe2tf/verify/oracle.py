@@ -78,6 +78,17 @@ class SolverVerdict:
 # ------------------------------------------------------------------------------------ the root
 
 
+def privileged(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """``cmd`` run with ``env`` as its whole environment, as root: directly when we are root,
+    else through ``sudo -n`` (CI runners have password-less sudo; chroot and debootstrap need
+    root). Without root or sudo the command is returned as is and fails with its own message.
+    """
+    full = ["env", "-i", *(f"{k}={v}" for k, v in (env or {}).items()), *cmd]
+    if os.geteuid() != 0 and shutil.which("sudo"):
+        return ["sudo", "-n", *full]
+    return full
+
+
 def caffe_root() -> Path | None:
     """The Caffe root to use (``$CAFFE2TF_CAFFE_ROOT`` or the default), or None if it does not
     contain the caffe python package."""
@@ -96,8 +107,11 @@ def ensure_caffe_root() -> Path:
     target = Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
     if not BUILD_SCRIPT.is_file():
         raise CaffeRootMissing(f"no Caffe root at {target} and no build script at {BUILD_SCRIPT}")
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(target)], capture_output=True,
-                          text=True, check=False)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    env.update({k: v for k, v in os.environ.items()
+                if k in ("CAFFE2TF_DEBIAN_MIRROR", "TMPDIR", "http_proxy", "https_proxy")})
+    proc = subprocess.run(privileged(["bash", str(BUILD_SCRIPT), str(target)], env),
+                          capture_output=True, text=True, check=False)
     root = caffe_root()
     if proc.returncode != 0 or root is None:
         raise CaffeRootMissing(
@@ -183,17 +197,19 @@ class _Job:
         (self.host_dir / "job.json").write_text(json.dumps({"tasks": self.tasks,
                                                             "workers": workers}))
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-               "GLOG_minloglevel": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "GLOG_minloglevel": "1", "GLOG_logtostderr": "1",
+               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}
-        cmd = ["chroot", str(self.root), "/usr/bin/python3",
-               self.chroot_path("_caffe_harness.py"), self.chroot_dir]
+        cmd = privileged(["chroot", str(self.root), "/usr/bin/python3",
+                          self.chroot_path("_caffe_harness.py"), self.chroot_dir], env)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as err:
             raise OracleError(f"could not start {' '.join(cmd)}: {err}") from err
         result_path = self.host_dir / "result.json"
         if proc.returncode != 0 or not result_path.exists():
-            hint = " (chroot needs root privileges)" if os.geteuid() != 0 else ""
+            hint = (" (chroot needs root: run as root or with password-less sudo)"
+                    if os.geteuid() != 0 else "")
             raise OracleError(f"the Caffe harness failed{hint} (exit {proc.returncode}):\n"
                               f"{proc.stderr[-6000:]}{proc.stdout[-2000:]}")
         return json.loads(result_path.read_text())["results"]

@@ -80,9 +80,11 @@ def milestones(rule: UpdateRule) -> list[dict[str, Any]]:
     rows = []
     for k in sorted(ks):
         rows.append({"k": k, "lr": lr_fresh(s, k, bounds), "why": ks[k]})
-    if len(bounds) > len(shown):
-        rows.append({"k": None, "lr": None,
-                     "why": f"{len(bounds) - len(shown)} more boundaries not shown"})
+    if len(bounds) > len(shown):  # the gap sits after the first shown boundaries
+        gap_after = shown[MAX_BOUNDARY_ROWS - 3]
+        at = next(i for i, r in enumerate(rows) if r["k"] == gap_after) + 1
+        rows.insert(at, {"k": None, "lr": None,
+                         "why": f"{len(bounds) - len(shown)} more boundaries not shown"})
     return rows
 
 

@@ -16,7 +16,6 @@ Importing this module must not import TensorFlow or Keras (checked by the tests)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -98,6 +97,8 @@ class InspectReport:
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
+            import json
+
             return json.dumps(self.to_dict(), indent=2, allow_nan=True)
         if fmt != "table":
             raise ValueError(f"unknown format {fmt!r}")
@@ -164,7 +165,7 @@ def _display(fd: Any, value: Any) -> str:
     if fd.type == fd.TYPE_DOUBLE:
         return repr(value)
     if fd.type == fd.TYPE_STRING:
-        return json.dumps(value)
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if fd.type == fd.TYPE_BOOL:
         return "true" if value else "false"
     if fd.type == fd.TYPE_ENUM:

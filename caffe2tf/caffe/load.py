@@ -186,11 +186,10 @@ _NET_ONLY: frozenset[str] | None = None
 
 
 def sniff_kind(path: str | os.PathLike[str]) -> str:
-    """``"solver"`` or ``"net"``, decided by which message the top-level field names belong to.
-
-    Field names known to only one of ``SolverParameter``/``NetParameter`` are counted; the
-    larger count wins (a tie with any solver field counts as a solver). An empty file, or one
-    whose top level names no field of either, is an :class:`InputError`.
+    """``"solver"`` or ``"net"``: the kind named by the first top-level field that only one of
+    ``SolverParameter``/``NetParameter`` has (``lr_policy``, ``net``... vs ``layer``,
+    ``input``...). Scanning stops there, so this is cheap on big nets. An empty file, or one
+    whose top level names no such field, is an :class:`InputError`.
     """
     global _SOLVER_ONLY, _NET_ONLY
     from caffe2tf.caffe.parse import _T_EOF, _T_IDENT, _T_SYM, _Lexer
@@ -206,34 +205,23 @@ def sniff_kind(path: str | os.PathLike[str]) -> str:
         net_names = {f.name for f in pb.NetParameter.DESCRIPTOR.fields}
         _SOLVER_ONLY = frozenset(solver_names - net_names)
         _NET_ONLY = frozenset(net_names - solver_names)
-    n_solver = n_net = 0
     depth = 0
     try:
         lex = _Lexer(text, p)
-        prev_ident = None
         while lex.tok.kind != _T_EOF:
             tok = lex.next()
-            if tok.kind == _T_SYM and tok.text in "{<[":
-                if depth == 0 and prev_ident is not None:
-                    n_solver += prev_ident in _SOLVER_ONLY
-                    n_net += prev_ident in _NET_ONLY
-                depth += 1
-                prev_ident = None
-            elif tok.kind == _T_SYM and tok.text in "}>]":
-                depth -= 1
-                prev_ident = None
-            elif tok.kind == _T_SYM and tok.text == ":" and depth == 0 and prev_ident:
-                if not (lex.tok.kind == _T_SYM and lex.tok.text in "{<["):
-                    n_solver += prev_ident in _SOLVER_ONLY
-                    n_net += prev_ident in _NET_ONLY
-                    prev_ident = None
-            elif tok.kind == _T_IDENT and depth == 0:
-                prev_ident = tok.text
+            if tok.kind == _T_SYM:
+                if tok.text in "{<[":
+                    depth += 1
+                elif tok.text in "}>]":
+                    depth -= 1
+            elif tok.kind == _T_IDENT and depth == 0 and lex.tok.kind == _T_SYM \
+                    and lex.tok.text in ":{<":
+                if tok.text in _SOLVER_ONLY:
+                    return "solver"
+                if tok.text in _NET_ONLY:
+                    return "net"
     except InputError:
         pass  # the real parse reports it with its position
-    if n_net > n_solver:
-        return "net"
-    if n_solver > 0:
-        return "solver"
     raise InputError("neither a solver nor a net: no top-level field of Caffe's "
                      "SolverParameter or NetParameter was found", SourceLocation(p))

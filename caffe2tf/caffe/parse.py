@@ -104,6 +104,32 @@ class Parsed:
         return SourceLocation(self.path)
 
 
+class _Locations(Mapping[str, SourceLocation]):
+    """Field path -> SourceLocation, converted from character offsets on access."""
+
+    __slots__ = ("_offsets", "_lexer", "_cache")
+
+    def __init__(self, offsets: dict[str, int], lexer: _Lexer) -> None:
+        self._offsets = offsets
+        self._lexer = lexer
+        self._cache: dict[str, SourceLocation] = {}
+
+    def __getitem__(self, key: str) -> SourceLocation:
+        loc = self._cache.get(key)
+        if loc is None:
+            loc = self._cache[key] = self._lexer.loc(self._offsets[key])
+        return loc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._offsets
+
+
 # --------------------------------------------------------------------------------------------
 # Reading the file
 
@@ -144,15 +170,17 @@ def read_source(path: str | os.PathLike[str]) -> str:
 
 _TOKEN_RE = re.compile(
     r"""
-    (?P<ws>[ \t\n\r\v\f]+)
-  | (?P<comment>\#[^\n]*)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<num>(?:[0-9][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?|\.[0-9][0-9A-Za-z_]*)
-             (?:(?<=[eE])[-+][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?)?)
-  | (?P<str>"(?:[^"\\\n]|\\[^\n])*"|'(?:[^'\\\n]|\\[^\n])*')
-  | (?P<badstr>["'])
-  | (?P<sym>[{}<>\[\]:;,\-])
-  | (?P<other>.)
+    (?:[ \t\n\r\v\f]+|\#[^\n]*)*          # whitespace and comments before the token
+    (?:
+      (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<sym>[{}<>\[\]:;,\-])
+    | (?P<str>"(?:[^"\\\n]|\\[^\n])*"|'(?:[^'\\\n]|\\[^\n])*')
+    | (?P<num>(?:[0-9][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?|\.[0-9][0-9A-Za-z_]*)
+               (?:(?<=[eE])[-+][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?)?)
+    | (?P<badstr>["'])
+    | (?P<eof>\Z)
+    | (?P<other>.)
+    )
     """,
     re.VERBOSE | re.DOTALL,
 )
@@ -165,6 +193,7 @@ _FLOAT_RE = re.compile(r"(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 
 # token kinds
 _T_IDENT, _T_INT, _T_FLOAT, _T_STR, _T_SYM, _T_EOF = range(6)
+_SIMPLE_KINDS = {"ident": _T_IDENT, "sym": _T_SYM, "str": _T_STR}
 _KIND_NAMES = {_T_IDENT: "identifier", _T_INT: "integer", _T_FLOAT: "float",
                _T_STR: "string", _T_SYM: "symbol", _T_EOF: "end of file"}
 
@@ -200,40 +229,34 @@ class _Lexer:
 
     # tokens ----------------------------------------------------------------------------
     def _advance(self) -> _Tok:
-        for m in self._it:
-            kind = m.lastgroup
-            if kind == "ws" or kind == "comment":
-                continue
-            text = m.group()
-            pos = m.start()
-            if kind == "ident":
-                return _Tok(_T_IDENT, text, pos)
-            if kind == "sym":
-                return _Tok(_T_SYM, text, pos)
-            if kind == "str":
-                return _Tok(_T_STR, text, pos)
-            if kind == "num":
-                return self._number(text, pos)
-            if kind == "badstr":
-                newline = self.text.find("\n", pos)
-                if newline == -1:
-                    raise self.error("unexpected end of file inside a string literal", pos)
-                raise self.error("unterminated string literal (string literals cannot cross "
-                                 "line boundaries)", pos)
-            # other
-            ch = text
-            code = ord(ch)
-            if 0xDC80 <= code <= 0xDCFF:
-                raise self.error(f"invalid byte 0x{code - 0xDC00:02x}: the file is not UTF-8 "
-                                 "text (is it a binary file?)", pos)
-            if code < 0x20 or code == 0x7F:
-                raise self.error(f"invalid control character {code:#04x} in text (is it a "
-                                 "binary file?)", pos)
-            if code > 0x7F:
-                raise self.error(f"unexpected non-ASCII character {ch!r} outside a string or "
-                                 "comment", pos)
-            raise self.error(f"unexpected character {ch!r}", pos)
-        return _Tok(_T_EOF, "", len(self.text))
+        m = next(self._it)
+        kind = m.lastgroup
+        simple = _SIMPLE_KINDS.get(kind)  # type: ignore[arg-type]
+        if simple is not None:
+            return _Tok(simple, m.group(kind), m.start(kind))
+        pos = m.start(kind)
+        if kind == "num":
+            return self._number(m.group(kind), pos)
+        if kind == "eof":
+            self._it = iter((m,))  # stay at EOF if asked again
+            return _Tok(_T_EOF, "", pos)
+        if kind == "badstr":
+            if self.text.find("\n", pos) == -1:
+                raise self.error("unexpected end of file inside a string literal", pos)
+            raise self.error("unterminated string literal (string literals cannot cross "
+                             "line boundaries)", pos)
+        ch = m.group(kind)
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            raise self.error(f"invalid byte 0x{code - 0xDC00:02x}: the file is not UTF-8 "
+                             "text (is it a binary file?)", pos)
+        if code < 0x20 or code == 0x7F:
+            raise self.error(f"invalid control character {code:#04x} in text (is it a "
+                             "binary file?)", pos)
+        if code > 0x7F:
+            raise self.error(f"unexpected non-ASCII character {ch!r} outside a string or "
+                             "comment", pos)
+        raise self.error(f"unexpected character {ch!r}", pos)
 
     def _number(self, text: str, pos: int) -> _Tok:
         low = text.lower()
@@ -416,7 +439,7 @@ class _Parser:
         self.lex = _Lexer(text, path)
         self.path = path
         self.lenient = lenient
-        self.locations: dict[str, SourceLocation] = {}
+        self.locations: dict[str, int] = {}  # field path -> character offset
         self.notes: list[Note] = []
 
     # message body ------------------------------------------------------------------------
@@ -445,7 +468,9 @@ class _Parser:
             entry = table.get(name)
             if entry is None:
                 self._unknown_field(desc, name, prefix, depth)
-                lex.try_consume(";") or lex.try_consume(",")
+                t = lex.tok
+                if t.kind == _T_SYM and (t.text == ";" or t.text == ","):
+                    lex.tok = lex._advance()
                 continue
             lex.next()
             fd, kind, repeated, rng = entry
@@ -459,7 +484,7 @@ class _Parser:
                 seen.add(fname)
                 idx = -1
             base = f"{prefix}.{fname}" if prefix else fname
-            name_loc = lex.loc(tok.pos)
+            name_loc = tok.pos
             if kind == _K_MSG:
                 had_colon = lex.try_consume(":")
                 if repeated and lex.at("["):
@@ -493,7 +518,8 @@ class _Parser:
                         code="lenient.skipped_field",
                         message=f"skipped {base}: a list of values for a field that BVLC Caffe "
                                 f"declares non-repeated (a fork's dialect); {why}",
-                        severity=Severity.WARNING, location=name_loc, affects_training=affects))
+                        severity=Severity.WARNING, location=lex.loc(name_loc),
+                        affects_training=affects))
                 elif repeated and lex.at("["):
                     lex.next()
                     target = getattr(msg, fname)
@@ -503,9 +529,8 @@ class _Parser:
                             ok, value = self._value(fd, kind, rng, base)
                             if ok:
                                 target.append(value)
-                                vloc = lex.loc(vpos)
-                                self.locations.setdefault(base, vloc)
-                                self.locations[f"{base}[{idx}]"] = vloc
+                                self.locations.setdefault(base, vpos)
+                                self.locations[f"{base}[{idx}]"] = vpos
                                 idx += 1
                             if lex.try_consume("]"):
                                 break
@@ -523,13 +548,15 @@ class _Parser:
                                 setattr(msg, fname, value)
                             except (ValueError, TypeError) as err:  # pragma: no cover - guard
                                 raise InputError(f'invalid value for field "{fname}": {err}',
-                                                 name_loc) from None
+                                                 lex.loc(name_loc)) from None
                             self.locations[base] = name_loc
                     elif not repeated:
                         seen.discard(fname)
             if repeated:
                 counts[fname] = idx
-            lex.try_consume(";") or lex.try_consume(",")
+            t = lex.tok
+            if t.kind == _T_SYM and (t.text == ";" or t.text == ","):
+                lex.tok = lex._advance()
 
     def _sub_message(self, sub: Any, key: str, depth: int) -> None:
         lex = self.lex
@@ -539,7 +566,7 @@ class _Parser:
         self.parse_body(sub, key, close, depth + 1)
 
     def _message_list(self, msg: Any, fd: Any, base: str, idx: int, depth: int,
-                      name_loc: SourceLocation) -> int:
+                      name_loc: int) -> int:
         lex = self.lex
         lex.next()  # [
         if lex.try_consume("]"):
@@ -551,9 +578,8 @@ class _Parser:
                                 f"{_describe(lex.tok)}")
             sub = target.add()
             key = f"{base}[{idx}]"
-            loc = lex.loc(lex.tok.pos)
             self.locations.setdefault(base, name_loc)
-            self.locations[key] = loc
+            self.locations[key] = lex.tok.pos
             idx += 1
             self._sub_message(sub, key, depth)
             if lex.try_consume("]"):
@@ -777,7 +803,8 @@ def parse_text(text: str, message: Any, *, path: str = "<string>",
     """
     parser = _Parser(text, path, lenient)
     parser.parse_body(message, "", None, 0)
-    return Parsed(message=message, path=path, locations=parser.locations,
+    return Parsed(message=message, path=path,
+                  locations=_Locations(parser.locations, parser.lex),
                   notes=tuple(parser.notes))
 
 

@@ -433,24 +433,16 @@ def _corpus_nets() -> dict[str, caffe_pb2.NetParameter]:
 
 
 @pytest.fixture(scope="module")
-def oracle():
-    from caffe2tf.verify import oracle as orc
-
-    if orc.caffe_root() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but no Caffe root (build it with scripts/build_caffe_root.sh)")
-        pytest.skip("no Caffe root; set CAFFE2TF_CAFFE_ROOT or build it")
-    return orc
-
-
-@pytest.fixture(scope="module")
-def caffe_tables(oracle):
+def caffe_tables(caffe_root):
+    """Caffe's tables for every net (one chroot process). ``caffe_root`` (tests/conftest.py)
+    skips when the root is absent, and fails under CI=true."""
+    from caffe2tf.verify import oracle
     good = {name: text_format.Parse(text, caffe_pb2.NetParameter()) for name, text in
             NETS.items()}
     good.update(_corpus_nets())
     names = list(good) + list(BAD_NETS)
     texts = [text_format.MessageToString(good[n]) for n in good] + list(BAD_NETS.values())
-    tables = oracle.caffe_param_tables(texts, probe=True)
+    tables = oracle.caffe_param_tables(texts, probe=True, root=caffe_root)
     return good, dict(zip(names, tables, strict=True))
 
 

@@ -400,3 +400,12 @@ def test_no_root_means_none(monkeypatch, tmp_path):
     assert oracle.caffe_root() is None
     with pytest.raises(oracle.CaffeRootMissing):
         oracle.run_cases([], root=tmp_path)
+
+
+@pytest.mark.oracle
+def test_solver_type_upgrade_with_caffes_binary(caffe_root):
+    ok, both = oracle.caffe_upgrade_solver_texts(
+        ['solver_type: RMSPROP\nbase_lr: 0.1\nlr_policy: "fixed"\n',
+         'solver_type: ADAM\ntype: "Adam"\nlr_policy: "fixed"\n'], root=caffe_root)
+    assert isinstance(ok, str) and 'type: "RMSProp"' in ok and "solver_type" not in ok
+    assert isinstance(both, oracle.OracleError) and "cannot be both" in str(both)

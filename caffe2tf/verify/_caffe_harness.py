@@ -31,9 +31,9 @@ Task kinds (fields in job.json, file names relative to the job folder):
 ``solver_check`` {solver, net}
     Builds the solver and applies one update with zero diffs, so the checks in the constructor,
     ``GetLearningRate`` and ``Regularize`` run; reports Caffe's FATAL message if any.
-``upgrade_net`` {net}
-    Runs ``/usr/bin/upgrade_net_proto_text`` (``tools/upgrade_net_proto_text.cpp``) and returns
-    the upgraded text.
+``upgrade_net`` {net} / ``upgrade_solver`` {solver}
+    Runs ``/usr/bin/upgrade_net_proto_text`` / ``upgrade_solver_proto_text``
+    (``tools/upgrade_*_proto_text.cpp``) and returns the upgraded text.
 """
 
 import json
@@ -46,12 +46,18 @@ import traceback
 _FATAL = re.compile(r"^(?:[FE]\d{4} [\d:.]+\s+\d+ (\S+\] .*)|\[libprotobuf (?:ERROR|FATAL) (.*))$")
 
 
+_PY_ERROR = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
+
+
 def _fatal_message(text):
     """The glog FATAL/ERROR lines of ``text`` (without their time prefix), else its tail."""
     hits = [m.group(1) or m.group(2) for m in map(_FATAL.match, text.splitlines()) if m]
     if hits:
         return "\n".join(hits)
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    errors = [i for i, ln in enumerate(lines) if _PY_ERROR.match(ln)]
+    if errors:  # a Python exception raised by the harness: its message (may span lines)
+        return "\n".join(lines[errors[-1]:])
     return "\n".join(lines[-15:])
 
 
@@ -204,20 +210,27 @@ def _task_solver_check(job_dir, task):
 
 
 def _task_upgrade_net(job_dir, task):
-    src = os.path.join(job_dir, task["net"])
+    return _upgrade("/usr/bin/upgrade_net_proto_text", os.path.join(job_dir, task["net"]))
+
+
+def _task_upgrade_solver(job_dir, task):
+    return _upgrade("/usr/bin/upgrade_solver_proto_text", os.path.join(job_dir, task["solver"]))
+
+
+def _upgrade(tool, src):
     dst = src + ".upgraded.prototxt"
-    proc = subprocess.run(["/usr/bin/upgrade_net_proto_text", src, dst],
+    proc = subprocess.run([tool, src, dst],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     if proc.returncode != 0 or not os.path.exists(dst):
-        raise RuntimeError(f"upgrade_net_proto_text failed ({proc.returncode}): "
+        raise RuntimeError(f"{os.path.basename(tool)} failed ({proc.returncode}): "
                            f"{_fatal_message(proc.stdout)}")
     with open(dst) as f:
         return {"text": f.read(), "log": proc.stdout}
 
 
 _KINDS = {"run": _task_run, "params": _task_params, "solver_check": _task_solver_check,
-          "upgrade_net": _task_upgrade_net}
+          "upgrade_net": _task_upgrade_net, "upgrade_solver": _task_upgrade_solver}
 
 
 def _child(job_dir, index, task):

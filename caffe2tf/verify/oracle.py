@@ -191,7 +191,7 @@ class _Job:
     def chroot_path(self, name: str) -> str:
         return f"{self.chroot_dir}/{name}"
 
-    def run(self, workers: int | None = None) -> list[dict]:
+    def run(self, workers: int | None = None, timeout: float | None = None) -> list[dict]:
         shutil.copyfile(_HARNESS, self.host_dir / "_caffe_harness.py")
         workers = workers or min(len(self.tasks), os.cpu_count() or 1) or 1
         (self.host_dir / "job.json").write_text(json.dumps({"tasks": self.tasks,
@@ -202,8 +202,14 @@ class _Job:
                "PYTHONDONTWRITEBYTECODE": "1"}
         cmd = privileged(["chroot", str(self.root), "/usr/bin/python3",
                           self.chroot_path("_caffe_harness.py"), self.chroot_dir], env)
+        timeout = timeout if timeout is not None else float(
+            os.environ.get("CAFFE2TF_ORACLE_TIMEOUT", "900"))
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise OracleError(f"the Caffe harness did not finish within {timeout:g} s "
+                              f"({len(self.tasks)} tasks)") from err
         except OSError as err:
             raise OracleError(f"could not start {' '.join(cmd)}: {err}") from err
         result_path = self.host_dir / "result.json"
@@ -358,6 +364,21 @@ def caffe_upgrade_net_texts(texts: Sequence[str], *,
                               "net": job.write_text(f"u{i}.prototxt", text)})
         results = job.run() if job.tasks else []
     return [res["result"]["text"] if res["ok"] else _task_error(f"net #{i}", res)
+            for i, res in enumerate(results)]
+
+
+def caffe_upgrade_solver_texts(texts: Sequence[str], *,
+                               root: Path | str | None = None) -> list[str | OracleError]:
+    """Each solver text after Caffe's own upgrade (``/usr/bin/upgrade_solver_proto_text``:
+    ``solver_type`` enum -> ``type`` string, ``upgrade_proto.cpp:1034-1098``); an
+    :class:`OracleError` in the slot of a failure (e.g. both fields set)."""
+    root = _require_root(root)
+    with _Job(root) as job:
+        for i, text in enumerate(texts):
+            job.tasks.append({"kind": "upgrade_solver",
+                              "solver": job.write_text(f"s{i}.prototxt", text)})
+        results = job.run() if job.tasks else []
+    return [res["result"]["text"] if res["ok"] else _task_error(f"solver #{i}", res)
             for i, res in enumerate(results)]
 
 

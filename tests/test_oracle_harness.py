@@ -409,3 +409,50 @@ def test_solver_type_upgrade_with_caffes_binary(caffe_root):
          'solver_type: ADAM\ntype: "Adam"\nlr_policy: "fixed"\n'], root=caffe_root)
     assert isinstance(ok, str) and 'type: "RMSProp"' in ok and "solver_type" not in ok
     assert isinstance(both, oracle.OracleError) and "cannot be both" in str(both)
+
+
+# ------------------------------------------------------------- the oracle marker's behaviour
+
+_INNER_TEST = '''
+import pytest
+
+@pytest.mark.oracle
+def test_needs_root():
+    pass
+
+@pytest.mark.oracle
+def test_uses_fixture(caffe_root):
+    assert caffe_root.is_dir()
+'''
+
+
+def _inner_pytest(tmp_path, env_extra: dict[str, str]):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_inner.py").write_text(_INNER_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    oracle: real Caffe\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", oracle.ROOT_ENV)}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           str(tmp_path)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+
+
+def test_oracle_tests_skip_without_a_root_outside_ci(tmp_path):
+    proc = _inner_pytest(tmp_path, {oracle.ROOT_ENV: str(tmp_path / "no-root")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 skipped" in proc.stdout and "build_caffe_root.sh" in proc.stdout
+
+
+def test_oracle_tests_fail_loudly_in_ci_when_the_root_cannot_be_built(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = _inner_pytest(tmp_path, {"CI": "true", oracle.ROOT_ENV: str(blocker / "root")})
+    assert proc.returncode != 0
+    assert "skipped" not in proc.stdout
+    assert "could not be built" in proc.stdout

@@ -58,8 +58,10 @@ class ReferenceOptimizer:
 
     def __init__(self, rule: UpdateRule, init: Mapping[str, np.ndarray], *,
                  precision: str = "float32",
-                 registry: Mapping[type, StepFn] | None = None) -> None:
+                 registry: Mapping[type, StepFn] | None = None,
+                 fused_axpy: bool = True) -> None:
         self.rule = rule
+        self.fused_axpy = fused_axpy
         self.dtype = _dtype(precision)
         self.registry = dict(STEP_FUNCTIONS if registry is None else registry)
         omap = owner_map(rule)
@@ -108,7 +110,8 @@ class ReferenceOptimizer:
     def step(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = UpdateEnv(k=self.k, dtype=self.dtype, keys=list(self.keys), weights=self.weights,
                         grads={o: self._gradient(grads, o) for o in self.keys},
-                        groups=self.groups, state=self.state, current_step=self.current_step)
+                        groups=self.groups, state=self.state, current_step=self.current_step,
+                        fused_axpy=self.fused_axpy)
         with np.errstate(all="ignore"):
             for s in self.rule.steps:
                 self.registry[type(s)](s, env)
@@ -126,11 +129,15 @@ class ReferenceOptimizer:
 
 def run_reference(rule: UpdateRule, init: Mapping[str, np.ndarray],
                   grads: Sequence[Mapping[str, np.ndarray]], *, precision: str = "float32",
-                  registry: Mapping[type, StepFn] | None = None) -> list[dict[str, np.ndarray]]:
+                  registry: Mapping[type, StepFn] | None = None,
+                  fused_axpy: bool = True) -> list[dict[str, np.ndarray]]:
     """Weights after updates 1..N (``len(grads)`` updates from a fresh solver, ``iter_ = 0``).
 
     ``registry`` replaces :data:`caffe2tf.rule.steps.STEP_FUNCTIONS` (for planting mistakes).
+    ``fused_axpy`` (float32 only): emulate BLAS ``?axpy`` with one rounding (FMA, as OpenBLAS
+    does on current x86-64 CPUs) or two (see :mod:`caffe2tf.rule.steps`).
     """
-    opt = ReferenceOptimizer(rule, init, precision=precision, registry=registry)
+    opt = ReferenceOptimizer(rule, init, precision=precision, registry=registry,
+                             fused_axpy=fused_axpy)
     return [opt.step(g) for g in grads]
 

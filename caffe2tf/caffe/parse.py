@@ -405,7 +405,7 @@ _DATA_MESSAGES = frozenset({
     "caffe.AccuracyParameter", "caffe.PythonParameter",
 })
 _DISPLAYISH = re.compile(r"^(display|test_|snapshot|debug|log|eval|show_|ap_version|device|"
-                         r"print|verbose|plot|visual|save|output)", re.IGNORECASE)
+                         r"solver_mode|print|verbose|plot|visual|save|output)", re.IGNORECASE)
 
 
 def _affects_training(parent: str, name: str, path: str) -> tuple[bool, str]:

@@ -32,6 +32,23 @@ def load_module(path: str | os.PathLike[str]) -> Any:
     return module
 
 
+def plan_of(case: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """(rule, plan) for a case directory, through the same path as ``caffe2tf convert``."""
+    from caffe2tf.caffe.load import load_recipe
+    from caffe2tf.rule.lower import lower
+    from caffe2tf.targets.keras.convert import make_plan
+
+    case = Path(case)
+    layer_map = {}
+    if (case / "layer_map.yaml").exists():
+        from caffe2tf.targets.keras.convert import load_layer_map
+
+        layer_map = load_layer_map(case / "layer_map.yaml")
+    rule = lower(load_recipe(case / "solver.prototxt"))
+    p, _ = make_plan(case / "solver.prototxt", layer_map=layer_map)
+    return rule, p
+
+
 def rule_of(solver: str | os.PathLike[str], net: str | os.PathLike[str] | None = None) -> Any:
     from caffe2tf.caffe.load import load_recipe
     from caffe2tf.rule.lower import lower
@@ -43,31 +60,31 @@ def shapes_of(rule: Any) -> dict[str, tuple[int, ...]]:
     return {g.key: tuple(g.shape) for g in rule.params}
 
 
-def make_model(rule: Any, layer_map: dict[str, str] | None = None) -> Any:
-    """A built Keras model whose layers carry the Caffe names (InnerProduct -> Dense,
-    Scale after BatchNorm -> the BatchNormalization named like the BatchNorm)."""
+def make_model(rule: Any, plan: Any) -> Any:
+    """A built Keras model with one layer per Keras name of the plan (InnerProduct -> Dense,
+    a Scale paired with a BatchNorm -> BatchNormalization named like the BatchNorm)."""
     import keras
 
-    layer_map = layer_map or {}
     shapes = shapes_of(rule)
     layers = []
     done = set()
-    for g in rule.params:
-        layer, _, _ = g.key.rpartition("/")
-        if layer in done:
+    for b in plan.blobs:
+        if b.keras_layer in done:
             continue
-        done.add(layer)
-        name = layer_map.get(layer, layer)
-        if g.layer_type == "InnerProduct":
-            out_dim, in_dim = shapes[f"{layer}/0"]
-            dense = keras.layers.Dense(out_dim, use_bias=f"{layer}/1" in shapes, name=name)
+        done.add(b.keras_layer)
+        if b.layer_type == "InnerProduct":
+            out_dim, in_dim = shapes[f"{b.caffe_layer}/0"]
+            dense = keras.layers.Dense(out_dim, use_bias=f"{b.caffe_layer}/1" in shapes,
+                                       name=b.keras_layer)
             dense.build((None, in_dim))
             layers.append(dense)
-        elif g.layer_type == "Scale":
-            (channels,) = shapes[f"{layer}/0"]
-            bn = keras.layers.BatchNormalization(name=name)
+        elif b.layer_type == "Scale":
+            (channels,) = shapes[f"{b.caffe_layer}/0"]
+            bn = keras.layers.BatchNormalization(name=b.keras_layer)
             bn.build((None, channels))
             layers.append(bn)
+        else:
+            raise AssertionError(b.layer_type)
 
     class Mirror(keras.Model):
         def __init__(self) -> None:
@@ -116,10 +133,12 @@ def streams(rule: Any, steps: int, seed: int) -> tuple[dict, list[dict]]:
     rng = np.random.default_rng(seed)
     shapes = shapes_of(rule)
     init = {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in shapes.items()}
+    frozen = {g.key: 0.0 for g in rule.params if not g.trainable}
     grads = []
     for t in range(steps):
         scale = 0.05 if t % 7 == 3 else 1.0
-        grads.append({k: (rng.normal(0, 1.0, s) * scale).astype(np.float32)
+        # lr_mult 0 blobs get no gradient in Caffe (net.cpp:149-152): their diff stays 0
+        grads.append({k: (rng.normal(0, 1.0, s) * scale * frozen.get(k, 1.0)).astype(np.float32)
                       for k, s in shapes.items()})
     return init, grads
 
@@ -134,39 +153,46 @@ def split(total: dict[str, np.ndarray], parts: int, rng: Any) -> list[dict[str, 
 
 
 def run_keras(build_optimizer: Any, prepare_model: Any, rule: Any, init: dict, grads: list,
-              *, names: dict[str, str], layer_map: dict[str, str] | None = None,
-              seed: int = 1) -> list[dict[str, np.ndarray]]:
+              *, plan: Any, seed: int = 1) -> list[dict[str, np.ndarray]]:
     """Train per the contract on the active backend; weights after each Caffe update."""
     import keras
 
-    model = make_model(rule, layer_map)
+    names = names_of(plan)
+    model = make_model(rule, plan)
     prepare_model(model)
     set_weights(model, init, names)
     optimizer = build_optimizer()
     rng = np.random.default_rng(seed)
     backend = keras.backend.backend()
     traj = []
+    tv = model.trainable_variables
+    optimizer.build(tv)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def step(gk: list) -> None:
+            with tf.GradientTape() as tape:
+                loss = sum(tf.reduce_sum(g * v) for g, v in zip(gk, tv, strict=True))
+                loss = loss + sum(model.losses)
+            gs = tape.gradient(loss, tv)
+            optimizer.apply_gradients(zip(gs, tv, strict=True))
+    else:
+        import jax
+
+        def step(gk: list) -> None:
+            def f(values: list) -> Any:
+                with keras.StatelessScope(state_mapping=list(zip(tv, values, strict=True))):
+                    reg = sum(model.losses)
+                return sum((g * x).sum() for g, x in zip(gk, values, strict=True)) + reg
+
+            gs = jax.grad(f)([v.value for v in tv])
+            optimizer.apply_gradients(zip(gs, tv, strict=True))
+
     for total in grads:
         for part in split(total, rule.iter_size, rng):
-            tv = model.trainable_variables
             gk = [keras.ops.convert_to_tensor(to_keras(part[keras_key(v, names)])) for v in tv]
-            if backend == "tensorflow":
-                import tensorflow as tf
-
-                with tf.GradientTape() as tape:
-                    loss = sum(tf.reduce_sum(g * v) for g, v in zip(gk, tv, strict=True))
-                    loss = loss + sum(model.losses)
-                gs = tape.gradient(loss, tv)
-            else:
-                import jax
-
-                def f(values: list, gk: list = gk, tv: list = tv) -> Any:
-                    with keras.StatelessScope(state_mapping=list(zip(tv, values, strict=True))):
-                        reg = sum(model.losses)
-                    return sum((g * x).sum() for g, x in zip(gk, values, strict=True)) + reg
-
-                gs = jax.grad(f)([v.value for v in tv])
-            optimizer.apply_gradients(zip(gs, tv, strict=True))
+            step(gk)
         traj.append(get_weights(model, names))
     return traj
 

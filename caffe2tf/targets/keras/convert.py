@@ -94,13 +94,15 @@ def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
 
 
 def _blocking(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:
+    """Notes that stop ``convert``: unsupported/error always; approximations (including a
+    field skipped by ``--lenient`` that can change training) unless ``allow_approx``."""
     out = []
     for n in notes:
         if n.exactness is Exactness.UNSUPPORTED or n.severity is Severity.ERROR:
             out.append(n)
         elif not allow_approx and (
             n.exactness is Exactness.APPROX
-            or (n.exactness is None and n.affects_training and n.severity is Severity.WARNING)
+            or (n.exactness is None and n.affects_training and n.code.startswith("lenient"))
         ):
             out.append(n)
     return tuple(out)

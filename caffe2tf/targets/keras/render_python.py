@@ -13,7 +13,6 @@ The output is ``ruff format`` clean at line length 88 and 100 (rows are exploded
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from typing import Any
@@ -26,10 +25,36 @@ _DOC_SAFE = re.compile(r"[^A-Za-z0-9 .,:;()=*/+\-_'^<>%\[\]]")
 
 
 def literal(text: str) -> str:
-    """A double-quoted Python string literal for ``text``: escapes, never raw code."""
+    """An ASCII-only Python string literal for ``text``: escapes, never raw code.
+
+    Backslashes, control and non-ASCII characters become escapes; the quote is chosen as
+    ``ruff format`` would (double unless the text holds more double than single quotes).
+    """
     if _SAFE.match(text):
         return f'"{text}"'
-    return json.dumps(text, ensure_ascii=True)
+    quote = "'" if text.count('"') > text.count("'") else '"'
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == quote:
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x80:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return quote + "".join(out) + quote
 
 
 def _doc(text: str) -> str:
@@ -193,27 +218,15 @@ def render_python(p: KerasPlan) -> str:
     out.append("# 1: bias/beta); lr_mult and decay_mult (param { } of the net prototxt);")
     out.append("# trainable (lr_mult != 0); the regularizer prepare_model attaches: L2 factor")
     out.append("# weight_decay * decay_mult / 2 (Keras' L2 has no 1/2), L1 factor")
-    out.append("# weight_decay * decay_mult.")
-    out.append("CAFFE_BLOBS: list[tuple[str, int, float, float, bool, Any]] = [")
+    out.append("# weight_decay * decay_mult; the Caffe layer name (for messages).")
+    out.append("CAFFE_BLOBS: list[tuple[str, int, float, float, bool, Any, str]] = [")
     for b in p.blobs:
         reg = "None" if b.regularizer is None else \
             f"({literal(b.regularizer[0])}, {_value(b.regularizer[1])})"
-        out += _row([literal(b.keras_layer), str(b.blob), _value(b.lr_mult),
-                     _value(b.decay_mult), _value(b.trainable), reg], "    ")
+        items = [literal(b.keras_layer), str(b.blob), _value(b.lr_mult), _value(b.decay_mult),
+                 _value(b.trainable), reg, literal(b.caffe_layer)]
+        out += _row(items, "    ")
     out.append("]")
-    out.append("# Caffe layer name of each Keras layer above (for messages).")
-    names = {b.keras_layer: b.caffe_layer for b in p.blobs}
-    if names:
-        out.append("CAFFE_LAYER_NAMES: dict[str, str] = {")
-        for k, v in names.items():
-            item = f"    {literal(k)}: {literal(v)},"
-            if len(item) > LINE:
-                out += [f"    {literal(k)}: (", f"        {literal(v)}", "    ),"]
-            else:
-                out.append(item)
-        out.append("}")
-    else:
-        out.append("CAFFE_LAYER_NAMES: dict[str, str] = {}")
     d = p.default_blob
     dreg = "None" if d.regularizer is None else \
         f"({literal(d.regularizer[0])}, {_value(d.regularizer[1])})"
@@ -252,7 +265,7 @@ def render_python(p: KerasPlan) -> str:
         out.append("")
         out.append("    by_lr_mult = {1.0: sub_optimizer(1.0)}")
         out.append("    routes = {}")
-        out.append("    for layer, blob, lr_mult, _, trainable, _ in CAFFE_BLOBS:")
+        out.append("    for layer, blob, lr_mult, _, trainable, _, _ in CAFFE_BLOBS:")
         out.append("        if trainable and lr_mult != 1.0:")
         out.append("            if lr_mult not in by_lr_mult:")
         out.append("                by_lr_mult[lr_mult] = sub_optimizer(lr_mult)")
@@ -265,7 +278,7 @@ def render_python(p: KerasPlan) -> str:
     else:
         out.append("    multipliers = {")
         out.append("        f\"{layer}/{blob}\": (lr_mult, decay_mult)")
-        out.append("        for layer, blob, lr_mult, decay_mult, _, _ in CAFFE_BLOBS")
+        out.append("        for layer, blob, lr_mult, decay_mult, _, _, _ in CAFFE_BLOBS")
         out.append("    }")
         out += _call_lines("return CaffeOptimizer",
                            [("learning_rate", "build_schedule()", "")] + opt_args
@@ -284,8 +297,9 @@ def render_python(p: KerasPlan) -> str:
     out.append('    """')
     out.append("    blobs = [")
     out.append("        (layer, blob, trainable, regularizer)")
-    out.append("        for layer, blob, _, _, trainable, regularizer in CAFFE_BLOBS")
+    out.append("        for layer, blob, _, _, trainable, regularizer, _ in CAFFE_BLOBS")
     out.append("    ]")
+    out.append("    names = {row[0]: row[6] for row in CAFFE_BLOBS}")
     out.append("    default = (DEFAULT_BLOB[2], DEFAULT_BLOB[3])")
-    out.append("    return bind_caffe_blobs(model, blobs, default, CAFFE_LAYER_NAMES)")
+    out.append("    return bind_caffe_blobs(model, blobs, default, names)")
     return "\n".join(out) + "\n"

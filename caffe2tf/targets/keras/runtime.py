@@ -128,9 +128,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         elif self.policy == "multistep":
             passed = ops.zeros((), dtype="float32")
             for value in self.stepvalue:
-                passed = passed + ops.cast(
-                    ops.greater_equal(k, float(value)), "float32"
-                )
+                hit = ops.greater_equal(k, float(value))
+                passed = passed + ops.cast(hit, "float32")
             rate = base * ops.power(gamma, passed)
         elif self.policy == "poly":
             rate = base * ops.power(1.0 - k / float(self.max_iter), self.power)
@@ -248,9 +247,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         if self.iter_size > 1:
             self._grad_sum = self.add_optimizer_variables(variables, "grad_sum")
 
-    def _backend_apply_gradients(
-        self, grads: list[Any], trainable_variables: list[Any]
-    ) -> None:
+    def _backend_apply_gradients(self, grads: list, trainable_variables: list) -> None:
         indices = [self._get_variable_index(v) for v in trainable_variables]
         grads = [
             ops.convert_to_tensor(g, dtype=v.dtype)
@@ -275,20 +272,16 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             scale = float(np.float32(1.0) / np.float32(self.iter_size))
             grads = [g * scale for g in grads]
         lr = ops.cast(self.learning_rate, "float32")
-        step = ops.cast(
-            ops.floor_divide(self._iterations, self.iter_size) + 1, "float32"
-        )
+        updates_done = ops.floor_divide(self._iterations, self.iter_size)
+        step = ops.cast(updates_done + 1, "float32")
         for i, g, v in zip(indices, grads, trainable_variables, strict=True):
             self._caffe_update(i, g, v, lr, step, is_update)
 
-    def _caffe_update(
-        self, i: int, g: Any, w: Any, lr: Any, t: Any, is_update: Any
-    ) -> None:
+    def _caffe_update(self, i: int, g: Any, w: Any, lr: Any, t: Any, upd: Any) -> None:
         lr_mult, decay_mult = self._caffe_mults[i]
         dtype = w.dtype
-        local_decay = float(
-            np.float32(self.caffe_weight_decay) * np.float32(decay_mult)
-        )
+        wd = np.float32(self.caffe_weight_decay)
+        local_decay = float(wd * np.float32(decay_mult))
         if local_decay != 0.0:
             if self.regularization_type == "L2":
                 g = g + local_decay * w
@@ -330,8 +323,8 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             updates = [(h, m_new), (v, v_new)]
         updates.append((w, w_new))
         for var, value in updates:
-            if is_update is not None:
-                value = ops.where(is_update, value, var)
+            if upd is not None:
+                value = ops.where(upd, value, var)
             self.assign(var, value)
 
     def get_config(self) -> dict[str, Any]:

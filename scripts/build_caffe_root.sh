@@ -32,7 +32,17 @@ imports_caffe() {
     chroot "$1" /usr/bin/python3 -c 'import caffe' >/dev/null 2>&1
 }
 
-if [ -d "$DIR" ]; then
+unmount_under() {
+    # Unmount anything an interrupted debootstrap left mounted under $1 (deepest first), so
+    # that removing the half-built tree never reaches into /proc, /sys or a bind-mounted /dev.
+    [ -r /proc/mounts ] || return 0
+    awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r |
+        while read -r mnt; do umount -l "$mnt" || true; done
+}
+
+# An existing but empty DIR (e.g. a pre-created cache folder) is built into: the final
+# rename replaces an empty directory.
+if [ -d "$DIR" ] && [ -n "$(ls -A "$DIR")" ]; then
     if [ -f "$DIR/$MARKER" ] && [ -f "$DIR/$PKG_DIR/__init__.py" ]; then
         echo "build_caffe_root: $DIR is ready (marker present)"
         exit 0
@@ -52,6 +62,7 @@ command -v debootstrap >/dev/null 2>&1 ||
 
 TMP="$DIR.tmp"
 LOG="$(mktemp "${TMPDIR:-/tmp}/caffe2tf-debootstrap.XXXXXX.log")"
+unmount_under "$TMP"
 rm -rf "$TMP"
 mkdir -p "$(dirname "$DIR")"
 echo "build_caffe_root: debootstrap bullseye into $TMP (log: $LOG) ..."
@@ -59,6 +70,7 @@ start=$(date +%s)
 if ! debootstrap --variant=minbase --include=python3-caffe,caffe bullseye "$TMP" "$MIRROR" \
     >"$LOG" 2>&1; then
     tail -n 30 "$LOG" >&2 || true
+    unmount_under "$TMP"
     rm -rf "$TMP"
     die "debootstrap failed (mirror $MIRROR; full log in $LOG). Network access to the Debian
 mirror is needed; set CAFFE2TF_DEBIAN_MIRROR to use another mirror."

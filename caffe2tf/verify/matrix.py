@@ -63,7 +63,7 @@ MULTIPLIERS: dict[str, dict[str, tuple[float, float]]] = {
     "default": {k: (1.0, 1.0) for k in SHAPES},
     "explicit": {"fc1/0": (1.0, 1.0), "fc1/1": (2.0, 0.0),
                  "fc2/0": (0.0, 1.0), "fc2/1": (0.5, 2.0)},
-    "one_block": {"fc1/0": (2.0, 0.0), "fc1/1": (1.0, 1.0),
+    "one_block": {"fc1/0": (2.0, 1.0), "fc1/1": (1.0, 1.0),
                   "fc2/0": (1.0, 1.0), "fc2/1": (1.0, 1.0)},
 }
 
@@ -151,7 +151,8 @@ def _param_blocks(mults: str, layer: str) -> str:
     if mults == "default":
         return ""
     if mults == "one_block":
-        return "  param { lr_mult: 2 decay_mult: 0 }\n" if layer == "fc1" else ""
+        # LeNet's idiom: lr_mult 2 with the default decay_mult 1 (decayed twice as fast).
+        return "  param { lr_mult: 2 }\n" if layer == "fc1" else ""
     table = MULTIPLIERS["explicit"]
     lines = ""
     for i in range(2):

@@ -366,3 +366,36 @@ def test_layer_check_failures_are_input_errors():
 def test_legacy_net_inputs_are_blobs():
     text = 'input: "data"\ninput_dim: 1\ninput_dim: 2\ninput_dim: 5\ninput_dim: 5\n' + conv("c")
     assert spec(text).param("c/0").shape == (4, 2, 3, 3)
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "InnerProduct" bottom: "data" bottom: "data" top: "o" '
+    "inner_product_param { num_output: 2 }",
+    'type: "Convolution" bottom: "data" bottom: "data" top: "o" '
+    "convolution_param { num_output: 2 kernel_size: 1 }",
+    'type: "Pooling" bottom: "data" top: "o" top: "m" pooling_param { pool: AVE kernel_size: 2 }',
+    'type: "Crop" bottom: "data" top: "o"',
+    'type: "ReLU" bottom: "data"',
+])
+def test_bottom_and_top_counts_are_checked(layer):
+    with pytest.raises(InputError, match="Layer (takes|produces)"):
+        spec(INPUT + f'layer {{ name: "bad" {layer} }}')
+
+
+def test_loss_layers_may_omit_their_top():
+    s = spec(INPUT + 'layer { name: "l" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" }')
+    assert [layer.name for layer in s.layers] == ["data", "l"]
+
+
+def test_loss_weight_counts():
+    ok = INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" loss_weight: 2 }'
+    assert len(spec(ok).layers) == 2
+    for bad in (
+        'layer { name: "r" type: "ReLU" bottom: "data" top: "r" loss_weight: 1 loss_weight: 1 }',
+        'layer { name: "l" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "l" '
+        'top: "p" }',
+        'layer { name: "l" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "l" '
+        'top: "p" loss_weight: 1 loss_weight: 0 }',
+    ):
+        with pytest.raises(InputError, match="loss_weight must be unspecified"):
+            spec(INPUT + bad)

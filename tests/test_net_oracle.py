@@ -226,6 +226,11 @@ layer { name: "ig_loss" type: "InfogainLoss" bottom: "v" bottom: "lab" bottom: "
   top: "prob" loss_weight: 1 loss_weight: 0 infogain_loss_param { axis: 1 } }
 layer { name: "ip_prob" type: "InnerProduct" bottom: "prob" top: "ip_prob"
   inner_product_param { num_output: 1 axis: 0 } }
+layer { name: "auto_top_loss" type: "EuclideanLoss" bottom: "v" bottom: "v" }
+layer { name: "c2" type: "Convolution" bottom: "x" bottom: "x" top: "c2a" top: "c2b"
+  convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "ip_c2b" type: "InnerProduct" bottom: "c2b" top: "ip_c2b"
+  inner_product_param { num_output: 1 } }
 """,
     "lstm_expose_hidden": """
 layer { name: "x" type: "DummyData" top: "x" top: "cont" top: "h0" top: "c0"
@@ -341,6 +346,18 @@ layer { name: "l" type: "SoftmaxWithLoss" bottom: "v" bottom: "lab" top: "l" top
     "relu_two_loss_weights": """
 layer { name: "x" type: "DummyData" top: "v" dummy_data_param { shape { dim: 5 dim: 7 } } }
 layer { name: "r" type: "ReLU" bottom: "v" top: "r" loss_weight: 1 loss_weight: 1 }
+""",
+    "inner_product_two_bottoms": INPUT + """
+layer { name: "ip" type: "InnerProduct" bottom: "data" bottom: "data" top: "ip"
+  inner_product_param { num_output: 2 } }
+""",
+    "conv_two_bottoms_one_top": INPUT + """
+layer { name: "c" type: "Convolution" bottom: "data" bottom: "data" top: "c"
+  convolution_param { num_output: 2 kernel_size: 1 } }
+""",
+    "ave_pool_with_mask_top": INPUT + """
+layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m"
+  pooling_param { pool: AVE kernel_size: 2 } }
 """,
     "include_and_exclude": INPUT + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"

@@ -409,13 +409,15 @@ def _check_loss_weights(layer: Any, loc: SourceLocation, lenient: bool, notes: l
     0 times or once per top. A loss layer with none gets one (``LossLayer::LayerSetUp``,
     loss_layer.cpp:10-14), so a loss layer with two tops must list both weights."""
     n = len(layer.loss_weight)
-    if n == 0 and layer.type in shp.LOSS_TYPES:
-        n = 1
+    tops = len(layer.top)
+    if layer.type in shp.LOSS_TYPES:
+        n = n or 1
+        tops = max(tops, 1)  # AutoTopBlobs adds the missing loss top (net.cpp:108-121)
     msg = ""
-    if n and n != len(layer.top):
+    if n and n != tops:
         msg = (
             f"layer '{layer.name}': loss_weight must be unspecified or specified once per top "
-            f"blob ({len(layer.top)} tops, {n} loss weights"
+            f"blob ({tops} tops, {n} loss weights"
             + (", counting the implicit 1 of a loss layer" if not len(layer.loss_weight) else "")
             + ")"
         )
@@ -456,6 +458,7 @@ def _layer_shapes(
 ) -> tuple[shp.LayerShapes, int, bool]:
     """Shapes for one layer, the number of blobs it owns, and whether it is opaque to us."""
     try:
+        shp.check_blob_counts(layer)
         result = shp.infer(layer, bottoms)
     except shp.ShapeError as exc:
         if not lenient:

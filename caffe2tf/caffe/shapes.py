@@ -857,6 +857,107 @@ def no_tops(layer, bottoms):
     return LayerShapes(())
 
 
+# ---------------------------------------------------------------------------------------------
+# bottom/top counts: Layer::CheckBlobCounts (include/caffe/layer.hpp:343-383) with each layer's
+# ExactNum/Min/Max{Bottom,Top}Blobs from include/caffe/layers/*.hpp. (min, max); None = no bound.
+
+_ONE_ONE = ((1, 1), (1, 1))
+BLOB_COUNTS: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
+    **{
+        t: _ONE_ONE
+        for t in (
+            "AbsVal",
+            "BNLL",
+            "Clip",
+            "Dropout",
+            "ELU",
+            "Exp",
+            "Log",
+            "Power",
+            "PReLU",
+            "ReLU",
+            "Sigmoid",
+            "Swish",
+            "TanH",
+            "Threshold",
+            "BatchNorm",
+            "LRN",
+            "MVN",
+            "Softmax",
+            "Flatten",
+            "Reshape",
+            "Tile",
+            "SPP",
+            "Im2col",
+            "ArgMax",
+            "Reduction",
+            "Embed",
+            "InnerProduct",
+        )
+    },
+    "Convolution": ((1, None), (1, None)),
+    "Deconvolution": ((1, None), (1, None)),
+    "Pooling": ((1, 1), (1, 2)),
+    "Concat": ((1, None), (1, 1)),
+    "Eltwise": ((2, None), (1, 1)),
+    "Slice": ((1, 1), (1, None)),
+    "Split": ((1, 1), (1, None)),
+    "Crop": ((2, 2), (1, 1)),
+    "BatchReindex": ((2, 2), (1, 1)),
+    "Filter": ((2, None), (1, None)),
+    "Scale": ((1, 2), (1, 1)),
+    "Bias": ((1, 2), (1, 1)),
+    "Parameter": ((0, 0), (1, 1)),
+    "Input": ((0, 0), (1, None)),
+    "DummyData": ((0, 0), (1, None)),
+    "HDF5Data": ((0, 0), (1, None)),
+    "Data": ((0, 0), (1, 2)),
+    "ImageData": ((0, 0), (2, 2)),
+    "WindowData": ((0, 0), (2, 2)),
+    "MemoryData": ((0, 0), (2, 2)),
+    "Silence": ((1, None), (0, 0)),
+    "HDF5Output": ((2, 2), (0, 0)),
+    "Accuracy": ((2, 2), (1, 2)),
+    "LSTMUnit": ((3, 3), (2, 2)),
+    # Loss layers set AutoTopBlobs (loss_layer.hpp): missing tops are added, so 0 is fine.
+    "EuclideanLoss": ((2, 2), (0, 1)),
+    "HingeLoss": ((2, 2), (0, 1)),
+    "MultinomialLogisticLoss": ((2, 2), (0, 1)),
+    "SigmoidCrossEntropyLoss": ((2, 2), (0, 1)),
+    "SoftmaxWithLoss": ((2, 2), (0, 2)),
+    "InfogainLoss": ((2, 3), (0, 2)),
+    "ContrastiveLoss": ((3, 3), (0, 1)),
+}
+
+
+def _recurrent_counts(layer) -> tuple[tuple[int, int], tuple[int, int]]:
+    """recurrent_layer.hpp:44-56: 2 or 3 bottoms (+ the exposed hidden states), 1 top (+ the
+    exposed states); LSTM has 2 recurrent states (h, c), RNN 1 (h)."""
+    hidden = (2 if layer.type == "LSTM" else 1) if layer.recurrent_param.expose_hidden else 0
+    return (2 + hidden, 3 + hidden), (1 + hidden, 1 + hidden)
+
+
+def check_blob_counts(layer) -> None:
+    """Raise ShapeError when the number of bottoms/tops is outside what the layer accepts."""
+    if layer.type in ("LSTM", "RNN"):
+        counts = _recurrent_counts(layer)
+    elif layer.type in BLOB_COUNTS:
+        counts = BLOB_COUNTS[layer.type]
+    else:
+        return
+    if layer.type == "Pooling" and layer.pooling_param.pool != 0:  # MAX = 0 may add a mask
+        counts = (counts[0], (1, 1))
+    for what, n, (lo, hi) in (
+        ("bottom", len(layer.bottom), counts[0]),
+        ("top", len(layer.top), counts[1]),
+    ):
+        if n < lo or (hi is not None and n > hi):
+            want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise ShapeError(f"{layer.type} Layer takes {want} {what} blob(s), got {n}")
+    if layer.type in ("Convolution", "Deconvolution") and len(layer.bottom) != len(layer.top):
+        raise ShapeError(f"{layer.type} Layer produces one top blob as output per bottom blob")
+
+
 def infer(layer, bottoms: Sequence[Shape]) -> LayerShapes | None:
     """Run the rule registered for ``layer.type``; None when the type is not a BVLC layer."""
     rule = RULES.get(layer.type)

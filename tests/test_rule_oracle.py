@@ -158,6 +158,28 @@ def test_float32_mode_follows_caffes_operation_order(runs):
     assert worst <= 2e-6, worst
 
 
+def test_float32_mode_is_bit_exact_where_no_libm_or_dot_is_involved(runs):
+    """SGD and Nesterov without clipping use only +, * (no libm ``powf``, whose square roots
+    are not always correctly rounded, and no ``sdot``, whose summation order is the BLAS'); the
+    lr schedule is rounded like Caffe's ``Dtype rate``. So float32 mode must equal the binary
+    BIT FOR BIT, with the host BLAS' ``?axpy`` fused (FMA) or not -- one of the two."""
+    picked = [r for r in runs if r.factors.get("solver") in ("SGD", "Nesterov")
+              and r.factors.get("clip") == "off"]
+    assert len({r.factors["policy"] for r in picked}) >= 4
+    mismatched = []
+    for r in picked:
+        exact = False
+        for fused in (True, False):
+            ref = run_reference(r.rule, r.init, r.grads, fused_axpy=fused)
+            if all(np.array_equal(a[k], b[k]) for a, b in zip(ref, r.caffe, strict=True)
+                   for k in b):
+                exact = True
+                break
+        if not exact:
+            mismatched.append(r.name)
+    assert not mismatched, mismatched
+
+
 def test_our_cases_exercise_what_they_claim(runs):
     by = {r.name: r for r in runs}
     share = by["x-share-lr0-clip"]

@@ -17,10 +17,11 @@ double (from the float32-rounded hyper-parameters).
 ``?axpy`` is FUSED by default (``fused_axpy=True``): ``y = fma(a, x, y)``, one rounding. The
 Debian build links OpenBLAS, whose x86-64 kernels for FMA-capable CPUs (Haswell and later, Zen)
 use ``vfmadd``; with this emulation the reference reproduces the real binary BIT FOR BIT on the
-whole issue-3 matrix for SGD, Nesterov, RMSProp and Adam (measured on an AMD EPYC host). The
-remaining 1-ulp differences (AdaGrad, AdaDelta; clip) come from glibc's ``powf(h, 0.5f)``, which
-is not always the correctly rounded square root that NumPy computes, and from OpenBLAS' ``sdot``
-summation order. ``fused_axpy=False`` gives the two-rounding ``fl(fl(a*x) + y)`` of a BLAS
+issue-3 matrix for SGD and Nesterov without clipping, and nearly so for the others (measured on
+an AMD EPYC host: max deviation ~1e-7). The remaining 1-ulp differences come from glibc's
+``powf(h, 0.5f)``, which is not always the correctly rounded square root that NumPy computes
+(~0.04% of inputs), and from OpenBLAS' ``sdot`` summation order in the clip norm.
+``fused_axpy=False`` gives the two-rounding ``fl(fl(a*x) + y)`` of a BLAS
 without FMA.
 """
 

@@ -359,6 +359,14 @@ layer { name: "c" type: "Convolution" bottom: "data" bottom: "data" top: "c"
 layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m"
   pooling_param { pool: AVE kernel_size: 2 } }
 """,
+    "concat_mismatch": INPUT + """
+layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
+layer { name: "c" type: "Concat" bottom: "data" bottom: "p" top: "c" }
+""",
+    "eltwise_mismatch": INPUT + """
+layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
+layer { name: "e" type: "Eltwise" bottom: "data" bottom: "p" top: "e" }
+""",
     "include_and_exclude": INPUT + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
   include { phase: TRAIN } exclude { phase: TEST } inner_product_param { num_output: 2 } }

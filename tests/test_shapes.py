@@ -367,3 +367,11 @@ def test_helpers():
     with pytest.raises(shp.ShapeError):
         shp.canonical_axis(4, 4)
     assert shp.known((1, 2)) and not shp.known((1, None)) and not shp.known(None)
+
+
+def test_concat_and_eltwise_shape_checks():
+    with pytest.raises(shp.ShapeError):
+        run('type: "Concat" top: "c"', (2, 3, 5), (2, 3, 6))
+    with pytest.raises(shp.ShapeError):
+        run('type: "Eltwise" top: "e"', (2, 3, 5), (2, 3, 6))
+    assert run('type: "Eltwise" top: "e"', (2, None, 5), (2, 3, 5)).tops == ((2, None, 5),)

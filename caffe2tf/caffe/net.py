@@ -265,9 +265,8 @@ class _ParamTable:
                     loc,
                 )
             )
-            if owner.shape is None or not shp.known(owner.shape):
-                if shp.known(shape):
-                    owner.shape = shape
+            if not shp.known(owner.shape) and shp.known(shape) and not spec.permissive:
+                owner.shape = shape  # STRICT sharing: Caffe requires the same shape
         # net.cpp:495-513: explicit multipliers must agree; an explicit one replaces an
         # implicit (default) one of the owner.
         if spec.lr_explicit:
@@ -340,13 +339,13 @@ def build_net_spec(
         infos.append(LayerInfo(layer.name, layer.type, tuple(layer.bottom), tuple(layer.top), loc))
         bottoms: list[shp.Shape] = []
         for b_i, b in enumerate(layer.bottom):
-            if b not in blob_shapes:  # net.cpp:384-390 AppendBottom
+            if b not in blob_shapes:  # insert_splits.cpp:27-31, net.cpp:400-406
                 msg = f"Unknown bottom blob '{b}' (layer '{layer.name}', bottom index {b_i})"
                 if not lenient:
                     raise InputError(msg, loc)
                 out_notes.append(Note("net.unknown_bottom", msg, Severity.WARNING, loc))
             bottoms.append(blob_shapes.get(b))
-        for t_i, t in enumerate(layer.top):  # net.cpp:362-376 AppendTop
+        for t_i, t in enumerate(layer.top):  # net.cpp:358-379 AppendTop
             in_place = t_i < len(layer.bottom) and layer.bottom[t_i] == t
             if t in blob_shapes and not in_place and not lenient:
                 raise InputError(f"Top blob '{t}' produced by multiple sources.", loc)

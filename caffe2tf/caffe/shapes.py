@@ -131,10 +131,23 @@ ELEMENTWISE = (
     "MVN",
     "LRN",
     "Softmax",
-    "Eltwise",
     "Split",
 )
 register(*ELEMENTWISE)(same_as_bottom)
+
+
+@register("Eltwise")
+def eltwise(layer, bottoms):
+    """eltwise_layer.cpp:31-38: every bottom must have bottom[0]'s shape; the top has it too."""
+    first = bottoms[0] if bottoms else None
+    for b in bottoms[1:]:
+        if first is not None and b is not None:
+            same = len(b) == len(first) and all(
+                None in (u, v) or u == v for u, v in zip(b, first, strict=True)
+            )
+            if not same:
+                raise ShapeError(f"Eltwise bottoms must all have the same shape ({first} vs {b})")
+    return LayerShapes((first,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,6 +620,13 @@ def concat(layer, bottoms):
     for b in bottoms[1:]:
         if len(b) != rank:
             raise ShapeError("All inputs must have the same #axes.")
+    for b in bottoms[1:]:
+        for j in range(rank):
+            if j != axis and None not in (b[j], bottoms[0][j]) and b[j] != bottoms[0][j]:
+                raise ShapeError(
+                    "All inputs must have the same shape, except at concat_axis "
+                    f"({bottoms[0]} vs {b})"
+                )
     sizes = [b[axis] for b in bottoms]
     total = None if any(v is None for v in sizes) else sum(sizes)  # type: ignore[arg-type]
     top = list(bottoms[0])

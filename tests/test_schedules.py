@@ -123,5 +123,6 @@ def test_invalid_schedules_raise():
 
 
 def test_boundaries_for_step():
-    assert boundaries(sched("step", gamma=0.5, stepsize=30), 100) == [30, 60, 90]
+    assert list(boundaries(sched("step", gamma=0.5, stepsize=30), 100)) == [30, 60, 90]
+    assert len(boundaries(sched("step", gamma=0.5, stepsize=1), 10**12)) == 10**12 - 1
     assert boundaries(sched("exp", gamma=0.9), 100) == []

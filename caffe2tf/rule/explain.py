@@ -11,6 +11,7 @@ returns the same content as data. Never imports TensorFlow.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def num(x: float | int) -> str:
     return str(np.float32(x))
 
 
-def lr_fresh(schedule: LrSchedule, k: int, bounds: list[int] | None = None) -> float:
+def lr_fresh(schedule: LrSchedule, k: int, bounds: Sequence[int] | None = None) -> float:
     """The rate of update ``k`` on a fresh run (multistep counter = boundaries before k)."""
     cs = 0
     if schedule.policy == "multistep":
@@ -68,8 +69,8 @@ def milestones(rule: UpdateRule) -> list[dict[str, Any]]:
     horizon, known = _horizon(rule)
     bounds = boundaries(s, horizon)
     ks: dict[int, str] = {0: "start"}
-    shown = bounds if len(bounds) <= MAX_BOUNDARY_ROWS else (
-        bounds[: MAX_BOUNDARY_ROWS - 2] + bounds[-2:])
+    shown = list(bounds) if len(bounds) <= MAX_BOUNDARY_ROWS else (
+        list(bounds[: MAX_BOUNDARY_ROWS - 2]) + list(bounds[-2:]))
     for b in shown:
         ks.setdefault(b, "midpoint" if s.policy == "sigmoid" else "boundary")
     if s.policy in ("exp", "inv", "poly", "sigmoid") and horizon > 4:

@@ -27,7 +27,7 @@ the float32-rounded fields.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -146,12 +146,13 @@ def lr_sequence(schedule: LrSchedule, n: int, *, start: int = 0, current_step: i
     return out
 
 
-def boundaries(schedule: LrSchedule, horizon: int) -> list[int]:
+def boundaries(schedule: LrSchedule, horizon: int) -> Sequence[int]:
     """Iterations in ``[0, horizon)`` at which a piecewise-constant rate changes (fresh start):
-    ``k`` is listed when ``lr(k) != lr(k-1)`` is caused by a step boundary (``step``: multiples
-    of stepsize; ``multistep``: where current_step advances). Empty for smooth policies."""
+    ``step``: the multiples of stepsize (a lazy ``range``: there may be millions);
+    ``multistep``: where current_step advances; ``sigmoid``: its midpoint. Empty for the
+    smooth policies."""
     if schedule.policy == "step" and schedule.stepsize > 0:
-        return list(range(schedule.stepsize, horizon, schedule.stepsize))
+        return range(schedule.stepsize, horizon, schedule.stepsize)
     if schedule.policy == "multistep":
         # advance i happens at max(stepvalue[i], previous advance + 1): one per call
         out: list[int] = []

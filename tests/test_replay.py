@@ -145,3 +145,22 @@ def test_existing_output_is_replaced_atomically(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     with np.load(out) as data:
         assert set(data.files) == {"1/fc/0", "1/fc/1"}
+
+
+def test_layer_names_with_slashes_and_sharers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    net = """name: "n"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "inc/1x1" type: "InnerProduct" bottom: "data" top: "a"
+  param { name: "w" } inner_product_param { num_output: 3 bias_term: false } }
+layer { name: "inc/3x3" type: "InnerProduct" bottom: "data" top: "b"
+  param { name: "w" } inner_product_param { num_output: 3 bias_term: false } }
+"""
+    write(tmp_path, 'net: "net.prototxt"\ntype: "SGD"\nbase_lr: 0.5\nlr_policy: "fixed"\n', net)
+    init = {"inc/1x1/0": np.ones((3, 4), np.float32)}
+    grads = {"0/inc/3x3/0": np.full((3, 4), 0.5, np.float32)}  # the sharer's key
+    res, out = replay(tmp_path, init, grads)
+    assert res.exit_code == 0, res.output
+    with np.load(out) as data:
+        assert data.files == ["1/inc/1x1/0"]
+        np.testing.assert_allclose(data["1/inc/1x1/0"], 1 - 0.5 * 0.5)

@@ -332,7 +332,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         updates.append((w, w_new))
         for var, value in updates:
             if upd is not None:
-                value = ops.where(upd, value, var)
+                value = ops.where(upd, value, var.value)
             self.assign(var, value)
 
     def get_config(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from google.protobuf import text_format
 
 from caffe2tf.caffe import shapes as shp
 from caffe2tf.caffe._proto import caffe_pb2
-from caffe2tf.caffe.net import build_net_spec
+from caffe2tf.caffe.net import OPAQUE_KNOWN, build_net_spec
 from caffe2tf.errors import InputError
 
 pytestmark = pytest.mark.oracle
@@ -577,3 +577,17 @@ def test_bad_nets_rejected_by_both(caffe_tables, name):
     net = text_format.Parse(BAD_NETS[name], caffe_pb2.NetParameter())
     with pytest.raises(InputError):
         build_net_spec(net, path=name)
+
+
+def test_every_registered_caffe_layer_type_has_a_shape_rule(caffe_root):
+    """The Debian Caffe's layer registry (caffe.layer_type_list()) equals our rule registry plus
+    the opaque Python layer, so no BVLC type is read as an unknown fork type."""
+    import subprocess
+
+    out = subprocess.run(
+        ["chroot", str(caffe_root), "/usr/bin/python3", "-c",
+         "import caffe; print('\\n'.join(caffe.layer_type_list()))"],
+        capture_output=True, text=True, check=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                         "GLOG_minloglevel": "2"},
+    ).stdout.split()
+    assert set(out) == set(shp.RULES) | OPAQUE_KNOWN

@@ -375,3 +375,17 @@ def test_concat_and_eltwise_shape_checks():
     with pytest.raises(shp.ShapeError):
         run('type: "Eltwise" top: "e"', (2, 3, 5), (2, 3, 6))
     assert run('type: "Eltwise" top: "e"', (2, None, 5), (2, 3, 5)).tops == ((2, None, 5),)
+
+
+# caffe.layer_type_list() of Debian's caffe 1.0.0+git20180821.99bd997 (a fact of that build).
+BVLC_TYPES = """AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss
+Convolution Crop Data Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter
+Flatten HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM
+LSTMUnit Log MVN MemoryData MultinomialLogisticLoss PReLU Parameter Pooling Power Python RNN ReLU
+Reduction Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax SoftmaxWithLoss
+Split Swish TanH Threshold Tile WindowData""".split()
+
+
+def test_rules_cover_every_bvlc_type_but_python():
+    assert set(shp.RULES) == set(BVLC_TYPES) - {"Python"}
+    assert set(shp.BLOB_COUNTS) | {"LSTM", "RNN"} == set(BVLC_TYPES) - {"Python"}

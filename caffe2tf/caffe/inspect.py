@@ -99,7 +99,7 @@ class InspectReport:
         if fmt == "json":
             import json
 
-            return json.dumps(self.to_dict(), indent=2, allow_nan=True)
+            return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
         if fmt != "table":
             raise ValueError(f"unknown format {fmt!r}")
         return self._table()
@@ -157,6 +157,17 @@ class InspectReport:
         else:
             lines.append("Notes: none")
         return "\n".join(lines)
+
+
+def _finite(data: Any) -> Any:
+    """JSON has no NaN/Infinity: write non-finite floats as the strings "nan", "inf", "-inf"."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data
 
 
 def _display(fd: Any, value: Any) -> str:

@@ -6,6 +6,10 @@ batch_norm_layer.cpp:37-48), worked out by hand for each small net.
 
 from __future__ import annotations
 
+import csv
+import os
+from pathlib import Path
+
 import pytest
 from google.protobuf import text_format
 
@@ -399,3 +403,36 @@ def test_loss_weight_counts():
     ):
         with pytest.raises(InputError, match="loss_weight must be unspecified"):
             spec(INPUT + bad)
+
+
+# ------------------------------------------------------------------------------ corpus sweep
+
+CORPUS = Path(os.environ.get("CAFFE2TF_CORPUS",
+                             Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+
+
+def _corpus_net_files() -> list[str]:
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.is_file():
+        return []
+    with open(manifest, newline="") as f:
+        return [r["saved_name"] for r in csv.DictReader(f, delimiter="\t") if r["kind"] == "net"]
+
+
+@pytest.mark.skipif(not _corpus_net_files(), reason="no corpus at ../shared/corpus")
+@pytest.mark.parametrize("name", _corpus_net_files())
+def test_corpus_net_builds_strictly_or_leniently(name):
+    """Every corpus net is read (strictly, or leniently for forks) without a traceback; what we
+    could not size is said in notes, and every listed blob either has a shape or a note."""
+    from caffe2tf.caffe.load import load_net
+
+    path = str(CORPUS / name)
+    try:
+        s = load_net(path)
+    except InputError:
+        s = load_net(path, lenient=True)
+    assert s.layers
+    if any(p.shape is None for p in s.params):
+        assert any(n.code.startswith("net.") for n in s.notes)
+    keys = [p.key for p in s.params] + [k for p in s.params for k in p.sharers]
+    assert len(keys) == len(set(keys))

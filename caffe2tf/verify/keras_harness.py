@@ -325,23 +325,36 @@ def _keras_grads(model: Any, part: Mapping[str, np.ndarray]) -> dict[str, np.nda
 
 
 def _loop_tf(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
-             iter_size: int, jit: bool = False) -> None:
+             iter_size: int, jit: bool = True) -> None:
+    """One ``apply_gradients`` per micro-batch on the tape gradient of ``L_j + sum(losses)``;
+    with ``jit`` the step runs as a ``tf.function`` (the optimizer is built first, so no
+    variable is created inside the traced function; Keras' own ``fit`` traces the same way)."""
     import tensorflow as tf
 
     pairs = _trained_pairs(model)
     tvars = [v for _, v in pairs]
-    for j, part in parts_iter:
-        kg = _keras_grads(model, part)
+    keys = [k for k, _ in pairs]
+
+    def step(gs: list[Any]) -> None:
         with tf.GradientTape() as tape:
-            loss = tf.add_n([tf.reduce_sum(tf.stop_gradient(tf.constant(kg[k])) * v.value)
-                             for k, v in pairs]) if pairs else tf.constant(0.0)
+            terms = [tf.reduce_sum(tf.stop_gradient(g) * v.value)
+                     for g, v in zip(gs, tvars, strict=True)]
+            loss = tf.add_n(terms) if terms else tf.constant(0.0)
             reg = model.losses
             if reg:
                 loss = loss + tf.add_n([tf.cast(tf.reduce_sum(r), loss.dtype) for r in reg])
         grads = tape.gradient(loss, [v.value for v in tvars])
-        grads = [tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, tvars,
-                                                                            strict=True)]
+        grads = [tf.zeros_like(v.value) if g is None else g
+                 for g, v in zip(grads, tvars, strict=True)]
         optimizer.apply_gradients(zip(grads, tvars, strict=True))
+
+    run = step
+    if jit and tvars:
+        optimizer.build(tvars)
+        run = tf.function(step)
+    for j, part in parts_iter:
+        kg = _keras_grads(model, part)
+        run([tf.constant(kg[k]) for k in keys])
         if (j + 1) % iter_size == 0:
             on_update()
 
@@ -457,9 +470,10 @@ def run_contract(model: Any, optimizer: Any, grads: Sequence[Mapping[str, np.nda
     """Train ``model`` (already initialised and prepared) with ``optimizer`` on the Caffe update
     gradients ``grads[k]`` (raw sums over ``iter_size`` passes, Caffe layout); return the Caffe-
     layout weights after each update. ``route`` is ``"loop"`` (custom loop, one
-    ``apply_gradients`` per micro-batch) or ``"fit"`` (``compile`` + ``fit``). ``jit`` (JAX loop
-    only): run each micro-batch as one jitted ``grad`` + ``optimizer.stateless_apply`` instead of
-    an eager ``apply_gradients`` (same arithmetic, far fewer dispatches). ``micro_grads``: the
+    ``apply_gradients`` per micro-batch) or ``"fit"`` (``compile`` + ``fit``). ``jit``: on JAX
+    run each micro-batch as one jitted ``grad`` + ``optimizer.stateless_apply``, on TensorFlow as a
+    ``tf.function`` around tape + ``apply_gradients``, instead of eagerly (same arithmetic, far
+    fewer dispatches). ``micro_grads``: the
     per-pass gradients (``len(grads) * iter_size`` of them, e.g. a matrix case's), used instead of
     :func:`split_micro_batches`."""
     import keras
@@ -550,9 +564,7 @@ def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
         candidate = candidate_from_module(candidate)
     model = build_mirror_model(layers)
     set_caffe_weights(model, init)
-    prepared = candidate.prepare_model(model)
-    if prepared is not None and prepared is not model:
-        model = prepared
+    candidate.prepare_model(model)  # binds in place (the emitted one returns a path map)
     optimizer = candidate.build_optimizer()
     return run_contract(model, optimizer, grads, iter_size=iter_size, seed=seed, route=route,
                         progress=progress, jit=jit, micro_grads=micro_grads)

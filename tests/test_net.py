@@ -436,3 +436,14 @@ def test_corpus_net_builds_strictly_or_leniently(name):
         assert any(n.code.startswith("net.") for n in s.notes)
     keys = [p.key for p in s.params] + [k for p in s.params for k in p.sharers]
     assert len(keys) == len(set(keys))
+
+
+def test_propagate_down_count_and_duplicate_names():
+    bad = INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" propagate_down: true ' \
+        "propagate_down: false }"
+    with pytest.raises(InputError, match="propagate_down"):
+        spec(bad)
+    dup = INPUT + ip("a") + ip("a").replace('top: "a"', 'top: "a2"')
+    s = spec(dup)
+    assert len(s.params) == 4
+    assert any(n.code == "net.duplicate_layer_name" for n in s.notes)

@@ -398,6 +398,10 @@ layer { name: "c" type: "Concat" bottom: "data" bottom: "p" top: "c" }
 layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
 layer { name: "e" type: "Eltwise" bottom: "data" bottom: "p" top: "e" }
 """,
+    "propagate_down_count": INPUT + """
+layer { name: "r" type: "ReLU" bottom: "data" top: "r" propagate_down: true
+  propagate_down: false }
+""",
     "include_and_exclude": INPUT + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
   include { phase: TRAIN } exclude { phase: TEST } inner_product_param { num_output: 2 } }

@@ -333,6 +333,7 @@ def build_net_spec(
     blob_shapes: dict[str, shp.Shape] = dict(_legacy_inputs(net))
     table = _ParamTable()
     infos: list[LayerInfo] = []
+    named: set[str] = set()
     for i in kept:
         layer = net.layer[i]
         loc = _loc(layer_locations, i, path)
@@ -349,6 +350,15 @@ def build_net_spec(
             in_place = t_i < len(layer.bottom) and layer.bottom[t_i] == t
             if t in blob_shapes and not in_place and not lenient:
                 raise InputError(f"Top blob '{t}' produced by multiple sources.", loc)
+        if len(layer.propagate_down) and len(layer.propagate_down) != len(layer.bottom):
+            # net.cpp:78-83
+            msg = (
+                f"layer '{layer.name}': propagate_down param must be specified either 0 or "
+                f"bottom_size times ({len(layer.propagate_down)} vs {len(layer.bottom)} bottoms)"
+            )
+            if not lenient:
+                raise InputError(msg, loc)
+            out_notes.append(Note("net.layer_rejected", msg, Severity.WARNING, loc))
         _check_loss_weights(layer, loc, lenient, out_notes)
         result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes)
         for t_i, t in enumerate(layer.top):
@@ -359,6 +369,19 @@ def build_net_spec(
                 f"blocks for {n_blobs} blobs)",
                 loc,
             )
+        if n_blobs and layer.name in named:
+            out_notes.append(
+                Note(
+                    "net.duplicate_layer_name",
+                    f"layer name '{layer.name}' is used twice; Caffe accepts it, but the blob "
+                    f"keys '{layer.name}/i' of both layers collide (pycaffe's net.params keeps "
+                    "only one of them)",
+                    Severity.WARNING,
+                    loc,
+                )
+            )
+        if n_blobs:
+            named.add(layer.name)
         specs = layer_specs(layer, n_blobs, loc)
         blob_shapes_l = list(result.blobs) + [None] * (n_blobs - len(result.blobs))
         for b_i in range(n_blobs):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -253,6 +254,10 @@ def test_bad_files(tmp_path: Path) -> None:
         parse_file(tmp_path / "missing.prototxt", pb.SolverParameter())
     with pytest.raises(InputError, match="directory"):
         parse_file(tmp_path, pb.SolverParameter())
+    fifo = tmp_path / "pipe.prototxt"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        parse_file(fifo, pb.SolverParameter())  # must not block reading the pipe
     binary = tmp_path / "garbage.prototxt"
     binary.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(InputError) as info:

@@ -150,6 +150,9 @@ def read_source(path: str | os.PathLike[str]) -> str:
         raise InputError(f"cannot read file: {err.strerror or err}", where) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError("is a directory, not a prototxt file", where)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("not a regular file (a device, pipe or socket cannot be a prototxt)",
+                         where)
     if st.st_size > MAX_FILE_BYTES:
         raise InputError(
             f"file is {st.st_size} bytes; refusing to read prototxt larger than "

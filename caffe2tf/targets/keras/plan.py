@@ -42,22 +42,10 @@ from caffe2tf.rule.model import (
     RMSProp,
     UpdateRule,
 )
+from caffe2tf.targets.keras.layers import SUPPORTED_LAYER_TYPES, keras_layer_name, scale_pairs
 
 Route = Literal["builtin", "multi", "custom"]
 
-# Caffe layer types whose blobs prepare_model knows how to find in a Keras model.
-SUPPORTED_LAYER_TYPES = frozenset(
-    {"Convolution", "Deconvolution", "InnerProduct", "Embed", "Scale", "BatchNorm", "PReLU",
-     "Parameter", "DepthwiseConvolution", "ConvolutionDepthwise"}
-)
-KERAS_LAYERS_OF_TYPE = {
-    "Convolution": "Conv1D/Conv2D/Conv3D or DepthwiseConv2D",
-    "Deconvolution": "Conv2DTranspose",
-    "InnerProduct": "Dense",
-    "Embed": "Embedding",
-    "Scale": "BatchNormalization (with the BatchNorm before it)",
-    "PReLU": "PReLU",
-}
 F32_EXACT_STEPS = 2**24  # step counts above this are not exact float32 integers
 
 
@@ -185,23 +173,6 @@ def _split_key(key: str) -> tuple[str, int]:
     return layer, int(index)
 
 
-def _scale_pairs(net: NetSpec | None) -> dict[str, str]:
-    """Caffe Scale layer -> the BatchNorm layer whose output it scales (the usual BN+Scale)."""
-    if net is None:
-        return {}
-    pairs: dict[str, str] = {}
-    last_bn_of_top: dict[str, str] = {}
-    for layer in net.layers:
-        if layer.type == "BatchNorm" and layer.tops:
-            last_bn_of_top[layer.tops[0]] = layer.name
-        elif layer.type == "Scale" and layer.bottoms and layer.bottoms[0] in last_bn_of_top:
-            pairs[layer.name] = last_bn_of_top.pop(layer.bottoms[0])
-        else:
-            for top in layer.tops:
-                last_bn_of_top.pop(top, None)
-    return pairs
-
-
 def _schedule(s: LrSchedule, *, iter_size: int, rms_decay: float | None,
               force_custom: bool) -> tuple[CallSpec, list[Note]]:
     """Caffe lr_policy -> the exact Keras schedule (target-semantics.md §4.1)."""
@@ -290,7 +261,7 @@ def _schedule(s: LrSchedule, *, iter_size: int, rms_decay: float | None,
 def _bindings(rule: UpdateRule, layer_map: Mapping[str, str], net: NetSpec | None,
               decay: AddDecay | None, decay_route: str) -> tuple[list[BlobBinding], list[Note]]:
     notes: list[Note] = []
-    pairs = _scale_pairs(net)
+    pairs = scale_pairs(net)
     out: list[BlobBinding] = []
     unsupported_types: set[str] = set()
     for group in rule.params:
@@ -299,12 +270,7 @@ def _bindings(rule: UpdateRule, layer_map: Mapping[str, str], net: NetSpec | Non
             continue  # mean/variance/factor: moving statistics in Keras, never optimized
         if group.layer_type and group.layer_type not in SUPPORTED_LAYER_TYPES:
             unsupported_types.add(group.layer_type)
-        if layer in layer_map:
-            keras_layer = layer_map[layer]
-        elif layer in pairs:
-            keras_layer = layer_map.get(pairs[layer], pairs[layer])
-        else:
-            keras_layer = layer
+        keras_layer = keras_layer_name(layer, layer_map, pairs)
         reg = None
         if decay_route == "regularizer" and decay is not None and group.decay_mult != 0.0 \
                 and group.trainable:

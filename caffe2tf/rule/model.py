@@ -101,7 +101,8 @@ class RMSProp:
 
 @dataclass(frozen=True)
 class AdaDelta:
-    """a = rho*a + (1-rho)g^2; d = g*sqrt((b+delta)/(a+delta)); b = rho*b + (1-rho)d^2; w -= eta*d."""
+    """a = rho*a + (1-rho)g^2; d = g*sqrt((b+delta)/(a+delta)); b = rho*b + (1-rho)d^2;
+    w -= eta*d (b holds the squared updates *without* eta)."""
 
     rho: float
     delta: float
@@ -118,8 +119,8 @@ class Adam:
     name: str = "adam"
 
 
-Step = ClipByGlobalNorm | NormalizeBy | AddDecay | ScaleByLr | Momentum | AdaGrad | RMSProp | AdaDelta | Adam
 SolverStep = Momentum | AdaGrad | RMSProp | AdaDelta | Adam
+Step = ClipByGlobalNorm | NormalizeBy | AddDecay | ScaleByLr | SolverStep
 
 
 @dataclass(frozen=True)

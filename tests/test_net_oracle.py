@@ -12,8 +12,12 @@ by us too. All nets go to ONE chroot process.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,7 @@ from google.protobuf import text_format
 
 from caffe2tf.caffe import shapes as shp
 from caffe2tf.caffe._proto import caffe_pb2
-from caffe2tf.caffe.net import OPAQUE_KNOWN, build_net_spec
+from caffe2tf.caffe.net import OPAQUE_KNOWN, blob_shapes, build_net_spec
 from caffe2tf.errors import InputError
 
 pytestmark = pytest.mark.oracle
@@ -595,3 +599,64 @@ def test_every_registered_caffe_layer_type_has_a_shape_rule(caffe_root):
                                                          "GLOG_minloglevel": "2"},
     ).stdout.split()
     assert set(out) == set(shp.RULES) | OPAQUE_KNOWN
+
+
+_DUMP_BLOBS = """
+import json, sys
+import caffe
+caffe.set_mode_cpu()
+job, n = sys.argv[1], int(sys.argv[2])
+out = []
+for i in range(n):
+    net = caffe.Net("%s/n%d.prototxt" % (job, i), caffe.TRAIN)
+    out.append({str(k): [int(d) for d in v.data.shape] for k, v in net.blobs.items()})
+with open(job + "/out.json", "w") as f:
+    json.dump(out, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def caffe_blobs(caffe_root, caffe_tables):
+    """pycaffe's ``net.blobs`` shapes of every net Caffe accepted (one chroot process)."""
+    good, tables = caffe_tables
+    names = [n for n in good if not isinstance(tables[n], Exception)]
+    (Path(caffe_root) / "tmp").mkdir(exist_ok=True)
+    job = Path(tempfile.mkdtemp(prefix="caffe2tf-netblobs-", dir=Path(caffe_root) / "tmp"))
+    try:
+        for i, name in enumerate(names):
+            (job / f"n{i}.prototxt").write_text(text_format.MessageToString(good[name]))
+        (job / "dump.py").write_text(_DUMP_BLOBS)
+        inside = "/" + str(job.relative_to(caffe_root))
+        subprocess.run(
+            ["chroot", str(caffe_root), "/usr/bin/python3", f"{inside}/dump.py", inside,
+             str(len(names))],
+            capture_output=True, text=True, check=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GLOG_minloglevel": "2",
+                 "OPENBLAS_NUM_THREADS": "1"},
+        )
+        result = json.loads((job / "out.json").read_text())
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+    return good, dict(zip(names, result, strict=True))
+
+
+def test_every_top_shape_matches_caffe(caffe_blobs):
+    """Every blob of every accepted net (own and corpus): our inferred shape equals Caffe's
+    ``net.blobs`` shape; for our own nets every shape must be fully known."""
+    good, caffe = caffe_blobs
+    failures = []
+    for name, blobs in caffe.items():
+        ours = blob_shapes(good[name], path=name)
+        for blob, shape in blobs.items():
+            if ("_split_" in blob or blob == "(automatic)") and blob not in ours:
+                continue  # Caffe's Split blobs (insert_splits.cpp) and AutoTopBlobs' anonymous top
+            mine = ours.get(blob, "missing")
+            if mine is None or mine == "missing":
+                if not name.startswith("corpus:"):
+                    failures.append(f"{name}: {blob}: ours {mine}, Caffe {tuple(shape)}")
+                continue
+            same = len(mine) == len(shape) and all(
+                a is None or a == b for a, b in zip(mine, shape, strict=True))
+            if not same or (not name.startswith("corpus:") and None in mine):
+                failures.append(f"{name}: {blob}: ours {mine}, Caffe {tuple(shape)}")
+    assert not failures, "\n".join(failures)

@@ -300,6 +300,16 @@ class _ParamTable:
 # the whole net
 
 
+@dataclass
+class _Walk:
+    """What one pass over the TRAIN-phase layers produces."""
+
+    layers: list[LayerInfo]
+    table: _ParamTable
+    notes: list[Note]
+    blob_shapes: dict[str, shp.Shape]
+
+
 def build_net_spec(
     net: Any,
     *,
@@ -316,7 +326,39 @@ def build_net_spec(
     ``train_state``; ``notes`` are carried into the result first. Caffe's fatal checks raise
     :class:`InputError`; with ``lenient`` unknown layer types and dangling bottoms become notes.
     """
-    out_notes: list[Note] = list(notes)
+    walk = _walk(net, path, layer_locations, list(notes), state, lenient)
+    return NetSpec(
+        path=path,
+        name=net.name,
+        layers=tuple(walk.layers),
+        params=tuple(o.freeze() for o in walk.table.owners),
+        legacy_format=legacy_format,
+        message=net,
+        notes=tuple(walk.notes),
+    )
+
+
+def blob_shapes(
+    net: Any,
+    *,
+    path: str = "<net>",
+    state: Any | None = None,
+    lenient: bool = False,
+) -> dict[str, shp.Shape]:
+    """The shape of every named blob of the TRAIN-phase net after the last layer that writes it
+    (None or None dims where unknown): what pycaffe's ``net.blobs`` reports, minus the split
+    blobs Caffe inserts."""
+    return _walk(net, path, (), [], state, lenient).blob_shapes
+
+
+def _walk(
+    net: Any,
+    path: str,
+    layer_locations: Sequence[SourceLocation | None],
+    out_notes: list[Note],
+    state: Any | None,
+    lenient: bool,
+) -> _Walk:
     st = train_state(net, state)
     if st.phase != TRAIN:
         out_notes.append(
@@ -330,7 +372,7 @@ def build_net_spec(
             )
         )
     kept = filter_layers(net, st, path, layer_locations)
-    blob_shapes: dict[str, shp.Shape] = dict(_legacy_inputs(net))
+    tops_so_far: dict[str, shp.Shape] = dict(_legacy_inputs(net))
     table = _ParamTable()
     infos: list[LayerInfo] = []
     named: set[str] = set()
@@ -340,15 +382,15 @@ def build_net_spec(
         infos.append(LayerInfo(layer.name, layer.type, tuple(layer.bottom), tuple(layer.top), loc))
         bottoms: list[shp.Shape] = []
         for b_i, b in enumerate(layer.bottom):
-            if b not in blob_shapes:  # insert_splits.cpp:27-31, net.cpp:400-406
+            if b not in tops_so_far:  # insert_splits.cpp:27-31, net.cpp:400-406
                 msg = f"Unknown bottom blob '{b}' (layer '{layer.name}', bottom index {b_i})"
                 if not lenient:
                     raise InputError(msg, loc)
                 out_notes.append(Note("net.unknown_bottom", msg, Severity.WARNING, loc))
-            bottoms.append(blob_shapes.get(b))
+            bottoms.append(tops_so_far.get(b))
         for t_i, t in enumerate(layer.top):  # net.cpp:358-379 AppendTop
             in_place = t_i < len(layer.bottom) and layer.bottom[t_i] == t
-            if t in blob_shapes and not in_place and not lenient:
+            if t in tops_so_far and not in_place and not lenient:
                 raise InputError(f"Top blob '{t}' produced by multiple sources.", loc)
         if len(layer.propagate_down) and len(layer.propagate_down) != len(layer.bottom):
             # net.cpp:78-83
@@ -362,7 +404,7 @@ def build_net_spec(
         _check_loss_weights(layer, loc, lenient, out_notes)
         result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes)
         for t_i, t in enumerate(layer.top):
-            blob_shapes[t] = result.tops[t_i] if t_i < len(result.tops) else None
+            tops_so_far[t] = result.tops[t_i] if t_i < len(result.tops) else None
         if len(layer.param) > n_blobs:  # net.cpp:141-144
             raise InputError(
                 f"Too many params specified for layer {layer.name} ({len(layer.param)} param "
@@ -383,9 +425,9 @@ def build_net_spec(
         if n_blobs:
             named.add(layer.name)
         specs = layer_specs(layer, n_blobs, loc)
-        blob_shapes_l = list(result.blobs) + [None] * (n_blobs - len(result.blobs))
+        tops_so_far_l = list(result.blobs) + [None] * (n_blobs - len(result.blobs))
         for b_i in range(n_blobs):
-            table.append(layer, b_i, blob_shapes_l[b_i], specs[b_i], loc, out_notes)
+            table.append(layer, b_i, tops_so_far_l[b_i], specs[b_i], loc, out_notes)
         if result.assumed:
             out_notes.append(
                 Note(
@@ -395,7 +437,7 @@ def build_net_spec(
                     loc,
                 )
             )
-        if n_blobs and not opaque and not all(shp.known(s) for s in blob_shapes_l):
+        if n_blobs and not opaque and not all(shp.known(s) for s in tops_so_far_l):
             out_notes.append(
                 Note(
                     "net.param_shape_unknown",
@@ -415,15 +457,7 @@ def build_net_spec(
                     loc,
                 )
             )
-    return NetSpec(
-        path=path,
-        name=net.name,
-        layers=tuple(infos),
-        params=tuple(o.freeze() for o in table.owners),
-        legacy_format=legacy_format,
-        message=net,
-        notes=tuple(out_notes),
-    )
+    return _Walk(infos, table, out_notes, tops_so_far)
 
 
 def _check_loss_weights(layer: Any, loc: SourceLocation, lenient: bool, notes: list[Note]) -> None:

@@ -61,10 +61,10 @@ command -v debootstrap >/dev/null 2>&1 ||
     die "debootstrap not found. Install it first (Debian/Ubuntu: apt-get install -y debootstrap)."
 
 TMP="$DIR.tmp"
-LOG="$(mktemp "${TMPDIR:-/tmp}/caffe2tf-debootstrap.XXXXXX.log")"
+mkdir -p "$(dirname "$DIR")" 2>/dev/null || die "cannot create $(dirname "$DIR")"
 unmount_under "$TMP"
 rm -rf "$TMP"
-mkdir -p "$(dirname "$DIR")"
+LOG="$(mktemp "${TMPDIR:-/tmp}/caffe2tf-debootstrap.XXXXXX.log")"
 echo "build_caffe_root: debootstrap bullseye into $TMP (log: $LOG) ..."
 start=$(date +%s)
 if ! debootstrap --variant=minbase --include=python3-caffe,caffe bullseye "$TMP" "$MIRROR" \

@@ -485,12 +485,23 @@ def _corpus_nets() -> dict[str, caffe_pb2.NetParameter]:
                                             allow_unknown_field=True)
             except Exception:  # noqa: BLE001 - a corpus file we cannot read is not our subject
                 continue
-            swapped = swap_data_layers(net)
+            # Filler channel counts: the first that makes a valid net for us (the siamese net
+            # slices a 2-channel pair), else 3 and Caffe must reject it as we do.
+            candidates = [swap_data_layers(net, channels=c) for c in (3, 1, 2)]
+            swapped = next((c for c in candidates if _valid(c)), candidates[0])
             if not len(swapped.layer):
                 continue
             if all(layer.type in shp.RULES for layer in swapped.layer):
                 nets["corpus:" + row["saved_name"]] = swapped
     return nets
+
+
+def _valid(net) -> bool:
+    try:
+        build_net_spec(net, path="<swap>")
+    except InputError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------- the oracle

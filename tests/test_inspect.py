@@ -196,3 +196,19 @@ def test_never_imports_tensorflow() -> None:
                           text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.oracle
+def test_fixture_param_tables_agree_with_caffe(caffe_root: Path) -> None:
+    """Shapes of the learnable blobs of our fixture nets, as the real Caffe builds them."""
+    from caffe2tf.caffe.load import load_net
+    from caffe2tf.verify import oracle
+
+    for path in (LENET / "train.prototxt", ROOT / "fixtures" / "legacy" / "v0_net.prototxt",
+                 ROOT / "fixtures" / "legacy" / "batchnorm_input.prototxt"):
+        ours = load_net(path)
+        theirs = {(layer, index): shape for layer, index, shape in
+                  oracle.caffe_net_blobs(path.read_text(), root=caffe_root)}
+        assert len(theirs) == len(ours.params) + sum(len(b.sharers) for b in ours.params)
+        for blob in ours.params:
+            assert theirs[(blob.layer, blob.index)] == blob.shape, (path, blob.key)

@@ -60,9 +60,6 @@ _SPEC_FIELDS = ("type", "base_lr", "lr_policy", "gamma", "power", "stepsize", "m
                 "regularization_type", "clip_gradients", "iter_size")
 
 
-def _where(parsed: Parsed, field: str) -> SourceLocation:
-    return parsed.location(field) or SourceLocation(parsed.path)
-
 
 def check_solver(msg: Any, parsed: Parsed, locations: dict[str, SourceLocation], *,
                  lenient: bool = False) -> list[Note]:

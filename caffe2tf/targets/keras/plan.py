@@ -173,9 +173,23 @@ def _split_key(key: str) -> tuple[str, int]:
     return layer, int(index)
 
 
+def effective_stepvalues(stepvalue: tuple[int, ...]) -> tuple[int, ...]:
+    """The iterations where Caffe's multistep really advances: ``current_step_`` moves by at
+    most one per update (``sgd_solver.cpp:46-52``), so stage i starts at
+    max(stepvalue[i], start of stage i-1 + 1) (duplicates decay on consecutive updates)."""
+    out: list[int] = []
+    prev = -1
+    for v in stepvalue:
+        prev = max(int(v), prev + 1)
+        out.append(prev)
+    return tuple(out)
+
+
 def _schedule(s: LrSchedule, *, iter_size: int, rms_decay: float | None,
               force_custom: bool) -> tuple[CallSpec, list[Note]]:
     """Caffe lr_policy -> the exact Keras schedule (target-semantics.md §4.1)."""
+    if s.policy == "multistep":
+        s = replace(s, stepvalue=effective_stepvalues(s.stepvalue))
     base = Arg("initial_learning_rate", f32(s.base_lr), "base_lr")
     notes: list[Note] = []
     custom_reason = ""

@@ -287,3 +287,13 @@ def test_huge_file_is_linear(tmp_path: Path) -> None:
     parsed = parse_file(big, pb.NetParameter())
     assert len(parsed.message.layer) == 20000
     assert parsed.locations["layer[19999]"].line == 20000
+
+
+def test_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import caffe2tf.caffe.parse as parse_mod
+
+    monkeypatch.setattr(parse_mod, "MAX_FILE_BYTES", 100)
+    big = tmp_path / "big.prototxt"
+    big.write_text("base_lr: 1\n" * 20)
+    with pytest.raises(InputError, match="refusing to read"):
+        parse_file(big, pb.SolverParameter())

@@ -115,6 +115,10 @@ layer { name: "pool_ceil" type: "Pooling" bottom: "x" top: "p1"
   pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layer { name: "c_p1" type: "Convolution" bottom: "p1" top: "cp1"
   convolution_param { num_output: 1 kernel_size: 1 } }
+layer { name: "c_trunc" type: "Convolution" bottom: "x" top: "ctr"
+  convolution_param { num_output: 1 kernel_h: 14 kernel_w: 1 stride: 2 } }
+layer { name: "ip_trunc" type: "InnerProduct" bottom: "ctr" top: "ip_ctr"
+  inner_product_param { num_output: 1 } }
 layer { name: "ip_p1" type: "InnerProduct" bottom: "p1" top: "ip_p1"
   inner_product_param { num_output: 1 } }
 layer { name: "pool_pad" type: "Pooling" bottom: "x" top: "p2" top: "mask"
@@ -405,6 +409,16 @@ layer { name: "e" type: "Eltwise" bottom: "data" bottom: "p" top: "e" }
     "propagate_down_count": INPUT + """
 layer { name: "r" type: "ReLU" bottom: "data" top: "r" propagate_down: true
   propagate_down: false }
+""",
+    "crop_out_of_bounds": INPUT + """
+layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
+layer { name: "c" type: "Crop" bottom: "data" bottom: "p" top: "c" crop_param { offset: 9 } }
+""",
+    "lstm_cont_mismatch": """
+layer { name: "x" type: "DummyData" top: "x" top: "cont"
+  dummy_data_param { shape { dim: 4 dim: 2 dim: 3 } shape { dim: 4 dim: 3 } } }
+layer { name: "l" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 2 } }
 """,
     "include_and_exclude": INPUT + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"

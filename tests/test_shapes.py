@@ -389,3 +389,23 @@ Split Swish TanH Threshold Tile WindowData""".split()
 def test_rules_cover_every_bvlc_type_but_python():
     assert set(shp.RULES) == set(BVLC_TYPES) - {"Python"}
     assert set(shp.BLOB_COUNTS) | {"LSTM", "RNN"} == set(BVLC_TYPES) - {"Python"}
+
+
+def test_crop_checks_and_cpp_division():
+    with pytest.raises(shp.ShapeError):  # 13 - 6 < 8
+        run('type: "Crop" top: "c" crop_param { axis: 2 offset: 6 }', (2, 4, 13, 11),
+            (2, 4, 8, 9))
+    with pytest.raises(shp.ShapeError):  # 3 offsets for 2 cropped axes
+        run('type: "Crop" top: "c" crop_param { axis: 2 offset: 1 offset: 1 offset: 1 }',
+            (2, 4, 13, 11), (2, 4, 8, 9))
+    # (3 + 0 - 4) / 2 truncates to 0 in C++ -> output 1 (Python floor would give 0)
+    r = run('type: "Convolution" top: "y" convolution_param { num_output: 1 kernel_size: 4 '
+            "stride: 2 }", (1, 1, 3, 3))
+    assert r.tops == ((1, 1, 1, 1),)
+
+
+def test_recurrent_cont_checks():
+    with pytest.raises(shp.ShapeError):
+        run('type: "LSTM" top: "h" recurrent_param { num_output: 2 }', (4, 2, 3), (4, 3))
+    with pytest.raises(shp.ShapeError):
+        run('type: "RNN" top: "h" recurrent_param { num_output: 2 }', (4, 2, 3), (4, 2, 1))

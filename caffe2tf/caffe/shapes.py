@@ -78,6 +78,12 @@ def prod(dims: Sequence[Dim]) -> Dim:
     return out
 
 
+def _cdiv(a: int, b: int) -> int:
+    """C++ integer division (truncates toward zero), as in Caffe's output-size formulas."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
 def canonical_axis(axis: int, rank: int) -> int:
     """``Blob::CanonicalAxisIndex`` (include/caffe/blob.hpp:99-110): negative axes count back."""
     if not -rank <= axis < rank:
@@ -356,8 +362,10 @@ def _conv_common(layer, bottoms, reverse: bool) -> LayerShapes:
             out_sp.append(None)
         elif reverse:  # deconv_layer.cpp:10-22 compute_output_shape
             out_sp.append(stride[i] * (size - 1) + ext - 2 * pad[i])
-        else:  # conv_layer.cpp:10-24 compute_output_shape
-            out_sp.append((size + 2 * pad[i] - ext) // stride[i] + 1)
+        else:  # conv_layer.cpp:10-24 compute_output_shape (C++ int division)
+            out_sp.append(_cdiv(size + 2 * pad[i] - ext, stride[i]) + 1)
+        if out_sp[-1] is not None and out_sp[-1] < 0:
+            raise ShapeError(f"output size {out_sp[-1]} < 0 (Blob::Reshape CHECK_GE)")
     top: Shape = None if lead is None else (*lead, num_output, *out_sp)
     unknown = "" if all(known(b) for b in blobs) else "input channels unknown"
     return LayerShapes(tuple(top for _ in layer.top), tuple(blobs), unknown, assumed)
@@ -502,6 +510,12 @@ def _recurrent(layer, bottoms, gates: int, rnn: bool) -> LayerShapes:
     x = bottoms[0] if bottoms else None
     if x is not None and len(x) < 2:
         raise ShapeError("bottom[0] must have at least 2 axes -- (#timesteps, #streams, ...)")
+    cont = bottoms[1] if len(bottoms) > 1 else None
+    if cont is not None:  # recurrent_layer.cpp:23-26
+        if len(cont) != 2:
+            raise ShapeError("bottom[1] must have exactly 2 axes -- (#timesteps, #streams)")
+        if x is not None and None not in (*x[:2], *cont) and tuple(x[:2]) != tuple(cont):
+            raise ShapeError(f"bottom[1] {cont} must be (T, N) = {tuple(x[:2])}")
     n_recur = 1 if rnn else 2
     static = len(bottoms) > 2 + (n_recur if p.expose_hidden else 0)
     d = None if x is None else prod(x[2:])
@@ -731,7 +745,22 @@ def crop(layer, bottoms):
     ref = bottoms[1] if len(bottoms) > 1 else None
     if x is None:
         return LayerShapes((None,))
-    a = canonical_axis(int(layer.crop_param.axis), len(x))
+    p = layer.crop_param
+    a = canonical_axis(int(p.axis), len(x))
+    offsets = [int(o) for o in p.offset]
+    if len(offsets) > 1 and a + len(offsets) != len(x):  # crop_layer.cpp:26-32
+        raise ShapeError(
+            "number of offset values specified must be equal to the number of dimensions "
+            "following axis."
+        )
+    if ref is not None and len(ref) == len(x):
+        for i in range(a, len(x)):  # crop_layer.cpp:62-65
+            off = offsets[0] if len(offsets) == 1 else (offsets[i - a] if offsets else 0)
+            if None not in (x[i], ref[i]) and x[i] - off < ref[i]:  # type: ignore[operator]
+                raise ShapeError(
+                    f"the crop for dimension {i} is out-of-bounds with size {ref[i]} and "
+                    f"offset {off}"
+                )
     if ref is None:
         return LayerShapes(((*x[:a], *([None] * (len(x) - a))),))
     if len(ref) != len(x):
@@ -802,7 +831,7 @@ def im2col(layer, bottoms):
         size = x[ax + 1 + i]
         d = int(dil[0 if len(dil) == 1 else i])
         ext = d * (kernel[i] - 1) + 1
-        t[ax + 1 + i] = None if size is None else (size + 2 * pad[i] - ext) // stride[i] + 1
+        t[ax + 1 + i] = None if size is None else _cdiv(size + 2 * pad[i] - ext, stride[i]) + 1
     return LayerShapes((tuple(t),))
 
 

@@ -409,3 +409,21 @@ def test_recurrent_cont_checks():
         run('type: "LSTM" top: "h" recurrent_param { num_output: 2 }', (4, 2, 3), (4, 3))
     with pytest.raises(shp.ShapeError):
         run('type: "RNN" top: "h" recurrent_param { num_output: 2 }', (4, 2, 3), (4, 2, 1))
+
+
+@pytest.mark.parametrize("text,bottoms,n", [
+    ('type: "Convolution" convolution_param { bias_term: false }', 1, 1),
+    ('type: "Deconvolution"', 1, 2),
+    ('type: "InnerProduct"', 1, 2),
+    ('type: "Embed" embed_param { bias_term: false }', 1, 1),
+    ('type: "Scale" scale_param { bias_term: true }', 2, 1),
+    ('type: "Scale"', 1, 1),
+    ('type: "Bias"', 2, 0),
+    ('type: "BatchNorm"', 1, 3),
+    ('type: "LSTM"', 3, 4),
+    ('type: "RNN" recurrent_param { expose_hidden: true }', 3, 5),
+    ('type: "ReLU"', 1, 0),
+])
+def test_blob_count_matches_the_rules(text, bottoms, n):
+    layer = L(text + "".join(f' bottom: "b{i}"' for i in range(bottoms)))
+    assert shp.blob_count(layer) == n

@@ -533,7 +533,7 @@ def _layer_shapes(
     n_params = len(layer.param)
     tops = tuple(None for _ in layer.top)
     if shp.RULES.get(layer.type) is not None:  # a known type whose check failed (lenient)
-        return shp.LayerShapes(tops), n_params, True
+        return shp.LayerShapes(tops), max(n_params, shp.blob_count(layer)), True
     if layer.type not in OPAQUE_KNOWN and not lenient:
         raise InputError(
             f"Unknown layer type: {layer.type} (layer '{layer.name}'); BVLC Caffe has no such "

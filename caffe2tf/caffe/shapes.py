@@ -362,6 +362,8 @@ def _conv_common(layer, bottoms, reverse: bool) -> LayerShapes:
             out_sp.append(None)
         elif reverse:  # deconv_layer.cpp:10-22 compute_output_shape
             out_sp.append(stride[i] * (size - 1) + ext - 2 * pad[i])
+            if out_sp[-1] < 0:
+                raise ShapeError(f"output size {out_sp[-1]} < 0 (Blob::Reshape CHECK_GE)")
         else:  # conv_layer.cpp:10-24 compute_output_shape (C++ int division)
             out_sp.append(_cdiv(size + 2 * pad[i] - ext, stride[i]) + 1)
         if out_sp[-1] is not None and out_sp[-1] < 0:
@@ -604,6 +606,8 @@ def pooling(layer, bottoms):
         o = (math.ceil(span / stride[i]) if ceil_mode else math.floor(span / stride[i])) + 1
         if pad[i] and (o - 1) * stride[i] >= size + pad[i]:
             o -= 1
+        if o < 0:
+            raise ShapeError(f"pooled size {o} < 0 (Blob::Reshape CHECK_GE)")
         out.append(o)
     return LayerShapes(tuple((x[0], x[1], out[0], out[1]) for _ in layer.top))
 
@@ -1005,6 +1009,31 @@ def check_blob_counts(layer) -> None:
             raise ShapeError(f"{layer.type} Layer takes {want} {what} blob(s), got {n}")
     if layer.type in ("Convolution", "Deconvolution") and len(layer.bottom) != len(layer.top):
         raise ShapeError(f"{layer.type} Layer produces one top blob as output per bottom blob")
+
+
+def blob_count(layer) -> int:
+    """How many blobs a BVLC layer owns, from its parameters alone (used when its shapes cannot
+    be inferred): the counts the rules above produce."""
+    t = layer.type
+    if t in ("Convolution", "Deconvolution"):
+        return 1 + bool(layer.convolution_param.bias_term)
+    if t == "InnerProduct":
+        return 1 + bool(layer.inner_product_param.bias_term)
+    if t == "Embed":
+        return 1 + bool(layer.embed_param.bias_term)
+    if t == "Scale":
+        return (len(layer.bottom) == 1) + bool(layer.scale_param.bias_term)
+    if t == "Bias":
+        return int(len(layer.bottom) == 1)
+    if t in ("PReLU", "Parameter"):
+        return 1
+    if t == "BatchNorm":
+        return 3
+    if t in ("LSTM", "RNN"):
+        hidden = (2 if t == "LSTM" else 1) if layer.recurrent_param.expose_hidden else 0
+        static = len(layer.bottom) > 2 + hidden
+        return (3 if t == "LSTM" else 5) + static
+    return 0
 
 
 def infer(layer, bottoms: Sequence[Shape]) -> LayerShapes | None:

@@ -9,6 +9,17 @@ This reproduces three parts of ``Net<Dtype>::Init`` (BVLC/caffe ``src/caffe/net.
   (an owner, in ``learnable_params_`` order); later blobs with that name alias the owner.
 * ``Layer::SetUp`` of each layer, for the blob shapes (see :mod:`caffe2tf.caffe.shapes`).
 
+Caffe's fatal checks on the way become :class:`InputError` with the layer's location: both
+include and exclude rules, unknown bottom, a top produced twice, propagate_down and loss_weight
+counts, bottom/top counts, each layer's own ``CHECK``s (via ``shapes.ShapeError``), too many
+``param {}`` blocks, BatchNorm statistics with a non-zero lr_mult, and a shared param with
+mismatched shape (STRICT) / count (PERMISSIVE) / explicit multipliers. Where a shape cannot be
+known (data read from files, fork or Python layers) it is ``None`` ("?") and a Note says why;
+assumptions made to go on (4-D input, fork normalisations keep the shape) are Notes too.
+
+Checked against the real Caffe by tests/test_net_oracle.py (param table, multipliers, every top
+shape, rejected nets).
+
 The NetState used for the train net is built like ``Solver::InitTrainNet`` (solver.cpp:106-114):
 start from ``phase: TRAIN``, merge the net's own ``state``, then the solver's ``train_state``
 (a later ``phase`` set explicitly wins; ``stage`` lists are concatenated by protobuf merging).

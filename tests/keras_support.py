@@ -207,3 +207,46 @@ def deviation(init: dict, reference: list, candidate: list) -> float:
 def names_of(plan: Any) -> dict[str, str]:
     """keras layer -> Caffe layer owning the blobs (BN name -> its Scale layer)."""
     return {b.keras_layer: b.caffe_layer for b in plan.blobs}
+
+
+def run_fit(build_optimizer: Any, prepare_model: Any, rule: Any, init: dict, grads: list,
+            *, plan: Any, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    """The ``compile`` + ``fit`` side of the contract: each batch (size 1) carries one
+    micro-batch gradient, flattened; the model outputs ``sum(x_v * v)`` and the loss is that
+    output, so ``fit`` differentiates it plus ``sum(model.losses)`` itself."""
+    import keras
+
+    names = names_of(plan)
+    model = make_model(rule, plan)
+    prepare_model(model)
+    set_weights(model, init, names)
+    tv = list(model.trainable_variables)
+    sizes = [int(np.prod(v.shape)) for v in tv]
+
+    class Probe(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="probe")
+            self.inner = model
+
+        def call(self, x: Any) -> Any:
+            total = 0.0
+            start = 0
+            for v, n in zip(tv, sizes, strict=True):
+                part = keras.ops.reshape(x[:, start:start + n], (-1, *v.shape))
+                total = total + keras.ops.sum(keras.ops.stop_gradient(part) * v)
+                start += n
+            return keras.ops.reshape(total, (1, 1))
+
+    probe = Probe()
+    probe.built = True
+    probe.compile(optimizer=build_optimizer(), loss=lambda y_true, y_pred: keras.ops.sum(y_pred))
+    rng = np.random.default_rng(seed)
+    traj = []
+    for total in grads:
+        parts = split(total, rule.iter_size, rng)
+        x = np.stack([np.concatenate([to_keras(p[keras_key(v, names)]).ravel() for v in tv])
+                      for p in parts]).astype(np.float32)
+        probe.fit(x, np.zeros((len(parts), 1), np.float32), batch_size=1, epochs=1,
+                  shuffle=False, verbose=0)
+        traj.append(get_weights(model, names))
+    return traj

@@ -125,3 +125,24 @@ def test_emitted_matches_reference_tf(case: Path, tf_backend: None, tmp_path: Pa
         for a, b in zip(emitted, other, strict=True):
             for k in a:
                 assert (a[k] == b[k]).all(), k
+
+
+FIT_CASES = ["lenet_sgd_multistep", "itersize3_inv"]
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", FIT_CASES)
+def test_emitted_with_compile_and_fit(name: str, tf_backend: None) -> None:
+    """``model.compile(optimizer=build_optimizer())`` + ``fit`` follows the reference too
+    (fit adds model.losses itself and calls the optimizer once per batch)."""
+    from caffe2tf.rule.reference import run_reference
+
+    case = ks.CASES / name
+    rule, plan = ks.plan_of(case)
+    module = ks.load_module(case / "expected" / "optimizer.py")
+    init, grads = ks.streams(rule, 20, seed=11)
+    reference = run_reference(rule, init, grads, precision="float32")
+    fitted = ks.run_fit(module.build_optimizer, module.prepare_model, rule, init, grads,
+                        plan=plan)
+    dev = ks.deviation(init, reference, fitted)
+    assert dev <= TOLERANCE, f"{name}: deviation {dev:.3g}"

@@ -6,7 +6,8 @@ Steps of :func:`verify_solver`:
 2. the candidate: the ``--module`` given, else ``caffe2tf convert`` into a temporary folder
    (the very file a user gets), imported from its path;
 3. seeded data (:mod:`caffe2tf.verify.streams`): initial weights N(0, 0.5²) and, for each Caffe
-   update, ``iter_size`` per-pass gradients whose float32 sum is Caffe's diff;
+   update, ``iter_size`` per-pass gradients whose float32 sum is Caffe's diff; blobs with
+   ``lr_mult: 0`` get none (Caffe does not compute them, :func:`frozen_blobs_get_no_gradient`);
 4. the reference trajectory: ``against="reference"`` → the NumPy executor in float32
    (``caffe2tf.rule.reference.run_reference``); ``against="caffe"`` → the real Caffe 1.0 binary
    (``caffe2tf.verify.oracle.run_cases``; an error when no Caffe root is available);

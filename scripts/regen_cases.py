@@ -28,8 +28,8 @@ def render_case(case: Path) -> dict[str, str]:
     os.chdir(ROOT)
     try:
         rel = case.resolve().relative_to(ROOT)
-        p, _ = make_plan(rel / "solver.prototxt", net_path=rel / "net.prototxt",
-                         layer_map=layer_map)
+        net = rel / "net.prototxt" if (ROOT / rel / "net.prototxt").exists() else None
+        p, _ = make_plan(rel / "solver.prototxt", net_path=net, layer_map=layer_map)
     finally:
         os.chdir(cwd)
     return {"train_config.yaml": render_yaml(p), "optimizer.py": render_python(p)}

@@ -101,3 +101,17 @@ def test_blob_keys_of_keras_variable_names() -> None:
     assert {"emb/0", "prelu/0", "deconv/0", "deconv/1", "sep/0", "sep/1", "c1/0", "c1/1"} <= keys
     assert caffe_blob_key("model/sub/block/fc/kernel") == "fc/0"
     assert caffe_blob_key("bn/moving_mean") is None
+
+
+def test_unknown_net_decays_every_variable() -> None:
+    from caffe2tf.targets.keras.build import build_optimizer, prepare_model
+
+    p = plan(_rule([], wd=0.002))
+    assert p.route == "builtin" and not p.blobs
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="a"),
+                              keras.layers.BatchNormalization(name="bn")])
+    prepare_model(model, p)
+    regs = {v.path: v.regularizer for v in model.trainable_variables}
+    assert len(regs) == 4
+    assert all(r is not None and r.l2 == pytest.approx(0.001) for r in regs.values())
+    assert isinstance(build_optimizer(p), keras.optimizers.SGD)

@@ -220,13 +220,16 @@ def render_python(p: KerasPlan) -> str:
     out.append("# weight_decay * decay_mult / 2 (Keras' L2 has no 1/2), L1 factor")
     out.append("# weight_decay * decay_mult; the Caffe layer name (for messages).")
     out.append("CAFFE_BLOBS: list[tuple[str, int, float, float, bool, Any, str]] = [")
+    if not p.blobs:
+        out[-1] += "]"
     for b in p.blobs:
         reg = "None" if b.regularizer is None else \
             f"({literal(b.regularizer[0])}, {_value(b.regularizer[1])})"
         items = [literal(b.keras_layer), str(b.blob), _value(b.lr_mult), _value(b.decay_mult),
                  _value(b.trainable), reg, literal(b.caffe_layer)]
         out += _row(items, "    ")
-    out.append("]")
+    if p.blobs:
+        out.append("]")
     d = p.default_blob
     dreg = "None" if d.regularizer is None else \
         f"({literal(d.regularizer[0])}, {_value(d.regularizer[1])})"

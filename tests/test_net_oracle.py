@@ -685,3 +685,76 @@ def test_every_top_shape_matches_caffe(caffe_blobs):
             if not same or (not name.startswith("corpus:") and None in mine):
                 failures.append(f"{name}: {blob}: ours {mine}, Caffe {tuple(shape)}")
     assert not failures, "\n".join(failures)
+
+
+# Solver train_state over the net's own state (solver.cpp:106-114): Caffe builds the train net
+# through the solver; we pass the solver's train_state to build_net_spec.
+STATE_NET = """
+state { stage: "a" level: 5 }
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "tr" type: "InnerProduct" bottom: "data" top: "tr" include { phase: TRAIN }
+  inner_product_param { num_output: 2 } }
+layer { name: "te" type: "InnerProduct" bottom: "data" top: "te" include { phase: TEST }
+  inner_product_param { num_output: 3 } }
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" include { stage: "a" }
+  inner_product_param { num_output: 4 } }
+layer { name: "ab" type: "InnerProduct" bottom: "data" top: "ab" include { stage: "a" stage: "b" }
+  inner_product_param { num_output: 5 } }
+layer { name: "lv5" type: "InnerProduct" bottom: "data" top: "lv5" include { min_level: 5 }
+  inner_product_param { num_output: 6 } }
+layer { name: "lv1" type: "InnerProduct" bottom: "data" top: "lv1" include { max_level: 1 }
+  inner_product_param { num_output: 7 } }
+layer { name: "not_b" type: "InnerProduct" bottom: "data" top: "nb" exclude { stage: "b" }
+  inner_product_param { num_output: 8 } }
+"""
+
+TRAIN_STATES = {
+    "none": "",
+    "stage_b_level_1": 'train_state { stage: "b" level: 1 }',
+    "level_only": "train_state { level: 0 }",
+    "phase_test": "train_state { phase: TEST }",
+}
+
+_DUMP_SOLVER_NETS = """
+import json, sys
+import caffe
+caffe.set_mode_cpu()
+job, n = sys.argv[1], int(sys.argv[2])
+out = []
+for i in range(n):
+    s = caffe.get_solver("%s/s%d.prototxt" % (job, i))
+    out.append([[str(k), [list(b.data.shape) for b in v]] for k, v in s.net.params.items()])
+with open(job + "/out.json", "w") as f:
+    json.dump(out, f)
+"""
+
+
+def test_solver_train_state_matches_caffe(caffe_root):
+    (Path(caffe_root) / "tmp").mkdir(exist_ok=True)
+    job = Path(tempfile.mkdtemp(prefix="caffe2tf-netstate-", dir=Path(caffe_root) / "tmp"))
+    inside = "/" + str(job.relative_to(caffe_root))
+    try:
+        (job / "net.prototxt").write_text(STATE_NET)
+        for i, extra in enumerate(TRAIN_STATES.values()):
+            (job / f"s{i}.prototxt").write_text(
+                f'net: "{inside}/net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\n{extra}\n')
+        (job / "dump.py").write_text(_DUMP_SOLVER_NETS)
+        subprocess.run(
+            ["chroot", str(caffe_root), "/usr/bin/python3", f"{inside}/dump.py", inside,
+             str(len(TRAIN_STATES))],
+            capture_output=True, text=True, check=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GLOG_minloglevel": "2"},
+        )
+        caffe = json.loads((job / "out.json").read_text())
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+    net = text_format.Parse(STATE_NET, caffe_pb2.NetParameter())
+    seen = set()
+    for (name, extra), theirs in zip(TRAIN_STATES.items(), caffe, strict=True):
+        solver = text_format.Parse(extra, caffe_pb2.SolverParameter())
+        state = solver.train_state if solver.HasField("train_state") else None
+        spec = build_net_spec(net, path=name, state=state)
+        ours = [(p.layer, list(p.shape)) for p in spec.params]
+        assert ours == [(layer, shape) for layer, shapes in theirs for shape in shapes], name
+        seen.add(tuple(layer for layer, _ in theirs))
+    assert len(seen) == len(TRAIN_STATES)  # every state selects a different set of layers

@@ -399,9 +399,9 @@ def plan(rule: UpdateRule, *, layer_map: Mapping[str, str] | None = None,
                                "prepare_model removes regularizers from the mapped variables."))
         if rule.iter_size > 1:
             notes.append(_note("accumulation", f"iter_size {rule.iter_size}: call "
-                               "apply_gradients once per micro-batch; every "
-                               f"{rule.iter_size}th call applies one Caffe update to the raw "
-                               "gradient sum (optimizer.iterations counts calls)."))
+                               "apply_gradients once per micro-batch; each group of "
+                               f"{rule.iter_size} calls ends with one Caffe update on the raw "
+                               "sum of their gradients (optimizer.iterations counts calls)."))
     else:
         if isinstance(solver_step, Momentum):
             args = [Arg("momentum", f32(solver_step.momentum), "momentum")]

@@ -36,8 +36,9 @@ sum, normalize, decay, lr x lr_mult, solver step) because iter_size 3: Keras' gr
 accumulation averages before clipping and advances the schedule per micro-batch.
 - [exact] weight_decay 0.0005 (L2) is added inside CaffeOptimizer after the clip;
 prepare_model removes regularizers from the mapped variables.
-- [exact] iter_size 3: call apply_gradients once per micro-batch; every 3th call applies
-one Caffe update to the raw gradient sum (optimizer.iterations counts calls).
+- [exact] iter_size 3: call apply_gradients once per micro-batch; each group of 3 calls
+ends with one Caffe update on the raw sum of their gradients (optimizer.iterations
+counts calls).
 """
 
 from __future__ import annotations

@@ -120,24 +120,9 @@ def _legacy_channels(shape: Shape) -> Dim:
 # ---------------------------------------------------------------------------------------------
 # element-wise and other layers whose top has bottom[0]'s shape and no blobs
 
-ELEMENTWISE = (
-    "AbsVal",
-    "BNLL",
-    "Clip",
-    "Dropout",
-    "ELU",
-    "Exp",
-    "Log",
-    "Power",
-    "ReLU",
-    "Sigmoid",
-    "Swish",
-    "TanH",
-    "Threshold",
-    "MVN",
-    "LRN",
-    "Softmax",
-    "Split",
+ELEMENTWISE = tuple(
+    "AbsVal BNLL Clip Dropout ELU Exp Log Power ReLU Sigmoid Swish TanH Threshold MVN LRN "
+    "Softmax Split".split()
 )
 register(*ELEMENTWISE)(same_as_bottom)
 
@@ -878,15 +863,8 @@ def _loss(layer, bottoms):
 
 #: BVLC layers derived from LossLayer (include/caffe/layers/loss_layer.hpp).
 LOSS_TYPES = frozenset(
-    {
-        "SoftmaxWithLoss",
-        "EuclideanLoss",
-        "HingeLoss",
-        "InfogainLoss",
-        "ContrastiveLoss",
-        "MultinomialLogisticLoss",
-        "SigmoidCrossEntropyLoss",
-    }
+    "SoftmaxWithLoss EuclideanLoss HingeLoss InfogainLoss ContrastiveLoss "
+    "MultinomialLogisticLoss SigmoidCrossEntropyLoss".split()
 )
 register(*LOSS_TYPES)(_loss)
 
@@ -915,39 +893,13 @@ def no_tops(layer, bottoms):
 # ExactNum/Min/Max{Bottom,Top}Blobs from include/caffe/layers/*.hpp. (min, max); None = no bound.
 
 _ONE_ONE = ((1, 1), (1, 1))
+_ONE_IN_ONE_OUT = (
+    "AbsVal BNLL Clip Dropout ELU Exp Log Power PReLU ReLU Sigmoid Swish TanH Threshold "
+    "BatchNorm LRN MVN Softmax Flatten Reshape Tile SPP Im2col ArgMax Reduction Embed "
+    "InnerProduct".split()
+)
 BLOB_COUNTS: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
-    **{
-        t: _ONE_ONE
-        for t in (
-            "AbsVal",
-            "BNLL",
-            "Clip",
-            "Dropout",
-            "ELU",
-            "Exp",
-            "Log",
-            "Power",
-            "PReLU",
-            "ReLU",
-            "Sigmoid",
-            "Swish",
-            "TanH",
-            "Threshold",
-            "BatchNorm",
-            "LRN",
-            "MVN",
-            "Softmax",
-            "Flatten",
-            "Reshape",
-            "Tile",
-            "SPP",
-            "Im2col",
-            "ArgMax",
-            "Reduction",
-            "Embed",
-            "InnerProduct",
-        )
-    },
+    **{t: _ONE_ONE for t in _ONE_IN_ONE_OUT},
     "Convolution": ((1, None), (1, None)),
     "Deconvolution": ((1, None), (1, None)),
     "Pooling": ((1, 1), (1, 2)),

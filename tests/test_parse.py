@@ -297,3 +297,22 @@ def test_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     big.write_text("base_lr: 1\n" * 20)
     with pytest.raises(InputError, match="refusing to read"):
         parse_file(big, pb.SolverParameter())
+
+
+def test_first_error_wins_and_blocks_join(tmp_path: Path) -> None:
+    # the parser reports the first problem in reading order, even when a later line cannot
+    # even be tokenized (as the C++ tokenizer+parser pair does)
+    with pytest.raises(InputError) as info:
+        parse_text("bogus: 1\nbase_lr: \x00\n", pb.SolverParameter())
+    assert info.value.location.line == 1 and "bogus" in info.value.message
+    # a text longer than one tokenizer block: values, strings and comments on every line
+    lines = [f'layer {{ name: "l{i}" type: "ReLU" bottom: "x" top: "x" }}  # c {i}'
+             for i in range(4000)]
+    text = "\n".join(lines) + "\nlayer { name: 'bad\n"
+    with pytest.raises(InputError) as info:
+        parse_text(text, pb.NetParameter())
+    assert info.value.location.line == 4001
+    parsed = parse_text("\n".join(lines), pb.NetParameter())
+    assert [layer.name for layer in parsed.message.layer[::1000]] == ["l0", "l1000", "l2000",
+                                                                     "l3000"]
+    assert parsed.locations["layer[3999].name"].line == 4000

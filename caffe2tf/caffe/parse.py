@@ -171,22 +171,26 @@ def read_source(path: str | os.PathLike[str]) -> str:
 # --------------------------------------------------------------------------------------------
 # Tokenizer
 
+# One match per token: (whitespace and comments before it, then exactly one of) identifier,
+# symbol, string, number, unterminated quote, end of text, any other character. Tokens never
+# span a line, so the text is tokenized a block of whole lines at a time with ``findall``.
 _TOKEN_RE = re.compile(
     r"""
-    (?:[ \t\n\r\v\f]+|\#[^\n]*)*          # whitespace and comments before the token
+    ([ \t\n\r\v\f]*(?:\#[^\n]*[ \t\n\r\v\f]*)*)
     (?:
-      (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-    | (?P<sym>[{}<>\[\]:;,\-])
-    | (?P<str>"(?:[^"\\\n]|\\[^\n])*"|'(?:[^'\\\n]|\\[^\n])*')
-    | (?P<num>(?:[0-9][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?|\.[0-9][0-9A-Za-z_]*)
-               (?:(?<=[eE])[-+][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?)?)
-    | (?P<badstr>["'])
-    | (?P<eof>\Z)
-    | (?P<other>.)
+      ([A-Za-z_][A-Za-z0-9_]*)
+    | ([{}<>\[\]:;,\-])
+    | ("[^"\\\n]*(?:\\[^\n][^"\\\n]*)*"|'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*')
+    | ((?:[0-9][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?|\.[0-9][0-9A-Za-z_]*)
+       (?:(?<=[eE])[-+][0-9A-Za-z_]*(?:\.[0-9A-Za-z_]*)?)?)
+    | (["'])
+    | \Z
+    | (.)
     )
     """,
     re.VERBOSE | re.DOTALL,
 )
+_BLOCK = 1 << 16  # characters tokenized per findall call (then cut at the next newline)
 
 _DEC_RE = re.compile(r"[0-9]+\Z")
 _OCT_RE = re.compile(r"0[0-7]*\Z")
@@ -196,7 +200,7 @@ _FLOAT_RE = re.compile(r"(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 
 # token kinds
 _T_IDENT, _T_INT, _T_FLOAT, _T_STR, _T_SYM, _T_EOF = range(6)
-_SIMPLE_KINDS = {"ident": _T_IDENT, "sym": _T_SYM, "str": _T_STR}
+_T_ERR = -1  # a tokenizer error, raised when the parser reaches it (first error wins)
 _KIND_NAMES = {_T_IDENT: "identifier", _T_INT: "integer", _T_FLOAT: "float",
                _T_STR: "string", _T_SYM: "symbol", _T_EOF: "end of file"}
 
@@ -217,7 +221,9 @@ class _Lexer:
         self.text = text
         self.path = path
         self._line_starts: list[int] | None = None
-        self._it: Iterator[re.Match[str]] = _TOKEN_RE.finditer(text)
+        self._buf: list[_Tok] = []
+        self._i = 0
+        self._block_start = 0
         self.tok = self._advance()
 
     # positions -------------------------------------------------------------------------
@@ -232,57 +238,88 @@ class _Lexer:
 
     # tokens ----------------------------------------------------------------------------
     def _advance(self) -> _Tok:
-        m = next(self._it)
-        kind = m.lastgroup
-        simple = _SIMPLE_KINDS.get(kind)  # type: ignore[arg-type]
-        if simple is not None:
-            return _Tok(simple, m.group(kind), m.start(kind))
-        pos = m.start(kind)
-        if kind == "num":
-            return self._number(m.group(kind), pos)
-        if kind == "eof":
-            self._it = iter((m,))  # stay at EOF if asked again
-            return _Tok(_T_EOF, "", pos)
-        if kind == "badstr":
-            if self.text.find("\n", pos) == -1:
-                raise self.error("unexpected end of file inside a string literal", pos)
-            raise self.error("unterminated string literal (string literals cannot cross "
-                             "line boundaries)", pos)
-        ch = m.group(kind)
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            raise self.error(f"invalid byte 0x{code - 0xDC00:02x}: the file is not UTF-8 "
-                             "text (is it a binary file?)", pos)
-        if code < 0x20 or code == 0x7F:
-            raise self.error(f"invalid control character {code:#04x} in text (is it a "
-                             "binary file?)", pos)
-        if code > 0x7F:
-            raise self.error(f"unexpected non-ASCII character {ch!r} outside a string or "
-                             "comment", pos)
-        raise self.error(f"unexpected character {ch!r}", pos)
+        i = self._i
+        buf = self._buf
+        if i >= len(buf):
+            buf = self._fill()
+            i = 0
+        tok = buf[i]
+        self._i = i + 1
+        if tok.kind == _T_ERR:
+            self._i = i  # stay on the error
+            raise InputError(tok.text, self.loc(tok.pos))
+        return tok
+
+    def _fill(self) -> list[_Tok]:
+        """Tokenize the next block(s) of whole lines into ``self._buf``."""
+        text = self.text
+        n = len(text)
+        out: list[_Tok] = []
+        append = out.append
+        while not out:
+            start = self._block_start
+            if start >= n:
+                append(_Tok(_T_EOF, "", n))
+                break
+            end = start + _BLOCK
+            if end >= n:
+                end = n
+            else:
+                newline = text.find("\n", end)
+                end = n if newline == -1 else newline + 1
+            self._block_start = end
+            pos = start
+            for ws, ident, sym, string, num, quote, other in _TOKEN_RE.findall(text, start, end):
+                pos += len(ws)
+                if ident:
+                    append(_Tok(_T_IDENT, ident, pos))
+                    pos += len(ident)
+                elif sym:
+                    append(_Tok(_T_SYM, sym, pos))
+                    pos += 1
+                elif string:
+                    append(_Tok(_T_STR, string, pos))
+                    pos += len(string)
+                elif num:
+                    append(self._number(num, pos))
+                    pos += len(num)
+                elif quote:
+                    append(_Tok(_T_ERR, "unexpected end of file inside a string literal"
+                                if text.find("\n", pos) == -1 else
+                                "unterminated string literal (string literals cannot cross "
+                                "line boundaries)", pos))
+                    self._block_start = n
+                    break
+                elif other:
+                    append(_Tok(_T_ERR, _bad_char(other), pos))
+                    self._block_start = n
+                    break
+                # else: only trailing whitespace/comments at the end of the block
+        self._buf = out
+        self._i = 0
+        return out
 
     def _number(self, text: str, pos: int) -> _Tok:
-        low = text.lower()
-        if low.startswith("0x"):
+        if text[:2] in ("0x", "0X"):
             if _HEX_RE.match(text):
                 return _Tok(_T_INT, text, pos)
             if len(text) == 2:
-                raise self.error('"0x" must be followed by hex digits', pos)
-            raise self.error(f"malformed hex number {text!r}", pos)
+                return _Tok(_T_ERR, '"0x" must be followed by hex digits', pos)
+            return _Tok(_T_ERR, f"malformed hex number {text!r}", pos)
         if _DEC_RE.match(text):
             if len(text) > 1 and text[0] == "0" and not _OCT_RE.match(text):
-                raise self.error("numbers starting with a leading zero must be in octal", pos)
+                return _Tok(_T_ERR, "numbers starting with a leading zero must be in octal", pos)
             return _Tok(_T_INT, text, pos)
         if _FLOAT_RE.match(text):
             if len(text) > 1 and text[0] == "0" and text[1].isdigit():
-                raise self.error("hex and octal numbers must be integers", pos)
+                return _Tok(_T_ERR, "hex and octal numbers must be integers", pos)
             return _Tok(_T_FLOAT, text, pos)
         if re.match(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?\Z", text):
-            raise self.error('"e" must be followed by an exponent', pos)
+            return _Tok(_T_ERR, '"e" must be followed by an exponent', pos)
         if text.count(".") > 1 or re.match(r".*[eE].*\.", text):
-            raise self.error("already saw a decimal point or exponent; can't have another one",
-                             pos)
-        raise self.error(f"need space between number and identifier in {text!r}", pos)
+            return _Tok(_T_ERR, "already saw a decimal point or exponent; can't have another "
+                        "one", pos)
+        return _Tok(_T_ERR, f"need space between number and identifier in {text!r}", pos)
 
     def next(self) -> _Tok:
         tok = self.tok
@@ -302,6 +339,18 @@ class _Lexer:
         if not self.at(sym):
             raise self.error(f'expected "{sym}", found {_describe(self.tok)}')
         return self.next()
+
+
+def _bad_char(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:
+        return (f"invalid byte 0x{code - 0xDC00:02x}: the file is not UTF-8 text (is it a "
+                "binary file?)")
+    if code < 0x20 or code == 0x7F:
+        return f"invalid control character {code:#04x} in text (is it a binary file?)"
+    if code > 0x7F:
+        return f"unexpected non-ASCII character {ch!r} outside a string or comment"
+    return f"unexpected character {ch!r}"
 
 
 def _describe(tok: _Tok) -> str:

@@ -197,3 +197,19 @@ def test_jax_backend_matches_numpy_sgd():
     for route in ("loop-True", "loop-False", "fit-True"):
         got = [{k: np.array(out[route][k][t]) for k in init} for t in range(10)]
         assert _maxdiff(got, want) < 1e-5, route
+
+
+def test_deconvolution_and_embed_mirror():
+    shapes = {"d/0": (3, 5, 2, 2), "d/1": (5,), "e/0": (10, 4)}
+    layers = kh.mirror_layers_from_shapes(shapes, {"d": "Deconvolution", "e": "Embed"})
+    model = kh.build_mirror_model(layers)
+    deconv, embed = model.caffe_layers
+    assert isinstance(deconv, keras.layers.Conv2DTranspose) and deconv.filters == 5
+    assert tuple(deconv.kernel.shape) == (2, 2, 5, 3)
+    assert isinstance(embed, keras.layers.Embedding)
+    rng = np.random.default_rng(1)
+    init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    kh.set_caffe_weights(model, init)
+    assert np.asarray(deconv.kernel.value)[1, 0, 4, 2] == init["d/0"][2, 4, 1, 0]
+    back = kh.get_caffe_weights(model)
+    assert all(np.array_equal(back[k], init[k]) for k in shapes)

@@ -48,7 +48,8 @@ from caffe2tf.errors import InputError
 Weights = dict[str, np.ndarray]
 
 # Caffe layer types the mirror knows, and the Keras layer used for them.
-SUPPORTED_TYPES = ("InnerProduct", "Convolution", "Parameter")
+SUPPORTED_TYPES = ("InnerProduct", "Convolution", "Deconvolution", "Embed", "Parameter")
+_SPATIAL = ("Convolution", "Deconvolution")
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,18 @@ class MirrorLayer:
 
 
 def caffe_to_keras(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
-    """Caffe blob layout -> Keras variable layout (``inner_product_layer.cpp:20-33``: W is
-    ``(N_out, K_in)``; ``conv_layer``/``base_conv_layer.cpp:140-150``: ``(out, in/g, kh, kw)``)."""
+    """Caffe blob layout -> Keras variable layout.
+
+    InnerProduct W ``(N_out, K_in)`` (``inner_product_layer.cpp:20-33``) -> Dense ``(in, out)``;
+    Convolution ``(out, in/g, kh, kw)`` -> Conv2D ``(kh, kw, in/g, out)`` and Deconvolution
+    ``(in, out/g, kh, kw)`` -> Conv2DTranspose ``(kh, kw, out, in)`` (``base_conv_layer.cpp``
+    ``LayerSetUp``, the weight shape with ``conv_out_channels_``/``conv_in_channels_`` swapped for
+    deconvolution): both ``transpose(2, 3, 1, 0)``; Embed ``(input_dim, num_output)`` and biases
+    keep their layout."""
     value = np.asarray(value)
     if index == 0 and layer_type == "InnerProduct":
         return np.ascontiguousarray(value.T)
-    if index == 0 and layer_type == "Convolution":
+    if index == 0 and layer_type in _SPATIAL:
         return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
     return value
 
@@ -86,7 +93,7 @@ def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray
     value = np.asarray(value)
     if index == 0 and layer_type == "InnerProduct":
         return np.ascontiguousarray(value.T)
-    if index == 0 and layer_type == "Convolution":
+    if index == 0 and layer_type in _SPATIAL:
         return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
     return value
 
@@ -196,12 +203,28 @@ def _make_layer(spec: MirrorLayer) -> Any:
                                     name=spec.name)
         layer.build((None, None, None, shape0[1]))
         return layer
+    if spec.type == "Deconvolution":
+        if len(shape0) != 4:
+            raise InputError(f"Deconvolution {spec.name!r} weight has shape {shape0}, want 4-D")
+        layer = keras.layers.Conv2DTranspose(shape0[1], (shape0[2], shape0[3]),
+                                             use_bias=use_bias, name=spec.name)
+        layer.build((None, None, None, shape0[0]))
+        return layer
+    if spec.type == "Embed":
+        if len(shape0) != 2 or use_bias:
+            raise InputError(f"Embed {spec.name!r}: the mirror supports a 2-D weight and no "
+                             f"bias (Keras Embedding has none); got blobs {sorted(indices)}")
+        layer = keras.layers.Embedding(shape0[0], shape0[1], name=spec.name)
+        layer.build((None,))
+        return layer
     raise InputError(f"verify cannot mirror layer type {spec.type}")
 
 
 def _variable_for(layer: Any, spec: MirrorLayer, index: int) -> Any:
     if spec.type == "Parameter":
         return layer.kernel
+    if spec.type == "Embed":
+        return layer.embeddings
     return layer.kernel if index == 0 else layer.bias
 
 

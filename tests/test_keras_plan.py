@@ -160,3 +160,16 @@ def test_wrong_ports_fail() -> None:
     }
     print(results)
     assert all(dev > 1e-3 for dev in results.values()), results
+
+
+@pytest.mark.keras
+def test_custom_optimizer_config_round_trip() -> None:
+    pytest.importorskip("keras")
+    module = ks.load_module(ks.CASES / "itersize3_inv" / "expected" / "optimizer.py")
+    opt = module.build_optimizer()
+    config = opt.get_config()
+    again = module.CaffeOptimizer.from_config(
+        config, custom_objects={"CaffeSchedule": module.CaffeSchedule})
+    assert again.get_config()["multipliers"] == config["multipliers"]
+    assert (again.solver, again.iter_size, again.momentum) == ("Nesterov", 3, opt.momentum)
+    assert again._learning_rate.get_config() == opt._learning_rate.get_config()

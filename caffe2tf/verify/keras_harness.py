@@ -288,11 +288,17 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         var.assign(value)
 
 
-def get_caffe_weights(model: Any) -> Weights:
+def _to_numpy(var: Any) -> np.ndarray:
     import keras
 
-    return {key: keras_to_caffe(ltype, idx, np.array(keras.ops.convert_to_numpy(var.value),
-                                                      dtype=np.float32))
+    value = var.value
+    if keras.backend.backend() == "tensorflow":
+        return np.array(value.numpy(), dtype=np.float32)  # no __array__ deprecation path
+    return np.array(keras.ops.convert_to_numpy(value), dtype=np.float32)
+
+
+def get_caffe_weights(model: Any) -> Weights:
+    return {key: keras_to_caffe(ltype, idx, _to_numpy(var))
             for key, (var, ltype, idx) in model.blob_variables().items()}
 
 

@@ -113,6 +113,9 @@ def test_sniff_kind(tmp_path: Path) -> None:
     p.write_text("   \n# only a comment\n")
     with pytest.raises(InputError, match="empty"):
         sniff_kind(p)
+    p.write_text(" " * 50000 + "\n# c\n" * 1000 + "x")  # not blank, found in linear time
+    with pytest.raises(InputError, match="neither a solver nor a net"):
+        sniff_kind(p)
     p.write_text("foo: 1\n")
     with pytest.raises(InputError, match="neither a solver nor a net"):
         sniff_kind(p)

@@ -180,6 +180,7 @@ def test_net_override(tmp_path: Path) -> None:
     assert recipe.net is not None and recipe.net.param("q/0").lr_mult == 3
     assert recipe.solver.net_path == str(other)
     assert any(n.code == "load.net_override" for n in recipe.notes)
+    assert not any(n.code == "load.net_missing" for n in recipe.solver.notes)
 
 
 def test_train_state_reaches_the_net(tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ def _is_blank(text: str) -> bool:
     if _EMPTY_RE is None:
         import re
 
-        _EMPTY_RE = re.compile(r"(?:[ \t\n\r\v\f]+|#[^\n]*)*\Z")
+        # unrolled (no nested quantifier): linear even when it fails late
+        _EMPTY_RE = re.compile(r"[ \t\n\r\v\f]*(?:#[^\n]*[ \t\n\r\v\f]*)*\Z")
     return _EMPTY_RE.match(text) is not None
 
 
@@ -149,7 +150,10 @@ def load_recipe(solver_path: str | os.PathLike[str], *,
                              (f"{_file_field(msg)} {getattr(msg, _file_field(msg))!r}"
                               if _file_field(msg) else "(absent) net")),
                           Severity.INFO, SourceLocation(np_)))
-        solver = dataclasses.replace(solver, net_path=np_)
+        # the solver's own net reference no longer matters: drop what was said about it
+        kept = tuple(n for n in solver.notes if n.code not in ("load.net_path",
+                                                               "load.net_missing"))
+        solver = dataclasses.replace(solver, net_path=np_, notes=kept)
     elif _inline_field(msg):
         field = _inline_field(msg)
         assert field is not None

@@ -193,6 +193,7 @@ def test_hostile_layer_names_never_run(tmp_path: Path) -> None:
         shutil.copy(case / name, work / name)
     code, text = run(str(work / "solver.prototxt"), "-o", str(work / "out"))
     assert code == 0, text
+    assert "not valid Keras/TensorFlow names" in text and "--layer-map" in text
     source = (work / "out" / "optimizer.py").read_text()
     tree = ast.parse(source)
     strings = {n.value for n in ast.walk(tree)

@@ -22,6 +22,7 @@ Every choice leaves a :class:`~caffe2tf.notes.Note` marked exact / approx / unsu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -47,6 +48,7 @@ from caffe2tf.targets.keras.layers import SUPPORTED_LAYER_TYPES, keras_layer_nam
 Route = Literal["builtin", "multi", "custom"]
 
 F32_EXACT_STEPS = 2**24  # step counts above this are not exact float32 integers
+_KERAS_NAME = re.compile(r"^[A-Za-z0-9_.>-]+$")  # TF scope names, without '/' (Keras)
 
 
 def f32(x: float) -> float:
@@ -158,10 +160,10 @@ class KerasPlan:
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-def _note(code: str, message: str, exactness: Exactness = Exactness.EXACT,
+def _note(code: str, message: str, exactness: Exactness | None = Exactness.EXACT,
           severity: Severity = Severity.INFO) -> Note:
     return Note(code=f"keras.{code}", message=message, severity=severity,
-                affects_training=exactness is not Exactness.EXACT, exactness=exactness)
+                affects_training=exactness not in (Exactness.EXACT, None), exactness=exactness)
 
 
 def _fmt(x: float) -> str:
@@ -303,6 +305,15 @@ def _bindings(rule: UpdateRule, layer_map: Mapping[str, str], net: NetSpec | Non
         notes.append(_note("layers.unsupported_type", f"Caffe layer type {t!r} has learnable "
                            "blobs that prepare_model cannot place on Keras variables.",
                            Exactness.UNSUPPORTED, Severity.ERROR))
+    odd = sorted({b.keras_layer for b in out if not _KERAS_NAME.match(b.keras_layer)})
+    if odd:
+        notes.append(_note("layers.names", f"{len(odd)} Keras layer name(s) taken from the "
+                           "net are not valid Keras/TensorFlow names (Keras forbids '/', "
+                           "TensorFlow scopes allow only letters, digits and _.->): give "
+                           "those layers other names and map them with --layer-map: "
+                           + ", ".join(repr(n) for n in odd[:10]) + ("..." if len(odd) > 10
+                                                                    else ""),
+                           exactness=None, severity=Severity.WARNING))
     shared = [g for g in rule.params if g.sharers]
     if shared:
         notes.append(_note("layers.shared", f"{len(shared)} blob(s) are shared between Caffe "

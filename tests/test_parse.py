@@ -316,3 +316,16 @@ def test_first_error_wins_and_blocks_join(tmp_path: Path) -> None:
     assert [layer.name for layer in parsed.message.layer[::1000]] == ["l0", "l1000", "l2000",
                                                                      "l3000"]
     assert parsed.locations["layer[3999].name"].line == 4000
+
+
+PATHOLOGICAL = ["1." + "e" * 100000, "0x" + "g" * 100000, "x" * 100000,
+                "max_iter: " + "9" * 100000, " " * 100000 + "\x00",
+                'lr_policy: "' + "\\\\" * 50000 + '"\nbogus: 1']
+
+
+@pytest.mark.parametrize("text", PATHOLOGICAL, ids=[str(i) for i in range(len(PATHOLOGICAL))])
+def test_pathological_tokens_are_fast_and_short(text: str) -> None:
+    # no regex backtracking blow-up, and the message quotes at most a short piece of the token
+    with pytest.raises(InputError) as info:
+        parse_text(text, pb.SolverParameter())
+    assert len(info.value.message) < 300

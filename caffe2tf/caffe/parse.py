@@ -305,7 +305,7 @@ class _Lexer:
                 return _Tok(_T_INT, text, pos)
             if len(text) == 2:
                 return _Tok(_T_ERR, '"0x" must be followed by hex digits', pos)
-            return _Tok(_T_ERR, f"malformed hex number {text!r}", pos)
+            return _Tok(_T_ERR, f"malformed hex number {_clip(text)!r}", pos)
         if _DEC_RE.match(text):
             if len(text) > 1 and text[0] == "0" and not _OCT_RE.match(text):
                 return _Tok(_T_ERR, "numbers starting with a leading zero must be in octal", pos)
@@ -316,10 +316,11 @@ class _Lexer:
             return _Tok(_T_FLOAT, text, pos)
         if re.match(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?\Z", text):
             return _Tok(_T_ERR, '"e" must be followed by an exponent', pos)
-        if text.count(".") > 1 or re.match(r".*[eE].*\.", text):
+        exp = text.lower().find("e")
+        if text.count(".") > 1 or (exp != -1 and "." in text[exp:]):
             return _Tok(_T_ERR, "already saw a decimal point or exponent; can't have another "
                         "one", pos)
-        return _Tok(_T_ERR, f"need space between number and identifier in {text!r}", pos)
+        return _Tok(_T_ERR, f"need space between number and identifier in {_clip(text)!r}", pos)
 
     def next(self) -> _Tok:
         tok = self.tok
@@ -339,6 +340,11 @@ class _Lexer:
         if not self.at(sym):
             raise self.error(f'expected "{sym}", found {_describe(self.tok)}')
         return self.next()
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Shorten user text quoted in a message (a token can be megabytes long)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _bad_char(ch: str) -> str:
@@ -659,7 +665,7 @@ class _Parser:
             assert rng is not None
             if not rng[0] <= value <= rng[1]:
                 raise lex.error(f'integer out of range for "{fd.name}" '
-                                f"({'-' if neg else ''}{tok.text})", tok.pos)
+                                f"({'-' if neg else ''}{_clip(tok.text)})", tok.pos)
             lex.next()
             return True, value
         if kind == _K_FLOAT:
@@ -675,7 +681,7 @@ class _Parser:
                 if len(tok.text) > 1 and tok.text[0] == "0":
                     raise lex.error(f'expected a decimal number for "{fd.name}", found '
                                     f"{_describe(tok)}")
-                value = float(int(tok.text))
+                value = float(tok.text)
             elif tok.kind == _T_IDENT and tok.text.lower() in ("inf", "infinity", "nan"):
                 value = float("nan") if tok.text.lower() == "nan" else float("inf")
             else:
@@ -689,7 +695,7 @@ class _Parser:
                 value = _int_value(tok.text)
                 if value not in (0, 1):
                     raise lex.error(f'integer out of range for boolean field "{fd.name}" '
-                                    f"({tok.text})")
+                                    f"({_clip(tok.text)})")
                 lex.next()
                 return True, bool(value)
             if tok.kind == _T_IDENT:
@@ -699,7 +705,7 @@ class _Parser:
                 if tok.text in ("false", "False", "f"):
                     lex.next()
                     return True, False
-                raise lex.error(f'invalid value for boolean field "{fd.name}": "{tok.text}" '
+                raise lex.error(f'invalid value for boolean field "{fd.name}": "{_clip(tok.text)}" '
                                 "(use true or false)")
             raise lex.error(f'expected true or false for "{fd.name}", found {_describe(tok)}')
         if kind == _K_STR or kind == _K_BYTES:
@@ -739,7 +745,7 @@ class _Parser:
             raise lex.error(f'expected an enum value for "{fd.name}", found {_describe(tok)}')
         if value_desc is None:
             allowed = ", ".join(v.name for v in enum.values)
-            message = (f'unknown enumeration value "{shown}" for field "{fd.name}" '
+            message = (f'unknown enumeration value "{_clip(shown)}" for field "{fd.name}" '
                        f"(allowed: {allowed})")
             if not self.lenient:
                 raise InputError(message, lex.loc(tok.pos))
@@ -760,9 +766,9 @@ class _Parser:
         lex = self.lex
         tok = lex.tok
         loc = lex.loc(tok.pos)
-        path = f"{prefix}.{name}" if prefix else name
+        path = f"{prefix}.{_clip(name)}" if prefix else _clip(name)
         if not self.lenient:
-            raise InputError(f'message type "{desc.full_name}" has no field named "{name}"'
+            raise InputError(f'message type "{desc.full_name}" has no field named "{_clip(name)}"'
                              " (use --lenient to skip fields of Caffe forks)", loc)
         lex.next()
         had_colon = lex.try_consume(":")
@@ -776,7 +782,7 @@ class _Parser:
             what = "field"
             self._skip_scalar()
         else:
-            raise lex.error(f'expected ":" or "{{" after unknown field "{name}", found '
+            raise lex.error(f'expected ":" or "{{" after unknown field "{_clip(name)}", found '
                             f"{_describe(lex.tok)}")
         affects, why = _affects_training(desc.full_name, name, path)
         self.notes.append(Note(
@@ -829,11 +835,17 @@ class _Parser:
 
 
 def _int_value(text: str) -> int:
+    """The value of an integer token; anything longer than 64 bits maps to 2**80 (out of every
+    range), so Python's limit on int() of very long digit strings is never reached."""
     if text[:2] in ("0x", "0X"):
-        return int(text, 16)
-    if len(text) > 1 and text[0] == "0":
-        return int(text, 8)
-    return int(text)
+        digits, base = text[2:].lstrip("0"), 16
+    elif len(text) > 1 and text[0] == "0":
+        digits, base = text[1:].lstrip("0"), 8
+    else:
+        digits, base = text.lstrip("0"), 10
+    if len(digits) > 24:
+        return 1 << 80
+    return int(digits, base) if digits else 0
 
 
 def _to_float32(value: float) -> float:

@@ -173,3 +173,14 @@ def test_custom_optimizer_config_round_trip() -> None:
     assert again.get_config()["multipliers"] == config["multipliers"]
     assert (again.solver, again.iter_size, again.momentum) == ("Nesterov", 3, opt.momentum)
     assert again._learning_rate.get_config() == opt._learning_rate.get_config()
+
+
+@pytest.mark.keras
+def test_custom_optimizer_iterations_count_caffe_updates() -> None:
+    keras = pytest.importorskip("keras")
+    module = ks.load_module(ks.CASES / "itersize3_inv" / "expected" / "optimizer.py")
+    opt = module.build_optimizer()
+    w = keras.Variable(np.ones((2,), np.float32), name="kernel")
+    for _ in range(7):
+        opt.apply_gradients([(np.ones((2,), np.float32), w)])
+    assert int(opt.iterations) == 2 and int(opt._iterations) == 7

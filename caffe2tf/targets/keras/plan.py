@@ -412,7 +412,8 @@ def plan(rule: UpdateRule, *, layer_map: Mapping[str, str] | None = None,
             notes.append(_note("accumulation", f"iter_size {rule.iter_size}: call "
                                "apply_gradients once per micro-batch; each group of "
                                f"{rule.iter_size} calls ends with one Caffe update on the raw "
-                               "sum of their gradients (optimizer.iterations counts calls)."))
+                               "sum of their gradients (optimizer.iterations counts Caffe "
+                               "updates)."))
     else:
         if isinstance(solver_step, Momentum):
             args = [Arg("momentum", f32(solver_step.momentum), "momentum")]

@@ -38,7 +38,7 @@ accumulation averages before clipping and advances the schedule per micro-batch.
 prepare_model removes regularizers from the mapped variables.
 - [exact] iter_size 3: call apply_gradients once per micro-batch; each group of 3 calls
 ends with one Caffe update on the raw sum of their gradients (optimizer.iterations
-counts calls).
+counts Caffe updates).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     the clip, as Caffe does). Every ``iter_size``-th call applies one Caffe update to the raw
     SUM of the gradients of the last ``iter_size`` calls; the other calls only accumulate.
     ``learning_rate`` must count Caffe updates, i.e. be a :class:`CaffeSchedule` built with
-    the same ``iter_size`` (``iterations`` counts calls).
+    the same ``iter_size``. ``iterations`` counts Caffe updates (calls // iter_size).
 
     ``multipliers`` maps ``"<keras layer name>/<caffe blob index>"`` (see
     :func:`caffe_blob_key`) to ``(lr_mult, decay_mult)``; other variables use
@@ -236,6 +236,13 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             float(default_multipliers[0]),
             float(default_multipliers[1]),
         )
+
+    @property
+    def iterations(self) -> Any:
+        """Caffe updates applied so far (``iter_``): calls // iter_size."""
+        if self.iter_size > 1:
+            return ops.floor_divide(self._iterations, self.iter_size)
+        return self._iterations
 
     def multipliers_for(self, path: str) -> tuple[float, float]:
         """(lr_mult, decay_mult) for the variable at ``path``."""

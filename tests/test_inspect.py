@@ -215,3 +215,43 @@ def test_fixture_param_tables_agree_with_caffe(caffe_root: Path) -> None:
         assert len(theirs) == len(ours.params) + sum(len(b.sharers) for b in ours.params)
         for blob in ours.params:
             assert theirs[(blob.layer, blob.index)] == blob.shape, (path, blob.key)
+
+
+def test_mutated_inputs_never_crash(tmp_path: Path) -> None:
+    """Random edits of real prototxt (seeded): every outcome is a report or an InputError."""
+    import random
+
+    from caffe2tf.errors import Caffe2TfError
+
+    sources = sorted(ROOT.glob("fixtures/*/*.prototxt"))
+    corpus = ROOT.parent / "shared" / "corpus"
+    if corpus.is_dir():
+        sources += sorted(p for p in corpus.rglob("*.prototxt"))[:10]
+    pieces = ["{", "}", "<", ">", "[", "]", ":", ",", ";", "-", '"', "'", "#", "\n", "0x", "1e",
+              "layer", "param", "lr_mult: 0", "inf", "nan", "\\", "\x00", "é",
+              'type: "BatchNorm"', "blobs_lr: 2", "layers {", "input_dim: 3", 'bottom: "x"',
+              'lr_policy: "poly"', "solver_type: ADAM", "9" * 30]
+    rnd = random.Random(20261122)
+    target = tmp_path / "mutant.prototxt"
+    for _ in range(150):
+        data = rnd.choice(sources).read_text(encoding="utf-8", errors="surrogateescape")
+        for _ in range(rnd.randint(1, 4)):
+            i = rnd.randrange(len(data) + 1)
+            op = rnd.random()
+            if op < 0.4:
+                data = data[:i] + rnd.choice(pieces) + data[i:]
+            elif op < 0.7:
+                data = data[:i] + data[i + rnd.randint(1, 20):]
+            else:
+                j = rnd.randrange(len(data) + 1)
+                data = data[:i] + data[j:j + rnd.randint(1, 200)] + data[i:]
+        target.write_text(data, encoding="utf-8", errors="surrogateescape")
+        for lenient in (False, True):
+            try:
+                report = inspect_file(target, lenient=lenient)
+            except Caffe2TfError as err:
+                assert err.message
+                continue
+            assert report.exit_code == 0
+            report.render("table")
+            json.loads(report.render("json"))

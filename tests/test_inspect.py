@@ -255,3 +255,16 @@ def test_mutated_inputs_never_crash(tmp_path: Path) -> None:
             assert report.exit_code == 0
             report.render("table")
             json.loads(report.render("json"))
+
+
+def test_net_override_and_number_display() -> None:
+    report = inspect_file(LENET / "solver.prototxt",
+                          net_path=ROOT / "fixtures" / "legacy" / "v1_net.prototxt")
+    rows = {line.split()[0]: line.split() for line in report.render("table").splitlines()
+            if line.startswith("  fc_a/")}
+    # key type shape lr_mult decay_mult shared... ; 10 and 20 are written plainly
+    assert rows["fc_a/0"][3:5] == ["10", "0.5"] and rows["fc_a/1"][3] == "20"
+    assert rows["fc_a/0"][5] == "fc_w"  # the share name, then the sharers
+    assert "(+fc_b/0)" in " ".join(rows["fc_a/0"])
+    # lr at iteration 0 is the float32 product Caffe computes: fl(fl(0.01) * 10)
+    assert f32(float(rows["fc_a/0"][-2])) == f32(f32(0.01) * 10)

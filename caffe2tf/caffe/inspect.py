@@ -40,9 +40,10 @@ def _short(x: float) -> str:
     if math.isnan(x) or math.isinf(x):
         return str(x)
     for digits in range(1, 10):
-        text = f"{x:.{digits}g}"
-        if _f32(float(text)) == x:
-            return text
+        value = float(f"{x:.{digits}g}")
+        if _f32(value) == x:
+            text = repr(value)  # plain notation where Python uses it: 10.0, 0.0005, 1e-08
+            return text[:-2] if text.endswith(".0") else text
     return repr(x)
 
 

@@ -326,6 +326,15 @@ def _bindings(rule: UpdateRule, layer_map: Mapping[str, str], net: NetSpec | Non
     return out, notes
 
 
+def _decay_count(rule: UpdateRule) -> str:
+    if not rule.params:
+        return "every trainable variable, biases included (the net is unknown)"
+    decayed = [g for g in rule.params if g.trainable and g.decay_mult != 0.0]
+    biases = [g for g in decayed if g.key.endswith("/1")]
+    return (f"each of the {len(decayed)} blobs Caffe decays here ({len(biases)} of them "
+            "biases: Caffe decays a bias unless its decay_mult is 0)")
+
+
 def plan(rule: UpdateRule, *, layer_map: Mapping[str, str] | None = None,
          allow_approx: bool = False, net: NetSpec | None = None,
          source: Mapping[str, str] | None = None) -> KerasPlan:
@@ -459,8 +468,8 @@ def plan(rule: UpdateRule, *, layer_map: Mapping[str, str] | None = None,
                                + (f"L2({_fmt(decay.weight_decay / 2)}) x decay_mult: Keras' L2 "
                                   "penalty has no 1/2" if decay.kind == "L2" else
                                   f"L1({_fmt(decay.weight_decay)}) x decay_mult")
-                               + "; prepare_model puts it on every decayed variable, biases "
-                               "included. A custom loop must add sum(model.losses) to the loss."))
+                               + "; prepare_model puts it on " + _decay_count(rule)
+                               + ". A custom loop must add sum(model.losses) to the loss."))
         if route == "multi":
             notes.append(_note("lr_mult.multi", "lr_mult values "
                                f"{', '.join(_fmt(m) for m in trainable_mults)} become a "

@@ -33,8 +33,9 @@ used.
 - [exact] Caffe AdaDelta becomes keras.optimizers.Adadelta(rho=0.95, epsilon=1e-06) with
 learning_rate = base_lr.
 - [exact] Caffe's weight_decay 0.0002 becomes L2(0.0001) x decay_mult: Keras' L2 penalty
-has no 1/2; prepare_model puts it on every decayed variable, biases included. A custom
-loop must add sum(model.losses) to the loss.
+has no 1/2; prepare_model puts it on each of the 4 blobs Caffe decays here (2 of them
+biases: Caffe decays a bias unless its decay_mult is 0). A custom loop must add
+sum(model.losses) to the loss.
 - [exact] lr_mult values 1.0, 2.0 become a keras.optimizers.MultiOptimizer with one
 sub-optimizer per lr_mult whose learning rate is the schedule x lr_mult.
 """

@@ -32,8 +32,9 @@ What was translated, and how:
 epsilon=1e-06): same bias correction and epsilon outside the root; epsilon set
 explicitly (Keras default 1e-7).
 - [exact] Caffe's weight_decay 0.001 becomes L2(0.0005) x decay_mult: Keras' L2 penalty
-has no 1/2; prepare_model puts it on every decayed variable, biases included. A custom
-loop must add sum(model.losses) to the loss.
+has no 1/2; prepare_model puts it on each of the 4 blobs Caffe decays here (2 of them
+biases: Caffe decays a bias unless its decay_mult is 0). A custom loop must add
+sum(model.losses) to the loss.
 """
 
 from __future__ import annotations

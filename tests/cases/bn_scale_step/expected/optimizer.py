@@ -32,8 +32,9 @@ staircase=True): lr = base_lr * gamma^floor(k / stepsize).
 - [exact] Caffe SGD becomes keras.optimizers.SGD(momentum=0.9): both keep the learning
 rate inside the velocity.
 - [exact] Caffe's weight_decay 0.0005 becomes L2(0.00025) x decay_mult: Keras' L2
-penalty has no 1/2; prepare_model puts it on every decayed variable, biases included. A
-custom loop must add sum(model.losses) to the loss.
+penalty has no 1/2; prepare_model puts it on each of the 6 blobs Caffe decays here (3 of
+them biases: Caffe decays a bias unless its decay_mult is 0). A custom loop must add
+sum(model.losses) to the loss.
 - [exact] 1 Caffe BatchNorm+Scale pair(s): the Scale's gamma/beta live in the Keras
 BatchNormalization's gamma/beta (named after the BatchNorm layer); Caffe's BatchNorm
 statistics are Keras' non-trainable moving mean/variance.

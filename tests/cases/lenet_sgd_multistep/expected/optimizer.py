@@ -33,8 +33,9 @@ Caffe at the stepvalue itself.
 - [exact] Caffe SGD becomes keras.optimizers.SGD(momentum=0.9): both keep the learning
 rate inside the velocity.
 - [exact] Caffe's weight_decay 0.0005 becomes L2(0.00025) x decay_mult: Keras' L2
-penalty has no 1/2; prepare_model puts it on every decayed variable, biases included. A
-custom loop must add sum(model.losses) to the loss.
+penalty has no 1/2; prepare_model puts it on each of the 2 blobs Caffe decays here (0 of
+them biases: Caffe decays a bias unless its decay_mult is 0). A custom loop must add
+sum(model.losses) to the loss.
 - [exact] lr_mult values 1.0, 2.0 become a keras.optimizers.MultiOptimizer with one
 sub-optimizer per lr_mult whose learning rate is the schedule x lr_mult.
 """

@@ -31,8 +31,8 @@ What was translated, and how:
 - [exact] Caffe SGD becomes keras.optimizers.SGD(momentum=0.9): both keep the learning
 rate inside the velocity.
 - [exact] Caffe's weight_decay 0.002 becomes L2(0.001) x decay_mult: Keras' L2 penalty
-has no 1/2; prepare_model puts it on every decayed variable, biases included. A custom
-loop must add sum(model.losses) to the loss.
+has no 1/2; prepare_model puts it on every trainable variable, biases included (the net
+is unknown). A custom loop must add sum(model.losses) to the loss.
 - [exact] no train net: every trainable Keras variable gets lr_mult 1 and decay_mult 1
 (Caffe's defaults).
 """

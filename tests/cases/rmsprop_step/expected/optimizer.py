@@ -34,8 +34,9 @@ divides by sqrt(1 - rms_decay^(k+1)) to cancel Adam's bias correction.
 epsilon=0.0001) with a schedule divided by sqrt(1 - rms_decay^(k+1)): with beta_1 = 0
 this is Caffe's RMSProp (Keras' RMSprop puts epsilon inside the root).
 - [exact] Caffe's weight_decay 0.0005 becomes L2(0.00025) x decay_mult: Keras' L2
-penalty has no 1/2; prepare_model puts it on every decayed variable, biases included. A
-custom loop must add sum(model.losses) to the loss.
+penalty has no 1/2; prepare_model puts it on each of the 4 blobs Caffe decays here (2 of
+them biases: Caffe decays a bias unless its decay_mult is 0). A custom loop must add
+sum(model.losses) to the loss.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Issue 4's bar: for every case of the update-rule matrix, the emitted ``optimizer.py`` used
 exactly per its contract (:mod:`caffe2tf.verify.keras_harness`) reproduces the REAL Caffe 1.0
 trajectory within 1e-3 (deviation of :mod:`caffe2tf.verify.compare`) after 100 updates, on the
-TensorFlow backend (loop, and compile + fit for a few cases) and on the JAX backend (subprocess);
+TensorFlow backend and on the JAX backend (a subprocess), each with a custom loop for every case
+and with compile + fit for a few;
 and the usual wrong ports (:mod:`caffe2tf.verify.wrong_ports`) FAIL the same comparison.
 
 Data: each case's seeded stream, with the gradients of ``lr_mult: 0`` blobs zeroed as Caffe
@@ -131,29 +132,49 @@ def test_tf_compile_fit_matches_caffe(case, caffe_runs, workdir):
     assert cmp.passed, f"{case.name} (compile + fit): {cmp.summary()}"
 
 
-@pytest.fixture(scope="module")
-def jax_results(caffe_runs, workdir):
+def _jax_run(caffe_runs, workdir: Path, cases, *extra: str) -> dict:
     pytest.importorskip("jax")
     _, caffe = caffe_runs
     ref = workdir / "caffe-trajectories.npz"
-    save_trajectories(ref, {c.name: caffe[c.name] for c in CASES})
-    out = workdir / "jax.json"
+    if not ref.exists():
+        save_trajectories(ref, {c.name: caffe[c.name] for c in CASES})
+    out = workdir / f"jax{'-'.join(extra)}.json"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "caffe2tf.verify.run", "--reference", str(ref),
-                           "--out", str(out)], capture_output=True, text=True, env=env,
-                          timeout=1800)
+                           "--out", str(out), "--names", *[c.name for c in cases], *extra],
+                          capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["backend"].split("/")[1].split()[0] == "jax", result["backend"]
+    assert set(result["cases"]) == {c.name for c in cases}
     return result["cases"]
+
+
+@pytest.fixture(scope="module")
+def jax_results(caffe_runs, workdir):
+    return _jax_run(caffe_runs, workdir, CASES)
+
+
+@pytest.fixture(scope="module")
+def jax_fit_results(caffe_runs, workdir):
+    return _jax_run(caffe_runs, workdir, FIT_CASES, "--route", "fit")
+
+
+def _check_jax(case, res, how: str) -> None:
+    _xfail(case)
+    assert "error" not in res, res.get("error")
+    assert res["deviation"] <= TOLERANCE, (
+        f"{case.name} on JAX ({how}): deviation {res['deviation']:.3e}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_jax_matches_caffe(case, jax_results):
-    _xfail(case)
-    res = jax_results[case.name]
-    assert "error" not in res, res.get("error")
-    assert res["deviation"] <= TOLERANCE, f"{case.name} on JAX: deviation {res['deviation']:.3e}"
+    _check_jax(case, jax_results[case.name], "loop")
+
+
+@pytest.mark.parametrize("case", FIT_CASES, ids=_ids)
+def test_jax_compile_fit_matches_caffe(case, jax_fit_results):
+    _check_jax(case, jax_fit_results[case.name], "compile + fit")
 
 
 @pytest.mark.parametrize("case,port", WRONG, ids=[f"{c.name}-{p}" for c, p in WRONG])

@@ -133,3 +133,16 @@ def test_against_real_caffe(recipe):
     code, out = _run(str(solver), "--net", str(net), "--steps", "30", "--against", "caffe")
     assert code == 0, out
     assert "real Caffe" in out
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("against", [
+    "reference", pytest.param("caffe", marks=pytest.mark.oracle)])
+def test_bundled_example(against, monkeypatch):
+    """fixtures/lenet (Convolution + InnerProduct, snapshot fields that real Caffe checks)."""
+    monkeypatch.chdir(REPO)  # its net path is relative to the working directory, as in Caffe
+    code, out = _run("fixtures/lenet/solver.prototxt", "--steps", "20", "--against", against)
+    assert code == 0, out
+    assert "conv1/0" in out and "20x1x5x5" in out and "PASS" in out

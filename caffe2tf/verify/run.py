@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -199,6 +200,16 @@ def _load_candidate(solver: Path, net_path: Path | None, lenient: bool,
     return load_module(out / "optimizer.py"), f"caffe2tf convert {solver} (temporary)"
 
 
+_SNAPSHOT_LINE = re.compile(r"^\s*(snapshot|snapshot_prefix)\s*:.*$", re.M)
+
+
+def _without_snapshots(text: str) -> str:
+    """The solver text without ``snapshot``/``snapshot_prefix``: they do not change the update,
+    but Caffe's constructor aborts when the prefix's folder is not writable
+    (``solver.cpp`` ``CheckSnapshotWritePermissions``, run when ``snapshot`` > 0)."""
+    return _SNAPSHOT_LINE.sub("", text)
+
+
 def _caffe_trajectory(solver: Path, net_file: Path, init: Mapping[str, np.ndarray],
                       grads: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     from caffe2tf.verify import oracle
@@ -206,7 +217,8 @@ def _caffe_trajectory(solver: Path, net_file: Path, init: Mapping[str, np.ndarra
     if oracle.caffe_root() is None:
         raise Caffe2TfError(f"--against caffe needs the Caffe 1.0 root (build it with "
                             f"scripts/build_caffe_root.sh, or set {oracle.ROOT_ENV})")
-    case = oracle.OracleCase(name="verify", solver_text=Path(solver).read_text(),
+    text = _without_snapshots(Path(solver).read_text())
+    case = oracle.OracleCase(name="verify", solver_text=text,
                              net_text=Path(net_file).read_text(), init=dict(init),
                              grads=list(grads))
     try:

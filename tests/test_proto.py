@@ -103,9 +103,9 @@ _LABELS = {1: "optional", 2: "required", 3: "repeated"}
 
 
 def _label(f):
-    if hasattr(f, "label"):  # protobuf <= 6
-        return _LABELS[f.label]
-    return "repeated" if f.is_repeated else "required" if f.is_required else "optional"
+    if hasattr(f, "is_repeated"):  # protobuf >= 6 (label() is deprecated there)
+        return "repeated" if f.is_repeated else "required" if f.is_required else "optional"
+    return _LABELS[f.label]  # protobuf 3.12 inside the Caffe root
 
 
 def _default(f):

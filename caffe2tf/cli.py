@@ -155,6 +155,11 @@ def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path
            steps: int, seed: int, tolerance: float, against: str, plot_path: Path | None,
            fmt: str) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
+    import os
+
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the report; a user's own
+    # TF_CPP_MIN_LOG_LEVEL wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from caffe2tf.verify.run import verify_solver
 
     report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,

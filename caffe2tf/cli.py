@@ -169,6 +169,40 @@ def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path
     return report.exit_code
 
 
+@cli.command()
+@click.argument("solver", type=_existing_file)
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@net_option
+@lenient_option
+@click.option("--layer-map", "layer_map", type=_existing_file, default=None,
+              help="The YAML layer map that was given to convert, if any.")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=float, default=1e-3, show_default=True)
+@click.option("--against", type=click.Choice(["reference", "caffe"]), default="reference",
+              show_default=True, help="Reference executor, or the real Caffe 1.0 binary.")
+@format_option
+@_user_errors_exit_2
+def check(solver: Path, out_dir: Path, net_path: Path | None, lenient: bool,
+          layer_map: Path | None, steps: int, seed: int, tolerance: float, against: str,
+          fmt: str) -> int:
+    """CI check: does OUT (written by convert) still match its Caffe original SOLVER?
+
+    Fails (exit 1) when OUT/train_config.yaml differs from today's conversion or when
+    OUT/optimizer.py, run per its contract, leaves Caffe's trajectory.
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from caffe2tf.verify.check import check_migration
+
+    report = check_migration(solver, out_dir, net_path=net_path, lenient=lenient,
+                             layer_map=layer_map, steps=steps, seed=seed, tolerance=tolerance,
+                             against=against)
+    click.echo(report.render(fmt))
+    return report.exit_code
+
+
 def main() -> None:
     cli(prog_name="caffe2tf")
 

@@ -1,0 +1,134 @@
+"""``caffe2tf check SOLVER OUT``: does a migrated config still match its Caffe original?
+
+Meant for a project's CI after a migration: the Caffe solver (and net) stay in the repository
+next to the Keras artifacts ``convert`` wrote, and ``check`` fails when either drifts.
+
+1. **Config drift**: ``OUT/train_config.yaml`` is compared, key by key, with the config that
+   ``convert`` would write for SOLVER today (the ``source`` block, which only records paths, is
+   left out). Any difference, e.g. a hand-edited learning rate or a changed ``stepvalue``, is
+   listed with both values.
+2. **Behaviour**: ``OUT/optimizer.py`` itself is imported and run per its contract against
+   Caffe's rule for N updates (:func:`caffe2tf.verify.run.verify_solver` with ``module_path``),
+   so a hand-edited module is judged by what it does, not by its text.
+
+Exit code 0 when both hold, 1 when either fails, 2 on invalid input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from caffe2tf.errors import InputError, SourceLocation
+
+IGNORED_TOP_LEVEL_KEYS = frozenset({"source"})
+
+
+@dataclass(frozen=True)
+class ConfigDifference:
+    """One place where the checked config and today's conversion disagree."""
+
+    path: str
+    expected: Any
+    found: Any
+
+    def __str__(self) -> str:
+        return f"{self.path}: convert now gives {self.expected!r}, the file has {self.found!r}"
+
+
+def config_differences(expected: Any, found: Any, path: str = "") -> Iterator[ConfigDifference]:
+    """Walk two YAML values in step and yield every leaf (or shape) that differs."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found), key=str):
+            if not path and key in IGNORED_TOP_LEVEL_KEYS:
+                continue
+            where = f"{path}.{key}" if path else str(key)
+            if key not in found:
+                yield ConfigDifference(where, expected[key], "<missing>")
+            elif key not in expected:
+                yield ConfigDifference(where, "<absent>", found[key])
+            else:
+                yield from config_differences(expected[key], found[key], where)
+    elif isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        for i, (e, f) in enumerate(zip(expected, found, strict=True)):
+            yield from config_differences(e, f, f"{path}[{i}]")
+    elif expected != found:
+        yield ConfigDifference(path or "<root>", expected, found)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    out_dir: str
+    differences: tuple[ConfigDifference, ...]
+    verify: Any  # caffe2tf.verify.run.VerifyReport
+
+    @property
+    def passed(self) -> bool:
+        return not self.differences and self.verify.passed
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict:
+        return {"out_dir": self.out_dir, "passed": self.passed,
+                "config_differences": [{"path": d.path, "expected": d.expected,
+                                        "found": d.found} for d in self.differences],
+                "verify": self.verify.to_dict()}
+
+    def render(self, fmt: str = "table") -> str:
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2, default=str)
+        lines = [f"check {self.out_dir}"]
+        if self.differences:
+            lines.append(f"  train_config.yaml: {len(self.differences)} difference(s) from what "
+                         "convert writes for the Caffe original now:")
+            lines.extend(f"    {d}" for d in self.differences)
+        else:
+            lines.append("  train_config.yaml: same as what convert writes for the Caffe original")
+        lines.append("")
+        lines.append(self.verify.render("table"))
+        lines.append("")
+        lines.append("check " + ("PASSED" if self.passed else "FAILED"))
+        return "\n".join(lines)
+
+
+def check_migration(solver: Path, out_dir: Path, *, net_path: Path | None = None,
+                    lenient: bool = False, layer_map: Path | None = None, steps: int = 100,
+                    seed: int = 0, tolerance: float = 1e-3, against: str = "reference",
+                    plot_path: Path | None = None) -> CheckReport:
+    """Compare OUT/train_config.yaml with today's conversion and run OUT/optimizer.py."""
+    from caffe2tf.targets.keras.convert import load_layer_map, make_plan
+    from caffe2tf.targets.keras.render_yaml import plan_to_config
+    from caffe2tf.verify.run import verify_solver
+
+    out_dir = Path(out_dir)
+    config_path, module_path = out_dir / "train_config.yaml", out_dir / "optimizer.py"
+    for required in (config_path, module_path):
+        if not required.is_file():
+            raise InputError(f"{required} is missing: check expects a directory written by "
+                             "caffe2tf convert", SourceLocation(str(required)))
+    try:
+        found = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        raise InputError(f"cannot read YAML: {getattr(err, 'problem', err)}",
+                         SourceLocation(str(config_path), mark.line + 1 if mark else None,
+                                        mark.column + 1 if mark else None)) from None
+    if not isinstance(found, dict):
+        raise InputError("not a caffe2tf train config (expected a mapping)",
+                         SourceLocation(str(config_path)))
+
+    plan, _notes = make_plan(solver, net_path=net_path, lenient=lenient,
+                             layer_map=load_layer_map(layer_map))
+    expected = yaml.safe_load(yaml.safe_dump(plan_to_config(plan)))  # same scalar types as read
+    differences = tuple(config_differences(expected, found))
+    report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,
+                           steps=steps, seed=seed, tolerance=tolerance, against=against,
+                           plot_path=plot_path)
+    return CheckReport(out_dir=str(out_dir), differences=differences, verify=report)

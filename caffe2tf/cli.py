@@ -8,6 +8,7 @@ Heavy modules (TensorFlow above all) are imported inside the commands that need 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,12 @@ def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., Non
     return wrapper
 
 
+def _quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the report; a user's
+    own TF_CPP_MIN_LOG_LEVEL wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 _existing_file = click.Path(exists=False, dir_okay=False, path_type=Path)
 
 net_option = click.option("--net", "net_path", type=_existing_file, default=None,
@@ -46,6 +53,25 @@ net_option = click.option("--net", "net_path", type=_existing_file, default=None
 lenient_option = click.option("--lenient", is_flag=True, default=False,
                               help="Read fork dialects: skip unknown fields/messages and list "
                                    "each skipped item (and whether it can change training).")
+
+
+def trajectory_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--steps/--seed/--tolerance/--against, shared by ``verify`` and ``check``."""
+    for option in reversed((
+        click.option("--steps", type=int, default=100, show_default=True,
+                     help="Caffe updates to run."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the initial weights and gradient streams."),
+        click.option("--tolerance", type=float, default=1e-3, show_default=True,
+                     help="Largest deviation accepted (max|dw| / distance travelled)."),
+        click.option("--against", type=click.Choice(["reference", "caffe"]),
+                     default="reference", show_default=True,
+                     help="Reference executor, or the real Caffe 1.0 binary."),
+    )):
+        command = option(command)
+    return command
+
+
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="Output format.")
 
@@ -142,11 +168,7 @@ def convert(solver: Path, net_path: Path | None, lenient: bool, layer_map: Path 
 @lenient_option
 @click.option("--module", "module_path", type=_existing_file, default=None,
               help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).")
-@click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tolerance", type=float, default=1e-3, show_default=True)
-@click.option("--against", type=click.Choice(["reference", "caffe"]), default="reference",
-              show_default=True, help="Reference executor, or the real Caffe 1.0 binary.")
+@trajectory_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write a PNG of the deviation per step.")
 @format_option
@@ -155,11 +177,7 @@ def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path
            steps: int, seed: int, tolerance: float, against: str, plot_path: Path | None,
            fmt: str) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
-    import os
-
-    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the report; a user's own
-    # TF_CPP_MIN_LOG_LEVEL wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _quiet_tensorflow()
     from caffe2tf.verify.run import verify_solver
 
     report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,
@@ -176,11 +194,7 @@ def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path
 @lenient_option
 @click.option("--layer-map", "layer_map", type=_existing_file, default=None,
               help="The YAML layer map that was given to convert, if any.")
-@click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tolerance", type=float, default=1e-3, show_default=True)
-@click.option("--against", type=click.Choice(["reference", "caffe"]), default="reference",
-              show_default=True, help="Reference executor, or the real Caffe 1.0 binary.")
+@trajectory_options
 @format_option
 @_user_errors_exit_2
 def check(solver: Path, out_dir: Path, net_path: Path | None, lenient: bool,
@@ -191,9 +205,7 @@ def check(solver: Path, out_dir: Path, net_path: Path | None, lenient: bool,
     Fails (exit 1) when OUT/train_config.yaml differs from today's conversion or when
     OUT/optimizer.py, run per its contract, leaves Caffe's trajectory.
     """
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _quiet_tensorflow()
     from caffe2tf.verify.check import check_migration
 
     report = check_migration(solver, out_dir, net_path=net_path, lenient=lenient,

@@ -8,7 +8,6 @@ Heavy modules (TensorFlow above all) are imported inside the commands that need 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +40,11 @@ def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., Non
 
 
 def _quiet_tensorflow() -> None:
-    """TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the report; a user's
-    own TF_CPP_MIN_LOG_LEVEL wins."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Import Keras/TensorFlow now, with their native start-up chatter (oneDNN, CUDA probing)
+    kept out of the report (see ``caffe2tf/_quiet.py``)."""
+    from caffe2tf._quiet import import_keras_quietly
+
+    import_keras_quietly()
 
 
 _existing_file = click.Path(exists=False, dir_okay=False, path_type=Path)

@@ -14,12 +14,18 @@ Behaviour when the root is absent:
 
 An oracle-marked test that does not request ``caffe_root`` still gets the same treatment
 (the fixture is applied to it automatically).
+
+The same rule holds for every other dependency CI installs (the dev extras: tensorflow, keras,
+jax, matplotlib, ruff, grpcio-tools): use :func:`require` / :func:`need` instead of
+``pytest.importorskip`` / ``pytest.skip`` so that CI exercises everything.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -28,6 +34,26 @@ _CI_TRUE = {"1", "true", "yes", "on"}
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in _CI_TRUE
+
+
+def need(condition: object, reason: str) -> None:
+    """Go on when ``condition`` holds; otherwise skip saying ``reason`` -- or, under ``CI=true``,
+    FAIL (CI installs every dependency, so a missing one there is a broken setup, not a skip)."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true but {reason} (this check is mandatory in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require(module_name: str) -> ModuleType:
+    """``import module_name`` and return it; when it cannot be imported, :func:`need` decides
+    (skip locally, fail under ``CI=true``). Replaces ``pytest.importorskip``."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:
+        need(False, f"{module_name} is not importable ({err}); pip install -e '.[dev]'")
+        raise  # unreachable: need() skipped or failed
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import require
 
 from caffe2tf.cli import cli
 from caffe2tf.verify.check import config_differences
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOLVER = REPO / "fixtures" / "lenet" / "solver.prototxt"
 NET = REPO / "fixtures" / "lenet" / "train.prototxt"
 
-pytest.importorskip("keras")
+require("keras")
 
 
 @pytest.fixture(scope="module")

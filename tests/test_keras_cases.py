@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need, require
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
@@ -54,8 +55,7 @@ def test_goldens(case: Path) -> None:
 
 def _ruff() -> list[str]:
     exe = shutil.which("ruff")
-    if exe is None:
-        pytest.skip("ruff is not installed")
+    need(exe is not None, "ruff is not on PATH (it is in the dev extras)")
     return [exe]
 
 
@@ -93,9 +93,9 @@ def test_emitted_module_imports_only_keras_numpy_stdlib(case: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tf_backend() -> None:
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TF-backend test")
+    keras = require("keras")
+    if keras.backend.backend() != "tensorflow":  # a deliberate KERAS_BACKEND choice, not a gap
+        pytest.skip(f"TF-backend test; KERAS_BACKEND selects {keras.backend.backend()!r}")
 
 
 @pytest.mark.keras

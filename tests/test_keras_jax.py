@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 HERE = Path(__file__).parent
 CASES = ["rmsprop_step", "lenet_sgd_multistep", "itersize3_inv", "clip_decay_sgd",
@@ -40,7 +41,7 @@ print("RESULT " + json.dumps(out))
 @pytest.mark.keras
 @pytest.mark.slow
 def test_emitted_matches_reference_jax(tmp_path: Path) -> None:
-    pytest.importorskip("jax")
+    require("jax")
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE), *CASES], env=env,
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from conftest import require
 
 from caffe2tf.rule.model import AddDecay, LrSchedule, Momentum, ParamGroup, ScaleByLr, UpdateRule
 from caffe2tf.targets.keras.plan import plan
 
-keras = pytest.importorskip("keras")
+keras = require("keras")
 pytestmark = pytest.mark.keras
 
 

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from caffe2tf.verify import matrix, oracle, wrong_ports
 from caffe2tf.verify.compare import compare_trajectories
@@ -133,12 +134,7 @@ def test_tf_compile_fit_matches_caffe(case, caffe_runs, workdir):
 
 
 def _jax_run(caffe_runs, workdir: Path, cases, *extra: str) -> dict:
-    try:
-        import jax  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}:
-            pytest.fail("CI=true but jax is not installed (it is in the dev extras)")
-        pytest.skip("jax is not installed: pip install -e '.[dev]'")
+    require("jax")
     _, caffe = caffe_runs
     ref = workdir / "caffe-trajectories.npz"
     if not ref.exists():

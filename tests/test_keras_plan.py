@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from caffe2tf.notes import Exactness
 from caffe2tf.rule.model import LrSchedule
@@ -78,7 +79,7 @@ POLICIES = [
 def test_keras_schedules_follow_caffe_policy(schedule: LrSchedule, iter_size: int) -> None:
     """Built-in or CaffeSchedule, the rate at Keras step s is Caffe's rate at update s // k
     (the custom route counts micro-batches and floors)."""
-    pytest.importorskip("keras")
+    require("keras")
     from caffe2tf.rule.model import Momentum, ScaleByLr, UpdateRule
     from caffe2tf.targets.keras.build import _schedule
     from caffe2tf.targets.keras.plan import plan
@@ -99,7 +100,7 @@ def test_keras_schedules_follow_caffe_policy(schedule: LrSchedule, iter_size: in
 
 @pytest.mark.keras
 def test_rmsprop_correction_schedule() -> None:
-    pytest.importorskip("keras")
+    require("keras")
     from caffe2tf.targets.keras.runtime import CaffeSchedule
 
     sched = CaffeSchedule("fixed", 0.01, rms_decay=0.9)
@@ -122,9 +123,9 @@ def _wrong_port_deviation(name: str, build_optimizer, prepare_model) -> float:  
 
 @pytest.mark.keras
 def test_wrong_ports_fail() -> None:
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TF-backend test")
+    keras = require("keras")
+    if keras.backend.backend() != "tensorflow":  # a deliberate KERAS_BACKEND choice, not a gap
+        pytest.skip(f"TF-backend test; KERAS_BACKEND selects {keras.backend.backend()!r}")
     emitted = {n: ks.load_module(ks.CASES / n / "expected" / "optimizer.py")
                for n in ("bn_scale_step", "rmsprop_step", "adagrad_poly", "adam_no_momentum")}
 
@@ -164,7 +165,7 @@ def test_wrong_ports_fail() -> None:
 
 @pytest.mark.keras
 def test_custom_optimizer_config_round_trip() -> None:
-    pytest.importorskip("keras")
+    require("keras")
     module = ks.load_module(ks.CASES / "itersize3_inv" / "expected" / "optimizer.py")
     opt = module.build_optimizer()
     config = opt.get_config()
@@ -177,7 +178,7 @@ def test_custom_optimizer_config_round_trip() -> None:
 
 @pytest.mark.keras
 def test_custom_optimizer_iterations_count_caffe_updates() -> None:
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     module = ks.load_module(ks.CASES / "itersize3_inv" / "expected" / "optimizer.py")
     opt = module.build_optimizer()
     w = keras.Variable(np.ones((2,), np.float32), name="kernel")

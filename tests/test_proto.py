@@ -24,20 +24,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need
 
 from caffe2tf.caffe._proto import caffe_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = "/var/cache/caffe2tf/bullseye-root"
 DEBIAN_PB2 = "usr/lib/python3/dist-packages/caffe/proto/caffe_pb2.py"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def _skip_or_fail(reason: str) -> None:
-    """Skip locally; under CI=true a missing prerequisite is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: this check is mandatory)")
-    pytest.skip(reason)
+    """Skip locally; under CI=true a missing prerequisite is a failure (see conftest.need)."""
+    need(False, reason)
 
 
 def _load_regen():

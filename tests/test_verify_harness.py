@@ -12,9 +12,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+require("tensorflow")
+keras = require("keras")
 
 from caffe2tf.verify import keras_harness as kh  # noqa: E402
 
@@ -184,7 +185,7 @@ _JAX_SCRIPT = textwrap.dedent("""
 
 
 def test_jax_backend_matches_numpy_sgd():
-    pytest.importorskip("jax")
+    require("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", _JAX_SCRIPT], capture_output=True, text=True,
                           env=env, timeout=600)

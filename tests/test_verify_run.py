@@ -9,8 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import require
 
-pytest.importorskip("tensorflow")
+require("tensorflow")
 
 from caffe2tf.cli import cli  # noqa: E402
 from caffe2tf.verify import matrix  # noqa: E402
@@ -100,7 +101,7 @@ def test_missing_module_and_missing_net_exit_2(recipe, tmp_path):
 
 
 def test_plot_writes_png(recipe, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     solver, net = recipe
     png = tmp_path / "dev.png"
     code, out = _run(str(solver), "--net", str(net), "--steps", "15", "--plot", str(png))

@@ -25,6 +25,7 @@ from google.protobuf import text_format
 
 from caffe2tf.caffe import shapes as shp
 from caffe2tf.caffe._proto import caffe_pb2
+from caffe2tf.caffe.load import load_net
 from caffe2tf.caffe.net import OPAQUE_KNOWN, blob_shapes, build_net_spec
 from caffe2tf.errors import InputError
 
@@ -476,38 +477,54 @@ def swap_data_layers(net, *, batch: int = 1, channels: int = 3, size: int = 64):
     return out
 
 
-def _corpus_nets() -> dict[str, caffe_pb2.NetParameter]:
+# Corpus nets the oracle does not compare, each with why. Every other net of the corpus manifest
+# must be compared (test_every_corpus_net_is_compared_or_excluded), so a net that newly fails to
+# load or newly needs an unknown layer type shows up as a failure, not as a silent drop. Each
+# exclusion is also checked against the real Caffe: it must reject the net too.
+CORPUS_EXCLUDED = {
+    "alexgkendall__SegNet-Tutorial/Models__segnet_basic_train.prototxt":
+        "SegNet's Caffe fork: layer types BN, Upsample are not in BVLC Caffe 1.0",
+    "rbgirshick__fast-rcnn/models__CaffeNet__train.prototxt":
+        "fast-rcnn's Caffe fork: layer type ROIPooling is not in BVLC Caffe 1.0",
+    "rbgirshick__py-faster-rcnn/models__pascal_voc__VGG16__faster_rcnn_end2end__train.prototxt":
+        "py-faster-rcnn's Caffe fork: layer type ROIPooling is not in BVLC Caffe 1.0, and its "
+        "Python layers (rpn.*) need the project's own Python modules",
+    "yjxiong__temporal-segment-networks/models__ucf101__tsn_bn_inception_rgb_train_val.prototxt":
+        "TSN's Caffe fork: layer type BN is not in BVLC Caffe 1.0",
+}
+
+
+def _corpus_net_names() -> list[str]:
+    """The ``saved_name`` of every net of the corpus manifest (empty without a corpus)."""
     manifest = CORPUS / "MANIFEST.tsv"
     if not manifest.is_file():
-        return {}
-    try:
-        from caffe2tf.caffe.load import load_net  # the upgrader (V0/V1 nets) when present
-    except ImportError:
-        load_net = None
-    nets = {}
+        return []
     with open(manifest, newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["kind"] != "net":
-                continue
-            path = CORPUS / row["saved_name"]
-            try:
-                if load_net is not None:
-                    loaded = load_net(str(path), lenient=True)
-                    net = getattr(loaded, "message", loaded)
-                else:
-                    net = text_format.Parse(path.read_text(), caffe_pb2.NetParameter(),
-                                            allow_unknown_field=True)
-            except Exception:  # noqa: BLE001 - a corpus file we cannot read is not our subject
-                continue
-            # Filler channel counts: the first that makes a valid net for us (the siamese net
-            # slices a 2-channel pair), else 3 and Caffe must reject it as we do.
-            candidates = [swap_data_layers(net, channels=c) for c in (3, 1, 2)]
-            swapped = next((c for c in candidates if _valid(c)), candidates[0])
-            if not len(swapped.layer):
-                continue
-            if all(layer.type in shp.RULES for layer in swapped.layer):
-                nets["corpus:" + row["saved_name"]] = swapped
-    return nets
+        return [row["saved_name"] for row in csv.DictReader(f, delimiter="\t")
+                if row["kind"] == "net"]
+
+
+def _corpus_nets() -> tuple[dict[str, caffe_pb2.NetParameter], dict[str, str]]:
+    """``(compared, excluded)``: every corpus net, data-swapped, keyed ``corpus:<saved_name>``,
+    lands in exactly one. Excluded (with the reason found) are the nets that, once swapped,
+    hold layer types we have no shape rule for, or no layer at all. A net that fails to load is
+    an error of ours and raises."""
+    compared, excluded = {}, {}
+    for saved_name in _corpus_net_names():
+        net = load_net(str(CORPUS / saved_name), lenient=True).message
+        # Filler channel counts: the first that makes a valid net for us (the siamese net
+        # slices a 2-channel pair), else 3 and Caffe must reject it as we do.
+        candidates = [swap_data_layers(net, channels=c) for c in (3, 1, 2)]
+        swapped = next((c for c in candidates if _valid(c)), candidates[0])
+        unknown = sorted({layer.type for layer in swapped.layer} - set(shp.RULES))
+        key = "corpus:" + saved_name
+        if not len(swapped.layer):
+            excluded[key] = "no layer left after the data swap"
+        elif unknown:
+            excluded[key] = "layer types without a shape rule: " + ", ".join(unknown)
+        else:
+            compared[key] = swapped
+    return compared, excluded
 
 
 def _valid(net) -> bool:
@@ -528,10 +545,16 @@ def caffe_tables(caffe_root):
     from caffe2tf.verify import oracle
     good = {name: text_format.Parse(text, caffe_pb2.NetParameter()) for name, text in
             NETS.items()}
-    good.update(_corpus_nets())
-    names = list(good) + list(BAD_NETS) + list(LEGACY_NETS)
+    compared, excluded = _corpus_nets()
+    good.update(compared)
+    swapped_excluded = {}
+    for key in excluded:  # sent to Caffe too: it must reject each of them
+        net = load_net(str(CORPUS / key.removeprefix("corpus:")), lenient=True).message
+        # 224: the filler size the TSN net's Reshape needs to get as far as its BN layers
+        swapped_excluded[key] = text_format.MessageToString(swap_data_layers(net, size=224))
+    names = list(good) + list(BAD_NETS) + list(LEGACY_NETS) + list(swapped_excluded)
     texts = [text_format.MessageToString(good[n]) for n in good] + list(BAD_NETS.values()) + \
-        list(LEGACY_NETS.values())
+        list(LEGACY_NETS.values()) + list(swapped_excluded.values())
     tables = oracle.caffe_param_tables(texts, probe=True, root=caffe_root)
     return good, dict(zip(names, tables, strict=True))
 
@@ -540,10 +563,35 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
 
 
-def test_corpus_nets_are_included(caffe_tables):
-    good, _ = caffe_tables
-    if (CORPUS / "MANIFEST.tsv").is_file():
-        assert any(name.startswith("corpus:") for name in good)
+def test_every_corpus_net_is_compared_or_excluded():
+    """Each corpus net is compared against Caffe or listed in CORPUS_EXCLUDED with its reason;
+    a net newly dropped (or a listed one that now works) fails here."""
+    names = _corpus_net_names()
+    if not names:
+        pytest.skip(f"no corpus manifest at {CORPUS / 'MANIFEST.tsv'} (the corpus is optional)")
+    compared, excluded = _corpus_nets()
+    assert set(compared) | set(excluded) == {"corpus:" + n for n in names}
+    found = {k.removeprefix("corpus:"): why for k, why in excluded.items()}
+    assert set(found) == set(CORPUS_EXCLUDED), (
+        f"excluded now: {found}; listed: {sorted(CORPUS_EXCLUDED)}")
+    for name, why in found.items():  # the listed reason names the types actually missing
+        missing = why.split(": ", 1)[1].split(", ") if ": " in why else []
+        for layer_type in missing:
+            assert layer_type in CORPUS_EXCLUDED[name], (name, layer_type)
+
+
+def test_excluded_corpus_nets_are_rejected_by_caffe(caffe_tables):
+    if not _corpus_net_names():
+        pytest.skip(f"no corpus manifest at {CORPUS / 'MANIFEST.tsv'} (the corpus is optional)")
+    _, tables = caffe_tables
+    for saved_name in CORPUS_EXCLUDED:
+        key = "corpus:" + saved_name
+        if key in tables:
+            assert isinstance(tables[key], Exception), f"Caffe accepted excluded {saved_name}"
+            # for the reason listed: a fork layer type, or a Python layer's missing module
+            msg = str(tables[key])
+            assert "Unknown layer type" in msg or "No module named 'rpn'" in msg, (
+                saved_name, msg[:500])
 
 
 @pytest.mark.parametrize("name", list(NETS))
@@ -565,10 +613,9 @@ def test_corpus_nets_match_caffe(caffe_tables):
 
 @pytest.mark.parametrize("name", list(LEGACY_NETS))
 def test_legacy_nets_match_caffe_after_both_upgrades(caffe_tables, name, tmp_path):
-    load = pytest.importorskip("caffe2tf.caffe.load")
     path = tmp_path / f"{name}.prototxt"
     path.write_text(LEGACY_NETS[name])
-    spec = load.load_net(str(path))
+    spec = load_net(str(path))
     assert spec.legacy_format == name[:2].upper()
     _compare(caffe_tables, name, spec)
 

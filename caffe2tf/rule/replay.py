@@ -32,10 +32,26 @@ from caffe2tf.rule.reference import owner_map, run_reference
 
 _BLOB_KEY = re.compile(r"^(?P<layer>.+)/(?P<blob>\d+)$")
 _STEP_KEY = re.compile(r"^(?P<step>\d+)/(?P<layer>.+)/(?P<blob>\d+)$")
+_HUGE_STEP = 10**101  # stands for every step written with more than 100 digits
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The numeric arrays of an ``.npz`` archive. Anything else (a directory, a single ``.npy``
+    array, a pickle, an array of Python objects) is an :class:`InputError`; pickles are never
+    unpickled (``allow_pickle=False``)."""
     where = SourceLocation(str(path))
+    if path.is_dir():
+        raise InputError("is a directory, not an .npz archive", where)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise InputError("file not found", where) from None
+    except OSError as err:
+        raise InputError(f"cannot read file: {err.strerror or err}", where) from None
+    if magic != b"PK\x03\x04" and magic != b"PK\x05\x06":  # a zip (an empty one: 05 06)
+        kind = "a single .npy array" if magic.startswith(b"\x93NUM") else "not a zip file"
+        raise InputError(f"not an .npz archive ({kind}); save with numpy.savez", where)
     try:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
@@ -54,7 +70,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise
     except FileNotFoundError:
         raise InputError("file not found", where) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        # ValueError: "Object arrays cannot be loaded when allow_pickle=False" and bad headers
         raise InputError(f"cannot read .npz: {err}", where) from None
 
 
@@ -97,7 +114,9 @@ def _split_grads(rule: UpdateRule, grads: dict[str, np.ndarray], init: dict[str,
         if not m:
             continue
         blob = key.split("/", 1)[1]
-        step = int(m.group("step"))
+        digits = m.group("step").lstrip("0") or "0"
+        # int() refuses > 4300 digits; any such step is a gap anyway (all that matters below)
+        step = int(digits) if len(digits) <= 100 else _HUGE_STEP
         if omap is not None and blob not in omap:
             raise InputError(f"{key!r}: {blob!r} is not a learnable blob of the net", where)
         ref = init.get(blob)
@@ -110,29 +129,49 @@ def _split_grads(rule: UpdateRule, grads: dict[str, np.ndarray], init: dict[str,
     if not by_step:
         raise InputError('no gradients: expected keys "{step}/{layer}/{blob}" with step 0..N-1',
                          where)
-    n = max(by_step) + 1
-    missing = [s for s in range(n) if s not in by_step]
-    if missing:
+    # Steps must be exactly 0..N-1, so N is the number of distinct steps; a larger step is a
+    # gap. Walk the sorted steps (never range(max + 1): a key "99999999999999999999/..." would
+    # ask for that many list slots).
+    steps = sorted(by_step)
+    n = len(steps)
+    if steps[-1] != n - 1:
+        missing: list[int] = []
+        expected = 0
+        for s in steps:
+            while expected < s and len(missing) < 9:
+                missing.append(expected)
+                expected += 1
+            if len(missing) >= 9:
+                break
+            expected = s + 1
         listed = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        largest = str(steps[-1]) if steps[-1] < _HUGE_STEP else "a number of over 100 digits"
         raise InputError(f"gradients for step(s) {listed} are missing (steps must be "
-                         f"0..{n - 1} without gaps)", where)
-    return [by_step[s] for s in range(n)]
+                         f"0..N-1 without gaps; the largest step given is {largest})", where)
+    return [by_step[s] for s in steps]
 
 
 def _write_atomic(out_path: Path, arrays: dict[str, np.ndarray]) -> None:
     out_path = Path(out_path)
+    where = SourceLocation(str(out_path))
     parent = out_path.parent if str(out_path.parent) else Path(".")
+    if out_path.is_dir():
+        raise InputError("is a directory; -o names the .npz file to write", where)
     if not parent.is_dir():
-        raise InputError("output directory does not exist", SourceLocation(str(out_path)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=parent)
+        raise InputError("output directory does not exist", where)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise InputError(f"cannot write here: {err.strerror or err}", where) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, out_path)
-    except BaseException:
+    except OSError as err:
+        raise InputError(f"cannot write: {err.strerror or err}", where) from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def replay_arrays(rule: UpdateRule, init: dict[str, np.ndarray], grads: dict[str, np.ndarray],

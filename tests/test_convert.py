@@ -102,7 +102,9 @@ def test_failure_while_rendering_leaves_nothing(recipe: Path, tmp_path: Path,
         raise OSError("rename failed")
 
     monkeypatch.setattr(os, "rename", failing_rename)
-    with pytest.raises(OSError):
+    from caffe2tf.errors import InputError
+
+    with pytest.raises(InputError, match="rename failed"):  # exit 2, not a traceback
         write_outputs({"a.txt": "x"}, tmp_path / "out2", force=False)
     monkeypatch.setattr(os, "rename", real_rename)
     assert not (tmp_path / "out2").exists()

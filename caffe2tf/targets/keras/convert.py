@@ -69,26 +69,58 @@ class ConvertReport:
 
 
 def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
-    """``{caffe_layer: keras_layer}`` from a YAML mapping (Keras names cannot contain ``/``)."""
+    """``{caffe_layer: keras_layer}`` from a YAML mapping (Keras names cannot contain ``/``).
+
+    Every problem is an :class:`InputError` at the place in the file where it was found."""
     if path is None:
         return {}
-    loc = SourceLocation(os.fspath(path))
+    p = os.fspath(path)
+    loc = SourceLocation(p)
+    if os.path.isdir(p):
+        raise InputError("is a directory, not a YAML layer map", loc)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(p).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputError("no such file", loc) from None
     except OSError as err:
-        raise InputError(f"cannot read layer map: {err.strerror}", loc) from None
+        raise InputError(f"cannot read layer map: {err.strerror or err}", loc) from None
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        col = err.start - (err.object.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(f"layer map is not UTF-8 text (byte 0x{err.object[err.start]:02x})",
+                         SourceLocation(p, line, col)) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise InputError(f"layer map is not valid YAML: {err}", loc) from None
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"layer map is not valid YAML: {problem}",
+                         SourceLocation(p, mark.line + 1 if mark else None,
+                                        mark.column + 1 if mark else None)) from None
     if data is None:
         return {}
-    if not isinstance(data, dict):
-        raise InputError("layer map must be a mapping {caffe_layer: keras_layer}", loc)
+
+    def at(node: yaml.Node | None) -> SourceLocation:
+        if node is None:
+            return loc
+        return SourceLocation(p, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
+        raise InputError("layer map must be a mapping {caffe_layer: keras_layer}", at(root))
+    nodes = {}
+    for knode, vnode in root.value:
+        nodes.setdefault(str(knode.value), (knode, vnode))
     out: dict[str, str] = {}
     for k, v in data.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not v:
-            raise InputError(f"layer map entry {k!r}: {v!r} must map a name to a name", loc)
+        knode, vnode = nodes.get(str(k), (None, None))
+        if not isinstance(k, str):
+            raise InputError(f"layer map key {k!r} must be a layer name (a string)", at(knode))
+        if not isinstance(v, str) or not v:
+            raise InputError(f"layer map entry {k!r}: {v!r} must map a name to a name",
+                             at(vnode or knode))
         if "/" in v:
-            raise InputError(f"Keras layer names cannot contain '/': {v!r}", loc)
+            raise InputError(f"Keras layer names cannot contain '/': {v!r}", at(vnode))
         out[k] = v
     return out
 
@@ -138,31 +170,82 @@ def make_plan(solver: str | os.PathLike[str], *, net_path: str | os.PathLike[str
     return p, tuple(notes)
 
 
-def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> None:
-    """Write ``files`` into ``out_dir`` atomically (temp dir in the same parent + rename)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise InputError(f"{out_dir} already exists (use --force to replace it)",
-                         SourceLocation(os.fspath(out_dir)))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} exists and is not a directory",
-                         SourceLocation(os.fspath(out_dir)))
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+def check_out_dir(out_dir: str | os.PathLike[str], *, force: bool,
+                  inputs: tuple[str | os.PathLike[str] | None, ...] = ()) -> None:
+    """Refuse an OUT that cannot be replaced safely, before any work is done: one that exists
+    without ``--force``, one that is not a directory, and (even with ``--force``) the working
+    directory, one of its ancestors, or a folder holding one of the ``inputs`` -- replacing
+    those would delete what the user is standing in or the recipe being converted."""
+    out = Path(out_dir)
+    where = SourceLocation(os.fspath(out))
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory", where)
+    if not out.exists():
+        return
+    if not force:
+        raise InputError("already exists (use --force to replace it)", where)
     try:
+        real = out.resolve()
+        cwd = Path.cwd().resolve()
+    except OSError as err:
+        raise InputError(f"cannot resolve path: {err.strerror or err}", where) from None
+    if real == cwd or real in cwd.parents:
+        raise InputError("is the working directory or one of its parents; --force would "
+                         "delete it: give a new folder", where)
+    if real.parent == real:
+        raise InputError("is a filesystem root; give a new folder", where)
+    for p in inputs:
+        if p is None:
+            continue
+        try:
+            inp = Path(p).resolve()
+        except OSError:
+            continue
+        if real in inp.parents:
+            raise InputError(f"holds the input {os.fspath(p)}; --force would delete it: give "
+                             "a new folder", where)
+
+
+def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> None:
+    """Write ``files`` into ``out_dir`` atomically (temp dir in the same parent + rename).
+
+    OUT is either the complete new folder or left as it was: if moving the new folder into
+    place fails after the old one was moved aside, the old one is moved back. The temporary
+    and backup folders are removed in every case. Filesystem failures are InputErrors."""
+    out_dir = Path(out_dir)
+    where = SourceLocation(os.fspath(out_dir))
+    check_out_dir(out_dir, force=force)
+    parent = out_dir.parent
+    tmp: Path | None = None
+    backup: Path | None = None
+    moved_aside = False
+    replaced = False
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         if out_dir.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
             os.rename(out_dir, backup / "old")
-            os.rename(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+            moved_aside = True
+        os.rename(tmp, out_dir)
+        replaced = True
+    except OSError as err:
+        raise InputError(f"cannot write the output folder: {err.strerror or err}",
+                         where) from None
     finally:
-        if tmp.exists():
+        if moved_aside and not replaced and backup is not None:
+            try:
+                os.rename(backup / "old", out_dir)
+            except OSError:
+                pass  # leave the backup in place rather than lose it
+            else:
+                moved_aside = False
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if backup is not None and not (moved_aside and not replaced):
+            shutil.rmtree(backup, ignore_errors=True)
 
 
 def convert_solver(solver: str | os.PathLike[str], *,
@@ -171,6 +254,8 @@ def convert_solver(solver: str | os.PathLike[str], *,
                    out_dir: str | os.PathLike[str], allow_approx: bool = False,
                    force: bool = False) -> ConvertReport:
     """Convert ``solver`` and write OUT/train_config.yaml and OUT/optimizer.py (see module)."""
+    check_out_dir(out_dir, force=force, inputs=(
+        solver, net_path, None if isinstance(layer_map, Mapping) else layer_map))
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
     p, notes = make_plan(solver, net_path=net_path, lenient=lenient, layer_map=mapping)
     out = Path(out_dir)

@@ -54,6 +54,8 @@ def parse_solver_file(path: str | os.PathLike[str], *, lenient: bool = False) ->
     if _is_blank(text):
         raise InputError("empty solver file: Caffe needs at least lr_policy and a train net "
                          "(net, net_param, train_net or train_net_param)", SourceLocation(p))
+    if _sniff_text(text, p) == "net":
+        raise _wrong_kind(p, "net")
     return parse_text(text, _pb().SolverParameter(), path=p, lenient=lenient)
 
 
@@ -65,6 +67,8 @@ def parse_net_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Pa
     if _is_blank(text):
         raise InputError("empty net file: a net with no layers has nothing to train (Caffe "
                          "would build an empty net)", SourceLocation(p))
+    if _sniff_text(text, p) == "solver":
+        raise _wrong_kind(p, "solver")
     return parse_text(text, _pb().NetParameter(), path=p, lenient=lenient)
 
 
@@ -189,20 +193,12 @@ _SOLVER_ONLY: frozenset[str] | None = None
 _NET_ONLY: frozenset[str] | None = None
 
 
-def sniff_kind(path: str | os.PathLike[str]) -> str:
-    """``"solver"`` or ``"net"``: the kind named by the first top-level field that only one of
-    ``SolverParameter``/``NetParameter`` has (``lr_policy``, ``net``... vs ``layer``,
-    ``input``...). Scanning stops there, so this is cheap on big nets. An empty file, or one
-    whose top level names no such field, is an :class:`InputError`.
-    """
+def _sniff_text(text: str, path: str) -> str | None:
+    """``"solver"``, ``"net"``, ``"unreadable"`` (the lexer rejected a token before any
+    distinguishing top-level field) or None (no such field in the whole text)."""
     global _SOLVER_ONLY, _NET_ONLY
     from caffe2tf.caffe.parse import _T_EOF, _T_IDENT, _T_SYM, _Lexer
 
-    p = os.fspath(path)
-    text = read_source(p)
-    if _is_blank(text):
-        raise InputError("empty file: neither a solver (Caffe needs lr_policy and a train net) "
-                         "nor a net (no layers)", SourceLocation(p))
     if _SOLVER_ONLY is None or _NET_ONLY is None:
         pb = _pb()
         solver_names = {f.name for f in pb.SolverParameter.DESCRIPTOR.fields}
@@ -211,7 +207,7 @@ def sniff_kind(path: str | os.PathLike[str]) -> str:
         _NET_ONLY = frozenset(net_names - solver_names)
     depth = 0
     try:
-        lex = _Lexer(text, p)
+        lex = _Lexer(text, path)
         while lex.tok.kind != _T_EOF:
             tok = lex.next()
             if tok.kind == _T_SYM:
@@ -226,6 +222,35 @@ def sniff_kind(path: str | os.PathLike[str]) -> str:
                 if tok.text in _NET_ONLY:
                     return "net"
     except InputError:
-        pass  # the real parse reports it with its position
+        return "unreadable"  # the real parse reports it with its position
+    return None
+
+
+def _wrong_kind(path: str, kind: str) -> InputError:
+    if kind == "net":
+        return InputError(f"this is a net prototxt, not a solver; give the solver (and "
+                          f"--net {path})", SourceLocation(path))
+    return InputError("this is a solver prototxt, not a net; give it as the solver",
+                      SourceLocation(path))
+
+
+def sniff_kind(path: str | os.PathLike[str]) -> str:
+    """``"solver"`` or ``"net"``: the kind named by the first top-level field that only one of
+    ``SolverParameter``/``NetParameter`` has (``lr_policy``, ``net``... vs ``layer``,
+    ``input``...). Scanning stops there, so this is cheap on big nets. An empty file is an
+    :class:`InputError`; so is one whose top level names no such field: the error the solver
+    parser reports for it (with its position: the same one ``explain`` gives), else a
+    "neither" error.
+    """
+    p = os.fspath(path)
+    text = read_source(p)
+    if _is_blank(text):
+        raise InputError("empty file: neither a solver (Caffe needs lr_policy and a train net) "
+                         "nor a net (no layers)", SourceLocation(p))
+    kind = _sniff_text(text, p)
+    if kind in ("solver", "net"):
+        return kind
+    if kind == "unreadable":  # the parser's own error, as explain/convert would report it
+        parse_text(text, _pb().SolverParameter(), path=p, lenient=False)
     raise InputError("neither a solver nor a net: no top-level field of Caffe's "
                      "SolverParameter or NetParameter was found", SourceLocation(p))

@@ -107,7 +107,15 @@ def check_migration(solver: Path, out_dir: Path, *, net_path: Path | None = None
     from caffe2tf.targets.keras.render_yaml import plan_to_config
     from caffe2tf.verify.run import verify_solver
 
+    # SOLVER (and --net/--layer-map) first: arguments are judged in the order they were given
+    plan, _notes = make_plan(solver, net_path=net_path, lenient=lenient,
+                             layer_map=load_layer_map(layer_map))
     out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError("not a directory: check expects the folder written by caffe2tf "
+                         "convert" if out_dir.exists() else
+                         "no such directory: check expects the folder written by caffe2tf "
+                         "convert", SourceLocation(str(out_dir)))
     config_path, module_path = out_dir / "train_config.yaml", out_dir / "optimizer.py"
     for required in (config_path, module_path):
         if not required.is_file():
@@ -115,6 +123,9 @@ def check_migration(solver: Path, out_dir: Path, *, net_path: Path | None = None
                              "caffe2tf convert", SourceLocation(str(required)))
     try:
         found = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}",
+                         SourceLocation(str(config_path))) from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         raise InputError(f"cannot read YAML: {getattr(err, 'problem', err)}",
@@ -124,8 +135,6 @@ def check_migration(solver: Path, out_dir: Path, *, net_path: Path | None = None
         raise InputError("not a caffe2tf train config (expected a mapping)",
                          SourceLocation(str(config_path)))
 
-    plan, _notes = make_plan(solver, net_path=net_path, lenient=lenient,
-                             layer_map=load_layer_map(layer_map))
     expected = yaml.safe_load(yaml.safe_dump(plan_to_config(plan)))  # same scalar types as read
     differences = tuple(config_differences(expected, found))
     report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from caffe2tf.errors import Caffe2TfError
+from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
 from caffe2tf.verify.compare import Comparison
 
 
@@ -44,8 +44,15 @@ def plot_deviation(comparison: Comparison, path: str | os.PathLike[str], *,
         ax.legend(fontsize="small", ncol=2)
         fig.tight_layout()
         tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        except OSError as err:
+            raise InputError(f"cannot write the plot: {err.strerror or err}",
+                             SourceLocation(str(path))) from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     finally:
         plt.close(fig)
     return path

@@ -240,6 +240,14 @@ def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool =
 
     if steps < 1:
         raise InputError(f"--steps must be at least 1 (got {steps})")
+    if plot_path is not None:  # checked now, not after the run
+        plot = Path(plot_path)
+        if plot.is_dir():
+            raise InputError("is a directory; --plot names the PNG file to write",
+                             SourceLocation(str(plot)))
+        if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
+            raise InputError("--plot: output directory does not exist",
+                             SourceLocation(str(plot)))
     if not tolerance >= 0:
         raise InputError(f"--tolerance must be >= 0 (got {tolerance})")
     if against not in ("reference", "caffe"):

@@ -47,7 +47,9 @@ def _quiet_tensorflow() -> None:
     import_keras_quietly()
 
 
-_existing_file = click.Path(exists=False, dir_okay=False, path_type=Path)
+# Input paths are checked by the readers, not by click: a directory, a missing file or a net
+# given as the solver must be one ``file: error: ...`` line (exit 2), not click's usage block.
+_existing_file = click.Path(exists=False, dir_okay=True, path_type=Path)
 
 net_option = click.option("--net", "net_path", type=_existing_file, default=None,
                           help="Train net prototxt (overrides the solver's net/train_net).")
@@ -123,7 +125,7 @@ def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int
               help='Initial weights (.npz, keys "{layer}/{blob}").')
 @click.option("--grads", "grads_path", type=_existing_file, required=True,
               help='Gradients (.npz, keys "{step}/{layer}/{blob}", the iter_size sum).')
-@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", "out_path", type=click.Path(path_type=Path),
               required=True, help='Weights after each update (.npz, keys "{step}/{layer}/{blob}").')
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True)
@@ -145,7 +147,7 @@ def replay(solver: Path, net_path: Path | None, lenient: bool, init_path: Path,
 @lenient_option
 @click.option("--layer-map", "layer_map", type=_existing_file, default=None,
               help="YAML mapping Caffe layer names to Keras layer names.")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path),
               required=True, help="Output directory (train_config.yaml, optimizer.py).")
 @click.option("--allow-approx", is_flag=True, default=False,
               help="Write the artifacts even when a choice is only approximate.")
@@ -170,7 +172,7 @@ def convert(solver: Path, net_path: Path | None, lenient: bool, layer_map: Path 
 @click.option("--module", "module_path", type=_existing_file, default=None,
               help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).")
 @trajectory_options
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               default=None, help="Write a PNG of the deviation per step.")
 @format_option
 @_user_errors_exit_2
@@ -190,7 +192,7 @@ def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path
 
 @cli.command()
 @click.argument("solver", type=_existing_file)
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
 @net_option
 @lenient_option
 @click.option("--layer-map", "layer_map", type=_existing_file, default=None,

@@ -111,10 +111,8 @@ def check_migration(solver: Path, out_dir: Path, *, net_path: Path | None = None
     plan, _notes = make_plan(solver, net_path=net_path, lenient=lenient,
                              layer_map=load_layer_map(layer_map))
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
+    if out_dir.exists() and not out_dir.is_dir():
         raise InputError("not a directory: check expects the folder written by caffe2tf "
-                         "convert" if out_dir.exists() else
-                         "no such directory: check expects the folder written by caffe2tf "
                          "convert", SourceLocation(str(out_dir)))
     config_path, module_path = out_dir / "train_config.yaml", out_dir / "optimizer.py"
     for required in (config_path, module_path):

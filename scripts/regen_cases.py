@@ -2,8 +2,11 @@
 
 Usage: ``python scripts/regen_cases.py [NAME ...]`` (all cases by default), or run the golden
 test with ``CAFFE2TF_REGEN=1 pytest tests/test_keras_cases.py``. A case directory holds
-``solver.prototxt``, ``net.prototxt`` and optionally ``layer_map.yaml``. The solver path is
-recorded relative to the repository root so the goldens do not depend on the checkout place.
+``solver.prototxt``, ``net.prototxt`` and optionally ``layer_map.yaml``; a case whose
+translation is knowingly approximate (e.g. ``no_net_sgd``: no net) also holds an ``allow_approx``
+file saying why (``convert`` writes it only with --allow-approx; tests/test_keras_cases.py).
+The solver path is recorded relative to the repository root so the goldens do not depend on
+the checkout place.
 """
 
 from __future__ import annotations

@@ -91,6 +91,43 @@ def test_emitted_module_imports_only_keras_numpy_stdlib(case: Path) -> None:
     assert {"build_optimizer", "prepare_model"} <= names
 
 
+def _approximate(case: Path) -> bool:
+    """A case whose translation is knowingly approximate carries an ``allow_approx`` file
+    (saying why); every other case must translate exactly."""
+    return (case / "allow_approx").is_file()
+
+
+@pytest.mark.parametrize("case", CASE_DIRS, ids=IDS)
+def test_convert_blocks_approximations_and_writes_the_goldens(
+        case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``convert`` of each case: an approximate one (and only it) is blocked without
+    --allow-approx -- exit 2, nothing written, the APPROX notes named; with the flag where
+    needed, what it writes is the goldens."""
+    from caffe2tf.notes import Exactness
+    from caffe2tf.targets.keras.convert import convert_solver, load_layer_map
+
+    _, plan = ks.plan_of(case)
+    assert plan.exact is not _approximate(case), [n.code for n in plan.notes]
+    monkeypatch.chdir(ks.CASES.parent.parent)  # the goldens record repo-relative paths
+    rel = case.resolve().relative_to(Path.cwd())
+    net = rel / "net.prototxt" if (case / "net.prototxt").exists() else None
+    layer_map = load_layer_map(case / "layer_map.yaml") if (case / "layer_map.yaml").exists() \
+        else None
+    out = tmp_path / "out"
+    if _approximate(case):
+        report = convert_solver(rel / "solver.prototxt", net_path=net, layer_map=layer_map,
+                                out_dir=out)
+        assert report.exit_code == 2 and not report.written and not out.exists()
+        assert report.blocking and all(n.exactness is Exactness.APPROX
+                                       for n in report.blocking)
+    report = convert_solver(rel / "solver.prototxt", net_path=net, layer_map=layer_map,
+                            out_dir=out, allow_approx=_approximate(case))
+    assert report.exit_code == 0, report.render()
+    for name in ("train_config.yaml", "optimizer.py"):
+        assert (out / name).read_text(encoding="utf-8") == \
+            (case / "expected" / name).read_text(encoding="utf-8"), name
+
+
 @pytest.fixture(scope="module")
 def tf_backend() -> None:
     keras = require("keras")
@@ -108,6 +145,7 @@ def test_emitted_matches_reference_tf(case: Path, tf_backend: None, tmp_path: Pa
 
     rule, plan = ks.plan_of(case)
     if not plan.blobs:
+        # not a missing dependency: the case has no net, so there is no model to mirror
         pytest.skip("no train net: nothing to mirror (see test_keras_layers for this route)")
     module = ks.load_module(case / "expected" / "optimizer.py")
     init, grads = ks.streams(rule, STEPS, seed=7)

@@ -41,6 +41,18 @@ def test_route_and_classes(name: str) -> None:
     assert all(n.exactness is Exactness.EXACT for n in p.notes if n.exactness is not None)
 
 
+def test_unknown_net_is_an_approximation() -> None:
+    """Without the train net the per-blob multipliers are Caffe's defaults, a guess: an APPROX
+    note (so convert needs --allow-approx) that says what was assumed and how to fix it."""
+    _, p = ks.plan_of(ks.CASES / "no_net_sgd")
+    assert not p.exact and not p.blobs
+    note = next(n for n in p.notes if n.code == "keras.net.unknown")
+    assert note.exactness is Exactness.APPROX and note.affects_training
+    assert "--net" in note.message and "biases included" in note.message
+    _, p = ks.plan_of(ks.CASES / "lenet_sgd_multistep")  # with the net: no such note
+    assert not any(n.code == "keras.net.unknown" for n in p.notes)
+
+
 def test_notes_say_what_changed_in_plain_words() -> None:
     _, p = ks.plan_of(ks.CASES / "lenet_sgd_multistep")
     text = "\n".join(n.message for n in p.notes)

@@ -341,8 +341,9 @@ def plan(rule: UpdateRule, *, layer_map: Mapping[str, str] | None = None,
     """Choose the Keras 3 objects that reproduce ``rule`` (see the module docstring).
 
     ``layer_map`` maps Caffe layer names to Keras layer names; ``net`` (optional) lets the
-    plan pair BatchNorm+Scale layers. ``allow_approx`` is recorded by the caller; every route
-    chosen here is exact, so it does not change the plan.
+    plan pair BatchNorm+Scale layers; without it and without per-blob groups in ``rule`` the
+    multipliers are unknown (an APPROX note). ``allow_approx`` is recorded by the caller; every
+    route chosen here is exact, so it does not change the plan.
     """
     del allow_approx
     layer_map = dict(layer_map or {})
@@ -475,10 +476,18 @@ def plan(rule: UpdateRule, *, layer_map: Mapping[str, str] | None = None,
                                f"{', '.join(_fmt(m) for m in trainable_mults)} become a "
                                "keras.optimizers.MultiOptimizer with one sub-optimizer per "
                                "lr_mult whose learning rate is the schedule x lr_mult."))
-    if not rule.params:
-        notes.append(_note("net.unknown", "no train net: every trainable Keras variable gets "
-                           "lr_mult 1 and decay_mult 1 (Caffe's defaults).",
-                           severity=Severity.WARNING))
+    if not rule.params and net is None:
+        # Without the net the per-blob multipliers are a guess (Caffe's defaults): the Keras
+        # side cannot be shown to do what Caffe does, so it is an approximation that convert
+        # only writes with --allow-approx (issue 4).
+        notes.append(_note("net.unknown", "per-blob lr_mult/decay_mult unknown: the train net "
+                           "was not found; Caffe's defaults (lr_mult 1, decay_mult 1 on every "
+                           "blob, biases included) assumed -- give --net NET",
+                           Exactness.APPROX, severity=Severity.WARNING))
+    elif not rule.params:
+        notes.append(_note("net.no_params", "the train net has no learnable blob: every "
+                           "trainable Keras variable gets Caffe's defaults (lr_mult 1, "
+                           "decay_mult 1).", severity=Severity.WARNING))
 
     bindings, layer_notes = _bindings(rule, layer_map, net, decay, decay_route)
     notes.extend(layer_notes)

@@ -33,8 +33,9 @@ rate inside the velocity.
 - [exact] Caffe's weight_decay 0.002 becomes L2(0.001) x decay_mult: Keras' L2 penalty
 has no 1/2; prepare_model puts it on every trainable variable, biases included (the net
 is unknown). A custom loop must add sum(model.losses) to the loss.
-- [exact] no train net: every trainable Keras variable gets lr_mult 1 and decay_mult 1
-(Caffe's defaults).
+- [approx] per-blob lr_mult/decay_mult unknown: the train net was not found; Caffe's
+defaults (lr_mult 1, decay_mult 1 on every blob, biases included) assumed -- give --net
+NET
 """
 
 from __future__ import annotations

@@ -227,6 +227,13 @@ def test_verify_module_raising_at_import(work: Path) -> None:
     assert "RuntimeError" in line and "no GPU here" in line
 
 
+def test_verify_module_calling_sys_exit_at_import(work: Path) -> None:
+    (work / "broken.py").write_text("import sys\nsys.exit(0)\n")
+    line = fails_cleanly(["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"],
+                         "broken.py:2")
+    assert "SystemExit" in line
+
+
 def test_check_with_broken_module(work: Path) -> None:
     res = CliRunner().invoke(cli, ["convert", "solver.prototxt", "-o", "out"])
     assert res.exit_code == 0, res.output

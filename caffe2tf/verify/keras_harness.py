@@ -582,7 +582,7 @@ def load_module(path: str | os.PathLike[str], name: str | None = None) -> Any:
                          SourceLocation(shown, err.lineno, err.offset)) from None
     except InputError:
         raise
-    except Exception as err:  # the module's own code failed while being imported
+    except (Exception, SystemExit) as err:  # its own code failed while being imported
         raise InputError(f"importing the module failed: {_one_line(err)}",
                          _raised_at(err, str(path))) from None
     finally:
@@ -619,7 +619,7 @@ def _guarded(fn: Callable[..., Any], label: str, path: str) -> Callable[..., Any
             return fn(*args, **kwargs)
         except InputError:
             raise
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise InputError(f"{label} raised {_one_line(err)}",
                              _raised_at(err, path)) from None
 

@@ -69,6 +69,20 @@ def test_json_format_gives_notes_as_data(recipe: Path, tmp_path: Path) -> None:
     assert codes["keras.schedule.multistep"]["exactness"] == "exact"
 
 
+def test_allow_approx_writes_but_json_does_not_call_it_exact(tmp_path: Path) -> None:
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(SOLVER.replace('net: "net.prototxt"', 'net: "missing_net.prototxt"'))
+    assert "missing_net" in solver.read_text()
+    blocked_code, _ = run(str(solver), "-o", str(tmp_path / "blocked"), "--format", "json")
+    assert blocked_code == 2 and not (tmp_path / "blocked").exists()
+    code, text = run(str(solver), "-o", str(tmp_path / "out"), "--format", "json",
+                     "--allow-approx")
+    assert code == 0
+    data = json.loads(text)
+    assert data["exact"] is False
+    assert any(n["exactness"] == "approx" for n in data["notes"])
+
+
 def test_existing_output_is_not_clobbered_without_force(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -46,7 +46,10 @@ class ConvertReport:
             "out_dir": self.out_dir,
             "written": list(self.written),
             "route": self.route,
-            "exact": not self.blocking,
+            # Exact only when no note says otherwise: --allow-approx lets an approximate
+            # translation be written, it does not make it exact.
+            "exact": not any(n.exactness in (Exactness.APPROX, Exactness.UNSUPPORTED)
+                             for n in self.notes),
             "blocked": self.blocked or None,
             "exit_code": self.exit_code,
             "notes": [n.to_dict() for n in self.notes],

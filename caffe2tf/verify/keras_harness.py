@@ -655,7 +655,14 @@ def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
     """Mirror model -> initial weights -> ``prepare_model`` -> train per the contract."""
     if not isinstance(candidate, Candidate):
         candidate = candidate_from_module(candidate)
-    model = build_mirror_model(layers)
+    try:
+        model = build_mirror_model(layers)
+    except (KeyError, ValueError, TypeError) as err:
+        # e.g. Keras' torch backend refuses a '.' in layer names (torch parameter names)
+        import keras
+
+        raise InputError(f"Keras ({keras.backend.backend()} backend) cannot build a model with "
+                         f"the net's layer names: {type(err).__name__}: {err}") from None
     set_caffe_weights(model, init)
     candidate.prepare_model(model)  # binds in place (the emitted one returns a path map)
     optimizer = candidate.build_optimizer()

@@ -7,7 +7,8 @@ Steps of :func:`verify_solver`:
    (the very file a user gets), imported from its path;
 3. seeded data (:mod:`caffe2tf.verify.streams`): initial weights N(0, 0.5²) and, for each Caffe
    update, ``iter_size`` per-pass gradients whose float32 sum is Caffe's diff; blobs with
-   ``lr_mult: 0`` get none (Caffe does not compute them, :func:`frozen_blobs_get_no_gradient`);
+   ``lr_mult: 0`` get none (Caffe does not compute them, :func:`frozen_blobs_get_no_gradient`),
+   and neither do BatchNorm's statistics (:func:`never_written_blobs`);
 4. the reference trajectory: ``against="reference"`` → the NumPy executor in float32
    (``caffe2tf.rule.reference.run_reference``); ``against="caffe"`` → the real Caffe 1.0 binary
    (``caffe2tf.verify.oracle.run_cases``; an error when no Caffe root is available);
@@ -59,6 +60,36 @@ def frozen_blobs_get_no_gradient(micro: Sequence[Mapping[str, np.ndarray]],
     return [{k: (np.zeros_like(v) if k in frozen else v) for k, v in g.items()} for g in micro]
 
 
+def never_written_blobs(params: Sequence[Any], force_backward: bool) -> list[str]:
+    """Keys of the blobs whose diff Caffe leaves at 0 in this net: ``lr_mult: 0`` blobs (unless
+    ``force_backward``, see :func:`frozen_blobs_get_no_gradient`) and, always, the BatchNorm
+    statistics: ``BatchNormLayer::Backward_cpu`` computes only the bottom diff and never
+    touches its blobs' diffs (``batch_norm_layer.cpp``), and Caffe forces their ``lr_mult`` to 0
+    (``LayerSetUp``), so its update never moves them either."""
+    return [p.key for p in params
+            if p.layer_type == "BatchNorm" or (p.lr_mult == 0 and not force_backward)]
+
+
+def mirror_notes(layers: Sequence[Any]) -> tuple[str, ...]:
+    """What the report says about mirrored blobs that are not plain weight/bias variables."""
+    notes = []
+    for spec in layers:
+        stats = [b for b in spec.blobs if b.layer_type == "BatchNorm"]
+        scale = [b for b in spec.blobs if b.layer_type == "Scale" and b.layer != spec.name]
+        if scale:
+            notes.append(f"{', '.join(b.key for b in scale)}: the gamma/beta of the Keras "
+                         f"BatchNormalization {spec.name!r} (Caffe BatchNorm+Scale pair), "
+                         f"trained and decayed like any Caffe blob")
+        if stats:
+            notes.append(f"{', '.join(b.key for b in stats)}: Caffe BatchNorm statistics "
+                         f"(lr_mult 0, no gradient; Caffe's update never moves them). Keras "
+                         f"holds mean/variance divided by the factor {spec.name}/2 in the "
+                         f"non-trainable moving_mean/moving_variance of {spec.name!r}, outside "
+                         f"the optimizer; Keras keeps no factor, so {spec.name}/2 is shown as "
+                         f"loaded. Compared as unchanged.")
+    return tuple(notes)
+
+
 def backend_and_device() -> tuple[str, str]:
     """(``"keras X / <backend> Y"``, the device the backend computes on: GPU name or CPU)."""
     import keras
@@ -107,6 +138,7 @@ class VerifyReport:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     plot_path: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -123,7 +155,7 @@ class VerifyReport:
                 "comparison": self.comparison.to_dict(),
                 "shapes": {k: list(v) for k, v in self.shapes.items()},
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-                "plot": self.plot_path}
+                "plot": self.plot_path, "notes": list(self.notes)}
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
@@ -151,6 +183,8 @@ class VerifyReport:
             ok = "ok" if dev <= c.tolerance else "MISMATCH"
             lines.append(f"  {key:<{width}}  {shape:<12}  {_fmt(dev):>10}  {ok}")
         lines.append("")
+        for note in self.notes:
+            lines.append(f"  note      : {note}")
         lines.append(f"  max deviation {_fmt(c.deviation)} at {c.worst_key or '-'} after update "
                      f"{c.worst_step} (max|Δw| {_fmt(c.max_abs_diff)})")
         if self.timings:
@@ -267,9 +301,9 @@ def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool =
     iter_size = max(1, int(rule.iter_size))
     init = initial_weights(shapes, seed)
     micro = streams.micro_batches(shapes, steps, seed, iter_size=iter_size)
-    if not getattr(net.message, "force_backward", False):
-        micro = frozen_blobs_get_no_gradient(micro, [p.key for p in net.params
-                                                     if p.lr_mult == 0])
+    micro = frozen_blobs_get_no_gradient(
+        micro, never_written_blobs(net.params, bool(getattr(net.message, "force_backward",
+                                                                False))))
     grads = streams.accumulate(micro, iter_size)
     timings["load"] = time.perf_counter() - t0
 
@@ -305,7 +339,7 @@ def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool =
     return VerifyReport(solver=str(solver), module=module_label, against=against, steps=steps,
                         seed=seed, iter_size=iter_size, backend=backend, device=device,
                         comparison=comparison, shapes=shapes, timings=timings,
-                        plot_path=written)
+                        plot_path=written, notes=mirror_notes(layers))
 
 
 # ---- the update-rule matrix through the Keras target (tests, bench, GPU runs) -----------------

@@ -48,7 +48,7 @@ def dead_mask(shapes: Shapes, seed: int, fraction: float = DEFAULT_DEAD) -> dict
     masks = {}
     for key in sorted(shapes):
         shape = tuple(shapes[key])
-        mask = rng.random(shape) < fraction
+        mask = np.array(rng.random(shape) < fraction)  # 0-d too (PReLU channel_shared)
         if mask.size < 4:
             mask[...] = False
         elif mask.all():
@@ -85,7 +85,8 @@ def micro_batches(shapes: Shapes, steps: int, seed: int, *, iter_size: int = 1,
     masks = dead_mask(shapes, seed, dead)
     spiked = spike_steps(steps, seed, spikes)
     drift_rng = _rng(seed, "drift")
-    drift = {key: drift_rng.normal(0.0, scale / 2, tuple(shapes[key])) for key in keys}
+    drift = {key: np.array(drift_rng.normal(0.0, scale / 2, tuple(shapes[key])))
+             for key in keys}
     noise_rng = _rng(seed, "noise")
     out: list[Grads] = []
     for k in range(steps):
@@ -93,7 +94,8 @@ def micro_batches(shapes: Shapes, steps: int, seed: int, *, iter_size: int = 1,
         for _ in range(iter_size):
             g = {}
             for key in keys:
-                value = (drift[key] + noise_rng.normal(0.0, scale, drift[key].shape)) * factor
+                value = np.array((drift[key] + noise_rng.normal(0.0, scale, drift[key].shape))
+                                 * factor)
                 value[masks[key]] = 0.0
                 g[key] = value.astype(np.float32)
             out.append(g)

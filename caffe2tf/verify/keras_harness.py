@@ -11,7 +11,13 @@ computed from data:
 * :func:`build_mirror_model` builds a Keras model whose layers carry the Caffe layer names and
   whose variables have the Caffe blobs' shapes in Keras layout (InnerProduct ``(out, in)`` ->
   ``Dense.kernel`` ``(in, out)``; Convolution ``(out, in, kh, kw)`` -> ``Conv2D.kernel``
-  ``(kh, kw, in, out)``; Parameter -> :class:`CaffeParameter` with one weight).
+  ``(kh, kw, in, out)``; Parameter -> :class:`CaffeParameter` with one weight). A Caffe
+  BatchNorm and the Scale after it (paired by :func:`caffe2tf.targets.keras.layers.scale_pairs`,
+  as the plan pairs them) are one ``BatchNormalization`` named after the BatchNorm: gamma/beta
+  hold the Scale's blobs 0/1, moving_mean/moving_variance the BatchNorm's statistics divided by
+  its factor blob; a lone Scale is a layer with ``gamma``/``beta``; PReLU's slope is ``alpha``.
+  Every mapped variable is checked against ``runtime.caffe_blob_key``, the lookup the emitted
+  ``prepare_model`` uses (:func:`_check_binding`).
 * For Caffe update k (diff G_k, the raw sum over the S passes, as Caffe's solver sees it when
   ``ApplyUpdate`` starts, ``solver.cpp:229-267``) :func:`split_micro_batches` draws S seeded parts
   g_k1..g_kS with sum G_k (up to float32 rounding; the parts differ from each other, so a port

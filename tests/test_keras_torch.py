@@ -19,7 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ["lenet_sgd_multistep", "adam_no_momentum", "rmsprop_step", "adagrad_poly",
-         "adadelta_sigmoid", "clip_decay_sgd", "itersize3_inv", "l1_nesterov_exp"]
+         "adadelta_sigmoid", "clip_decay_sgd", "itersize3_inv", "l1_nesterov_exp",
+         "bn_scale_step"]
 
 pytestmark = [
     pytest.mark.keras,

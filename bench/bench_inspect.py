@@ -55,12 +55,15 @@ def wall(cmd: list[str], runs: int) -> list[float]:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="0")
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                              cwd=ROOT, check=False)
+        proc = subprocess.run(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT, check=False
+        )
         times.append(time.perf_counter() - start)
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: "
-                             f"{proc.stderr.decode(errors='replace')[-500:]}")
+            raise SystemExit(
+                f"{' '.join(cmd)} exited {proc.returncode}: "
+                f"{proc.stderr.decode(errors='replace')[-500:]}"
+            )
     return times
 
 
@@ -81,8 +84,10 @@ def main() -> None:
     bmed, bbest = statistics.median(base), min(base)
     size_kib = target.stat().st_size / 1024
     print(f"file: {target} ({size_kib:.0f} KiB)")
-    print(f"runs: {args.runs}; python: {platform.python_version()}; machine: {platform.machine()}"
-          f", {os.cpu_count()} CPUs; load average: {os.getloadavg()[0]:.2f}")
+    print(
+        f"runs: {args.runs}; python: {platform.python_version()}; machine: {platform.machine()}"
+        f", {os.cpu_count()} CPUs; load average: {os.getloadavg()[0]:.2f}"
+    )
     print(f"command: {' '.join(inspect_cmd)}")
     print(f"caffe2tf inspect   min {best:.3f} s  median {med:.3f} s")
     print(f"python -c pass     min {bbest:.3f} s  median {bmed:.3f} s")

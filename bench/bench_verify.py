@@ -30,15 +30,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_once(recipe: str, steps: int, backend: str, against: str) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "caffe2tf", "verify", recipe, "--steps", str(steps),
-           "--format", "json", "--against", against]
+    cmd = [
+        sys.executable,
+        "-m",
+        "caffe2tf",
+        "verify",
+        recipe,
+        "--steps",
+        str(steps),
+        "--format",
+        "json",
+        "--against",
+        against,
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t
     out = proc.stdout
     if proc.returncode not in (0, 1) or "{" not in out:
         return {"error": (proc.stderr or out)[-500:], "wall": wall}
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     data["wall"] = wall
     return data
 
@@ -56,9 +67,14 @@ def matrix_bench(backends: list[str], against: str) -> None:
     if against == "caffe":
         from caffe2tf.verify import oracle
 
-        trajectories = oracle.run_cases([oracle.OracleCase(
-            c.name, c.solver_text, c.net_text, data[c.name].init, data[c.name].grads)
-            for c in cases])
+        trajectories = oracle.run_cases(
+            [
+                oracle.OracleCase(
+                    c.name, c.solver_text, c.net_text, data[c.name].init, data[c.name].grads
+                )
+                for c in cases
+            ]
+        )
     else:
         from caffe2tf.caffe.load import load_recipe
         from caffe2tf.rule.lower import lower
@@ -70,12 +86,15 @@ def matrix_bench(backends: list[str], against: str) -> None:
             for c in cases:
                 solver, net = write_case_files(c, Path(tmp) / c.name)
                 rule = lower(load_recipe(solver, net_path=net))
-                trajectories[c.name] = run_reference(rule, data[c.name].init,
-                                                     data[c.name].grads)
-    print(f"{len(cases)} cases x 100 updates; {against} trajectories in "
-          f"{time.perf_counter() - t:.1f} s\n")
-    print("| backend | device | cases | max deviation | median | worst case | failed/errors "
-          "| wall (s) |")
+                trajectories[c.name] = run_reference(rule, data[c.name].init, data[c.name].grads)
+    print(
+        f"{len(cases)} cases x 100 updates; {against} trajectories in "
+        f"{time.perf_counter() - t:.1f} s\n"
+    )
+    print(
+        "| backend | device | cases | max deviation | median | worst case | failed/errors "
+        "| wall (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         ref = Path(tmp) / "ref.npz"
@@ -84,21 +103,35 @@ def matrix_bench(backends: list[str], against: str) -> None:
             out = Path(tmp) / f"{backend}.json"
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "caffe2tf.verify.run", "--reference",
-                                   str(ref), "--out", str(out)], env=env, cwd=REPO,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "caffe2tf.verify.run",
+                    "--reference",
+                    str(ref),
+                    "--out",
+                    str(out),
+                ],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 print(f"| {backend} | error | {proc.stderr[-200:]!r} ||||||")
                 continue
             res = json.loads(out.read_text())
             devs = {k: v["deviation"] for k, v in res["cases"].items() if "deviation" in v}
-            bad = [k for k, v in res["cases"].items()
-                   if "error" in v or v["deviation"] > 1e-3]
+            bad = [k for k, v in res["cases"].items() if "error" in v or v["deviation"] > 1e-3]
             worst = max(devs, key=devs.get) if devs else "-"
-            print(f"| {res['backend']} | {res['device']} | {len(res['cases'])} | "
-                  f"{max(devs.values()):.2e} | {statistics.median(devs.values()):.2e} | "
-                  f"{worst} | {len(bad)} {bad[:3]} | {wall:.1f} |", flush=True)
+            print(
+                f"| {res['backend']} | {res['device']} | {len(res['cases'])} | "
+                f"{max(devs.values()):.2e} | {statistics.median(devs.values()):.2e} | "
+                f"{worst} | {len(bad)} {bad[:3]} | {wall:.1f} |",
+                flush=True,
+            )
 
 
 def main() -> int:
@@ -109,29 +142,38 @@ def main() -> int:
     parser.add_argument("--against", default="reference", choices=["reference", "caffe"])
     parser.add_argument("--matrix", action="store_true")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, load avg {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, load avg {os.getloadavg()[0]:.1f}"
+    )
     if args.matrix:
         matrix_bench(args.backends, args.against)
         return 0
     print(f"recipe: {args.recipe}, against {args.against}\n")
-    print("| backend | device | steps | wall (s) | load | convert | reference | keras "
-          "| keras per update (ms) | deviation | verdict |")
+    print(
+        "| backend | device | steps | wall (s) | load | convert | reference | keras "
+        "| keras per update (ms) | deviation | verdict |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for backend in args.backends:
         for steps in args.steps:
             r = run_once(args.recipe, steps, backend, args.against)
             if "error" in r:
-                print(f"| {backend} | - | {steps} | {r['wall']:.1f} | error: "
-                      f"{r['error'].splitlines()[-1][:80]} |||||||")
+                print(
+                    f"| {backend} | - | {steps} | {r['wall']:.1f} | error: "
+                    f"{r['error'].splitlines()[-1][:80]} |||||||"
+                )
                 continue
             t = r["timings_s"]
             ref = t.get(args.against, 0.0)
             dev = r["comparison"]["deviation"]
-            print(f"| {r['backend']} | {r['device']} | {steps} | {r['wall']:.1f} | "
-                  f"{t['load']:.2f} | {t['convert']:.2f} | {ref:.2f} | {t['keras']:.2f} | "
-                  f"{1000 * t['keras'] / steps:.2f} | {dev:.2e} | "
-                  f"{'PASS' if r['passed'] else 'FAIL'} |", flush=True)
+            print(
+                f"| {r['backend']} | {r['device']} | {steps} | {r['wall']:.1f} | "
+                f"{t['load']:.2f} | {t['convert']:.2f} | {ref:.2f} | {t['keras']:.2f} | "
+                f"{1000 * t['keras'] / steps:.2f} | {dev:.2e} | "
+                f"{'PASS' if r['passed'] else 'FAIL'} |",
+                flush=True,
+            )
     return 0
 
 

@@ -28,8 +28,12 @@ def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., Non
         try:
             code = command(*args, **kwargs)
         except Caffe2TfError as err:
-            click.echo(f"{err.location}: error: {err.message}" if err.location
-                       else f"caffe2tf: error: {err.message}", err=True)
+            click.echo(
+                f"{err.location}: error: {err.message}"
+                if err.location
+                else f"caffe2tf: error: {err.message}",
+                err=True,
+            )
             sys.exit(EXIT_INVALID)
         except RecursionError:
             click.echo("caffe2tf: error: input is nested too deeply to read", err=True)
@@ -51,32 +55,64 @@ def _quiet_tensorflow() -> None:
 # given as the solver must be one ``file: error: ...`` line (exit 2), not click's usage block.
 _existing_file = click.Path(exists=False, dir_okay=True, path_type=Path)
 
-net_option = click.option("--net", "net_path", type=_existing_file, default=None,
-                          help="Train net prototxt (overrides the solver's net/train_net).")
-lenient_option = click.option("--lenient", is_flag=True, default=False,
-                              help="Read fork dialects: skip unknown fields/messages and list "
-                                   "each skipped item (and whether it can change training).")
+net_option = click.option(
+    "--net",
+    "net_path",
+    type=_existing_file,
+    default=None,
+    help="Train net prototxt (overrides the solver's net/train_net).",
+)
+lenient_option = click.option(
+    "--lenient",
+    is_flag=True,
+    default=False,
+    help="Read fork dialects: skip unknown fields/messages and list "
+    "each skipped item (and whether it can change training).",
+)
 
 
 def trajectory_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--steps/--seed/--tolerance/--against, shared by ``verify`` and ``check``."""
-    for option in reversed((
-        click.option("--steps", type=int, default=100, show_default=True,
-                     help="Caffe updates to run."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of the initial weights and gradient streams."),
-        click.option("--tolerance", type=float, default=1e-3, show_default=True,
-                     help="Largest deviation accepted (max|dw| / distance travelled)."),
-        click.option("--against", type=click.Choice(["reference", "caffe"]),
-                     default="reference", show_default=True,
-                     help="Reference executor, or the real Caffe 1.0 binary."),
-    )):
+    for option in reversed(
+        (
+            click.option(
+                "--steps", type=int, default=100, show_default=True, help="Caffe updates to run."
+            ),
+            click.option(
+                "--seed",
+                type=int,
+                default=0,
+                show_default=True,
+                help="Seed of the initial weights and gradient streams.",
+            ),
+            click.option(
+                "--tolerance",
+                type=float,
+                default=1e-3,
+                show_default=True,
+                help="Largest deviation accepted (max|dw| / distance travelled).",
+            ),
+            click.option(
+                "--against",
+                type=click.Choice(["reference", "caffe"]),
+                default="reference",
+                show_default=True,
+                help="Reference executor, or the real Caffe 1.0 binary.",
+            ),
+        )
+    ):
         command = option(command)
     return command
 
 
-format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
-                             default="table", show_default=True, help="Output format.")
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,22 +157,53 @@ def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int
 @click.argument("solver", type=_existing_file)
 @net_option
 @lenient_option
-@click.option("--init", "init_path", type=_existing_file, required=True,
-              help='Initial weights (.npz, keys "{layer}/{blob}").')
-@click.option("--grads", "grads_path", type=_existing_file, required=True,
-              help='Gradients (.npz, keys "{step}/{layer}/{blob}", the iter_size sum).')
-@click.option("-o", "--output", "out_path", type=click.Path(path_type=Path),
-              required=True, help='Weights after each update (.npz, keys "{step}/{layer}/{blob}").')
-@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
-              show_default=True)
+@click.option(
+    "--init",
+    "init_path",
+    type=_existing_file,
+    required=True,
+    help='Initial weights (.npz, keys "{layer}/{blob}").',
+)
+@click.option(
+    "--grads",
+    "grads_path",
+    type=_existing_file,
+    required=True,
+    help='Gradients (.npz, keys "{step}/{layer}/{blob}", the iter_size sum).',
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help='Weights after each update (.npz, keys "{step}/{layer}/{blob}").',
+)
+@click.option(
+    "--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
+)
 @_user_errors_exit_2
-def replay(solver: Path, net_path: Path | None, lenient: bool, init_path: Path,
-           grads_path: Path, out_path: Path, precision: str) -> int:
+def replay(
+    solver: Path,
+    net_path: Path | None,
+    lenient: bool,
+    init_path: Path,
+    grads_path: Path,
+    out_path: Path,
+    precision: str,
+) -> int:
     """Run Caffe's update rule on recorded gradients and write the weight trajectory."""
     from caffe2tf.rule.replay import replay_files
 
-    summary = replay_files(solver, net_path=net_path, lenient=lenient, init_path=init_path,
-                           grads_path=grads_path, out_path=out_path, precision=precision)
+    summary = replay_files(
+        solver,
+        net_path=net_path,
+        lenient=lenient,
+        init_path=init_path,
+        grads_path=grads_path,
+        out_path=out_path,
+        precision=precision,
+    )
     click.echo(summary)
     return EXIT_OK
 
@@ -145,22 +212,52 @@ def replay(solver: Path, net_path: Path | None, lenient: bool, init_path: Path,
 @click.argument("solver", type=_existing_file)
 @net_option
 @lenient_option
-@click.option("--layer-map", "layer_map", type=_existing_file, default=None,
-              help="YAML mapping Caffe layer names to Keras layer names.")
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path),
-              required=True, help="Output directory (train_config.yaml, optimizer.py).")
-@click.option("--allow-approx", is_flag=True, default=False,
-              help="Write the artifacts even when a choice is only approximate.")
+@click.option(
+    "--layer-map",
+    "layer_map",
+    type=_existing_file,
+    default=None,
+    help="YAML mapping Caffe layer names to Keras layer names.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output directory (train_config.yaml, optimizer.py).",
+)
+@click.option(
+    "--allow-approx",
+    is_flag=True,
+    default=False,
+    help="Write the artifacts even when a choice is only approximate.",
+)
 @click.option("--force", is_flag=True, default=False, help="Replace an existing output directory.")
 @format_option
 @_user_errors_exit_2
-def convert(solver: Path, net_path: Path | None, lenient: bool, layer_map: Path | None,
-            out_dir: Path, allow_approx: bool, force: bool, fmt: str) -> int:
+def convert(
+    solver: Path,
+    net_path: Path | None,
+    lenient: bool,
+    layer_map: Path | None,
+    out_dir: Path,
+    allow_approx: bool,
+    force: bool,
+    fmt: str,
+) -> int:
     """Write OUT/train_config.yaml and OUT/optimizer.py that train exactly like SOLVER."""
     from caffe2tf.targets.keras.convert import convert_solver
 
-    report = convert_solver(solver, net_path=net_path, lenient=lenient, layer_map=layer_map,
-                            out_dir=out_dir, allow_approx=allow_approx, force=force)
+    report = convert_solver(
+        solver,
+        net_path=net_path,
+        lenient=lenient,
+        layer_map=layer_map,
+        out_dir=out_dir,
+        allow_approx=allow_approx,
+        force=force,
+    )
     click.echo(report.render(fmt))
     return report.exit_code
 
@@ -169,23 +266,50 @@ def convert(solver: Path, net_path: Path | None, lenient: bool, layer_map: Path 
 @click.argument("solver", type=_existing_file)
 @net_option
 @lenient_option
-@click.option("--module", "module_path", type=_existing_file, default=None,
-              help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).")
+@click.option(
+    "--module",
+    "module_path",
+    type=_existing_file,
+    default=None,
+    help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).",
+)
 @trajectory_options
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
-              default=None, help="Write a PNG of the deviation per step.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a PNG of the deviation per step.",
+)
 @format_option
 @_user_errors_exit_2
-def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path | None,
-           steps: int, seed: int, tolerance: float, against: str, plot_path: Path | None,
-           fmt: str) -> int:
+def verify(
+    solver: Path,
+    net_path: Path | None,
+    lenient: bool,
+    module_path: Path | None,
+    steps: int,
+    seed: int,
+    tolerance: float,
+    against: str,
+    plot_path: Path | None,
+    fmt: str,
+) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
     _quiet_tensorflow()
     from caffe2tf.verify.run import verify_solver
 
-    report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,
-                           steps=steps, seed=seed, tolerance=tolerance, against=against,
-                           plot_path=plot_path)
+    report = verify_solver(
+        solver,
+        net_path=net_path,
+        lenient=lenient,
+        module_path=module_path,
+        steps=steps,
+        seed=seed,
+        tolerance=tolerance,
+        against=against,
+        plot_path=plot_path,
+    )
     click.echo(report.render(fmt))
     return report.exit_code
 
@@ -195,14 +319,28 @@ def verify(solver: Path, net_path: Path | None, lenient: bool, module_path: Path
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @net_option
 @lenient_option
-@click.option("--layer-map", "layer_map", type=_existing_file, default=None,
-              help="The YAML layer map that was given to convert, if any.")
+@click.option(
+    "--layer-map",
+    "layer_map",
+    type=_existing_file,
+    default=None,
+    help="The YAML layer map that was given to convert, if any.",
+)
 @trajectory_options
 @format_option
 @_user_errors_exit_2
-def check(solver: Path, out_dir: Path, net_path: Path | None, lenient: bool,
-          layer_map: Path | None, steps: int, seed: int, tolerance: float, against: str,
-          fmt: str) -> int:
+def check(
+    solver: Path,
+    out_dir: Path,
+    net_path: Path | None,
+    lenient: bool,
+    layer_map: Path | None,
+    steps: int,
+    seed: int,
+    tolerance: float,
+    against: str,
+    fmt: str,
+) -> int:
     """CI check: does OUT (written by convert) still match its Caffe original SOLVER?
 
     Fails (exit 1) when OUT/train_config.yaml differs from today's conversion or when
@@ -211,9 +349,17 @@ def check(solver: Path, out_dir: Path, net_path: Path | None, lenient: bool,
     _quiet_tensorflow()
     from caffe2tf.verify.check import check_migration
 
-    report = check_migration(solver, out_dir, net_path=net_path, lenient=lenient,
-                             layer_map=layer_map, steps=steps, seed=seed, tolerance=tolerance,
-                             against=against)
+    report = check_migration(
+        solver,
+        out_dir,
+        net_path=net_path,
+        lenient=lenient,
+        layer_map=layer_map,
+        steps=steps,
+        seed=seed,
+        tolerance=tolerance,
+        against=against,
+    )
     click.echo(report.render(fmt))
     return report.exit_code
 

@@ -25,8 +25,9 @@ def render_case(case: Path) -> dict[str, str]:
     from caffe2tf.targets.keras.render_python import render_python
     from caffe2tf.targets.keras.render_yaml import render_yaml
 
-    layer_map = load_layer_map(case / "layer_map.yaml") if (case / "layer_map.yaml").exists() \
-        else {}
+    layer_map = (
+        load_layer_map(case / "layer_map.yaml") if (case / "layer_map.yaml").exists() else {}
+    )
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -39,8 +40,11 @@ def render_case(case: Path) -> dict[str, str]:
 
 
 def regen(names: list[str]) -> None:
-    cases = [CASES / n for n in names] if names else sorted(
-        p for p in CASES.iterdir() if (p / "solver.prototxt").exists())
+    cases = (
+        [CASES / n for n in names]
+        if names
+        else sorted(p for p in CASES.iterdir() if (p / "solver.prototxt").exists())
+    )
     for case in cases:
         out = case / "expected"
         out.mkdir(exist_ok=True)

@@ -46,8 +46,7 @@ def pick_cases(cases: list[matrix.MatrixCase], count: int = COUNT) -> list[matri
     ``count``; ties go to the earlier case in matrix order."""
     chosen: list[matrix.MatrixCase] = []
     for solver in matrix.SOLVERS:
-        chosen.append(next(c for c in cases if c.factors["solver"] == solver
-                           and c not in chosen))
+        chosen.append(next(c for c in cases if c.factors["solver"] == solver and c not in chosen))
     wanted = {(f, v) for f, vals in matrix.FACTORS.items() for v in vals}
 
     def covered() -> set:
@@ -58,8 +57,7 @@ def pick_cases(cases: list[matrix.MatrixCase], count: int = COUNT) -> list[matri
         rest = [c for c in cases if c not in chosen]
         if not rest:
             break
-        best = max(rest, key=lambda c: len({(f, c.factors[f]) for f in matrix.FACTORS}
-                                           & missing))
+        best = max(rest, key=lambda c: len({(f, c.factors[f]) for f in matrix.FACTORS} & missing))
         chosen.append(best)
     return chosen
 
@@ -69,8 +67,7 @@ def npz_payload(case: matrix.MatrixCase, traj: list[dict[str, np.ndarray]]) -> d
     for key in case.init:
         data[f"init/{key}"] = np.asarray(case.init[key], np.float32)
         if case.iter_size > 1:  # grads = float32 running sums of these (streams.accumulate)
-            data[f"micro/{key}"] = np.stack([g[key] for g in case.micro_grads]).astype(
-                np.float32)
+            data[f"micro/{key}"] = np.stack([g[key] for g in case.micro_grads]).astype(np.float32)
         else:
             data[f"grads/{key}"] = np.stack([g[key] for g in case.grads]).astype(np.float32)
         data[f"weights/{key}"] = np.stack([w[key] for w in traj]).astype(np.float32)
@@ -94,8 +91,11 @@ def check_goldens(directory: Path, *, root: Path | None = None, rtol: float = 1e
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="rerun Caffe on the committed goldens and compare; write nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="rerun Caffe on the committed goldens and compare; write nothing",
+    )
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
     args = parser.parse_args(argv)
     root = oracle.ensure_caffe_root()
@@ -117,23 +117,30 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{case.name}.solver.prototxt").write_text(case.solver_text)
         (args.out / f"{case.name}.net.prototxt").write_text(case.net_text)
         np.savez_compressed(args.out / f"{case.name}.npz", **npz_payload(case, results[case.name]))
-        entries.append({"name": case.name, "steps": case.steps, "iter_size": case.iter_size,
-                        "factors": {k: v for k, v in case.factors.items()},
-                        "clip_threshold": case.clip_threshold, "seed": case.seed,
-                        "blobs": list(case.init)})
+        entries.append(
+            {
+                "name": case.name,
+                "steps": case.steps,
+                "iter_size": case.iter_size,
+                "factors": {k: v for k, v in case.factors.items()},
+                "clip_threshold": case.clip_threshold,
+                "seed": case.seed,
+                "blobs": list(case.init),
+            }
+        )
     manifest = {
         "produced_by": "scripts/regen_goldens.py (caffe2tf.verify.oracle.run_cases, "
-                       "method apply_update)",
+        "method apply_update)",
         "caffe": oracle.caffe_package_version(root),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host": f"{platform.machine()} {platform.system()}",
         "format": {
             "init/<layer>/<blob>": "initial weights (Caffe layout)",
             "grads/<layer>/<blob>": "(steps, *shape) Caffe's diff when update k starts; only "
-                                    "when iter_size == 1",
+            "when iter_size == 1",
             "micro/<layer>/<blob>": "(steps*iter_size, *shape) per-pass gradients; only when "
-                                    "iter_size > 1; Caffe's diff at update k = float32 running "
-                                    "sum of rows k*S..k*S+S-1 (streams.accumulate)",
+            "iter_size > 1; Caffe's diff at update k = float32 running "
+            "sum of rows k*S..k*S+S-1 (streams.accumulate)",
             "weights/<layer>/<blob>": "(steps, *shape) row k-1 = weights after k updates",
         },
         "cases": entries,

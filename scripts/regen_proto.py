@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     rel = OUTPUT.relative_to(ROOT)
     if ns.check:
         if current != fresh:
-            print(f"regen_proto: {rel} is stale; run python scripts/regen_proto.py",
-                  file=sys.stderr)
+            print(
+                f"regen_proto: {rel} is stale; run python scripts/regen_proto.py", file=sys.stderr
+            )
             return 1
         print(f"regen_proto: {rel} is up to date")
         return 0

@@ -68,15 +68,19 @@ def caffe_root() -> Path:
         try:
             return oracle.ensure_caffe_root()
         except oracle.OracleError as err:
-            pytest.fail(f"CI=true but the real-Caffe root could not be built:\n{err}",
-                        pytrace=False)
+            pytest.fail(
+                f"CI=true but the real-Caffe root could not be built:\n{err}", pytrace=False
+            )
     where = os.environ.get(oracle.ROOT_ENV) or str(oracle.DEFAULT_ROOT)
-    pytest.skip(f"no real-Caffe root at {where}; build it with "
-                f"`sudo scripts/build_caffe_root.sh` (or set CI=true to build it and require it)")
+    pytest.skip(
+        f"no real-Caffe root at {where}; build it with "
+        f"`sudo scripts/build_caffe_root.sh` (or set CI=true to build it and require it)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("oracle") is not None and "caffe_root" not in getattr(
-                item, "fixturenames", ()):
+            item, "fixturenames", ()
+        ):
             item.fixturenames.insert(0, "caffe_root")

@@ -74,8 +74,9 @@ def make_model(rule: Any, plan: Any) -> Any:
         done.add(b.keras_layer)
         if b.layer_type == "InnerProduct":
             out_dim, in_dim = shapes[f"{b.caffe_layer}/0"]
-            dense = keras.layers.Dense(out_dim, use_bias=f"{b.caffe_layer}/1" in shapes,
-                                       name=b.keras_layer)
+            dense = keras.layers.Dense(
+                out_dim, use_bias=f"{b.caffe_layer}/1" in shapes, name=b.keras_layer
+            )
             dense.build((None, in_dim))
             layers.append(dense)
         elif b.layer_type == "Scale":
@@ -138,22 +139,36 @@ def streams(rule: Any, steps: int, seed: int) -> tuple[dict, list[dict]]:
     for t in range(steps):
         scale = 0.05 if t % 7 == 3 else 1.0
         # lr_mult 0 blobs get no gradient in Caffe (net.cpp:149-152): their diff stays 0
-        grads.append({k: (rng.normal(0, 1.0, s) * scale * frozen.get(k, 1.0)).astype(np.float32)
-                      for k, s in shapes.items()})
+        grads.append(
+            {
+                k: (rng.normal(0, 1.0, s) * scale * frozen.get(k, 1.0)).astype(np.float32)
+                for k, s in shapes.items()
+            }
+        )
     return init, grads
 
 
 def split(total: dict[str, np.ndarray], parts: int, rng: Any) -> list[dict[str, np.ndarray]]:
     if parts == 1:
         return [total]
-    out = [{k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in total.items()}
-           for _ in range(parts - 1)]
+    out = [
+        {k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in total.items()}
+        for _ in range(parts - 1)
+    ]
     last = {k: (v - sum(p[k] for p in out)).astype(np.float32) for k, v in total.items()}
     return out + [last]
 
 
-def run_keras(build_optimizer: Any, prepare_model: Any, rule: Any, init: dict, grads: list,
-              *, plan: Any, seed: int = 1) -> list[dict[str, np.ndarray]]:
+def run_keras(
+    build_optimizer: Any,
+    prepare_model: Any,
+    rule: Any,
+    init: dict,
+    grads: list,
+    *,
+    plan: Any,
+    seed: int = 1,
+) -> list[dict[str, np.ndarray]]:
     """Train per the contract on the active backend; weights after each Caffe update."""
     import keras
 
@@ -209,8 +224,16 @@ def names_of(plan: Any) -> dict[str, str]:
     return {b.keras_layer: b.caffe_layer for b in plan.blobs}
 
 
-def run_fit(build_optimizer: Any, prepare_model: Any, rule: Any, init: dict, grads: list,
-            *, plan: Any, seed: int = 1) -> list[dict[str, np.ndarray]]:
+def run_fit(
+    build_optimizer: Any,
+    prepare_model: Any,
+    rule: Any,
+    init: dict,
+    grads: list,
+    *,
+    plan: Any,
+    seed: int = 1,
+) -> list[dict[str, np.ndarray]]:
     """The ``compile`` + ``fit`` side of the contract: each batch (size 1) carries one
     micro-batch gradient, flattened; the model outputs ``sum(x_v * v)`` and the loss is that
     output, so ``fit`` differentiates it plus ``sum(model.losses)`` itself."""
@@ -232,7 +255,7 @@ def run_fit(build_optimizer: Any, prepare_model: Any, rule: Any, init: dict, gra
             total = 0.0
             start = 0
             for v, n in zip(tv, sizes, strict=True):
-                part = keras.ops.reshape(x[:, start:start + n], (-1, *v.shape))
+                part = keras.ops.reshape(x[:, start : start + n], (-1, *v.shape))
                 total = total + keras.ops.sum(keras.ops.stop_gradient(part) * v)
                 start += n
             return keras.ops.reshape(total, (1, 1))
@@ -244,9 +267,16 @@ def run_fit(build_optimizer: Any, prepare_model: Any, rule: Any, init: dict, gra
     traj = []
     for total in grads:
         parts = split(total, rule.iter_size, rng)
-        x = np.stack([np.concatenate([to_keras(p[keras_key(v, names)]).ravel() for v in tv])
-                      for p in parts]).astype(np.float32)
-        probe.fit(x, np.zeros((len(parts), 1), np.float32), batch_size=1, epochs=1,
-                  shuffle=False, verbose=0)
+        x = np.stack(
+            [np.concatenate([to_keras(p[keras_key(v, names)]).ravel() for v in tv]) for p in parts]
+        ).astype(np.float32)
+        probe.fit(
+            x,
+            np.zeros((len(parts), 1), np.float32),
+            batch_size=1,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+        )
         traj.append(get_weights(model, names))
     return traj

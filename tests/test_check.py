@@ -37,8 +37,9 @@ def _copy(converted: Path, tmp_path: Path) -> Path:
 
 
 def _check(out: Path, *extra: str):
-    return CliRunner().invoke(cli, ["check", str(SOLVER), str(out), "--net", str(NET),
-                                    "--steps", "25", *extra])
+    return CliRunner().invoke(
+        cli, ["check", str(SOLVER), str(out), "--net", str(NET), "--steps", "25", *extra]
+    )
 
 
 def test_untouched_conversion_passes(converted: Path) -> None:
@@ -83,10 +84,18 @@ def test_missing_artifacts_exit_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_config_differences_walks_nested_values() -> None:
-    expected = {"source": {"solver": "a"}, "optimizer": {"args": {"momentum": 0.9}},
-                "lr_mults": [1.0, 2.0], "clipping": None}
-    found = {"source": {"solver": "b"}, "optimizer": {"args": {"momentum": 0.95}},
-             "lr_mults": [1.0], "extra": 1}
+    expected = {
+        "source": {"solver": "a"},
+        "optimizer": {"args": {"momentum": 0.9}},
+        "lr_mults": [1.0, 2.0],
+        "clipping": None,
+    }
+    found = {
+        "source": {"solver": "b"},
+        "optimizer": {"args": {"momentum": 0.95}},
+        "lr_mults": [1.0],
+        "extra": 1,
+    }
     diffs = {d.path: (d.expected, d.found) for d in config_differences(expected, found)}
     assert diffs == {
         "optimizer.args.momentum": (0.9, 0.95),

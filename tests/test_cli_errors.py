@@ -23,8 +23,10 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
   param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
   inner_product_param { num_output: 3 } }
 """
-SOLVER = ('net: "net.prototxt"\ntype: "SGD"\nbase_lr: 0.1\nmomentum: 0.9\n'
-          'lr_policy: "fixed"\nweight_decay: 0.1\n')
+SOLVER = (
+    'net: "net.prototxt"\ntype: "SGD"\nbase_lr: 0.1\nmomentum: 0.9\n'
+    'lr_policy: "fixed"\nweight_decay: 0.1\n'
+)
 ERROR_LINE = re.compile(r"^\S.*: error: \S.*$")
 
 
@@ -35,8 +37,10 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "net.prototxt").write_text(NET)
     (tmp_path / "solver.prototxt").write_text(SOLVER)
     rng = np.random.default_rng(0)
-    init = {"fc/0": rng.normal(size=(3, 4)).astype(np.float32),
-            "fc/1": rng.normal(size=3).astype(np.float32)}
+    init = {
+        "fc/0": rng.normal(size=(3, 4)).astype(np.float32),
+        "fc/1": rng.normal(size=3).astype(np.float32),
+    }
     np.savez(tmp_path / "init.npz", **init)
     np.savez(tmp_path / "grads.npz", **{f"{t}/{k}": v for t in range(3) for k, v in init.items()})
     (tmp_path / "adir").mkdir()
@@ -64,17 +68,22 @@ def fails_cleanly(args: list[str], where: str | None = None) -> str:
     return lines[0]
 
 
-def replay_args(*, init: str = "init.npz", grads: str = "grads.npz", out: str = "out.npz"
-                ) -> list[str]:
+def replay_args(
+    *, init: str = "init.npz", grads: str = "grads.npz", out: str = "out.npz"
+) -> list[str]:
     return ["replay", "solver.prototxt", "--init", init, "--grads", grads, "-o", out]
 
 
 # -- 1. replay: a huge step number must not materialise range(step) ----------------------------
 
+
 def test_replay_huge_step_reports_gap_without_allocating(work: Path) -> None:
     init = dict(np.load(work / "init.npz"))
-    grads = {"0/fc/0": init["fc/0"], "99999999999999999999/fc/0": init["fc/0"],
-             "3/fc/1": init["fc/1"]}
+    grads = {
+        "0/fc/0": init["fc/0"],
+        "99999999999999999999/fc/0": init["fc/0"],
+        "3/fc/1": init["fc/1"],
+    }
     np.savez(work / "grads.npz", **grads)
     before = listing(work)
     line = fails_cleanly(replay_args(), "grads.npz")
@@ -91,6 +100,7 @@ def test_replay_step_beyond_int64_and_very_long_digits(work: Path) -> None:
 
 
 # -- 2. replay: .npy instead of .npz, and pickles ----------------------------------------------
+
 
 @pytest.mark.parametrize("which", ["init", "grads"])
 def test_replay_npy_instead_of_npz(work: Path, which: str) -> None:
@@ -126,6 +136,7 @@ def test_replay_zip_with_garbage_member(work: Path) -> None:
 
 # -- 3. replay: unwritable output ----------------------------------------------------------
 
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 def test_replay_output_in_unwritable_place(work: Path) -> None:
     fails_cleanly(replay_args(out="/proc/x.npz"), "/proc/x.npz")
@@ -139,6 +150,7 @@ def test_replay_output_is_a_directory(work: Path) -> None:
 
 # -- 4. convert: unwritable OUT, OUT = cwd or an ancestor, failed swap ---------------------
 
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 def test_convert_into_unwritable_place(work: Path) -> None:
     before = listing(work)
@@ -147,8 +159,7 @@ def test_convert_into_unwritable_place(work: Path) -> None:
 
 
 @pytest.mark.parametrize("out,where", [(".", "."), ("..", ".."), ("./", "."), ("adir/..", None)])
-def test_convert_force_refuses_cwd_and_its_parents(work: Path, out: str, where: str | None
-                                                   ) -> None:
+def test_convert_force_refuses_cwd_and_its_parents(work: Path, out: str, where: str | None) -> None:
     before = listing(work)
     parent_before = set(os.listdir(work.parent))
     fails_cleanly(["convert", "solver.prototxt", "-o", out, "--force"], where)
@@ -161,8 +172,18 @@ def test_convert_force_refuses_folder_holding_the_solver(work: Path, monkeypatch
     inner.mkdir()
     (inner / "solver.prototxt").write_text(SOLVER.replace("net.prototxt", "../net.prototxt"))
     monkeypatch.chdir(work / "adir")
-    fails_cleanly(["convert", str(inner / "solver.prototxt"), "--net", str(work / "net.prototxt"),
-                   "-o", str(inner), "--force"], str(inner))
+    fails_cleanly(
+        [
+            "convert",
+            str(inner / "solver.prototxt"),
+            "--net",
+            str(work / "net.prototxt"),
+            "-o",
+            str(inner),
+            "--force",
+        ],
+        str(inner),
+    )
     assert (inner / "solver.prototxt").is_file()
 
 
@@ -186,21 +207,26 @@ def test_convert_failed_swap_restores_old_output_and_cleans_up(work: Path, monke
 
 # -- 5. convert --layer-map ------------------------------------------------------------------
 
+
 def test_layer_map_not_utf8(work: Path) -> None:
     (work / "map.yaml").write_bytes(b"fc: dense\nx: \xff\xfe\n")
-    line = fails_cleanly(["convert", "solver.prototxt", "-o", "out", "--layer-map", "map.yaml"],
-                         "map.yaml:2:4")
+    line = fails_cleanly(
+        ["convert", "solver.prototxt", "-o", "out", "--layer-map", "map.yaml"], "map.yaml:2:4"
+    )
     assert "UTF-8" in line
     assert not (work / "out").exists()
 
 
-@pytest.mark.parametrize("text,where", [
-    ("- fc\n- dense\n", "map.yaml:1:1"),                 # a list
-    ("fc: [dense]\n", "map.yaml:1:5"),                    # value not a string
-    ("fc: dense\n3: dense2\n", "map.yaml:2:1"),           # key not a string
-    ("fc: a/b\n", "map.yaml:1:5"),                        # '/' in a Keras name
-    ("fc: dense\n  bad: [\n", "map.yaml:"),               # YAML syntax error
-])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("- fc\n- dense\n", "map.yaml:1:1"),  # a list
+        ("fc: [dense]\n", "map.yaml:1:5"),  # value not a string
+        ("fc: dense\n3: dense2\n", "map.yaml:2:1"),  # key not a string
+        ("fc: a/b\n", "map.yaml:1:5"),  # '/' in a Keras name
+        ("fc: dense\n  bad: [\n", "map.yaml:"),  # YAML syntax error
+    ],
+)
 def test_layer_map_not_a_str_to_str_mapping(work: Path, text: str, where: str) -> None:
     (work / "map.yaml").write_text(text)
     line = fails_cleanly(["convert", "solver.prototxt", "-o", "out", "--layer-map", "map.yaml"])
@@ -214,6 +240,7 @@ def test_layer_map_is_a_directory(work: Path) -> None:
 
 # -- 6. verify --module / check with a broken module ---------------------------------------
 
+
 def test_verify_module_with_syntax_error(work: Path) -> None:
     (work / "broken.py").write_text("def build_optimizer():\n    return (1,\n\nx = )\n")
     line = fails_cleanly(["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"])
@@ -222,15 +249,17 @@ def test_verify_module_with_syntax_error(work: Path) -> None:
 
 def test_verify_module_raising_at_import(work: Path) -> None:
     (work / "broken.py").write_text("import os\n\nraise RuntimeError('no GPU\\nhere')\n")
-    line = fails_cleanly(["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"],
-                         "broken.py:3")
+    line = fails_cleanly(
+        ["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"], "broken.py:3"
+    )
     assert "RuntimeError" in line and "no GPU here" in line
 
 
 def test_verify_module_calling_sys_exit_at_import(work: Path) -> None:
     (work / "broken.py").write_text("import sys\nsys.exit(0)\n")
-    line = fails_cleanly(["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"],
-                         "broken.py:2")
+    line = fails_cleanly(
+        ["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"], "broken.py:2"
+    )
     assert "SystemExit" in line
 
 
@@ -247,8 +276,10 @@ def test_guarded_build_optimizer_names_module_and_line(tmp_path: Path) -> None:
     from caffe2tf.verify.keras_harness import candidate_from_module, load_module
 
     path = tmp_path / "mod.py"
-    path.write_text("def prepare_model(model):\n    return {}\n\n\n"
-                    "def build_optimizer():\n    raise KeyError('lr')\n")
+    path.write_text(
+        "def prepare_model(model):\n    return {}\n\n\n"
+        "def build_optimizer():\n    raise KeyError('lr')\n"
+    )
     cand = candidate_from_module(load_module(path))
     with pytest.raises(InputError) as err:
         cand.build_optimizer()
@@ -259,25 +290,32 @@ def test_guarded_build_optimizer_names_module_and_line(tmp_path: Path) -> None:
 @pytest.mark.keras
 def test_verify_module_whose_build_optimizer_raises(work: Path) -> None:
     pytest.importorskip("keras")
-    (work / "broken.py").write_text("def prepare_model(model):\n    return {}\n\n\n"
-                                    "def build_optimizer():\n    raise ValueError('boom')\n")
-    line = fails_cleanly(["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"],
-                         "broken.py:6")
+    (work / "broken.py").write_text(
+        "def prepare_model(model):\n    return {}\n\n\n"
+        "def build_optimizer():\n    raise ValueError('boom')\n"
+    )
+    line = fails_cleanly(
+        ["verify", "solver.prototxt", "--module", "broken.py", "--steps", "1"], "broken.py:6"
+    )
     assert "build_optimizer()" in line and "ValueError: boom" in line
 
 
 # -- 7. a directory where a file is expected ------------------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ["inspect", "adir"],
-    ["explain", "adir"],
-    ["convert", "adir", "-o", "x"],
-    ["verify", "adir"],
-    ["check", "adir", "x"],
-    ["explain", "solver.prototxt", "--net", "adir"],
-    ["replay", "adir", "--init", "init.npz", "--grads", "grads.npz", "-o", "y.npz"],
-    ["replay", "solver.prototxt", "--init", "adir", "--grads", "grads.npz", "-o", "y.npz"],
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "adir"],
+        ["explain", "adir"],
+        ["convert", "adir", "-o", "x"],
+        ["verify", "adir"],
+        ["check", "adir", "x"],
+        ["explain", "solver.prototxt", "--net", "adir"],
+        ["replay", "adir", "--init", "init.npz", "--grads", "grads.npz", "-o", "y.npz"],
+        ["replay", "solver.prototxt", "--init", "adir", "--grads", "grads.npz", "-o", "y.npz"],
+    ],
+)
 def test_directory_instead_of_file(work: Path, args: list[str]) -> None:
     before = listing(work)
     line = fails_cleanly(args, "adir")
@@ -296,14 +334,18 @@ def test_verify_plot_is_a_directory(work: Path) -> None:
 
 # -- 8. a net given as the solver; garbage reported the same way everywhere -------------------
 
-@pytest.mark.parametrize("cmd", [
-    ["explain", "net.prototxt"],
-    ["convert", "net.prototxt", "-o", "out"],
-    ["replay", "net.prototxt", "--init", "init.npz", "--grads", "grads.npz", "-o", "o.npz"],
-    ["verify", "net.prototxt"],
-    ["check", "net.prototxt", "adir"],
-    ["explain", "net.prototxt", "--lenient"],
-])
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["explain", "net.prototxt"],
+        ["convert", "net.prototxt", "-o", "out"],
+        ["replay", "net.prototxt", "--init", "init.npz", "--grads", "grads.npz", "-o", "o.npz"],
+        ["verify", "net.prototxt"],
+        ["check", "net.prototxt", "adir"],
+        ["explain", "net.prototxt", "--lenient"],
+    ],
+)
 def test_net_given_as_solver(work: Path, cmd: list[str]) -> None:
     if cmd[0] == "check":
         (work / "adir" / "train_config.yaml").write_text("{}\n")
@@ -316,8 +358,9 @@ def test_net_given_as_solver(work: Path, cmd: list[str]) -> None:
 
 
 def test_solver_given_as_net(work: Path) -> None:
-    line = fails_cleanly(["explain", "solver.prototxt", "--net", "solver.prototxt"],
-                         "solver.prototxt")
+    line = fails_cleanly(
+        ["explain", "solver.prototxt", "--net", "solver.prototxt"], "solver.prototxt"
+    )
     assert "solver prototxt" in line
 
 

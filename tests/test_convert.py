@@ -75,8 +75,7 @@ def test_allow_approx_writes_but_json_does_not_call_it_exact(tmp_path: Path) -> 
     assert "missing_net" in solver.read_text()
     blocked_code, _ = run(str(solver), "-o", str(tmp_path / "blocked"), "--format", "json")
     assert blocked_code == 2 and not (tmp_path / "blocked").exists()
-    code, text = run(str(solver), "-o", str(tmp_path / "out"), "--format", "json",
-                     "--allow-approx")
+    code, text = run(str(solver), "-o", str(tmp_path / "out"), "--format", "json", "--allow-approx")
     assert code == 0
     data = json.loads(text)
     assert data["exact"] is False
@@ -96,8 +95,9 @@ def test_existing_output_is_not_clobbered_without_force(recipe: Path, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.prototxt", "out", "solver.prototxt"]
 
 
-def test_failure_while_rendering_leaves_nothing(recipe: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_while_rendering_leaves_nothing(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from caffe2tf.targets.keras import convert
 
     def boom(*_a: object) -> str:
@@ -126,9 +126,11 @@ def test_failure_while_rendering_leaves_nothing(recipe: Path, tmp_path: Path,
 
 
 def test_unsupported_layer_type_exits_2_and_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "net.prototxt").write_text(NET.replace(
-        'type: "InnerProduct"', 'type: "Bias"').replace(
-        "inner_product_param { num_output: 2 }", "bias_param { axis: 1 num_axes: 1 }"))
+    (tmp_path / "net.prototxt").write_text(
+        NET.replace('type: "InnerProduct"', 'type: "Bias"').replace(
+            "inner_product_param { num_output: 2 }", "bias_param { axis: 1 num_axes: 1 }"
+        )
+    )
     (tmp_path / "solver.prototxt").write_text(SOLVER)
     for extra in ([], ["--allow-approx"]):
         code, text = run(str(tmp_path / "solver.prototxt"), "-o", str(tmp_path / "out"), *extra)
@@ -173,8 +175,7 @@ def test_convert_path_never_imports_tensorflow_or_keras(recipe: Path, tmp_path: 
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "jax"))
         print("HEAVY", heavy)
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout, res.stdout[-2000:]
     assert (tmp_path / "out" / "optimizer.py").exists()
@@ -212,8 +213,9 @@ def test_hostile_layer_names_never_run(tmp_path: Path) -> None:
     assert "not valid Keras/TensorFlow names" in text and "--layer-map" in text
     source = (work / "out" / "optimizer.py").read_text()
     tree = ast.parse(source)
-    strings = {n.value for n in ast.walk(tree)
-               if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    strings = {
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
     assert any("__import__('os').system('touch PWNED')" in s for s in strings)
     assert any(s.startswith("ip2\nimport os") for s in strings)
     called = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
@@ -221,11 +223,19 @@ def test_hostile_layer_names_never_run(tmp_path: Path) -> None:
     ruff = shutil.which("ruff")
     if ruff:
         for cmd in (["check", "--isolated"], ["format", "--check", "--isolated"]):
-            res = subprocess.run([ruff, *cmd, "--no-cache", str(work / "out" / "optimizer.py")],
-                                 capture_output=True, text=True)
+            res = subprocess.run(
+                [ruff, *cmd, "--no-cache", str(work / "out" / "optimizer.py")],
+                capture_output=True,
+                text=True,
+            )
             assert res.returncode == 0, res.stdout
-    res = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, str(work / "out" / "optimizer.py")],
-                         capture_output=True, text=True, cwd=work, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", HOSTILE_SCRIPT, str(work / "out" / "optimizer.py")],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "OK 4" in res.stdout
     assert not (work / "PWNED").exists()

@@ -20,15 +20,17 @@ CORPUS = Path(os.environ.get("CAFFE2TF_CORPUS", ROOT.parent / "shared" / "corpus
 
 # The corpus (real-world prototxts, ../shared/corpus or $CAFFE2TF_CORPUS) is not part of the
 # repository nor installed by CI, so its absence is a legitimate skip.
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(),
-                                reason=f"no corpus at {CORPUS} (optional; set CAFFE2TF_CORPUS)")
+pytestmark = pytest.mark.skipif(
+    not CORPUS.is_dir(), reason=f"no corpus at {CORPUS} (optional; set CAFFE2TF_CORPUS)"
+)
 
 
 def _files() -> list[Path]:
     if not CORPUS.is_dir():
         return []
-    return sorted(p for p in CORPUS.rglob("*")
-                  if p.is_file() and p.suffix not in (".tsv", ".md", ".txt"))
+    return sorted(
+        p for p in CORPUS.rglob("*") if p.is_file() and p.suffix not in (".tsv", ".md", ".txt")
+    )
 
 
 def _manifest() -> dict[str, dict[str, str]]:
@@ -43,8 +45,9 @@ FILES = _files()
 
 
 def _load(path: Path, kind: str, lenient: bool):
-    return load_recipe(path, lenient=lenient) if kind == "solver" else load_net(path,
-                                                                                lenient=lenient)
+    return (
+        load_recipe(path, lenient=lenient) if kind == "solver" else load_net(path, lenient=lenient)
+    )
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
@@ -80,9 +83,11 @@ def test_corpus_params_and_upgrades() -> None:
     """Spot facts from the manifest: the V1 net is upgraded with its blobs_lr multipliers, the
     siamese net shares params, the BatchNorm nets have their statistics frozen."""
     by_name = {p.name: p for p in FILES}
-    spots = {"v1": "finetuning__voc_2007_prototxt__pascal_finetune_train.prototxt",
-             "siamese": "examples__siamese__mnist_siamese_train_test.prototxt",
-             "mobilenet": "mobilenet_deploy.prototxt"}
+    spots = {
+        "v1": "finetuning__voc_2007_prototxt__pascal_finetune_train.prototxt",
+        "siamese": "examples__siamese__mnist_siamese_train_test.prototxt",
+        "mobilenet": "mobilenet_deploy.prototxt",
+    }
     missing = sorted(name for name in spots.values() if name not in by_name)
     assert not missing, f"corpus at {CORPUS} lacks {missing} (renamed? update this test)"
     net = load_net(by_name[spots["v1"]])
@@ -117,18 +122,32 @@ def test_cli_sweep() -> None:
 
 
 def test_cli_subprocess_on_a_fork_file() -> None:
-    forks = [p for p in FILES if "FORK" in _manifest().get(f"{p.parent.name}/{p.name}", {})
-             .get("notable_features", "")]
+    forks = [
+        p
+        for p in FILES
+        if "FORK" in _manifest().get(f"{p.parent.name}/{p.name}", {}).get("notable_features", "")
+    ]
     assert forks, f"no file marked FORK in {CORPUS / 'MANIFEST.tsv'} (the corpus has several)"
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     path = forks[0]
-    strict = subprocess.run([sys.executable, "-m", "caffe2tf", "inspect", str(path)],
-                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    strict = subprocess.run(
+        [sys.executable, "-m", "caffe2tf", "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
     assert f"{path}:" in strict.stderr and "--lenient" in strict.stderr
-    lenient = subprocess.run([sys.executable, "-m", "caffe2tf", "inspect", str(path),
-                              "--lenient"], capture_output=True, text=True, env=env,
-                             timeout=120, check=False)
+    lenient = subprocess.run(
+        [sys.executable, "-m", "caffe2tf", "inspect", str(path), "--lenient"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert lenient.returncode == 0 and "Traceback" not in lenient.stderr
     assert "skipped" in lenient.stdout

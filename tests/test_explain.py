@@ -61,10 +61,15 @@ def test_table_shows_every_step_with_numbers_in_order(tmp_path, monkeypatch):
 def test_table_lr_milestones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = explain_recipe(files(tmp_path))
-    rows = {line.split()[0]: line.split()[1] for line in text.splitlines()
-            if line.startswith("  ") and line.split() and line.split()[0].isdigit()
-            and len(line.split()) > 2 and ("start" in line or "boundary" in line
-                                           or "last" in line)}
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("  ")
+        and line.split()
+        and line.split()[0].isdigit()
+        and len(line.split()) > 2
+        and ("start" in line or "boundary" in line or "last" in line)
+    }
     assert float(rows["0"]) == 0.001
     assert abs(float(rows["1000"]) - 1e-4) < 1e-10
     assert abs(float(rows["3000"]) - 1e-5) < 1e-11
@@ -91,8 +96,12 @@ def test_json_is_data(tmp_path, monkeypatch):
     blobs = {b["key"]: b for b in data["blobs"]}
     assert blobs["fc2/1"]["lr_mult"] == 2.0 and not blobs["fc2/1"]["lr_mult_default"]
     assert blobs["fc1/0"]["decay_mult_default"]
-    assert {d["field"] for d in data["defaults"]} >= {"momentum", "momentum2", "delta",
-                                                     "regularization_type"}
+    assert {d["field"] for d in data["defaults"]} >= {
+        "momentum",
+        "momentum2",
+        "delta",
+        "regularization_type",
+    }
     assert any(n["code"] == "rule.default.momentum" for n in data["notes"])
 
 
@@ -114,12 +123,15 @@ def test_cli_explain_and_no_tensorflow(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["explain", "solver.prototxt", "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["solver"] == "Adam"
-    code = ("import sys; from caffe2tf.rule.explain import explain_recipe; "
-            "explain_recipe('solver.prototxt'); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'jax')]; "
-            "assert not bad, bad")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True)
+    code = (
+        "import sys; from caffe2tf.rule.explain import explain_recipe; "
+        "explain_recipe('solver.prototxt'); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'jax')]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
 
 

@@ -27,8 +27,15 @@ def f32(x: float) -> float:
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "caffe2tf", "inspect", *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "caffe2tf", "inspect", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_table_for_the_lenet_example() -> None:
@@ -40,10 +47,21 @@ def test_table_for_the_lenet_example() -> None:
     assert "(default)" in delta
     momentum = next(line for line in lines if line.strip().startswith("momentum "))
     assert "(default)" not in momentum and "0.9" in momentum and "solver.prototxt:7:1" in momentum
-    rows = {line.split()[0]: line.split() for line in lines if line.startswith("  conv")
-            or line.startswith("  ip")}
-    assert set(rows) == {"conv1/0", "conv1/1", "conv2/0", "conv2/1", "ip1/0", "ip1/1", "ip2/0",
-                         "ip2/1"}
+    rows = {
+        line.split()[0]: line.split()
+        for line in lines
+        if line.startswith("  conv") or line.startswith("  ip")
+    }
+    assert set(rows) == {
+        "conv1/0",
+        "conv1/1",
+        "conv2/0",
+        "conv2/1",
+        "ip1/0",
+        "ip1/1",
+        "ip2/0",
+        "ip2/1",
+    }
     assert rows["conv1/0"][2] == "20x1x5x5" and rows["ip1/0"][2] == "500x800"
     # key type shape lr_mult decay_mult shared lr@0 decay@0
     assert rows["conv1/1"][3:] == ["2", "0", "-", "0.02", "0"]
@@ -74,25 +92,30 @@ def test_net_file(tmp_path: Path) -> None:
 
 
 def test_non_finite_values_are_valid_json(tmp_path: Path) -> None:
-    (tmp_path / "net.prototxt").write_text('layer { name: "p" type: "Parameter" top: "p" '
-                                           "parameter_param { shape { dim: 2 } } }\n")
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } }\n'
+    )
     solver = tmp_path / "s.prototxt"
-    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "exp"\ngamma: 1e40\n'
-                      "base_lr: inf\n")
+    solver.write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "exp"\ngamma: 1e40\nbase_lr: inf\n'
+    )
     data = json.loads(inspect_file(solver).render("json"))
     fields = {f["name"]: f for f in data["solver"]["fields"]}
     assert fields["gamma"]["value"] == "inf" and fields["base_lr"]["value"] == "inf"
 
 
-@pytest.mark.parametrize("extra,expected", [
-    ('lr_policy: "fixed"', 0.1),
-    ('lr_policy: "step" gamma: 0.5 stepsize: 10', 0.1),
-    ('lr_policy: "multistep" gamma: 0.5 stepvalue: 0 stepvalue: 0', 0.05),
-    ('lr_policy: "multistep" gamma: 0.5 stepvalue: 1', 0.1),
-    ('lr_policy: "inv" gamma: 0.5 power: 2', 0.1),
-    ('lr_policy: "poly" power: 2 max_iter: 10', 0.1),
-    ('lr_policy: "sigmoid" gamma: 0.5 stepsize: 4', 0.1 / (1 + 2.718281828459045 ** 2)),
-])
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        ('lr_policy: "fixed"', 0.1),
+        ('lr_policy: "step" gamma: 0.5 stepsize: 10', 0.1),
+        ('lr_policy: "multistep" gamma: 0.5 stepvalue: 0 stepvalue: 0', 0.05),
+        ('lr_policy: "multistep" gamma: 0.5 stepvalue: 1', 0.1),
+        ('lr_policy: "inv" gamma: 0.5 power: 2', 0.1),
+        ('lr_policy: "poly" power: 2 max_iter: 10', 0.1),
+        ('lr_policy: "sigmoid" gamma: 0.5 stepsize: 4', 0.1 / (1 + 2.718281828459045**2)),
+    ],
+)
 def test_first_rate(tmp_path: Path, extra: str, expected: float) -> None:
     solver = tmp_path / "s.prototxt"
     solver.write_text(f'net: "x"\nbase_lr: 0.1\n{extra}\n')
@@ -108,7 +131,7 @@ def test_sniff_kind(tmp_path: Path) -> None:
     assert sniff_kind(p) == "net"
     p.write_text('layers { name: "a" type: RELU }\n')
     assert sniff_kind(p) == "net"
-    p.write_text('debug_info: true\nbase_lr: 1\n')
+    p.write_text("debug_info: true\nbase_lr: 1\n")
     assert sniff_kind(p) == "solver"
     p.write_text("   \n# only a comment\n")
     with pytest.raises(InputError, match="empty"):
@@ -164,11 +187,11 @@ def test_cli_bad_input_exit_2(tmp_path: Path) -> None:
 
 
 def test_cli_lenient_lists_skipped_items(tmp_path: Path) -> None:
-    (tmp_path / "net.prototxt").write_text('layer { name: "p" type: "Parameter" top: "p" '
-                                           "parameter_param { shape { dim: 2 } } }\n")
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } }\n'
+    )
     solver = tmp_path / "s.prototxt"
-    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\n'
-                      "rampup_lr: 0.5\n")
+    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\nrampup_lr: 0.5\n')
     assert run_cli(str(solver)).returncode == 2
     proc = run_cli(str(solver), "--lenient")
     assert proc.returncode == 0, proc.stderr
@@ -195,8 +218,15 @@ def test_never_imports_tensorflow() -> None:
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -207,11 +237,16 @@ def test_fixture_param_tables_agree_with_caffe(caffe_root: Path) -> None:
     from caffe2tf.caffe.load import load_net
     from caffe2tf.verify import oracle
 
-    for path in (LENET / "train.prototxt", ROOT / "fixtures" / "legacy" / "v0_net.prototxt",
-                 ROOT / "fixtures" / "legacy" / "batchnorm_input.prototxt"):
+    for path in (
+        LENET / "train.prototxt",
+        ROOT / "fixtures" / "legacy" / "v0_net.prototxt",
+        ROOT / "fixtures" / "legacy" / "batchnorm_input.prototxt",
+    ):
         ours = load_net(path)
-        theirs = {(layer, index): shape for layer, index, shape in
-                  oracle.caffe_net_blobs(path.read_text(), root=caffe_root)}
+        theirs = {
+            (layer, index): shape
+            for layer, index, shape in oracle.caffe_net_blobs(path.read_text(), root=caffe_root)
+        }
         assert len(theirs) == len(ours.params) + sum(len(b.sharers) for b in ours.params)
         for blob in ours.params:
             assert theirs[(blob.layer, blob.index)] == blob.shape, (path, blob.key)
@@ -227,10 +262,40 @@ def test_mutated_inputs_never_crash(tmp_path: Path) -> None:
     corpus = ROOT.parent / "shared" / "corpus"
     if corpus.is_dir():
         sources += sorted(p for p in corpus.rglob("*.prototxt"))[:10]
-    pieces = ["{", "}", "<", ">", "[", "]", ":", ",", ";", "-", '"', "'", "#", "\n", "0x", "1e",
-              "layer", "param", "lr_mult: 0", "inf", "nan", "\\", "\x00", "é",
-              'type: "BatchNorm"', "blobs_lr: 2", "layers {", "input_dim: 3", 'bottom: "x"',
-              'lr_policy: "poly"', "solver_type: ADAM", "9" * 30]
+    pieces = [
+        "{",
+        "}",
+        "<",
+        ">",
+        "[",
+        "]",
+        ":",
+        ",",
+        ";",
+        "-",
+        '"',
+        "'",
+        "#",
+        "\n",
+        "0x",
+        "1e",
+        "layer",
+        "param",
+        "lr_mult: 0",
+        "inf",
+        "nan",
+        "\\",
+        "\x00",
+        "é",
+        'type: "BatchNorm"',
+        "blobs_lr: 2",
+        "layers {",
+        "input_dim: 3",
+        'bottom: "x"',
+        'lr_policy: "poly"',
+        "solver_type: ADAM",
+        "9" * 30,
+    ]
     rnd = random.Random(20261122)
     target = tmp_path / "mutant.prototxt"
     for _ in range(150):
@@ -241,10 +306,10 @@ def test_mutated_inputs_never_crash(tmp_path: Path) -> None:
             if op < 0.4:
                 data = data[:i] + rnd.choice(pieces) + data[i:]
             elif op < 0.7:
-                data = data[:i] + data[i + rnd.randint(1, 20):]
+                data = data[:i] + data[i + rnd.randint(1, 20) :]
             else:
                 j = rnd.randrange(len(data) + 1)
-                data = data[:i] + data[j:j + rnd.randint(1, 200)] + data[i:]
+                data = data[:i] + data[j : j + rnd.randint(1, 200)] + data[i:]
         target.write_text(data, encoding="utf-8", errors="surrogateescape")
         for lenient in (False, True):
             try:
@@ -258,10 +323,14 @@ def test_mutated_inputs_never_crash(tmp_path: Path) -> None:
 
 
 def test_net_override_and_number_display() -> None:
-    report = inspect_file(LENET / "solver.prototxt",
-                          net_path=ROOT / "fixtures" / "legacy" / "v1_net.prototxt")
-    rows = {line.split()[0]: line.split() for line in report.render("table").splitlines()
-            if line.startswith("  fc_a/")}
+    report = inspect_file(
+        LENET / "solver.prototxt", net_path=ROOT / "fixtures" / "legacy" / "v1_net.prototxt"
+    )
+    rows = {
+        line.split()[0]: line.split()
+        for line in report.render("table").splitlines()
+        if line.startswith("  fc_a/")
+    }
     # key type shape lr_mult decay_mult shared... ; 10 and 20 are written plainly
     assert rows["fc_a/0"][3:5] == ["10", "0.5"] and rows["fc_a/1"][3] == "20"
     assert rows["fc_a/0"][5] == "fc_w"  # the share name, then the sharers

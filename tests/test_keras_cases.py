@@ -50,7 +50,8 @@ def test_goldens(case: Path) -> None:
         golden = case / "expected" / name
         assert golden.exists(), f"missing {golden}; run scripts/regen_cases.py"
         assert golden.read_text(encoding="utf-8") == text, (
-            f"{golden} is stale; run CAFFE2TF_REGEN=1 pytest {__file__}")
+            f"{golden} is stale; run CAFFE2TF_REGEN=1 pytest {__file__}"
+        )
 
 
 def _ruff() -> list[str]:
@@ -68,8 +69,9 @@ def test_emitted_module_is_ruff_clean(case: Path, tmp_path: Path) -> None:
     pyproject = Path(__file__).parent.parent / "pyproject.toml"
     for extra in (["--isolated"], ["--config", str(pyproject)]):
         for cmd in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
-            res = subprocess.run(_ruff() + cmd + extra + [str(target)], capture_output=True,
-                                 text=True, cwd=tmp_path)
+            res = subprocess.run(
+                _ruff() + cmd + extra + [str(target)], capture_output=True, text=True, cwd=tmp_path
+            )
             assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -99,7 +101,8 @@ def _approximate(case: Path) -> bool:
 
 @pytest.mark.parametrize("case", CASE_DIRS, ids=IDS)
 def test_convert_blocks_approximations_and_writes_the_goldens(
-        case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``convert`` of each case: an approximate one (and only it) is blocked without
     --allow-approx -- exit 2, nothing written, the APPROX notes named; with the flag where
     needed, what it writes is the goldens."""
@@ -111,21 +114,28 @@ def test_convert_blocks_approximations_and_writes_the_goldens(
     monkeypatch.chdir(ks.CASES.parent.parent)  # the goldens record repo-relative paths
     rel = case.resolve().relative_to(Path.cwd())
     net = rel / "net.prototxt" if (case / "net.prototxt").exists() else None
-    layer_map = load_layer_map(case / "layer_map.yaml") if (case / "layer_map.yaml").exists() \
-        else None
+    layer_map = (
+        load_layer_map(case / "layer_map.yaml") if (case / "layer_map.yaml").exists() else None
+    )
     out = tmp_path / "out"
     if _approximate(case):
-        report = convert_solver(rel / "solver.prototxt", net_path=net, layer_map=layer_map,
-                                out_dir=out)
+        report = convert_solver(
+            rel / "solver.prototxt", net_path=net, layer_map=layer_map, out_dir=out
+        )
         assert report.exit_code == 2 and not report.written and not out.exists()
-        assert report.blocking and all(n.exactness is Exactness.APPROX
-                                       for n in report.blocking)
-    report = convert_solver(rel / "solver.prototxt", net_path=net, layer_map=layer_map,
-                            out_dir=out, allow_approx=_approximate(case))
+        assert report.blocking and all(n.exactness is Exactness.APPROX for n in report.blocking)
+    report = convert_solver(
+        rel / "solver.prototxt",
+        net_path=net,
+        layer_map=layer_map,
+        out_dir=out,
+        allow_approx=_approximate(case),
+    )
     assert report.exit_code == 0, report.render()
     for name in ("train_config.yaml", "optimizer.py"):
-        assert (out / name).read_text(encoding="utf-8") == \
-            (case / "expected" / name).read_text(encoding="utf-8"), name
+        assert (out / name).read_text(encoding="utf-8") == (case / "expected" / name).read_text(
+            encoding="utf-8"
+        ), name
 
 
 @pytest.fixture(scope="module")
@@ -150,17 +160,30 @@ def test_emitted_matches_reference_tf(case: Path, tf_backend: None, tmp_path: Pa
     module = ks.load_module(case / "expected" / "optimizer.py")
     init, grads = ks.streams(rule, STEPS, seed=7)
     reference = run_reference(rule, init, grads, precision="float32")
-    emitted = ks.run_keras(module.build_optimizer, module.prepare_model, rule, init, grads,
-                           plan=plan)
+    emitted = ks.run_keras(
+        module.build_optimizer, module.prepare_model, rule, init, grads, plan=plan
+    )
     dev = ks.deviation(init, reference, emitted)
     assert dev <= TOLERANCE, f"{case.name}: deviation {dev:.3g}"
 
     # build.py and the YAML round trip give the very same optimizer
-    live = ks.run_keras(lambda: build_optimizer(plan), lambda m: prepare_model(m, plan), rule,
-                        init, grads, plan=plan)
+    live = ks.run_keras(
+        lambda: build_optimizer(plan),
+        lambda m: prepare_model(m, plan),
+        rule,
+        init,
+        grads,
+        plan=plan,
+    )
     yaml_path = case / "expected" / "train_config.yaml"
-    loaded = ks.run_keras(lambda: load_optimizer(yaml_path),
-                          lambda m: prepare_from_yaml(m, yaml_path), rule, init, grads, plan=plan)
+    loaded = ks.run_keras(
+        lambda: load_optimizer(yaml_path),
+        lambda m: prepare_from_yaml(m, yaml_path),
+        rule,
+        init,
+        grads,
+        plan=plan,
+    )
     for other in (live, loaded):
         for a, b in zip(emitted, other, strict=True):
             for k in a:
@@ -182,7 +205,6 @@ def test_emitted_with_compile_and_fit(name: str, tf_backend: None) -> None:
     module = ks.load_module(case / "expected" / "optimizer.py")
     init, grads = ks.streams(rule, 20, seed=11)
     reference = run_reference(rule, init, grads, precision="float32")
-    fitted = ks.run_fit(module.build_optimizer, module.prepare_model, rule, init, grads,
-                        plan=plan)
+    fitted = ks.run_fit(module.build_optimizer, module.prepare_model, rule, init, grads, plan=plan)
     dev = ks.deviation(init, reference, fitted)
     assert dev <= TOLERANCE, f"{name}: deviation {dev:.3g}"

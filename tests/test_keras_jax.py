@@ -14,8 +14,14 @@ import pytest
 from conftest import require
 
 HERE = Path(__file__).parent
-CASES = ["rmsprop_step", "lenet_sgd_multistep", "itersize3_inv", "clip_decay_sgd",
-         "l1_nesterov_exp", "bn_scale_step"]
+CASES = [
+    "rmsprop_step",
+    "lenet_sgd_multistep",
+    "itersize3_inv",
+    "clip_decay_sgd",
+    "l1_nesterov_exp",
+    "bn_scale_step",
+]
 
 SCRIPT = r"""
 import json, sys
@@ -43,11 +49,17 @@ print("RESULT " + json.dumps(out))
 def test_emitted_matches_reference_jax(tmp_path: Path) -> None:
     require("jax")
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE), *CASES], env=env,
-                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(HERE), *CASES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
-    deviations = json.loads(lines[-1][len("RESULT "):])
+    deviations = json.loads(lines[-1][len("RESULT ") :])
     assert set(deviations) == set(CASES)
     bad = {k: v for k, v in deviations.items() if not v <= 1e-3}
     assert not bad, deviations

@@ -22,8 +22,9 @@ def _rule(groups: list[ParamGroup], wd: float = 0.001) -> UpdateRule:
 def test_mobilenet_depthwise_and_batchnorm() -> None:
     from caffe2tf.targets.keras.build import prepare_model
 
-    model = keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3), alpha=0.25,
-                                         include_top=False)
+    model = keras.applications.MobileNet(
+        weights=None, input_shape=(32, 32, 3), alpha=0.25, include_top=False
+    )
     groups = [
         ParamGroup("conv1/0", layer_type="Convolution"),
         ParamGroup("conv_dw_1/0", layer_type="Convolution", decay_mult=2.0),
@@ -61,10 +62,12 @@ def test_missing_layers_are_listed_in_one_error() -> None:
     from caffe2tf.targets.keras.build import prepare_model
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")])
-    groups = [ParamGroup("fc/0", layer_type="InnerProduct"),
-              ParamGroup("fc/1", layer_type="InnerProduct"),
-              ParamGroup("ghost/0", layer_type="InnerProduct"),
-              ParamGroup("conv9/1", layer_type="Convolution")]
+    groups = [
+        ParamGroup("fc/0", layer_type="InnerProduct"),
+        ParamGroup("fc/1", layer_type="InnerProduct"),
+        ParamGroup("ghost/0", layer_type="InnerProduct"),
+        ParamGroup("conv9/1", layer_type="Convolution"),
+    ]
     with pytest.raises(ValueError) as err:
         prepare_model(model, plan(_rule(groups)))
     assert "'ghost' blob 0" in str(err.value) and "'conv9' blob 1" in str(err.value)
@@ -74,11 +77,17 @@ def test_missing_layers_are_listed_in_one_error() -> None:
 def test_existing_regularizers_replaced_and_layer_map_used() -> None:
     from caffe2tf.targets.keras.build import prepare_model
 
-    dense = keras.layers.Dense(2, name="dense_7", kernel_regularizer=keras.regularizers.L2(9.0),
-                               bias_regularizer=keras.regularizers.L1(9.0))
+    dense = keras.layers.Dense(
+        2,
+        name="dense_7",
+        kernel_regularizer=keras.regularizers.L2(9.0),
+        bias_regularizer=keras.regularizers.L1(9.0),
+    )
     model = keras.Sequential([keras.Input((3,)), dense])
-    groups = [ParamGroup("ip/0", layer_type="InnerProduct", decay_mult=0.0),
-              ParamGroup("ip/1", layer_type="InnerProduct")]
+    groups = [
+        ParamGroup("ip/0", layer_type="InnerProduct", decay_mult=0.0),
+        ParamGroup("ip/1", layer_type="InnerProduct"),
+    ]
     p = plan(_rule(groups), layer_map={"ip": "dense_7"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every variable is mapped: no warning
@@ -91,9 +100,13 @@ def test_existing_regularizers_replaced_and_layer_map_used() -> None:
 def test_blob_keys_of_keras_variable_names() -> None:
     from caffe2tf.targets.keras.runtime import caffe_blob_key
 
-    layers = [keras.layers.Embedding(10, 4, name="emb"), keras.layers.PReLU(name="prelu"),
-              keras.layers.Conv2DTranspose(3, 2, name="deconv"),
-              keras.layers.SeparableConv2D(3, 2, name="sep"), keras.layers.Conv1D(2, 2, name="c1")]
+    layers = [
+        keras.layers.Embedding(10, 4, name="emb"),
+        keras.layers.PReLU(name="prelu"),
+        keras.layers.Conv2DTranspose(3, 2, name="deconv"),
+        keras.layers.SeparableConv2D(3, 2, name="sep"),
+        keras.layers.Conv1D(2, 2, name="c1"),
+    ]
     shapes = [(None, 5), (None, 4), (None, 4, 4, 2), (None, 4, 4, 2), (None, 5, 2)]
     keys = set()
     for layer, shape in zip(layers, shapes, strict=True):
@@ -109,8 +122,13 @@ def test_unknown_net_decays_every_variable() -> None:
 
     p = plan(_rule([], wd=0.002))
     assert p.route == "builtin" and not p.blobs
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="a"),
-                              keras.layers.BatchNormalization(name="bn")])
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(2, name="a"),
+            keras.layers.BatchNormalization(name="bn"),
+        ]
+    )
     prepare_model(model, p)
     regs = {v.path: v.regularizer for v in model.trainable_variables}
     assert len(regs) == 4

@@ -43,8 +43,7 @@ CASES = matrix.matrix_cases(STEPS)
 
 
 def _teeth_case(tag: str, variant: int = 0, **combo: object) -> matrix.MatrixCase:
-    base = {"policy": "fixed", "decay": "none", "mults": "default", "clip": "off",
-            "iter_size": 1}
+    base = {"policy": "fixed", "decay": "none", "mults": "default", "clip": "off", "iter_size": 1}
     case = matrix.build_case({**base, **combo}, STEPS, variant=variant)
     return dataclasses.replace(case, name=f"teeth-{tag}")
 
@@ -67,7 +66,8 @@ XFAIL: dict[str, str] = {}
 
 #: cases also run through model.compile(optimizer=build_optimizer()) + model.fit
 FIT_CASES = [c for c in CASES if c.iter_size > 1 and c.factors.get("clip") == "on"][:2] + [
-    next(c for c in CASES if c.factors.get("solver") == "Adam")]
+    next(c for c in CASES if c.factors.get("solver") == "Adam")
+]
 
 
 def _ids(case: matrix.MatrixCase) -> str:
@@ -86,8 +86,16 @@ WRONG = [(c, p) for c in ALL for p in wrong_ports.PORTS if _port_applies(c, p)]
 @pytest.fixture(scope="module")
 def caffe_runs(caffe_root):
     data = {c.name: keras_case_data(c) for c in ALL}
-    cases = [oracle.OracleCase(name=c.name, solver_text=c.solver_text, net_text=c.net_text,
-                               init=data[c.name].init, grads=data[c.name].grads) for c in ALL]
+    cases = [
+        oracle.OracleCase(
+            name=c.name,
+            solver_text=c.solver_text,
+            net_text=c.net_text,
+            init=data[c.name].init,
+            grads=data[c.name].grads,
+        )
+        for c in ALL
+    ]
     return data, oracle.run_cases(cases, root=caffe_root)
 
 
@@ -110,8 +118,7 @@ def _module(case: matrix.MatrixCase, workdir: Path):
 def _deviation(case, caffe_runs, candidate, **kw):
     data, caffe = caffe_runs
     traj = run_keras_case(case, data[case.name], candidate, **kw)
-    return compare_trajectories(data[case.name].init, caffe[case.name], traj,
-                                tolerance=TOLERANCE)
+    return compare_trajectories(data[case.name].init, caffe[case.name], traj, tolerance=TOLERANCE)
 
 
 def _xfail(case: matrix.MatrixCase) -> None:
@@ -141,9 +148,24 @@ def _jax_run(caffe_runs, workdir: Path, cases, *extra: str) -> dict:
         save_trajectories(ref, {c.name: caffe[c.name] for c in CASES})
     out = workdir / f"jax{'-'.join(extra)}.json"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "caffe2tf.verify.run", "--reference", str(ref),
-                           "--out", str(out), "--names", *[c.name for c in cases], *extra],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "caffe2tf.verify.run",
+            "--reference",
+            str(ref),
+            "--out",
+            str(out),
+            "--names",
+            *[c.name for c in cases],
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["backend"].split("/")[1].split()[0] == "jax", result["backend"]
@@ -165,7 +187,8 @@ def _check_jax(case, res, how: str) -> None:
     _xfail(case)
     assert "error" not in res, res.get("error")
     assert res["deviation"] <= TOLERANCE, (
-        f"{case.name} on JAX ({how}): deviation {res['deviation']:.3e}")
+        f"{case.name} on JAX ({how}): deviation {res['deviation']:.3e}"
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

@@ -97,8 +97,9 @@ def test_keras_schedules_follow_caffe_policy(schedule: LrSchedule, iter_size: in
     from caffe2tf.targets.keras.plan import plan
     from caffe2tf.targets.keras.render_yaml import plan_to_config
 
-    rule = UpdateRule(solver="SGD", steps=(ScaleByLr(schedule), Momentum(0.9)),
-                      iter_size=iter_size, max_iter=60)
+    rule = UpdateRule(
+        solver="SGD", steps=(ScaleByLr(schedule), Momentum(0.9)), iter_size=iter_size, max_iter=60
+    )
     p = plan(rule)
     if iter_size > 1:
         assert p.route == "custom"
@@ -138,8 +139,10 @@ def test_wrong_ports_fail() -> None:
     keras = require("keras")
     if keras.backend.backend() != "tensorflow":  # a deliberate KERAS_BACKEND choice, not a gap
         pytest.skip(f"TF-backend test; KERAS_BACKEND selects {keras.backend.backend()!r}")
-    emitted = {n: ks.load_module(ks.CASES / n / "expected" / "optimizer.py")
-               for n in ("bn_scale_step", "rmsprop_step", "adagrad_poly", "adam_no_momentum")}
+    emitted = {
+        n: ks.load_module(ks.CASES / n / "expected" / "optimizer.py")
+        for n in ("bn_scale_step", "rmsprop_step", "adagrad_poly", "adam_no_momentum")
+    }
 
     def kernel_only_l2(model):  # type: ignore[no-untyped-def]
         emitted["adam_no_momentum"].prepare_model(model)
@@ -150,26 +153,37 @@ def test_wrong_ports_fail() -> None:
     results = {
         # kernel_regularizer=l2(wd): no 1/2 and no decay on the biases
         "kernel-only l2(wd)": _wrong_port_deviation(
-            "adam_no_momentum", emitted["adam_no_momentum"].build_optimizer, kernel_only_l2),
+            "adam_no_momentum", emitted["adam_no_momentum"].build_optimizer, kernel_only_l2
+        ),
         # Keras' decoupled weight_decay instead of Caffe's coupled L2
         "SGD(weight_decay=wd)": _wrong_port_deviation(
             "bn_scale_step",
             lambda: keras.optimizers.SGD(sched(), momentum=0.9, weight_decay=0.0005),
-            lambda m: [setattr(v, "regularizer", None) for v in m.trainable_variables]),
+            lambda m: [setattr(v, "regularizer", None) for v in m.trainable_variables],
+        ),
         # Keras RMSprop: epsilon inside the root
         "RMSprop(rho, epsilon)": _wrong_port_deviation(
             "rmsprop_step",
             lambda: keras.optimizers.RMSprop(
                 keras.optimizers.schedules.ExponentialDecay(0.01, 40, 0.5, staircase=True),
-                rho=0.98, epsilon=1e-4),
-            emitted["rmsprop_step"].prepare_model),
+                rho=0.98,
+                epsilon=1e-4,
+            ),
+            emitted["rmsprop_step"].prepare_model,
+        ),
         # Keras Adagrad defaults (accumulator 0.1, epsilon 1e-7 inside the root)
         "Adagrad defaults": _wrong_port_deviation(
             "adagrad_poly",
-            lambda: keras.optimizers.Adagrad(keras.optimizers.schedules.PolynomialDecay(
-                0.1, 120, end_learning_rate=0.0, power=2.0)),
-            lambda m: [setattr(v, "regularizer", keras.regularizers.L2(0.0005))
-                       for v in m.trainable_variables]),
+            lambda: keras.optimizers.Adagrad(
+                keras.optimizers.schedules.PolynomialDecay(
+                    0.1, 120, end_learning_rate=0.0, power=2.0
+                )
+            ),
+            lambda m: [
+                setattr(v, "regularizer", keras.regularizers.L2(0.0005))
+                for v in m.trainable_variables
+            ],
+        ),
     }
     print(results)
     assert all(dev > 1e-3 for dev in results.values()), results
@@ -182,7 +196,8 @@ def test_custom_optimizer_config_round_trip() -> None:
     opt = module.build_optimizer()
     config = opt.get_config()
     again = module.CaffeOptimizer.from_config(
-        config, custom_objects={"CaffeSchedule": module.CaffeSchedule})
+        config, custom_objects={"CaffeSchedule": module.CaffeSchedule}
+    )
     assert again.get_config()["multipliers"] == config["multipliers"]
     assert (again.solver, again.iter_size, again.momentum) == ("Nesterov", 3, opt.momentum)
     assert again._learning_rate.get_config() == opt._learning_rate.get_config()

@@ -18,15 +18,25 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ["lenet_sgd_multistep", "adam_no_momentum", "rmsprop_step", "adagrad_poly",
-         "adadelta_sigmoid", "clip_decay_sgd", "itersize3_inv", "l1_nesterov_exp",
-         "bn_scale_step"]
+CASES = [
+    "lenet_sgd_multistep",
+    "adam_no_momentum",
+    "rmsprop_step",
+    "adagrad_poly",
+    "adadelta_sigmoid",
+    "clip_decay_sgd",
+    "itersize3_inv",
+    "l1_nesterov_exp",
+    "bn_scale_step",
+]
 
 pytestmark = [
     pytest.mark.keras,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                       reason="PyTorch is not installed (not a dev extra; pip install torch)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("torch") is None,
+        reason="PyTorch is not installed (not a dev extra; pip install torch)",
+    ),
 ]
 
 
@@ -35,9 +45,25 @@ def test_emitted_optimizer_matches_reference_on_torch(case: str, tmp_path: Path)
     case_dir = REPO / "tests" / "cases" / case
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "caffe2tf", "verify", str(case_dir / "solver.prototxt"),
-         "--net", str(case_dir / "net.prototxt"), "--steps", "100", "--format", "json"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "caffe2tf",
+            "verify",
+            str(case_dir / "solver.prototxt"),
+            "--net",
+            str(case_dir / "net.prototxt"),
+            "--steps",
+            "100",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert "torch" in report["backend"]

@@ -115,8 +115,7 @@ def test_clip_threshold_triggers_sometimes_but_not_always(cases):
     clipped = [c for c in cases if c.factors["clip"] == "on"]
     assert clipped
     for c in clipped:
-        assert float(_field(c.solver_text, "clip_gradients")[0]) == pytest.approx(
-            c.clip_threshold)
+        assert float(_field(c.solver_text, "clip_gradients")[0]) == pytest.approx(c.clip_threshold)
         over = streams.global_norms(c.grads) > c.clip_threshold
         assert 0 < over.sum() < c.steps, c.name
     for c in cases:

@@ -33,13 +33,17 @@ def spec(text: str, **kw):
 
 
 def conv(name, bottom="data", params="", extra=""):
-    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
-            f"{params} convolution_param {{ num_output: 4 kernel_size: 3 {extra} }} }}\n")
+    return (
+        f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+        f"{params} convolution_param {{ num_output: 4 kernel_size: 3 {extra} }} }}\n"
+    )
 
 
 def ip(name, params="", n=5, bottom="data", extra=""):
-    return (f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}" '
-            f"{params} inner_product_param {{ num_output: {n} {extra} }} }}\n")
+    return (
+        f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}" '
+        f"{params} inner_product_param {{ num_output: {n} {extra} }} }}\n"
+    )
 
 
 # ------------------------------------------------------------------------------ param table
@@ -62,9 +66,17 @@ def test_one_param_block_for_two_blobs_leaves_the_bias_at_defaults():
     s = spec(INPUT + conv("c", params="param { lr_mult: 0.5 decay_mult: 0 }"))
     w, b = s.params
     assert (w.lr_mult, w.decay_mult, w.lr_mult_explicit, w.decay_mult_explicit) == (
-        0.5, 0.0, True, True)
+        0.5,
+        0.0,
+        True,
+        True,
+    )
     assert (b.lr_mult, b.decay_mult, b.lr_mult_explicit, b.decay_mult_explicit) == (
-        1.0, 1.0, False, False)
+        1.0,
+        1.0,
+        False,
+        False,
+    )
 
 
 def test_multipliers_are_float32_values():
@@ -94,8 +106,12 @@ def test_too_many_params_counts_blobs_not_two():
 
 
 def test_sharing_owner_and_sharers():
-    text = INPUT + ip("a", 'param { name: "w" lr_mult: 2 }') + ip("b", 'param { name: "w" }') + \
-        ip("c", 'param { name: "w" lr_mult: 2 }')
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" lr_mult: 2 }')
+        + ip("b", 'param { name: "w" }')
+        + ip("c", 'param { name: "w" lr_mult: 2 }')
+    )
     s = spec(text)
     assert [p.key for p in s.params] == ["a/0", "a/1", "b/1", "c/1"]
     owner = s.param("a/0")
@@ -104,8 +120,12 @@ def test_sharing_owner_and_sharers():
 
 
 def test_sharer_explicit_value_replaces_owner_implicit_value():
-    text = INPUT + ip("a", 'param { name: "w" }') + ip("b", 'param { name: "w" decay_mult: 0 }') \
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" }')
+        + ip("b", 'param { name: "w" decay_mult: 0 }')
         + ip("c", 'param { name: "w" lr_mult: 3 }')
+    )
     owner = spec(text).param("a/0")
     assert (owner.lr_mult, owner.decay_mult) == (3.0, 0.0)
     assert owner.lr_mult_explicit and owner.decay_mult_explicit
@@ -113,26 +133,36 @@ def test_sharer_explicit_value_replaces_owner_implicit_value():
 
 @pytest.mark.parametrize(
     "first,second,what",
-    [('lr_mult: 1', 'lr_mult: 2', "lr_mult"), ('decay_mult: 1', 'decay_mult: 0', "decay_mult")],
+    [("lr_mult: 1", "lr_mult: 2", "lr_mult"), ("decay_mult: 1", "decay_mult: 0", "decay_mult")],
 )
 def test_conflicting_explicit_multipliers_are_rejected(first, second, what):
-    text = INPUT + ip("a", f'param {{ name: "w" {first} }}') + \
-        ip("b", f'param {{ name: "w" {second} }}')
+    text = (
+        INPUT
+        + ip("a", f'param {{ name: "w" {first} }}')
+        + ip("b", f'param {{ name: "w" {second} }}')
+    )
     with pytest.raises(InputError, match=f"Shared param 'w' has mismatched {what}"):
         spec(text)
 
 
 def test_conflict_after_implicit_replacement_is_rejected():
     # b makes decay explicit (0); c then conflicts with that value
-    text = INPUT + ip("a", 'param { name: "w" }') + ip("b", 'param { name: "w" decay_mult: 0 }') \
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" }')
+        + ip("b", 'param { name: "w" decay_mult: 0 }')
         + ip("c", 'param { name: "w" decay_mult: 1 }')
+    )
     with pytest.raises(InputError, match="mismatched decay_mult"):
         spec(text)
 
 
 def test_equal_explicit_multipliers_are_fine():
-    text = INPUT + ip("a", 'param { name: "w" lr_mult: 2 }') + \
-        ip("b", 'param { name: "w" lr_mult: 2 }')
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" lr_mult: 2 }')
+        + ip("b", 'param { name: "w" lr_mult: 2 }')
+    )
     assert spec(text).param("a/0").lr_mult == 2.0
 
 
@@ -143,27 +173,39 @@ def test_strict_shape_mismatch_is_rejected():
 
 
 def test_strict_rejects_same_count_different_shape():
-    text = INPUT + ip("a", 'param { name: "w" }') + \
-        ip("b", 'param { name: "w" }', extra="transpose: true")
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" }')
+        + ip("b", 'param { name: "w" }', extra="transpose: true")
+    )
     with pytest.raises(InputError, match="shape mismatch"):
         spec(text)
 
 
 def test_permissive_checks_count_only():
-    text = INPUT + ip("a", 'param { name: "w" }') + \
-        ip("b", 'param { name: "w" share_mode: PERMISSIVE }', extra="transpose: true")
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" }')
+        + ip("b", 'param { name: "w" share_mode: PERMISSIVE }', extra="transpose: true")
+    )
     s = spec(text)
     assert s.param("a/0").shape == (5, 192) and s.param("a/0").sharers == ("b/0",)
-    bad = INPUT + ip("a", 'param { name: "w" }') + \
-        ip("b", 'param { name: "w" share_mode: PERMISSIVE }', n=6)
+    bad = (
+        INPUT
+        + ip("a", 'param { name: "w" }')
+        + ip("b", 'param { name: "w" share_mode: PERMISSIVE }', n=6)
+    )
     with pytest.raises(InputError, match="count mismatch"):
         spec(bad)
 
 
 def test_permissive_on_the_owner_does_not_relax_the_sharer_check():
     # AppendParam reads the *sharer's* share_mode (net.cpp:475-476)
-    text = INPUT + ip("a", 'param { name: "w" share_mode: PERMISSIVE }') + \
-        ip("b", 'param { name: "w" }', extra="transpose: true")
+    text = (
+        INPUT
+        + ip("a", 'param { name: "w" share_mode: PERMISSIVE }')
+        + ip("b", 'param { name: "w" }', extra="transpose: true")
+    )
     with pytest.raises(InputError, match="shape mismatch"):
         spec(text)
 
@@ -177,13 +219,21 @@ def test_batchnorm_blobs_are_learnable_with_lr_zero():
 
 
 def test_batchnorm_partial_param_blocks():
-    s = spec(INPUT + 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" '
-             'param { lr_mult: 0 decay_mult: 0 } }')
+    s = spec(
+        INPUT + 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" '
+        "param { lr_mult: 0 decay_mult: 0 } }"
+    )
     assert [(p.lr_mult, p.decay_mult) for p in s.params] == [(0, 0), (0, 1), (0, 1)]
 
 
-@pytest.mark.parametrize("param", ["param { lr_mult: 1 }", "param { decay_mult: 0 }",
-                                   "param { lr_mult: 0 } param { lr_mult: 0.1 }"])
+@pytest.mark.parametrize(
+    "param",
+    [
+        "param { lr_mult: 1 }",
+        "param { decay_mult: 0 }",
+        "param { lr_mult: 0 } param { lr_mult: 0.1 }",
+    ],
+)
 def test_batchnorm_nonzero_lr_is_rejected(param):
     with pytest.raises(InputError, match="batch normalization statistics"):
         spec(INPUT + f'layer {{ name: "bn" type: "BatchNorm" bottom: "data" top: "bn" {param} }}')
@@ -196,19 +246,24 @@ def test_batchnorm_four_param_blocks_too_many():
 
 
 def test_params_follow_layer_then_blob_order():
-    text = INPUT + conv("c1") + 'layer { name: "s" type: "Scale" bottom: "c1" top: "c1" ' \
-        'scale_param { bias_term: true } }\n' + ip("fc", bottom="c1")
+    text = (
+        INPUT + conv("c1") + 'layer { name: "s" type: "Scale" bottom: "c1" top: "c1" '
+        "scale_param { bias_term: true } }\n" + ip("fc", bottom="c1")
+    )
     assert [p.key for p in spec(text).params] == ["c1/0", "c1/1", "s/0", "s/1", "fc/0", "fc/1"]
 
 
 def test_layers_notes_and_format_are_recorded():
     given = Note("x.y", "from the parser")
-    s = build_net_spec(net('name: "nn"\n' + INPUT + conv("c")), path="p", notes=[given],
-                       legacy_format="V1")
+    s = build_net_spec(
+        net('name: "nn"\n' + INPUT + conv("c")), path="p", notes=[given], legacy_format="V1"
+    )
     assert s.name == "nn" and s.path == "p" and s.legacy_format == "V1"
     assert s.notes[0] == given
     assert [(layer.name, layer.type, layer.bottoms, layer.tops) for layer in s.layers] == [
-        ("data", "Input", (), ("data", "label")), ("c", "Convolution", ("data",), ("c",))]
+        ("data", "Input", (), ("data", "label")),
+        ("c", "Convolution", ("data",), ("c",)),
+    ]
 
 
 # ------------------------------------------------------------------------------ phase rules
@@ -218,7 +273,9 @@ def _layer_names(text, **kw):
     return [layer.name for layer in spec(text, **kw).layers]
 
 
-PHASED = INPUT + """
+PHASED = (
+    INPUT
+    + """
 layer { name: "tr" type: "ReLU" bottom: "data" top: "tr" include { phase: TRAIN } }
 layer { name: "te" type: "ReLU" bottom: "data" top: "te" include { phase: TEST } }
 layer { name: "ex_te" type: "ReLU" bottom: "data" top: "ex_te" exclude { phase: TEST } }
@@ -232,32 +289,29 @@ layer { name: "lv_le1" type: "ReLU" bottom: "data" top: "lv_le1" include { max_l
 layer { name: "either" type: "ReLU" bottom: "data" top: "either"
   include { stage: "zzz" } include { phase: TRAIN max_level: 0 } }
 """
+)
 
 
 def test_default_train_state():
-    assert _layer_names(PHASED) == [
-        "data", "tr", "ex_te", "not_a", "ex_a", "lv_le1", "either"]
+    assert _layer_names(PHASED) == ["data", "tr", "ex_te", "not_a", "ex_a", "lv_le1", "either"]
 
 
 def test_solver_train_state_stages_and_level():
     st = caffe_pb2.NetState(stage=["a", "b"], level=2)
-    assert _layer_names(PHASED, state=st) == [
-        "data", "tr", "ex_te", "st_a", "st_ab", "lv_ge2"]
+    assert _layer_names(PHASED, state=st) == ["data", "tr", "ex_te", "st_a", "st_ab", "lv_ge2"]
 
 
 def test_net_state_is_merged_below_the_solver_state():
     text = 'state { stage: "a" level: 5 }\n' + PHASED
     # net state: stage a, level 5; solver adds stage b and sets level 1
     st = caffe_pb2.NetState(stage=["b"], level=1)
-    assert _layer_names(text, state=st) == [
-        "data", "tr", "ex_te", "st_a", "st_ab", "lv_le1"]
+    assert _layer_names(text, state=st) == ["data", "tr", "ex_te", "st_a", "st_ab", "lv_le1"]
     assert _layer_names(text) == ["data", "tr", "ex_te", "st_a", "lv_ge2"]
 
 
 def test_explicit_test_phase_in_state_wins_and_is_noted():
     s = spec(PHASED, state=caffe_pb2.NetState(phase=caffe_pb2.TEST))
-    assert [layer.name for layer in s.layers] == [
-        "data", "te", "ex_tr", "not_a", "ex_a", "lv_le1"]
+    assert [layer.name for layer in s.layers] == ["data", "te", "ex_tr", "not_a", "ex_a", "lv_le1"]
     assert any(n.code == "net.phase_test" and n.affects_training for n in s.notes)
 
 
@@ -278,20 +332,26 @@ def test_state_meets_rule_directly():
 
 
 def test_include_and_exclude_on_one_layer_is_rejected():
-    text = INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" ' \
+    text = (
+        INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" '
         "include { phase: TRAIN } exclude { phase: TEST } }"
+    )
     with pytest.raises(InputError, match="either include rules or exclude rules"):
         spec(text)
 
 
 def test_filtered_layers_do_not_own_params():
-    text = INPUT + ip("a", extra="").replace("top:", 'include { phase: TEST } top:') + ip("b")
+    text = INPUT + ip("a", extra="").replace("top:", "include { phase: TEST } top:") + ip("b")
     assert [p.key for p in spec(text).params] == ["b/0", "b/1"]
 
 
 def test_phase_twins_share_top_names():
-    text = INPUT + ip("a").replace('top: "a"', 'top: "o" include { phase: TRAIN }') + \
-        ip("b").replace('top: "b"', 'top: "o" include { phase: TEST }') + ip("c", bottom="o")
+    text = (
+        INPUT
+        + ip("a").replace('top: "a"', 'top: "o" include { phase: TRAIN }')
+        + ip("b").replace('top: "b"', 'top: "o" include { phase: TEST }')
+        + ip("c", bottom="o")
+    )
     s = spec(text)
     assert s.param("c/0").shape == (5, 5)
 
@@ -315,9 +375,12 @@ def test_top_produced_twice_is_rejected():
 
 
 def test_unknown_layer_type_strict_and_lenient():
-    text = INPUT + 'layer { name: "roi" type: "ROIPooling" bottom: "data" top: "roi" }\n' + \
-        'layer { name: "bnf" type: "BNfork" bottom: "data" top: "b" param { lr_mult: 1 } ' \
+    text = (
+        INPUT
+        + 'layer { name: "roi" type: "ROIPooling" bottom: "data" top: "roi" }\n'
+        + 'layer { name: "bnf" type: "BNfork" bottom: "data" top: "b" param { lr_mult: 1 } '
         "param { lr_mult: 1 decay_mult: 0 } }\n" + ip("fc", bottom="roi")
+    )
     with pytest.raises(InputError, match="Unknown layer type: ROIPooling"):
         spec(text)
     s = spec(text, lenient=True)
@@ -330,8 +393,10 @@ def test_unknown_layer_type_strict_and_lenient():
 
 
 def test_python_layer_is_accepted_with_a_note():
-    text = 'layer { name: "data" type: "Python" top: "data" top: "label" ' \
+    text = (
+        'layer { name: "data" type: "Python" top: "data" top: "label" '
         'python_param { module: "m" layer: "L" } }\n' + conv("c1") + conv("c2", bottom="c1")
+    )
     s = spec(text)
     assert s.param("c1/0").shape is None  # input channels unknown
     assert s.param("c2/0").shape == (4, 4, 3, 3)  # known from c1's num_output
@@ -340,9 +405,13 @@ def test_python_layer_is_accepted_with_a_note():
 
 
 def test_data_layer_without_declared_channels():
-    text = 'layer { name: "d" type: "Data" top: "data" top: "label" ' \
-        "transform_param { crop_size: 10 } data_param { batch_size: 4 } }\n" + conv("c1") + \
-        conv("c2", bottom="c1") + ip("fc", bottom="c2")
+    text = (
+        'layer { name: "d" type: "Data" top: "data" top: "label" '
+        "transform_param { crop_size: 10 } data_param { batch_size: 4 } }\n"
+        + conv("c1")
+        + conv("c2", bottom="c1")
+        + ip("fc", bottom="c2")
+    )
     s = spec(text)
     assert s.param("c1/0").shape is None and s.param("c1/1").shape == (4,)
     assert s.param("c2/0").shape == (4, 4, 3, 3)
@@ -351,16 +420,21 @@ def test_data_layer_without_declared_channels():
 
 
 def test_sharing_with_unknown_shape_is_noted_not_fatal():
-    text = 'layer { name: "d" type: "Data" top: "data" data_param { batch_size: 4 } }\n' + \
-        conv("a", params='param { name: "w" }') + conv("b", params='param { name: "w" }')
+    text = (
+        'layer { name: "d" type: "Data" top: "data" data_param { batch_size: 4 } }\n'
+        + conv("a", params='param { name: "w" }')
+        + conv("b", params='param { name: "w" }')
+    )
     s = spec(text)
     assert s.param("a/0").sharers == ("b/0",)
     assert any(n.code == "net.share_unchecked" for n in s.notes)
 
 
 def test_layer_check_failures_are_input_errors():
-    text = INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" ' \
+    text = (
+        INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
         "convolution_param { num_output: 4 kernel_size: 3 kernel_h: 3 kernel_w: 3 } }"
+    )
     with pytest.raises(InputError, match="layer 'c'"):
         spec(text)
     s = spec(text, lenient=True)
@@ -372,15 +446,19 @@ def test_legacy_net_inputs_are_blobs():
     assert spec(text).param("c/0").shape == (4, 2, 3, 3)
 
 
-@pytest.mark.parametrize("layer", [
-    'type: "InnerProduct" bottom: "data" bottom: "data" top: "o" '
-    "inner_product_param { num_output: 2 }",
-    'type: "Convolution" bottom: "data" bottom: "data" top: "o" '
-    "convolution_param { num_output: 2 kernel_size: 1 }",
-    'type: "Pooling" bottom: "data" top: "o" top: "m" pooling_param { pool: AVE kernel_size: 2 }',
-    'type: "Crop" bottom: "data" top: "o"',
-    'type: "ReLU" bottom: "data"',
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        'type: "InnerProduct" bottom: "data" bottom: "data" top: "o" '
+        "inner_product_param { num_output: 2 }",
+        'type: "Convolution" bottom: "data" bottom: "data" top: "o" '
+        "convolution_param { num_output: 2 kernel_size: 1 }",
+        'type: "Pooling" bottom: "data" top: "o" top: "m" '
+        "pooling_param { pool: AVE kernel_size: 2 }",
+        'type: "Crop" bottom: "data" top: "o"',
+        'type: "ReLU" bottom: "data"',
+    ],
+)
 def test_bottom_and_top_counts_are_checked(layer):
     with pytest.raises(InputError, match="Layer (takes|produces)"):
         spec(INPUT + f'layer {{ name: "bad" {layer} }}')
@@ -407,8 +485,9 @@ def test_loss_weight_counts():
 
 # ------------------------------------------------------------------------------ corpus sweep
 
-CORPUS = Path(os.environ.get("CAFFE2TF_CORPUS",
-                             Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+CORPUS = Path(
+    os.environ.get("CAFFE2TF_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")
+)
 
 
 def _corpus_net_files() -> list[str]:
@@ -439,8 +518,10 @@ def test_corpus_net_builds_strictly_or_leniently(name):
 
 
 def test_propagate_down_count_and_duplicate_names():
-    bad = INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" propagate_down: true ' \
+    bad = (
+        INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" propagate_down: true '
         "propagate_down: false }"
+    )
     with pytest.raises(InputError, match="propagate_down"):
         spec(bad)
     dup = INPUT + ip("a") + ip("a").replace('top: "a"', 'top: "a2"')

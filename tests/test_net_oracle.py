@@ -31,8 +31,9 @@ from caffe2tf.errors import InputError
 
 pytestmark = pytest.mark.oracle
 
-CORPUS = Path(os.environ.get("CAFFE2TF_CORPUS", Path(__file__).resolve().parents[2] / "shared"
-                             / "corpus"))
+CORPUS = Path(
+    os.environ.get("CAFFE2TF_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")
+)
 
 INPUT = """
 layer { name: "data" type: "Input" top: "data" top: "label"
@@ -40,7 +41,8 @@ layer { name: "data" type: "Input" top: "data" top: "label"
 """
 
 NETS: dict[str, str] = {
-    "conv_variants": INPUT + """
+    "conv_variants": INPUT
+    + """
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
   param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
   convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 } }
@@ -76,7 +78,8 @@ layer { name: "emb" type: "Embed" bottom: "ids" top: "e"
 layer { name: "emb2" type: "Embed" bottom: "ids" top: "e2"
   embed_param { num_output: 3 input_dim: 5 bias_term: false } }
 """,
-    "scale_bias_prelu_bn": INPUT + """
+    "scale_bias_prelu_bn": INPUT
+    + """
 layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
 layer { name: "bn2" type: "BatchNorm" bottom: "data" top: "bn2"
   param { lr_mult: 0 decay_mult: 0 } }
@@ -254,7 +257,8 @@ layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" bottom: "h0" top: "r"
 layer { name: "ip_rT" type: "InnerProduct" bottom: "rT" top: "ip_rT"
   inner_product_param { num_output: 1 axis: 0 } }
 """,
-    "sharing": INPUT + """
+    "sharing": INPUT
+    + """
 layer { name: "a" type: "InnerProduct" bottom: "data" top: "a"
   param { name: "w" } param { name: "bias" lr_mult: 2 }
   inner_product_param { num_output: 4 } }
@@ -332,33 +336,39 @@ layers { layer { name: "fc" type: "innerproduct" num_output: 3 blobs_lr: 0.5 }
 
 # Nets Caffe refuses (CHECK failures); we must refuse them too.
 BAD_NETS: dict[str, str] = {
-    "too_many_params": INPUT + """
+    "too_many_params": INPUT
+    + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
   param { } param { } param { } inner_product_param { num_output: 2 } }
 """,
-    "too_many_params_no_bias": INPUT + """
+    "too_many_params_no_bias": INPUT
+    + """
 layer { name: "c" type: "Convolution" bottom: "data" top: "c" param { } param { }
   convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }
 """,
-    "shared_shape_mismatch": INPUT + """
+    "shared_shape_mismatch": INPUT
+    + """
 layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
   inner_product_param { num_output: 4 } }
 layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" }
   inner_product_param { num_output: 4 transpose: true } }
 """,
-    "shared_count_mismatch_permissive": INPUT + """
+    "shared_count_mismatch_permissive": INPUT
+    + """
 layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
   inner_product_param { num_output: 4 } }
 layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
   param { name: "w" share_mode: PERMISSIVE } inner_product_param { num_output: 5 } }
 """,
-    "shared_lr_mismatch": INPUT + """
+    "shared_lr_mismatch": INPUT
+    + """
 layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" lr_mult: 1 }
   inner_product_param { num_output: 4 } }
 layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" lr_mult: 2 }
   inner_product_param { num_output: 4 } }
 """,
-    "shared_decay_mismatch_after_implicit": INPUT + """
+    "shared_decay_mismatch_after_implicit": INPUT
+    + """
 layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
   inner_product_param { num_output: 4 } }
 layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
@@ -366,10 +376,12 @@ layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
 layer { name: "c" type: "InnerProduct" bottom: "data" top: "c"
   param { name: "w" decay_mult: 1 } inner_product_param { num_output: 4 } }
 """,
-    "batchnorm_lr": INPUT + """
+    "batchnorm_lr": INPUT
+    + """
 layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" param { lr_mult: 1 } }
 """,
-    "batchnorm_implicit_lr": INPUT + """
+    "batchnorm_implicit_lr": INPUT
+    + """
 layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" param { decay_mult: 0 } }
 """,
     "loss_two_tops_one_weight": """
@@ -387,31 +399,38 @@ layer { name: "l" type: "SoftmaxWithLoss" bottom: "v" bottom: "lab" top: "l" top
 layer { name: "x" type: "DummyData" top: "v" dummy_data_param { shape { dim: 5 dim: 7 } } }
 layer { name: "r" type: "ReLU" bottom: "v" top: "r" loss_weight: 1 loss_weight: 1 }
 """,
-    "inner_product_two_bottoms": INPUT + """
+    "inner_product_two_bottoms": INPUT
+    + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" bottom: "data" top: "ip"
   inner_product_param { num_output: 2 } }
 """,
-    "conv_two_bottoms_one_top": INPUT + """
+    "conv_two_bottoms_one_top": INPUT
+    + """
 layer { name: "c" type: "Convolution" bottom: "data" bottom: "data" top: "c"
   convolution_param { num_output: 2 kernel_size: 1 } }
 """,
-    "ave_pool_with_mask_top": INPUT + """
+    "ave_pool_with_mask_top": INPUT
+    + """
 layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m"
   pooling_param { pool: AVE kernel_size: 2 } }
 """,
-    "concat_mismatch": INPUT + """
+    "concat_mismatch": INPUT
+    + """
 layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
 layer { name: "c" type: "Concat" bottom: "data" bottom: "p" top: "c" }
 """,
-    "eltwise_mismatch": INPUT + """
+    "eltwise_mismatch": INPUT
+    + """
 layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
 layer { name: "e" type: "Eltwise" bottom: "data" bottom: "p" top: "e" }
 """,
-    "propagate_down_count": INPUT + """
+    "propagate_down_count": INPUT
+    + """
 layer { name: "r" type: "ReLU" bottom: "data" top: "r" propagate_down: true
   propagate_down: false }
 """,
-    "crop_out_of_bounds": INPUT + """
+    "crop_out_of_bounds": INPUT
+    + """
 layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }
 layer { name: "c" type: "Crop" bottom: "data" bottom: "p" top: "c" crop_param { offset: 9 } }
 """,
@@ -421,7 +440,8 @@ layer { name: "x" type: "DummyData" top: "x" top: "cont"
 layer { name: "l" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
   recurrent_param { num_output: 2 } }
 """,
-    "include_and_exclude": INPUT + """
+    "include_and_exclude": INPUT
+    + """
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
   include { phase: TRAIN } exclude { phase: TEST } inner_product_param { num_output: 2 } }
 """,
@@ -430,8 +450,9 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
 
 # ------------------------------------------------------------------------- corpus data swap
 
-DATA_TYPES = frozenset({"Data", "ImageData", "WindowData", "HDF5Data", "MemoryData",
-                        "DenseImageData", "VideoData"})
+DATA_TYPES = frozenset(
+    {"Data", "ImageData", "WindowData", "HDF5Data", "MemoryData", "DenseImageData", "VideoData"}
+)
 DROP_TYPES_SUFFIX = ("Loss",)
 DROP_TYPES = frozenset({"Accuracy", "Silence"})
 
@@ -450,8 +471,11 @@ def swap_data_layers(net, *, batch: int = 1, channels: int = 3, size: int = 64):
         for i, name in enumerate(net.input):
             layer.top.append(name)
             s = layer.input_param.shape.add()
-            s.dim.extend(list(net.input_shape[i].dim) if i < len(net.input_shape)
-                         else dims[4 * i:4 * i + 4])
+            s.dim.extend(
+                list(net.input_shape[i].dim)
+                if i < len(net.input_shape)
+                else dims[4 * i : 4 * i + 4]
+            )
         out.ClearField("input")
         out.ClearField("input_dim")
         out.ClearField("input_shape")
@@ -482,15 +506,19 @@ def swap_data_layers(net, *, batch: int = 1, channels: int = 3, size: int = 64):
 # load or newly needs an unknown layer type shows up as a failure, not as a silent drop. Each
 # exclusion is also checked against the real Caffe: it must reject the net too.
 CORPUS_EXCLUDED = {
-    "alexgkendall__SegNet-Tutorial/Models__segnet_basic_train.prototxt":
-        "SegNet's Caffe fork: layer types BN, Upsample are not in BVLC Caffe 1.0",
-    "rbgirshick__fast-rcnn/models__CaffeNet__train.prototxt":
-        "fast-rcnn's Caffe fork: layer type ROIPooling is not in BVLC Caffe 1.0",
-    "rbgirshick__py-faster-rcnn/models__pascal_voc__VGG16__faster_rcnn_end2end__train.prototxt":
+    "alexgkendall__SegNet-Tutorial/Models__segnet_basic_train.prototxt": (
+        "SegNet's Caffe fork: layer types BN, Upsample are not in BVLC Caffe 1.0"
+    ),
+    "rbgirshick__fast-rcnn/models__CaffeNet__train.prototxt": (
+        "fast-rcnn's Caffe fork: layer type ROIPooling is not in BVLC Caffe 1.0"
+    ),
+    "rbgirshick__py-faster-rcnn/models__pascal_voc__VGG16__faster_rcnn_end2end__train.prototxt": (
         "py-faster-rcnn's Caffe fork: layer type ROIPooling is not in BVLC Caffe 1.0, and its "
-        "Python layers (rpn.*) need the project's own Python modules",
-    "yjxiong__temporal-segment-networks/models__ucf101__tsn_bn_inception_rgb_train_val.prototxt":
-        "TSN's Caffe fork: layer type BN is not in BVLC Caffe 1.0",
+        "Python layers (rpn.*) need the project's own Python modules"
+    ),
+    "yjxiong__temporal-segment-networks/models__ucf101__tsn_bn_inception_rgb_train_val.prototxt": (
+        "TSN's Caffe fork: layer type BN is not in BVLC Caffe 1.0"
+    ),
 }
 
 
@@ -500,8 +528,9 @@ def _corpus_net_names() -> list[str]:
     if not manifest.is_file():
         return []
     with open(manifest, newline="") as f:
-        return [row["saved_name"] for row in csv.DictReader(f, delimiter="\t")
-                if row["kind"] == "net"]
+        return [
+            row["saved_name"] for row in csv.DictReader(f, delimiter="\t") if row["kind"] == "net"
+        ]
 
 
 def _corpus_nets() -> tuple[dict[str, caffe_pb2.NetParameter], dict[str, str]]:
@@ -543,8 +572,8 @@ def caffe_tables(caffe_root):
     """Caffe's tables for every net (one chroot process). ``caffe_root`` (tests/conftest.py)
     skips when the root is absent, and fails under CI=true."""
     from caffe2tf.verify import oracle
-    good = {name: text_format.Parse(text, caffe_pb2.NetParameter()) for name, text in
-            NETS.items()}
+
+    good = {name: text_format.Parse(text, caffe_pb2.NetParameter()) for name, text in NETS.items()}
     compared, excluded = _corpus_nets()
     good.update(compared)
     swapped_excluded = {}
@@ -553,8 +582,12 @@ def caffe_tables(caffe_root):
         # 224: the filler size the TSN net's Reshape needs to get as far as its BN layers
         swapped_excluded[key] = text_format.MessageToString(swap_data_layers(net, size=224))
     names = list(good) + list(BAD_NETS) + list(LEGACY_NETS) + list(swapped_excluded)
-    texts = [text_format.MessageToString(good[n]) for n in good] + list(BAD_NETS.values()) + \
-        list(LEGACY_NETS.values()) + list(swapped_excluded.values())
+    texts = (
+        [text_format.MessageToString(good[n]) for n in good]
+        + list(BAD_NETS.values())
+        + list(LEGACY_NETS.values())
+        + list(swapped_excluded.values())
+    )
     tables = oracle.caffe_param_tables(texts, probe=True, root=caffe_root)
     return good, dict(zip(names, tables, strict=True))
 
@@ -573,7 +606,8 @@ def test_every_corpus_net_is_compared_or_excluded():
     assert set(compared) | set(excluded) == {"corpus:" + n for n in names}
     found = {k.removeprefix("corpus:"): why for k, why in excluded.items()}
     assert set(found) == set(CORPUS_EXCLUDED), (
-        f"excluded now: {found}; listed: {sorted(CORPUS_EXCLUDED)}")
+        f"excluded now: {found}; listed: {sorted(CORPUS_EXCLUDED)}"
+    )
     for name, why in found.items():  # the listed reason names the types actually missing
         missing = why.split(": ", 1)[1].split(", ") if ": " in why else []
         for layer_type in missing:
@@ -591,7 +625,9 @@ def test_excluded_corpus_nets_are_rejected_by_caffe(caffe_tables):
             # for the reason listed: a fork layer type, or a Python layer's missing module
             msg = str(tables[key])
             assert "Unknown layer type" in msg or "No module named 'rpn'" in msg, (
-                saved_name, msg[:500])
+                saved_name,
+                msg[:500],
+            )
 
 
 @pytest.mark.parametrize("name", list(NETS))
@@ -642,7 +678,10 @@ def _compare(caffe_tables, name, spec=None):
             assert _close(ours.lr_mult, row.lr_mult), (row.key, ours.lr_mult, row.lr_mult)
         if row.decay_mult is not None:
             assert _close(ours.decay_mult, row.decay_mult), (
-                row.key, ours.decay_mult, row.decay_mult)
+                row.key,
+                ours.decay_mult,
+                row.decay_mult,
+            )
     sharers = {row.key: row.owner for row in table if row.owner != row.key}
     ours_sharers = {s: p.key for p in spec.params for s in p.sharers}
     assert ours_sharers == sharers
@@ -665,10 +704,17 @@ def test_every_registered_caffe_layer_type_has_a_shape_rule(caffe_root):
     import subprocess
 
     out = subprocess.run(
-        ["chroot", str(caffe_root), "/usr/bin/python3", "-c",
-         "import caffe; print('\\n'.join(caffe.layer_type_list()))"],
-        capture_output=True, text=True, check=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                                         "GLOG_minloglevel": "2"},
+        [
+            "chroot",
+            str(caffe_root),
+            "/usr/bin/python3",
+            "-c",
+            "import caffe; print('\\n'.join(caffe.layer_type_list()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GLOG_minloglevel": "2"},
     ).stdout.split()
     assert set(out) == set(shp.RULES) | OPAQUE_KNOWN
 
@@ -700,11 +746,22 @@ def caffe_blobs(caffe_root, caffe_tables):
         (job / "dump.py").write_text(_DUMP_BLOBS)
         inside = "/" + str(job.relative_to(caffe_root))
         subprocess.run(
-            ["chroot", str(caffe_root), "/usr/bin/python3", f"{inside}/dump.py", inside,
-             str(len(names))],
-            capture_output=True, text=True, check=True,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GLOG_minloglevel": "2",
-                 "OPENBLAS_NUM_THREADS": "1"},
+            [
+                "chroot",
+                str(caffe_root),
+                "/usr/bin/python3",
+                f"{inside}/dump.py",
+                inside,
+                str(len(names)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "GLOG_minloglevel": "2",
+                "OPENBLAS_NUM_THREADS": "1",
+            },
         )
         result = json.loads((job / "out.json").read_text())
     finally:
@@ -728,7 +785,8 @@ def test_every_top_shape_matches_caffe(caffe_blobs):
                     failures.append(f"{name}: {blob}: ours {mine}, Caffe {tuple(shape)}")
                 continue
             same = len(mine) == len(shape) and all(
-                a is None or a == b for a, b in zip(mine, shape, strict=True))
+                a is None or a == b for a, b in zip(mine, shape, strict=True)
+            )
             if not same or (not name.startswith("corpus:") and None in mine):
                 failures.append(f"{name}: {blob}: ours {mine}, Caffe {tuple(shape)}")
     assert not failures, "\n".join(failures)
@@ -784,12 +842,21 @@ def test_solver_train_state_matches_caffe(caffe_root):
         (job / "net.prototxt").write_text(STATE_NET)
         for i, extra in enumerate(TRAIN_STATES.values()):
             (job / f"s{i}.prototxt").write_text(
-                f'net: "{inside}/net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\n{extra}\n')
+                f'net: "{inside}/net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\n{extra}\n'
+            )
         (job / "dump.py").write_text(_DUMP_SOLVER_NETS)
         subprocess.run(
-            ["chroot", str(caffe_root), "/usr/bin/python3", f"{inside}/dump.py", inside,
-             str(len(TRAIN_STATES))],
-            capture_output=True, text=True, check=True,
+            [
+                "chroot",
+                str(caffe_root),
+                "/usr/bin/python3",
+                f"{inside}/dump.py",
+                inside,
+                str(len(TRAIN_STATES)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GLOG_minloglevel": "2"},
         )
         caffe = json.loads((job / "out.json").read_text())

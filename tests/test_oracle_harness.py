@@ -60,34 +60,53 @@ HAND = {
     "sgd-one-step": oracle.OracleCase("sgd-one-step", _sgd(), IP_NET % "", W0, G[:1]),
     "l2-decay": oracle.OracleCase("l2-decay", _sgd("weight_decay: 0.1"), IP_NET % "", W0, G[:1]),
     "l1-decay": oracle.OracleCase(
-        "l1-decay", _sgd('weight_decay: 0.1\nregularization_type: "L1"'), IP_NET % "", W0_L1,
-        ZERO_G),
+        "l1-decay", _sgd('weight_decay: 0.1\nregularization_type: "L1"'), IP_NET % "", W0_L1, ZERO_G
+    ),
     "lr-mult-0": oracle.OracleCase(
-        "lr-mult-0", _sgd("momentum: 0.9\nweight_decay: 0.1"),
-        IP_NET % "param { lr_mult: 0 } param { lr_mult: 1 decay_mult: 0 }", W0, G),
+        "lr-mult-0",
+        _sgd("momentum: 0.9\nweight_decay: 0.1"),
+        IP_NET % "param { lr_mult: 0 } param { lr_mult: 1 decay_mult: 0 }",
+        W0,
+        G,
+    ),
     "one-block": oracle.OracleCase(
-        "one-block", _sgd("weight_decay: 0.1"),
-        IP_NET % "param { lr_mult: 2 decay_mult: 0 }", W0, G[:1]),
+        "one-block",
+        _sgd("weight_decay: 0.1"),
+        IP_NET % "param { lr_mult: 2 decay_mult: 0 }",
+        W0,
+        G[:1],
+    ),
     "multistep-boundary": oracle.OracleCase(
         "multistep-boundary",
         'type: "SGD"\nbase_lr: 1\nlr_policy: "multistep"\ngamma: 0.1\nstepvalue: 2\n'
-        "stepvalue: 3\nmax_iter: 10\n", IP_NET % "",
+        "stepvalue: 3\nmax_iter: 10\n",
+        IP_NET % "",
         {k: np.zeros(s, f32) for k, s in SHAPES.items()},
-        [{k: np.ones(s, f32) for k, s in SHAPES.items()}] * 4),
+        [{k: np.ones(s, f32) for k, s in SHAPES.items()}] * 4,
+    ),
     "adam-first-step": oracle.OracleCase(
-        "adam-first-step", 'type: "Adam"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: "fixed"\n',
-        IP_NET % "", W0, G[:1]),
-    "clip": oracle.OracleCase("clip", _sgd("clip_gradients: 1"), IP_NET % "", W0,
-                              _clip_grads()),
+        "adam-first-step",
+        'type: "Adam"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: "fixed"\n',
+        IP_NET % "",
+        W0,
+        G[:1],
+    ),
+    "clip": oracle.OracleCase("clip", _sgd("clip_gradients: 1"), IP_NET % "", W0, _clip_grads()),
     "iter-size": oracle.OracleCase("iter-size", _sgd("iter_size: 2"), IP_NET % "", W0, G[:1]),
     "shared-backward": oracle.OracleCase(
-        "shared-backward", _sgd(lr="0.01"), SHARED_NET,
-        {"ip1/0": np.array([[0.5, -0.25]], f32)}, [{}], method="backward"),
+        "shared-backward",
+        _sgd(lr="0.01"),
+        SHARED_NET,
+        {"ip1/0": np.array([[0.5, -0.25]], f32)},
+        [{}],
+        method="backward",
+    ),
 }
 
 _MATRIX = matrix.matrix_cases()
 _STEP_CHECK = [c for c in _MATRIX if c.iter_size == 3][:2] + [
-    c for c in _MATRIX if c.factors["solver"] == "Adam"][:1]
+    c for c in _MATRIX if c.factors["solver"] == "Adam"
+][:1]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +119,11 @@ def runs(caffe_root):
     cases += [c.oracle_case() for c in _MATRIX if c.name not in {g.case.name for g in goldens}]
     for c in _STEP_CHECK:
         o = c.oracle_case()
-        cases.append(oracle.OracleCase("step:" + o.name, o.solver_text, o.net_text, o.init,
-                                       o.grads, method="step"))
+        cases.append(
+            oracle.OracleCase(
+                "step:" + o.name, o.solver_text, o.net_text, o.init, o.grads, method="step"
+            )
+        )
     return oracle.run_cases(cases, root=caffe_root)
 
 
@@ -148,8 +170,9 @@ def test_lr_mult_0_never_moves_and_decay_mult_0_is_gradient_only(runs):
 @pytest.mark.oracle
 def test_one_param_block_for_two_blobs_leaves_bias_at_lr1_decay1(runs):
     (w1,) = runs["one-block"]
-    np.testing.assert_allclose(w1["fc1/0"], W0["fc1/0"] - f32(0.2) * G[0]["fc1/0"],
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        w1["fc1/0"], W0["fc1/0"] - f32(0.2) * G[0]["fc1/0"], rtol=1e-6, atol=1e-7
+    )
     want_b = W0["fc1/1"] - f32(0.1) * (G[0]["fc1/1"] + f32(0.1) * W0["fc1/1"])
     np.testing.assert_allclose(w1["fc1/1"], want_b, rtol=1e-6, atol=1e-7)
 
@@ -219,8 +242,13 @@ def test_goldens_still_match_a_fresh_caffe_run(runs, caffe_root):
         fresh = runs[g.case.name]
         for k, (want, got) in enumerate(zip(g.weights, fresh, strict=True)):
             for key in want:
-                np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7,
-                                           err_msg=f"{g.case.name} update {k + 1} {key}")
+                np.testing.assert_allclose(
+                    got[key],
+                    want[key],
+                    rtol=1e-6,
+                    atol=1e-7,
+                    err_msg=f"{g.case.name} update {k + 1} {key}",
+                )
 
 
 @pytest.mark.oracle
@@ -273,9 +301,18 @@ layer { name: "ip" type: "InnerProduct" bottom: "c2" top: "ip"
 layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 dim: 7 } } }
 """
 SHAPE_EXPECT = [
-    ("conv1", 0, (6, 3, 3, 3)), ("conv1", 1, (6,)), ("conv2", 0, (4, 3, 1, 1)),
-    ("bn", 0, (4,)), ("bn", 1, (4,)), ("bn", 2, (1,)), ("sc", 0, (4,)), ("sc", 1, (4,)),
-    ("relu", 0, (4,)), ("ip", 0, (5, 64)), ("ip", 1, (5,)), ("p", 0, (2, 7)),
+    ("conv1", 0, (6, 3, 3, 3)),
+    ("conv1", 1, (6,)),
+    ("conv2", 0, (4, 3, 1, 1)),
+    ("bn", 0, (4,)),
+    ("bn", 1, (4,)),
+    ("bn", 2, (1,)),
+    ("sc", 0, (4,)),
+    ("sc", 1, (4,)),
+    ("relu", 0, (4,)),
+    ("ip", 0, (5, 64)),
+    ("ip", 1, (5,)),
+    ("p", 0, (2, 7)),
 ]
 
 
@@ -330,11 +367,24 @@ def test_v1_upgrade_with_caffes_binary(caffe_root):
     assert list(net.layer[0].input_param.shape[0].dim) == [1, 3, 8, 8]
     assert not net.input and "input_dim" not in text
     types = {lay.name: lay.type for lay in net.layer}
-    assert types == {"input": "Input", "conv1": "Convolution", "ip1": "InnerProduct",
-                     "ip2": "InnerProduct", "ip3": "InnerProduct"}
-    params = {lay.name: [(p.name, p.lr_mult if p.HasField("lr_mult") else None,
-                          p.decay_mult if p.HasField("decay_mult") else None)
-                         for p in lay.param] for lay in net.layer}
+    assert types == {
+        "input": "Input",
+        "conv1": "Convolution",
+        "ip1": "InnerProduct",
+        "ip2": "InnerProduct",
+        "ip3": "InnerProduct",
+    }
+    params = {
+        lay.name: [
+            (
+                p.name,
+                p.lr_mult if p.HasField("lr_mult") else None,
+                p.decay_mult if p.HasField("decay_mult") else None,
+            )
+            for p in lay.param
+        ]
+        for lay in net.layer
+    }
     assert params["conv1"] == [("", 1.0, 1.0), ("", 2.0, 0.0)]
     assert params["ip1"] == [("", 0.5, None)]
     assert params["ip2"] == [("shared_w", None, None)]
@@ -347,11 +397,14 @@ SOLVER_VERDICTS = [
     ('solver_type: ADAM\ntype: "Adam"\nlr_policy: "fixed"\n', False, "cannot be both"),
     ('type: "AdaGrad"\nmomentum: 0.9\nlr_policy: "fixed"\n', False, "Momentum cannot be used"),
     ('type: "RMSProp"\nrms_decay: 1\nlr_policy: "fixed"\n', False, "rms_decay"),
-    ('base_lr: 0.1\n', False, "Unknown learning rate policy"),
+    ("base_lr: 0.1\n", False, "Unknown learning rate policy"),
     ('lr_policy: "step"\nstepsize: 0\ngamma: 0.1\n', False, "stepsize"),
     ('lr_policy: "sigmoid"\nstepsize: 10\ngamma: -1\n', False, "gamma"),
-    ('lr_policy: "fixed"\nweight_decay: 0.1\nregularization_type: "l2"\n', False,
-     "Unknown regularization type"),
+    (
+        'lr_policy: "fixed"\nweight_decay: 0.1\nregularization_type: "l2"\n',
+        False,
+        "Unknown regularization type",
+    ),
     ('lr_policy: "fixed"\nregularization_type: "l2"\n', True, "SGDSolver"),
     ('type: "Adamm"\nlr_policy: "fixed"\n', False, "Unknown solver type"),
     ('net: "elsewhere.prototxt"\nlr_policy: "fixed"\n', True, "SGDSolver"),
@@ -372,18 +425,19 @@ def test_caffes_own_solver_verdicts(caffe_root):
 
 @pytest.mark.oracle
 def test_failures_are_loud(caffe_root):
-    bad_solver = oracle.OracleCase("bad", 'type: "AdaGrad"\nmomentum: 0.9\nlr_policy: "fixed"',
-                                   IP_NET % "", W0, G[:1])
-    missing_init = oracle.OracleCase("missing", _sgd(), IP_NET % "", {"fc1/0": W0["fc1/0"]},
-                                     G[:1])
+    bad_solver = oracle.OracleCase(
+        "bad", 'type: "AdaGrad"\nmomentum: 0.9\nlr_policy: "fixed"', IP_NET % "", W0, G[:1]
+    )
+    missing_init = oracle.OracleCase("missing", _sgd(), IP_NET % "", {"fc1/0": W0["fc1/0"]}, G[:1])
     with pytest.raises(oracle.OracleError) as info:
         oracle.run_cases([bad_solver, missing_init], root=caffe_root)
     text = str(info.value)
     assert "Momentum cannot be used with AdaGrad" in text
     assert "'missing'" in text and "fc1/1" in text
     with pytest.raises(ValueError):
-        oracle.run_cases([oracle.OracleCase("inline", "net_param { }\n", "", {}, [])],
-                         root=caffe_root)
+        oracle.run_cases(
+            [oracle.OracleCase("inline", "net_param { }\n", "", {}, [])], root=caffe_root
+        )
 
 
 def test_retarget_solver_text_replaces_net_fields():
@@ -405,15 +459,19 @@ def test_no_root_means_none(monkeypatch, tmp_path):
 @pytest.mark.oracle
 def test_solver_type_upgrade_with_caffes_binary(caffe_root):
     ok, both = oracle.caffe_upgrade_solver_texts(
-        ['solver_type: RMSPROP\nbase_lr: 0.1\nlr_policy: "fixed"\n',
-         'solver_type: ADAM\ntype: "Adam"\nlr_policy: "fixed"\n'], root=caffe_root)
+        [
+            'solver_type: RMSPROP\nbase_lr: 0.1\nlr_policy: "fixed"\n',
+            'solver_type: ADAM\ntype: "Adam"\nlr_policy: "fixed"\n',
+        ],
+        root=caffe_root,
+    )
     assert isinstance(ok, str) and 'type: "RMSProp"' in ok and "solver_type" not in ok
     assert isinstance(both, oracle.OracleError) and "cannot be both" in str(both)
 
 
 # ------------------------------------------------------------- the oracle marker's behaviour
 
-_INNER_TEST = '''
+_INNER_TEST = """
 import pytest
 
 @pytest.mark.oracle
@@ -423,7 +481,7 @@ def test_needs_root():
 @pytest.mark.oracle
 def test_uses_fixture(caffe_root):
     assert caffe_root.is_dir()
-'''
+"""
 
 
 def _inner_pytest(tmp_path, env_extra: dict[str, str]):
@@ -438,9 +496,14 @@ def _inner_pytest(tmp_path, env_extra: dict[str, str]):
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    oracle: real Caffe\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", oracle.ROOT_ENV)}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                           str(tmp_path)], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_oracle_tests_skip_without_a_root_outside_ci(tmp_path):

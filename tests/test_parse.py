@@ -34,8 +34,11 @@ CASES: list[tuple[str, str, bool]] = [
     ("solver", "max_iter: 1.0", False),
     ("solver", "max_iter: 1e3", False),
     ("solver", "max_iter: 08", False),
-    ("solver", "snapshot_diff: t\ndebug_info: True\ntest_compute_loss: 1\n"
-               "snapshot_after_train: f", True),
+    (
+        "solver",
+        "snapshot_diff: t\ndebug_info: True\ntest_compute_loss: 1\nsnapshot_after_train: f",
+        True,
+    ),
     ("solver", "snapshot_diff: 2", False),
     ("solver", "snapshot_diff: TRUE", False),
     ("solver", 'snapshot_diff: "true"', False),
@@ -84,8 +87,12 @@ CASES: list[tuple[str, str, bool]] = [
     ("net", 'layer { name: "a" convolution_param { num_output: -1 } }', False),
     ("net", 'layer { name: "a" convolution_param { num_output: 4294967296 } }', False),
     ("net", 'layer { name: "a" convolution_param { engine: 1 } }', True),
-    ("net", 'layer { param { lr_mult: 1 } param: { decay_mult: 0 } '
-            'param [ { name: "x" }, { share_mode: PERMISSIVE } ] }', True),
+    (
+        "net",
+        "layer { param { lr_mult: 1 } param: { decay_mult: 0 } "
+        'param [ { name: "x" }, { share_mode: PERMISSIVE } ] }',
+        True,
+    ),
     ("net", "layers { type: CONVOLUTION blobs_lr: 1 }", True),
     ("net", "layers { type: convolution }", False),
     ("net", 'layer { name: "a" } ; layer { name: "b" },', True),
@@ -122,12 +129,18 @@ def _cpp_verdicts(root: Path, cases: list[tuple[str, str, bool]]) -> list[bool]:
         lines = ["#!/bin/sh"]
         for i, (kind, text, _) in enumerate(cases):
             (host / f"{i}.prototxt").write_bytes(text.encode())
-            lines.append(f"upgrade_{kind}_proto_text {inside}/{i}.prototxt {inside}/{i}.out "
-                         f">/dev/null 2>&1; echo $? > {inside}/{i}.rc")
+            lines.append(
+                f"upgrade_{kind}_proto_text {inside}/{i}.prototxt {inside}/{i}.out "
+                f">/dev/null 2>&1; echo $? > {inside}/{i}.rc"
+            )
         (host / "run.sh").write_text("\n".join(lines) + "\n")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GLOG_minloglevel": "3"}
-        subprocess.run(oracle.privileged(["chroot", str(root), "/bin/sh", f"{inside}/run.sh"],
-                                         env), check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            oracle.privileged(["chroot", str(root), "/bin/sh", f"{inside}/run.sh"], env),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         return [(host / f"{i}.rc").read_text().strip() == "0" for i in range(len(cases))]
     finally:
         shutil.rmtree(host, ignore_errors=True)
@@ -142,9 +155,12 @@ def test_cases_agree_with_caffe(caffe_root: Path) -> None:
 
 def test_values() -> None:
     msg = pb.SolverParameter()
-    parse_text('base_lr: .5 momentum: 0.9 max_iter: 0x10 stepsize: 010 lr_policy: "a" \'b\'\n'
-               "gamma: 1e40 power: -inf stepvalue: [1, 2] stepvalue: 3 debug_info: t\n"
-               "solver_mode: 0 random_seed: -0x10", msg)
+    parse_text(
+        "base_lr: .5 momentum: 0.9 max_iter: 0x10 stepsize: 010 lr_policy: \"a\" 'b'\n"
+        "gamma: 1e40 power: -inf stepvalue: [1, 2] stepvalue: 3 debug_info: t\n"
+        "solver_mode: 0 random_seed: -0x10",
+        msg,
+    )
     assert msg.base_lr == 0.5
     assert msg.momentum == pytest.approx(0.9, abs=1e-7) and msg.momentum != 0.9  # float32
     assert (msg.max_iter, msg.stepsize) == (16, 8)
@@ -164,21 +180,27 @@ def test_escapes() -> None:
 
 
 def test_position_map() -> None:
-    text = ('net_param {\n  layer {\n    name: "a"\n    param { lr_mult: 2 }\n  }\n'
-            "  layer { param [ { decay_mult: 0 }, { lr_mult: 3 } ] }\n}\n"
-            "stepvalue: [10,\n  20]\n  base_lr: 1\n")
+    text = (
+        'net_param {\n  layer {\n    name: "a"\n    param { lr_mult: 2 }\n  }\n'
+        "  layer { param [ { decay_mult: 0 }, { lr_mult: 3 } ] }\n}\n"
+        "stepvalue: [10,\n  20]\n  base_lr: 1\n"
+    )
     parsed = parse_text(text, pb.SolverParameter(), path="s.prototxt")
     loc = parsed.locations
     assert (loc["net_param"].line, loc["net_param"].col) == (1, 1)
     assert (loc["net_param.layer[0]"].line, loc["net_param.layer[0]"].col) == (2, 3)
-    assert (loc["net_param.layer[0].param[0].lr_mult"].line,
-            loc["net_param.layer[0].param[0].lr_mult"].col) == (4, 13)
+    assert (
+        loc["net_param.layer[0].param[0].lr_mult"].line,
+        loc["net_param.layer[0].param[0].lr_mult"].col,
+    ) == (4, 13)
     assert loc["net_param.layer[1].param[1].lr_mult"].line == 6
     assert (loc["stepvalue[1]"].line, loc["stepvalue[1]"].col) == (9, 3)
     assert (loc["base_lr"].line, loc["base_lr"].col, loc["base_lr"].path) == (10, 3, "s.prototxt")
     # a field that was not written falls back to its closest written parent
-    assert parsed.location("net_param.layer[0].param[0].decay_mult") == \
-        loc["net_param.layer[0].param[0]"]
+    assert (
+        parsed.location("net_param.layer[0].param[0].decay_mult")
+        == loc["net_param.layer[0].param[0]"]
+    )
 
 
 def test_error_positions() -> None:
@@ -192,12 +214,14 @@ def test_error_positions() -> None:
 
 
 def test_lenient_skips_and_reports() -> None:
-    text = ("base_lr: 0.1\nlarc: true\nrampup_lr { a: 1 b { c: [1, 2] } }\n"
-            'display_extra: "x"\nlr_policy: "step"\n'
-            "net_param { layer { param { lr_mult: 1 lr_boost: 2 }\n"
-            "  roi_pooling_param { pooled_w: 7 } data_fancy_param { x: 1 }\n"
-            "  pooling_param { ceil_mode: true pool: AVE } } }\n"
-            "solver_mode: TPU\n")
+    text = (
+        "base_lr: 0.1\nlarc: true\nrampup_lr { a: 1 b { c: [1, 2] } }\n"
+        'display_extra: "x"\nlr_policy: "step"\n'
+        "net_param { layer { param { lr_mult: 1 lr_boost: 2 }\n"
+        "  roi_pooling_param { pooled_w: 7 } data_fancy_param { x: 1 }\n"
+        "  pooling_param { ceil_mode: true pool: AVE } } }\n"
+        "solver_mode: TPU\n"
+    )
     parsed = parse_text(text, pb.SolverParameter(), path="s", lenient=True)
     msg = parsed.message
     assert msg.base_lr == pytest.approx(0.1) and msg.lr_policy == "step"
@@ -207,13 +231,28 @@ def test_lenient_skips_and_reports() -> None:
     by_path = {}
     for note in parsed.notes:
         assert note.location is not None and note.location.line is not None
-        for key in ("larc", "rampup_lr", "display_extra", "lr_boost", "roi_pooling_param",
-                    "data_fancy_param", "ceil_mode", "solver_mode"):
+        for key in (
+            "larc",
+            "rampup_lr",
+            "display_extra",
+            "lr_boost",
+            "roi_pooling_param",
+            "data_fancy_param",
+            "ceil_mode",
+            "solver_mode",
+        ):
             if key in note.message:
                 by_path[key] = note
-    assert set(by_path) == {"larc", "rampup_lr", "display_extra", "lr_boost",
-                            "roi_pooling_param", "data_fancy_param", "ceil_mode",
-                            "solver_mode"}
+    assert set(by_path) == {
+        "larc",
+        "rampup_lr",
+        "display_extra",
+        "lr_boost",
+        "roi_pooling_param",
+        "data_fancy_param",
+        "ceil_mode",
+        "solver_mode",
+    }
     assert by_path["larc"].affects_training and by_path["rampup_lr"].affects_training
     assert by_path["lr_boost"].affects_training  # inside param {}
     assert by_path["roi_pooling_param"].affects_training
@@ -306,21 +345,31 @@ def test_first_error_wins_and_blocks_join(tmp_path: Path) -> None:
         parse_text("bogus: 1\nbase_lr: \x00\n", pb.SolverParameter())
     assert info.value.location.line == 1 and "bogus" in info.value.message
     # a text longer than one tokenizer block: values, strings and comments on every line
-    lines = [f'layer {{ name: "l{i}" type: "ReLU" bottom: "x" top: "x" }}  # c {i}'
-             for i in range(4000)]
+    lines = [
+        f'layer {{ name: "l{i}" type: "ReLU" bottom: "x" top: "x" }}  # c {i}' for i in range(4000)
+    ]
     text = "\n".join(lines) + "\nlayer { name: 'bad\n"
     with pytest.raises(InputError) as info:
         parse_text(text, pb.NetParameter())
     assert info.value.location.line == 4001
     parsed = parse_text("\n".join(lines), pb.NetParameter())
-    assert [layer.name for layer in parsed.message.layer[::1000]] == ["l0", "l1000", "l2000",
-                                                                     "l3000"]
+    assert [layer.name for layer in parsed.message.layer[::1000]] == [
+        "l0",
+        "l1000",
+        "l2000",
+        "l3000",
+    ]
     assert parsed.locations["layer[3999].name"].line == 4000
 
 
-PATHOLOGICAL = ["1." + "e" * 100000, "0x" + "g" * 100000, "x" * 100000,
-                "max_iter: " + "9" * 100000, " " * 100000 + "\x00",
-                'lr_policy: "' + "\\\\" * 50000 + '"\nbogus: 1']
+PATHOLOGICAL = [
+    "1." + "e" * 100000,
+    "0x" + "g" * 100000,
+    "x" * 100000,
+    "max_iter: " + "9" * 100000,
+    " " * 100000 + "\x00",
+    'lr_policy: "' + "\\\\" * 50000 + '"\nbogus: 1',
+]
 
 
 @pytest.mark.parametrize("text", PATHOLOGICAL, ids=[str(i) for i in range(len(PATHOLOGICAL))])

@@ -81,8 +81,13 @@ def test_import_is_light():
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'jax', 'numpy') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
-                          text=True, check=False, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
     assert proc.stderr.strip() == "", proc.stderr
@@ -94,7 +99,7 @@ def test_import_is_light():
 # (protobuf 3.12). Defaults are normalised so that the same value compares equal whatever
 # text protoc used for it (protoc 31 writes float 1e-8 as "9.99999994e-09").
 
-DUMP_SRC = r'''
+DUMP_SRC = r"""
 import json, struct
 
 _LABELS = {1: "optional", 2: "required", 3: "repeated"}
@@ -175,7 +180,7 @@ def dump(module):
     for e in fd.enum_types_by_name.values():
         out["enums"][e.full_name] = _enum(e)
     return out
-'''
+"""
 
 
 def _dump_ours() -> dict:
@@ -201,12 +206,13 @@ def debian_root(request) -> Path:
 
 @pytest.fixture(scope="module")
 def debian_dump(debian_root: Path) -> dict:
-    code = DUMP_SRC + (
-        "\nimport caffe.proto.caffe_pb2 as _m\n"
-        "print(json.dumps(dump(_m)))\n"
+    code = DUMP_SRC + ("\nimport caffe.proto.caffe_pb2 as _m\nprint(json.dumps(dump(_m)))\n")
+    proc = subprocess.run(
+        ["chroot", str(debian_root), "/usr/bin/python3", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    proc = subprocess.run(["chroot", str(debian_root), "/usr/bin/python3", "-c", code],
-                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         hint = " (chroot needs root privileges)" if os.geteuid() != 0 else ""
         pytest.fail(f"dumping Debian's caffe_pb2 failed{hint}:\n{proc.stderr[-3000:]}")
@@ -248,8 +254,12 @@ def test_debian_reads_what_we_write(debian_root: Path):
         "m = p.NetParameter()\nm.ParseFromString(sys.stdin.buffer.read())\n"
         "sys.stdout.write(text_format.MessageToString(m))\n"
     )
-    proc = subprocess.run(["chroot", str(debian_root), "/usr/bin/python3", "-c", code],
-                          input=net.SerializeToString(), capture_output=True, check=False)
+    proc = subprocess.run(
+        ["chroot", str(debian_root), "/usr/bin/python3", "-c", code],
+        input=net.SerializeToString(),
+        capture_output=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     from google.protobuf import text_format
 
@@ -300,8 +310,13 @@ def test_param_spec_and_legacy_numbers():
 def test_every_layer_parameter_message_is_reachable():
     """Each *Parameter message is referenced by LayerParameter or a legacy layer message."""
     referenced = set()
-    for msg in (caffe_pb2.LayerParameter, caffe_pb2.V1LayerParameter, caffe_pb2.V0LayerParameter,
-                caffe_pb2.SolverParameter, caffe_pb2.NetParameter):
+    for msg in (
+        caffe_pb2.LayerParameter,
+        caffe_pb2.V1LayerParameter,
+        caffe_pb2.V0LayerParameter,
+        caffe_pb2.SolverParameter,
+        caffe_pb2.NetParameter,
+    ):
         for f in msg.DESCRIPTOR.fields:
             if f.message_type is not None:
                 referenced.add(f.message_type.name)

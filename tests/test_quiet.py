@@ -19,9 +19,23 @@ def test_verify_output_has_no_native_tensorflow_chatter(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run(
-        [sys.executable, "-m", "caffe2tf", "verify", str(REPO / "fixtures/lenet/solver.prototxt"),
-         "--net", str(REPO / "fixtures/lenet/train.prototxt"), "--steps", "3"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "caffe2tf",
+            "verify",
+            str(REPO / "fixtures/lenet/solver.prototxt"),
+            "--net",
+            str(REPO / "fixtures/lenet/train.prototxt"),
+            "--steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout
     for noise in ("oneDNN", "cuda_platform", "cudart_stub", "absl::InitializeLog"):

@@ -18,8 +18,10 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
   param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
   inner_product_param { num_output: 3 } }
 """
-SOLVER = ('net: "net.prototxt"\ntype: "SGD"\nbase_lr: 0.1\nmomentum: 0.9\n'
-          'lr_policy: "step"\ngamma: 0.5\nstepsize: 2\nweight_decay: 0.1\n')
+SOLVER = (
+    'net: "net.prototxt"\ntype: "SGD"\nbase_lr: 0.1\nmomentum: 0.9\n'
+    'lr_policy: "step"\ngamma: 0.5\nstepsize: 2\nweight_decay: 0.1\n'
+)
 
 
 def write(tmp: Path, solver: str = SOLVER, net: str | None = NET) -> Path:
@@ -31,10 +33,15 @@ def write(tmp: Path, solver: str = SOLVER, net: str | None = NET) -> Path:
 
 def arrays(steps: int = 4, seed: int = 0):
     rng = np.random.default_rng(seed)
-    init = {"fc/0": rng.normal(size=(3, 4)).astype(np.float32),
-            "fc/1": rng.normal(size=3).astype(np.float32)}
-    grads = {f"{k}/{key}": rng.normal(size=v.shape).astype(np.float32)
-             for k in range(steps) for key, v in init.items()}
+    init = {
+        "fc/0": rng.normal(size=(3, 4)).astype(np.float32),
+        "fc/1": rng.normal(size=3).astype(np.float32),
+    }
+    grads = {
+        f"{k}/{key}": rng.normal(size=v.shape).astype(np.float32)
+        for k in range(steps)
+        for key, v in init.items()
+    }
     return init, grads
 
 
@@ -42,9 +49,20 @@ def replay(tmp: Path, init: dict, grads: dict, *extra: str):
     np.savez(tmp / "init.npz", **init)
     np.savez(tmp / "grads.npz", **grads)
     out = tmp / "out.npz"
-    res = CliRunner().invoke(cli, ["replay", str(tmp / "solver.prototxt"), "--init",
-                                   str(tmp / "init.npz"), "--grads", str(tmp / "grads.npz"),
-                                   "-o", str(out), *extra])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "replay",
+            str(tmp / "solver.prototxt"),
+            "--init",
+            str(tmp / "init.npz"),
+            "--grads",
+            str(tmp / "grads.npz"),
+            "-o",
+            str(out),
+            *extra,
+        ],
+    )
     return res, out
 
 
@@ -52,8 +70,11 @@ def test_round_trip_by_hand(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path)
     init = {"fc/0": np.ones((3, 4), np.float32), "fc/1": np.ones(3, np.float32)}
-    grads = {f"{k}/fc/{b}": np.full(v.shape, 0.5, np.float32)
-             for k in range(3) for b, v in enumerate(init.values())}
+    grads = {
+        f"{k}/fc/{b}": np.full(v.shape, 0.5, np.float32)
+        for k in range(3)
+        for b, v in enumerate(init.values())
+    }
     grads["note"] = np.array([1, 2, 3])  # other keys are ignored
     init["meta"] = np.zeros(2)
     res, out = replay(tmp_path, init, grads)
@@ -103,14 +124,17 @@ def test_unknown_net_uses_defaults_and_says_so(tmp_path, monkeypatch):
     assert out.exists()
 
 
-@pytest.mark.parametrize("damage,words", [
-    (lambda i, g: (g.pop("1/fc/0"), g.pop("1/fc/1")), "step(s) 1"),
-    (lambda i, g: g.__setitem__("2/fc/0", np.zeros((4, 3), np.float32)), "shape"),
-    (lambda i, g: i.__setitem__("conv9/0", np.zeros(3, np.float32)), "conv9/0"),
-    (lambda i, g: g.__setitem__("0/conv9/0", np.zeros(3, np.float32)), "conv9/0"),
-    (lambda i, g: i.__setitem__("fc/0", np.zeros((4, 4), np.float32)), "shape"),
-    (lambda i, g: [g.pop(k) for k in list(g)], "no gradients"),
-])
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        (lambda i, g: (g.pop("1/fc/0"), g.pop("1/fc/1")), "step(s) 1"),
+        (lambda i, g: g.__setitem__("2/fc/0", np.zeros((4, 3), np.float32)), "shape"),
+        (lambda i, g: i.__setitem__("conv9/0", np.zeros(3, np.float32)), "conv9/0"),
+        (lambda i, g: g.__setitem__("0/conv9/0", np.zeros(3, np.float32)), "conv9/0"),
+        (lambda i, g: i.__setitem__("fc/0", np.zeros((4, 4), np.float32)), "shape"),
+        (lambda i, g: [g.pop(k) for k in list(g)], "no gradients"),
+    ],
+)
 def test_bad_inputs_exit_2_and_write_nothing(tmp_path, monkeypatch, damage, words):
     monkeypatch.chdir(tmp_path)
     write(tmp_path)
@@ -130,8 +154,19 @@ def test_unreadable_npz_is_an_input_error(tmp_path, monkeypatch):
     init, grads = arrays()
     np.savez(tmp_path / "grads.npz", **grads)
     (tmp_path / "init.npz").write_text("not a zip")
-    res = CliRunner().invoke(cli, ["replay", "solver.prototxt", "--init", "init.npz",
-                                   "--grads", "grads.npz", "-o", "out.npz"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "replay",
+            "solver.prototxt",
+            "--init",
+            "init.npz",
+            "--grads",
+            "grads.npz",
+            "-o",
+            "out.npz",
+        ],
+    )
     assert res.exit_code == 2 and "init.npz" in res.output
     assert not (tmp_path / "out.npz").exists()
 

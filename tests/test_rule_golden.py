@@ -30,7 +30,13 @@ def recipe_for(case, directory: Path):
 def test_goldens_are_present():
     assert len(GOLDENS) >= 6
     assert {g.case.factors["solver"] for g in GOLDENS} == {
-        "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"}
+        "SGD",
+        "Nesterov",
+        "AdaGrad",
+        "RMSProp",
+        "AdaDelta",
+        "Adam",
+    }
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
@@ -47,8 +53,11 @@ CLEAR_EFFECT = 10 * TOLERANCE
 
 
 def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x[k]) - np.asarray(y[k]))))
-               for x, y in zip(a, b, strict=True) for k in x)
+    return max(
+        float(np.max(np.abs(np.asarray(x[k]) - np.asarray(y[k]))))
+        for x, y in zip(a, b, strict=True)
+        for k in x
+    )
 
 
 @pytest.mark.parametrize("golden", GOLDENS, ids=[g.case.name for g in GOLDENS])
@@ -67,8 +76,7 @@ def test_golden_catches_every_mistake_that_applies(golden, tmp_path):
         wrong = run_reference(wrong_rule, case.init, case.grads, registry=registry)
         if _max_diff(right, wrong) <= CLEAR_EFFECT:
             continue
-        if compare_trajectories(case.init, list(golden.weights), wrong,
-                                tolerance=TOLERANCE).passed:
+        if compare_trajectories(case.init, list(golden.weights), wrong, tolerance=TOLERANCE).passed:
             missed.append(mistake)
     assert not missed, f"{case.name}: the golden trace does not catch {missed}"
 

@@ -30,8 +30,15 @@ from caffe2tf.rule.model import (
 )
 from caffe2tf.rule.reference import run_reference
 
-MISTAKES = ("decay_x2", "lr_outside_momentum", "eps_inside_sqrt", "multistep_off_by_one",
-            "clip_after_decay", "bias_decay_default", "adam_beta1_default")
+MISTAKES = (
+    "decay_x2",
+    "lr_outside_momentum",
+    "eps_inside_sqrt",
+    "multistep_off_by_one",
+    "clip_after_decay",
+    "bias_decay_default",
+    "adam_beta1_default",
+)
 
 
 def _decay_x2(step: AddDecay, env: S.UpdateEnv) -> None:
@@ -81,8 +88,7 @@ def _multistep_off_by_one(step: ScaleByLr, env: S.UpdateEnv) -> None:
     S.scale_by_lr(dataclasses.replace(step, schedule=s), env)
 
 
-def plant(mistake: str, rule: UpdateRule, recipe: Recipe | None = None
-          ) -> tuple[UpdateRule, dict]:
+def plant(mistake: str, rule: UpdateRule, recipe: Recipe | None = None) -> tuple[UpdateRule, dict]:
     """The wrong (rule, registry) for ``mistake`` (one of :data:`MISTAKES`)."""
     reg = dict(S.STEP_FUNCTIONS)
     if mistake == "decay_x2":
@@ -103,17 +109,27 @@ def plant(mistake: str, rule: UpdateRule, recipe: Recipe | None = None
             rule = dataclasses.replace(rule, steps=tuple(steps))
     elif mistake == "bias_decay_default":
         # "biases are not decayed unless asked": decay_mult 0 for a bias without param{} value
-        implicit = ({p.key for p in recipe.net.params
-                     if p.index == 1 and not p.decay_mult_explicit}
-                    if recipe is not None and recipe.net is not None else set())
-        rule = dataclasses.replace(rule, params=tuple(
-            dataclasses.replace(g, decay_mult=0.0) if g.key in implicit else g
-            for g in rule.params))
+        implicit = (
+            {p.key for p in recipe.net.params if p.index == 1 and not p.decay_mult_explicit}
+            if recipe is not None and recipe.net is not None
+            else set()
+        )
+        rule = dataclasses.replace(
+            rule,
+            params=tuple(
+                dataclasses.replace(g, decay_mult=0.0) if g.key in implicit else g
+                for g in rule.params
+            ),
+        )
     elif mistake == "adam_beta1_default":
-        if (isinstance(rule.solver_step, Adam) and recipe is not None
-                and "momentum" in recipe.solver.defaulted):
+        if (
+            isinstance(rule.solver_step, Adam)
+            and recipe is not None
+            and "momentum" in recipe.solver.defaulted
+        ):
             rule = dataclasses.replace(
-                rule, steps=(*rule.steps[:-1], dataclasses.replace(rule.solver_step, beta1=0.9)))
+                rule, steps=(*rule.steps[:-1], dataclasses.replace(rule.solver_step, beta1=0.9))
+            )
     else:
         raise KeyError(mistake)
     return rule, reg
@@ -124,16 +140,21 @@ def plant(mistake: str, rule: UpdateRule, recipe: Recipe | None = None
 
 def _rule(solver_step, *, schedule=None, pre=(), params=()):
     schedule = schedule or LrSchedule(policy="fixed", base_lr=0.05)
-    return UpdateRule(solver="SGD", steps=(*pre, ScaleByLr(schedule=schedule), solver_step),
-                      params=params)
+    return UpdateRule(
+        solver="SGD", steps=(*pre, ScaleByLr(schedule=schedule), solver_step), params=params
+    )
 
 
 def _stream(n=20, seed=0):
     rng = np.random.default_rng(seed)
-    init = {"fc/0": rng.normal(size=(3, 2)).astype(np.float32),
-            "fc/1": rng.normal(size=3).astype(np.float32)}
-    grads = [{k: (rng.normal(0.2, 1.0, v.shape) * 3).astype(np.float32)
-              for k, v in init.items()} for _ in range(n)]
+    init = {
+        "fc/0": rng.normal(size=(3, 2)).astype(np.float32),
+        "fc/1": rng.normal(size=3).astype(np.float32),
+    }
+    grads = [
+        {k: (rng.normal(0.2, 1.0, v.shape) * 3).astype(np.float32) for k, v in init.items()}
+        for _ in range(n)
+    ]
     return init, grads
 
 
@@ -148,13 +169,37 @@ def _differs(rule, mistake, recipe=None) -> float:
 def _recipe_with(solver_defaulted=frozenset(), bias_explicit=False):
     from caffe2tf.caffe.model import SolverSpec
 
-    spec = SolverSpec(path="s", type="Adam", base_lr=0.01, lr_policy="fixed", gamma=0, power=0,
-                      stepsize=0, stepvalue=(), max_iter=0, momentum=0.0, momentum2=0.999,
-                      delta=1e-8, rms_decay=0.99, weight_decay=0.1, regularization_type="L2",
-                      clip_gradients=-1, iter_size=1, defaulted=frozenset(solver_defaulted))
-    blobs = tuple(ParamBlob(key=f"fc/{i}", layer="fc", layer_type="InnerProduct", index=i,
-                            shape=None, decay_mult_explicit=bias_explicit and i == 1)
-                  for i in range(2))
+    spec = SolverSpec(
+        path="s",
+        type="Adam",
+        base_lr=0.01,
+        lr_policy="fixed",
+        gamma=0,
+        power=0,
+        stepsize=0,
+        stepvalue=(),
+        max_iter=0,
+        momentum=0.0,
+        momentum2=0.999,
+        delta=1e-8,
+        rms_decay=0.99,
+        weight_decay=0.1,
+        regularization_type="L2",
+        clip_gradients=-1,
+        iter_size=1,
+        defaulted=frozenset(solver_defaulted),
+    )
+    blobs = tuple(
+        ParamBlob(
+            key=f"fc/{i}",
+            layer="fc",
+            layer_type="InnerProduct",
+            index=i,
+            shape=None,
+            decay_mult_explicit=bias_explicit and i == 1,
+        )
+        for i in range(2)
+    )
     return Recipe(spec, NetSpec(path="n", name="n", layers=(), params=blobs))
 
 
@@ -168,8 +213,14 @@ def test_lr_outside_momentum_shows_only_when_the_rate_changes():
     assert _differs(_rule(Momentum(0.9)), "lr_outside_momentum") < 1e-5
 
 
-@pytest.mark.parametrize("step", [AdaGrad(delta=1e-3), RMSProp(rms_decay=0.9, delta=1e-3),
-                                  Adam(beta1=0.9, beta2=0.999, delta=1e-3)])
+@pytest.mark.parametrize(
+    "step",
+    [
+        AdaGrad(delta=1e-3),
+        RMSProp(rms_decay=0.9, delta=1e-3),
+        Adam(beta1=0.9, beta2=0.999, delta=1e-3),
+    ],
+)
 def test_eps_inside_sqrt_changes_adaptive_solvers(step):
     assert _differs(_rule(step), "eps_inside_sqrt") > 1e-4
 

@@ -46,10 +46,12 @@ class Run:
     grads: list
     caffe: list
 
-    def deviation(self, rule: UpdateRule | None = None, registry=None,
-                  precision: str = "float32") -> float:
-        ref = run_reference(rule or self.rule, self.init, self.grads, precision=precision,
-                            registry=registry)
+    def deviation(
+        self, rule: UpdateRule | None = None, registry=None, precision: str = "float32"
+    ) -> float:
+        ref = run_reference(
+            rule or self.rule, self.init, self.grads, precision=precision, registry=registry
+        )
         return compare_trajectories(self.init, self.caffe, ref, tolerance=TOLERANCE).deviation
 
 
@@ -74,19 +76,34 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
 _EXTRA = {
     # sharing: one state, owner lr_mult implicit -> replaced by the sharer's explicit 2;
     # fc1/1 has lr_mult 0 but a non-zero (harness-written) diff that enters the clip norm
-    "x-share-lr0-clip": (_SHARE_NET, 'type: "SGD" base_lr: 0.05 momentum: 0.9 '
-                         'lr_policy: "step" gamma: 0.5 stepsize: 30 weight_decay: 0.02 '
-                         'clip_gradients: 1.5'),
-    "x-clip-zero": (_PLAIN_NET, 'type: "SGD" base_lr: 0.1 momentum: 0.5 lr_policy: "fixed" '
-                    'weight_decay: 0.05 clip_gradients: 0'),
-    "x-multistep-dup": (_PLAIN_NET, 'type: "Nesterov" base_lr: 0.05 momentum: 0.9 '
-                        'lr_policy: "multistep" gamma: 0.5 stepvalue: 10 stepvalue: 10 '
-                        'stepvalue: 30 stepvalue: 30 stepvalue: 30'),
-    "x-adam-no-momentum": (_PLAIN_NET, 'type: "Adam" base_lr: 0.01 lr_policy: "sigmoid" '
-                           'gamma: 0.1 stepsize: 40 weight_decay: 0.01'),
+    "x-share-lr0-clip": (
+        _SHARE_NET,
+        'type: "SGD" base_lr: 0.05 momentum: 0.9 '
+        'lr_policy: "step" gamma: 0.5 stepsize: 30 weight_decay: 0.02 '
+        "clip_gradients: 1.5",
+    ),
+    "x-clip-zero": (
+        _PLAIN_NET,
+        'type: "SGD" base_lr: 0.1 momentum: 0.5 lr_policy: "fixed" '
+        "weight_decay: 0.05 clip_gradients: 0",
+    ),
+    "x-multistep-dup": (
+        _PLAIN_NET,
+        'type: "Nesterov" base_lr: 0.05 momentum: 0.9 '
+        'lr_policy: "multistep" gamma: 0.5 stepvalue: 10 stepvalue: 10 '
+        "stepvalue: 30 stepvalue: 30 stepvalue: 30",
+    ),
+    "x-adam-no-momentum": (
+        _PLAIN_NET,
+        'type: "Adam" base_lr: 0.01 lr_policy: "sigmoid" '
+        "gamma: 0.1 stepsize: 40 weight_decay: 0.01",
+    ),
     "x-adadelta-defaults": (_PLAIN_NET, 'type: "AdaDelta" base_lr: 1 lr_policy: "fixed"'),
-    "x-rmsprop-defaults-l1": (_PLAIN_NET, 'type: "RMSProp" base_lr: 0.01 lr_policy: "fixed" '
-                              'weight_decay: 0.01 regularization_type: "L1" iter_size: 2'),
+    "x-rmsprop-defaults-l1": (
+        _PLAIN_NET,
+        'type: "RMSProp" base_lr: 0.01 lr_policy: "fixed" '
+        'weight_decay: 0.01 regularization_type: "L1" iter_size: 2',
+    ),
 }
 
 _EXTRA_SHAPES = {
@@ -103,8 +120,12 @@ def _extra_streams(name: str, net_text: str):
     grads = []
     for k in range(STEPS):
         spike = 6.0 if k % 7 == 3 else 1.0
-        grads.append({key: ((drift[key] + rng.normal(0, 0.2, s)) * spike).astype(np.float32)
-                      for key, s in shapes.items()})
+        grads.append(
+            {
+                key: ((drift[key] + rng.normal(0, 0.2, s)) * spike).astype(np.float32)
+                for key, s in shapes.items()
+            }
+        )
     return init, grads
 
 
@@ -121,8 +142,9 @@ def runs(caffe_root, tmp_path_factory) -> list[Run]:
     directory = tmp_path_factory.mktemp("rule_oracle")
     items = []
     for c in matrix_cases(STEPS):
-        items.append((c.name, dict(c.factors), c.solver_text, c.net_text, dict(c.init),
-                      list(c.grads)))
+        items.append(
+            (c.name, dict(c.factors), c.solver_text, c.net_text, dict(c.init), list(c.grads))
+        )
     for name, (net_text, solver_text) in _EXTRA.items():
         init, grads = _extra_streams(name, net_text)
         items.append((name, {}, solver_text + "\n", net_text, init, grads))
@@ -163,16 +185,20 @@ def test_float32_mode_is_bit_exact_where_no_libm_or_dot_is_involved(runs):
     are not always correctly rounded, and no ``sdot``, whose summation order is the BLAS'); the
     lr schedule is rounded like Caffe's ``Dtype rate``. So float32 mode must equal the binary
     BIT FOR BIT, with the host BLAS' ``?axpy`` fused (FMA) or not -- one of the two."""
-    picked = [r for r in runs if r.factors.get("solver") in ("SGD", "Nesterov")
-              and r.factors.get("clip") == "off"]
+    picked = [
+        r
+        for r in runs
+        if r.factors.get("solver") in ("SGD", "Nesterov") and r.factors.get("clip") == "off"
+    ]
     assert len({r.factors["policy"] for r in picked}) >= 4
     mismatched = []
     for r in picked:
         exact = False
         for fused in (True, False):
             ref = run_reference(r.rule, r.init, r.grads, fused_axpy=fused)
-            if all(np.array_equal(a[k], b[k]) for a, b in zip(ref, r.caffe, strict=True)
-                   for k in b):
+            if all(
+                np.array_equal(a[k], b[k]) for a, b in zip(ref, r.caffe, strict=True) for k in b
+            ):
                 exact = True
                 break
         if not exact:

@@ -44,9 +44,15 @@ def solver_step(name: str):
     }[name]
 
 
-def make_rule(name: str, *, schedule: LrSchedule | None = None, clip: float | None = None,
-              iter_size: int = 1, decay: tuple[str, float] | None = None,
-              params: tuple[ParamGroup, ...] = ()) -> UpdateRule:
+def make_rule(
+    name: str,
+    *,
+    schedule: LrSchedule | None = None,
+    clip: float | None = None,
+    iter_size: int = 1,
+    decay: tuple[str, float] | None = None,
+    params: tuple[ParamGroup, ...] = (),
+) -> UpdateRule:
     steps: list = []
     if clip is not None:
         steps.append(ClipByGlobalNorm(threshold=clip))
@@ -57,11 +63,16 @@ def make_rule(name: str, *, schedule: LrSchedule | None = None, clip: float | No
     base = 1.0 if name == "AdaDelta" else F(0.05)
     steps.append(ScaleByLr(schedule=schedule or LrSchedule(policy="fixed", base_lr=base)))
     steps.append(solver_step(name))
-    return UpdateRule(solver=name, steps=tuple(steps), params=params,  # type: ignore[arg-type]
-                      iter_size=iter_size)
+    return UpdateRule(
+        solver=name,
+        steps=tuple(steps),
+        params=params,  # type: ignore[arg-type]
+        iter_size=iter_size,
+    )
 
 
 # ---- an independent textbook version (float64, per-blob dicts) ----------------------------
+
 
 def textbook(rule: UpdateRule, init, grads):
     w = {k: np.asarray(v, np.float64).copy() for k, v in init.items()}
@@ -92,7 +103,7 @@ def textbook(rule: UpdateRule, init, grads):
                     assert s.policy == "multistep"
                     if cs < len(s.stepvalue) and k >= s.stepvalue[cs]:
                         cs += 1
-                    alpha = s.base_lr * s.gamma ** cs
+                    alpha = s.base_lr * s.gamma**cs
             else:
                 for key in w:
                     eta = alpha * mult[key].lr_mult
@@ -100,8 +111,11 @@ def textbook(rule: UpdateRule, init, grads):
                     if isinstance(step, Momentum):
                         h0 = S.get("h", 0.0)
                         S["h"] = step.momentum * h0 + eta * x
-                        u = ((1 + step.momentum) * S["h"] - step.momentum * h0
-                             if step.nesterov else S["h"])
+                        u = (
+                            (1 + step.momentum) * S["h"] - step.momentum * h0
+                            if step.nesterov
+                            else S["h"]
+                        )
                     elif isinstance(step, AdaGrad):
                         S["h"] = S.get("h", 0.0) + x * x
                         u = eta * x / (np.sqrt(S["h"]) + step.delta)
@@ -119,7 +133,7 @@ def textbook(rule: UpdateRule, init, grads):
                         b1, b2, t = step.beta1, step.beta2, k + 1
                         S["m"] = b1 * S.get("m", 0.0) + (1 - b1) * x
                         S["v"] = b2 * S.get("v", 0.0) + (1 - b2) * x * x
-                        corr = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                        corr = math.sqrt(1 - b2**t) / (1 - b1**t)
                         u = eta * corr * S["m"] / (np.sqrt(S["v"]) + step.delta)
                     w[key] = w[key] - u
         out.append({key: v.copy() for key, v in w.items()})
@@ -129,8 +143,10 @@ def textbook(rule: UpdateRule, init, grads):
 def stream(shapes, n, seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
     init = {k: rng.normal(0, 1, s).astype(np.float32) for k, s in shapes.items()}
-    grads = [{k: (rng.normal(0.3, 1, s) * scale).astype(np.float32) for k, s in shapes.items()}
-             for _ in range(n)]
+    grads = [
+        {k: (rng.normal(0.3, 1, s) * scale).astype(np.float32) for k, s in shapes.items()}
+        for _ in range(n)
+    ]
     return init, grads
 
 
@@ -153,7 +169,9 @@ ONE_STEP_BY_HAND = {
     "RMSProp": 1 - _LR * 0.5 / (math.sqrt((1 - _RHO) * 0.25) + _D3),
     "AdaDelta": 1 - 0.5 * math.sqrt(_D4 / ((1 - _R95) * 0.25 + _D4)),
     # m = 0.1*g, v = 0.001*g^2, corr = sqrt(0.001)/0.1 -> step = eta * g/(|g| + delta/...)
-    "Adam": 1 - _LR * (math.sqrt(1 - _B2) / (1 - _MU))
+    "Adam": 1
+    - _LR
+    * (math.sqrt(1 - _B2) / (1 - _MU))
     * ((1 - _MU) * 0.5 / (math.sqrt((1 - _B2) * 0.25) + 1e-8)),
 }
 
@@ -162,22 +180,34 @@ ONE_STEP_BY_HAND = {
 @pytest.mark.parametrize("name", SOLVERS)
 def test_one_step_by_hand(name, precision):
     rule = make_rule(name)
-    out = run_reference(rule, {"a/0": np.ones(3, np.float32)},
-                        [{"a/0": np.full(3, 0.5, np.float32)}], precision=precision)
+    out = run_reference(
+        rule,
+        {"a/0": np.ones(3, np.float32)},
+        [{"a/0": np.full(3, 0.5, np.float32)}],
+        precision=precision,
+    )
     assert out[0]["a/0"].dtype == np.dtype(precision)
-    np.testing.assert_allclose(out[0]["a/0"], ONE_STEP_BY_HAND[name],
-                               rtol=1e-9 if precision == "float64" else 1e-6)
+    np.testing.assert_allclose(
+        out[0]["a/0"], ONE_STEP_BY_HAND[name], rtol=1e-9 if precision == "float64" else 1e-6
+    )
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("name", SOLVERS)
 def test_short_trajectory_with_a_step_schedule(name, precision):
-    sched = LrSchedule(policy="multistep", base_lr=1.0 if name == "AdaDelta" else F(0.05),
-                       gamma=F(0.3), stepvalue=(4, 4, 9))
+    sched = LrSchedule(
+        policy="multistep",
+        base_lr=1.0 if name == "AdaDelta" else F(0.05),
+        gamma=F(0.3),
+        stepvalue=(4, 4, 9),
+    )
     rule = make_rule(name, schedule=sched)
     init, grads = stream({"a/0": (4, 3), "a/1": (4,)}, 15)
-    close(run_reference(rule, init, grads, precision=precision),
-          textbook(rule, init, grads), precision)
+    close(
+        run_reference(rule, init, grads, precision=precision),
+        textbook(rule, init, grads),
+        precision,
+    )
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -261,12 +291,14 @@ def test_sharing_one_state_owner_key_wins(name, precision):
     close(ref, textbook(rule, init, grads), precision)
     # a gradient given under the sharer's key counts for the owner
     via_sharer = [{"c/0": g["a/0"], "b/0": g["b/0"]} for g in grads]
-    assert np.array_equal(run_reference(rule, init, via_sharer, precision=precision)[-1]["a/0"],
-                          ref[-1]["a/0"])
+    assert np.array_equal(
+        run_reference(rule, init, via_sharer, precision=precision)[-1]["a/0"], ref[-1]["a/0"]
+    )
     # both given (they alias one diff in Caffe): the owner's is used, never the sum
     both = [{**g, "c/0": g["a/0"] * 100} for g in grads]
-    assert np.array_equal(run_reference(rule, init, both, precision=precision)[-1]["a/0"],
-                          ref[-1]["a/0"])
+    assert np.array_equal(
+        run_reference(rule, init, both, precision=precision)[-1]["a/0"], ref[-1]["a/0"]
+    )
     # init under the sharer's key too: the output reports the shared weights under both keys
     out = run_reference(rule, {**init, "c/0": init["a/0"]}, grads, precision=precision)
     assert np.array_equal(out[-1]["c/0"], out[-1]["a/0"])
@@ -276,8 +308,11 @@ def test_unknown_net_uses_default_multipliers_and_ignores_extra_grad_keys():
     rule = make_rule("SGD", decay=("L2", 0.1))
     init, grads = stream({"a/0": (3,)}, 4, seed=5)
     noisy = [{**g, "zzz/0": np.ones(7, np.float32)} for g in grads]
-    close(run_reference(rule, init, noisy, precision="float64"),
-          textbook(rule, init, grads), "float64")
+    close(
+        run_reference(rule, init, noisy, precision="float64"),
+        textbook(rule, init, grads),
+        "float64",
+    )
 
 
 def test_missing_gradient_is_a_zero_diff():

@@ -33,10 +33,24 @@ def test_v1_multipliers_sharing_and_data_transform() -> None:
     net = up.message
     assert up.legacy_format == "V1"
     assert len(net.layers) == 0 and [lay.name for lay in net.layer] == [
-        "data", "conv1", "relu1", "fc_a", "fc_b", "sum", "loss"]
+        "data",
+        "conv1",
+        "relu1",
+        "fc_a",
+        "fc_b",
+        "sum",
+        "loss",
+    ]
     types = [lay.type for lay in net.layer]
-    assert types == ["Data", "Convolution", "ReLU", "InnerProduct", "InnerProduct", "Eltwise",
-                     "SoftmaxWithLoss"]
+    assert types == [
+        "Data",
+        "Convolution",
+        "ReLU",
+        "InnerProduct",
+        "InnerProduct",
+        "Eltwise",
+        "SoftmaxWithLoss",
+    ]
     conv = net.layer[1]
     assert [(p.lr_mult, p.decay_mult) for p in conv.param] == [(1, 1), (2, 0)]
     fc_a, fc_b = net.layer[3], net.layer[4]
@@ -99,24 +113,35 @@ def test_batch_norm_and_input_shape() -> None:
 
 
 def test_input_without_shape_is_dropped(tmp_path: Path) -> None:
-    p = _net_text(tmp_path, 'input: "data"\nlayer { name: "r" type: "ReLU" bottom: "data" '
-                            'top: "r" }\n')
+    p = _net_text(
+        tmp_path, 'input: "data"\nlayer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+    )
     up = _upgraded(p)
     assert [lay.name for lay in up.message.layer] == ["r"] and len(up.message.input) == 0
     assert any(n.code == "upgrade.input" for n in up.notes)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('layer { name: "a" }\nlayers { name: "b" type: RELU }', "both 'layer' and 'layers'"),
-    ('layers { layer { name: "x" type: "bogus" } }', "Unknown layer name: bogus"),
-    ('input: "a"\ninput: "b"\ninput_dim: 1\ninput_dim: 2\ninput_dim: 3\ninput_dim: 4',
-     "input_dim"),
-    ('input: "d"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 1\ninput_dim: 1\n'
-     'layers { layer { name: "p" type: "padding" pad: 1 } bottom: "d" top: "p" }\n'
-     'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }', "Padding layer input"),
-    ('layers { layer { name: "c" type: "conv" } bottom: "nowhere" top: "c" }',
-     "Unknown blob input"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('layer { name: "a" }\nlayers { name: "b" type: RELU }', "both 'layer' and 'layers'"),
+        ('layers { layer { name: "x" type: "bogus" } }', "Unknown layer name: bogus"),
+        (
+            'input: "a"\ninput: "b"\ninput_dim: 1\ninput_dim: 2\ninput_dim: 3\ninput_dim: 4',
+            "input_dim",
+        ),
+        (
+            'input: "d"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 1\ninput_dim: 1\n'
+            'layers { layer { name: "p" type: "padding" pad: 1 } bottom: "d" top: "p" }\n'
+            'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }',
+            "Padding layer input",
+        ),
+        (
+            'layers { layer { name: "c" type: "conv" } bottom: "nowhere" top: "c" }',
+            "Unknown blob input",
+        ),
+    ],
+)
 def test_fatal_upgrades(tmp_path: Path, text: str, needle: str) -> None:
     p = _net_text(tmp_path, text)
     with pytest.raises(InputError) as info:
@@ -126,12 +151,14 @@ def test_fatal_upgrades(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_v0_unknown_parameter_is_dropped_with_a_note(tmp_path: Path) -> None:
-    p = _net_text(tmp_path, 'input: "d"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 4\n'
-                            'input_dim: 4\nlayers { layer { name: "r" type: "relu" '
-                            'num_output: 3 } bottom: "d" top: "r" }')
+    p = _net_text(
+        tmp_path,
+        'input: "d"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 4\n'
+        'input_dim: 4\nlayers { layer { name: "r" type: "relu" '
+        'num_output: 3 } bottom: "d" top: "r" }',
+    )
     up = _upgraded(p)
-    assert any(n.code == "upgrade.v0_incompatible" and "num_output" in n.message
-               for n in up.notes)
+    assert any(n.code == "upgrade.v0_incompatible" and "num_output" in n.message for n in up.notes)
     assert not up.message.layer[1].HasField("inner_product_param")
 
 
@@ -150,11 +177,13 @@ def test_solver_type_upgrade(tmp_path: Path) -> None:
 
 def test_inline_net_is_not_upgraded(tmp_path: Path) -> None:
     solver = tmp_path / "solver.prototxt"
-    solver.write_text('base_lr: 0.1\nlr_policy: "fixed"\nnet_param {\n  layers { name: "c" '
-                      'type: CONVOLUTION blobs_lr: 5 }\n  layer { name: "p" type: "Parameter" '
-                      'top: "p" parameter_param { shape { dim: 2 dim: 3 } } }\n'
-                      '  layer { name: "bn" type: "BatchNorm" bottom: "p" top: "q" '
-                      "param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }\n}\n")
+    solver.write_text(
+        'base_lr: 0.1\nlr_policy: "fixed"\nnet_param {\n  layers { name: "c" '
+        'type: CONVOLUTION blobs_lr: 5 }\n  layer { name: "p" type: "Parameter" '
+        'top: "p" parameter_param { shape { dim: 2 dim: 3 } } }\n'
+        '  layer { name: "bn" type: "BatchNorm" bottom: "p" top: "q" '
+        "param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }\n}\n"
+    )
     spec = load_solver(solver)
     note = [n for n in spec.notes if n.code == "upgrade.inline_not_upgraded"]
     assert len(note) == 1 and "NOT" in note[0].message and note[0].location.line == 3
@@ -167,11 +196,15 @@ def test_inline_net_is_not_upgraded(tmp_path: Path) -> None:
     # not upgraded: the BatchNorm blobs keep the default decay_mult 1 (harmless: lr_mult 0)
     assert [recipe.net.param(f"bn/{i}").decay_mult for i in range(3)] == [1.0, 1.0, 1.0]
     assert recipe.net.layers[1].location.line == 6
-    solver.write_text('base_lr: 0.1\nlr_policy: "fixed"\nnet_param { layer { name: "p" '
-                      'type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } } }\n')
+    solver.write_text(
+        'base_lr: 0.1\nlr_policy: "fixed"\nnet_param { layer { name: "p" '
+        'type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } } }\n'
+    )
     spec = load_solver(solver)
-    assert any(n.code == "upgrade.inline_not_upgraded" and "none were needed" in n.message
-               for n in spec.notes)
+    assert any(
+        n.code == "upgrade.inline_not_upgraded" and "none were needed" in n.message
+        for n in spec.notes
+    )
 
 
 def test_load_net_reports_legacy_format() -> None:
@@ -182,6 +215,7 @@ def test_load_net_reports_legacy_format() -> None:
 
 
 # --------------------------------------------------------------------------------- oracle
+
 
 def _corpus_nets() -> list[Path]:
     if not CORPUS.is_dir():

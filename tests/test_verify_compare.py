@@ -29,8 +29,7 @@ def test_identical_trajectories_have_zero_deviation():
 def test_deviation_is_max_abs_diff_over_distance_travelled():
     init = {"a/0": np.array([1.0, 0.0], np.float32)}
     ref = _line(1.0, -0.1, 5)  # travels 0.5 at the last step
-    cand = [{"a/0": w["a/0"] + np.array([0.0, 0.01 * t], np.float32)} for t, w in
-            enumerate(ref, 1)]
+    cand = [{"a/0": w["a/0"] + np.array([0.0, 0.01 * t], np.float32)} for t, w in enumerate(ref, 1)]
     cmp = compare_trajectories(init, ref, cand, tolerance=1e-3)
     assert cmp.deviation == pytest.approx(0.05 / 0.5, rel=1e-5)
     assert cmp.worst_step == 5 and cmp.worst_key == "a/0"

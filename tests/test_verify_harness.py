@@ -28,8 +28,9 @@ TYPES = {"ip1": "InnerProduct", "p": "Parameter"}
 def _data(steps: int = 12, seed: int = 0):
     rng = np.random.default_rng(seed)
     init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-    grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-             for _ in range(steps)]
+    grads = [
+        {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(steps)
+    ]
     return init, grads
 
 
@@ -54,15 +55,19 @@ def _candidate(lr, mu, wd, iter_size, regularize=True):
         return model
 
     def build():
-        return keras.optimizers.SGD(lr, momentum=mu, gradient_accumulation_steps=(
-            iter_size if iter_size > 1 else None))
+        return keras.optimizers.SGD(
+            lr, momentum=mu, gradient_accumulation_steps=(iter_size if iter_size > 1 else None)
+        )
 
     return kh.Candidate("sgd", build, prepare)
 
 
 def _maxdiff(a, b):
-    return max(float(np.max(np.abs(np.asarray(x[k], np.float64) - y[k])))
-               for x, y in zip(a, b, strict=True) for k in x)
+    return max(
+        float(np.max(np.abs(np.asarray(x[k], np.float64) - y[k])))
+        for x, y in zip(a, b, strict=True)
+        for k in x
+    )
 
 
 def test_mirror_layout_and_names():
@@ -106,8 +111,9 @@ def test_split_micro_batches_sum_to_total_and_differ():
         np.testing.assert_allclose(total, grads[0][key], atol=1e-5)
         assert not np.allclose(parts[0][key], parts[1][key])
     again = kh.split_micro_batches(grads[0], 3, seed=1, step=0)
-    assert all(np.array_equal(a[k], b[k]) for a, b in zip(parts, again, strict=True)
-               for k in SHAPES)
+    assert all(
+        np.array_equal(a[k], b[k]) for a, b in zip(parts, again, strict=True) for k in SHAPES
+    )
 
 
 @pytest.mark.parametrize("iter_size", [1, 3])
@@ -116,8 +122,9 @@ def test_contract_loop_matches_numpy_sgd(route, iter_size):
     init, grads = _data()
     lr, mu, wd = 0.1, 0.9, 0.05
     layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
-    got = kh.run_candidate(_candidate(lr, mu, wd, iter_size), layers, init, grads,
-                           iter_size=iter_size, route=route)
+    got = kh.run_candidate(
+        _candidate(lr, mu, wd, iter_size), layers, init, grads, iter_size=iter_size, route=route
+    )
     want = _numpy_sgd(init, grads, lr, mu, wd, iter_size)
     assert len(got) == len(grads)
     assert _maxdiff(got, want) < 1e-5
@@ -129,8 +136,7 @@ def test_regularizer_losses_reach_the_gradient():
     init, grads = _data()
     layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
     with_reg = kh.run_candidate(_candidate(0.1, 0.9, 0.05, 1), layers, init, grads)
-    without = kh.run_candidate(_candidate(0.1, 0.9, 0.05, 1, regularize=False), layers, init,
-                               grads)
+    without = kh.run_candidate(_candidate(0.1, 0.9, 0.05, 1, regularize=False), layers, init, grads)
     assert _maxdiff(with_reg, without) > 1e-2
     assert _maxdiff(without, _numpy_sgd(init, grads, 0.1, 0.9, 0.0, 1)) < 1e-5
 
@@ -187,8 +193,9 @@ _JAX_SCRIPT = textwrap.dedent("""
 def test_jax_backend_matches_numpy_sgd():
     require("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", _JAX_SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _JAX_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["backend"] == "jax"

@@ -28,7 +28,7 @@ BN = REPO / "tests" / "cases" / "bn_scale_step"
 
 # Convolution -> PReLU (per channel) -> lone Scale with bias -> InnerProduct -> PReLU
 # (channel_shared: a 0-axis Caffe blob, not decayed) -> InnerProduct.
-PRELU_NET = textwrap.dedent('''
+PRELU_NET = textwrap.dedent("""
     name: "prelu"
     layer { name: "data" type: "Input" top: "data" top: "label"
       input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } shape { dim: 2 } } }
@@ -43,15 +43,15 @@ PRELU_NET = textwrap.dedent('''
     layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
       inner_product_param { num_output: 3 } }
     layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
-''')
-PRELU_SOLVER = textwrap.dedent('''
+""")
+PRELU_SOLVER = textwrap.dedent("""
     net: "net.prototxt"
     base_lr: 0.05
     momentum: 0.9
     weight_decay: 0.001
     lr_policy: "fixed"
     max_iter: 100
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,14 @@ def prelu_case(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _verify(solver: Path, net: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["verify", str(solver), "--net", str(net), *args],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["verify", str(solver), "--net", str(net), *args], catch_exceptions=False
+    )
     return result.exit_code, result.output
 
 
 def _json(out: str) -> dict:
-    return json.loads(out[out.index("{"):])
+    return json.loads(out[out.index("{") :])
 
 
 # ---- the mirror itself -------------------------------------------------------------------------
@@ -137,7 +138,9 @@ def test_batch_norm_statistics_never_get_a_gradient():
 def test_scale_with_two_channel_axes_is_a_clear_error():
     layers = kh.mirror_layers_from_shapes(
         {"bn/0": (4,), "bn/1": (4,), "bn/2": (1,), "s/0": (4, 3)},
-        {"bn": "BatchNorm", "s": "Scale"}, {"s": "bn"})
+        {"bn": "BatchNorm", "s": "Scale"},
+        {"s": "bn"},
+    )
     with pytest.raises(kh.InputError, match="1-D per-channel"):
         kh.build_mirror_model(layers)
 
@@ -146,8 +149,9 @@ def test_scale_with_two_channel_axes_is_a_clear_error():
 
 
 def test_bn_scale_passes_against_reference():
-    code, out = _verify(BN / "solver.prototxt", BN / "net.prototxt", "--steps", "60",
-                        "--format", "json")
+    code, out = _verify(
+        BN / "solver.prototxt", BN / "net.prototxt", "--steps", "60", "--format", "json"
+    )
     assert code == 0, out
     data = _json(out)
     assert data["passed"] is True
@@ -170,8 +174,9 @@ def test_prelu_and_lone_scale_pass_against_reference(prelu_case):
 
 @pytest.mark.oracle
 def test_bn_scale_passes_against_real_caffe():
-    code, out = _verify(BN / "solver.prototxt", BN / "net.prototxt", "--steps", "100",
-                        "--against", "caffe")
+    code, out = _verify(
+        BN / "solver.prototxt", BN / "net.prototxt", "--steps", "100", "--against", "caffe"
+    )
     assert code == 0, out
     assert "real Caffe" in out and "scale1/1" in out and "PASS" in out
 
@@ -210,36 +215,45 @@ MISTAKES = {
     # Caffe decays the Scale's gamma (decay_mult 1): forgetting its regularizer must show
     "scale_gamma_not_decayed": ("bn", "bn1/gamma", "v.regularizer = None", "scale1/0"),
     # Keras' L2 has no 1/2: L2(weight_decay) decays twice as hard as Caffe
-    "scale_gamma_decay_doubled": ("bn", "bn1/gamma", "v.regularizer = keras.regularizers.L2("
-                                  "0.0005)", "scale1/0"),
+    "scale_gamma_decay_doubled": (
+        "bn",
+        "bn1/gamma",
+        "v.regularizer = keras.regularizers.L2(0.0005)",
+        "scale1/0",
+    ),
     # Caffe trains the Scale's bias (lr_mult 1): freezing beta must show
     "scale_beta_frozen": ("bn", "bn1/beta", "v.trainable = False", "scale1/1"),
     # relu2 has decay_mult 0: decaying its alpha must show
-    "shared_alpha_decayed": ("prelu", "relu2/alpha", "v.regularizer = keras.regularizers.L2("
-                             "0.05)", "relu2/0"),
+    "shared_alpha_decayed": (
+        "prelu",
+        "relu2/alpha",
+        "v.regularizer = keras.regularizers.L2(0.05)",
+        "relu2/0",
+    ),
 }
 
 
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_a_wrong_binding_fails(mistake, prelu_case, tmp_path):
     case, suffix, action, key = MISTAKES[mistake]
-    solver, net = ((BN / "solver.prototxt", BN / "net.prototxt") if case == "bn"
-                   else prelu_case)
+    solver, net = (BN / "solver.prototxt", BN / "net.prototxt") if case == "bn" else prelu_case
     out_dir = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["convert", str(solver), "--net", str(net), "-o",
-                                      str(out_dir)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["convert", str(solver), "--net", str(net), "-o", str(out_dir)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     module = tmp_path / "wrong.py"
-    module.write_text(WRAPPED.format(emitted=str(out_dir / "optimizer.py"), suffix=suffix,
-                                     action=action))
+    module.write_text(
+        WRAPPED.format(emitted=str(out_dir / "optimizer.py"), suffix=suffix, action=action)
+    )
     # the same module without the mistake passes (so the failure is the mistake's)
     right = tmp_path / "right.py"
-    right.write_text(WRAPPED.format(emitted=str(out_dir / "optimizer.py"), suffix=suffix,
-                                    action="pass"))
+    right.write_text(
+        WRAPPED.format(emitted=str(out_dir / "optimizer.py"), suffix=suffix, action="pass")
+    )
     code, out = _verify(solver, net, "--steps", "100", "--module", str(right))
     assert code == 0, out
-    code, out = _verify(solver, net, "--steps", "100", "--module", str(module), "--format",
-                        "json")
+    code, out = _verify(solver, net, "--steps", "100", "--module", str(module), "--format", "json")
     assert code == 1, out
     data = _json(out)
     assert data["comparison"]["per_blob"][key] > 1e-3, data["comparison"]["per_blob"]

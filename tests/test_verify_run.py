@@ -24,8 +24,14 @@ from caffe2tf.verify.run import (  # noqa: E402
 
 pytestmark = pytest.mark.keras
 
-COMBO = {"solver": "SGD", "policy": "multistep", "decay": "L2", "mults": "explicit",
-         "clip": "on", "iter_size": 3}
+COMBO = {
+    "solver": "SGD",
+    "policy": "multistep",
+    "decay": "L2",
+    "mults": "explicit",
+    "clip": "on",
+    "iter_size": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +55,11 @@ def test_emitted_module_passes_against_reference(recipe):
 
 def test_json_report(recipe):
     solver, net = recipe
-    code, out = _run(str(solver), "--net", str(net), "--steps", "20", "--format", "json",
-                     "--seed", "3")
+    code, out = _run(
+        str(solver), "--net", str(net), "--steps", "20", "--format", "json", "--seed", "3"
+    )
     assert code == 0, out
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     assert data["passed"] is True and data["steps"] == 20 and data["seed"] == 3
     assert data["comparison"]["deviation"] <= 1e-3
     assert set(data["comparison"]["per_blob"]) == set(matrix.SHAPES)
@@ -85,8 +92,17 @@ def test_tolerance_decides_the_verdict(recipe, tmp_path):
     solver, net = recipe
     module = tmp_path / "optimizer.py"
     module.write_text(WRONG_MODULE)
-    code, out = _run(str(solver), "--net", str(net), "--steps", "10", "--module", str(module),
-                     "--tolerance", "1e9")
+    code, out = _run(
+        str(solver),
+        "--net",
+        str(net),
+        "--steps",
+        "10",
+        "--module",
+        str(module),
+        "--tolerance",
+        "1e9",
+    )
     assert code == 0, out
 
 
@@ -139,8 +155,7 @@ def test_against_real_caffe(recipe):
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("against", [
-    "reference", pytest.param("caffe", marks=pytest.mark.oracle)])
+@pytest.mark.parametrize("against", ["reference", pytest.param("caffe", marks=pytest.mark.oracle)])
 def test_bundled_example(against, monkeypatch):
     """fixtures/lenet (Convolution + InnerProduct, snapshot fields that real Caffe checks)."""
     monkeypatch.chdir(REPO)  # its net path is relative to the working directory, as in Caffe

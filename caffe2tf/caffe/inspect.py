@@ -53,15 +53,18 @@ def first_rate(solver: SolverSpec) -> float:
     base, policy = solver.base_lr, solver.lr_policy
     if policy == "multistep":
         step = 1 if solver.stepvalue and 0 >= solver.stepvalue[0] else 0
-        return _f32(base * solver.gamma ** step)
+        return _f32(base * solver.gamma**step)
     if policy == "sigmoid":
         try:
             return _f32(base * (1.0 / (1.0 + math.exp(-solver.gamma * (0.0 - solver.stepsize)))))
         except OverflowError:
             return 0.0
     if policy == "poly":
-        return _f32(base * (1.0 - 0.0 / solver.max_iter) ** solver.power) if solver.max_iter \
+        return (
+            _f32(base * (1.0 - 0.0 / solver.max_iter) ** solver.power)
+            if solver.max_iter
             else math.nan
+        )
     # fixed, step (gamma^0), exp (gamma^0), inv ((1+0)^-power)
     return _f32(base)
 
@@ -81,15 +84,21 @@ class InspectReport:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "kind": self.kind}
         if self.solver is not None:
-            out["solver"] = {"path": self.solver.path, "net_path": self.solver.net_path,
-                             "fields": _solver_fields(self.solver)}
+            out["solver"] = {
+                "path": self.solver.path,
+                "net_path": self.solver.net_path,
+                "fields": _solver_fields(self.solver),
+            }
         else:
             out["solver"] = None
         if self.net is not None:
-            out["net"] = {"path": self.net.path, "name": self.net.name,
-                          "legacy_format": self.net.legacy_format,
-                          "layers": len(self.net.layers),
-                          "params": _param_rows(self.net, self.solver)}
+            out["net"] = {
+                "path": self.net.path,
+                "name": self.net.name,
+                "legacy_format": self.net.legacy_format,
+                "layers": len(self.net.layers),
+                "params": _param_rows(self.net, self.solver),
+            }
         else:
             out["net"] = None
         out["notes"] = [n.to_dict() for n in self.notes]
@@ -121,8 +130,10 @@ class InspectReport:
         if self.net is not None:
             n = self.net
             origin = f" (upgraded from {n.legacy_format})" if n.legacy_format != "V2" else ""
-            lines.append(f"Train net {n.path}{origin}: {len(n.layers)} layers in the TRAIN "
-                         f"phase, {len(n.params)} learnable blobs")
+            lines.append(
+                f"Train net {n.path}{origin}: {len(n.layers)} layers in the TRAIN "
+                f"phase, {len(n.params)} learnable blobs"
+            )
             rows = _param_rows(n, self.solver)
             header = ["key", "type", "shape", "lr_mult", "decay_mult", "shared"]
             if self.solver is not None:
@@ -132,15 +143,22 @@ class InspectReport:
                 shared = r["share_name"] or ""
                 if r["sharers"]:
                     shared = f"{shared} (+{', '.join(r['sharers'])})"
-                row = [r["key"], r["type"], r["shape_text"], _short(r["lr_mult"]),
-                       _short(r["decay_mult"]), shared or "-"]
+                row = [
+                    r["key"],
+                    r["type"],
+                    r["shape_text"],
+                    _short(r["lr_mult"]),
+                    _short(r["decay_mult"]),
+                    shared or "-",
+                ]
                 if self.solver is not None:
                     row += [_short(r["lr0"]), _short(r["decay0"])]
                 table.append(row)
             widths = [max(len(row[i]) for row in table) for i in range(len(header))]
             for k, row in enumerate(table):
-                lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths,
-                                                                          strict=True)).rstrip())
+                lines.append(
+                    "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                )
                 if k == 0:
                     lines.append("  " + "  ".join("-" * w for w in widths))
             if not rows:
@@ -211,15 +229,25 @@ def _solver_fields(s: SolverSpec) -> list[dict[str, Any]]:
             display = "[" + ", ".join(_display(fd, v) for v in values) + "]"
             value = values
         else:
-            if default and not fd.has_default_value and name in (
-                    "net", "train_net", "snapshot_prefix"):
+            if (
+                default
+                and not fd.has_default_value
+                and name in ("net", "train_net", "snapshot_prefix")
+            ):
                 continue  # absent strings with no meaning as a default
             value = getattr(msg, name)
             display = _display(fd, value)
             if fd.type == fd.TYPE_ENUM:
                 value = display
-        rows.append({"name": name, "value": value, "display": display, "default": default,
-                     "location": str(loc) if loc else None})
+        rows.append(
+            {
+                "name": name,
+                "value": value,
+                "display": display,
+                "default": default,
+                "location": str(loc) if loc else None,
+            }
+        )
     return rows
 
 
@@ -228,12 +256,18 @@ def _param_rows(net: NetSpec, solver: SolverSpec | None) -> list[dict[str, Any]]
     rows = []
     for b in net.params:
         row: dict[str, Any] = {
-            "key": b.key, "layer": b.layer, "type": b.layer_type, "index": b.index,
+            "key": b.key,
+            "layer": b.layer,
+            "type": b.layer_type,
+            "index": b.index,
             "shape": list(b.shape) if b.shape is not None else None,
             "shape_text": "x".join(map(str, b.shape)) if b.shape is not None else "?",
-            "lr_mult": b.lr_mult, "decay_mult": b.decay_mult,
-            "lr_mult_explicit": b.lr_mult_explicit, "decay_mult_explicit": b.decay_mult_explicit,
-            "share_name": b.share_name, "sharers": list(b.sharers),
+            "lr_mult": b.lr_mult,
+            "decay_mult": b.decay_mult,
+            "lr_mult_explicit": b.lr_mult_explicit,
+            "decay_mult_explicit": b.decay_mult_explicit,
+            "share_name": b.share_name,
+            "sharers": list(b.sharers),
             "location": str(b.location) if b.location else None,
         }
         if solver is not None and rate0 is not None:
@@ -243,8 +277,12 @@ def _param_rows(net: NetSpec, solver: SolverSpec | None) -> list[dict[str, Any]]
     return rows
 
 
-def inspect_file(path: str | os.PathLike[str], *, net_path: str | os.PathLike[str] | None = None,
-                 lenient: bool = False) -> InspectReport:
+def inspect_file(
+    path: str | os.PathLike[str],
+    *,
+    net_path: str | os.PathLike[str] | None = None,
+    lenient: bool = False,
+) -> InspectReport:
     """Read a solver or a net (decided by content) and build the report.
 
     Raises :class:`~caffe2tf.errors.InputError` on invalid input (the CLI exits 2).
@@ -257,9 +295,13 @@ def inspect_file(path: str | os.PathLike[str], *, net_path: str | os.PathLike[st
     if kind == "net":
         notes: list[Note] = []
         if net_path is not None:
-            notes.append(Note("inspect.net_ignored",
-                              f"--net {os.fspath(net_path)} ignored: {p} is itself a net",
-                              Severity.WARNING))
+            notes.append(
+                Note(
+                    "inspect.net_ignored",
+                    f"--net {os.fspath(net_path)} ignored: {p} is itself a net",
+                    Severity.WARNING,
+                )
+            )
         net = load_net(p, lenient=lenient)
         return InspectReport(p, "net", None, net, tuple(notes) + net.notes)
     recipe = load_recipe(p, net_path=net_path, lenient=lenient)

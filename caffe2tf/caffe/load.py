@@ -23,8 +23,14 @@ from caffe2tf.caffe.parse import Parsed, parse_text, read_source
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note, Severity
 
-__all__ = ["load_net", "load_recipe", "load_solver", "parse_net_file", "parse_solver_file",
-           "sniff_kind"]
+__all__ = [
+    "load_net",
+    "load_recipe",
+    "load_solver",
+    "parse_net_file",
+    "parse_solver_file",
+    "sniff_kind",
+]
 
 
 def _pb() -> Any:
@@ -52,8 +58,11 @@ def parse_solver_file(path: str | os.PathLike[str], *, lenient: bool = False) ->
     p = os.fspath(path)
     text = read_source(p)
     if _is_blank(text):
-        raise InputError("empty solver file: Caffe needs at least lr_policy and a train net "
-                         "(net, net_param, train_net or train_net_param)", SourceLocation(p))
+        raise InputError(
+            "empty solver file: Caffe needs at least lr_policy and a train net "
+            "(net, net_param, train_net or train_net_param)",
+            SourceLocation(p),
+        )
     if _sniff_text(text, p) == "net":
         raise _wrong_kind(p, "net")
     return parse_text(text, _pb().SolverParameter(), path=p, lenient=lenient)
@@ -65,8 +74,11 @@ def parse_net_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Pa
     p = os.fspath(path)
     text = read_source(p)
     if _is_blank(text):
-        raise InputError("empty net file: a net with no layers has nothing to train (Caffe "
-                         "would build an empty net)", SourceLocation(p))
+        raise InputError(
+            "empty net file: a net with no layers has nothing to train (Caffe "
+            "would build an empty net)",
+            SourceLocation(p),
+        )
     if _sniff_text(text, p) == "solver":
         raise _wrong_kind(p, "solver")
     return parse_text(text, _pb().NetParameter(), path=p, lenient=lenient)
@@ -77,8 +89,7 @@ def load_solver(path: str | os.PathLike[str], *, lenient: bool = False) -> Solve
     return _load_solver(path, lenient=lenient)[0]
 
 
-def _load_solver(path: str | os.PathLike[str], *,
-                 lenient: bool) -> tuple[SolverSpec, Parsed]:
+def _load_solver(path: str | os.PathLike[str], *, lenient: bool) -> tuple[SolverSpec, Parsed]:
     from caffe2tf.caffe.solver import build_solver_spec
     from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
 
@@ -87,8 +98,9 @@ def _load_solver(path: str | os.PathLike[str], *,
     notes = list(parsed.notes) + list(up_notes) + list(inline_net_notes(parsed))
     net_path, path_notes = _resolve_net_path(msg, parsed)
     notes.extend(path_notes)
-    spec = build_solver_spec(msg, parsed, locations, tuple(notes), lenient=lenient,
-                             net_path=net_path)
+    spec = build_solver_spec(
+        msg, parsed, locations, tuple(notes), lenient=lenient, net_path=net_path
+    )
     return spec, parsed
 
 
@@ -99,27 +111,45 @@ def _resolve_net_path(msg: Any, parsed: Parsed) -> tuple[str | None, list[Note]]
     written = getattr(msg, field)
     where = parsed.location(field)
     if os.path.isfile(written):
-        return written, [Note("load.net_path",
-                              f"{field} {written!r} found relative to the working directory, "
-                              "where Caffe looks for it", Severity.INFO, where)]
+        return written, [
+            Note(
+                "load.net_path",
+                f"{field} {written!r} found relative to the working directory, "
+                "where Caffe looks for it",
+                Severity.INFO,
+                where,
+            )
+        ]
     beside = os.path.join(os.path.dirname(os.path.abspath(parsed.path)), written)
     if not os.path.isabs(written) and os.path.isfile(beside):
-        return beside, [Note("load.net_path",
-                             f"{field} {written!r} is not in the working directory (where "
-                             f"Caffe looks); using the file next to the solver: {beside}",
-                             Severity.INFO, where)]
+        return beside, [
+            Note(
+                "load.net_path",
+                f"{field} {written!r} is not in the working directory (where "
+                f"Caffe looks); using the file next to the solver: {beside}",
+                Severity.INFO,
+                where,
+            )
+        ]
     tried = [os.path.abspath(written)]
     if not os.path.isabs(written):
         tried.append(beside)
-    return None, [Note("load.net_missing",
-                       f"{field} {written!r} not found (tried {' and '.join(tried)}); the train "
-                       "net is unknown, so per-blob multipliers (lr_mult, decay_mult) and the "
-                       "param table are unknown. Pass --net to supply it.",
-                       Severity.WARNING, where, affects_training=True)]
+    return None, [
+        Note(
+            "load.net_missing",
+            f"{field} {written!r} not found (tried {' and '.join(tried)}); the train "
+            "net is unknown, so per-blob multipliers (lr_mult, decay_mult) and the "
+            "param table are unknown. Pass --net to supply it.",
+            Severity.WARNING,
+            where,
+            affects_training=True,
+        )
+    ]
 
 
-def load_net(path: str | os.PathLike[str], *, lenient: bool = False,
-             state: Any | None = None) -> NetSpec:
+def load_net(
+    path: str | os.PathLike[str], *, lenient: bool = False, state: Any | None = None
+) -> NetSpec:
     """Parse a net file, upgrade it as Caffe does, and build its TRAIN-phase :class:`NetSpec`.
 
     ``state`` is the solver's ``train_state`` (merged over the net's own state by net.py).
@@ -129,14 +159,23 @@ def load_net(path: str | os.PathLike[str], *, lenient: bool = False,
 
     parsed = parse_net_file(path, lenient=lenient)
     up = upgrade_net(parsed)
-    return build_net_spec(up.message, path=parsed.path, layer_locations=up.layer_locations,
-                          notes=tuple(parsed.notes) + up.notes,
-                          legacy_format=up.legacy_format, state=state, lenient=lenient)
+    return build_net_spec(
+        up.message,
+        path=parsed.path,
+        layer_locations=up.layer_locations,
+        notes=tuple(parsed.notes) + up.notes,
+        legacy_format=up.legacy_format,
+        state=state,
+        lenient=lenient,
+    )
 
 
-def load_recipe(solver_path: str | os.PathLike[str], *,
-                net_path: str | os.PathLike[str] | None = None,
-                lenient: bool = False) -> Recipe:
+def load_recipe(
+    solver_path: str | os.PathLike[str],
+    *,
+    net_path: str | os.PathLike[str] | None = None,
+    lenient: bool = False,
+) -> Recipe:
     """A solver and its train net (or None with a warning note when the net file is missing)."""
     from caffe2tf.caffe.net import build_net_spec
 
@@ -148,25 +187,41 @@ def load_recipe(solver_path: str | os.PathLike[str], *,
     if net_path is not None:
         np_ = os.fspath(net_path)
         net = load_net(np_, lenient=lenient, state=state)
-        notes.append(Note("load.net_override",
-                          f"train net taken from --net {np_} instead of the solver's "
-                          + ("inline net" if _inline_field(msg) else
-                             (f"{_file_field(msg)} {getattr(msg, _file_field(msg))!r}"
-                              if _file_field(msg) else "(absent) net")),
-                          Severity.INFO, SourceLocation(np_)))
+        notes.append(
+            Note(
+                "load.net_override",
+                f"train net taken from --net {np_} instead of the solver's "
+                + (
+                    "inline net"
+                    if _inline_field(msg)
+                    else (
+                        f"{_file_field(msg)} {getattr(msg, _file_field(msg))!r}"
+                        if _file_field(msg)
+                        else "(absent) net"
+                    )
+                ),
+                Severity.INFO,
+                SourceLocation(np_),
+            )
+        )
         # the solver's own net reference no longer matters: drop what was said about it
-        kept = tuple(n for n in solver.notes if n.code not in ("load.net_path",
-                                                               "load.net_missing"))
+        kept = tuple(n for n in solver.notes if n.code not in ("load.net_path", "load.net_missing"))
         solver = dataclasses.replace(solver, net_path=np_, notes=kept)
     elif _inline_field(msg):
         field = _inline_field(msg)
         assert field is not None
         inline = getattr(msg, field)
         # Caffe uses the inline net as written: no upgrade (solver.cpp:86-105).
-        layer_locations = [parsed.location(f"{field}.layer[{i}]")
-                           for i in range(len(inline.layer))]
-        net = build_net_spec(inline, path=solver.path, layer_locations=layer_locations,
-                             notes=(), legacy_format="V2", state=state, lenient=lenient)
+        layer_locations = [parsed.location(f"{field}.layer[{i}]") for i in range(len(inline.layer))]
+        net = build_net_spec(
+            inline,
+            path=solver.path,
+            layer_locations=layer_locations,
+            notes=(),
+            legacy_format="V2",
+            state=state,
+            lenient=lenient,
+        )
     elif solver.net_path is not None:
         net = load_net(solver.net_path, lenient=lenient, state=state)
     return Recipe(solver=solver, net=net, notes=tuple(notes))
@@ -215,8 +270,12 @@ def _sniff_text(text: str, path: str) -> str | None:
                     depth += 1
                 elif tok.text in "}>]":
                     depth -= 1
-            elif tok.kind == _T_IDENT and depth == 0 and lex.tok.kind == _T_SYM \
-                    and lex.tok.text in ":{<":
+            elif (
+                tok.kind == _T_IDENT
+                and depth == 0
+                and lex.tok.kind == _T_SYM
+                and lex.tok.text in ":{<"
+            ):
                 if tok.text in _SOLVER_ONLY:
                     return "solver"
                 if tok.text in _NET_ONLY:
@@ -228,10 +287,13 @@ def _sniff_text(text: str, path: str) -> str | None:
 
 def _wrong_kind(path: str, kind: str) -> InputError:
     if kind == "net":
-        return InputError(f"this is a net prototxt, not a solver; give the solver (and "
-                          f"--net {path})", SourceLocation(path))
-    return InputError("this is a solver prototxt, not a net; give it as the solver",
-                      SourceLocation(path))
+        return InputError(
+            f"this is a net prototxt, not a solver; give the solver (and --net {path})",
+            SourceLocation(path),
+        )
+    return InputError(
+        "this is a solver prototxt, not a net; give it as the solver", SourceLocation(path)
+    )
 
 
 def sniff_kind(path: str | os.PathLike[str]) -> str:
@@ -245,12 +307,18 @@ def sniff_kind(path: str | os.PathLike[str]) -> str:
     p = os.fspath(path)
     text = read_source(p)
     if _is_blank(text):
-        raise InputError("empty file: neither a solver (Caffe needs lr_policy and a train net) "
-                         "nor a net (no layers)", SourceLocation(p))
+        raise InputError(
+            "empty file: neither a solver (Caffe needs lr_policy and a train net) "
+            "nor a net (no layers)",
+            SourceLocation(p),
+        )
     kind = _sniff_text(text, p)
     if kind in ("solver", "net"):
         return kind
     if kind == "unreadable":  # the parser's own error, as explain/convert would report it
         parse_text(text, _pb().SolverParameter(), path=p, lenient=False)
-    raise InputError("neither a solver nor a net: no top-level field of Caffe's "
-                     "SolverParameter or NetParameter was found", SourceLocation(p))
+    raise InputError(
+        "neither a solver nor a net: no top-level field of Caffe's "
+        "SolverParameter or NetParameter was found",
+        SourceLocation(p),
+    )

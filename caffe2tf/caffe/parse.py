@@ -151,20 +151,24 @@ def read_source(path: str | os.PathLike[str]) -> str:
     if stat.S_ISDIR(st.st_mode):
         raise InputError("is a directory, not a prototxt file", where)
     if not stat.S_ISREG(st.st_mode):
-        raise InputError("not a regular file (a device, pipe or socket cannot be a prototxt)",
-                         where)
+        raise InputError(
+            "not a regular file (a device, pipe or socket cannot be a prototxt)", where
+        )
     if st.st_size > MAX_FILE_BYTES:
         raise InputError(
             f"file is {st.st_size} bytes; refusing to read prototxt larger than "
-            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB", where)
+            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB",
+            where,
+        )
     try:
         with open(p, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise InputError(f"cannot read file: {err.strerror or err}", where) from None
     if len(data) > MAX_FILE_BYTES:
-        raise InputError(f"refusing to read prototxt larger than "
-                         f"{MAX_FILE_BYTES // (1024 * 1024)} MiB", where)
+        raise InputError(
+            f"refusing to read prototxt larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB", where
+        )
     return data.decode("utf-8", "surrogateescape")
 
 
@@ -195,14 +199,22 @@ _BLOCK = 1 << 16  # characters tokenized per findall call (then cut at the next 
 _DEC_RE = re.compile(r"[0-9]+\Z")
 _OCT_RE = re.compile(r"0[0-7]*\Z")
 _HEX_RE = re.compile(r"0[xX][0-9a-fA-F]+\Z")
-_FLOAT_RE = re.compile(r"(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
-                       r"|[0-9]+[eE][-+]?[0-9]+|[0-9]+(?=[fF]))[fF]?\Z")
+_FLOAT_RE = re.compile(
+    r"(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+    r"|[0-9]+[eE][-+]?[0-9]+|[0-9]+(?=[fF]))[fF]?\Z"
+)
 
 # token kinds
 _T_IDENT, _T_INT, _T_FLOAT, _T_STR, _T_SYM, _T_EOF = range(6)
 _T_ERR = -1  # a tokenizer error, raised when the parser reaches it (first error wins)
-_KIND_NAMES = {_T_IDENT: "identifier", _T_INT: "integer", _T_FLOAT: "float",
-               _T_STR: "string", _T_SYM: "symbol", _T_EOF: "end of file"}
+_KIND_NAMES = {
+    _T_IDENT: "identifier",
+    _T_INT: "integer",
+    _T_FLOAT: "float",
+    _T_STR: "string",
+    _T_SYM: "symbol",
+    _T_EOF: "end of file",
+}
 
 
 class _Tok:
@@ -284,10 +296,16 @@ class _Lexer:
                     append(self._number(num, pos))
                     pos += len(num)
                 elif quote:
-                    append(_Tok(_T_ERR, "unexpected end of file inside a string literal"
-                                if text.find("\n", pos) == -1 else
-                                "unterminated string literal (string literals cannot cross "
-                                "line boundaries)", pos))
+                    append(
+                        _Tok(
+                            _T_ERR,
+                            "unexpected end of file inside a string literal"
+                            if text.find("\n", pos) == -1
+                            else "unterminated string literal (string literals cannot cross "
+                            "line boundaries)",
+                            pos,
+                        )
+                    )
                     self._block_start = n
                     break
                 elif other:
@@ -318,8 +336,9 @@ class _Lexer:
             return _Tok(_T_ERR, '"e" must be followed by an exponent', pos)
         exp = text.lower().find("e")
         if text.count(".") > 1 or (exp != -1 and "." in text[exp:]):
-            return _Tok(_T_ERR, "already saw a decimal point or exponent; can't have another "
-                        "one", pos)
+            return _Tok(
+                _T_ERR, "already saw a decimal point or exponent; can't have another one", pos
+            )
         return _Tok(_T_ERR, f"need space between number and identifier in {_clip(text)!r}", pos)
 
     def next(self) -> _Tok:
@@ -344,14 +363,15 @@ class _Lexer:
 
 def _clip(text: str, limit: int = 40) -> str:
     """Shorten user text quoted in a message (a token can be megabytes long)."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _bad_char(ch: str) -> str:
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:
-        return (f"invalid byte 0x{code - 0xDC00:02x}: the file is not UTF-8 text (is it a "
-                "binary file?)")
+        return (
+            f"invalid byte 0x{code - 0xDC00:02x}: the file is not UTF-8 text (is it a binary file?)"
+        )
     if code < 0x20 or code == 0x7F:
         return f"invalid control character {code:#04x} in text (is it a binary file?)"
     if code > 0x7F:
@@ -369,10 +389,24 @@ def _describe(tok: _Tok) -> str:
 # --------------------------------------------------------------------------------------------
 # Strings
 
-_SIMPLE_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t",
-                   "v": b"\v", "\\": b"\\", "?": b"?", "'": b"'", '"': b'"'}
-_ESC_RE = re.compile(r"\\(?:([abfnrtv\\?'\"])|([0-7]{1,3})|x([0-9a-fA-F]{1,2})|"
-                     r"u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(x)|(.))", re.DOTALL)
+_SIMPLE_ESCAPES = {
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "n": b"\n",
+    "r": b"\r",
+    "t": b"\t",
+    "v": b"\v",
+    "\\": b"\\",
+    "?": b"?",
+    "'": b"'",
+    '"': b'"',
+}
+_ESC_RE = re.compile(
+    r"\\(?:([abfnrtv\\?'\"])|([0-7]{1,3})|x([0-9a-fA-F]{1,2})|"
+    r"u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(x)|(.))",
+    re.DOTALL,
+)
 
 
 def _unescape(lex: _Lexer, tok: _Tok) -> bytes:
@@ -382,7 +416,7 @@ def _unescape(lex: _Lexer, tok: _Tok) -> bytes:
     out = bytearray()
     last = 0
     for m in _ESC_RE.finditer(body):
-        out += body[last:m.start()].encode("utf-8", "surrogateescape")
+        out += body[last : m.start()].encode("utf-8", "surrogateescape")
         last = m.end()
         simple, octal, hx, u4, u8, badx, bad = m.groups()
         if simple is not None:
@@ -396,13 +430,15 @@ def _unescape(lex: _Lexer, tok: _Tok) -> bytes:
             try:
                 out += chr(code).encode("utf-8")
             except (ValueError, UnicodeEncodeError):
-                raise lex.error("invalid unicode escape in string literal",
-                                tok.pos + 1 + m.start()) from None
+                raise lex.error(
+                    "invalid unicode escape in string literal", tok.pos + 1 + m.start()
+                ) from None
         elif badx is not None:
             raise lex.error("expected hex digits for escape sequence", tok.pos + 1 + m.start())
         else:
-            raise lex.error(f"invalid escape sequence \\{bad} in string literal",
-                            tok.pos + 1 + m.start())
+            raise lex.error(
+                f"invalid escape sequence \\{bad} in string literal", tok.pos + 1 + m.start()
+            )
     out += body[last:].encode("utf-8", "surrogateescape")
     return bytes(out)
 
@@ -456,14 +492,26 @@ def _fields(desc: Any) -> dict[str, tuple[Any, int, bool, tuple[int, int] | None
 # --------------------------------------------------------------------------------------------
 # Relevance of skipped items (lenient mode)
 
-_DATA_MESSAGES = frozenset({
-    "caffe.DataParameter", "caffe.ImageDataParameter", "caffe.WindowDataParameter",
-    "caffe.HDF5DataParameter", "caffe.HDF5OutputParameter", "caffe.MemoryDataParameter",
-    "caffe.TransformationParameter", "caffe.DummyDataParameter", "caffe.InputParameter",
-    "caffe.AccuracyParameter", "caffe.PythonParameter",
-})
-_DISPLAYISH = re.compile(r"^(display|test_|snapshot|debug|log|eval|show_|ap_version|device|"
-                         r"solver_mode|print|verbose|plot|visual|save|output)", re.IGNORECASE)
+_DATA_MESSAGES = frozenset(
+    {
+        "caffe.DataParameter",
+        "caffe.ImageDataParameter",
+        "caffe.WindowDataParameter",
+        "caffe.HDF5DataParameter",
+        "caffe.HDF5OutputParameter",
+        "caffe.MemoryDataParameter",
+        "caffe.TransformationParameter",
+        "caffe.DummyDataParameter",
+        "caffe.InputParameter",
+        "caffe.AccuracyParameter",
+        "caffe.PythonParameter",
+    }
+)
+_DISPLAYISH = re.compile(
+    r"^(display|test_|snapshot|debug|log|eval|show_|ap_version|device|"
+    r"solver_mode|print|verbose|plot|visual|save|output)",
+    re.IGNORECASE,
+)
 
 
 def _affects_training(parent: str, name: str, path: str) -> tuple[bool, str]:
@@ -515,12 +563,15 @@ class _Parser:
             if tok.kind == _T_EOF:
                 if close is None:
                     return
-                raise lex.error(f'unexpected end of file: expected "{close}" or a field name '
-                                f"(unclosed {prefix or 'message'})")
+                raise lex.error(
+                    f'unexpected end of file: expected "{close}" or a field name '
+                    f"(unclosed {prefix or 'message'})"
+                )
             if tok.kind != _T_IDENT:
                 if tok.kind == _T_SYM and tok.text == "[":
-                    raise lex.error("extension and Any fields ([...]) are not part of Caffe's "
-                                    f"{desc.full_name}")
+                    raise lex.error(
+                        f"extension and Any fields ([...]) are not part of Caffe's {desc.full_name}"
+                    )
                 raise lex.error(f"expected a field name, found {_describe(tok)}")
             name = tok.text
             entry = table.get(name)
@@ -537,8 +588,10 @@ class _Parser:
                 idx = counts.get(fname, 0)
             else:
                 if fname in seen:
-                    raise InputError(f'non-repeated field "{fname}" is specified multiple times',
-                                     lex.loc(tok.pos))
+                    raise InputError(
+                        f'non-repeated field "{fname}" is specified multiple times',
+                        lex.loc(tok.pos),
+                    )
                 seen.add(fname)
                 idx = -1
             base = f"{prefix}.{fname}" if prefix else fname
@@ -565,19 +618,24 @@ class _Parser:
                     self._sub_message(sub, key, depth)
             else:
                 if not lex.try_consume(":"):
-                    raise lex.error(f'expected ":" after field name "{fname}", found '
-                                    f"{_describe(lex.tok)}")
+                    raise lex.error(
+                        f'expected ":" after field name "{fname}", found {_describe(lex.tok)}'
+                    )
                 if not repeated and lex.at("[") and self.lenient:
                     # A fork that declares this field repeated (TSN's ``device_id: [0, 1]``).
                     self._skip_block(depth)
                     seen.discard(fname)
                     affects, why = _affects_training(desc.full_name, fname, base)
-                    self.notes.append(Note(
-                        code="lenient.skipped_field",
-                        message=f"skipped {base}: a list of values for a field that BVLC Caffe "
-                                f"declares non-repeated (a fork's dialect); {why}",
-                        severity=Severity.WARNING, location=lex.loc(name_loc),
-                        affects_training=affects))
+                    self.notes.append(
+                        Note(
+                            code="lenient.skipped_field",
+                            message=f"skipped {base}: a list of values for a field that BVLC Caffe "
+                            f"declares non-repeated (a fork's dialect); {why}",
+                            severity=Severity.WARNING,
+                            location=lex.loc(name_loc),
+                            affects_training=affects,
+                        )
+                    )
                 elif repeated and lex.at("["):
                     lex.next()
                     target = getattr(msg, fname)
@@ -605,8 +663,9 @@ class _Parser:
                             try:
                                 setattr(msg, fname, value)
                             except (ValueError, TypeError) as err:  # pragma: no cover - guard
-                                raise InputError(f'invalid value for field "{fname}": {err}',
-                                                 lex.loc(name_loc)) from None
+                                raise InputError(
+                                    f'invalid value for field "{fname}": {err}', lex.loc(name_loc)
+                                ) from None
                             self.locations[base] = name_loc
                     elif not repeated:
                         seen.discard(fname)
@@ -623,8 +682,9 @@ class _Parser:
         close = "}" if lex.next().text == "{" else ">"
         self.parse_body(sub, key, close, depth + 1)
 
-    def _message_list(self, msg: Any, fd: Any, base: str, idx: int, depth: int,
-                      name_loc: int) -> int:
+    def _message_list(
+        self, msg: Any, fd: Any, base: str, idx: int, depth: int, name_loc: int
+    ) -> int:
         lex = self.lex
         lex.next()  # [
         if lex.try_consume("]"):
@@ -632,8 +692,9 @@ class _Parser:
         target = getattr(msg, fd.name)
         while True:
             if not (lex.at("{") or lex.at("<")):
-                raise lex.error(f'expected "{{" in the list of "{fd.name}", found '
-                                f"{_describe(lex.tok)}")
+                raise lex.error(
+                    f'expected "{{" in the list of "{fd.name}", found {_describe(lex.tok)}'
+                )
             sub = target.add()
             key = f"{base}[{idx}]"
             self.locations.setdefault(base, name_loc)
@@ -645,8 +706,9 @@ class _Parser:
             lex.expect(",")
 
     # scalar values -----------------------------------------------------------------------
-    def _value(self, fd: Any, kind: int, rng: tuple[int, int] | None,
-               path: str) -> tuple[bool, Any]:
+    def _value(
+        self, fd: Any, kind: int, rng: tuple[int, int] | None, path: str
+    ) -> tuple[bool, Any]:
         lex = self.lex
         tok = lex.tok
         if kind == _K_INT:
@@ -664,8 +726,10 @@ class _Parser:
                 value = -value
             assert rng is not None
             if not rng[0] <= value <= rng[1]:
-                raise lex.error(f'integer out of range for "{fd.name}" '
-                                f"({'-' if neg else ''}{_clip(tok.text)})", tok.pos)
+                raise lex.error(
+                    f'integer out of range for "{fd.name}" ({"-" if neg else ""}{_clip(tok.text)})',
+                    tok.pos,
+                )
             lex.next()
             return True, value
         if kind == _K_FLOAT:
@@ -679,8 +743,9 @@ class _Parser:
                 value = float(text)
             elif tok.kind == _T_INT:
                 if len(tok.text) > 1 and tok.text[0] == "0":
-                    raise lex.error(f'expected a decimal number for "{fd.name}", found '
-                                    f"{_describe(tok)}")
+                    raise lex.error(
+                        f'expected a decimal number for "{fd.name}", found {_describe(tok)}'
+                    )
                 value = float(tok.text)
             elif tok.kind == _T_IDENT and tok.text.lower() in ("inf", "infinity", "nan"):
                 value = float("nan") if tok.text.lower() == "nan" else float("inf")
@@ -694,8 +759,9 @@ class _Parser:
             if tok.kind == _T_INT:
                 value = _int_value(tok.text)
                 if value not in (0, 1):
-                    raise lex.error(f'integer out of range for boolean field "{fd.name}" '
-                                    f"({_clip(tok.text)})")
+                    raise lex.error(
+                        f'integer out of range for boolean field "{fd.name}" ({_clip(tok.text)})'
+                    )
                 lex.next()
                 return True, bool(value)
             if tok.kind == _T_IDENT:
@@ -705,13 +771,14 @@ class _Parser:
                 if tok.text in ("false", "False", "f"):
                     lex.next()
                     return True, False
-                raise lex.error(f'invalid value for boolean field "{fd.name}": "{_clip(tok.text)}" '
-                                "(use true or false)")
+                raise lex.error(
+                    f'invalid value for boolean field "{fd.name}": "{_clip(tok.text)}" '
+                    "(use true or false)"
+                )
             raise lex.error(f'expected true or false for "{fd.name}", found {_describe(tok)}')
         if kind == _K_STR or kind == _K_BYTES:
             if tok.kind != _T_STR:
-                raise lex.error(f'expected a quoted string for "{fd.name}", found '
-                                f"{_describe(tok)}")
+                raise lex.error(f'expected a quoted string for "{fd.name}", found {_describe(tok)}')
             parts = []
             while lex.tok.kind == _T_STR:
                 parts.append(_unescape(lex, lex.tok))
@@ -722,8 +789,11 @@ class _Parser:
             try:
                 return True, raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise InputError(f'string value of "{fd.name}" is not valid UTF-8 (caffe2tf '
-                                 "cannot represent it)", lex.loc(tok.pos)) from None
+                raise InputError(
+                    f'string value of "{fd.name}" is not valid UTF-8 (caffe2tf '
+                    "cannot represent it)",
+                    lex.loc(tok.pos),
+                ) from None
         # enum
         enum = fd.enum_type
         value_desc = None
@@ -735,8 +805,7 @@ class _Parser:
             neg = lex.try_consume("-")
             tok2 = lex.tok
             if tok2.kind != _T_INT:
-                raise lex.error(f'expected an enum value for "{fd.name}", found '
-                                f"{_describe(tok2)}")
+                raise lex.error(f'expected an enum value for "{fd.name}", found {_describe(tok2)}')
             number = _int_value(tok2.text) * (-1 if neg else 1)
             shown = f"{'-' if neg else ''}{tok2.text}"
             value_desc = enum.values_by_number.get(number)
@@ -745,19 +814,23 @@ class _Parser:
             raise lex.error(f'expected an enum value for "{fd.name}", found {_describe(tok)}')
         if value_desc is None:
             allowed = ", ".join(v.name for v in enum.values)
-            message = (f'unknown enumeration value "{_clip(shown)}" for field "{fd.name}" '
-                       f"(allowed: {allowed})")
+            message = (
+                f'unknown enumeration value "{_clip(shown)}" for field "{fd.name}" '
+                f"(allowed: {allowed})"
+            )
             if not self.lenient:
                 raise InputError(message, lex.loc(tok.pos))
             parent = fd.containing_type.full_name
             affects, why = _affects_training(parent, fd.name, path)
-            self.notes.append(Note(
-                code="lenient.skipped_enum_value",
-                message=f"skipped {path}: {message}; {why}",
-                severity=Severity.WARNING,
-                location=lex.loc(tok.pos),
-                affects_training=affects,
-            ))
+            self.notes.append(
+                Note(
+                    code="lenient.skipped_enum_value",
+                    message=f"skipped {path}: {message}; {why}",
+                    severity=Severity.WARNING,
+                    location=lex.loc(tok.pos),
+                    affects_training=affects,
+                )
+            )
             return False, None
         return True, value_desc.number
 
@@ -768,8 +841,11 @@ class _Parser:
         loc = lex.loc(tok.pos)
         path = f"{prefix}.{_clip(name)}" if prefix else _clip(name)
         if not self.lenient:
-            raise InputError(f'message type "{desc.full_name}" has no field named "{_clip(name)}"'
-                             " (use --lenient to skip fields of Caffe forks)", loc)
+            raise InputError(
+                f'message type "{desc.full_name}" has no field named "{_clip(name)}"'
+                " (use --lenient to skip fields of Caffe forks)",
+                loc,
+            )
         lex.next()
         had_colon = lex.try_consume(":")
         if lex.at("{") or lex.at("<"):
@@ -782,16 +858,20 @@ class _Parser:
             what = "field"
             self._skip_scalar()
         else:
-            raise lex.error(f'expected ":" or "{{" after unknown field "{_clip(name)}", found '
-                            f"{_describe(lex.tok)}")
+            raise lex.error(
+                f'expected ":" or "{{" after unknown field "{_clip(name)}", found '
+                f"{_describe(lex.tok)}"
+            )
         affects, why = _affects_training(desc.full_name, name, path)
-        self.notes.append(Note(
-            code="lenient.skipped_field",
-            message=f"skipped unknown {what} {path} (not in BVLC {desc.full_name}); {why}",
-            severity=Severity.WARNING,
-            location=loc,
-            affects_training=affects,
-        ))
+        self.notes.append(
+            Note(
+                code="lenient.skipped_field",
+                message=f"skipped unknown {what} {path} (not in BVLC {desc.full_name}); {why}",
+                severity=Severity.WARNING,
+                location=loc,
+                affects_training=affects,
+            )
+        )
 
     def _skip_scalar(self) -> None:
         lex = self.lex
@@ -825,8 +905,9 @@ class _Parser:
                 if tok.text in pairs:
                     stack.append(pairs[tok.text])
                     if depth + len(stack) > MAX_DEPTH:
-                        raise lex.error(f"message is nested too deeply (more than {MAX_DEPTH} "
-                                        "levels)")
+                        raise lex.error(
+                            f"message is nested too deeply (more than {MAX_DEPTH} levels)"
+                        )
                 elif tok.text in ("}", ">", "]"):
                     if tok.text != stack[-1]:
                         raise lex.error(f'expected "{stack[-1]}", found "{tok.text}"')
@@ -858,8 +939,7 @@ def _to_float32(value: float) -> float:
         return float("inf") if value > 0 else float("-inf")
 
 
-def parse_text(text: str, message: Any, *, path: str = "<string>",
-               lenient: bool = False) -> Parsed:
+def parse_text(text: str, message: Any, *, path: str = "<string>", lenient: bool = False) -> Parsed:
     """Parse ``text`` into ``message`` (a fresh protobuf message instance, filled in place).
 
     Raises :class:`InputError` with ``path:line:col`` on anything the C++ parser rejects (in
@@ -867,9 +947,12 @@ def parse_text(text: str, message: Any, *, path: str = "<string>",
     """
     parser = _Parser(text, path, lenient)
     parser.parse_body(message, "", None, 0)
-    return Parsed(message=message, path=path,
-                  locations=_Locations(parser.locations, parser.lex),
-                  notes=tuple(parser.notes))
+    return Parsed(
+        message=message,
+        path=path,
+        locations=_Locations(parser.locations, parser.lex),
+        notes=tuple(parser.notes),
+    )
 
 
 def parse_file(path: str | os.PathLike[str], message: Any, *, lenient: bool = False) -> Parsed:

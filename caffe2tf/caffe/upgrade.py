@@ -48,76 +48,136 @@ __all__ = [
 ]
 
 #: ``SolverParameter.SolverType`` number -> ``type`` string (``upgrade_proto.cpp:1050-1069``).
-SOLVER_TYPE_NAMES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta",
-                     5: "Adam"}
+SOLVER_TYPE_NAMES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 #: ``V1LayerParameter.LayerType`` enum name -> V2 type string (``upgrade_proto.cpp:876-962``).
 V1_TYPE_NAMES = {
-    "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
-    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
-    "DECONVOLUTION": "Deconvolution", "DATA": "Data", "DROPOUT": "Dropout",
-    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
-    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
-    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "NONE": "",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DECONVOLUTION": "Deconvolution",
+    "DATA": "Data",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
 
 #: V0 type string -> V1 enum name (``upgrade_proto.cpp:553-606``).
 V0_TYPE_NAMES = {
-    "accuracy": "ACCURACY", "bnll": "BNLL", "concat": "CONCAT", "conv": "CONVOLUTION",
-    "data": "DATA", "dropout": "DROPOUT", "euclidean_loss": "EUCLIDEAN_LOSS",
-    "flatten": "FLATTEN", "hdf5_data": "HDF5_DATA", "hdf5_output": "HDF5_OUTPUT",
-    "im2col": "IM2COL", "images": "IMAGE_DATA", "infogain_loss": "INFOGAIN_LOSS",
-    "innerproduct": "INNER_PRODUCT", "lrn": "LRN",
-    "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS", "pool": "POOLING",
-    "relu": "RELU", "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS",
-    "split": "SPLIT", "tanh": "TANH", "window_data": "WINDOW_DATA",
+    "accuracy": "ACCURACY",
+    "bnll": "BNLL",
+    "concat": "CONCAT",
+    "conv": "CONVOLUTION",
+    "data": "DATA",
+    "dropout": "DROPOUT",
+    "euclidean_loss": "EUCLIDEAN_LOSS",
+    "flatten": "FLATTEN",
+    "hdf5_data": "HDF5_DATA",
+    "hdf5_output": "HDF5_OUTPUT",
+    "im2col": "IM2COL",
+    "images": "IMAGE_DATA",
+    "infogain_loss": "INFOGAIN_LOSS",
+    "innerproduct": "INNER_PRODUCT",
+    "lrn": "LRN",
+    "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS",
+    "pool": "POOLING",
+    "relu": "RELU",
+    "sigmoid": "SIGMOID",
+    "softmax": "SOFTMAX",
+    "softmax_loss": "SOFTMAX_LOSS",
+    "split": "SPLIT",
+    "tanh": "TANH",
+    "window_data": "WINDOW_DATA",
 }
 
 # V0 field -> {V0 type (or "*" for any): (V1 sub-message, field, how)}; how is "set", "add"
 # (repeated) or "copy" (message). Transcribes upgrade_proto.cpp:220-549.
 _V0_FIELDS: dict[str, dict[str, tuple[str, str, str]]] = {
-    "num_output": {"conv": ("convolution_param", "num_output", "set"),
-                   "innerproduct": ("inner_product_param", "num_output", "set")},
-    "biasterm": {"conv": ("convolution_param", "bias_term", "set"),
-                 "innerproduct": ("inner_product_param", "bias_term", "set")},
-    "weight_filler": {"conv": ("convolution_param", "weight_filler", "copy"),
-                      "innerproduct": ("inner_product_param", "weight_filler", "copy")},
-    "bias_filler": {"conv": ("convolution_param", "bias_filler", "copy"),
-                    "innerproduct": ("inner_product_param", "bias_filler", "copy")},
-    "pad": {"conv": ("convolution_param", "pad", "add"),
-            "pool": ("pooling_param", "pad", "set")},
-    "kernelsize": {"conv": ("convolution_param", "kernel_size", "add"),
-                   "pool": ("pooling_param", "kernel_size", "set")},
+    "num_output": {
+        "conv": ("convolution_param", "num_output", "set"),
+        "innerproduct": ("inner_product_param", "num_output", "set"),
+    },
+    "biasterm": {
+        "conv": ("convolution_param", "bias_term", "set"),
+        "innerproduct": ("inner_product_param", "bias_term", "set"),
+    },
+    "weight_filler": {
+        "conv": ("convolution_param", "weight_filler", "copy"),
+        "innerproduct": ("inner_product_param", "weight_filler", "copy"),
+    },
+    "bias_filler": {
+        "conv": ("convolution_param", "bias_filler", "copy"),
+        "innerproduct": ("inner_product_param", "bias_filler", "copy"),
+    },
+    "pad": {"conv": ("convolution_param", "pad", "add"), "pool": ("pooling_param", "pad", "set")},
+    "kernelsize": {
+        "conv": ("convolution_param", "kernel_size", "add"),
+        "pool": ("pooling_param", "kernel_size", "set"),
+    },
     "group": {"conv": ("convolution_param", "group", "set")},
-    "stride": {"conv": ("convolution_param", "stride", "add"),
-               "pool": ("pooling_param", "stride", "set")},
+    "stride": {
+        "conv": ("convolution_param", "stride", "add"),
+        "pool": ("pooling_param", "stride", "set"),
+    },
     "pool": {"pool": ("pooling_param", "pool", "set")},
     "dropout_ratio": {"dropout": ("dropout_param", "dropout_ratio", "set")},
     "local_size": {"lrn": ("lrn_param", "local_size", "set")},
     "alpha": {"lrn": ("lrn_param", "alpha", "set")},
     "beta": {"lrn": ("lrn_param", "beta", "set")},
     "k": {"lrn": ("lrn_param", "k", "set")},
-    "source": {"data": ("data_param", "source", "set"),
-               "hdf5_data": ("hdf5_data_param", "source", "set"),
-               "images": ("image_data_param", "source", "set"),
-               "window_data": ("window_data_param", "source", "set"),
-               "infogain_loss": ("infogain_loss_param", "source", "set")},
+    "source": {
+        "data": ("data_param", "source", "set"),
+        "hdf5_data": ("hdf5_data_param", "source", "set"),
+        "images": ("image_data_param", "source", "set"),
+        "window_data": ("window_data_param", "source", "set"),
+        "infogain_loss": ("infogain_loss_param", "source", "set"),
+    },
     "scale": {"*": ("transform_param", "scale", "set")},
     "meanfile": {"*": ("transform_param", "mean_file", "set")},
-    "batchsize": {"data": ("data_param", "batch_size", "set"),
-                  "hdf5_data": ("hdf5_data_param", "batch_size", "set"),
-                  "images": ("image_data_param", "batch_size", "set"),
-                  "window_data": ("window_data_param", "batch_size", "set")},
+    "batchsize": {
+        "data": ("data_param", "batch_size", "set"),
+        "hdf5_data": ("hdf5_data_param", "batch_size", "set"),
+        "images": ("image_data_param", "batch_size", "set"),
+        "window_data": ("window_data_param", "batch_size", "set"),
+    },
     "cropsize": {"*": ("transform_param", "crop_size", "set")},
     "mirror": {"*": ("transform_param", "mirror", "set")},
-    "rand_skip": {"data": ("data_param", "rand_skip", "set"),
-                  "images": ("image_data_param", "rand_skip", "set")},
+    "rand_skip": {
+        "data": ("data_param", "rand_skip", "set"),
+        "images": ("image_data_param", "rand_skip", "set"),
+    },
     "shuffle_images": {"images": ("image_data_param", "shuffle", "set")},
     "new_height": {"images": ("image_data_param", "new_height", "set")},
     "new_width": {"images": ("image_data_param", "new_width", "set")},
@@ -132,20 +192,50 @@ _V0_FIELDS: dict[str, dict[str, tuple[str, str, str]]] = {
 
 #: The V1 sub-parameters that ``UpgradeV1LayerParameter`` copies (``upgrade_proto.cpp:749-868``).
 _V1_COPIED_PARAMS = (
-    "accuracy_param", "argmax_param", "concat_param", "contrastive_loss_param",
-    "convolution_param", "data_param", "dropout_param", "dummy_data_param", "eltwise_param",
-    "exp_param", "hdf5_data_param", "hdf5_output_param", "hinge_loss_param", "image_data_param",
-    "infogain_loss_param", "inner_product_param", "lrn_param", "memory_data_param", "mvn_param",
-    "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param",
-    "slice_param", "tanh_param", "threshold_param", "window_data_param", "transform_param",
+    "accuracy_param",
+    "argmax_param",
+    "concat_param",
+    "contrastive_loss_param",
+    "convolution_param",
+    "data_param",
+    "dropout_param",
+    "dummy_data_param",
+    "eltwise_param",
+    "exp_param",
+    "hdf5_data_param",
+    "hdf5_output_param",
+    "hinge_loss_param",
+    "image_data_param",
+    "infogain_loss_param",
+    "inner_product_param",
+    "lrn_param",
+    "memory_data_param",
+    "mvn_param",
+    "pooling_param",
+    "power_param",
+    "relu_param",
+    "sigmoid_param",
+    "softmax_param",
+    "slice_param",
+    "tanh_param",
+    "threshold_param",
+    "window_data_param",
+    "transform_param",
     "loss_param",
 )
 
 
-def _note(code: str, message: str, loc: SourceLocation | None, *,
-          severity: Severity = Severity.INFO, affects: bool = False) -> Note:
-    return Note(code=code, message=message, severity=severity, location=loc,
-                affects_training=affects)
+def _note(
+    code: str,
+    message: str,
+    loc: SourceLocation | None,
+    *,
+    severity: Severity = Severity.INFO,
+    affects: bool = False,
+) -> Note:
+    return Note(
+        code=code, message=message, severity=severity, location=loc, affects_training=affects
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,16 +257,26 @@ def upgrade_solver(parsed: Parsed) -> tuple[Any, dict[str, SourceLocation], tupl
             raise InputError(
                 "Failed to upgrade solver: old solver_type field (enum) and new type field "
                 "(string) cannot be both specified in solver proto text "
-                "(upgrade_proto.cpp:1043-1045)", where)
-        enum_name = msg.DESCRIPTOR.fields_by_name["solver_type"].enum_type.values_by_number[
-            msg.solver_type].name
+                "(upgrade_proto.cpp:1043-1045)",
+                where,
+            )
+        enum_name = (
+            msg.DESCRIPTOR.fields_by_name["solver_type"]
+            .enum_type.values_by_number[msg.solver_type]
+            .name
+        )
         msg.type = SOLVER_TYPE_NAMES[msg.solver_type]
         msg.ClearField("solver_type")
         if where is not None:
             locations["type"] = where
-        notes.append(_note("upgrade.solver_type",
-                           f'upgraded deprecated solver_type: {enum_name} to type: "{msg.type}" '
-                           "as Caffe does (upgrade_proto.cpp:1042-1078)", where))
+        notes.append(
+            _note(
+                "upgrade.solver_type",
+                f'upgraded deprecated solver_type: {enum_name} to type: "{msg.type}" '
+                "as Caffe does (upgrade_proto.cpp:1042-1078)",
+                where,
+            )
+        )
     return msg, locations, tuple(notes)
 
 
@@ -191,19 +291,31 @@ def inline_net_notes(solver_parsed: Parsed) -> tuple[Note, ...]:
         where = solver_parsed.location(fname)
         legacy = net_needs_upgrade(net)
         if legacy:
-            notes.append(_note(
-                "upgrade.inline_not_upgraded",
-                f"inline {fname} uses legacy fields ({', '.join(legacy)}) that Caffe does NOT "
-                "upgrade for nets inside a solver (solver.cpp:86-105 copies them as written); "
-                "caffe2tf follows Caffe and reads it as written"
-                + ("; V1 'layers' are ignored by Net::Init, so those layers do not exist"
-                   if net.layers else ""),
-                where, severity=Severity.WARNING, affects=True))
+            notes.append(
+                _note(
+                    "upgrade.inline_not_upgraded",
+                    f"inline {fname} uses legacy fields ({', '.join(legacy)}) that Caffe does NOT "
+                    "upgrade for nets inside a solver (solver.cpp:86-105 copies them as written); "
+                    "caffe2tf follows Caffe and reads it as written"
+                    + (
+                        "; V1 'layers' are ignored by Net::Init, so those layers do not exist"
+                        if net.layers
+                        else ""
+                    ),
+                    where,
+                    severity=Severity.WARNING,
+                    affects=True,
+                )
+            )
         else:
-            notes.append(_note(
-                "upgrade.inline_not_upgraded",
-                f"inline {fname} is used as written: Caffe does not run its net upgrades on "
-                "nets inside a solver (solver.cpp:86-105); none were needed here", where))
+            notes.append(
+                _note(
+                    "upgrade.inline_not_upgraded",
+                    f"inline {fname} is used as written: Caffe does not run its net upgrades on "
+                    "nets inside a solver (solver.cpp:86-105); none were needed here",
+                    where,
+                )
+            )
     return tuple(notes)
 
 
@@ -244,15 +356,17 @@ def upgrade_net(parsed: Parsed) -> UpgradedNet:
     notes: list[Note] = []
     legacy = "V2"
     # origin[i] = the location of what became net.layers[i] (V1 stage) or net.layer[i] (V2)
-    v1_locs: list[SourceLocation | None] = [parsed.location(f"layers[{k}]")
-                                            for k in range(len(net.layers))]
+    v1_locs: list[SourceLocation | None] = [
+        parsed.location(f"layers[{k}]") for k in range(len(net.layers))
+    ]
     if any(layer.HasField("layer") for layer in net.layers):
         legacy = "V0"
         net, v1_locs = _upgrade_v0(parsed, notes)
     if _needs_data_upgrade(net):
         _upgrade_data_transformation(net, v1_locs, notes)
-    v2_locs: list[SourceLocation | None] = [parsed.location(f"layer[{k}]")
-                                            for k in range(len(net.layer))]
+    v2_locs: list[SourceLocation | None] = [
+        parsed.location(f"layer[{k}]") for k in range(len(net.layer))
+    ]
     if len(net.layers):
         if legacy == "V2":
             legacy = "V1"
@@ -260,7 +374,9 @@ def upgrade_net(parsed: Parsed) -> UpgradedNet:
             raise InputError(
                 "Refusing to upgrade inconsistent NetParameter input; the definition includes "
                 "both 'layer' and 'layers' fields (upgrade_proto.cpp:670-676). Manually switch "
-                "the definition to 'layer' format to continue.", parsed.location("layer"))
+                "the definition to 'layer' format to continue.",
+                parsed.location("layer"),
+            )
         net, v2_locs = _upgrade_v1(net, v1_locs, parsed, notes)
     if len(net.input):
         v2_locs = _upgrade_input(net, v2_locs, parsed, notes)
@@ -269,8 +385,11 @@ def upgrade_net(parsed: Parsed) -> UpgradedNet:
 
 
 def _needs_data_upgrade(net: Any) -> bool:
-    kinds = {"DATA": "data_param", "IMAGE_DATA": "image_data_param",
-             "WINDOW_DATA": "window_data_param"}
+    kinds = {
+        "DATA": "data_param",
+        "IMAGE_DATA": "image_data_param",
+        "WINDOW_DATA": "window_data_param",
+    }
     for layer in net.layers:
         sub = kinds.get(_v1_type_name(layer))
         if sub is None:
@@ -286,11 +405,15 @@ def _v1_type_name(layer: Any) -> str:
     return enum.values_by_number[layer.type].name
 
 
-def _upgrade_data_transformation(net: Any, locs: Sequence[SourceLocation | None],
-                                 notes: list[Note]) -> None:
+def _upgrade_data_transformation(
+    net: Any, locs: Sequence[SourceLocation | None], notes: list[Note]
+) -> None:
     """``UpgradeNetDataTransformation`` (``upgrade_proto.cpp:637-667``)."""
-    kinds = {"DATA": "data_param", "IMAGE_DATA": "image_data_param",
-             "WINDOW_DATA": "window_data_param"}
+    kinds = {
+        "DATA": "data_param",
+        "IMAGE_DATA": "image_data_param",
+        "WINDOW_DATA": "window_data_param",
+    }
     for k, layer in enumerate(net.layers):
         sub_name = kinds.get(_v1_type_name(layer))
         if sub_name is None:
@@ -303,10 +426,14 @@ def _upgrade_data_transformation(net: Any, locs: Sequence[SourceLocation | None]
                 sub.ClearField(f)
                 moved.append(f)
         if moved:
-            notes.append(_note("upgrade.data_transformation",
-                               f"layer '{layer.name}': moved {', '.join(moved)} from {sub_name} "
-                               "to transform_param (upgrade_proto.cpp:637-667)",
-                               locs[k] if k < len(locs) else None))
+            notes.append(
+                _note(
+                    "upgrade.data_transformation",
+                    f"layer '{layer.name}': moved {', '.join(moved)} from {sub_name} "
+                    "to transform_param (upgrade_proto.cpp:637-667)",
+                    locs[k] if k < len(locs) else None,
+                )
+            )
 
 
 def _upgrade_v0(parsed: Parsed, notes: list[Note]) -> tuple[Any, list[SourceLocation | None]]:
@@ -327,60 +454,82 @@ def _upgrade_v0(parsed: Parsed, notes: list[Note]) -> tuple[Any, list[SourceLoca
             kept_locs.append(path_locs[i])
         for j, blob in enumerate(conn.bottom):
             if blob not in last_top:
-                raise InputError(f"Unknown blob input {blob} to layer {j} "
-                                 "(upgrade_proto.cpp:158-161)", path_locs[i])
+                raise InputError(
+                    f"Unknown blob input {blob} to layer {j} (upgrade_proto.cpp:158-161)",
+                    path_locs[i],
+                )
             top_idx = last_top[blob]
             if top_idx == -1:
                 continue
             source = src.layers[top_idx]
             if source.layer.type == "padding":
                 if v0.type not in ("conv", "pool"):
-                    raise InputError("Padding layer input to non-convolutional / non-pooling "
-                                     f"layer type {v0.type} (upgrade_proto.cpp:170-173)",
-                                     path_locs[i])
+                    raise InputError(
+                        "Padding layer input to non-convolutional / non-pooling "
+                        f"layer type {v0.type} (upgrade_proto.cpp:170-173)",
+                        path_locs[i],
+                    )
                 if len(conn.bottom) != 1:
                     raise InputError("Conv Layer takes a single blob as input.", path_locs[i])
                 if len(source.bottom) != 1:
-                    raise InputError("Padding Layer takes a single blob as input.",
-                                     path_locs[top_idx])
+                    raise InputError(
+                        "Padding Layer takes a single blob as input.", path_locs[top_idx]
+                    )
                 if len(source.top) != 1:
-                    raise InputError("Padding Layer produces a single blob as output.",
-                                     path_locs[top_idx])
+                    raise InputError(
+                        "Padding Layer produces a single blob as output.", path_locs[top_idx]
+                    )
                 target = padded.layers[len(padded.layers) - 1]
                 target.layer.pad = source.layer.pad
                 target.bottom[j] = source.bottom[0]
-                notes.append(_note("upgrade.v0_padding",
-                                   f"V0 padding layer '{source.layer.name}' (pad "
-                                   f"{source.layer.pad}) folded into '{v0.name}' "
-                                   "(upgrade_proto.cpp:142-199)", path_locs[top_idx]))
+                notes.append(
+                    _note(
+                        "upgrade.v0_padding",
+                        f"V0 padding layer '{source.layer.name}' (pad "
+                        f"{source.layer.pad}) folded into '{v0.name}' "
+                        "(upgrade_proto.cpp:142-199)",
+                        path_locs[top_idx],
+                    )
+                )
         for blob in conn.top:
             last_top[blob] = i
     # --- UpgradeV0Net / UpgradeV0LayerParameter ---
     out = cls()
     if padded.HasField("name"):
         out.name = padded.name
-    dropped = [f.name for f, _ in padded.ListFields()
-               if f.name not in ("name", "layers", "input", "input_dim", "force_backward")]
+    dropped = [
+        f.name
+        for f, _ in padded.ListFields()
+        if f.name not in ("name", "layers", "input", "input_dim", "force_backward")
+    ]
     if dropped:
-        notes.append(_note("upgrade.v0_dropped",
-                           f"V0 net upgrade keeps only name/layers/input/input_dim/"
-                           f"force_backward; dropped: {', '.join(dropped)} "
-                           "(upgrade_proto.cpp:122-139)", SourceLocation(parsed.path),
-                           severity=Severity.WARNING))
+        notes.append(
+            _note(
+                "upgrade.v0_dropped",
+                f"V0 net upgrade keeps only name/layers/input/input_dim/"
+                f"force_backward; dropped: {', '.join(dropped)} "
+                "(upgrade_proto.cpp:122-139)",
+                SourceLocation(parsed.path),
+                severity=Severity.WARNING,
+            )
+        )
     for k, conn in enumerate(padded.layers):
         _upgrade_v0_layer(conn, out.layers.add(), kept_locs[k], notes)
     out.input.extend(padded.input)
     out.input_dim.extend(padded.input_dim)
     if padded.HasField("force_backward"):
         out.force_backward = padded.force_backward
-    notes.append(_note("upgrade.v0_to_v1",
-                       f"upgraded {len(out.layers)} V0 layer definitions to V1 "
-                       "(upgrade_proto.cpp:115-140)", SourceLocation(parsed.path)))
+    notes.append(
+        _note(
+            "upgrade.v0_to_v1",
+            f"upgraded {len(out.layers)} V0 layer definitions to V1 (upgrade_proto.cpp:115-140)",
+            SourceLocation(parsed.path),
+        )
+    )
     return out, kept_locs
 
 
-def _upgrade_v0_layer(conn: Any, out: Any, loc: SourceLocation | None,
-                      notes: list[Note]) -> None:
+def _upgrade_v0_layer(conn: Any, out: Any, loc: SourceLocation | None, notes: list[Note]) -> None:
     out.bottom.extend(conn.bottom)
     out.top.extend(conn.top)
     if not conn.HasField("layer"):
@@ -392,10 +541,10 @@ def _upgrade_v0_layer(conn: Any, out: Any, loc: SourceLocation | None,
     if v0.HasField("type"):
         enum_name = V0_TYPE_NAMES.get(vtype)
         if enum_name is None:
-            raise InputError(f"Unknown layer name: {vtype} (V0 layer type; "
-                             "upgrade_proto.cpp:603-604)", loc)
-        out.type = out.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_name[
-            enum_name].number
+            raise InputError(
+                f"Unknown layer name: {vtype} (V0 layer type; upgrade_proto.cpp:603-604)", loc
+            )
+        out.type = out.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_name[enum_name].number
     for blob in v0.blobs:
         out.blobs.add().CopyFrom(blob)
     out.blobs_lr.extend(v0.blobs_lr)
@@ -405,10 +554,15 @@ def _upgrade_v0_layer(conn: Any, out: Any, loc: SourceLocation | None,
             continue
         target = targets.get(vtype) or targets.get("*")
         if target is None:
-            notes.append(_note("upgrade.v0_incompatible",
-                               f"V0 layer '{v0.name}': Caffe drops parameter {fname} for layer "
-                               f"type {vtype} ('Unknown parameter', upgrade_proto.cpp:201-551)",
-                               loc, severity=Severity.WARNING))
+            notes.append(
+                _note(
+                    "upgrade.v0_incompatible",
+                    f"V0 layer '{v0.name}': Caffe drops parameter {fname} for layer "
+                    f"type {vtype} ('Unknown parameter', upgrade_proto.cpp:201-551)",
+                    loc,
+                    severity=Severity.WARNING,
+                )
+            )
             continue
         sub_name, field_name, how = target
         sub = getattr(out, sub_name)
@@ -421,15 +575,20 @@ def _upgrade_v0_layer(conn: Any, out: Any, loc: SourceLocation | None,
             setattr(sub, field_name, value)
 
 
-def _upgrade_v1(net: Any, v1_locs: Sequence[SourceLocation | None], parsed: Parsed,
-                notes: list[Note]) -> tuple[Any, list[SourceLocation | None]]:
+def _upgrade_v1(
+    net: Any, v1_locs: Sequence[SourceLocation | None], parsed: Parsed, notes: list[Note]
+) -> tuple[Any, list[SourceLocation | None]]:
     """``UpgradeV1Net`` / ``UpgradeV1LayerParameter`` (``upgrade_proto.cpp:669-874``)."""
     out = type(net)()
     out.CopyFrom(net)
     out.ClearField("layers")
     out.ClearField("layer")
-    share_enum = (out.DESCRIPTOR.fields_by_name["layer"].message_type.fields_by_name["param"]
-                  .message_type.fields_by_name["share_mode"].enum_type)
+    share_enum = (
+        out.DESCRIPTOR.fields_by_name["layer"]
+        .message_type.fields_by_name["param"]
+        .message_type.fields_by_name["share_mode"]
+        .enum_type
+    )
     converted = 0
     for k, v1 in enumerate(net.layers):
         loc = v1_locs[k] if k < len(v1_locs) else None
@@ -457,7 +616,8 @@ def _upgrade_v1(net: Any, v1_locs: Sequence[SourceLocation | None], parsed: Pars
         v1_share = v1.DESCRIPTOR.fields_by_name["blob_share_mode"].enum_type
         for i, mode in enumerate(v1.blob_share_mode):
             spec(i).share_mode = share_enum.values_by_name[
-                v1_share.values_by_number[mode].name].number
+                v1_share.values_by_number[mode].name
+            ].number
         for i, lr in enumerate(v1.blobs_lr):
             spec(i).lr_mult = lr
         for i, decay in enumerate(v1.weight_decay):
@@ -467,21 +627,34 @@ def _upgrade_v1(net: Any, v1_locs: Sequence[SourceLocation | None], parsed: Pars
             if v1.HasField(sub):
                 getattr(layer, sub).CopyFrom(getattr(v1, sub))
         if v1.HasField("layer"):
-            notes.append(_note("upgrade.v1_v0_layer_ignored",
-                               f"layer '{v1.name}': V1 layer also holds a V0 'layer'; Caffe "
-                               "ignores it ('Input NetParameter has V0 layer -- ignoring.', "
-                               "upgrade_proto.cpp:869-872)", loc, severity=Severity.WARNING))
+            notes.append(
+                _note(
+                    "upgrade.v1_v0_layer_ignored",
+                    f"layer '{v1.name}': V1 layer also holds a V0 'layer'; Caffe "
+                    "ignores it ('Input NetParameter has V0 layer -- ignoring.', "
+                    "upgrade_proto.cpp:869-872)",
+                    loc,
+                    severity=Severity.WARNING,
+                )
+            )
         if len(v1.blobs_lr) or len(v1.weight_decay) or len(v1.param) or len(v1.blob_share_mode):
             converted += 1
             specs = " ".join(
-                "param {" + "".join(
-                    part for part in (
+                "param {"
+                + "".join(
+                    part
+                    for part in (
                         f' name: "{p.name}"' if p.HasField("name") else "",
                         f" lr_mult: {p.lr_mult:g}" if p.HasField("lr_mult") else "",
                         f" decay_mult: {p.decay_mult:g}" if p.HasField("decay_mult") else "",
-                        " share_mode: PERMISSIVE" if p.HasField("share_mode")
-                        and p.share_mode == 1 else "",
-                    )) + " }" for p in layer.param)
+                        " share_mode: PERMISSIVE"
+                        if p.HasField("share_mode") and p.share_mode == 1
+                        else "",
+                    )
+                )
+                + " }"
+                for p in layer.param
+            )
             olds = []
             if len(v1.blobs_lr):
                 olds.append("blobs_lr " + ", ".join(f"{x:g}" for x in v1.blobs_lr))
@@ -489,18 +662,28 @@ def _upgrade_v1(net: Any, v1_locs: Sequence[SourceLocation | None], parsed: Pars
                 olds.append("weight_decay " + ", ".join(f"{x:g}" for x in v1.weight_decay))
             if len(v1.param):
                 olds.append("param " + ", ".join(f'"{x}"' for x in v1.param))
-            notes.append(_note("upgrade.v1_multipliers",
-                               f"layer '{v1.name}': {'; '.join(olds)} -> {specs} "
-                               "(upgrade_proto.cpp:716-745)", loc))
-    notes.append(_note("upgrade.v1_to_v2",
-                       f"upgraded {len(net.layers)} V1 'layers' to V2 'layer' as Caffe does "
-                       f"(upgrade_proto.cpp:669-874); {converted} had blobs_lr/weight_decay/param "
-                       "turned into param {} blocks", SourceLocation(parsed.path)))
+            notes.append(
+                _note(
+                    "upgrade.v1_multipliers",
+                    f"layer '{v1.name}': {'; '.join(olds)} -> {specs} (upgrade_proto.cpp:716-745)",
+                    loc,
+                )
+            )
+    notes.append(
+        _note(
+            "upgrade.v1_to_v2",
+            f"upgraded {len(net.layers)} V1 'layers' to V2 'layer' as Caffe does "
+            f"(upgrade_proto.cpp:669-874); {converted} had blobs_lr/weight_decay/param "
+            "turned into param {} blocks",
+            SourceLocation(parsed.path),
+        )
+    )
     return out, list(v1_locs)
 
 
-def _upgrade_input(net: Any, locs: list[SourceLocation | None], parsed: Parsed,
-                   notes: list[Note]) -> list[SourceLocation | None]:
+def _upgrade_input(
+    net: Any, locs: list[SourceLocation | None], parsed: Parsed, notes: list[Note]
+) -> list[SourceLocation | None]:
     """``UpgradeNetInput`` (``upgrade_proto.cpp:968-1003``)."""
     where = parsed.location("input")
     has_shape = len(net.input_shape) > 0
@@ -509,13 +692,17 @@ def _upgrade_input(net: Any, locs: list[SourceLocation | None], parsed: Parsed,
     if has_shape or has_dim:
         n = len(net.input)
         if has_shape and len(net.input_shape) < n:
-            raise InputError(f"{n} input blobs but only {len(net.input_shape)} input_shape "
-                             "entries (Caffe reads one per input, upgrade_proto.cpp:982-984)",
-                             parsed.location("input_shape") or where)
+            raise InputError(
+                f"{n} input blobs but only {len(net.input_shape)} input_shape "
+                "entries (Caffe reads one per input, upgrade_proto.cpp:982-984)",
+                parsed.location("input_shape") or where,
+            )
         if not has_shape and len(net.input_dim) < 4 * n:
-            raise InputError(f"{n} input blobs need {4 * n} input_dim values, found "
-                             f"{len(net.input_dim)} (upgrade_proto.cpp:986-991)",
-                             parsed.location("input_dim") or where)
+            raise InputError(
+                f"{n} input blobs need {4 * n} input_dim values, found "
+                f"{len(net.input_dim)} (upgrade_proto.cpp:986-991)",
+                parsed.location("input_dim") or where,
+            )
         layer = net.layer.add()
         layer.name = "input"
         layer.type = "Input"
@@ -525,7 +712,7 @@ def _upgrade_input(net: Any, locs: list[SourceLocation | None], parsed: Parsed,
             if has_shape:
                 shape.CopyFrom(net.input_shape[i])
             else:
-                shape.dim.extend(net.input_dim[4 * i:4 * i + 4])
+                shape.dim.extend(net.input_dim[4 * i : 4 * i + 4])
         # move the new layer to the front (upgrade_proto.cpp:994-997)
         layers = list(net.layer)
         copies = [type(x)() for x in layers]
@@ -536,25 +723,35 @@ def _upgrade_input(net: Any, locs: list[SourceLocation | None], parsed: Parsed,
         for c in copies[:-1]:
             net.layer.add().CopyFrom(c)
         new_locs = [where, *locs]
-        shapes = "; ".join(f"{name}: {list(s.dim)}"
-                           for name, s in zip(net.layer[0].top, net.layer[0].input_param.shape,
-                                              strict=True))
-        notes.append(_note("upgrade.input",
-                           f"net-level input fields became an Input layer named 'input' "
-                           f"({shapes}) as Caffe does (upgrade_proto.cpp:968-1003)", where))
+        shapes = "; ".join(
+            f"{name}: {list(s.dim)}"
+            for name, s in zip(net.layer[0].top, net.layer[0].input_param.shape, strict=True)
+        )
+        notes.append(
+            _note(
+                "upgrade.input",
+                f"net-level input fields became an Input layer named 'input' "
+                f"({shapes}) as Caffe does (upgrade_proto.cpp:968-1003)",
+                where,
+            )
+        )
     else:
-        notes.append(_note("upgrade.input",
-                           "net-level 'input' without shapes is dropped, as Caffe does "
-                           "(upgrade_proto.cpp:970-972, 999-1002)", where,
-                           severity=Severity.WARNING))
+        notes.append(
+            _note(
+                "upgrade.input",
+                "net-level 'input' without shapes is dropped, as Caffe does "
+                "(upgrade_proto.cpp:970-972, 999-1002)",
+                where,
+                severity=Severity.WARNING,
+            )
+        )
     net.ClearField("input")
     net.ClearField("input_shape")
     net.ClearField("input_dim")
     return new_locs
 
 
-def _upgrade_batch_norm(net: Any, locs: Sequence[SourceLocation | None],
-                        notes: list[Note]) -> None:
+def _upgrade_batch_norm(net: Any, locs: Sequence[SourceLocation | None], notes: list[Note]) -> None:
     """``UpgradeNetBatchNorm`` (``upgrade_proto.cpp:1017-1032``)."""
     names = []
     first_loc = None
@@ -568,7 +765,12 @@ def _upgrade_batch_norm(net: Any, locs: Sequence[SourceLocation | None],
                 first_loc = locs[i]
     if names:
         shown = ", ".join(f"'{n}'" for n in names[:5]) + (" ..." if len(names) > 5 else "")
-        notes.append(_note("upgrade.batch_norm",
-                           f"{len(names)} BatchNorm layer(s) with exactly three param blocks "
-                           f"({shown}) set to lr_mult: 0 decay_mult: 0, as Caffe does "
-                           "(upgrade_proto.cpp:1005-1032)", first_loc))
+        notes.append(
+            _note(
+                "upgrade.batch_norm",
+                f"{len(names)} BatchNorm layer(s) with exactly three param blocks "
+                f"({shown}) set to lr_mult: 0 decay_mult: 0, as Caffe does "
+                "(upgrade_proto.cpp:1005-1032)",
+                first_loc,
+            )
+        )

@@ -69,8 +69,11 @@ def milestones(rule: UpdateRule) -> list[dict[str, Any]]:
     horizon, known = _horizon(rule)
     bounds = boundaries(s, horizon)
     ks: dict[int, str] = {0: "start"}
-    shown = list(bounds) if len(bounds) <= MAX_BOUNDARY_ROWS else (
-        list(bounds[: MAX_BOUNDARY_ROWS - 2]) + list(bounds[-2:]))
+    shown = (
+        list(bounds)
+        if len(bounds) <= MAX_BOUNDARY_ROWS
+        else (list(bounds[: MAX_BOUNDARY_ROWS - 2]) + list(bounds[-2:]))
+    )
     for b in shown:
         ks.setdefault(b, "midpoint" if s.policy == "sigmoid" else "boundary")
     if s.policy in ("exp", "inv", "poly", "sigmoid") and horizon > 4:
@@ -84,8 +87,10 @@ def milestones(rule: UpdateRule) -> list[dict[str, Any]]:
     if len(bounds) > len(shown):  # the gap sits after the first shown boundaries
         gap_after = shown[MAX_BOUNDARY_ROWS - 3]
         at = next(i for i, r in enumerate(rows) if r["k"] == gap_after) + 1
-        rows.insert(at, {"k": None, "lr": None,
-                         "why": f"{len(bounds) - len(shown)} more boundaries not shown"})
+        rows.insert(
+            at,
+            {"k": None, "lr": None, "why": f"{len(bounds) - len(shown)} more boundaries not shown"},
+        )
     return rows
 
 
@@ -98,8 +103,11 @@ class _Values:
 
     def __call__(self, field: str, value: Any = None) -> str:
         v = getattr(self.spec, field) if value is None else value
-        text = ", ".join(num(x) for x in v) if isinstance(v, tuple) else (
-            v if isinstance(v, str) else num(v))
+        text = (
+            ", ".join(num(x) for x in v)
+            if isinstance(v, tuple)
+            else (v if isinstance(v, str) else num(v))
+        )
         return f"{text} (default)" if field in self.defaulted else text
 
 
@@ -116,12 +124,16 @@ def _schedule_equation(s: LrSchedule, val: _Values) -> str:
         return f"alpha(k) = {b} * (1 + {val('gamma')} * k) ^ -{val('power')}"
     if p == "multistep":
         sv = val("stepvalue") if s.stepvalue else "(none)"
-        return (f"alpha(k) = {b} * {val('gamma')} ^ s(k); s advances by ONE when "
-                f"k >= stepvalue[s], stepvalue = [{sv}]")
+        return (
+            f"alpha(k) = {b} * {val('gamma')} ^ s(k); s advances by ONE when "
+            f"k >= stepvalue[s], stepvalue = [{sv}]"
+        )
     if p == "poly":
         return f"alpha(k) = {b} * (1 - k / {val('max_iter')}) ^ {val('power')}"
-    return (f"alpha(k) = {b} / (1 + exp(-{val('gamma')} * (k - {val('stepsize')})))  "
-            "(a ramp up: alpha = base_lr/2 at k = stepsize)")
+    return (
+        f"alpha(k) = {b} / (1 + exp(-{val('gamma')} * (k - {val('stepsize')})))  "
+        "(a ramp up: alpha = base_lr/2 at k = stepsize)"
+    )
 
 
 def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
@@ -129,34 +141,49 @@ def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
     n_blobs = len(rule.params) or "the"
     if isinstance(step, ClipByGlobalNorm):
         c = val("clip_gradients")
-        eq = (f"n = sqrt(sum of G^2 over {n_blobs} learnable blobs); if n > {c}: "
-              f"G *= {num(step.threshold)} / n")
+        eq = (
+            f"n = sqrt(sum of G^2 over {n_blobs} learnable blobs); if n > {c}: "
+            f"G *= {num(step.threshold)} / n"
+        )
         if step.threshold == 0:
             eq += "  (threshold 0: every non-zero gradient becomes 0)"
-        return {"name": step.name, "equation": eq, "values": {"clip_gradients": c},
-                "source": "sgd_solver.cpp:87-106"}
+        return {
+            "name": step.name,
+            "equation": eq,
+            "values": {"clip_gradients": c},
+            "source": "sgd_solver.cpp:87-106",
+        }
     if isinstance(step, NormalizeBy):
-        return {"name": step.name,
-                "equation": f"g = G * 1/{step.iter_size}  (G = sum over iter_size passes)",
-                "values": {"iter_size": val("iter_size")}, "source": "sgd_solver.cpp:129-153"}
+        return {
+            "name": step.name,
+            "equation": f"g = G * 1/{step.iter_size}  (G = sum over iter_size passes)",
+            "values": {"iter_size": val("iter_size")},
+            "source": "sgd_solver.cpp:129-153",
+        }
     if isinstance(step, AddDecay):
         term = "w" if step.kind == "L2" else "sign(w)"
-        return {"name": step.name,
-                "equation": f"g += {num(step.weight_decay)} * decay_mult * {term}  ({step.kind})",
-                "values": {"weight_decay": val("weight_decay"),
-                           "regularization_type": val("regularization_type")},
-                "source": "sgd_solver.cpp:155-215"}
+        return {
+            "name": step.name,
+            "equation": f"g += {num(step.weight_decay)} * decay_mult * {term}  ({step.kind})",
+            "values": {
+                "weight_decay": val("weight_decay"),
+                "regularization_type": val("regularization_type"),
+            },
+            "source": "sgd_solver.cpp:155-215",
+        }
     if isinstance(step, ScaleByLr):
         fields = POLICY_FIELDS.get(step.schedule.policy, ())
-        return {"name": step.name,
-                "equation": f"eta = alpha(k) * lr_mult;  {_schedule_equation(step.schedule, val)}",
-                "values": {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}},
-                "source": "sgd_solver.cpp:26-70"}
+        return {
+            "name": step.name,
+            "equation": f"eta = alpha(k) * lr_mult;  {_schedule_equation(step.schedule, val)}",
+            "values": {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}},
+            "source": "sgd_solver.cpp:26-70",
+        }
     values = {f: val(f) for f in SOLVER_FIELDS[rule.solver]}
     if isinstance(step, Momentum):
         mu = val("momentum")
         if step.nesterov:
-            eq = (f"h' = {mu} * h + eta * g;  w -= (1 + {mu}) * h' - {mu} * h;  h = h'")
+            eq = f"h' = {mu} * h + eta * g;  w -= (1 + {mu}) * h' - {mu} * h;  h = h'"
             src = "nesterov_solver.cpp:13-56"
         else:
             eq = f"h = {mu} * h + eta * g;  w -= h   (the lr is inside the velocity)"
@@ -166,19 +193,25 @@ def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
         src = "adagrad_solver.cpp:13-64"
     elif isinstance(step, RMSProp):
         r = val("rms_decay")
-        eq = (f"h = {r} * h + (1 - {num(step.rms_decay)}) * g^2;  "
-              f"w -= eta * g / (sqrt(h) + {val('delta')})")
+        eq = (
+            f"h = {r} * h + (1 - {num(step.rms_decay)}) * g^2;  "
+            f"w -= eta * g / (sqrt(h) + {val('delta')})"
+        )
         src = "rmsprop_solver.cpp:13-65"
     elif isinstance(step, AdaDelta):
         r, d = val("momentum"), val("delta")
-        eq = (f"a = {r} * a + (1 - rho) * g^2;  u = g * sqrt((b + {d}) / (a + {d}));  "
-              f"b = rho * b + (1 - rho) * u^2;  w -= eta * u   (rho = momentum)")
+        eq = (
+            f"a = {r} * a + (1 - rho) * g^2;  u = g * sqrt((b + {d}) / (a + {d}));  "
+            f"b = rho * b + (1 - rho) * u^2;  w -= eta * u   (rho = momentum)"
+        )
         src = "adadelta_solver.cpp:25-107"
     elif isinstance(step, Adam):
         b1, b2, d = val("momentum"), val("momentum2"), val("delta")
-        eq = (f"m = {b1} * m + (1 - beta1) * g;  v = {b2} * v + (1 - beta2) * g^2;  "
-              f"w -= eta * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + {d}),  t = k + 1"
-              "   (beta1 = momentum, beta2 = momentum2)")
+        eq = (
+            f"m = {b1} * m + (1 - beta1) * g;  v = {b2} * v + (1 - beta2) * g^2;  "
+            f"w -= eta * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + {d}),  t = k + 1"
+            "   (beta1 = momentum, beta2 = momentum2)"
+        )
         src = "adam_solver.cpp:25-89"
     else:  # pragma: no cover - the rule model has no other solver steps
         eq, src = repr(step), ""
@@ -190,38 +223,57 @@ def _blob_rows(rule: UpdateRule, recipe: Recipe) -> list[dict[str, Any]]:
     lr0 = lr_fresh(rule.schedule, 0)
     decay = rule.step(AddDecay)
     wd = decay.weight_decay if isinstance(decay, AddDecay) else 0.0
-    explicit = {p.key: (p.lr_mult_explicit, p.decay_mult_explicit)
-                for p in (recipe.net.params if recipe.net else ())}
+    explicit = {
+        p.key: (p.lr_mult_explicit, p.decay_mult_explicit)
+        for p in (recipe.net.params if recipe.net else ())
+    }
     rows = []
     groups = rule.params or (rule.default_group,)
     for g in groups:
         lr_ex, dm_ex = explicit.get(g.key, (False, False))
-        rows.append({
-            "key": g.key, "layer_type": g.layer_type or "?",
-            "shape": list(g.shape) if g.shape is not None else None,
-            "lr_mult": g.lr_mult, "lr_mult_default": not lr_ex,
-            "decay_mult": g.decay_mult, "decay_mult_default": not dm_ex,
-            "lr_at_start": float(np.float32(lr0) * np.float32(g.lr_mult)),
-            "decay": float(np.float32(wd) * np.float32(g.decay_mult)),
-            "sharers": list(g.sharers),
-        })
+        rows.append(
+            {
+                "key": g.key,
+                "layer_type": g.layer_type or "?",
+                "shape": list(g.shape) if g.shape is not None else None,
+                "lr_mult": g.lr_mult,
+                "lr_mult_default": not lr_ex,
+                "decay_mult": g.decay_mult,
+                "decay_mult_default": not dm_ex,
+                "lr_at_start": float(np.float32(lr0) * np.float32(g.lr_mult)),
+                "decay": float(np.float32(wd) * np.float32(g.decay_mult)),
+                "sharers": list(g.sharers),
+            }
+        )
     del spec
     return rows
 
 
 def _defaults(recipe: Recipe, rule: UpdateRule) -> list[dict[str, str]]:
     spec = recipe.solver
-    used = {"type", "iter_size", "clip_gradients", "weight_decay", "lr_policy",
-            *POLICY_FIELDS.get(spec.lr_policy, ()), *SOLVER_FIELDS.get(spec.type, ())}
+    used = {
+        "type",
+        "iter_size",
+        "clip_gradients",
+        "weight_decay",
+        "lr_policy",
+        *POLICY_FIELDS.get(spec.lr_policy, ()),
+        *SOLVER_FIELDS.get(spec.type, ()),
+    }
     if rule.step(AddDecay) is not None:
         used.add("regularization_type")
-    meaning = {"clip_gradients": "off", "iter_size": "one pass per update",
-               "weight_decay": "no decay", "type": "SGD"}
+    meaning = {
+        "clip_gradients": "off",
+        "iter_size": "one pass per update",
+        "weight_decay": "no decay",
+        "type": "SGD",
+    }
     out = []
     for f in sorted(used & set(spec.defaulted)):
         v = getattr(spec, f, None)
-        text = (", ".join(map(num, v)) if isinstance(v, tuple) else
-                v if isinstance(v, str) else num(v))
+        text = (
+            ", ".join(map(num, v)) if isinstance(v, tuple) else v if isinstance(v, str) else num(v)
+        )
         out.append({"field": f, "value": text, "meaning": meaning.get(f, "")})
     return out
 
@@ -238,8 +290,12 @@ def explain_data(recipe: Recipe, rule: UpdateRule | None = None) -> dict[str, An
         "iter_size": rule.iter_size,
         "max_iter": rule.max_iter,
         "steps": [_step_row(s, rule, val) for s in rule.steps],
-        "schedule": {"policy": rule.schedule.policy, "horizon": horizon,
-                     "max_iter_known": known, "milestones": milestones(rule)},
+        "schedule": {
+            "policy": rule.schedule.policy,
+            "horizon": horizon,
+            "max_iter_known": known,
+            "milestones": milestones(rule),
+        },
         "blobs": _blob_rows(rule, recipe),
         "net_known": bool(rule.params) or recipe.net is not None,
         "defaults": _defaults(recipe, rule),
@@ -249,18 +305,21 @@ def explain_data(recipe: Recipe, rule: UpdateRule | None = None) -> dict[str, An
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in rows]
+    return [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
 
 
 def render_text(data: dict[str, Any]) -> str:
-    lines = [f"Caffe update rule of {data['solver_file']}"
-             + (f" (net {data['net_file']})" if data["net_file"] else " (net unknown)"),
-             f"solver {data['solver']}, iter_size {data['iter_size']}, "
-             f"max_iter {data['max_iter'] or 'not set'}",
-             "",
-             "Each update k = 0, 1, ... (k = updates already applied); G = the gradient summed "
-             "over the iter_size passes:"]
+    lines = [
+        f"Caffe update rule of {data['solver_file']}"
+        + (f" (net {data['net_file']})" if data["net_file"] else " (net unknown)"),
+        f"solver {data['solver']}, iter_size {data['iter_size']}, "
+        f"max_iter {data['max_iter'] or 'not set'}",
+        "",
+        "Each update k = 0, 1, ... (k = updates already applied); G = the gradient summed "
+        "over the iter_size passes:",
+    ]
     for i, s in enumerate(data["steps"], 1):
         lines.append(f"  {i}. {s['name']:<10} {s['equation']}")
         vals = ", ".join(f"{k} = {v}" for k, v in s["values"].items())
@@ -275,15 +334,25 @@ def render_text(data: dict[str, Any]) -> str:
         else:
             rows.append([str(m["k"]), num(m["lr"]), m["why"]])
     lines += _table(rows)
-    lines += ["", "Per-blob multipliers (eta = alpha(k) * lr_mult, decay = weight_decay * "
-              "decay_mult):"]
+    lines += [
+        "",
+        "Per-blob multipliers (eta = alpha(k) * lr_mult, decay = weight_decay * decay_mult):",
+    ]
     rows = [["blob", "type", "shape", "lr_mult", "decay_mult", "lr at k=0", "decay", "sharers"]]
     for b in data["blobs"]:
         shape = "x".join(map(str, b["shape"])) if b["shape"] is not None else "?"
-        rows.append([b["key"], b["layer_type"], shape,
-                     num(b["lr_mult"]) + (" (default)" if b["lr_mult_default"] else ""),
-                     num(b["decay_mult"]) + (" (default)" if b["decay_mult_default"] else ""),
-                     num(b["lr_at_start"]), num(b["decay"]), ", ".join(b["sharers"])])
+        rows.append(
+            [
+                b["key"],
+                b["layer_type"],
+                shape,
+                num(b["lr_mult"]) + (" (default)" if b["lr_mult_default"] else ""),
+                num(b["decay_mult"]) + (" (default)" if b["decay_mult_default"] else ""),
+                num(b["lr_at_start"]),
+                num(b["decay"]),
+                ", ".join(b["sharers"]),
+            ]
+        )
     lines += _table(rows)
     if not data["net_known"]:
         lines.append("  (net unknown: every blob is assumed to use Caffe's defaults)")
@@ -299,8 +368,13 @@ def render_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def explain_recipe(solver: Path | str, *, net_path: Path | str | None = None,
-                   lenient: bool = False, fmt: str = "table") -> str:
+def explain_recipe(
+    solver: Path | str,
+    *,
+    net_path: Path | str | None = None,
+    lenient: bool = False,
+    fmt: str = "table",
+) -> str:
     """``caffe2tf explain``: load, lower and describe; ``fmt`` is ``"table"`` or ``"json"``."""
     from caffe2tf.caffe.load import load_recipe
 

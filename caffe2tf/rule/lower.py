@@ -69,24 +69,35 @@ def _loc(spec: SolverSpec, name: str) -> SourceLocation:
 def _check(spec: SolverSpec) -> None:
     """Caffe's own fatal checks on the update rule, in case the front end let one through."""
     if spec.type not in SOLVER_TYPES:
-        raise InputError(f"unknown solver type {spec.type!r} (Caffe knows "
-                         f"{', '.join(SOLVER_TYPES)}; case-sensitive)", _loc(spec, "type"))
+        raise InputError(
+            f"unknown solver type {spec.type!r} (Caffe knows "
+            f"{', '.join(SOLVER_TYPES)}; case-sensitive)",
+            _loc(spec, "type"),
+        )
     if spec.lr_policy not in POLICIES:
-        raise InputError(f"unknown lr_policy {spec.lr_policy!r} (Caffe aborts with 'Unknown "
-                         f"learning rate policy'; one of {', '.join(POLICIES)})",
-                         _loc(spec, "lr_policy"))
+        raise InputError(
+            f"unknown lr_policy {spec.lr_policy!r} (Caffe aborts with 'Unknown "
+            f"learning rate policy'; one of {', '.join(POLICIES)})",
+            _loc(spec, "lr_policy"),
+        )
     if spec.lr_policy in ("step", "sigmoid") and spec.stepsize <= 0:
-        raise InputError(f"lr_policy {spec.lr_policy!r} needs stepsize > 0 "
-                         "(sgd_solver.cpp CHECK_GT)", _loc(spec, "stepsize"))
+        raise InputError(
+            f"lr_policy {spec.lr_policy!r} needs stepsize > 0 (sgd_solver.cpp CHECK_GT)",
+            _loc(spec, "stepsize"),
+        )
     if spec.lr_policy in ("step", "exp", "inv", "multistep", "sigmoid") and spec.gamma < 0:
-        raise InputError(f"lr_policy {spec.lr_policy!r} needs gamma >= 0 "
-                         "(sgd_solver.cpp CHECK_GE)", _loc(spec, "gamma"))
+        raise InputError(
+            f"lr_policy {spec.lr_policy!r} needs gamma >= 0 (sgd_solver.cpp CHECK_GE)",
+            _loc(spec, "gamma"),
+        )
     if spec.type in ("AdaGrad", "RMSProp") and spec.momentum != 0:
-        raise InputError(f"{spec.type} requires momentum 0 (sgd_solvers.hpp CHECK)",
-                         _loc(spec, "momentum"))
+        raise InputError(
+            f"{spec.type} requires momentum 0 (sgd_solvers.hpp CHECK)", _loc(spec, "momentum")
+        )
     if spec.type == "RMSProp" and not 0 <= spec.rms_decay < 1:
-        raise InputError("RMSProp requires 0 <= rms_decay < 1 (sgd_solvers.hpp CHECK)",
-                         _loc(spec, "rms_decay"))
+        raise InputError(
+            "RMSProp requires 0 <= rms_decay < 1 (sgd_solvers.hpp CHECK)", _loc(spec, "rms_decay")
+        )
     if spec.iter_size < 1:
         raise InputError("iter_size must be >= 1", _loc(spec, "iter_size"))
 
@@ -110,22 +121,41 @@ def _default_notes(spec: SolverSpec, has_decay: bool) -> list[Note]:
     notes: list[Note] = []
 
     def add(code: str, msg: str, severity: Severity = Severity.INFO, field: str = "") -> None:
-        notes.append(Note(code=f"rule.default.{code}", message=msg, severity=severity,
-                          location=SourceLocation(spec.path), affects_training=True))
+        notes.append(
+            Note(
+                code=f"rule.default.{code}",
+                message=msg,
+                severity=severity,
+                location=SourceLocation(spec.path),
+                affects_training=True,
+            )
+        )
 
     t = spec.type
     if "type" in d:
         add("type", "solver type = SGD (default; neither type nor solver_type is set)")
     if "momentum" in d:
         if t in ("SGD", "Nesterov"):
-            add("momentum", f"{t} momentum = 0 because momentum is not set (caffe.proto has no "
-                "default): plain gradient steps, no velocity", Severity.WARNING)
+            add(
+                "momentum",
+                f"{t} momentum = 0 because momentum is not set (caffe.proto has no "
+                "default): plain gradient steps, no velocity",
+                Severity.WARNING,
+            )
         elif t == "Adam":
-            add("momentum", "Adam beta1 = momentum = 0 because momentum is not set (caffe.proto "
-                "has no default; the Adam paper and Keras use 0.9)", Severity.WARNING)
+            add(
+                "momentum",
+                "Adam beta1 = momentum = 0 because momentum is not set (caffe.proto "
+                "has no default; the Adam paper and Keras use 0.9)",
+                Severity.WARNING,
+            )
         elif t == "AdaDelta":
-            add("momentum", "AdaDelta rho = momentum = 0 because momentum is not set "
-                "(caffe.proto has no default; the AdaDelta paper uses 0.95)", Severity.WARNING)
+            add(
+                "momentum",
+                "AdaDelta rho = momentum = 0 because momentum is not set "
+                "(caffe.proto has no default; the AdaDelta paper uses 0.95)",
+                Severity.WARNING,
+            )
     if "delta" in d and t in ("AdaGrad", "RMSProp", "AdaDelta", "Adam"):
         add("delta", f"{t} delta = 1e-08 (caffe.proto default; Keras epsilon defaults to 1e-07)")
     if "momentum2" in d and t == "Adam":
@@ -133,35 +163,61 @@ def _default_notes(spec: SolverSpec, has_decay: bool) -> list[Note]:
     if "rms_decay" in d and t == "RMSProp":
         add("rms_decay", "RMSProp rho = rms_decay = 0.99 (caffe.proto default; Keras uses 0.9)")
     if has_decay and "regularization_type" in d:
-        add("regularization_type", "weight decay is L2 (regularization_type default \"L2\")")
+        add("regularization_type", 'weight decay is L2 (regularization_type default "L2")')
     fields = POLICY_FIELDS.get(spec.lr_policy, ())
     if "base_lr" in d:
-        add("base_lr", "base_lr = 0 because it is not set (caffe.proto has no default): "
-            "nothing trains", Severity.WARNING)
+        add(
+            "base_lr",
+            "base_lr = 0 because it is not set (caffe.proto has no default): nothing trains",
+            Severity.WARNING,
+        )
     if "gamma" in fields and "gamma" in d:
-        add("gamma", f"gamma = 0 because it is not set (lr_policy {spec.lr_policy!r} reads it)",
-            Severity.WARNING)
+        add(
+            "gamma",
+            f"gamma = 0 because it is not set (lr_policy {spec.lr_policy!r} reads it)",
+            Severity.WARNING,
+        )
     if "power" in fields and "power" in d:
-        add("power", f"power = 0 because it is not set: lr_policy {spec.lr_policy!r} keeps "
-            "the rate constant", Severity.WARNING)
+        add(
+            "power",
+            f"power = 0 because it is not set: lr_policy {spec.lr_policy!r} keeps "
+            "the rate constant",
+            Severity.WARNING,
+        )
     if spec.lr_policy == "poly" and spec.max_iter == 0:
-        add("max_iter", "lr_policy 'poly' with max_iter = 0 divides by zero (rate is NaN)",
-            Severity.WARNING)
+        add(
+            "max_iter",
+            "lr_policy 'poly' with max_iter = 0 divides by zero (rate is NaN)",
+            Severity.WARNING,
+        )
     if spec.lr_policy == "multistep" and not spec.stepvalue:
         add("stepvalue", "lr_policy 'multistep' without stepvalue: the rate stays base_lr")
     if spec.lr_policy == "multistep" and list(spec.stepvalue) != sorted(set(spec.stepvalue)):
-        notes.append(Note(code="rule.multistep.order",
-                          message="stepvalue is not strictly increasing: Caffe consumes it in "
-                                  "list order, advancing at most one step per iteration",
-                          severity=Severity.WARNING, location=_loc(spec, "stepvalue"),
-                          affects_training=True))
+        notes.append(
+            Note(
+                code="rule.multistep.order",
+                message="stepvalue is not strictly increasing: Caffe consumes it in "
+                "list order, advancing at most one step per iteration",
+                severity=Severity.WARNING,
+                location=_loc(spec, "stepvalue"),
+                affects_training=True,
+            )
+        )
     return notes
 
 
 def _groups(net: NetSpec) -> tuple[ParamGroup, ...]:
-    return tuple(ParamGroup(key=p.key, lr_mult=p.lr_mult, decay_mult=p.decay_mult,
-                            shape=p.shape, layer_type=p.layer_type, sharers=p.sharers)
-                 for p in net.params)
+    return tuple(
+        ParamGroup(
+            key=p.key,
+            lr_mult=p.lr_mult,
+            decay_mult=p.decay_mult,
+            shape=p.shape,
+            layer_type=p.layer_type,
+            sharers=p.sharers,
+        )
+        for p in net.params
+    )
 
 
 def lower(recipe: Recipe) -> UpdateRule:
@@ -178,15 +234,29 @@ def lower(recipe: Recipe) -> UpdateRule:
     if spec.clip_gradients >= 0:
         steps.append(ClipByGlobalNorm(threshold=spec.clip_gradients))
         if spec.clip_gradients == 0:
-            notes.append(Note("rule.clip.zero", "clip_gradients: 0 multiplies every gradient by "
-                              "0 whenever any gradient is non-zero (Caffe clips when norm > 0)",
-                              Severity.WARNING, _loc(spec, "clip_gradients"), True))
+            notes.append(
+                Note(
+                    "rule.clip.zero",
+                    "clip_gradients: 0 multiplies every gradient by "
+                    "0 whenever any gradient is non-zero (Caffe clips when norm > 0)",
+                    Severity.WARNING,
+                    _loc(spec, "clip_gradients"),
+                    True,
+                )
+            )
         if spec.iter_size != 1:
-            notes.append(Note("rule.clip.iter_size", f"clipping acts on the raw sum over "
-                              f"iter_size = {spec.iter_size} passes, before the division: the "
-                              f"threshold on the averaged gradient is "
-                              f"{spec.clip_gradients / spec.iter_size:g}",
-                              Severity.INFO, _loc(spec, "clip_gradients"), True))
+            notes.append(
+                Note(
+                    "rule.clip.iter_size",
+                    f"clipping acts on the raw sum over "
+                    f"iter_size = {spec.iter_size} passes, before the division: the "
+                    f"threshold on the averaged gradient is "
+                    f"{spec.clip_gradients / spec.iter_size:g}",
+                    Severity.INFO,
+                    _loc(spec, "clip_gradients"),
+                    True,
+                )
+            )
     if spec.iter_size != 1:
         steps.append(NormalizeBy(iter_size=spec.iter_size))
 
@@ -198,34 +268,63 @@ def lower(recipe: Recipe) -> UpdateRule:
             if net_decays is not None and not any(net_decays):
                 has_decay = False  # Caffe only looks at the type when local_decay != 0
             else:
-                raise InputError(f"unknown regularization_type {kind!r} (Caffe: 'L2' or 'L1', "
-                                 "case-sensitive)", _loc(spec, "regularization_type"))
+                raise InputError(
+                    f"unknown regularization_type {kind!r} (Caffe: 'L2' or 'L1', case-sensitive)",
+                    _loc(spec, "regularization_type"),
+                )
         if has_decay:
             steps.append(AddDecay(kind=kind, weight_decay=spec.weight_decay))  # type: ignore[arg-type]
 
-    schedule = LrSchedule(policy=spec.lr_policy, base_lr=spec.base_lr,  # type: ignore[arg-type]
-                          gamma=spec.gamma, power=spec.power, stepsize=spec.stepsize,
-                          stepvalue=tuple(spec.stepvalue), max_iter=spec.max_iter)
+    schedule = LrSchedule(
+        policy=spec.lr_policy,
+        base_lr=spec.base_lr,  # type: ignore[arg-type]
+        gamma=spec.gamma,
+        power=spec.power,
+        stepsize=spec.stepsize,
+        stepvalue=tuple(spec.stepvalue),
+        max_iter=spec.max_iter,
+    )
     steps.append(ScaleByLr(schedule=schedule))
     steps.append(_solver_step(spec))
     notes.extend(_default_notes(spec, has_decay))
 
     params: tuple[ParamGroup, ...] = ()
     if recipe.net is None:
-        notes.append(Note("rule.net_unknown", "the train net is unknown: per-blob multipliers "
-                          "are unknown; Caffe's defaults lr_mult 1 / decay_mult 1 are assumed "
-                          "for every blob (pass --net to use the real ones)",
-                          Severity.WARNING, SourceLocation(spec.path), True))
+        notes.append(
+            Note(
+                "rule.net_unknown",
+                "the train net is unknown: per-blob multipliers "
+                "are unknown; Caffe's defaults lr_mult 1 / decay_mult 1 are assumed "
+                "for every blob (pass --net to use the real ones)",
+                Severity.WARNING,
+                SourceLocation(spec.path),
+                True,
+            )
+        )
     else:
         params = _groups(recipe.net)
-        implicit = [p.key for p in recipe.net.params
-                    if not p.lr_mult_explicit and not p.decay_mult_explicit]
+        implicit = [
+            p.key for p in recipe.net.params if not p.lr_mult_explicit and not p.decay_mult_explicit
+        ]
         if implicit:
             decayed = " (and weight-decayed)" if has_decay else ""
-            notes.append(Note("rule.default.multipliers",
-                              f"{len(implicit)} blob(s) without param {{}} multipliers use "
-                              f"lr_mult 1, decay_mult 1 (Caffe default){decayed}: "
-                              + ", ".join(implicit[:8]) + (" ..." if len(implicit) > 8 else ""),
-                              Severity.INFO, SourceLocation(recipe.net.path), True))
-    return UpdateRule(solver=spec.type, steps=tuple(steps), params=params,  # type: ignore[arg-type]
-                      iter_size=spec.iter_size, max_iter=spec.max_iter, notes=tuple(notes))
+            notes.append(
+                Note(
+                    "rule.default.multipliers",
+                    f"{len(implicit)} blob(s) without param {{}} multipliers use "
+                    f"lr_mult 1, decay_mult 1 (Caffe default){decayed}: "
+                    + ", ".join(implicit[:8])
+                    + (" ..." if len(implicit) > 8 else ""),
+                    Severity.INFO,
+                    SourceLocation(recipe.net.path),
+                    True,
+                )
+            )
+    return UpdateRule(
+        solver=spec.type,
+        steps=tuple(steps),
+        params=params,  # type: ignore[arg-type]
+        iter_size=spec.iter_size,
+        max_iter=spec.max_iter,
+        notes=tuple(notes),
+    )

@@ -176,5 +176,6 @@ class UpdateRule:
         for g in self.params:
             if g.key == key or key in g.sharers:
                 return g
-        return ParamGroup(key=key, lr_mult=self.default_group.lr_mult,
-                          decay_mult=self.default_group.decay_mult)
+        return ParamGroup(
+            key=key, lr_mult=self.default_group.lr_mult, decay_mult=self.default_group.decay_mult
+        )

@@ -56,10 +56,15 @@ class ReferenceOptimizer:
     ``current_step_``; ``state`` the solver history per owner key; ``last_rate`` the global
     rate used by the latest update."""
 
-    def __init__(self, rule: UpdateRule, init: Mapping[str, np.ndarray], *,
-                 precision: str = "float32",
-                 registry: Mapping[type, StepFn] | None = None,
-                 fused_axpy: bool = True) -> None:
+    def __init__(
+        self,
+        rule: UpdateRule,
+        init: Mapping[str, np.ndarray],
+        *,
+        precision: str = "float32",
+        registry: Mapping[type, StepFn] | None = None,
+        fused_axpy: bool = True,
+    ) -> None:
         self.rule = rule
         self.fused_axpy = fused_axpy
         self.dtype = _dtype(precision)
@@ -83,8 +88,10 @@ class ReferenceOptimizer:
             self._key_owner = {k: k for k in init}
             self.keys = list(init)
             dg = rule.default_group
-            self.groups = {k: ParamGroup(key=k, lr_mult=dg.lr_mult, decay_mult=dg.decay_mult)
-                           for k in self.keys}
+            self.groups = {
+                k: ParamGroup(key=k, lr_mult=dg.lr_mult, decay_mult=dg.decay_mult)
+                for k in self.keys
+            }
         self.weights: dict[str, np.ndarray] = {}
         for k in init:
             owner = self._key_owner[k]
@@ -103,15 +110,24 @@ class ReferenceOptimizer:
             return np.zeros_like(self.weights[owner])
         g = np.asarray(g)
         if g.shape != self.weights[owner].shape:
-            raise ValueError(f"update {self.k + 1}: gradient for {owner!r} has shape "
-                             f"{g.shape}, weights have {self.weights[owner].shape}")
+            raise ValueError(
+                f"update {self.k + 1}: gradient for {owner!r} has shape "
+                f"{g.shape}, weights have {self.weights[owner].shape}"
+            )
         return g.astype(self.dtype, copy=True)
 
     def step(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        env = UpdateEnv(k=self.k, dtype=self.dtype, keys=list(self.keys), weights=self.weights,
-                        grads={o: self._gradient(grads, o) for o in self.keys},
-                        groups=self.groups, state=self.state, current_step=self.current_step,
-                        fused_axpy=self.fused_axpy)
+        env = UpdateEnv(
+            k=self.k,
+            dtype=self.dtype,
+            keys=list(self.keys),
+            weights=self.weights,
+            grads={o: self._gradient(grads, o) for o in self.keys},
+            groups=self.groups,
+            state=self.state,
+            current_step=self.current_step,
+            fused_axpy=self.fused_axpy,
+        )
         with np.errstate(all="ignore"):
             for s in self.rule.steps:
                 self.registry[type(s)](s, env)
@@ -127,17 +143,22 @@ class ReferenceOptimizer:
         return {k: self.weights[self._key_owner[k]].copy() for k in self._init_keys}
 
 
-def run_reference(rule: UpdateRule, init: Mapping[str, np.ndarray],
-                  grads: Sequence[Mapping[str, np.ndarray]], *, precision: str = "float32",
-                  registry: Mapping[type, StepFn] | None = None,
-                  fused_axpy: bool = True) -> list[dict[str, np.ndarray]]:
+def run_reference(
+    rule: UpdateRule,
+    init: Mapping[str, np.ndarray],
+    grads: Sequence[Mapping[str, np.ndarray]],
+    *,
+    precision: str = "float32",
+    registry: Mapping[type, StepFn] | None = None,
+    fused_axpy: bool = True,
+) -> list[dict[str, np.ndarray]]:
     """Weights after updates 1..N (``len(grads)`` updates from a fresh solver, ``iter_ = 0``).
 
     ``registry`` replaces :data:`caffe2tf.rule.steps.STEP_FUNCTIONS` (for planting mistakes).
     ``fused_axpy`` (float32 only): emulate BLAS ``?axpy`` with one rounding (FMA, as OpenBLAS
     does on current x86-64 CPUs) or two (see :mod:`caffe2tf.rule.steps`).
     """
-    opt = ReferenceOptimizer(rule, init, precision=precision, registry=registry,
-                             fused_axpy=fused_axpy)
+    opt = ReferenceOptimizer(
+        rule, init, precision=precision, registry=registry, fused_axpy=fused_axpy
+    )
     return [opt.step(g) for g in grads]
-

@@ -59,8 +59,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             out = {}
             for key in data.files:
                 arr = data[key]
-                if not (np.issubdtype(arr.dtype, np.floating)
-                        or np.issubdtype(arr.dtype, np.integer)):
+                if not (
+                    np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+                ):
                     if _BLOB_KEY.match(key):
                         raise InputError(f"{key!r} holds {arr.dtype} data, not numbers", where)
                     continue
@@ -75,8 +76,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read .npz: {err}", where) from None
 
 
-def _check_init(rule: UpdateRule, init: dict[str, np.ndarray], path: Path
-                ) -> dict[str, np.ndarray]:
+def _check_init(rule: UpdateRule, init: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
     where = SourceLocation(str(path))
     blobs = {k: v for k, v in init.items() if _BLOB_KEY.match(k)}
     if not blobs:
@@ -87,25 +87,33 @@ def _check_init(rule: UpdateRule, init: dict[str, np.ndarray], path: Path
     unknown = sorted(k for k in blobs if k not in omap)
     if unknown:
         known = ", ".join(g.key for g in rule.params[:12])
-        raise InputError(f"{', '.join(unknown[:5])} not learnable blob(s) of the net "
-                         f"(it has: {known}{' ...' if len(rule.params) > 12 else ''})", where)
+        raise InputError(
+            f"{', '.join(unknown[:5])} not learnable blob(s) of the net "
+            f"(it has: {known}{' ...' if len(rule.params) > 12 else ''})",
+            where,
+        )
     groups = {g.key: g for g in rule.params}
     for k, v in blobs.items():
         shape = groups[omap[k]].shape
         if shape is not None and tuple(v.shape) != tuple(shape):
-            raise InputError(f"{k!r} has shape {tuple(v.shape)}, the net says {tuple(shape)}",
-                             where)
+            raise InputError(
+                f"{k!r} has shape {tuple(v.shape)}, the net says {tuple(shape)}", where
+            )
     present = {omap[k] for k in blobs}
     missing = [g.key for g in rule.params if g.key not in present]
     if missing and rule.step(ClipByGlobalNorm) is not None:
-        raise InputError(f"clip_gradients uses the norm over every learnable blob, but "
-                         f"{', '.join(missing[:5])} {'is' if len(missing) == 1 else 'are'} "
-                         f"missing", where)
+        raise InputError(
+            f"clip_gradients uses the norm over every learnable blob, but "
+            f"{', '.join(missing[:5])} {'is' if len(missing) == 1 else 'are'} "
+            f"missing",
+            where,
+        )
     return blobs
 
 
-def _split_grads(rule: UpdateRule, grads: dict[str, np.ndarray], init: dict[str, np.ndarray],
-                 path: Path) -> list[dict[str, np.ndarray]]:
+def _split_grads(
+    rule: UpdateRule, grads: dict[str, np.ndarray], init: dict[str, np.ndarray], path: Path
+) -> list[dict[str, np.ndarray]]:
     where = SourceLocation(str(path))
     omap = owner_map(rule) if rule.params else None
     by_step: dict[int, dict[str, np.ndarray]] = {}
@@ -123,12 +131,15 @@ def _split_grads(rule: UpdateRule, grads: dict[str, np.ndarray], init: dict[str,
         if ref is None and omap is not None:  # the owner (or another alias) in init
             ref = next((init[k] for k in init if omap.get(k) == omap[blob]), None)
         if ref is not None and tuple(value.shape) != tuple(ref.shape):
-            raise InputError(f"{key!r} has shape {tuple(value.shape)}, the weights have "
-                             f"{tuple(ref.shape)}", where)
+            raise InputError(
+                f"{key!r} has shape {tuple(value.shape)}, the weights have {tuple(ref.shape)}",
+                where,
+            )
         by_step.setdefault(step, {})[blob] = value
     if not by_step:
-        raise InputError('no gradients: expected keys "{step}/{layer}/{blob}" with step 0..N-1',
-                         where)
+        raise InputError(
+            'no gradients: expected keys "{step}/{layer}/{blob}" with step 0..N-1', where
+        )
     # Steps must be exactly 0..N-1, so N is the number of distinct steps; a larger step is a
     # gap. Walk the sorted steps (never range(max + 1): a key "99999999999999999999/..." would
     # ask for that many list slots).
@@ -146,8 +157,11 @@ def _split_grads(rule: UpdateRule, grads: dict[str, np.ndarray], init: dict[str,
             expected = s + 1
         listed = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
         largest = str(steps[-1]) if steps[-1] < _HUGE_STEP else "a number of over 100 digits"
-        raise InputError(f"gradients for step(s) {listed} are missing (steps must be "
-                         f"0..N-1 without gaps; the largest step given is {largest})", where)
+        raise InputError(
+            f"gradients for step(s) {listed} are missing (steps must be "
+            f"0..N-1 without gaps; the largest step given is {largest})",
+            where,
+        )
     return [by_step[s] for s in steps]
 
 
@@ -174,9 +188,15 @@ def _write_atomic(out_path: Path, arrays: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
 
 
-def replay_arrays(rule: UpdateRule, init: dict[str, np.ndarray], grads: dict[str, np.ndarray],
-                  *, precision: str = "float32", init_path: Path = Path("INIT"),
-                  grads_path: Path = Path("GRADS")) -> dict[str, np.ndarray]:
+def replay_arrays(
+    rule: UpdateRule,
+    init: dict[str, np.ndarray],
+    grads: dict[str, np.ndarray],
+    *,
+    precision: str = "float32",
+    init_path: Path = Path("INIT"),
+    grads_path: Path = Path("GRADS"),
+) -> dict[str, np.ndarray]:
     """The OUT arrays for flat INIT/GRADS dicts (validated as described in the module doc)."""
     blobs = _check_init(rule, init, init_path)
     steps = _split_grads(rule, grads, blobs, grads_path)
@@ -186,8 +206,16 @@ def replay_arrays(rule: UpdateRule, init: dict[str, np.ndarray], grads: dict[str
     return {f"{t}/{k}": v for t, ws in enumerate(traj, 1) for k, v in ws.items()}
 
 
-def replay_files(solver: Path, *, net_path: Path | None, lenient: bool, init_path: Path,
-                 grads_path: Path, out_path: Path, precision: str = "float32") -> str:
+def replay_files(
+    solver: Path,
+    *,
+    net_path: Path | None,
+    lenient: bool,
+    init_path: Path,
+    grads_path: Path,
+    out_path: Path,
+    precision: str = "float32",
+) -> str:
     """Implement ``caffe2tf replay``; returns the one-line summary the CLI prints."""
     from caffe2tf.caffe.load import load_recipe
 
@@ -195,11 +223,19 @@ def replay_files(solver: Path, *, net_path: Path | None, lenient: bool, init_pat
     rule = lower(recipe)
     init = _load_npz(Path(init_path))
     grads = _load_npz(Path(grads_path))
-    out = replay_arrays(rule, init, grads, precision=precision, init_path=Path(init_path),
-                        grads_path=Path(grads_path))
+    out = replay_arrays(
+        rule,
+        init,
+        grads,
+        precision=precision,
+        init_path=Path(init_path),
+        grads_path=Path(grads_path),
+    )
     _write_atomic(Path(out_path), out)
     n_blobs = len({k.split("/", 1)[1] for k in out})
     n_steps = len({k.split("/", 1)[0] for k in out})
     net = "" if rule.params else " (net unknown: default multipliers)"
-    return (f"replayed {n_steps} update(s) of {rule.solver} on {n_blobs} blob(s) in {precision}"
-            f"{net} -> {out_path}")
+    return (
+        f"replayed {n_steps} update(s) of {rule.solver} on {n_blobs} blob(s) in {precision}"
+        f"{net} -> {out_path}"
+    )

@@ -116,8 +116,9 @@ POLICIES: dict[str, PolicyFn] = {
 STATEFUL_POLICIES = frozenset({"multistep"})
 
 
-def lr_at(schedule: LrSchedule, k: int, current_step: int = 0, *,
-          precision: str = "float32") -> tuple[float, int]:
+def lr_at(
+    schedule: LrSchedule, k: int, current_step: int = 0, *, precision: str = "float32"
+) -> tuple[float, int]:
     """Caffe's rate for the update with ``iter_ = k`` and the new ``current_step_``.
 
     ``current_step`` is Caffe's ``current_step_`` *before* this call (0 on a fresh start);
@@ -128,15 +129,22 @@ def lr_at(schedule: LrSchedule, k: int, current_step: int = 0, *,
     try:
         fn = POLICIES[schedule.policy]
     except KeyError:
-        raise ValueError(f"unknown lr_policy {schedule.policy!r} "
-                         f"(Caffe: 'Unknown learning rate policy')") from None
+        raise ValueError(
+            f"unknown lr_policy {schedule.policy!r} (Caffe: 'Unknown learning rate policy')"
+        ) from None
     f32 = precision == "float32"
     rate, cs = fn(schedule, int(k), int(current_step), f32)
     return (_f(rate) if f32 else float(rate)), cs
 
 
-def lr_sequence(schedule: LrSchedule, n: int, *, start: int = 0, current_step: int = 0,
-                precision: str = "float32") -> np.ndarray:
+def lr_sequence(
+    schedule: LrSchedule,
+    n: int,
+    *,
+    start: int = 0,
+    current_step: int = 0,
+    precision: str = "float32",
+) -> np.ndarray:
     """Rates of updates ``start .. start+n-1`` calling :func:`lr_at` once per update (as
     ``ApplyUpdate`` does), from a fresh start by default. float32 (or float64) array."""
     out = np.empty(n, dtype=np.float32 if precision == "float32" else np.float64)

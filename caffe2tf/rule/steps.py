@@ -71,12 +71,10 @@ class UpdateEnv:
         The product of two float32 values is exact in float64, so the fused result is the
         float64 sum rounded to float32."""
         if self.fused_axpy and self.dtype is np.float32:
-            return (np.float64(a) * x.astype(np.float64) + y.astype(np.float64)
-                    ).astype(np.float32)
+            return (np.float64(a) * x.astype(np.float64) + y.astype(np.float64)).astype(np.float32)
         return a * x + y
 
-    def axpby(self, a: np.floating, x: np.ndarray, b: np.floating, y: np.ndarray
-              ) -> np.ndarray:
+    def axpby(self, a: np.floating, x: np.ndarray, b: np.floating, y: np.ndarray) -> np.ndarray:
         """``caffe_cpu_axpby`` without MKL: ``y = b*y`` (``?scal``) then ``?axpy``."""
         return self.axpy(a, x, b * y)
 
@@ -153,8 +151,7 @@ def add_decay(step: AddDecay, env: UpdateEnv) -> None:
 def scale_by_lr(step: ScaleByLr, env: UpdateEnv) -> None:
     """``GetLearningRate`` at ``iter_ = k`` (``sgd_solver.cpp:26-70``; advances the multistep
     counter), then ``local_rate = rate * lr_mult`` in Dtype (``sgd_solver.cpp:228``)."""
-    rate, env.current_step = lr_at(step.schedule, env.k, env.current_step,
-                                   precision=env.precision)
+    rate, env.current_step = lr_at(step.schedule, env.k, env.current_step, precision=env.precision)
     env.rate = rate
     r = env.s(rate)
     for key in env.keys:
@@ -203,10 +200,10 @@ def rmsprop(step: RMSProp, env: UpdateEnv) -> None:
 def adadelta(step: AdaDelta, env: UpdateEnv) -> None:
     """AdaDelta (``adadelta_solver.cpp:25-107``, CPU order), rho = ``momentum``::
 
-        a = rho*a + fl(1-rho)*pow(g,2)
-        d = g * pow((delta + b) / (delta + a), 0.5)      delta INSIDE both
-        b = rho*b + fl(1-rho)*pow(d,2)                   (unscaled d)
-        u = eta * d
+    a = rho*a + fl(1-rho)*pow(g,2)
+    d = g * pow((delta + b) / (delta + a), 0.5)      delta INSIDE both
+    b = rho*b + fl(1-rho)*pow(d,2)                   (unscaled d)
+    u = eta * d
     """
     rho = env.s(step.rho)
     one_minus = env.dtype(env.s(1.0) - rho)

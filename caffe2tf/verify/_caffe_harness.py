@@ -57,7 +57,7 @@ def _fatal_message(text):
     lines = [ln for ln in text.splitlines() if ln.strip()]
     errors = [i for i, ln in enumerate(lines) if _PY_ERROR.match(ln)]
     if errors:  # a Python exception raised by the harness: its message (may span lines)
-        return "\n".join(lines[errors[-1]:])
+        return "\n".join(lines[errors[-1] :])
     return "\n".join(lines[-15:])
 
 
@@ -100,25 +100,31 @@ def _task_run(job_dir, task):
     missing = [k for k in owner_keys if k not in init]
     extra = [k for k in init if k not in owner_keys]
     if missing or extra:
-        raise ValueError(f"init keys do not match the net's learnable params "
-                         f"(owners {owner_keys}): missing {missing}, not owners {extra}")
+        raise ValueError(
+            f"init keys do not match the net's learnable params "
+            f"(owners {owner_keys}): missing {missing}, not owners {extra}"
+        )
     for key, blob in owners:
         value = init[key]
         if tuple(value.shape) != tuple(blob.data.shape):
-            raise ValueError(f"init {key} has shape {value.shape}, "
-                             f"Caffe's blob is {blob.data.shape}")
+            raise ValueError(
+                f"init {key} has shape {value.shape}, Caffe's blob is {blob.data.shape}"
+            )
         blob.data[...] = value
     steps = int(task["steps"])
     if task.get("method") == "backward" and grads:
         raise ValueError("method 'backward' takes no grads (the net computes them)")
     for key in grads:
         if key not in owner_keys:
-            raise ValueError(f"grads for {key!r}, which is not an owner blob of the net "
-                             f"(owners {owner_keys})")
+            raise ValueError(
+                f"grads for {key!r}, which is not an owner blob of the net (owners {owner_keys})"
+            )
         blob = dict(owners)[key]
         if tuple(grads[key].shape) != (steps,) + tuple(blob.diff.shape):
-            raise ValueError(f"grads for {key} have shape {grads[key].shape}, "
-                             f"expected (steps,) + {blob.diff.shape}")
+            raise ValueError(
+                f"grads for {key} have shape {grads[key].shape}, "
+                f"expected (steps,) + {blob.diff.shape}"
+            )
 
     def write_diffs(step):
         for key, blob in owners:
@@ -127,8 +133,9 @@ def _task_run(job_dir, task):
             else:
                 blob.diff[...] = 0
 
-    traj = {key: np.zeros((steps,) + tuple(blob.data.shape), dtype=np.float32)
-            for key, blob in owners}
+    traj = {
+        key: np.zeros((steps,) + tuple(blob.data.shape), dtype=np.float32) for key, blob in owners
+    }
     method = task.get("method", "apply_update")
     if method == "step":
         current = [0]
@@ -146,8 +153,10 @@ def _task_run(job_dir, task):
         else:
             raise ValueError(f"unknown method {method!r}")
         if solver.iter != before + 1:
-            raise RuntimeError(f"solver.iter went {before} -> {solver.iter} during update "
-                               f"{step} with method {method}")
+            raise RuntimeError(
+                f"solver.iter went {before} -> {solver.iter} during update "
+                f"{step} with method {method}"
+            )
         for key, blob in owners:
             traj[key][step] = blob.data
     np.savez(os.path.join(job_dir, task["out"]), **traj)
@@ -162,11 +171,21 @@ def _task_params(job_dir, task):
     net_path = os.path.join(job_dir, task["net"])
     net = caffe.Net(net_path, caffe.TRAIN)
     all_blobs, owners = _owners(net)
-    rows = [{"key": key, "layer": key.rsplit("/", 1)[0], "index": int(key.rsplit("/", 1)[1]),
-             "shape": [int(d) for d in blob.data.shape], "owner": owner}
-            for key, blob, owner in all_blobs]
-    result = {"blobs": rows, "layers": [str(n) for n in net._layer_names],
-              "layer_types": [str(layer.type) for layer in net.layers]}
+    rows = [
+        {
+            "key": key,
+            "layer": key.rsplit("/", 1)[0],
+            "index": int(key.rsplit("/", 1)[1]),
+            "shape": [int(d) for d in blob.data.shape],
+            "owner": owner,
+        }
+        for key, blob, owner in all_blobs
+    ]
+    result = {
+        "blobs": rows,
+        "layers": [str(n) for n in net._layer_names],
+        "layer_types": [str(layer.type) for layer in net.layers],
+    }
     if not task.get("probe"):
         return result
     # Probe the effective multipliers: SGD, momentum 0, base_lr 1, fixed, L2 decay 1.
@@ -174,8 +193,10 @@ def _task_params(job_dir, task):
     # Update 2: w=1, g=0 -> w2 = 1 - lr_mult*decay_mult.
     probe_solver = os.path.join(job_dir, task["net"] + ".probe_solver.prototxt")
     with open(probe_solver, "w") as f:
-        f.write(f'net: "{net_path}"\ntype: "SGD"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\n'
-                'weight_decay: 1\nregularization_type: "L2"\nmax_iter: 2\n')
+        f.write(
+            f'net: "{net_path}"\ntype: "SGD"\nbase_lr: 1\nlr_policy: "fixed"\nmomentum: 0\n'
+            'weight_decay: 1\nregularization_type: "L2"\nmax_iter: 2\n'
+        )
     solver = caffe.get_solver(probe_solver)
     _, owners = _owners(solver.net)
     for _, blob in owners:
@@ -191,8 +212,7 @@ def _task_params(job_dir, task):
     mults = {}
     for key, blob in owners:
         step = float(1 - np.mean(blob.data))
-        mults[key] = {"lr_mult": lr[key],
-                      "decay_mult": (step / lr[key]) if lr[key] != 0 else None}
+        mults[key] = {"lr_mult": lr[key], "decay_mult": (step / lr[key]) if lr[key] != 0 else None}
     result["multipliers"] = mults
     return result
 
@@ -219,18 +239,24 @@ def _task_upgrade_solver(job_dir, task):
 
 def _upgrade(tool, src):
     dst = src + ".upgraded.prototxt"
-    proc = subprocess.run([tool, src, dst],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+    proc = subprocess.run(
+        [tool, src, dst], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if proc.returncode != 0 or not os.path.exists(dst):
-        raise RuntimeError(f"{os.path.basename(tool)} failed ({proc.returncode}): "
-                           f"{_fatal_message(proc.stdout)}")
+        raise RuntimeError(
+            f"{os.path.basename(tool)} failed ({proc.returncode}): {_fatal_message(proc.stdout)}"
+        )
     with open(dst) as f:
         return {"text": f.read(), "log": proc.stdout}
 
 
-_KINDS = {"run": _task_run, "params": _task_params, "solver_check": _task_solver_check,
-          "upgrade_net": _task_upgrade_net, "upgrade_solver": _task_upgrade_solver}
+_KINDS = {
+    "run": _task_run,
+    "params": _task_params,
+    "solver_check": _task_solver_check,
+    "upgrade_net": _task_upgrade_net,
+    "upgrade_solver": _task_upgrade_solver,
+}
 
 
 def _child(job_dir, index, task):
@@ -279,10 +305,17 @@ def main(job_dir):
             with open(res_path) as f:
                 results[index] = {"ok": True, "result": json.load(f), "stderr": err[-4000:]}
         else:
-            how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
-                   else f"signal {os.WTERMSIG(status)}")
-            results[index] = {"ok": False, "how": how, "message": _fatal_message(err),
-                              "stderr": err[-8000:]}
+            how = (
+                f"exit status {os.WEXITSTATUS(status)}"
+                if os.WIFEXITED(status)
+                else f"signal {os.WTERMSIG(status)}"
+            )
+            results[index] = {
+                "ok": False,
+                "how": how,
+                "message": _fatal_message(err),
+                "stderr": err[-8000:],
+            }
     with open(os.path.join(job_dir, "result.json"), "w") as f:
         json.dump({"results": results}, f)
 

@@ -76,18 +76,24 @@ class CheckReport:
         return 0 if self.passed else 1
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "passed": self.passed,
-                "config_differences": [{"path": d.path, "expected": d.expected,
-                                        "found": d.found} for d in self.differences],
-                "verify": self.verify.to_dict()}
+        return {
+            "out_dir": self.out_dir,
+            "passed": self.passed,
+            "config_differences": [
+                {"path": d.path, "expected": d.expected, "found": d.found} for d in self.differences
+            ],
+            "verify": self.verify.to_dict(),
+        }
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
             return json.dumps(self.to_dict(), indent=2, default=str)
         lines = [f"check {self.out_dir}"]
         if self.differences:
-            lines.append(f"  train_config.yaml: {len(self.differences)} difference(s) from what "
-                         "convert writes for the Caffe original now:")
+            lines.append(
+                f"  train_config.yaml: {len(self.differences)} difference(s) from what "
+                "convert writes for the Caffe original now:"
+            )
             lines.extend(f"    {d}" for d in self.differences)
         else:
             lines.append("  train_config.yaml: same as what convert writes for the Caffe original")
@@ -98,44 +104,71 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_migration(solver: Path, out_dir: Path, *, net_path: Path | None = None,
-                    lenient: bool = False, layer_map: Path | None = None, steps: int = 100,
-                    seed: int = 0, tolerance: float = 1e-3, against: str = "reference",
-                    plot_path: Path | None = None) -> CheckReport:
+def check_migration(
+    solver: Path,
+    out_dir: Path,
+    *,
+    net_path: Path | None = None,
+    lenient: bool = False,
+    layer_map: Path | None = None,
+    steps: int = 100,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+    against: str = "reference",
+    plot_path: Path | None = None,
+) -> CheckReport:
     """Compare OUT/train_config.yaml with today's conversion and run OUT/optimizer.py."""
     from caffe2tf.targets.keras.convert import load_layer_map, make_plan
     from caffe2tf.targets.keras.render_yaml import plan_to_config
     from caffe2tf.verify.run import verify_solver
 
     # SOLVER (and --net/--layer-map) first: arguments are judged in the order they were given
-    plan, _notes = make_plan(solver, net_path=net_path, lenient=lenient,
-                             layer_map=load_layer_map(layer_map))
+    plan, _notes = make_plan(
+        solver, net_path=net_path, lenient=lenient, layer_map=load_layer_map(layer_map)
+    )
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("not a directory: check expects the folder written by caffe2tf "
-                         "convert", SourceLocation(str(out_dir)))
+        raise InputError(
+            "not a directory: check expects the folder written by caffe2tf convert",
+            SourceLocation(str(out_dir)),
+        )
     config_path, module_path = out_dir / "train_config.yaml", out_dir / "optimizer.py"
     for required in (config_path, module_path):
         if not required.is_file():
-            raise InputError(f"{required} is missing: check expects a directory written by "
-                             "caffe2tf convert", SourceLocation(str(required)))
+            raise InputError(
+                f"{required} is missing: check expects a directory written by caffe2tf convert",
+                SourceLocation(str(required)),
+            )
     try:
         found = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise InputError(f"cannot read: {err.strerror or err}",
-                         SourceLocation(str(config_path))) from None
+        raise InputError(
+            f"cannot read: {err.strerror or err}", SourceLocation(str(config_path))
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
-        raise InputError(f"cannot read YAML: {getattr(err, 'problem', err)}",
-                         SourceLocation(str(config_path), mark.line + 1 if mark else None,
-                                        mark.column + 1 if mark else None)) from None
+        raise InputError(
+            f"cannot read YAML: {getattr(err, 'problem', err)}",
+            SourceLocation(
+                str(config_path), mark.line + 1 if mark else None, mark.column + 1 if mark else None
+            ),
+        ) from None
     if not isinstance(found, dict):
-        raise InputError("not a caffe2tf train config (expected a mapping)",
-                         SourceLocation(str(config_path)))
+        raise InputError(
+            "not a caffe2tf train config (expected a mapping)", SourceLocation(str(config_path))
+        )
 
     expected = yaml.safe_load(yaml.safe_dump(plan_to_config(plan)))  # same scalar types as read
     differences = tuple(config_differences(expected, found))
-    report = verify_solver(solver, net_path=net_path, lenient=lenient, module_path=module_path,
-                           steps=steps, seed=seed, tolerance=tolerance, against=against,
-                           plot_path=plot_path)
+    report = verify_solver(
+        solver,
+        net_path=net_path,
+        lenient=lenient,
+        module_path=module_path,
+        steps=steps,
+        seed=seed,
+        tolerance=tolerance,
+        against=against,
+        plot_path=plot_path,
+    )
     return CheckReport(out_dir=str(out_dir), differences=differences, verify=report)

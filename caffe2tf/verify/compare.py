@@ -86,13 +86,16 @@ class Comparison:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict}: deviation {self.deviation:.3e} (tolerance {self.tolerance:g}) at "
-                f"{self.worst_key} step {self.worst_step}; travelled {self.travelled:.3e}, "
-                f"scale {self.scale:.3e}")
+        return (
+            f"{verdict}: deviation {self.deviation:.3e} (tolerance {self.tolerance:g}) at "
+            f"{self.worst_key} step {self.worst_step}; travelled {self.travelled:.3e}, "
+            f"scale {self.scale:.3e}"
+        )
 
 
-def trajectory_from_flat(flat: Mapping[str, np.ndarray], steps: int | None = None
-                         ) -> list[dict[str, np.ndarray]]:
+def trajectory_from_flat(
+    flat: Mapping[str, np.ndarray], steps: int | None = None
+) -> list[dict[str, np.ndarray]]:
     """``{"{step}/{layer}/{blob}": w}`` (step = 1..N, as ``replay`` writes) -> list of dicts.
 
     Keys whose first component is not an integer are ignored (the replay format says other keys
@@ -116,9 +119,14 @@ def trajectory_to_flat(trajectory: Trajectory) -> dict[str, np.ndarray]:
     return {f"{t}/{k}": np.asarray(v) for t, ws in enumerate(trajectory, 1) for k, v in ws.items()}
 
 
-def compare_trajectories(init: Weights, reference: Trajectory, candidate: Trajectory, *,
-                         tolerance: float = DEFAULT_TOLERANCE,
-                         keys: Sequence[str] | None = None) -> Comparison:
+def compare_trajectories(
+    init: Weights,
+    reference: Trajectory,
+    candidate: Trajectory,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    keys: Sequence[str] | None = None,
+) -> Comparison:
     """Compare ``candidate`` with ``reference`` (both start from ``init``); see module docstring.
 
     ``keys`` defaults to the keys of ``init``. Both trajectories must have the same length and
@@ -135,8 +143,10 @@ def compare_trajectories(init: Weights, reference: Trajectory, candidate: Trajec
                 if k not in ws:
                     raise ValueError(f"{who} lacks {k!r} at step {t}")
                 if np.shape(ws[k]) != w0[k].shape:
-                    raise ValueError(f"{who} {k!r} at step {t} has shape {np.shape(ws[k])}, "
-                                     f"init has {w0[k].shape}")
+                    raise ValueError(
+                        f"{who} {k!r} at step {t} has shape {np.shape(ws[k])}, "
+                        f"init has {w0[k].shape}"
+                    )
     steps = len(reference)
     travelled = 0.0
     for ref_t in reference:
@@ -169,11 +179,21 @@ def compare_trajectories(init: Weights, reference: Trajectory, candidate: Trajec
     worst_key = ""
     if steps and keys:
         worst_key = max(keys, key=lambda k: per_blob_step[k][worst_step - 1])
-    return Comparison(keys=keys, steps=steps, tolerance=float(tolerance), travelled=travelled,
-                      floor=floor, scale=scale, deviation=deviation, worst_key=worst_key,
-                      worst_step=worst_step, per_blob=per_blob, per_step=per_step,
-                      per_blob_step={k: tuple(v) for k, v in per_blob_step.items()},
-                      max_abs_diff=max_abs)
+    return Comparison(
+        keys=keys,
+        steps=steps,
+        tolerance=float(tolerance),
+        travelled=travelled,
+        floor=floor,
+        scale=scale,
+        deviation=deviation,
+        worst_key=worst_key,
+        worst_step=worst_step,
+        per_blob=per_blob,
+        per_step=per_step,
+        per_blob_step={k: tuple(v) for k, v in per_blob_step.items()},
+        max_abs_diff=max_abs,
+    )
 
 
 def comparison_json(comparison: Comparison) -> str:

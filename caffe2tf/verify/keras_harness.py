@@ -55,8 +55,16 @@ from caffe2tf.errors import InputError, SourceLocation
 Weights = dict[str, np.ndarray]
 
 # Caffe layer types the mirror knows, and the Keras layer used for them.
-SUPPORTED_TYPES = ("InnerProduct", "Convolution", "Deconvolution", "Embed", "Parameter",
-                   "BatchNorm", "Scale", "PReLU")
+SUPPORTED_TYPES = (
+    "InnerProduct",
+    "Convolution",
+    "Deconvolution",
+    "Embed",
+    "Parameter",
+    "BatchNorm",
+    "Scale",
+    "PReLU",
+)
 _SPATIAL = ("Convolution", "Deconvolution")
 
 # Caffe BatchNorm blobs (batch_norm_layer.cpp LayerSetUp: mean, variance, moving-average
@@ -140,17 +148,21 @@ def mirror_layers_from_net(net: Any) -> tuple[MirrorLayer, ...]:
     types: dict[str, str] = {}
     for blob in net.params:
         if blob.shape is None:
-            raise InputError(f"the shape of {blob.key} ({blob.layer_type}) cannot be inferred "
-                             f"from the net, so no mirror model can be built for verification",
-                             blob.location)
+            raise InputError(
+                f"the shape of {blob.key} ({blob.layer_type}) cannot be inferred "
+                f"from the net, so no mirror model can be built for verification",
+                blob.location,
+            )
         shapes[blob.key] = tuple(int(d) for d in blob.shape)
         types[blob.layer] = blob.layer_type
     return mirror_layers_from_shapes(shapes, types, scale_pairs(net))
 
 
-def mirror_layers_from_shapes(shapes: Mapping[str, Sequence[int]],
-                              layer_types: Mapping[str, str],
-                              pairs: Mapping[str, str] | None = None) -> tuple[MirrorLayer, ...]:
+def mirror_layers_from_shapes(
+    shapes: Mapping[str, Sequence[int]],
+    layer_types: Mapping[str, str],
+    pairs: Mapping[str, str] | None = None,
+) -> tuple[MirrorLayer, ...]:
     """From ``{"{layer}/{i}": shape}`` (Caffe layout), ``{layer: caffe type}`` and ``pairs``
     (``{Scale layer: the BatchNorm before it}``, :func:`caffe2tf.targets.keras.layers.
     scale_pairs`). The Keras layer of each Caffe layer is
@@ -166,33 +178,54 @@ def mirror_layers_from_shapes(shapes: Mapping[str, Sequence[int]],
             raise ValueError(f"blob key {key!r} is not '<layer>/<index>'")
         ltype = layer_types.get(layer, "")
         if ltype not in SUPPORTED_TYPES:
-            raise InputError(f"verify cannot mirror layer {layer!r} of type {ltype or '?'} "
-                             f"(supported: {', '.join(SUPPORTED_TYPES)})")
+            raise InputError(
+                f"verify cannot mirror layer {layer!r} of type {ltype or '?'} "
+                f"(supported: {', '.join(SUPPORTED_TYPES)})"
+            )
         variable = ""
         if ltype == "BatchNorm":
             variable = _BN_STATISTICS.get(int(idx), "?")
         elif layer in pairs:
             variable = _BN_AFFINE.get(int(idx), "?")
         by_layer.setdefault(keras_layer_name(layer, {}, pairs), []).append(
-            MirrorBlob(key=key, layer=layer, index=int(idx), shape=tuple(int(d) for d in shape),
-                       layer_type=ltype, variable=variable))
+            MirrorBlob(
+                key=key,
+                layer=layer,
+                index=int(idx),
+                shape=tuple(int(d) for d in shape),
+                layer_type=ltype,
+                variable=variable,
+            )
+        )
     layers = []
     for name, blobs in by_layer.items():
         if "/" in name:
-            raise InputError(f"Caffe layer name {name!r} contains '/', which Keras layer names "
-                             f"cannot; use a --layer-map and a module built for it")
+            raise InputError(
+                f"Caffe layer name {name!r} contains '/', which Keras layer names "
+                f"cannot; use a --layer-map and a module built for it"
+            )
         ltype = layer_types.get(name, "") or blobs[0].layer_type
         odd = [b.key for b in blobs if b.variable == "?"]
         if odd:
-            raise InputError(f"verify cannot mirror {', '.join(odd)}: a Caffe BatchNorm has 3 "
-                             f"blobs and its Scale at most 2 (scale, bias)")
-        layers.append(MirrorLayer(name=name, type=ltype, blobs=tuple(
-            sorted(blobs, key=lambda b: (b.layer_type != "BatchNorm", b.layer, b.index)))))
+            raise InputError(
+                f"verify cannot mirror {', '.join(odd)}: a Caffe BatchNorm has 3 "
+                f"blobs and its Scale at most 2 (scale, bias)"
+            )
+        layers.append(
+            MirrorLayer(
+                name=name,
+                type=ltype,
+                blobs=tuple(
+                    sorted(blobs, key=lambda b: (b.layer_type != "BatchNorm", b.layer, b.index))
+                ),
+            )
+        )
     return tuple(layers)
 
 
-def mirror_layers_from_net_text(net_text: str, init: Mapping[str, np.ndarray]
-                                ) -> tuple[MirrorLayer, ...]:
+def mirror_layers_from_net_text(
+    net_text: str, init: Mapping[str, np.ndarray]
+) -> tuple[MirrorLayer, ...]:
     """Cheap route for the matrix nets: layer types read from the prototxt text (``name:`` then
     ``type:`` inside each ``layer {``), shapes from ``init``."""
     import re
@@ -219,8 +252,9 @@ def _parameter_layer_class() -> type:
         def __init__(self, shape: Sequence[int], **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.param_shape = tuple(int(d) for d in shape)
-            self.kernel = self.add_weight(shape=self.param_shape, name=self.name,
-                                          initializer="zeros")
+            self.kernel = self.add_weight(
+                shape=self.param_shape, name=self.name, initializer="zeros"
+            )
             self.built = True
 
         def call(self, inputs: Any) -> Any:
@@ -241,11 +275,13 @@ def _scale_layer_class() -> type:
             super().__init__(**kwargs)
             self.gamma = self.beta = None
             if 0 in shapes:
-                self.gamma = self.add_weight(shape=tuple(shapes[0]), name="gamma",
-                                             initializer="ones")
+                self.gamma = self.add_weight(
+                    shape=tuple(shapes[0]), name="gamma", initializer="ones"
+                )
             if 1 in shapes:
-                self.beta = self.add_weight(shape=tuple(shapes[1]), name="beta",
-                                            initializer="zeros")
+                self.beta = self.add_weight(
+                    shape=tuple(shapes[1]), name="beta", initializer="zeros"
+                )
             self.built = True
 
         def call(self, inputs: Any) -> Any:
@@ -263,15 +299,20 @@ def _make_batch_norm(spec: MirrorLayer) -> Any:
     roles = {b.variable: b for b in spec.blobs}
     channels = {b.shape for b in spec.blobs if b.variable}  # all but the factor
     if len(channels) != 1 or len(next(iter(channels))) != 1:
-        raise InputError(f"BatchNorm {spec.name!r}: the mirror needs 1-D per-channel blobs of "
-                         f"one length; got {', '.join(f'{b.key} {b.shape}' for b in spec.blobs)}"
-                         " (a Scale with axis/num_axes other than one channel axis has no "
-                         "BatchNormalization gamma)")
+        raise InputError(
+            f"BatchNorm {spec.name!r}: the mirror needs 1-D per-channel blobs of "
+            f"one length; got {', '.join(f'{b.key} {b.shape}' for b in spec.blobs)}"
+            " (a Scale with axis/num_axes other than one channel axis has no "
+            "BatchNormalization gamma)"
+        )
     if {"moving_mean", "moving_variance", ""} - set(roles):
-        raise InputError(f"BatchNorm {spec.name!r} should have 3 blobs (mean, variance, "
-                         f"factor); got {sorted(b.key for b in spec.blobs)}")
-    layer = keras.layers.BatchNormalization(axis=-1, scale="gamma" in roles,
-                                            center="beta" in roles, name=spec.name)
+        raise InputError(
+            f"BatchNorm {spec.name!r} should have 3 blobs (mean, variance, "
+            f"factor); got {sorted(b.key for b in spec.blobs)}"
+        )
+    layer = keras.layers.BatchNormalization(
+        axis=-1, scale="gamma" in roles, center="beta" in roles, name=spec.name
+    )
     layer.build((None, next(iter(channels))[0]))
     return layer
 
@@ -285,8 +326,9 @@ def _make_layer(spec: MirrorLayer) -> Any:
         return _make_batch_norm(spec)
     if spec.type == "Scale":
         if not indices or not indices <= {0, 1}:
-            raise InputError(f"Scale layer {spec.name!r}: blobs {sorted(indices)}, want 0 "
-                             f"(and optionally 1)")
+            raise InputError(
+                f"Scale layer {spec.name!r}: blobs {sorted(indices)}, want 0 (and optionally 1)"
+            )
         return _scale_layer_class()({b.index: b.shape for b in spec.blobs}, name=spec.name)
     if spec.type == "PReLU":
         if indices != {0}:
@@ -301,8 +343,10 @@ def _make_layer(spec: MirrorLayer) -> Any:
             raise InputError(f"Parameter layer {spec.name!r} should have exactly one blob")
         return _parameter_layer_class()(shape0, name=spec.name)
     if shape0 is None or not indices <= {0, 1}:
-        raise InputError(f"layer {spec.name!r}: the mirror needs blob 0 (and optionally 1) as "
-                         f"owners; got {sorted(indices)}")
+        raise InputError(
+            f"layer {spec.name!r}: the mirror needs blob 0 (and optionally 1) as "
+            f"owners; got {sorted(indices)}"
+        )
     use_bias = 1 in indices
     if spec.type == "InnerProduct":
         if len(shape0) != 2:
@@ -313,21 +357,25 @@ def _make_layer(spec: MirrorLayer) -> Any:
     if spec.type == "Convolution":
         if len(shape0) != 4:
             raise InputError(f"Convolution {spec.name!r} weight has shape {shape0}, want 4-D")
-        layer = keras.layers.Conv2D(shape0[0], (shape0[2], shape0[3]), use_bias=use_bias,
-                                    name=spec.name)
+        layer = keras.layers.Conv2D(
+            shape0[0], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name
+        )
         layer.build((None, None, None, shape0[1]))
         return layer
     if spec.type == "Deconvolution":
         if len(shape0) != 4:
             raise InputError(f"Deconvolution {spec.name!r} weight has shape {shape0}, want 4-D")
-        layer = keras.layers.Conv2DTranspose(shape0[1], (shape0[2], shape0[3]),
-                                             use_bias=use_bias, name=spec.name)
+        layer = keras.layers.Conv2DTranspose(
+            shape0[1], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name
+        )
         layer.build((None, None, None, shape0[0]))
         return layer
     if spec.type == "Embed":
         if len(shape0) != 2 or use_bias:
-            raise InputError(f"Embed {spec.name!r}: the mirror supports a 2-D weight and no "
-                             f"bias (Keras Embedding has none); got blobs {sorted(indices)}")
+            raise InputError(
+                f"Embed {spec.name!r}: the mirror supports a 2-D weight and no "
+                f"bias (Keras Embedding has none); got blobs {sorted(indices)}"
+            )
         layer = keras.layers.Embedding(shape0[0], shape0[1], name=spec.name)
         layer.build((None,))
         return layer
@@ -369,8 +417,10 @@ def _check_binding(model: Any) -> None:
             want = None if b.layer_type == "BatchNorm" else f"{spec.name}/{b.index}"
             got = caffe_blob_key(var.path)
             if got != want:
-                raise RuntimeError(f"mirror bug: {b.key} sits in {var.path}, which "
-                                   f"prepare_model reads as {got!r}, not {want!r}")
+                raise RuntimeError(
+                    f"mirror bug: {b.key} sits in {var.path}, which "
+                    f"prepare_model reads as {got!r}, not {want!r}"
+                )
 
 
 def build_mirror_model(layers: Sequence[MirrorLayer]) -> Any:
@@ -404,8 +454,12 @@ def build_mirror_model(layers: Sequence[MirrorLayer]) -> Any:
 
         def statistic_factors(self) -> dict[str, str]:
             """``{BatchNorm mean/variance key: the key of its factor blob}``."""
-            return {b.key: f"{b.layer}/2" for spec in self.specs for b in spec.statistics
-                    if b.index in (0, 1)}
+            return {
+                b.key: f"{b.layer}/2"
+                for spec in self.specs
+                for b in spec.statistics
+                if b.index in (0, 1)
+            }
 
         def feed_order(self) -> list[str]:
             return [k for k, _ in sorted(self.blob_variables().items())]
@@ -446,8 +500,10 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
     the factor itself is kept on the model (``caffe_constants``)."""
     blobs = model.blob_variables()
     factors = model.statistic_factors()
-    constants = sorted({k for k in factors.values()}
-                       | {b.key for spec in model.specs for b in spec.statistics} - set(blobs))
+    constants = sorted(
+        {k for k in factors.values()}
+        | {b.key for spec in model.specs for b in spec.statistics} - set(blobs)
+    )
     missing = [k for k in [*blobs, *constants] if k not in weights]
     if missing:
         raise ValueError(f"initial weights lack {missing}")
@@ -457,8 +513,10 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         if key in factors:
             value = value * _inverse_factor(weights[factors[key]])
         if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
-                             f"the Caffe blob gives {value.shape}")
+            raise ValueError(
+                f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
+                f"the Caffe blob gives {value.shape}"
+            )
         var.assign(value)
 
 
@@ -479,8 +537,9 @@ def get_caffe_weights(model: Any) -> Weights:
     for key, (var, ltype, idx) in model.blob_variables().items():
         value = keras_to_caffe(ltype, idx, _to_numpy(var))
         if key in factors:
-            value = (value * np.asarray(model.caffe_constants[factors[key]], np.float32)
-                     .reshape(-1)[0]).astype(np.float32)
+            value = (
+                value * np.asarray(model.caffe_constants[factors[key]], np.float32).reshape(-1)[0]
+            ).astype(np.float32)
         out[key] = value
     out.update({k: v.copy() for k, v in model.caffe_constants.items()})
     return out
@@ -489,8 +548,9 @@ def get_caffe_weights(model: Any) -> Weights:
 # ---- gradient streams into micro-batches -----------------------------------------------------
 
 
-def split_micro_batches(total: Mapping[str, np.ndarray], iter_size: int, *, seed: int,
-                        step: int) -> list[Weights]:
+def split_micro_batches(
+    total: Mapping[str, np.ndarray], iter_size: int, *, seed: int, step: int
+) -> list[Weights]:
     """S seeded parts of the raw sum ``total`` (one per Caffe forward/backward pass).
 
     Parts 1..S-1 are ``total/S + noise`` (noise ~ N(0, std(total)) per element, generator seeded
@@ -532,13 +592,22 @@ def _keras_grads(model: Any, part: Mapping[str, np.ndarray]) -> dict[str, np.nda
     out = {}
     for key, (var, ltype, idx) in blobs.items():
         g = part.get(key)
-        out[key] = (np.zeros(tuple(var.shape), np.float32) if g is None
-                    else caffe_to_keras(ltype, idx, np.asarray(g, np.float32)))
+        out[key] = (
+            np.zeros(tuple(var.shape), np.float32)
+            if g is None
+            else caffe_to_keras(ltype, idx, np.asarray(g, np.float32))
+        )
     return out
 
 
-def _loop_tf(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
-             iter_size: int, jit: bool = True) -> None:
+def _loop_tf(
+    model: Any,
+    optimizer: Any,
+    parts_iter: Any,
+    on_update: Callable[[], None],
+    iter_size: int,
+    jit: bool = True,
+) -> None:
     """One ``apply_gradients`` per micro-batch on the tape gradient of ``L_j + sum(losses)``;
     with ``jit`` the step runs as a ``tf.function`` (the optimizer is built first, so no
     variable is created inside the traced function; Keras' own ``fit`` traces the same way)."""
@@ -550,15 +619,17 @@ def _loop_tf(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[]
 
     def step(gs: list[Any]) -> None:
         with tf.GradientTape() as tape:
-            terms = [tf.reduce_sum(tf.stop_gradient(g) * v.value)
-                     for g, v in zip(gs, tvars, strict=True)]
+            terms = [
+                tf.reduce_sum(tf.stop_gradient(g) * v.value) for g, v in zip(gs, tvars, strict=True)
+            ]
             loss = tf.add_n(terms) if terms else tf.constant(0.0)
             reg = model.losses
             if reg:
                 loss = loss + tf.add_n([tf.cast(tf.reduce_sum(r), loss.dtype) for r in reg])
         grads = tape.gradient(loss, [v.value for v in tvars])
-        grads = [tf.zeros_like(v.value) if g is None else g
-                 for g, v in zip(grads, tvars, strict=True)]
+        grads = [
+            tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, tvars, strict=True)
+        ]
         optimizer.apply_gradients(zip(grads, tvars, strict=True))
 
     run = step
@@ -572,8 +643,14 @@ def _loop_tf(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[]
             on_update()
 
 
-def _loop_jax(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
-              iter_size: int, jit: bool = True) -> None:
+def _loop_jax(
+    model: Any,
+    optimizer: Any,
+    parts_iter: Any,
+    on_update: Callable[[], None],
+    iter_size: int,
+    jit: bool = True,
+) -> None:
     import jax
     import jax.numpy as jnp
     import keras
@@ -625,8 +702,14 @@ def _loop_jax(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[
         v.assign(x)
 
 
-def _loop_torch(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable[[], None],
-                iter_size: int, jit: bool = False) -> None:
+def _loop_torch(
+    model: Any,
+    optimizer: Any,
+    parts_iter: Any,
+    on_update: Callable[[], None],
+    iter_size: int,
+    jit: bool = False,
+) -> None:
     import torch
 
     pairs = _trained_pairs(model)
@@ -635,21 +718,30 @@ def _loop_torch(model: Any, optimizer: Any, parts_iter: Any, on_update: Callable
         kg = _keras_grads(model, part)
         for v in tvars:
             v.value.grad = None
-        loss = sum(torch.sum(torch.as_tensor(kg[k], device=v.value.device) * v.value)
-                   for k, v in pairs)
+        loss = sum(
+            torch.sum(torch.as_tensor(kg[k], device=v.value.device) * v.value) for k, v in pairs
+        )
         for r in model.losses:
             loss = loss + torch.sum(r)
         loss.backward()
-        grads = [v.value.grad.detach().clone() if v.value.grad is not None
-                 else torch.zeros_like(v.value) for v in tvars]
+        grads = [
+            v.value.grad.detach().clone() if v.value.grad is not None else torch.zeros_like(v.value)
+            for v in tvars
+        ]
         with torch.no_grad():
             optimizer.apply_gradients(zip(grads, tvars, strict=True))
         if (j + 1) % iter_size == 0:
             on_update()
 
 
-def _fit(model: Any, optimizer: Any, parts: list[Weights], on_update: Callable[[], None],
-         iter_size: int, jit_compile: Any = "auto") -> None:
+def _fit(
+    model: Any,
+    optimizer: Any,
+    parts: list[Weights],
+    on_update: Callable[[], None],
+    iter_size: int,
+    jit_compile: Any = "auto",
+) -> None:
     import keras
 
     width = model.set_feed()
@@ -657,8 +749,11 @@ def _fit(model: Any, optimizer: Any, parts: list[Weights], on_update: Callable[[
     rows = []
     for part in parts:
         kg = _keras_grads(model, part)
-        rows.append(np.concatenate([kg[k].reshape(-1) for k in order]) if order
-                    else np.zeros((0,), np.float32))
+        rows.append(
+            np.concatenate([kg[k].reshape(-1) for k in order])
+            if order
+            else np.zeros((0,), np.float32)
+        )
     x = np.stack(rows).astype(np.float32).reshape(len(parts), width)
     y = np.zeros((len(parts), 1), np.float32)
 
@@ -675,11 +770,18 @@ def _fit(model: Any, optimizer: Any, parts: list[Weights], on_update: Callable[[
     model.fit(x, y, batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[Record()])
 
 
-def run_contract(model: Any, optimizer: Any, grads: Sequence[Mapping[str, np.ndarray]], *,
-                 iter_size: int = 1, seed: int = 0, route: str = "loop",
-                 progress: Progress | None = None, jit: bool = True,
-                 micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None
-                 ) -> list[Weights]:
+def run_contract(
+    model: Any,
+    optimizer: Any,
+    grads: Sequence[Mapping[str, np.ndarray]],
+    *,
+    iter_size: int = 1,
+    seed: int = 0,
+    route: str = "loop",
+    progress: Progress | None = None,
+    jit: bool = True,
+    micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> list[Weights]:
     """Train ``model`` (already initialised and prepared) with ``optimizer`` on the Caffe update
     gradients ``grads[k]`` (raw sums over ``iter_size`` passes, Caffe layout); return the Caffe-
     layout weights after each update. ``route`` is ``"loop"`` (custom loop, one
@@ -701,8 +803,9 @@ def run_contract(model: Any, optimizer: Any, grads: Sequence[Mapping[str, np.nda
             progress(len(out), steps)
 
     if micro_grads is not None and len(micro_grads) != steps * iter_size:
-        raise ValueError(f"{len(micro_grads)} micro-batch gradients for {steps} updates of "
-                         f"{iter_size} passes")
+        raise ValueError(
+            f"{len(micro_grads)} micro-batch gradients for {steps} updates of {iter_size} passes"
+        )
 
     def parts_iter() -> Any:
         if micro_grads is not None:
@@ -761,13 +864,15 @@ def load_module(path: str | os.PathLike[str], name: str | None = None) -> Any:
         shown = err.filename or str(path)
         if os.path.realpath(shown) == os.path.realpath(path):
             shown = str(path)  # as the user wrote it
-        raise InputError(f"{type(err).__name__}: {err.msg}",
-                         SourceLocation(shown, err.lineno, err.offset)) from None
+        raise InputError(
+            f"{type(err).__name__}: {err.msg}", SourceLocation(shown, err.lineno, err.offset)
+        ) from None
     except InputError:
         raise
     except (Exception, SystemExit) as err:  # its own code failed while being imported
-        raise InputError(f"importing the module failed: {_one_line(err)}",
-                         _raised_at(err, str(path))) from None
+        raise InputError(
+            f"importing the module failed: {_one_line(err)}", _raised_at(err, str(path))
+        ) from None
     finally:
         sys.modules.pop(modname, None)
     for fn in ("build_optimizer", "prepare_model"):
@@ -803,8 +908,7 @@ def _guarded(fn: Callable[..., Any], label: str, path: str) -> Callable[..., Any
         except InputError:
             raise
         except (Exception, SystemExit) as err:
-            raise InputError(f"{label} raised {_one_line(err)}",
-                             _raised_at(err, path)) from None
+            raise InputError(f"{label} raised {_one_line(err)}", _raised_at(err, path)) from None
 
     return call
 
@@ -822,19 +926,27 @@ class Candidate:
 def candidate_from_module(module: Any, name: str = "optimizer.py") -> Candidate:
     """A module's two functions; an exception in either (user code) becomes an InputError
     that names the module, so the CLI prints one line instead of a traceback."""
-    where = (getattr(module, "__caffe2tf_path__", None) or getattr(module, "__file__", None)
-             or name)
-    return Candidate(name=name,
-                     build_optimizer=_guarded(module.build_optimizer, "build_optimizer()", where),
-                     prepare_model=_guarded(module.prepare_model, "prepare_model()", where))
+    where = getattr(module, "__caffe2tf_path__", None) or getattr(module, "__file__", None) or name
+    return Candidate(
+        name=name,
+        build_optimizer=_guarded(module.build_optimizer, "build_optimizer()", where),
+        prepare_model=_guarded(module.prepare_model, "prepare_model()", where),
+    )
 
 
-def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
-                  init: Mapping[str, np.ndarray], grads: Sequence[Mapping[str, np.ndarray]], *,
-                  iter_size: int = 1, seed: int = 0, route: str = "loop",
-                  progress: Progress | None = None, jit: bool = True,
-                  micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None
-                  ) -> list[Weights]:
+def run_candidate(
+    candidate: Candidate | Any,
+    layers: Sequence[MirrorLayer],
+    init: Mapping[str, np.ndarray],
+    grads: Sequence[Mapping[str, np.ndarray]],
+    *,
+    iter_size: int = 1,
+    seed: int = 0,
+    route: str = "loop",
+    progress: Progress | None = None,
+    jit: bool = True,
+    micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> list[Weights]:
     """Mirror model -> initial weights -> ``prepare_model`` -> train per the contract."""
     if not isinstance(candidate, Candidate):
         candidate = candidate_from_module(candidate)
@@ -844,10 +956,21 @@ def run_candidate(candidate: Candidate | Any, layers: Sequence[MirrorLayer],
         # e.g. Keras' torch backend refuses a '.' in layer names (torch parameter names)
         import keras
 
-        raise InputError(f"Keras ({keras.backend.backend()} backend) cannot build a model with "
-                         f"the net's layer names: {type(err).__name__}: {err}") from None
+        raise InputError(
+            f"Keras ({keras.backend.backend()} backend) cannot build a model with "
+            f"the net's layer names: {type(err).__name__}: {err}"
+        ) from None
     set_caffe_weights(model, init)
     candidate.prepare_model(model)  # binds in place (the emitted one returns a path map)
     optimizer = candidate.build_optimizer()
-    return run_contract(model, optimizer, grads, iter_size=iter_size, seed=seed, route=route,
-                        progress=progress, jit=jit, micro_grads=micro_grads)
+    return run_contract(
+        model,
+        optimizer,
+        grads,
+        iter_size=iter_size,
+        seed=seed,
+        route=route,
+        progress=progress,
+        jit=jit,
+        micro_grads=micro_grads,
+    )

@@ -61,10 +61,18 @@ SHAPES: dict[str, tuple[int, ...]] = {
 #: (``net.cpp:141-156``: blobs without their own ``param{}`` get 1, 1).
 MULTIPLIERS: dict[str, dict[str, tuple[float, float]]] = {
     "default": {k: (1.0, 1.0) for k in SHAPES},
-    "explicit": {"fc1/0": (1.0, 1.0), "fc1/1": (2.0, 0.0),
-                 "fc2/0": (0.0, 1.0), "fc2/1": (0.5, 2.0)},
-    "one_block": {"fc1/0": (2.0, 1.0), "fc1/1": (1.0, 1.0),
-                  "fc2/0": (1.0, 1.0), "fc2/1": (1.0, 1.0)},
+    "explicit": {
+        "fc1/0": (1.0, 1.0),
+        "fc1/1": (2.0, 0.0),
+        "fc2/0": (0.0, 1.0),
+        "fc2/1": (0.5, 2.0),
+    },
+    "one_block": {
+        "fc1/0": (2.0, 1.0),
+        "fc1/1": (1.0, 1.0),
+        "fc2/0": (1.0, 1.0),
+        "fc2/1": (1.0, 1.0),
+    },
 }
 
 
@@ -106,13 +114,18 @@ def all_pairs(factors: Mapping[str, Sequence]) -> set[tuple[tuple[str, object], 
     """Every pair of values of two different factors, as ((f1, v1), (f2, v2)) with f1 < f2 in
     the factors' order."""
     names = list(factors)
-    return {((a, va), (b, vb)) for i, a in enumerate(names) for b in names[i + 1:]
-            for va in factors[a] for vb in factors[b]}
+    return {
+        ((a, va), (b, vb))
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        for va in factors[a]
+        for vb in factors[b]
+    }
 
 
 def pairs_of(combo: Mapping[str, object], factors: Mapping[str, Sequence]):
     names = list(factors)
-    return {((a, combo[a]), (b, combo[b])) for i, a in enumerate(names) for b in names[i + 1:]}
+    return {((a, combo[a]), (b, combo[b])) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
 def pairwise(factors: Mapping[str, Sequence]) -> list[dict[str, object]]:
@@ -122,8 +135,10 @@ def pairwise(factors: Mapping[str, Sequence]) -> list[dict[str, object]]:
     most still-uncovered pairs (ties: the one whose values were used least so far, which spreads
     the "free" slots evenly), until every pair is covered."""
     names = list(factors)
-    candidates = [dict(zip(names, values, strict=True))
-                  for values in itertools.product(*(factors[n] for n in names))]
+    candidates = [
+        dict(zip(names, values, strict=True))
+        for values in itertools.product(*(factors[n] for n in names))
+    ]
     cand_pairs = [pairs_of(c, factors) for c in candidates]
     uncovered = all_pairs(factors)
     usage = {(n, v): 0 for n in names for v in factors[n]}
@@ -166,18 +181,24 @@ def net_text(mults: str = "default") -> str:
     return (
         'name: "matrix"\n'
         'layer {\n  name: "data"\n  type: "Input"\n  top: "data"\n'
-        '  input_param { shape { dim: 2 dim: 4 } }\n}\n'
+        "  input_param { shape { dim: 2 dim: 4 } }\n}\n"
         'layer {\n  name: "fc1"\n  type: "InnerProduct"\n  bottom: "data"\n  top: "fc1"\n'
-        f'{_param_blocks(mults, "fc1")}'
-        '  inner_product_param { num_output: 3 }\n}\n'
+        f"{_param_blocks(mults, 'fc1')}"
+        "  inner_product_param { num_output: 3 }\n}\n"
         'layer {\n  name: "fc2"\n  type: "InnerProduct"\n  bottom: "fc1"\n  top: "fc2"\n'
-        f'{_param_blocks(mults, "fc2")}'
-        '  inner_product_param { num_output: 2 }\n}\n'
+        f"{_param_blocks(mults, 'fc2')}"
+        "  inner_product_param { num_output: 2 }\n}\n"
     )
 
 
-_BASE_LR = {"SGD": 0.05, "Nesterov": 0.05, "AdaGrad": 0.05, "RMSProp": 0.01,
-            "AdaDelta": 1.0, "Adam": 0.01}
+_BASE_LR = {
+    "SGD": 0.05,
+    "Nesterov": 0.05,
+    "AdaGrad": 0.05,
+    "RMSProp": 0.01,
+    "AdaDelta": 1.0,
+    "Adam": 0.01,
+}
 
 
 def _solver_lines(solver: str, variant: int) -> list[str]:
@@ -228,7 +249,7 @@ def _policy_lines(policy: str, steps: int) -> list[str]:
 
 def _decay_lines(decay: str, variant: int) -> list[str]:
     if decay == "none":
-        return ['weight_decay: 0', 'regularization_type: "L1"'] if variant % 3 == 2 else []
+        return ["weight_decay: 0", 'regularization_type: "L1"'] if variant % 3 == 2 else []
     if decay == "L2":
         lines = ["weight_decay: 0.05"]
         return lines + ['regularization_type: "L2"'] if variant % 2 == 0 else lines
@@ -258,8 +279,10 @@ def build_case(combo: Mapping[str, object], steps: int = 100, variant: int = 0) 
     """The :class:`MatrixCase` for one combination of factor values."""
     solver, policy, decay = str(combo["solver"]), str(combo["policy"]), str(combo["decay"])
     mults, clip, iter_size = str(combo["mults"]), str(combo["clip"]), int(combo["iter_size"])
-    name = (f"{solver.lower()}-{policy}-{decay.lower()}-{mults.replace('_', '')}"
-            f"-clip{clip}-is{iter_size}")
+    name = (
+        f"{solver.lower()}-{policy}-{decay.lower()}-{mults.replace('_', '')}"
+        f"-clip{clip}-is{iter_size}"
+    )
     seed = zlib.crc32(name.encode())
     micro = streams.micro_batches(SHAPES, steps, seed, iter_size=iter_size)
     grads = streams.accumulate(micro, iter_size)
@@ -273,10 +296,19 @@ def build_case(combo: Mapping[str, object], steps: int = 100, variant: int = 0) 
         lines.append(f"iter_size: {iter_size}")
     lines.append(f"max_iter: {steps}")
     return MatrixCase(
-        name=name, solver_text="\n".join(lines) + "\n", net_text=net_text(mults),
-        init=_init(seed, mults), grads=tuple(grads), steps=steps, iter_size=iter_size,
-        micro_grads=tuple(micro), factors=dict(combo), multipliers=dict(MULTIPLIERS[mults]),
-        clip_threshold=threshold, seed=seed)
+        name=name,
+        solver_text="\n".join(lines) + "\n",
+        net_text=net_text(mults),
+        init=_init(seed, mults),
+        grads=tuple(grads),
+        steps=steps,
+        iter_size=iter_size,
+        micro_grads=tuple(micro),
+        factors=dict(combo),
+        multipliers=dict(MULTIPLIERS[mults]),
+        clip_threshold=threshold,
+        seed=seed,
+    )
 
 
 def matrix_combos() -> list[dict[str, object]]:
@@ -324,21 +356,27 @@ def golden_cases(directory: Path | str | None = None) -> list[GoldenCase]:
             arrays = {k: data[k] for k in data.files}
         keys = list(entry["blobs"])
         if iter_size > 1:
-            micro = tuple({k: arrays[f"micro/{k}"][i] for k in keys}
-                          for i in range(steps * iter_size))
+            micro = tuple(
+                {k: arrays[f"micro/{k}"][i] for k in keys} for i in range(steps * iter_size)
+            )
             grads = tuple(streams.accumulate(micro, iter_size))
         else:
-            grads = micro = tuple({k: arrays[f"grads/{k}"][i] for k in keys}
-                                  for i in range(steps))
+            grads = micro = tuple({k: arrays[f"grads/{k}"][i] for k in keys} for i in range(steps))
         factors = dict(entry["factors"])
         case = MatrixCase(
             name=name,
             solver_text=(directory / f"{name}.solver.prototxt").read_text(),
             net_text=(directory / f"{name}.net.prototxt").read_text(),
-            init={k: arrays[f"init/{k}"] for k in keys}, grads=grads, steps=steps,
-            iter_size=iter_size, micro_grads=micro, factors=factors,
+            init={k: arrays[f"init/{k}"] for k in keys},
+            grads=grads,
+            steps=steps,
+            iter_size=iter_size,
+            micro_grads=micro,
+            factors=factors,
             multipliers=dict(MULTIPLIERS.get(str(factors.get("mults")), {})),
-            clip_threshold=entry.get("clip_threshold"), seed=int(entry.get("seed", 0)))
+            clip_threshold=entry.get("clip_threshold"),
+            seed=int(entry.get("seed", 0)),
+        )
         weights = tuple({k: arrays[f"weights/{k}"][i] for k in keys} for i in range(steps))
         out.append(GoldenCase(case, weights, manifest.get("caffe", "")))
     return out

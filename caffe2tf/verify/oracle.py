@@ -108,15 +108,25 @@ def ensure_caffe_root() -> Path:
     if not BUILD_SCRIPT.is_file():
         raise CaffeRootMissing(f"no Caffe root at {target} and no build script at {BUILD_SCRIPT}")
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    env.update({k: v for k, v in os.environ.items()
-                if k in ("CAFFE2TF_DEBIAN_MIRROR", "TMPDIR", "http_proxy", "https_proxy")})
-    proc = subprocess.run(privileged(["bash", str(BUILD_SCRIPT), str(target)], env),
-                          capture_output=True, text=True, check=False)
+    env.update(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("CAFFE2TF_DEBIAN_MIRROR", "TMPDIR", "http_proxy", "https_proxy")
+        }
+    )
+    proc = subprocess.run(
+        privileged(["bash", str(BUILD_SCRIPT), str(target)], env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     root = caffe_root()
     if proc.returncode != 0 or root is None:
         raise CaffeRootMissing(
             f"could not build the Caffe root at {target} with {BUILD_SCRIPT} "
-            f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return root
 
 
@@ -146,7 +156,8 @@ def _require_root(root: Path | str | None) -> Path:
     if found is None:
         raise CaffeRootMissing(
             f"no Caffe root at {os.environ.get(ROOT_ENV) or DEFAULT_ROOT}; build it with "
-            f"{BUILD_SCRIPT} (or call ensure_caffe_root())")
+            f"{BUILD_SCRIPT} (or call ensure_caffe_root())"
+        )
     return found
 
 
@@ -163,8 +174,10 @@ def retarget_solver_text(text: str, net_path: str) -> str:
     the solver; give it separately instead).
     """
     if _INLINE_NET.search(text):
-        raise ValueError("solver has an inline net_param/train_net_param; pass the net as "
-                         "net_text and remove it from the solver")
+        raise ValueError(
+            "solver has an inline net_param/train_net_param; pass the net as "
+            "net_text and remove it from the solver"
+        )
     kept = [line for line in text.splitlines() if not _NET_FIELD.match(line)]
     return "\n".join(kept) + f'\nnet: "{net_path}"\n'
 
@@ -194,30 +207,53 @@ class _Job:
     def run(self, workers: int | None = None, timeout: float | None = None) -> list[dict]:
         shutil.copyfile(_HARNESS, self.host_dir / "_caffe_harness.py")
         workers = workers or min(len(self.tasks), os.cpu_count() or 1) or 1
-        (self.host_dir / "job.json").write_text(json.dumps({"tasks": self.tasks,
-                                                            "workers": workers}))
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-               "GLOG_minloglevel": "1", "GLOG_logtostderr": "1",
-               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        cmd = privileged(["chroot", str(self.root), "/usr/bin/python3",
-                          self.chroot_path("_caffe_harness.py"), self.chroot_dir], env)
-        timeout = timeout if timeout is not None else float(
-            os.environ.get("CAFFE2TF_ORACLE_TIMEOUT", "900"))
+        (self.host_dir / "job.json").write_text(
+            json.dumps({"tasks": self.tasks, "workers": workers})
+        )
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "GLOG_minloglevel": "1",
+            "GLOG_logtostderr": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        cmd = privileged(
+            [
+                "chroot",
+                str(self.root),
+                "/usr/bin/python3",
+                self.chroot_path("_caffe_harness.py"),
+                self.chroot_dir,
+            ],
+            env,
+        )
+        timeout = (
+            timeout
+            if timeout is not None
+            else float(os.environ.get("CAFFE2TF_ORACLE_TIMEOUT", "900"))
+        )
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                  timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
         except subprocess.TimeoutExpired as err:
-            raise OracleError(f"the Caffe harness did not finish within {timeout:g} s "
-                              f"({len(self.tasks)} tasks)") from err
+            raise OracleError(
+                f"the Caffe harness did not finish within {timeout:g} s ({len(self.tasks)} tasks)"
+            ) from err
         except OSError as err:
             raise OracleError(f"could not start {' '.join(cmd)}: {err}") from err
         result_path = self.host_dir / "result.json"
         if proc.returncode != 0 or not result_path.exists():
-            hint = (" (chroot needs root: run as root or with password-less sudo)"
-                    if os.geteuid() != 0 else "")
-            raise OracleError(f"the Caffe harness failed{hint} (exit {proc.returncode}):\n"
-                              f"{proc.stderr[-6000:]}{proc.stdout[-2000:]}")
+            hint = (
+                " (chroot needs root: run as root or with password-less sudo)"
+                if os.geteuid() != 0
+                else ""
+            )
+            raise OracleError(
+                f"the Caffe harness failed{hint} (exit {proc.returncode}):\n"
+                f"{proc.stderr[-6000:]}{proc.stdout[-2000:]}"
+            )
         return json.loads(result_path.read_text())["results"]
 
     def close(self) -> None:
@@ -231,8 +267,10 @@ class _Job:
 
 
 def _task_error(what: str, res: dict) -> OracleError:
-    return OracleError(f"real Caffe failed on {what} ({res.get('how')}):\n{res.get('message')}"
-                       f"\n--- stderr tail ---\n{res.get('stderr', '')[-3000:]}")
+    return OracleError(
+        f"real Caffe failed on {what} ({res.get('how')}):\n{res.get('message')}"
+        f"\n--- stderr tail ---\n{res.get('stderr', '')[-3000:]}"
+    )
 
 
 def _stack_grads(case: OracleCase) -> dict[str, np.ndarray]:
@@ -249,9 +287,13 @@ def _stack_grads(case: OracleCase) -> dict[str, np.ndarray]:
     return stacked
 
 
-def run_cases(cases: Sequence[OracleCase], *, root: Path | str | None = None,
-              method: str = "apply_update",
-              workers: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+def run_cases(
+    cases: Sequence[OracleCase],
+    *,
+    root: Path | str | None = None,
+    method: str = "apply_update",
+    workers: int | None = None,
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """Run every case through the real Caffe solver in ONE chroot process.
 
     For each case: the harness builds ``caffe.get_solver`` on the case's solver (pointed at its
@@ -273,25 +315,37 @@ def run_cases(cases: Sequence[OracleCase], *, root: Path | str | None = None,
     with _Job(root) as job:
         for i, case in enumerate(cases):
             net = job.write_text(f"c{i}.net.prototxt", case.net_text)
-            solver = job.write_text(f"c{i}.solver.prototxt",
-                                    retarget_solver_text(case.solver_text, job.chroot_path(net)))
+            solver = job.write_text(
+                f"c{i}.solver.prototxt",
+                retarget_solver_text(case.solver_text, job.chroot_path(net)),
+            )
             init = job.write_npz(f"c{i}.init.npz", case.init)
             grads = job.write_npz(f"c{i}.grads.npz", _stack_grads(case))
-            job.tasks.append({"kind": "run", "solver": solver, "net": net, "init": init,
-                              "grads": grads, "steps": len(case.grads),
-                              "method": case.method or method,
-                              "out": f"c{i}.out.npz"})
+            job.tasks.append(
+                {
+                    "kind": "run",
+                    "solver": solver,
+                    "net": net,
+                    "init": init,
+                    "grads": grads,
+                    "steps": len(case.grads),
+                    "method": case.method or method,
+                    "out": f"c{i}.out.npz",
+                }
+            )
         results = job.run(workers)
-        errors = [_task_error(f"case {case.name!r}", res)
-                  for case, res in zip(cases, results, strict=True) if not res["ok"]]
+        errors = [
+            _task_error(f"case {case.name!r}", res)
+            for case, res in zip(cases, results, strict=True)
+            if not res["ok"]
+        ]
         if errors:
             raise OracleError("\n\n".join(str(e) for e in errors))
         for i, (case, res) in enumerate(zip(cases, results, strict=True)):
             owners = res["result"]["owners"]
             with np.load(job.host_dir / f"c{i}.out.npz") as data:
                 traj = {key: data[key] for key in owners}
-            out[case.name] = [{key: traj[key][k] for key in owners}
-                              for k in range(len(case.grads))]
+            out[case.name] = [{key: traj[key][k] for key in owners} for k in range(len(case.grads))]
     return out
 
 
@@ -314,8 +368,9 @@ class CaffeBlob:
         return f"{self.layer}/{self.index}"
 
 
-def caffe_param_tables(net_texts: Sequence[str], *, probe: bool = True,
-                       root: Path | str | None = None) -> list[list[CaffeBlob] | OracleError]:
+def caffe_param_tables(
+    net_texts: Sequence[str], *, probe: bool = True, root: Path | str | None = None
+) -> list[list[CaffeBlob] | OracleError]:
     """For each net text, what Caffe builds in TRAIN phase: every blob of ``net.params`` with
     its shape and owner, and (``probe``) each owner's effective lr_mult/decay_mult measured by
     two SGD updates with base_lr 1 (``w=0,g=1 -> -lr_mult``; ``w=1,g=0,λ=1 -> 1-lr·decay``).
@@ -326,8 +381,9 @@ def caffe_param_tables(net_texts: Sequence[str], *, probe: bool = True,
     tables: list[list[CaffeBlob] | OracleError] = []
     with _Job(root) as job:
         for i, text in enumerate(net_texts):
-            job.tasks.append({"kind": "params", "net": job.write_text(f"n{i}.prototxt", text),
-                              "probe": probe})
+            job.tasks.append(
+                {"kind": "params", "net": job.write_text(f"n{i}.prototxt", text), "probe": probe}
+            )
         results = job.run() if job.tasks else []
     for i, res in enumerate(results):
         if not res["ok"]:
@@ -337,14 +393,23 @@ def caffe_param_tables(net_texts: Sequence[str], *, probe: bool = True,
         rows = []
         for row in res["result"]["blobs"]:
             m = mults.get(row["owner"], {}) if row["owner"] == row["key"] else {}
-            rows.append(CaffeBlob(row["layer"], row["index"], tuple(row["shape"]), row["owner"],
-                                  m.get("lr_mult"), m.get("decay_mult")))
+            rows.append(
+                CaffeBlob(
+                    row["layer"],
+                    row["index"],
+                    tuple(row["shape"]),
+                    row["owner"],
+                    m.get("lr_mult"),
+                    m.get("decay_mult"),
+                )
+            )
         tables.append(rows)
     return tables
 
 
-def caffe_net_blobs(net_text: str, *,
-                    root: Path | str | None = None) -> list[tuple[str, int, tuple[int, ...]]]:
+def caffe_net_blobs(
+    net_text: str, *, root: Path | str | None = None
+) -> list[tuple[str, int, tuple[int, ...]]]:
     """``[(layer, blob_index, shape)]`` of ``net.params`` as Caffe builds the net in TRAIN
     phase (layer order, sharers included). Raises :class:`OracleError` if Caffe rejects it."""
     (table,) = caffe_param_tables([net_text], probe=False, root=root)
@@ -353,33 +418,39 @@ def caffe_net_blobs(net_text: str, *,
     return [(b.layer, b.index, b.shape) for b in table]
 
 
-def caffe_upgrade_net_texts(texts: Sequence[str], *,
-                            root: Path | str | None = None) -> list[str | OracleError]:
+def caffe_upgrade_net_texts(
+    texts: Sequence[str], *, root: Path | str | None = None
+) -> list[str | OracleError]:
     """Each net text after Caffe's own upgrade (``/usr/bin/upgrade_net_proto_text`` in the root:
     V0 -> V1 -> V2, ``upgrade_proto.cpp``); an :class:`OracleError` in the slot of a failure."""
     root = _require_root(root)
     with _Job(root) as job:
         for i, text in enumerate(texts):
-            job.tasks.append({"kind": "upgrade_net",
-                              "net": job.write_text(f"u{i}.prototxt", text)})
+            job.tasks.append({"kind": "upgrade_net", "net": job.write_text(f"u{i}.prototxt", text)})
         results = job.run() if job.tasks else []
-    return [res["result"]["text"] if res["ok"] else _task_error(f"net #{i}", res)
-            for i, res in enumerate(results)]
+    return [
+        res["result"]["text"] if res["ok"] else _task_error(f"net #{i}", res)
+        for i, res in enumerate(results)
+    ]
 
 
-def caffe_upgrade_solver_texts(texts: Sequence[str], *,
-                               root: Path | str | None = None) -> list[str | OracleError]:
+def caffe_upgrade_solver_texts(
+    texts: Sequence[str], *, root: Path | str | None = None
+) -> list[str | OracleError]:
     """Each solver text after Caffe's own upgrade (``/usr/bin/upgrade_solver_proto_text``:
     ``solver_type`` enum -> ``type`` string, ``upgrade_proto.cpp:1034-1098``); an
     :class:`OracleError` in the slot of a failure (e.g. both fields set)."""
     root = _require_root(root)
     with _Job(root) as job:
         for i, text in enumerate(texts):
-            job.tasks.append({"kind": "upgrade_solver",
-                              "solver": job.write_text(f"s{i}.prototxt", text)})
+            job.tasks.append(
+                {"kind": "upgrade_solver", "solver": job.write_text(f"s{i}.prototxt", text)}
+            )
         results = job.run() if job.tasks else []
-    return [res["result"]["text"] if res["ok"] else _task_error(f"solver #{i}", res)
-            for i, res in enumerate(results)]
+    return [
+        res["result"]["text"] if res["ok"] else _task_error(f"solver #{i}", res)
+        for i, res in enumerate(results)
+    ]
 
 
 def caffe_upgrade_net_text(text: str, *, root: Path | str | None = None) -> str:
@@ -395,8 +466,9 @@ layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 di
 """
 
 
-def caffe_read_solvers(texts: Sequence[str], *, net_text: str | None = None,
-                       root: Path | str | None = None) -> list[SolverVerdict]:
+def caffe_read_solvers(
+    texts: Sequence[str], *, net_text: str | None = None, root: Path | str | None = None
+) -> list[SolverVerdict]:
     """Caffe's own validity verdict on each solver text.
 
     Each solver is read with ``caffe.get_solver`` (text parse, ``solver_type`` upgrade,
@@ -414,15 +486,20 @@ def caffe_read_solvers(texts: Sequence[str], *, net_text: str | None = None,
                 body = retarget_solver_text(text, job.chroot_path(net))
             except ValueError:
                 body = text
-            job.tasks.append({"kind": "solver_check",
-                              "solver": job.write_text(f"s{i}.prototxt", body)})
+            job.tasks.append(
+                {"kind": "solver_check", "solver": job.write_text(f"s{i}.prototxt", body)}
+            )
         results = job.run() if job.tasks else []
-    return [SolverVerdict(True, "", res["result"]["type"]) if res["ok"]
-            else SolverVerdict(False, res.get("message", ""))
-            for res in results]
+    return [
+        SolverVerdict(True, "", res["result"]["type"])
+        if res["ok"]
+        else SolverVerdict(False, res.get("message", ""))
+        for res in results
+    ]
 
 
-def caffe_read_solver(text: str, *, net_text: str | None = None,
-                      root: Path | str | None = None) -> SolverVerdict:
+def caffe_read_solver(
+    text: str, *, net_text: str | None = None, root: Path | str | None = None
+) -> SolverVerdict:
     """Caffe's verdict on one solver text (see :func:`caffe_read_solvers`)."""
     return caffe_read_solvers([text], net_text=net_text, root=root)[0]

@@ -11,8 +11,9 @@ from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
 from caffe2tf.verify.compare import Comparison
 
 
-def plot_deviation(comparison: Comparison, path: str | os.PathLike[str], *,
-                   title: str = "") -> Path:
+def plot_deviation(
+    comparison: Comparison, path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
     """Write a log-scale plot of ``dev[t][b]`` (one line per blob), the max over blobs and the
     tolerance, to ``path`` (written to a temporary name, then renamed)."""
     try:
@@ -34,8 +35,12 @@ def plot_deviation(comparison: Comparison, path: str | os.PathLike[str], *,
         for key, series in comparison.per_blob_step.items():
             ax.plot(steps, clean(series), linewidth=1, label=key)
         ax.plot(steps, clean(comparison.per_step), color="black", linewidth=2, label="max")
-        ax.axhline(comparison.tolerance, color="red", linestyle="--",
-                   label=f"tolerance {comparison.tolerance:g}")
+        ax.axhline(
+            comparison.tolerance,
+            color="red",
+            linestyle="--",
+            label=f"tolerance {comparison.tolerance:g}",
+        )
         ax.set_yscale("log")
         ax.set_xlabel("Caffe update")
         ax.set_ylabel("max|Δw| / max(travelled, 1% max|w0|)")
@@ -48,8 +53,9 @@ def plot_deviation(comparison: Comparison, path: str | os.PathLike[str], *,
             fig.savefig(tmp, format="png")
             os.replace(tmp, path)
         except OSError as err:
-            raise InputError(f"cannot write the plot: {err.strerror or err}",
-                             SourceLocation(str(path))) from None
+            raise InputError(
+                f"cannot write the plot: {err.strerror or err}", SourceLocation(str(path))
+            ) from None
         finally:
             if tmp.exists():
                 tmp.unlink()

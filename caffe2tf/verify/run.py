@@ -47,8 +47,9 @@ def initial_weights(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str,
     return {k: rng.normal(0.0, 0.5, tuple(shapes[k])).astype(np.float32) for k in sorted(shapes)}
 
 
-def frozen_blobs_get_no_gradient(micro: Sequence[Mapping[str, np.ndarray]],
-                                 frozen: Sequence[str]) -> list[dict[str, np.ndarray]]:
+def frozen_blobs_get_no_gradient(
+    micro: Sequence[Mapping[str, np.ndarray]], frozen: Sequence[str]
+) -> list[dict[str, np.ndarray]]:
     """Zero the gradients of ``lr_mult: 0`` blobs, as Caffe computes them: ``AppendParam`` sets
     ``param_propagate_down(i, false)`` for them, so the layer never writes their diff and it stays
     0 from ``ClearParamDiffs`` (``net.cpp:149-152``; ``force_backward`` turns it back on,
@@ -66,8 +67,11 @@ def never_written_blobs(params: Sequence[Any], force_backward: bool) -> list[str
     statistics: ``BatchNormLayer::Backward_cpu`` computes only the bottom diff and never
     touches its blobs' diffs (``batch_norm_layer.cpp``), and Caffe forces their ``lr_mult`` to 0
     (``LayerSetUp``), so its update never moves them either."""
-    return [p.key for p in params
-            if p.layer_type == "BatchNorm" or (p.lr_mult == 0 and not force_backward)]
+    return [
+        p.key
+        for p in params
+        if p.layer_type == "BatchNorm" or (p.lr_mult == 0 and not force_backward)
+    ]
 
 
 def mirror_notes(layers: Sequence[Any]) -> tuple[str, ...]:
@@ -77,16 +81,20 @@ def mirror_notes(layers: Sequence[Any]) -> tuple[str, ...]:
         stats = [b for b in spec.blobs if b.layer_type == "BatchNorm"]
         scale = [b for b in spec.blobs if b.layer_type == "Scale" and b.layer != spec.name]
         if scale:
-            notes.append(f"{', '.join(b.key for b in scale)}: the gamma/beta of the Keras "
-                         f"BatchNormalization {spec.name!r} (Caffe BatchNorm+Scale pair), "
-                         f"trained and decayed like any Caffe blob")
+            notes.append(
+                f"{', '.join(b.key for b in scale)}: the gamma/beta of the Keras "
+                f"BatchNormalization {spec.name!r} (Caffe BatchNorm+Scale pair), "
+                f"trained and decayed like any Caffe blob"
+            )
         if stats:
-            notes.append(f"{', '.join(b.key for b in stats)}: Caffe BatchNorm statistics "
-                         f"(lr_mult 0, no gradient; Caffe's update never moves them). Keras "
-                         f"holds mean/variance divided by the factor {spec.name}/2 in the "
-                         f"non-trainable moving_mean/moving_variance of {spec.name!r}, outside "
-                         f"the optimizer; Keras keeps no factor, so {spec.name}/2 is shown as "
-                         f"loaded. Compared as unchanged.")
+            notes.append(
+                f"{', '.join(b.key for b in stats)}: Caffe BatchNorm statistics "
+                f"(lr_mult 0, no gradient; Caffe's update never moves them). Keras "
+                f"holds mean/variance divided by the factor {spec.name}/2 in the "
+                f"non-trainable moving_mean/moving_variance of {spec.name!r}, outside "
+                f"the optimizer; Keras keeps no factor, so {spec.name}/2 is shown as "
+                f"loaded. Compared as unchanged."
+            )
     return tuple(notes)
 
 
@@ -111,8 +119,11 @@ def backend_and_device() -> tuple[str, str]:
 
             version = jax.__version__
             dev = jax.devices()[0]
-            device = ("CPU" if dev.platform == "cpu"
-                      else f"{dev.platform.upper()}: {getattr(dev, 'device_kind', dev)}")
+            device = (
+                "CPU"
+                if dev.platform == "cpu"
+                else f"{dev.platform.upper()}: {getattr(dev, 'device_kind', dev)}"
+            )
         elif backend == "torch":
             import torch
 
@@ -149,20 +160,31 @@ class VerifyReport:
         return 0 if self.passed else 1
 
     def to_dict(self) -> dict:
-        return {"solver": self.solver, "module": self.module, "against": self.against,
-                "steps": self.steps, "seed": self.seed, "iter_size": self.iter_size,
-                "backend": self.backend, "device": self.device, "passed": self.passed,
-                "comparison": self.comparison.to_dict(),
-                "shapes": {k: list(v) for k, v in self.shapes.items()},
-                "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-                "plot": self.plot_path, "notes": list(self.notes)}
+        return {
+            "solver": self.solver,
+            "module": self.module,
+            "against": self.against,
+            "steps": self.steps,
+            "seed": self.seed,
+            "iter_size": self.iter_size,
+            "backend": self.backend,
+            "device": self.device,
+            "passed": self.passed,
+            "comparison": self.comparison.to_dict(),
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "plot": self.plot_path,
+            "notes": list(self.notes),
+        }
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
             return json.dumps(self.to_dict(), indent=2)
         c = self.comparison
-        ref = {"reference": "NumPy reference executor (float32, Caffe's operation order)",
-               "caffe": "the real Caffe 1.0 binary"}.get(self.against, self.against)
+        ref = {
+            "reference": "NumPy reference executor (float32, Caffe's operation order)",
+            "caffe": "the real Caffe 1.0 binary",
+        }.get(self.against, self.against)
         lines = [
             f"verify {self.solver}",
             f"  candidate : {self.module}",
@@ -185,15 +207,20 @@ class VerifyReport:
         lines.append("")
         for note in self.notes:
             lines.append(f"  note      : {note}")
-        lines.append(f"  max deviation {_fmt(c.deviation)} at {c.worst_key or '-'} after update "
-                     f"{c.worst_step} (max|Δw| {_fmt(c.max_abs_diff)})")
+        lines.append(
+            f"  max deviation {_fmt(c.deviation)} at {c.worst_key or '-'} after update "
+            f"{c.worst_step} (max|Δw| {_fmt(c.max_abs_diff)})"
+        )
         if self.timings:
-            lines.append("  time      : " + ", ".join(f"{k} {v:.2f}s"
-                                                       for k, v in self.timings.items()))
+            lines.append(
+                "  time      : " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+            )
         if self.plot_path:
             lines.append(f"  plot      : {self.plot_path}")
-        lines.append(("PASS" if self.passed else "FAIL") + f": deviation {_fmt(c.deviation)} "
-                     f"{'<=' if self.passed else '>'} {c.tolerance:g}")
+        lines.append(
+            ("PASS" if self.passed else "FAIL") + f": deviation {_fmt(c.deviation)} "
+            f"{'<=' if self.passed else '>'} {c.tolerance:g}"
+        )
         return "\n".join(lines)
 
 
@@ -208,26 +235,34 @@ def _progress_printer(label: str, total: int) -> Any:
 
     def report(done: int, steps: int) -> None:
         if done % every == 0 or done == steps:
-            print(f"caffe2tf verify: {label} {done}/{steps} updates", file=sys.stderr,
-                  flush=True)
+            print(f"caffe2tf verify: {label} {done}/{steps} updates", file=sys.stderr, flush=True)
 
     return report
 
 
-def _load_candidate(solver: Path, net_path: Path | None, lenient: bool,
-                    module_path: Path | None, workdir: Path) -> tuple[Any, str]:
+def _load_candidate(
+    solver: Path, net_path: Path | None, lenient: bool, module_path: Path | None, workdir: Path
+) -> tuple[Any, str]:
     from caffe2tf.verify.keras_harness import load_module
 
     if module_path is not None:
         if not Path(module_path).is_file():
-            raise InputError(f"module {module_path} does not exist",
-                             SourceLocation(str(module_path)))
+            raise InputError(
+                f"module {module_path} does not exist", SourceLocation(str(module_path))
+            )
         return load_module(module_path), str(module_path)
     from caffe2tf.targets.keras.convert import convert_solver
 
     out = workdir / "converted"
-    report = convert_solver(solver, net_path=net_path, lenient=lenient, layer_map=None,
-                            out_dir=out, allow_approx=False, force=True)
+    report = convert_solver(
+        solver,
+        net_path=net_path,
+        lenient=lenient,
+        layer_map=None,
+        out_dir=out,
+        allow_approx=False,
+        force=True,
+    )
     if getattr(report, "exit_code", 0) != 0 or not (out / "optimizer.py").is_file():
         rendered = report.render("table") if hasattr(report, "render") else str(report)
         raise Caffe2TfError(f"caffe2tf convert did not produce optimizer.py:\n{rendered}")
@@ -244,27 +279,45 @@ def _without_snapshots(text: str) -> str:
     return _SNAPSHOT_LINE.sub("", text)
 
 
-def _caffe_trajectory(solver: Path, net_file: Path, init: Mapping[str, np.ndarray],
-                      grads: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def _caffe_trajectory(
+    solver: Path,
+    net_file: Path,
+    init: Mapping[str, np.ndarray],
+    grads: Sequence[Mapping[str, np.ndarray]],
+) -> list[dict[str, np.ndarray]]:
     from caffe2tf.verify import oracle
 
     if oracle.caffe_root() is None:
-        raise Caffe2TfError(f"--against caffe needs the Caffe 1.0 root (build it with "
-                            f"scripts/build_caffe_root.sh, or set {oracle.ROOT_ENV})")
+        raise Caffe2TfError(
+            f"--against caffe needs the Caffe 1.0 root (build it with "
+            f"scripts/build_caffe_root.sh, or set {oracle.ROOT_ENV})"
+        )
     text = _without_snapshots(Path(solver).read_text())
-    case = oracle.OracleCase(name="verify", solver_text=text,
-                             net_text=Path(net_file).read_text(), init=dict(init),
-                             grads=list(grads))
+    case = oracle.OracleCase(
+        name="verify",
+        solver_text=text,
+        net_text=Path(net_file).read_text(),
+        init=dict(init),
+        grads=list(grads),
+    )
     try:
         return oracle.run_cases([case])["verify"]
     except oracle.OracleError as err:
         raise Caffe2TfError(str(err)) from err
 
 
-def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool = False,
-                  module_path: Path | None = None, steps: int = 100, seed: int = 0,
-                  tolerance: float = 1e-3, against: str = "reference",
-                  plot_path: Path | None = None) -> VerifyReport:
+def verify_solver(
+    solver: Path,
+    *,
+    net_path: Path | None = None,
+    lenient: bool = False,
+    module_path: Path | None = None,
+    steps: int = 100,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+    against: str = "reference",
+    plot_path: Path | None = None,
+) -> VerifyReport:
     """See the module docstring. Raises :class:`~caffe2tf.errors.Caffe2TfError` for bad input
     (unknown net or shapes, missing module, no Caffe root for ``against="caffe"``)."""
     from caffe2tf.caffe.load import load_recipe
@@ -277,11 +330,11 @@ def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool =
     if plot_path is not None:  # checked now, not after the run
         plot = Path(plot_path)
         if plot.is_dir():
-            raise InputError("is a directory; --plot names the PNG file to write",
-                             SourceLocation(str(plot)))
+            raise InputError(
+                "is a directory; --plot names the PNG file to write", SourceLocation(str(plot))
+            )
         if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
-            raise InputError("--plot: output directory does not exist",
-                             SourceLocation(str(plot)))
+            raise InputError("--plot: output directory does not exist", SourceLocation(str(plot)))
     if not tolerance >= 0:
         raise InputError(f"--tolerance must be >= 0 (got {tolerance})")
     if against not in ("reference", "caffe"):
@@ -292,25 +345,29 @@ def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool =
     rule = lower(recipe)
     net = recipe.net
     if net is None or not net.params:
-        raise InputError("verify needs the train net to know the parameter shapes: give --net "
-                         "NET (or a solver whose net/train_net file exists)"
-                         if net is None else "the train net has no learnable parameters",
-                         SourceLocation(str(solver)))
+        raise InputError(
+            "verify needs the train net to know the parameter shapes: give --net "
+            "NET (or a solver whose net/train_net file exists)"
+            if net is None
+            else "the train net has no learnable parameters",
+            SourceLocation(str(solver)),
+        )
     layers = keras_harness.mirror_layers_from_net(net)
     shapes = {p.key: tuple(int(d) for d in p.shape) for p in net.params}
     iter_size = max(1, int(rule.iter_size))
     init = initial_weights(shapes, seed)
     micro = streams.micro_batches(shapes, steps, seed, iter_size=iter_size)
     micro = frozen_blobs_get_no_gradient(
-        micro, never_written_blobs(net.params, bool(getattr(net.message, "force_backward",
-                                                                False))))
+        micro, never_written_blobs(net.params, bool(getattr(net.message, "force_backward", False)))
+    )
     grads = streams.accumulate(micro, iter_size)
     timings["load"] = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory(prefix="caffe2tf-verify-") as tmp:
         t = time.perf_counter()
-        module, module_label = _load_candidate(Path(solver), net_path, lenient, module_path,
-                                               Path(tmp))
+        module, module_label = _load_candidate(
+            Path(solver), net_path, lenient, module_path, Path(tmp)
+        )
         timings["convert"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -324,22 +381,44 @@ def verify_solver(solver: Path, *, net_path: Path | None = None, lenient: bool =
         t = time.perf_counter()
         backend, device = backend_and_device()
         candidate = keras_harness.run_candidate(
-            module, layers, init, grads, iter_size=iter_size, seed=seed, micro_grads=micro,
-            progress=_progress_printer("keras", steps))
+            module,
+            layers,
+            init,
+            grads,
+            iter_size=iter_size,
+            seed=seed,
+            micro_grads=micro,
+            progress=_progress_printer("keras", steps),
+        )
         timings["keras"] = time.perf_counter() - t
 
-    comparison = compare_trajectories(init, reference, candidate, tolerance=tolerance,
-                                      keys=list(shapes))
+    comparison = compare_trajectories(
+        init, reference, candidate, tolerance=tolerance, keys=list(shapes)
+    )
     written = None
     if plot_path is not None:
         from caffe2tf.verify.plot import plot_deviation
 
-        written = str(plot_deviation(comparison, plot_path,
-                                     title=f"{Path(solver).name}: deviation per update"))
-    return VerifyReport(solver=str(solver), module=module_label, against=against, steps=steps,
-                        seed=seed, iter_size=iter_size, backend=backend, device=device,
-                        comparison=comparison, shapes=shapes, timings=timings,
-                        plot_path=written, notes=mirror_notes(layers))
+        written = str(
+            plot_deviation(
+                comparison, plot_path, title=f"{Path(solver).name}: deviation per update"
+            )
+        )
+    return VerifyReport(
+        solver=str(solver),
+        module=module_label,
+        against=against,
+        steps=steps,
+        seed=seed,
+        iter_size=iter_size,
+        backend=backend,
+        device=device,
+        comparison=comparison,
+        shapes=shapes,
+        timings=timings,
+        plot_path=written,
+        notes=mirror_notes(layers),
+    )
 
 
 # ---- the update-rule matrix through the Keras target (tests, bench, GPU runs) -----------------
@@ -366,9 +445,13 @@ def keras_case_data(case: Any) -> KerasCaseData:
     micro = list(case.micro_grads) if case.micro_grads else list(case.grads)
     micro = frozen_blobs_get_no_gradient(micro, frozen)
     grads = streams.accumulate(micro, iter_size)
-    return KerasCaseData(name=case.name, init={k: np.asarray(v, np.float32)
-                                               for k, v in case.init.items()},
-                         micro=micro, grads=grads, iter_size=iter_size)
+    return KerasCaseData(
+        name=case.name,
+        init={k: np.asarray(v, np.float32) for k, v in case.init.items()},
+        micro=micro,
+        grads=grads,
+        iter_size=iter_size,
+    )
 
 
 def write_case_files(case: Any, directory: Path) -> tuple[Path, Path]:
@@ -387,32 +470,49 @@ def convert_case(case: Any, directory: Path) -> Path:
 
     solver, net = write_case_files(case, directory)
     out = directory / "out"
-    report = convert_solver(solver, net_path=net, lenient=False, layer_map=None, out_dir=out,
-                            allow_approx=False, force=True)
+    report = convert_solver(
+        solver,
+        net_path=net,
+        lenient=False,
+        layer_map=None,
+        out_dir=out,
+        allow_approx=False,
+        force=True,
+    )
     if getattr(report, "exit_code", 0) != 0 or not (out / "optimizer.py").is_file():
         rendered = report.render("table") if hasattr(report, "render") else str(report)
         raise Caffe2TfError(f"convert wrote no optimizer.py for {case.name}:\n{rendered}")
     return out / "optimizer.py"
 
 
-def run_keras_case(case: Any, data: KerasCaseData, candidate: Any, *, route: str = "loop",
-                   jit: bool = True) -> list[dict[str, np.ndarray]]:
+def run_keras_case(
+    case: Any, data: KerasCaseData, candidate: Any, *, route: str = "loop", jit: bool = True
+) -> list[dict[str, np.ndarray]]:
     """Train the mirror of the matrix net (Input + InnerProduct layers) with ``candidate``
     (a module or :class:`~caffe2tf.verify.keras_harness.Candidate`) on ``data``."""
     from caffe2tf.verify import keras_harness
 
     layers = keras_harness.mirror_layers_from_net_text(case.net_text, data.init)
-    return keras_harness.run_candidate(candidate, layers, data.init, data.grads,
-                                       iter_size=data.iter_size, micro_grads=data.micro,
-                                       route=route, jit=jit)
+    return keras_harness.run_candidate(
+        candidate,
+        layers,
+        data.init,
+        data.grads,
+        iter_size=data.iter_size,
+        micro_grads=data.micro,
+        route=route,
+        jit=jit,
+    )
 
 
-def save_trajectories(path: Path, trajectories: Mapping[str, Sequence[Mapping[str, Any]]]
-                      ) -> None:
+def save_trajectories(path: Path, trajectories: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """``{case: [weights after update 1..N]}`` -> one .npz, keys ``"{case}|{t}/{layer}/{i}"``."""
-    arrays = {f"{name}|{t}/{key}": np.asarray(v, np.float32)
-              for name, traj in trajectories.items()
-              for t, ws in enumerate(traj, 1) for key, v in ws.items()}
+    arrays = {
+        f"{name}|{t}/{key}": np.asarray(v, np.float32)
+        for name, traj in trajectories.items()
+        for t, ws in enumerate(traj, 1)
+        for key, v in ws.items()
+    }
     np.savez(path, **arrays)
 
 
@@ -427,10 +527,16 @@ def load_trajectories(path: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     return {name: trajectory_from_flat(flat) for name, flat in by_case.items()}
 
 
-def matrix_deviations(reference: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
-                      workdir: Path, *, names: Sequence[str] | None = None,
-                      route: str = "loop", jit: bool = True, steps: int = 100,
-                      tolerance: float = 1e-3) -> dict[str, dict[str, Any]]:
+def matrix_deviations(
+    reference: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+    workdir: Path,
+    *,
+    names: Sequence[str] | None = None,
+    route: str = "loop",
+    jit: bool = True,
+    steps: int = 100,
+    tolerance: float = 1e-3,
+) -> dict[str, dict[str, Any]]:
     """Convert and run every matrix case (or ``names``) on the active Keras backend and compare
     with ``reference[case]``: ``{case: {deviation, passed, seconds} | {error}}``."""
     from caffe2tf.verify.keras_harness import load_module
@@ -445,14 +551,18 @@ def matrix_deviations(reference: Mapping[str, Sequence[Mapping[str, np.ndarray]]
             data = keras_case_data(case)
             module = load_module(convert_case(case, workdir / case.name))
             traj = run_keras_case(case, data, module, route=route, jit=jit)
-            cmp = compare_trajectories(data.init, reference[case.name], traj,
-                                       tolerance=tolerance)
-            out[case.name] = {"deviation": cmp.deviation, "passed": cmp.passed,
-                              "worst": f"{cmp.worst_key}@{cmp.worst_step}",
-                              "seconds": time.perf_counter() - t}
+            cmp = compare_trajectories(data.init, reference[case.name], traj, tolerance=tolerance)
+            out[case.name] = {
+                "deviation": cmp.deviation,
+                "passed": cmp.passed,
+                "worst": f"{cmp.worst_key}@{cmp.worst_step}",
+                "seconds": time.perf_counter() - t,
+            }
         except Exception as err:  # reported per case; the caller decides
-            out[case.name] = {"error": f"{type(err).__name__}: {err}"[:2000],
-                              "seconds": time.perf_counter() - t}
+            out[case.name] = {
+                "error": f"{type(err).__name__}: {err}"[:2000],
+                "seconds": time.perf_counter() - t,
+            }
     return out
 
 
@@ -472,11 +582,20 @@ def _main(argv: Sequence[str] | None = None) -> int:
     t = time.perf_counter()
     backend, device = backend_and_device()
     with tempfile.TemporaryDirectory(prefix="caffe2tf-matrix-") as tmp:
-        results = matrix_deviations(reference, Path(tmp), names=args.names, route=args.route,
-                                    jit=not args.no_jit)
-    args.out.write_text(json.dumps({"backend": backend, "device": device,
-                                    "seconds": time.perf_counter() - t, "cases": results},
-                                   indent=1))
+        results = matrix_deviations(
+            reference, Path(tmp), names=args.names, route=args.route, jit=not args.no_jit
+        )
+    args.out.write_text(
+        json.dumps(
+            {
+                "backend": backend,
+                "device": device,
+                "seconds": time.perf_counter() - t,
+                "cases": results,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -70,10 +70,17 @@ def spike_steps(steps: int, seed: int, spikes: float = DEFAULT_SPIKES) -> np.nda
     return spiked
 
 
-def micro_batches(shapes: Shapes, steps: int, seed: int, *, iter_size: int = 1,
-                  scale: float = DEFAULT_SCALE, spikes: float = DEFAULT_SPIKES,
-                  spike_factor: float = DEFAULT_SPIKE_FACTOR,
-                  dead: float = DEFAULT_DEAD) -> list[Grads]:
+def micro_batches(
+    shapes: Shapes,
+    steps: int,
+    seed: int,
+    *,
+    iter_size: int = 1,
+    scale: float = DEFAULT_SCALE,
+    spikes: float = DEFAULT_SPIKES,
+    spike_factor: float = DEFAULT_SPIKE_FACTOR,
+    dead: float = DEFAULT_DEAD,
+) -> list[Grads]:
     """Per-pass gradients: ``steps * iter_size`` dicts; passes ``k*S .. k*S+S-1`` make update k.
 
     Element e at pass j: ``drift_e + scale * N(0, 1)`` with ``drift_e ~ N(0, (scale/2)^2)``
@@ -85,8 +92,7 @@ def micro_batches(shapes: Shapes, steps: int, seed: int, *, iter_size: int = 1,
     masks = dead_mask(shapes, seed, dead)
     spiked = spike_steps(steps, seed, spikes)
     drift_rng = _rng(seed, "drift")
-    drift = {key: np.array(drift_rng.normal(0.0, scale / 2, tuple(shapes[key])))
-             for key in keys}
+    drift = {key: np.array(drift_rng.normal(0.0, scale / 2, tuple(shapes[key]))) for key in keys}
     noise_rng = _rng(seed, "noise")
     out: list[Grads] = []
     for k in range(steps):
@@ -94,8 +100,9 @@ def micro_batches(shapes: Shapes, steps: int, seed: int, *, iter_size: int = 1,
         for _ in range(iter_size):
             g = {}
             for key in keys:
-                value = np.array((drift[key] + noise_rng.normal(0.0, scale, drift[key].shape))
-                                 * factor)
+                value = np.array(
+                    (drift[key] + noise_rng.normal(0.0, scale, drift[key].shape)) * factor
+                )
                 value[masks[key]] = 0.0
                 g[key] = value.astype(np.float32)
             out.append(g)
@@ -109,30 +116,47 @@ def accumulate(micro: Sequence[Mapping[str, np.ndarray]], iter_size: int) -> lis
         raise ValueError(f"{len(micro)} passes do not split into groups of {iter_size}")
     out: list[Grads] = []
     for start in range(0, len(micro), iter_size):
-        group = micro[start:start + iter_size]
-        total = {key: np.zeros_like(np.asarray(v, dtype=np.float32))
-                 for key, v in group[0].items()}
+        group = micro[start : start + iter_size]
+        total = {key: np.zeros_like(np.asarray(v, dtype=np.float32)) for key, v in group[0].items()}
         for g in group:
             for key in total:
-                total[key] = (total[key] + np.asarray(g[key], dtype=np.float32)).astype(
-                    np.float32)
+                total[key] = (total[key] + np.asarray(g[key], dtype=np.float32)).astype(np.float32)
         out.append(total)
     return out
 
 
-def gradient_stream(shapes: Shapes, steps: int, seed: int, *, iter_size: int = 1,
-                    scale: float = DEFAULT_SCALE, spikes: float = DEFAULT_SPIKES,
-                    spike_factor: float = DEFAULT_SPIKE_FACTOR,
-                    dead: float = DEFAULT_DEAD) -> list[Grads]:
+def gradient_stream(
+    shapes: Shapes,
+    steps: int,
+    seed: int,
+    *,
+    iter_size: int = 1,
+    scale: float = DEFAULT_SCALE,
+    spikes: float = DEFAULT_SPIKES,
+    spike_factor: float = DEFAULT_SPIKE_FACTOR,
+    dead: float = DEFAULT_DEAD,
+) -> list[Grads]:
     """What Caffe's diff holds at each of ``steps`` updates (see :func:`micro_batches`; for
     ``iter_size > 1`` the float32 sum of its passes)."""
-    micro = micro_batches(shapes, steps, seed, iter_size=iter_size, scale=scale, spikes=spikes,
-                          spike_factor=spike_factor, dead=dead)
+    micro = micro_batches(
+        shapes,
+        steps,
+        seed,
+        iter_size=iter_size,
+        scale=scale,
+        spikes=spikes,
+        spike_factor=spike_factor,
+        dead=dead,
+    )
     return accumulate(micro, iter_size)
 
 
 def global_norms(grads: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
     """Global L2 norm of each update's gradients (float64), as Caffe's clip computes it
     (``sgd_solver.cpp:87-106``: sqrt of the sum over all learnable blobs of sum of squares)."""
-    return np.array([np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64)))
-                                 for v in g.values())) for g in grads])
+    return np.array(
+        [
+            np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in g.values()))
+            for g in grads
+        ]
+    )

@@ -87,8 +87,9 @@ def _table_schedule(table: np.ndarray, iter_size: int) -> Any:
 
         def __call__(self, step: Any) -> Any:
             ops = keras.ops
-            idx = ops.minimum(ops.floor_divide(ops.cast(step, "int32"), iter_size),
-                              len(self.table) - 1)
+            idx = ops.minimum(
+                ops.floor_divide(ops.cast(step, "int32"), iter_size), len(self.table) - 1
+            )
             return ops.take(ops.convert_to_tensor(self.table), idx)
 
         def get_config(self) -> dict:
@@ -105,21 +106,31 @@ def _keras_optimizer(rule: UpdateRule, learning_rate: Any, **kwargs: Any) -> Any
     opt = keras.optimizers
     if rule.iter_size > 1:
         kwargs.setdefault("gradient_accumulation_steps", rule.iter_size)
-    s = rule.step(Momentum) or rule.step(Adam) or rule.step(AdaDelta) or rule.step(
-        RMSProp) or rule.step(AdaGrad)
+    s = (
+        rule.step(Momentum)
+        or rule.step(Adam)
+        or rule.step(AdaDelta)
+        or rule.step(RMSProp)
+        or rule.step(AdaGrad)
+    )
     if isinstance(s, Momentum):
         return opt.SGD(learning_rate, momentum=float(s.momentum), nesterov=s.nesterov, **kwargs)
     if isinstance(s, Adam):
-        return opt.Adam(learning_rate, beta_1=float(s.beta1), beta_2=float(s.beta2),
-                        epsilon=float(s.delta), **kwargs)
+        return opt.Adam(
+            learning_rate,
+            beta_1=float(s.beta1),
+            beta_2=float(s.beta2),
+            epsilon=float(s.delta),
+            **kwargs,
+        )
     if isinstance(s, AdaDelta):
         return opt.Adadelta(learning_rate, rho=float(s.rho), epsilon=float(s.delta), **kwargs)
     if isinstance(s, RMSProp):
-        return opt.RMSprop(learning_rate, rho=float(s.rms_decay), epsilon=float(s.delta),
-                           **kwargs)
+        return opt.RMSprop(learning_rate, rho=float(s.rms_decay), epsilon=float(s.delta), **kwargs)
     if isinstance(s, AdaGrad):
-        return opt.Adagrad(learning_rate, initial_accumulator_value=0.0,
-                           epsilon=float(s.delta), **kwargs)
+        return opt.Adagrad(
+            learning_rate, initial_accumulator_value=0.0, epsilon=float(s.delta), **kwargs
+        )
     return opt.SGD(learning_rate, **kwargs)
 
 
@@ -137,9 +148,11 @@ def _correct_regularizers(rule: UpdateRule) -> Callable[[Any], Any]:
             dm = mults.get(key, rule.default_group.decay_mult)
             if dm == 0:
                 continue
-            var.regularizer = (keras.regularizers.L2(decay.weight_decay * dm / 2)
-                               if decay.kind == "L2"
-                               else keras.regularizers.L1(decay.weight_decay * dm))
+            var.regularizer = (
+                keras.regularizers.L2(decay.weight_decay * dm / 2)
+                if decay.kind == "L2"
+                else keras.regularizers.L1(decay.weight_decay * dm)
+            )
         return model
 
     return prepare
@@ -154,33 +167,40 @@ def build_port(port: str, rule: UpdateRule, updates: int) -> Candidate:
     wd = decay.weight_decay if decay is not None else 0.0
 
     if port == "kernel_l2":
+
         def prepare(model: Any) -> Any:
             for var in model.trainable_variables:
                 if var.name == "kernel" and wd > 0:
                     var.regularizer = keras.regularizers.L2(wd)
             return model
 
-        return Candidate(port, lambda: _keras_optimizer(
-            rule, _table_schedule(table, rule.iter_size)), prepare)
+        return Candidate(
+            port, lambda: _keras_optimizer(rule, _table_schedule(table, rule.iter_size)), prepare
+        )
     if port == "decoupled_wd":
-        return Candidate(port, lambda: _keras_optimizer(
-            rule, _table_schedule(table, rule.iter_size), weight_decay=wd or None),
-            lambda m: m)
+        return Candidate(
+            port,
+            lambda: _keras_optimizer(
+                rule, _table_schedule(table, rule.iter_size), weight_decay=wd or None
+            ),
+            lambda m: m,
+        )
     if port in ("keras_defaults", "keras_lr_only"):
+
         def build() -> Any:
             kwargs: dict[str, Any] = {}
             if rule.iter_size > 1:
                 kwargs["gradient_accumulation_steps"] = rule.iter_size
             if port == "keras_lr_only":
                 kwargs["learning_rate"] = float(table[0])
-            cls = keras.optimizers.RMSprop if rule.solver == "RMSProp" else (
-                keras.optimizers.Adagrad)
+            cls = (
+                keras.optimizers.RMSprop if rule.solver == "RMSProp" else (keras.optimizers.Adagrad)
+            )
             return cls(**kwargs)
 
         return Candidate(port, build, _correct_regularizers(rule))
     raise ValueError(f"unknown port {port!r}; known: {', '.join(PORTS)}")
 
 
-def ports_for(rule: UpdateRule, updates: int, ports: Sequence[str] = PORTS
-              ) -> list[Candidate]:
+def ports_for(rule: UpdateRule, updates: int, ports: Sequence[str] = PORTS) -> list[Candidate]:
     return [build_port(p, rule, updates) for p in ports if applies(p, rule)]

@@ -25,8 +25,11 @@ def _schedule(spec: Mapping[str, Any], lr_mult: float = 1.0) -> Any:
     cls = spec["class"]
     args = dict(spec.get("args") or {})
     if cls == "constant":
-        return float(args["learning_rate"]) * lr_mult if lr_mult != 1.0 else \
-            float(args["learning_rate"])
+        return (
+            float(args["learning_rate"]) * lr_mult
+            if lr_mult != 1.0
+            else float(args["learning_rate"])
+        )
     if cls == "CaffeSchedule":
         if lr_mult != 1.0:
             args["lr_mult"] = float(args.get("lr_mult", 1.0)) * lr_mult
@@ -61,7 +64,8 @@ def build_from_config(config: Mapping[str, Any]) -> Any:
         }
         default = config["default_variable"]
         return runtime.CaffeOptimizer(
-            learning_rate=_schedule(sched_spec), multipliers=multipliers,
+            learning_rate=_schedule(sched_spec),
+            multipliers=multipliers,
             default_multipliers=(float(default["lr_mult"]), float(default["decay_mult"])),
             **args,
         )

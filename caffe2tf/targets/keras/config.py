@@ -29,8 +29,11 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        loc = SourceLocation(str(path), mark.line + 1, mark.column + 1) if mark else \
-            SourceLocation(str(path))
+        loc = (
+            SourceLocation(str(path), mark.line + 1, mark.column + 1)
+            if mark
+            else SourceLocation(str(path))
+        )
         raise InputError(f"not valid YAML: {err}", loc) from None
     if not isinstance(data, dict):
         raise InputError("a train_config must be a YAML mapping", SourceLocation(str(path)))
@@ -38,8 +41,10 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
     if missing:
         raise InputError(f"train_config lacks {', '.join(missing)}", SourceLocation(str(path)))
     if data["format"] != FORMAT:
-        raise InputError(f"unknown train_config format {data['format']!r} (expected {FORMAT})",
-                         SourceLocation(str(path)))
+        raise InputError(
+            f"unknown train_config format {data['format']!r} (expected {FORMAT})",
+            SourceLocation(str(path)),
+        )
     if data["route"] not in ("builtin", "multi", "custom"):
         raise InputError(f"unknown route {data['route']!r}", SourceLocation(str(path)))
     return data

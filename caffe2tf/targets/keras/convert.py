@@ -48,8 +48,9 @@ class ConvertReport:
             "route": self.route,
             # Exact only when no note says otherwise: --allow-approx lets an approximate
             # translation be written, it does not make it exact.
-            "exact": not any(n.exactness in (Exactness.APPROX, Exactness.UNSUPPORTED)
-                             for n in self.notes),
+            "exact": not any(
+                n.exactness in (Exactness.APPROX, Exactness.UNSUPPORTED) for n in self.notes
+            ),
             "blocked": self.blocked or None,
             "exit_code": self.exit_code,
             "notes": [n.to_dict() for n in self.notes],
@@ -88,19 +89,22 @@ def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
     except OSError as err:
         raise InputError(f"cannot read layer map: {err.strerror or err}", loc) from None
     except UnicodeDecodeError as err:
-        line = err.object[:err.start].count(b"\n") + 1
+        line = err.object[: err.start].count(b"\n") + 1
         col = err.start - (err.object.rfind(b"\n", 0, err.start) + 1) + 1
-        raise InputError(f"layer map is not UTF-8 text (byte 0x{err.object[err.start]:02x})",
-                         SourceLocation(p, line, col)) from None
+        raise InputError(
+            f"layer map is not UTF-8 text (byte 0x{err.object[err.start]:02x})",
+            SourceLocation(p, line, col),
+        ) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise InputError(f"layer map is not valid YAML: {problem}",
-                         SourceLocation(p, mark.line + 1 if mark else None,
-                                        mark.column + 1 if mark else None)) from None
+        raise InputError(
+            f"layer map is not valid YAML: {problem}",
+            SourceLocation(p, mark.line + 1 if mark else None, mark.column + 1 if mark else None),
+        ) from None
     if data is None:
         return {}
 
@@ -120,8 +124,9 @@ def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
         if not isinstance(k, str):
             raise InputError(f"layer map key {k!r} must be a layer name (a string)", at(knode))
         if not isinstance(v, str) or not v:
-            raise InputError(f"layer map entry {k!r}: {v!r} must map a name to a name",
-                             at(vnode or knode))
+            raise InputError(
+                f"layer map entry {k!r}: {v!r} must map a name to a name", at(vnode or knode)
+            )
         if "/" in v:
             raise InputError(f"Keras layer names cannot contain '/': {v!r}", at(vnode))
         out[k] = v
@@ -143,9 +148,13 @@ def _blocking(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:
     return tuple(out)
 
 
-def make_plan(solver: str | os.PathLike[str], *, net_path: str | os.PathLike[str] | None = None,
-              lenient: bool = False, layer_map: Mapping[str, str] | None = None
-              ) -> tuple[KerasPlan, tuple[Note, ...]]:
+def make_plan(
+    solver: str | os.PathLike[str],
+    *,
+    net_path: str | os.PathLike[str] | None = None,
+    lenient: bool = False,
+    layer_map: Mapping[str, str] | None = None,
+) -> tuple[KerasPlan, tuple[Note, ...]]:
     """The plan for a solver file and all notes (front end, lowering, plan)."""
     from caffe2tf.caffe.load import load_recipe
     from caffe2tf.rule.lower import lower
@@ -157,24 +166,35 @@ def make_plan(solver: str | os.PathLike[str], *, net_path: str | os.PathLike[str
         known = {layer.name for layer in recipe.net.layers}
         unknown = sorted(set(layer_map) - known)
         if unknown:
-            raise InputError("layer map names layers the train net does not have: "
-                             + ", ".join(repr(u) for u in unknown))
+            raise InputError(
+                "layer map names layers the train net does not have: "
+                + ", ".join(repr(u) for u in unknown)
+            )
     source = {"solver": os.fspath(solver)}
     if recipe.solver.net_path:
         source["net"] = recipe.solver.net_path
     p = plan(rule, layer_map=layer_map, net=recipe.net, source=source)
     seen: set[Note] = set()
     notes: list[Note] = []
-    for n in (*recipe.solver.notes, *(recipe.net.notes if recipe.net else ()), *recipe.notes,
-              *rule.notes, *p.notes):
+    for n in (
+        *recipe.solver.notes,
+        *(recipe.net.notes if recipe.net else ()),
+        *recipe.notes,
+        *rule.notes,
+        *p.notes,
+    ):
         if n not in seen:
             seen.add(n)
             notes.append(n)
     return p, tuple(notes)
 
 
-def check_out_dir(out_dir: str | os.PathLike[str], *, force: bool,
-                  inputs: tuple[str | os.PathLike[str] | None, ...] = ()) -> None:
+def check_out_dir(
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool,
+    inputs: tuple[str | os.PathLike[str] | None, ...] = (),
+) -> None:
     """Refuse an OUT that cannot be replaced safely, before any work is done: one that exists
     without ``--force``, one that is not a directory, and (even with ``--force``) the working
     directory, one of its ancestors, or a folder holding one of the ``inputs`` -- replacing
@@ -193,8 +213,11 @@ def check_out_dir(out_dir: str | os.PathLike[str], *, force: bool,
     except OSError as err:
         raise InputError(f"cannot resolve path: {err.strerror or err}", where) from None
     if real == cwd or real in cwd.parents:
-        raise InputError("is the working directory or one of its parents; --force would "
-                         "delete it: give a new folder", where)
+        raise InputError(
+            "is the working directory or one of its parents; --force would "
+            "delete it: give a new folder",
+            where,
+        )
     if real.parent == real:
         raise InputError("is a filesystem root; give a new folder", where)
     for p in inputs:
@@ -205,8 +228,9 @@ def check_out_dir(out_dir: str | os.PathLike[str], *, force: bool,
         except OSError:
             continue
         if real in inp.parents:
-            raise InputError(f"holds the input {os.fspath(p)}; --force would delete it: give "
-                             "a new folder", where)
+            raise InputError(
+                f"holds the input {os.fspath(p)}; --force would delete it: give a new folder", where
+            )
 
 
 def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> None:
@@ -235,8 +259,7 @@ def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> No
         os.rename(tmp, out_dir)
         replaced = True
     except OSError as err:
-        raise InputError(f"cannot write the output folder: {err.strerror or err}",
-                         where) from None
+        raise InputError(f"cannot write the output folder: {err.strerror or err}", where) from None
     finally:
         if moved_aside and not replaced and backup is not None:
             try:
@@ -251,26 +274,48 @@ def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> No
             shutil.rmtree(backup, ignore_errors=True)
 
 
-def convert_solver(solver: str | os.PathLike[str], *,
-                   net_path: str | os.PathLike[str] | None = None, lenient: bool = False,
-                   layer_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
-                   out_dir: str | os.PathLike[str], allow_approx: bool = False,
-                   force: bool = False) -> ConvertReport:
+def convert_solver(
+    solver: str | os.PathLike[str],
+    *,
+    net_path: str | os.PathLike[str] | None = None,
+    lenient: bool = False,
+    layer_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
+    out_dir: str | os.PathLike[str],
+    allow_approx: bool = False,
+    force: bool = False,
+) -> ConvertReport:
     """Convert ``solver`` and write OUT/train_config.yaml and OUT/optimizer.py (see module)."""
-    check_out_dir(out_dir, force=force, inputs=(
-        solver, net_path, None if isinstance(layer_map, Mapping) else layer_map))
+    check_out_dir(
+        out_dir,
+        force=force,
+        inputs=(solver, net_path, None if isinstance(layer_map, Mapping) else layer_map),
+    )
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
     p, notes = make_plan(solver, net_path=net_path, lenient=lenient, layer_map=mapping)
     out = Path(out_dir)
     blocking = _blocking(notes, allow_approx)
     if blocking:
-        why = ("the recipe uses something caffe2tf cannot translate"
-               if any(n.exactness is Exactness.UNSUPPORTED or n.severity is Severity.ERROR
-                      for n in blocking)
-               else "the translation would not be exact (pass --allow-approx to accept it)")
-        return ConvertReport(out_dir=os.fspath(out), notes=notes, blocked=why, route=p.route,
-                             exit_code=EXIT_INVALID, blocking=blocking)
+        why = (
+            "the recipe uses something caffe2tf cannot translate"
+            if any(
+                n.exactness is Exactness.UNSUPPORTED or n.severity is Severity.ERROR
+                for n in blocking
+            )
+            else "the translation would not be exact (pass --allow-approx to accept it)"
+        )
+        return ConvertReport(
+            out_dir=os.fspath(out),
+            notes=notes,
+            blocked=why,
+            route=p.route,
+            exit_code=EXIT_INVALID,
+            blocking=blocking,
+        )
     files = {"train_config.yaml": render_yaml(p), "optimizer.py": render_python(p)}
     write_outputs(files, out, force=force)
-    return ConvertReport(out_dir=os.fspath(out), notes=notes,
-                         written=tuple(os.fspath(out / n) for n in files), route=p.route)
+    return ConvertReport(
+        out_dir=os.fspath(out),
+        notes=notes,
+        written=tuple(os.fspath(out / n) for n in files),
+        route=p.route,
+    )

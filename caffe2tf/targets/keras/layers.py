@@ -40,8 +40,10 @@ KERAS_LAYERS_OF_TYPE: dict[str, str] = {
     "PReLU": "PReLU (alpha)",
     "Parameter": "a one-weight layer whose variable is named like the layer",
 }
-SUPPORTED_LAYER_TYPES = frozenset(KERAS_LAYERS_OF_TYPE) | {"DepthwiseConvolution",
-                                                          "ConvolutionDepthwise"}
+SUPPORTED_LAYER_TYPES = frozenset(KERAS_LAYERS_OF_TYPE) | {
+    "DepthwiseConvolution",
+    "ConvolutionDepthwise",
+}
 
 
 def scale_pairs(net: NetSpec | None) -> dict[str, str]:
@@ -61,8 +63,9 @@ def scale_pairs(net: NetSpec | None) -> dict[str, str]:
     return pairs
 
 
-def keras_layer_name(caffe_layer: str, layer_map: Mapping[str, str],
-                     pairs: Mapping[str, str]) -> str:
+def keras_layer_name(
+    caffe_layer: str, layer_map: Mapping[str, str], pairs: Mapping[str, str]
+) -> str:
     """The Keras layer that holds ``caffe_layer``'s blobs (see the module docstring)."""
     if caffe_layer in layer_map:
         return layer_map[caffe_layer]

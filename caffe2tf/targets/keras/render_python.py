@@ -103,8 +103,9 @@ def _wrap_words(text: str, width: int, indent: str = "") -> list[str]:
     return lines
 
 
-def _call_lines(head: str, args: list[tuple[str, str, str]], indent: str,
-                tail: str = ")") -> list[str]:
+def _call_lines(
+    head: str, args: list[tuple[str, str, str]], indent: str, tail: str = ")"
+) -> list[str]:
     """``head(`` then one ``name=value,  # source`` line per argument, then ``tail``."""
     lines = [f"{indent}{head}("]
     for name, value, source in args:
@@ -146,7 +147,7 @@ def _schedule_lines(spec: CallSpec) -> list[str]:
     return _call_lines(f"return keras.optimizers.schedules.{spec.cls}", args, ind)
 
 
-USAGE = '''
+USAGE = """
 Use it with ``fit``::
 
     import optimizer as caffe_solver
@@ -169,7 +170,7 @@ per Caffe forward/backward pass (one micro-batch when iter_size > 1)::
 A custom loop must differentiate ``loss + sum(model.losses)``: ``model.losses`` holds the
 regularizers that ``prepare_model`` attaches (Caffe's weight decay on the regularizer
 route), and ``fit`` adds them by itself. Without them the decay is silently lost.
-'''
+"""
 
 
 def render_python(p: KerasPlan) -> str:
@@ -223,20 +224,35 @@ def render_python(p: KerasPlan) -> str:
     if not p.blobs:
         out[-1] += "]"
     for b in p.blobs:
-        reg = "None" if b.regularizer is None else \
-            f"({literal(b.regularizer[0])}, {_value(b.regularizer[1])})"
-        items = [literal(b.keras_layer), str(b.blob), _value(b.lr_mult), _value(b.decay_mult),
-                 _value(b.trainable), reg, literal(b.caffe_layer)]
+        reg = (
+            "None"
+            if b.regularizer is None
+            else f"({literal(b.regularizer[0])}, {_value(b.regularizer[1])})"
+        )
+        items = [
+            literal(b.keras_layer),
+            str(b.blob),
+            _value(b.lr_mult),
+            _value(b.decay_mult),
+            _value(b.trainable),
+            reg,
+            literal(b.caffe_layer),
+        ]
         out += _row(items, "    ")
     if p.blobs:
         out.append("]")
     d = p.default_blob
-    dreg = "None" if d.regularizer is None else \
-        f"({literal(d.regularizer[0])}, {_value(d.regularizer[1])})"
+    dreg = (
+        "None"
+        if d.regularizer is None
+        else f"({literal(d.regularizer[0])}, {_value(d.regularizer[1])})"
+    )
     out.append("# Variables of no listed blob (every variable when the net is unknown):")
     out.append("# lr_mult, decay_mult, trainable, regularizer.")
-    out.append(f"DEFAULT_BLOB: tuple[float, float, bool, Any] = ({_value(d.lr_mult)}, "
-               f"{_value(d.decay_mult)}, {_value(d.trainable)}, {dreg})")
+    out.append(
+        f"DEFAULT_BLOB: tuple[float, float, bool, Any] = ({_value(d.lr_mult)}, "
+        f"{_value(d.decay_mult)}, {_value(d.trainable)}, {dreg})"
+    )
     if len(out[-1]) > LINE:
         last = out.pop()
         out.append("DEFAULT_BLOB: tuple[float, float, bool, Any] = (")
@@ -257,14 +273,19 @@ def render_python(p: KerasPlan) -> str:
     out.append('    """A fresh optimizer; one apply_gradients per Caffe forward/backward."""')
     opt_args = [(a.name, _value(a.value), a.source) for a in p.optimizer.args]
     if p.route == "builtin":
-        out += _call_lines(f"return keras.optimizers.{p.optimizer.cls}",
-                           [("learning_rate", "build_schedule()", "")] + opt_args, "    ")
+        out += _call_lines(
+            f"return keras.optimizers.{p.optimizer.cls}",
+            [("learning_rate", "build_schedule()", "")] + opt_args,
+            "    ",
+        )
     elif p.route == "multi":
         out.append("")
         out.append("    def sub_optimizer(lr_mult: float) -> keras.optimizers.Optimizer:")
-        out += _call_lines(f"return keras.optimizers.{p.optimizer.cls}",
-                           [("learning_rate", "build_schedule(lr_mult)", "")] + opt_args,
-                           "        ")
+        out += _call_lines(
+            f"return keras.optimizers.{p.optimizer.cls}",
+            [("learning_rate", "build_schedule(lr_mult)", "")] + opt_args,
+            "        ",
+        )
         out.append("")
         out.append("    by_lr_mult = {1.0: sub_optimizer(1.0)}")
         out.append("    routes = {}")
@@ -275,18 +296,22 @@ def render_python(p: KerasPlan) -> str:
         out.append("            routes[path_pattern(layer, blob)] = by_lr_mult[lr_mult]")
         out.append("    default = by_lr_mult[1.0]")
         out.append("    return keras.optimizers.MultiOptimizer(")
-        out.append("        keras.optimizers.OptimizerMap("
-                   "default_optimizer=default, optimizer_map=routes)")
+        out.append(
+            "        keras.optimizers.OptimizerMap(default_optimizer=default, optimizer_map=routes)"
+        )
         out.append("    )")
     else:
         out.append("    multipliers = {")
-        out.append("        f\"{layer}/{blob}\": (lr_mult, decay_mult)")
+        out.append('        f"{layer}/{blob}": (lr_mult, decay_mult)')
         out.append("        for layer, blob, lr_mult, decay_mult, _, _, _ in CAFFE_BLOBS")
         out.append("    }")
-        out += _call_lines("return CaffeOptimizer",
-                           [("learning_rate", "build_schedule()", "")] + opt_args
-                           + [("multipliers", "multipliers", ""),
-                              ("default_multipliers", "DEFAULT_BLOB[:2]", "")], "    ")
+        out += _call_lines(
+            "return CaffeOptimizer",
+            [("learning_rate", "build_schedule()", "")]
+            + opt_args
+            + [("multipliers", "multipliers", ""), ("default_multipliers", "DEFAULT_BLOB[:2]", "")],
+            "    ",
+        )
     out += ["", ""]
 
     # ---- prepare_model

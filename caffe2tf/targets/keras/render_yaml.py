@@ -67,8 +67,9 @@ def plan_to_config(p: KerasPlan) -> dict[str, Any]:
         "optimizer": _call(p.optimizer),
         "schedule": _call(p.schedule),
         "lr_mults": list(p.lr_mults),
-        "clipping": None if p.clip_gradients < 0 else {
-            "global_norm": p.clip_gradients, "of": "raw gradient sum", "where": "optimizer"},
+        "clipping": None
+        if p.clip_gradients < 0
+        else {"global_norm": p.clip_gradients, "of": "raw gradient sum", "where": "optimizer"},
         "weight_decay": {
             "type": p.decay_kind,
             "weight_decay": p.weight_decay,
@@ -77,8 +78,11 @@ def plan_to_config(p: KerasPlan) -> dict[str, Any]:
         "variables": [_blob(b) for b in p.blobs],
         "default_variable": default,
         "notes": [
-            {"code": n.code, "exactness": n.exactness.value if n.exactness else None,
-             "message": n.message}
+            {
+                "code": n.code,
+                "exactness": n.exactness.value if n.exactness else None,
+                "message": n.message,
+            }
             for n in p.notes
         ],
     }
@@ -92,6 +96,7 @@ def render_yaml(p: KerasPlan) -> str:
         "#   caffe2tf.targets.keras.load_optimizer(path) and\n"
         "#   caffe2tf.targets.keras.prepare_model(model, path).\n"
     )
-    body = yaml.safe_dump(plan_to_config(p), sort_keys=False, allow_unicode=False,
-                          default_flow_style=False, width=100)
+    body = yaml.safe_dump(
+        plan_to_config(p), sort_keys=False, allow_unicode=False, default_flow_style=False, width=100
+    )
     return header + body

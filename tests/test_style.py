@@ -9,12 +9,9 @@
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from conftest import need
 

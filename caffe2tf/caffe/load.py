@@ -39,18 +39,25 @@ def _pb() -> Any:
     return caffe_pb2
 
 
-_EMPTY_RE = None
+_BLANK_CHARS = " \t\r\v\f"  # the tokenizer's whitespace, less the newline
 
 
 def _is_blank(text: str) -> bool:
-    """True when the text holds nothing but whitespace and ``#`` comments."""
-    global _EMPTY_RE
-    if _EMPTY_RE is None:
-        import re
+    """True when the text holds nothing but whitespace and ``#`` comments.
 
-        # unrolled (no nested quantifier): linear even when it fails late
-        _EMPTY_RE = re.compile(r"[ \t\n\r\v\f]*(?:#[^\n]*[ \t\n\r\v\f]*)*\Z")
-    return _EMPTY_RE.match(text) is not None
+    A plain scan, one line at a time, stopping at the first line with content: linear in the
+    text whatever it holds (a regular expression with a repeated comment group backtracked
+    exponentially on a line of many ``#``)."""
+    pos, n = 0, len(text)
+    while pos < n:
+        end = text.find("\n", pos)
+        if end == -1:
+            end = n
+        line = text[pos:end].lstrip(_BLANK_CHARS)
+        if line and line[0] != "#":
+            return False
+        pos = end + 1
+    return True
 
 
 def parse_solver_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:

@@ -178,9 +178,12 @@ def read_source(path: str | os.PathLike[str]) -> str:
 # One match per token: (whitespace and comments before it, then exactly one of) identifier,
 # symbol, string, number, unterminated quote, end of text, any other character. Tokens never
 # span a line, so the text is tokenized a block of whole lines at a time with ``findall``.
+# Every part splits its input one way only (a comment runs to the end of its line: the
+# lookahead), so a failed attempt cannot backtrack through the many ways of cutting a line of
+# ``#`` into comments; and one of the alternatives always matches anyway.
 _TOKEN_RE = re.compile(
     r"""
-    ([ \t\n\r\v\f]*(?:\#[^\n]*[ \t\n\r\v\f]*)*)
+    ([ \t\n\r\v\f]*(?:\#[^\n]*(?![^\n])[ \t\n\r\v\f]*)*)
     (?:
       ([A-Za-z_][A-Za-z0-9_]*)
     | ([{}<>\[\]:;,\-])
@@ -203,6 +206,10 @@ _FLOAT_RE = re.compile(
     r"(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
     r"|[0-9]+[eE][-+]?[0-9]+|[0-9]+(?=[fF]))[fF]?\Z"
 )
+
+# a number whose exponent has no digits ("1e", "2.5E+"); one way to split the digits only
+# (``[0-9]+\.?[0-9]*`` was quadratic on a long run of digits followed by a letter)
+_BARE_EXP_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?\Z")
 
 # token kinds
 _T_IDENT, _T_INT, _T_FLOAT, _T_STR, _T_SYM, _T_EOF = range(6)
@@ -332,7 +339,7 @@ class _Lexer:
             if len(text) > 1 and text[0] == "0" and text[1].isdigit():
                 return _Tok(_T_ERR, "hex and octal numbers must be integers", pos)
             return _Tok(_T_FLOAT, text, pos)
-        if re.match(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?\Z", text):
+        if _BARE_EXP_RE.match(text):
             return _Tok(_T_ERR, '"e" must be followed by an exponent', pos)
         exp = text.lower().find("e")
         if text.count(".") > 1 or (exp != -1 and "." in text[exp:]):

@@ -132,7 +132,7 @@ def inspect(file: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
 
     FILE may be a solver or a net prototxt (decided by content).
     """
-    from caffe2tf.caffe.inspect import inspect_file
+    from caffe2tf.app.inspect import inspect_file
 
     report = inspect_file(file, net_path=net_path, lenient=lenient)
     click.echo(report.render(fmt))
@@ -147,7 +147,7 @@ def inspect(file: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
 @_user_errors_exit_2
 def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
     """Explain Caffe's update rule for SOLVER step by step, with the numbers filled in."""
-    from caffe2tf.rule.explain import explain_recipe
+    from caffe2tf.app.explain import explain_recipe
 
     click.echo(explain_recipe(solver, net_path=net_path, lenient=lenient, fmt=fmt))
     return EXIT_OK

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from caffe2tf.app.explain import explain_recipe
 from caffe2tf.cli import cli
-from caffe2tf.rule.explain import explain_recipe
 
 NET = """name: "n"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }
@@ -124,7 +124,7 @@ def test_cli_explain_and_no_tensorflow(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["solver"] == "Adam"
     code = (
-        "import sys; from caffe2tf.rule.explain import explain_recipe; "
+        "import sys; from caffe2tf.app.explain import explain_recipe; "
         "explain_recipe('solver.prototxt'); "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'jax')]; "
         "assert not bad, bad"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from caffe2tf.caffe.inspect import first_rate, inspect_file
+from caffe2tf.app.inspect import first_rate, inspect_file
 from caffe2tf.caffe.load import load_solver, sniff_kind
 from caffe2tf.errors import InputError
 
@@ -96,12 +96,14 @@ def test_non_finite_values_are_valid_json(tmp_path: Path) -> None:
         'layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } }\n'
     )
     solver = tmp_path / "s.prototxt"
+    # fields the rule does not read may be non-finite (a rule that reads one is refused, see
+    # docs/nonfinite.md)
     solver.write_text(
-        f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "exp"\ngamma: 1e40\nbase_lr: inf\n'
+        f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\ngamma: 1e40\ndelta: -inf\n'
     )
     data = json.loads(inspect_file(solver).render("json"))
     fields = {f["name"]: f for f in data["solver"]["fields"]}
-    assert fields["gamma"]["value"] == "inf" and fields["base_lr"]["value"] == "inf"
+    assert fields["gamma"]["value"] == "inf" and fields["delta"]["value"] == "-inf"
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,7 @@ def test_never_imports_tensorflow() -> None:
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from caffe2tf.cli import cli\n"
-        "from caffe2tf.caffe.inspect import inspect_file\n"
+        "from caffe2tf.app.inspect import inspect_file\n"
         "r = inspect_file('fixtures/lenet/solver.prototxt')\n"
         "r.render('table'); r.render('json')\n"
         "res = CliRunner().invoke(cli, ['inspect', 'fixtures/lenet/solver.prototxt'])\n"

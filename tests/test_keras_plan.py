@@ -13,7 +13,7 @@ from conftest import require
 from caffe2tf.notes import Exactness
 from caffe2tf.rule.model import LrSchedule
 from caffe2tf.rule.schedules import lr_sequence
-from caffe2tf.targets.keras.plan import effective_stepvalues
+from caffe2tf.targets.keras.schedules import effective_stepvalues
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -23,11 +23,11 @@ ROUTES = {
     "lenet_sgd_multistep": ("multi", "SGD", "PiecewiseConstantDecay"),
     "adam_no_momentum": ("builtin", "Adam", "constant"),
     "rmsprop_step": ("builtin", "Adam", "CaffeSchedule"),
-    "adagrad_poly": ("custom", "CaffeOptimizer", "CaffeSchedule"),
-    "clip_decay_sgd": ("custom", "CaffeOptimizer", "CaffeSchedule"),
-    "itersize3_inv": ("custom", "CaffeOptimizer", "CaffeSchedule"),
+    "adagrad_poly": ("custom", "CaffeAdaGrad", "CaffeSchedule"),
+    "clip_decay_sgd": ("custom", "CaffeSGD", "CaffeSchedule"),
+    "itersize3_inv": ("custom", "CaffeSGD", "CaffeSchedule"),
     "adadelta_sigmoid": ("multi", "Adadelta", "CaffeSchedule"),
-    "l1_nesterov_exp": ("custom", "CaffeOptimizer", "CaffeSchedule"),
+    "l1_nesterov_exp": ("custom", "CaffeSGD", "CaffeSchedule"),
     "bn_scale_step": ("builtin", "SGD", "ExponentialDecay"),
     "hostile_names": ("multi", "Adam", "constant"),
 }
@@ -39,6 +39,23 @@ def test_route_and_classes(name: str) -> None:
     assert (p.route, p.optimizer.cls, p.schedule.cls) == ROUTES[name]
     assert p.exact
     assert all(n.exactness is Exactness.EXACT for n in p.notes if n.exactness is not None)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_emitted_module_inlines_only_what_the_recipe_uses(name: str) -> None:
+    """The generated optimizer.py carries the one solver step and the one lr policy its
+    recipe uses, and nothing of the other solvers or policies."""
+    from caffe2tf.targets.keras.render_python import render_python
+
+    _, p = ks.plan_of(ks.CASES / name)
+    text = render_python(p)
+    solver_classes = ("CaffeSGD", "CaffeAdaGrad", "CaffeRMSProp", "CaffeAdaDelta", "CaffeAdam")
+    defined = {c for c in solver_classes if f"class {c}(" in text}
+    assert defined == ({p.optimizer.cls} if p.route == "custom" else set())
+    policies = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+    rates = {pol for pol in policies if f"def {pol}_rate(" in text}
+    custom = p.schedule.cls == "CaffeSchedule"
+    assert rates == ({p.schedule.arg("policy")} if custom else set())
 
 
 def test_unknown_net_is_an_approximation() -> None:
@@ -70,7 +87,8 @@ def test_notes_say_what_changed_in_plain_words() -> None:
 
 
 def test_multistep_caffe_advances_one_stage_per_update() -> None:
-    assert effective_stepvalues((10, 10, 5, 30)) == (10, 11, 12, 30)
+    s = LrSchedule("multistep", 0.1, gamma=0.5, stepvalue=(10, 10, 5, 30))
+    assert effective_stepvalues(s) == (10, 11, 12, 30)
 
 
 POLICIES = [
@@ -195,11 +213,12 @@ def test_custom_optimizer_config_round_trip() -> None:
     module = ks.load_module(ks.CASES / "itersize3_inv" / "expected" / "optimizer.py")
     opt = module.build_optimizer()
     config = opt.get_config()
-    again = module.CaffeOptimizer.from_config(
+    assert type(opt).__name__ == "CaffeSGD"
+    again = module.CaffeSGD.from_config(
         config, custom_objects={"CaffeSchedule": module.CaffeSchedule}
     )
     assert again.get_config()["multipliers"] == config["multipliers"]
-    assert (again.solver, again.iter_size, again.momentum) == ("Nesterov", 3, opt.momentum)
+    assert (again.nesterov, again.iter_size, again.momentum) == (True, 3, opt.momentum)
     assert again._learning_rate.get_config() == opt._learning_rate.get_config()
 
 

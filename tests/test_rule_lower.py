@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from caffe2tf.rule.model import (
     ScaleByLr,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 F = lambda x: float(np.float32(x))  # noqa: E731
 
 _DEFAULTS = dict(
@@ -178,20 +181,34 @@ def test_groups_from_the_net_with_sharing():
 @pytest.mark.parametrize(
     "given,field",
     [
-        ({"type": "sgd"}, "type"),
-        ({"lr_policy": "cosine"}, "lr_policy"),
-        ({"lr_policy": "step", "gamma": 0.1}, "stepsize"),
-        ({"lr_policy": "exp", "gamma": -0.5}, "gamma"),
-        ({"type": "AdaGrad", "momentum": 0.9}, "momentum"),
-        ({"type": "RMSProp", "rms_decay": 1.0}, "rms_decay"),
-        ({"weight_decay": 0.1, "regularization_type": "l2"}, "regularization_type"),
+        ('type: "sgd"', "type"),
+        ('lr_policy: "cosine"', "lr_policy"),
+        ('lr_policy: "step" gamma: 0.1', "stepsize"),
+        ('lr_policy: "exp" gamma: -0.5', "gamma"),
+        ('type: "AdaGrad" momentum: 0.9', "momentum"),
+        ('type: "RMSProp" rms_decay: 1.0', "rms_decay"),
+        ('weight_decay: 0.1 regularization_type: "l2"', "regularization_type"),
     ],
 )
-def test_caffe_fatal_checks_become_input_errors(given, field):
-    given = {"base_lr": 0.1, "lr_policy": "fixed", **given}
+def test_caffe_fatal_checks_become_input_errors(given, field, tmp_path):
+    """Caffe's checks run once, in the front end (caffe/solver.py), before anything is lowered:
+    the pipeline stops there with the field's name and position."""
+    from caffe2tf.caffe.load import load_recipe
+
+    net_file = ROOT / "fixtures" / "lenet" / "train.prototxt"
+    policy = "" if "lr_policy" in given else 'lr_policy: "fixed"\n'
+    text = f'net: "{net_file}"\nbase_lr: 0.1\n{policy}{given}\n'
+    path = tmp_path / "solver.prototxt"
+    path.write_text(text)
     with pytest.raises(InputError) as err:
-        lower(Recipe(solver(**given), None))
-    assert field in err.value.message
+        lower(load_recipe(path))
+    where = err.value.location
+    assert where is not None and where.path == str(path)
+    lines = [i for i, line in enumerate(text.splitlines(), 1) if f"{field}:" in line]
+    if lines:  # at the field as written
+        assert where.line == lines[0], (err.value.message, where)
+    else:  # a missing field is named
+        assert field in err.value.message
 
 
 def test_bad_regularization_type_is_harmless_when_no_blob_is_decayed():

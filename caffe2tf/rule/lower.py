@@ -22,97 +22,62 @@ from caffe2tf.caffe.model import NetSpec, Recipe, SolverSpec
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note, Severity
 from caffe2tf.rule.model import (
-    AdaDelta,
-    AdaGrad,
-    Adam,
+    SOLVERS,
     AddDecay,
     ClipByGlobalNorm,
     LrSchedule,
-    Momentum,
     NormalizeBy,
     ParamGroup,
-    RMSProp,
     ScaleByLr,
+    SolverStep,
     Step,
     UpdateRule,
 )
 from caffe2tf.rule.schedules import POLICIES
-
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-
-#: which schedule fields each policy reads (sgd_solver.cpp:30-65)
-POLICY_FIELDS: dict[str, tuple[str, ...]] = {
-    "fixed": ("base_lr",),
-    "step": ("base_lr", "gamma", "stepsize"),
-    "exp": ("base_lr", "gamma"),
-    "inv": ("base_lr", "gamma", "power"),
-    "multistep": ("base_lr", "gamma", "stepvalue"),
-    "poly": ("base_lr", "power", "max_iter"),
-    "sigmoid": ("base_lr", "gamma", "stepsize"),
-}
-
-#: which solver fields each solver type reads (caffe-semantics.md §3 table)
-SOLVER_FIELDS: dict[str, tuple[str, ...]] = {
-    "SGD": ("momentum",),
-    "Nesterov": ("momentum",),
-    "AdaGrad": ("delta",),
-    "RMSProp": ("rms_decay", "delta"),
-    "AdaDelta": ("momentum", "delta"),
-    "Adam": ("momentum", "momentum2", "delta"),
-}
 
 
 def _loc(spec: SolverSpec, name: str) -> SourceLocation:
     return spec.locations.get(name) or SourceLocation(spec.path)
 
 
-def _check(spec: SolverSpec) -> None:
-    """Caffe's own fatal checks on the update rule, in case the front end let one through."""
-    if spec.type not in SOLVER_TYPES:
-        raise InputError(
-            f"unknown solver type {spec.type!r} (Caffe knows "
-            f"{', '.join(SOLVER_TYPES)}; case-sensitive)",
-            _loc(spec, "type"),
-        )
-    if spec.lr_policy not in POLICIES:
-        raise InputError(
-            f"unknown lr_policy {spec.lr_policy!r} (Caffe aborts with 'Unknown "
-            f"learning rate policy'; one of {', '.join(POLICIES)})",
-            _loc(spec, "lr_policy"),
-        )
-    if spec.lr_policy in ("step", "sigmoid") and spec.stepsize <= 0:
-        raise InputError(
-            f"lr_policy {spec.lr_policy!r} needs stepsize > 0 (sgd_solver.cpp CHECK_GT)",
-            _loc(spec, "stepsize"),
-        )
-    if spec.lr_policy in ("step", "exp", "inv", "multistep", "sigmoid") and spec.gamma < 0:
-        raise InputError(
-            f"lr_policy {spec.lr_policy!r} needs gamma >= 0 (sgd_solver.cpp CHECK_GE)",
-            _loc(spec, "gamma"),
-        )
-    if spec.type in ("AdaGrad", "RMSProp") and spec.momentum != 0:
-        raise InputError(
-            f"{spec.type} requires momentum 0 (sgd_solvers.hpp CHECK)", _loc(spec, "momentum")
-        )
-    if spec.type == "RMSProp" and not 0 <= spec.rms_decay < 1:
-        raise InputError(
-            "RMSProp requires 0 <= rms_decay < 1 (sgd_solvers.hpp CHECK)", _loc(spec, "rms_decay")
-        )
-    if spec.iter_size < 1:
-        raise InputError("iter_size must be >= 1", _loc(spec, "iter_size"))
+def _solver_step(spec: SolverSpec) -> SolverStep:
+    """The solver's step from :data:`caffe2tf.rule.model.SOLVERS` (the front end has already
+    refused an unknown type, ``caffe/solver.py``)."""
+    entry = SOLVERS[spec.type]
+    return entry.build(**{name: getattr(spec, name) for name in entry.reads})
 
 
-def _solver_step(spec: SolverSpec) -> Step:
-    t = spec.type
-    if t in ("SGD", "Nesterov"):
-        return Momentum(momentum=spec.momentum, nesterov=t == "Nesterov")
-    if t == "AdaGrad":
-        return AdaGrad(delta=spec.delta)
-    if t == "RMSProp":
-        return RMSProp(rms_decay=spec.rms_decay, delta=spec.delta)
-    if t == "AdaDelta":
-        return AdaDelta(rho=spec.momentum, delta=spec.delta)
-    return Adam(beta1=spec.momentum, beta2=spec.momentum2, delta=spec.delta)
+def schedule_of(spec: SolverSpec) -> LrSchedule:
+    """The solver's lr_policy with the fields it reads (float32-rounded, as Caffe uses them)."""
+    return LrSchedule(
+        policy=spec.lr_policy,  # type: ignore[arg-type]
+        base_lr=spec.base_lr,
+        gamma=spec.gamma,
+        power=spec.power,
+        stepsize=spec.stepsize,
+        stepvalue=tuple(spec.stepvalue),
+        max_iter=spec.max_iter,
+    )
+
+
+def scale_pairs(net: NetSpec | None) -> tuple[tuple[str, str], ...]:
+    """``(Scale layer, BatchNorm layer)`` for each Caffe ``Scale`` whose bottom is the top of a
+    ``BatchNorm`` that nothing else wrote since: BVLC's BatchNorm has no learnable affine, so
+    ResNet-style nets put a Scale (``bias_term: true``) right after it, and Keras'
+    BatchNormalization holds both (its gamma/beta are the Scale's blobs 0/1)."""
+    if net is None:
+        return ()
+    pairs: list[tuple[str, str]] = []
+    bn_of_top: dict[str, str] = {}
+    for layer in net.layers:
+        if layer.type == "BatchNorm" and layer.tops:
+            bn_of_top[layer.tops[0]] = layer.name
+        elif layer.type == "Scale" and layer.bottoms and layer.bottoms[0] in bn_of_top:
+            pairs.append((layer.name, bn_of_top.pop(layer.bottoms[0])))
+        else:
+            for top in layer.tops:
+                bn_of_top.pop(top, None)
+    return tuple(pairs)
 
 
 def _default_notes(spec: SolverSpec, has_decay: bool) -> list[Note]:
@@ -164,7 +129,8 @@ def _default_notes(spec: SolverSpec, has_decay: bool) -> list[Note]:
         add("rms_decay", "RMSProp rho = rms_decay = 0.99 (caffe.proto default; Keras uses 0.9)")
     if has_decay and "regularization_type" in d:
         add("regularization_type", 'weight decay is L2 (regularization_type default "L2")')
-    fields = POLICY_FIELDS.get(spec.lr_policy, ())
+    policy = POLICIES.get(spec.lr_policy)
+    fields = policy.reads if policy else ()
     if "base_lr" in d:
         add(
             "base_lr",
@@ -215,6 +181,7 @@ def _groups(net: NetSpec) -> tuple[ParamGroup, ...]:
             shape=p.shape,
             layer_type=p.layer_type,
             sharers=p.sharers,
+            location=p.location,
         )
         for p in net.params
     )
@@ -223,11 +190,11 @@ def _groups(net: NetSpec) -> tuple[ParamGroup, ...]:
 def lower(recipe: Recipe) -> UpdateRule:
     """Build the :class:`UpdateRule` for ``recipe`` (see the module docstring for the order).
 
-    Raises :class:`InputError` for anything Caffe itself would abort on (unknown type/policy,
-    failed CHECKs). ``params`` is empty and a WARNING note is added when the net is unknown.
+    Caffe's own checks (unknown type/policy, failed CHECKs) ran once, in the front end
+    (``caffe/solver.py``). ``params`` is empty and a WARNING note is added when the net is
+    unknown.
     """
     spec = recipe.solver
-    _check(spec)
     notes: list[Note] = []
     steps: list[Step] = []
 
@@ -275,16 +242,7 @@ def lower(recipe: Recipe) -> UpdateRule:
         if has_decay:
             steps.append(AddDecay(kind=kind, weight_decay=spec.weight_decay))  # type: ignore[arg-type]
 
-    schedule = LrSchedule(
-        policy=spec.lr_policy,
-        base_lr=spec.base_lr,  # type: ignore[arg-type]
-        gamma=spec.gamma,
-        power=spec.power,
-        stepsize=spec.stepsize,
-        stepvalue=tuple(spec.stepvalue),
-        max_iter=spec.max_iter,
-    )
-    steps.append(ScaleByLr(schedule=schedule))
+    steps.append(ScaleByLr(schedule=schedule_of(spec)))
     steps.append(_solver_step(spec))
     notes.extend(_default_notes(spec, has_decay))
 
@@ -320,11 +278,16 @@ def lower(recipe: Recipe) -> UpdateRule:
                     True,
                 )
             )
+    net = recipe.net
     return UpdateRule(
-        solver=spec.type,
+        solver=spec.type,  # type: ignore[arg-type]
         steps=tuple(steps),
-        params=params,  # type: ignore[arg-type]
+        params=params,
         iter_size=spec.iter_size,
         max_iter=spec.max_iter,
         notes=tuple(notes),
+        net_known=net is not None,
+        layers=tuple(layer.name for layer in net.layers) if net else (),
+        scale_pairs=scale_pairs(net),
+        force_backward=bool(getattr(net.message, "force_backward", False)) if net else False,
     )

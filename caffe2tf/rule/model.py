@@ -15,9 +15,11 @@ plan, explain) reads only this object.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from caffe2tf.errors import SourceLocation
 from caffe2tf.notes import Note
 
 SolverType = Literal["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]
@@ -120,6 +122,35 @@ class Adam:
 
 
 SolverStep = Momentum | AdaGrad | RMSProp | AdaDelta | Adam
+
+
+@dataclass(frozen=True)
+class SolverEntry:
+    """How one Caffe solver type lowers: the ``SolverParameter`` fields it reads and the step
+    built from them (keyword arguments named like the fields)."""
+
+    reads: tuple[str, ...]
+    build: Callable[..., SolverStep]
+
+
+#: The one table of solvers: Caffe solver type -> its step. ``momentum`` doubles as Adam's
+#: beta1 and AdaDelta's rho (``adam_solver.cpp:29-30``, ``adadelta_solver.cpp:29``); see
+#: docs/caffe-semantics.md for each solver's equations.
+SOLVERS: dict[str, SolverEntry] = {
+    "SGD": SolverEntry(("momentum",), lambda momentum: Momentum(momentum)),
+    "Nesterov": SolverEntry(("momentum",), lambda momentum: Momentum(momentum, nesterov=True)),
+    "AdaGrad": SolverEntry(("delta",), lambda delta: AdaGrad(delta)),
+    "RMSProp": SolverEntry(
+        ("rms_decay", "delta"), lambda rms_decay, delta: RMSProp(rms_decay, delta)
+    ),
+    "AdaDelta": SolverEntry(
+        ("momentum", "delta"), lambda momentum, delta: AdaDelta(rho=momentum, delta=delta)
+    ),
+    "Adam": SolverEntry(
+        ("momentum", "momentum2", "delta"),
+        lambda momentum, momentum2, delta: Adam(momentum, momentum2, delta),
+    ),
+}
 Step = ClipByGlobalNorm | NormalizeBy | AddDecay | ScaleByLr | SolverStep
 
 
@@ -133,6 +164,17 @@ class ParamGroup:
     shape: tuple[int, ...] | None = None
     layer_type: str = ""
     sharers: tuple[str, ...] = ()
+    location: SourceLocation | None = field(default=None, compare=False)
+
+    @property
+    def layer(self) -> str:
+        """The Caffe layer that owns the blob."""
+        return self.key.rpartition("/")[0]
+
+    @property
+    def index(self) -> int:
+        """The blob's index within its layer (0: the main weight, 1: the bias)."""
+        return int(self.key.rpartition("/")[2])
 
     @property
     def trainable(self) -> bool:
@@ -145,6 +187,14 @@ class UpdateRule:
 
     ``params`` is empty when the net is unknown; then every blob uses ``default_group``
     multipliers (lr_mult 1, decay_mult 1, as Caffe does without ``param {}``).
+
+    The rule also carries the train-net facts that targets and verify need, so that nothing
+    downstream of lowering reads the net again: ``net_known`` (a train net was read),
+    ``layers`` (its layer names, TRAIN phase), ``scale_pairs`` (``(Scale layer, BatchNorm
+    layer)`` for each Scale that scales a BatchNorm's output, see
+    :func:`caffe2tf.rule.lower.scale_pairs`) and ``force_backward``
+    (``NetParameter.force_backward``: Caffe then computes the diffs of ``lr_mult: 0`` blobs
+    too, ``net.cpp:235-238``).
     """
 
     solver: SolverType
@@ -154,6 +204,10 @@ class UpdateRule:
     max_iter: int = 0
     notes: tuple[Note, ...] = ()
     default_group: ParamGroup = field(default_factory=lambda: ParamGroup(key="*"))
+    net_known: bool = False
+    layers: tuple[str, ...] = ()
+    scale_pairs: tuple[tuple[str, str], ...] = ()
+    force_backward: bool = False
 
     def step(self, kind: type) -> Step | None:
         """The first step of the given class, or None."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,19 +102,35 @@ def _sigmoid(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
 
 PolicyFn = Callable[[LrSchedule, int, int, bool], tuple[float, int]]
 
-#: policy name -> f(schedule, k, current_step, float32?) -> (unrounded rate, new current_step)
-POLICIES: dict[str, PolicyFn] = {
-    "fixed": _fixed,
-    "step": _step,
-    "exp": _exp,
-    "inv": _inv,
-    "multistep": _multistep,
-    "poly": _poly,
-    "sigmoid": _sigmoid,
-}
 
-#: policies whose rate depends on ``current_step`` carried between calls
-STATEFUL_POLICIES = frozenset({"multistep"})
+@dataclass(frozen=True)
+class Policy:
+    """One ``lr_policy``: the ``SolverParameter`` fields it reads, its formula (k = updates
+    already applied; shown by ``explain``) and its rate function
+    ``f(schedule, k, current_step, float32?) -> (unrounded rate, new current_step)``."""
+
+    reads: tuple[str, ...]
+    formula: str
+    rate: PolicyFn
+
+
+#: The one table of lr policies (``sgd_solver.cpp:26-70``): the reference, ``explain``,
+#: ``inspect`` and every target's schedule mapping read it.
+POLICIES: dict[str, Policy] = {
+    "fixed": Policy(("base_lr",), "base_lr", _fixed),
+    "step": Policy(("base_lr", "gamma", "stepsize"), "base_lr * gamma^floor(k / stepsize)", _step),
+    "exp": Policy(("base_lr", "gamma"), "base_lr * gamma^k", _exp),
+    "inv": Policy(("base_lr", "gamma", "power"), "base_lr * (1 + gamma*k)^(-power)", _inv),
+    "multistep": Policy(
+        ("base_lr", "gamma", "stepvalue"),
+        "base_lr * gamma^(stepvalues passed, one per update)",
+        _multistep,
+    ),
+    "poly": Policy(("base_lr", "power", "max_iter"), "base_lr * (1 - k/max_iter)^power", _poly),
+    "sigmoid": Policy(
+        ("base_lr", "gamma", "stepsize"), "base_lr / (1 + exp(-gamma * (k - stepsize)))", _sigmoid
+    ),
+}
 
 
 def lr_at(
@@ -133,7 +150,7 @@ def lr_at(
             f"unknown lr_policy {schedule.policy!r} (Caffe: 'Unknown learning rate policy')"
         ) from None
     f32 = precision == "float32"
-    rate, cs = fn(schedule, int(k), int(current_step), f32)
+    rate, cs = fn.rate(schedule, int(k), int(current_step), f32)
     return (_f(rate) if f32 else float(rate)), cs
 
 

@@ -142,7 +142,7 @@ def mirror_layers_from_net(net: Any) -> tuple[MirrorLayer, ...]:
     """From a :class:`caffe2tf.caffe.model.NetSpec` (owners only, Caffe order). BatchNorm+Scale
     pairs are found by :func:`caffe2tf.targets.keras.layers.scale_pairs`, the function the plan
     (and so ``prepare_model``) uses."""
-    from caffe2tf.targets.keras.layers import scale_pairs
+    from caffe2tf.rule.lower import scale_pairs
 
     shapes: dict[str, tuple[int, ...]] = {}
     types: dict[str, str] = {}
@@ -155,7 +155,7 @@ def mirror_layers_from_net(net: Any) -> tuple[MirrorLayer, ...]:
             )
         shapes[blob.key] = tuple(int(d) for d in blob.shape)
         types[blob.layer] = blob.layer_type
-    return mirror_layers_from_shapes(shapes, types, scale_pairs(net))
+    return mirror_layers_from_shapes(shapes, types, dict(scale_pairs(net)))
 
 
 def mirror_layers_from_shapes(

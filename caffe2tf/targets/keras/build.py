@@ -6,7 +6,7 @@
 cannot drift apart. Routes (``plan.py``): ``builtin`` = one ``keras.optimizers`` class with a
 schedule; ``multi`` = ``keras.optimizers.MultiOptimizer`` with one sub-optimizer per lr_mult,
 routed by ``re.fullmatch`` on ``variable.path`` (keras ``optimizers/multi_optimizer.py:36-99``);
-``custom`` = :class:`~caffe2tf.targets.keras.runtime.CaffeOptimizer`.
+``custom`` = a subclass of :class:`~caffe2tf.targets.keras.runtime.CaffeOptimizer`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from caffe2tf.targets.keras.plan import KerasPlan
+from caffe2tf.targets.keras.model import KerasPlan
 
 
 def _schedule(spec: Mapping[str, Any], lr_mult: float = 1.0) -> Any:
@@ -63,7 +63,12 @@ def build_from_config(config: Mapping[str, Any]) -> Any:
             for v in config.get("variables") or []
         }
         default = config["default_variable"]
-        return runtime.CaffeOptimizer(
+        optimizer_cls = getattr(runtime, cls)
+        if not (
+            isinstance(optimizer_cls, type) and issubclass(optimizer_cls, runtime.CaffeOptimizer)
+        ):
+            raise ValueError(f"unknown custom optimizer class {cls!r}")
+        return optimizer_cls(
             learning_rate=_schedule(sched_spec),
             multipliers=multipliers,
             default_multipliers=(float(default["lr_mult"]), float(default["decay_mult"])),

@@ -173,7 +173,7 @@ def make_plan(
     source = {"solver": os.fspath(solver)}
     if recipe.solver.net_path:
         source["net"] = recipe.solver.net_path
-    p = plan(rule, layer_map=layer_map, net=recipe.net, source=source)
+    p = plan(rule, layer_map=layer_map, source=source)
     seen: set[Note] = set()
     notes: list[Note] = []
     for n in (

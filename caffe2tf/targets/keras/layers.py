@@ -5,8 +5,9 @@ A Caffe learnable blob is ``"{layer}/{index}"``. Its Keras variable is found by 
 * the Keras layer is named like the Caffe layer, or as ``--layer-map`` says
   (``{caffe_name: keras_name}``; Keras names cannot contain ``/``, so Caffe names such as
   ``conv1/dw`` need a map entry);
-* a Caffe ``Scale`` layer right after a ``BatchNorm`` layer (same blob) is the ``gamma``/``beta``
-  of the Keras ``BatchNormalization`` named like the **BatchNorm** layer; the BatchNorm's own
+* a Caffe ``Scale`` layer right after a ``BatchNorm`` layer (same blob; the rule's
+  ``scale_pairs``) is the ``gamma``/``beta`` of the Keras ``BatchNormalization`` named like the
+  **BatchNorm** layer; the BatchNorm's own
   three blobs (mean, variance, factor) are Keras' non-trainable moving statistics;
 * blob 0 is the variable named ``kernel`` (Dense, Conv1D/2D/3D, Conv2DTranspose,
   DepthwiseConv2D), ``depthwise_kernel``, ``embeddings`` (Embedding), ``gamma``
@@ -21,13 +22,6 @@ ignored), which is how both ``prepare_model`` and the custom optimizer find the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-from caffe2tf.caffe.model import NetSpec
-
-BLOB_VARIABLE_NAMES: dict[int, tuple[str, ...]] = {
-    0: ("kernel", "depthwise_kernel", "embeddings", "gamma", "alpha"),
-    1: ("bias", "beta"),
-}
 
 # Caffe layer type -> the Keras layers whose variables hold its blobs.
 KERAS_LAYERS_OF_TYPE: dict[str, str] = {
@@ -46,23 +40,6 @@ SUPPORTED_LAYER_TYPES = frozenset(KERAS_LAYERS_OF_TYPE) | {
 }
 
 
-def scale_pairs(net: NetSpec | None) -> dict[str, str]:
-    """Caffe Scale layer -> the BatchNorm layer whose output (same blob) it scales."""
-    if net is None:
-        return {}
-    pairs: dict[str, str] = {}
-    bn_of_top: dict[str, str] = {}
-    for layer in net.layers:
-        if layer.type == "BatchNorm" and layer.tops:
-            bn_of_top[layer.tops[0]] = layer.name
-        elif layer.type == "Scale" and layer.bottoms and layer.bottoms[0] in bn_of_top:
-            pairs[layer.name] = bn_of_top.pop(layer.bottoms[0])
-        else:
-            for top in layer.tops:
-                bn_of_top.pop(top, None)
-    return pairs
-
-
 def keras_layer_name(
     caffe_layer: str, layer_map: Mapping[str, str], pairs: Mapping[str, str]
 ) -> str:
@@ -73,10 +50,3 @@ def keras_layer_name(
         bn = pairs[caffe_layer]
         return layer_map.get(bn, bn)
     return caffe_layer
-
-
-def support_table() -> str:
-    """Markdown table of the Caffe layer types prepare_model maps, for the docs."""
-    rows = ["| Caffe layer type | Keras layer (variables: blob 0, blob 1) |", "| --- | --- |"]
-    rows += [f"| {t} | {k} |" for t, k in KERAS_LAYERS_OF_TYPE.items()]
-    return "\n".join(rows)

@@ -17,7 +17,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from caffe2tf.targets.keras.plan import Arg, CallSpec, KerasPlan
+from caffe2tf.targets.keras.model import Arg, CallSpec, KerasPlan
 
 LINE = 88
 _SAFE = re.compile(r"^[A-Za-z0-9_.:+/ -]*$")
@@ -178,10 +178,10 @@ def render_python(p: KerasPlan) -> str:
     custom_sched = p.schedule.cls == "CaffeSchedule"
     custom_opt = p.route == "custom"
     blocks = ["binder"]
-    if custom_sched:
-        blocks.append("schedule")
-    if custom_opt:
-        blocks.append("optimizer")
+    if custom_sched:  # the schedule class and the one policy this recipe uses
+        blocks += ["schedule", f"policy_{p.schedule.arg('policy')}"]
+    if custom_opt:  # Caffe's fixed order and the one solver step this recipe uses
+        blocks += ["optimizer", f"solver_{p.optimizer.cls}"]
     if p.route == "multi":
         blocks.append("multi")
     out: list[str] = []
@@ -306,7 +306,7 @@ def render_python(p: KerasPlan) -> str:
         out.append("        for layer, blob, lr_mult, decay_mult, _, _, _ in CAFFE_BLOBS")
         out.append("    }")
         out += _call_lines(
-            "return CaffeOptimizer",
+            f"return {p.optimizer.cls}",
             [("learning_rate", "build_schedule()", "")]
             + opt_args
             + [("multipliers", "multipliers", ""), ("default_multipliers", "DEFAULT_BLOB[:2]", "")],

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from caffe2tf.targets.keras.plan import BlobBinding, CallSpec, KerasPlan
+from caffe2tf.targets.keras.model import BlobBinding, CallSpec, KerasPlan
 
-FORMAT = "caffe2tf.keras.train_config/1"
+FORMAT = "caffe2tf.keras.train_config/2"
 
 
 def _plain(value: Any) -> Any:

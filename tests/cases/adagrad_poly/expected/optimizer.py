@@ -30,11 +30,12 @@ What was translated, and how:
 - [exact] lr_policy 'poly' becomes CaffeSchedule, Caffe's formula evaluated at the
 update count: the custom optimizer counts Caffe updates, not micro-batches, so it takes
 Caffe's policy as CaffeSchedule.
-- [exact] Caffe AdaGrad becomes the inlined CaffeOptimizer (a keras.optimizers.Optimizer
-subclass that follows Caffe's order: clip the raw gradient sum, normalize, decay, lr x
-lr_mult, solver step) because Keras' Adagrad puts epsilon inside the square root and
-starts its accumulator at 0.1 (Caffe: epsilon outside, start 0).
-- [exact] weight_decay 0.001 (L2) is added inside CaffeOptimizer after the clip;
+- [exact] Caffe AdaGrad becomes the inlined CaffeAdaGrad (CaffeOptimizer, a
+keras.optimizers.Optimizer subclass that follows Caffe's order: clip the raw gradient
+sum, normalize, decay, lr x lr_mult, then the solver step) because Keras' Adagrad puts
+epsilon inside the square root and starts its accumulator at 0.1 (Caffe: epsilon
+outside, start 0).
+- [exact] weight_decay 0.001 (L2) is added inside CaffeAdaGrad after the clip;
 prepare_model removes regularizers from the mapped variables.
 """
 
@@ -78,22 +79,19 @@ def caffe_blob_key(path: str) -> str | None:
     return f"{parts[-2]}/{CAFFE_BLOB_OF_KERAS_NAME[parts[-1]]}"
 
 
+#: lr_policy -> f(schedule, k_int, k) -> the rate (float32 tensor); one entry per policy
+#: block below (the generated module holds only the policy it uses).
+CAFFE_POLICY_RATES: dict[str, Any] = {}
+
+
 class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Caffe's ``lr_policy`` (``sgd_solver.cpp:26-70``) as a Keras schedule, in float32.
 
-    With k = floor(step / iter_size) (the number of Caffe updates already applied)::
-
-        fixed      base_lr
-        step       base_lr * gamma ^ floor(k / stepsize)
-        exp        base_lr * gamma ^ k
-        inv        base_lr * (1 + gamma * k) ^ (-power)
-        multistep  base_lr * gamma ^ #{stepvalue <= k}
-        poly       base_lr * (1 - k / max_iter) ^ power
-        sigmoid    base_lr / (1 + exp(-gamma * (k - stepsize)))
-
-    The result is multiplied by ``lr_mult``; with ``rms_decay`` set it is divided by
-    sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)`` into Caffe's
-    RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
+    ``k`` = floor(step / iter_size) is the number of Caffe updates already applied; the rate
+    of each policy is the function registered in :data:`CAFFE_POLICY_RATES` (equations in
+    docs/caffe-semantics.md). The result is multiplied by ``lr_mult``; with ``rms_decay`` set
+    it is divided by sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)``
+    into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
     """
 
     def __init__(
@@ -109,6 +107,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         rms_decay: float | None = None,
         lr_mult: float = 1.0,
     ) -> None:
+        if policy not in CAFFE_POLICY_RATES:
+            raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
         self.policy = str(policy)
         self.base_lr = float(base_lr)
         self.gamma = float(gamma)
@@ -123,29 +123,7 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
         k = ops.cast(k_int, "float32")
-        base = ops.convert_to_tensor(self.base_lr, dtype="float32")
-        gamma = ops.convert_to_tensor(self.gamma, dtype="float32")
-        if self.policy == "fixed":
-            rate = base
-        elif self.policy == "step":
-            exponent = ops.cast(ops.floor_divide(k_int, self.stepsize), "float32")
-            rate = base * ops.power(gamma, exponent)
-        elif self.policy == "exp":
-            rate = base * ops.power(gamma, k)
-        elif self.policy == "inv":
-            rate = base * ops.power(1.0 + gamma * k, -self.power)
-        elif self.policy == "multistep":
-            passed = ops.zeros((), dtype="float32")
-            for value in self.stepvalue:
-                hit = ops.greater_equal(k, float(value))
-                passed = passed + ops.cast(hit, "float32")
-            rate = base * ops.power(gamma, passed)
-        elif self.policy == "poly":
-            rate = base * ops.power(1.0 - k / float(self.max_iter), self.power)
-        elif self.policy == "sigmoid":
-            rate = base * (1.0 / (1.0 + ops.exp(-gamma * (k - float(self.stepsize)))))
-        else:
-            raise ValueError(f"unknown Caffe lr_policy {self.policy!r}")
+        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
         if self.lr_mult != 1.0:
             rate = rate * self.lr_mult
         if self.rms_decay is not None:
@@ -168,8 +146,24 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def _f32(x: float) -> Any:
+    return ops.convert_to_tensor(x, dtype="float32")
+
+
+def poly_rate(s: CaffeSchedule, k_int: Any, k: Any) -> Any:
+    """poly: base_lr * (1 - k / max_iter) ^ power."""
+    return _f32(s.base_lr) * ops.power(1.0 - k / float(s.max_iter), s.power)
+
+
+CAFFE_POLICY_RATES["poly"] = poly_rate
+
+
+#: what a solver step returns: (variable, new value) for its state and the weight
+Updates = list[tuple[Any, Any]]
+
+
 class CaffeOptimizer(keras.optimizers.Optimizer):
-    """All six Caffe solvers with Caffe's order of operations, on any Keras 3 backend.
+    """Caffe's fixed update order on any Keras 3 backend; a subclass adds one solver step.
 
     Call ``apply_gradients`` once per Caffe forward/backward pass with the gradients of the
     data loss (the model carries no regularizers on this route: the decay is added here, after
@@ -178,31 +172,26 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     ``learning_rate`` must count Caffe updates, i.e. be a :class:`CaffeSchedule` built with
     the same ``iter_size``. ``iterations`` counts Caffe updates (calls // iter_size).
 
+    One update (``sgd_solver.cpp:108-127``; docs/caffe-semantics.md)::
+
+        G = sum of the iter_size micro-batch gradients      solver.cpp:229-233
+        G *= c / ||G|| when ||G|| > c (all variables)       ClipGradients  :87-106
+        g = G * fl(1/iter_size)                             Normalize      :129-153
+        g += wd * decay_mult * w  (L2) or * sign(w)  (L1)   Regularize     :155-215
+        r = lr(k) * lr_mult                                 :228
+        the solver step of the subclass: caffe_step(i, g, w, r, t), t = k + 1
+
     ``multipliers`` maps ``"<keras layer name>/<caffe blob index>"`` (see
     :func:`caffe_blob_key`) to ``(lr_mult, decay_mult)``; other variables use
-    ``default_multipliers``. The lookup happens once, in ``build``, by ``variable.path``;
-    ``update`` finds the entry through the optimizer's variable index, so it also works where
-    a backend hands in its own variable objects.
-
-    Solver steps (``r`` = lr * lr_mult, ``g`` the decayed gradient; BVLC ``src/caffe/solvers``):
-    SGD ``h = mu*h + r*g; w -= h`` (sgd_solver.cpp:223-238); Nesterov
-    ``h' = mu*h + r*g; w -= (1+mu)*h' - mu*h`` (nesterov_solver.cpp:13-40); AdaGrad
-    ``h += g^2; w -= r*g/(sqrt(h)+delta)`` (adagrad_solver.cpp:13-49); RMSProp
-    ``h = rho*h + (1-rho)*g^2; w -= r*g/(sqrt(h)+delta)`` (rmsprop_solver.cpp:13-51); AdaDelta
-    ``a = mu*a + (1-mu)*g^2; d = g*sqrt((b+delta)/(a+delta)); b = mu*b + (1-mu)*d^2;
-    w -= r*d`` (adadelta_solver.cpp:25-90); Adam with t = k+1
-    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
-    w -= r*sqrt(1-b2^t)/(1-b1^t)*m/(sqrt(v)+delta)`` (adam_solver.cpp:25-74).
+    ``default_multipliers``. The lookup happens once, in ``build``, by ``variable.path``.
     """
+
+    #: names of the per-variable state a solver keeps (zero-initialised, sgd_solver.cpp:72-85)
+    slot_names: tuple[str, ...] = ()
 
     def __init__(
         self,
         learning_rate: Any,
-        solver: str = "SGD",
-        momentum: float = 0.0,
-        momentum2: float = 0.999,
-        rms_decay: float = 0.99,
-        delta: float = 1e-8,
         weight_decay: float = 0.0,
         regularization_type: str = "L2",
         clip_gradients: float = -1.0,
@@ -213,15 +202,8 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if solver not in ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"):
-            raise ValueError(f"unknown Caffe solver type {solver!r}")
         if regularization_type not in ("L1", "L2"):
             raise ValueError(f"unknown regularization_type {regularization_type!r}")
-        self.solver = solver
-        self.momentum = float(momentum)
-        self.momentum2 = float(momentum2)
-        self.rms_decay = float(rms_decay)
-        self.delta = float(delta)
         self.caffe_weight_decay = float(weight_decay)
         self.regularization_type = regularization_type
         self.clip_gradients = float(clip_gradients)
@@ -253,11 +235,19 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._caffe_mults = [self.multipliers_for(v.path) for v in variables]
-        self._history = self.add_optimizer_variables(variables, "history")
-        if self.solver in ("AdaDelta", "Adam"):
-            self._history2 = self.add_optimizer_variables(variables, "history2")
+        self._caffe_slots = [
+            self.add_optimizer_variables(variables, slot) for slot in self.slot_names
+        ]
         if self.iter_size > 1:
             self._grad_sum = self.add_optimizer_variables(variables, "grad_sum")
+
+    def slot(self, name: str, i: int) -> Any:
+        """The solver state ``name`` of variable ``i``."""
+        return self._caffe_slots[self.slot_names.index(name)][i]
+
+    def caffe_step(self, i: int, g: Any, w: Any, r: Any, t: Any) -> Updates:
+        """The solver step: ``[(variable, new value), ...]`` for the state and ``w``."""
+        raise NotImplementedError
 
     def _backend_apply_gradients(self, grads: list, trainable_variables: list) -> None:
         indices = [self._get_variable_index(v) for v in trainable_variables]
@@ -285,69 +275,26 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             grads = [g * scale for g in grads]
         lr = ops.cast(self.learning_rate, "float32")
         updates_done = ops.floor_divide(self._iterations, self.iter_size)
-        step = ops.cast(updates_done + 1, "float32")
-        for i, g, v in zip(indices, grads, trainable_variables, strict=True):
-            self._caffe_update(i, g, v, lr, step, is_update)
-
-    def _caffe_update(self, i: int, g: Any, w: Any, lr: Any, t: Any, upd: Any) -> None:
-        lr_mult, decay_mult = self._caffe_mults[i]
-        dtype = w.dtype
-        wd = np.float32(self.caffe_weight_decay)
-        local_decay = float(wd * np.float32(decay_mult))
-        if local_decay != 0.0:
-            if self.regularization_type == "L2":
-                g = g + local_decay * w
-            else:
-                g = g + local_decay * ops.sign(w)
-        r = ops.cast(lr, dtype) * float(lr_mult)
-        h = self._history[i]
-        updates: list[tuple[Any, Any]] = []
-        if self.solver in ("SGD", "Nesterov"):
-            h_new = self.momentum * h + r * g
-            if self.solver == "SGD":
-                w_new = w - h_new
-            else:
-                w_new = w - ((1.0 + self.momentum) * h_new - self.momentum * h)
-            updates = [(h, h_new)]
-        elif self.solver == "AdaGrad":
-            h_new = h + ops.square(g)
-            w_new = w - r * g / (ops.sqrt(h_new) + self.delta)
-            updates = [(h, h_new)]
-        elif self.solver == "RMSProp":
-            h_new = self.rms_decay * h + (1.0 - self.rms_decay) * ops.square(g)
-            w_new = w - r * g / (ops.sqrt(h_new) + self.delta)
-            updates = [(h, h_new)]
-        elif self.solver == "AdaDelta":
-            b = self._history2[i]
-            a_new = self.momentum * h + (1.0 - self.momentum) * ops.square(g)
-            d = g * ops.sqrt((b + self.delta) / (a_new + self.delta))
-            b_new = self.momentum * b + (1.0 - self.momentum) * ops.square(d)
-            w_new = w - r * d
-            updates = [(h, a_new), (b, b_new)]
-        else:  # Adam
-            v = self._history2[i]
-            m_new = self.momentum * h + (1.0 - self.momentum) * g
-            v_new = self.momentum2 * v + (1.0 - self.momentum2) * ops.square(g)
-            b1_t = ops.power(ops.cast(self.momentum, "float32"), t)
-            b2_t = ops.power(ops.cast(self.momentum2, "float32"), t)
-            correction = ops.cast(ops.sqrt(1.0 - b2_t) / (1.0 - b1_t), dtype)
-            w_new = w - r * correction * m_new / (ops.sqrt(v_new) + self.delta)
-            updates = [(h, m_new), (v, v_new)]
-        updates.append((w, w_new))
-        for var, value in updates:
-            if upd is not None:
-                value = ops.where(upd, value, var.value)
-            self.assign(var, value)
+        t = ops.cast(updates_done + 1, "float32")
+        for i, g, w in zip(indices, grads, trainable_variables, strict=True):
+            lr_mult, decay_mult = self._caffe_mults[i]
+            wd = np.float32(self.caffe_weight_decay)
+            local_decay = float(wd * np.float32(decay_mult))
+            if local_decay != 0.0:
+                if self.regularization_type == "L2":
+                    g = g + local_decay * w
+                else:
+                    g = g + local_decay * ops.sign(w)
+            r = ops.cast(lr, w.dtype) * float(lr_mult)
+            for var, value in self.caffe_step(i, g, w, r, t):
+                if is_update is not None:
+                    value = ops.where(is_update, value, var.value)
+                self.assign(var, value)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
-                "solver": self.solver,
-                "momentum": self.momentum,
-                "momentum2": self.momentum2,
-                "rms_decay": self.rms_decay,
-                "delta": self.delta,
                 "weight_decay": self.caffe_weight_decay,
                 "regularization_type": self.regularization_type,
                 "clip_gradients": self.clip_gradients,
@@ -356,6 +303,27 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
                 "default_multipliers": list(self.default_multipliers),
             }
         )
+        return config
+
+
+class CaffeAdaGrad(CaffeOptimizer):
+    """Caffe AdaGrad ``h += g^2; w -= r*g/(sqrt(h)+delta)``: delta outside the root, the
+    accumulator starts at 0 (adagrad_solver.cpp:13-49)."""
+
+    slot_names = ("history",)
+
+    def __init__(self, learning_rate: Any, delta: float = 1e-8, **kwargs: Any) -> None:
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.delta = float(delta)
+
+    def caffe_step(self, i: int, g: Any, w: Any, r: Any, t: Any) -> Updates:
+        h = self.slot("history", i)
+        h_new = h + ops.square(g)
+        return [(h, h_new), (w, w - r * g / (ops.sqrt(h_new) + self.delta))]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(delta=self.delta)
         return config
 
 
@@ -462,9 +430,8 @@ def build_optimizer() -> keras.optimizers.Optimizer:
         f"{layer}/{blob}": (lr_mult, decay_mult)
         for layer, blob, lr_mult, decay_mult, _, _, _ in CAFFE_BLOBS
     }
-    return CaffeOptimizer(
+    return CaffeAdaGrad(
         learning_rate=build_schedule(),
-        solver="AdaGrad",  # type
         delta=1e-05,  # delta
         weight_decay=0.001,  # weight_decay
         regularization_type="L2",  # regularization_type

@@ -78,22 +78,19 @@ def caffe_blob_key(path: str) -> str | None:
     return f"{parts[-2]}/{CAFFE_BLOB_OF_KERAS_NAME[parts[-1]]}"
 
 
+#: lr_policy -> f(schedule, k_int, k) -> the rate (float32 tensor); one entry per policy
+#: block below (the generated module holds only the policy it uses).
+CAFFE_POLICY_RATES: dict[str, Any] = {}
+
+
 class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Caffe's ``lr_policy`` (``sgd_solver.cpp:26-70``) as a Keras schedule, in float32.
 
-    With k = floor(step / iter_size) (the number of Caffe updates already applied)::
-
-        fixed      base_lr
-        step       base_lr * gamma ^ floor(k / stepsize)
-        exp        base_lr * gamma ^ k
-        inv        base_lr * (1 + gamma * k) ^ (-power)
-        multistep  base_lr * gamma ^ #{stepvalue <= k}
-        poly       base_lr * (1 - k / max_iter) ^ power
-        sigmoid    base_lr / (1 + exp(-gamma * (k - stepsize)))
-
-    The result is multiplied by ``lr_mult``; with ``rms_decay`` set it is divided by
-    sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)`` into Caffe's
-    RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
+    ``k`` = floor(step / iter_size) is the number of Caffe updates already applied; the rate
+    of each policy is the function registered in :data:`CAFFE_POLICY_RATES` (equations in
+    docs/caffe-semantics.md). The result is multiplied by ``lr_mult``; with ``rms_decay`` set
+    it is divided by sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)``
+    into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
     """
 
     def __init__(
@@ -109,6 +106,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         rms_decay: float | None = None,
         lr_mult: float = 1.0,
     ) -> None:
+        if policy not in CAFFE_POLICY_RATES:
+            raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
         self.policy = str(policy)
         self.base_lr = float(base_lr)
         self.gamma = float(gamma)
@@ -123,29 +122,7 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
         k = ops.cast(k_int, "float32")
-        base = ops.convert_to_tensor(self.base_lr, dtype="float32")
-        gamma = ops.convert_to_tensor(self.gamma, dtype="float32")
-        if self.policy == "fixed":
-            rate = base
-        elif self.policy == "step":
-            exponent = ops.cast(ops.floor_divide(k_int, self.stepsize), "float32")
-            rate = base * ops.power(gamma, exponent)
-        elif self.policy == "exp":
-            rate = base * ops.power(gamma, k)
-        elif self.policy == "inv":
-            rate = base * ops.power(1.0 + gamma * k, -self.power)
-        elif self.policy == "multistep":
-            passed = ops.zeros((), dtype="float32")
-            for value in self.stepvalue:
-                hit = ops.greater_equal(k, float(value))
-                passed = passed + ops.cast(hit, "float32")
-            rate = base * ops.power(gamma, passed)
-        elif self.policy == "poly":
-            rate = base * ops.power(1.0 - k / float(self.max_iter), self.power)
-        elif self.policy == "sigmoid":
-            rate = base * (1.0 / (1.0 + ops.exp(-gamma * (k - float(self.stepsize)))))
-        else:
-            raise ValueError(f"unknown Caffe lr_policy {self.policy!r}")
+        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
         if self.lr_mult != 1.0:
             rate = rate * self.lr_mult
         if self.rms_decay is not None:
@@ -166,6 +143,19 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "rms_decay": self.rms_decay,
             "lr_mult": self.lr_mult,
         }
+
+
+def _f32(x: float) -> Any:
+    return ops.convert_to_tensor(x, dtype="float32")
+
+
+def step_rate(s: CaffeSchedule, k_int: Any, k: Any) -> Any:
+    """step: base_lr * gamma ^ floor(k / stepsize) (integer division)."""
+    exponent = ops.cast(ops.floor_divide(k_int, s.stepsize), "float32")
+    return _f32(s.base_lr) * ops.power(_f32(s.gamma), exponent)
+
+
+CAFFE_POLICY_RATES["step"] = step_rate
 
 
 def make_regularizer(spec: tuple[str, float] | list[Any] | None) -> Any:

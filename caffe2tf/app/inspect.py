@@ -24,6 +24,8 @@ from typing import Any
 
 from caffe2tf.caffe.model import NetSpec, SolverSpec
 from caffe2tf.notes import Note
+from caffe2tf.rule.lower import schedule_of
+from caffe2tf.rule.schedules import POLICIES, lr_at
 
 __all__ = ["InspectReport", "first_rate", "inspect_file"]
 
@@ -48,25 +50,15 @@ def _short(x: float) -> str:
 
 
 def first_rate(solver: SolverSpec) -> float:
-    """The global rate of the first update, ``GetLearningRate()`` at ``iter_ = 0``
-    (``sgd_solver.cpp:26-70``), rounded to float32 as Caffe stores ``rate``."""
-    base, policy = solver.base_lr, solver.lr_policy
-    if policy == "multistep":
-        step = 1 if solver.stepvalue and 0 >= solver.stepvalue[0] else 0
-        return _f32(base * solver.gamma**step)
-    if policy == "sigmoid":
-        try:
-            return _f32(base * (1.0 / (1.0 + math.exp(-solver.gamma * (0.0 - solver.stepsize)))))
-        except OverflowError:
-            return 0.0
-    if policy == "poly":
-        return (
-            _f32(base * (1.0 - 0.0 / solver.max_iter) ** solver.power)
-            if solver.max_iter
-            else math.nan
-        )
-    # fixed, step (gamma^0), exp (gamma^0), inv ((1+0)^-power)
-    return _f32(base)
+    """The global rate of the first update, ``GetLearningRate()`` at ``iter_ = 0``, from the
+    rule's policy table (:data:`caffe2tf.rule.schedules.POLICIES`), rounded to float32 as
+    Caffe stores ``rate``. NaN for a policy Caffe does not know (read with ``--lenient``)."""
+    if solver.lr_policy not in POLICIES:
+        return math.nan
+    try:
+        return lr_at(schedule_of(solver), 0)[0]
+    except (ValueError, ArithmeticError):
+        return math.nan
 
 
 @dataclass(frozen=True)

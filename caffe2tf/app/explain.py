@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from caffe2tf.caffe.model import Recipe
-from caffe2tf.rule.lower import POLICY_FIELDS, SOLVER_FIELDS, lower
+from caffe2tf.rule.lower import lower
 from caffe2tf.rule.model import (
+    SOLVERS,
     AdaDelta,
     AdaGrad,
     Adam,
@@ -33,7 +34,7 @@ from caffe2tf.rule.model import (
     Step,
     UpdateRule,
 )
-from caffe2tf.rule.schedules import boundaries, lr_at
+from caffe2tf.rule.schedules import POLICIES, boundaries, lr_at
 
 MAX_BOUNDARY_ROWS = 12
 
@@ -172,14 +173,14 @@ def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
             "source": "sgd_solver.cpp:155-215",
         }
     if isinstance(step, ScaleByLr):
-        fields = POLICY_FIELDS.get(step.schedule.policy, ())
+        fields = POLICIES[step.schedule.policy].reads
         return {
             "name": step.name,
             "equation": f"eta = alpha(k) * lr_mult;  {_schedule_equation(step.schedule, val)}",
             "values": {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}},
             "source": "sgd_solver.cpp:26-70",
         }
-    values = {f: val(f) for f in SOLVER_FIELDS[rule.solver]}
+    values = {f: val(f) for f in SOLVERS[rule.solver].reads}
     if isinstance(step, Momentum):
         mu = val("momentum")
         if step.nesterov:
@@ -257,8 +258,8 @@ def _defaults(recipe: Recipe, rule: UpdateRule) -> list[dict[str, str]]:
         "clip_gradients",
         "weight_decay",
         "lr_policy",
-        *POLICY_FIELDS.get(spec.lr_policy, ()),
-        *SOLVER_FIELDS.get(spec.type, ()),
+        *(POLICIES[spec.lr_policy].reads if spec.lr_policy in POLICIES else ()),
+        *(SOLVERS[spec.type].reads if spec.type in SOLVERS else ()),
     }
     if rule.step(AddDecay) is not None:
         used.add("regularization_type")

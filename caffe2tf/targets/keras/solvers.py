@@ -1,0 +1,142 @@
+"""One Keras mapping per solver step type of the rule (no Keras import).
+
+Each :class:`SolverMapping` says, for one step class of :mod:`caffe2tf.rule.model`:
+
+* ``builtin(step, solver)``: the exact ``keras.optimizers`` call and its note, or None when no
+  built-in reproduces Caffe's step (then the custom route is taken);
+* ``custom(step)``: the class of :mod:`caffe2tf.targets.keras.runtime` that adds this step to
+  Caffe's fixed order (``CaffeOptimizer``), with its arguments;
+* ``schedule_factor(step)``: ``rms_decay`` when the built-in needs the schedule to cancel a bias
+  correction (RMSProp as ``Adam(beta_1=0)``), else None.
+
+Why each built-in is exact (or not) is in docs/keras-target.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from caffe2tf.notes import Note
+from caffe2tf.rule.model import AdaDelta, AdaGrad, Adam, Momentum, RMSProp, SolverStep
+from caffe2tf.targets.keras.model import Arg, CallSpec, f32, fmt, note
+
+
+@dataclass(frozen=True)
+class SolverMapping:
+    """How one solver step type becomes Keras objects (see the module docstring)."""
+
+    builtin: Callable[[SolverStep, str], tuple[CallSpec, Note] | str]
+    custom: Callable[[SolverStep], CallSpec]
+    schedule_factor: Callable[[SolverStep], float | None] = lambda step: None
+
+
+def _momentum_builtin(step: Momentum, solver: str) -> tuple[CallSpec, Note] | str:
+    if not 0.0 <= step.momentum <= 1.0:
+        return "momentum outside [0, 1], which keras.optimizers.SGD rejects"
+    args = [Arg("momentum", f32(step.momentum), "momentum")]
+    if step.nesterov:
+        args.append(Arg("nesterov", True, "type"))
+    return CallSpec("SGD", tuple(args)), note(
+        "optimizer.sgd",
+        f"Caffe {solver} becomes keras.optimizers.SGD(momentum={fmt(step.momentum)}"
+        f"{', nesterov=True' if step.nesterov else ''}): both keep the learning rate inside "
+        "the velocity.",
+    )
+
+
+def _momentum_custom(step: Momentum) -> CallSpec:
+    args = [Arg("momentum", f32(step.momentum), "momentum")]
+    if step.nesterov:
+        args.append(Arg("nesterov", True, "type"))
+    return CallSpec("CaffeSGD", tuple(args))
+
+
+def _adagrad_builtin(step: AdaGrad, solver: str) -> str:
+    return (
+        "Keras' Adagrad puts epsilon inside the square root and starts its accumulator at "
+        "0.1 (Caffe: epsilon outside, start 0)"
+    )
+
+
+def _rmsprop_builtin(step: RMSProp, solver: str) -> tuple[CallSpec, Note]:
+    return CallSpec(
+        "Adam",
+        (
+            Arg("beta_1", 0.0, "type"),
+            Arg("beta_2", f32(step.rms_decay), "rms_decay"),
+            Arg("epsilon", f32(step.delta), "delta"),
+        ),
+    ), note(
+        "optimizer.rmsprop",
+        f"Caffe RMSProp becomes keras.optimizers.Adam(beta_1=0.0, beta_2="
+        f"{fmt(step.rms_decay)}, epsilon={fmt(step.delta)}) with a schedule divided by "
+        "sqrt(1 - rms_decay^(k+1)): with beta_1 = 0 this is Caffe's RMSProp (Keras' RMSprop "
+        "puts epsilon inside the root).",
+    )
+
+
+def _adadelta_builtin(step: AdaDelta, solver: str) -> tuple[CallSpec, Note]:
+    return CallSpec(
+        "Adadelta",
+        (Arg("rho", f32(step.rho), "momentum"), Arg("epsilon", f32(step.delta), "delta")),
+    ), note(
+        "optimizer.adadelta",
+        f"Caffe AdaDelta becomes keras.optimizers.Adadelta(rho={fmt(step.rho)}, epsilon="
+        f"{fmt(step.delta)}) with learning_rate = base_lr.",
+    )
+
+
+def _adam_builtin(step: Adam, solver: str) -> tuple[CallSpec, Note]:
+    return CallSpec(
+        "Adam",
+        (
+            Arg("beta_1", f32(step.beta1), "momentum"),
+            Arg("beta_2", f32(step.beta2), "momentum2"),
+            Arg("epsilon", f32(step.delta), "delta"),
+        ),
+    ), note(
+        "optimizer.adam",
+        f"Caffe Adam becomes keras.optimizers.Adam(beta_1={fmt(step.beta1)}, beta_2="
+        f"{fmt(step.beta2)}, epsilon={fmt(step.delta)}): same bias correction and epsilon "
+        "outside the root; epsilon set explicitly (Keras default 1e-7).",
+    )
+
+
+#: The registry: rule step class -> its Keras mapping.
+SOLVER_MAPPINGS: dict[type, SolverMapping] = {
+    Momentum: SolverMapping(_momentum_builtin, _momentum_custom),  # type: ignore[arg-type]
+    AdaGrad: SolverMapping(
+        _adagrad_builtin,  # type: ignore[arg-type]
+        lambda s: CallSpec("CaffeAdaGrad", (Arg("delta", f32(s.delta), "delta"),)),
+    ),
+    RMSProp: SolverMapping(
+        _rmsprop_builtin,  # type: ignore[arg-type]
+        lambda s: CallSpec(
+            "CaffeRMSProp",
+            (
+                Arg("rms_decay", f32(s.rms_decay), "rms_decay"),
+                Arg("delta", f32(s.delta), "delta"),
+            ),
+        ),
+        schedule_factor=lambda s: s.rms_decay,
+    ),
+    AdaDelta: SolverMapping(
+        _adadelta_builtin,  # type: ignore[arg-type]
+        lambda s: CallSpec(
+            "CaffeAdaDelta",
+            (Arg("momentum", f32(s.rho), "momentum"), Arg("delta", f32(s.delta), "delta")),
+        ),
+    ),
+    Adam: SolverMapping(
+        _adam_builtin,  # type: ignore[arg-type]
+        lambda s: CallSpec(
+            "CaffeAdam",
+            (
+                Arg("momentum", f32(s.beta1), "momentum"),
+                Arg("momentum2", f32(s.beta2), "momentum2"),
+                Arg("delta", f32(s.delta), "delta"),
+            ),
+        ),
+    ),
+}

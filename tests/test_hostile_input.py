@@ -88,3 +88,49 @@ def test_lexer_is_linear_on_long_tokens(text: str, needle: str | None) -> None:
         with pytest.raises(InputError, match=needle):
             parse.parse_text(text, caffe_pb2.SolverParameter())
     assert time.perf_counter() - t < 0.5
+
+
+# -- 2. non-finite numbers: refused at the field, never written as bare ``nan`` ----------------
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert "Traceback" not in res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("base_lr: nan", "base_lr is nan"),
+        ("weight_decay: inf", "weight_decay is inf"),
+        ("momentum: nan", "momentum is nan"),
+        ("clip_gradients: inf", "clip_gradients is inf"),
+        ("base_lr: 1e40", "base_lr is inf"),  # beyond float32: inf, as in C++
+        ("gamma: inf", "gamma is inf"),
+    ],
+)
+def test_convert_refuses_nonfinite_fields(tmp_path: Path, line: str, needle: str) -> None:
+    solver = tmp_path / "s.prototxt"
+    field = line.split(":")[0]
+    head = f'net: "{LENET_NET}"\nlr_policy: "step"\nstepsize: 10\ngamma: 0.1\nmomentum: 0.9\n'
+    solver.write_text(head.replace(f"{field}:", "# ") + f"{line}\n")
+    res = CliRunner().invoke(cli, ["convert", str(solver), "-o", str(tmp_path / "out")])
+    err = _one_error_line(res)
+    assert err.startswith(f"{solver}:6:1: error: {needle}"), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("policy", ["step", "exp", "inv", "multistep", "sigmoid"])
+def test_gamma_nan_is_refused_with_caffes_reason(tmp_path: Path, policy: str) -> None:
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(
+        f'net: "{LENET_NET}"\nlr_policy: "{policy}"\nstepsize: 5\nstepvalue: 5\npower: 1\n'
+        "gamma: nan\n"
+    )
+    res = CliRunner().invoke(cli, ["convert", str(solver), "-o", str(tmp_path / "out")])
+    err = _one_error_line(res)
+    assert err.startswith(f"{solver}:6:1: error: gamma must be >= 0"), err
+    assert "got nan" in err and "CHECK_GE" in err

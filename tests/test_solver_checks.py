@@ -154,6 +154,86 @@ BAD: list[tuple[str, str, str | None, str, bool]] = [
     ("iter_size_zero", NET + 'lr_policy: "fixed"\niter_size: 0\n', "iter_size", "iter_size", False),
 ]
 
+# -- borderline numbers (issue 13): NaN, +-Inf and -0.0 in every float field of the rule ------
+
+_GAMMA_CONTEXTS = {
+    "step": 'lr_policy: "step"\nstepsize: 10\n',
+    "exp": 'lr_policy: "exp"\n',
+    "inv": 'lr_policy: "inv"\npower: 1\n',
+    "multistep": 'lr_policy: "multistep"\nstepvalue: 5\n',
+    "sigmoid": 'lr_policy: "sigmoid"\nstepsize: 5\n',
+}
+_FIXED = 'lr_policy: "fixed"\n'
+
+
+def _typed(solver_type: str) -> str:
+    return f'{_FIXED}type: "{solver_type}"\n'
+
+
+# field -> {context name: solver text before the field} for the contexts where the rule reads it
+_READ = {
+    "base_lr": {"fixed": _FIXED},
+    "gamma": _GAMMA_CONTEXTS,
+    "power": {"inv": 'lr_policy: "inv"\ngamma: 0.1\n', "poly": 'lr_policy: "poly"\nmax_iter: 10\n'},
+    "momentum": {
+        t: _typed(t) for t in ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+    },
+    "momentum2": {"Adam": _typed("Adam")},
+    "delta": {t: _typed(t) for t in ("AdaGrad", "RMSProp", "AdaDelta", "Adam")},
+    "rms_decay": {"RMSProp": _typed("RMSProp")},
+    "weight_decay": {"L2": _FIXED, "L3": f'{_FIXED}regularization_type: "L3"\n'},
+    "clip_gradients": {"fixed": _FIXED},
+}
+# ... and contexts where it does not read it: Caffe ignores the value, so do we (with a note)
+_UNREAD = {
+    "gamma": {"fixed": _FIXED, "poly": 'lr_policy: "poly"\nmax_iter: 10\n'},
+    "power": {"step": _GAMMA_CONTEXTS["step"], "fixed": _FIXED},
+    "momentum2": {"SGD": _typed("SGD"), "RMSProp": _typed("RMSProp")},
+    "delta": {"SGD": _typed("SGD"), "Nesterov": _typed("Nesterov")},
+    "rms_decay": {"Adam": _typed("Adam"), "SGD": _typed("SGD")},
+}
+
+
+def _caffe_reason(field: str, context: str, value: str) -> str | None:
+    """Caffe 1.0's own abort for ``field: value`` in ``context`` (observed on the real binary by
+    ``test_verdicts_agree_with_caffe``), or None where Caffe accepts it."""
+    if field == "gamma" and value in ("nan", "-inf"):
+        return "gamma must be >= 0"  # CHECK_GE fails for NaN too (sgd_solver.cpp:35-61)
+    if field == "momentum" and context in ("AdaGrad", "RMSProp"):
+        return "Momentum cannot be used"  # CHECK_EQ(0, momentum) (sgd_solvers.hpp:75-77,95-97)
+    if field == "rms_decay":
+        return "rms_decay should lie between 0 and 1"
+    if field == "weight_decay" and context == "L3":
+        return "Unknown regularization type"  # local_decay NaN/inf is not 0
+    return None
+
+
+NONFINITE = ("nan", "inf", "-inf")
+BORDER_BAD: list[tuple[str, str, str | None, str, bool]] = []
+BORDER_GOOD: list[tuple[str, str]] = []
+for _field, _contexts in _READ.items():
+    for _context, _head in _contexts.items():
+        _base = "" if _field == "base_lr" else "base_lr: 0.01\n"
+        for _value in NONFINITE:
+            _text = NET + _base + _head + f"{_field}: {_value}\n"
+            _name = f"{_field}_{_value}_{_context}"
+            if _field == "clip_gradients" and _value == "-inf":
+                BORDER_GOOD.append((_name, _text))  # negative: no clipping, as -1
+                continue
+            _reason = _caffe_reason(_field, _context, _value)
+            _where = "regularization_type" if _context == "L3" else _field
+            BORDER_BAD.append(
+                (_name, _text, _where, _reason or f"{_field} is {_value}", _reason is not None)
+            )
+        BORDER_GOOD.append((f"{_field}_neg0_{_context}", NET + _base + _head + f"{_field}: -0.0\n"))
+for _field, _contexts in _UNREAD.items():
+    for _context, _head in _contexts.items():
+        for _value in NONFINITE:
+            BORDER_GOOD.append(
+                (f"{_field}_{_value}_unread_{_context}", NET + _head + f"{_field}: {_value}\n")
+            )
+BAD += BORDER_BAD
+
 # The oracle harness points every solver without an inline net at its own net file, so a
 # solver with no train net at all cannot be shown to it.
 ORACLE_SKIP = {"no_train_net"}
@@ -169,7 +249,9 @@ GOOD: list[tuple[str, str]] = [
     ("l1", NET + 'lr_policy: "fixed"\nweight_decay: 0.1\nregularization_type: "L1"\n'),
     ("bad_reg_no_decay", NET + 'lr_policy: "fixed"\nregularization_type: "L3"\n'),
     ("generic_test", NET + 'lr_policy: "fixed"\ntest_iter: 5\ntest_interval: 10\n'),
+    ("gamma_inf_fixed", NET + 'lr_policy: "fixed"\ngamma: inf\n'),
 ]
+GOOD += BORDER_GOOD
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -198,7 +280,89 @@ def test_rejected_with_reason_and_location(
 @pytest.mark.parametrize("name,text", GOOD, ids=[g[0] for g in GOOD])
 def test_accepted(tmp_path: Path, name: str, text: str) -> None:
     spec = load_solver(_write(tmp_path, text))
-    assert spec.type in ("SGD", "AdaGrad", "RMSProp", "Adam")
+    assert spec.type in ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+    if "_unread_" in name:
+        (note,) = [n for n in spec.notes if n.code == "solver.nonfinite_unused"]
+        field = name.split("_")[0] if not name.startswith("rms") else "rms_decay"
+        line = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith(field + ":"))
+        assert "does not read it" in note.message and note.location.line == line
+
+
+# -- a solver with its (inline) train net: the checks that need both ----------------------------
+
+
+def _inline(param: str = "", dim: int = 2) -> str:
+    return (
+        'net_param { layer { name: "p" type: "Parameter" top: "p" '
+        f"parameter_param {{ shape {{ dim: {dim} }} }} {param} }} }}\n"
+    )
+
+
+_NO_PARAMS = (
+    'net_param { layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 } } } }\n'
+)
+_L3 = 'lr_policy: "fixed"\nregularization_type: "L3"\n'
+# name, solver text (inline net), reason needle (None: accepted), whether Caffe aborts
+RECIPES: list[tuple[str, str, str | None, bool]] = [
+    # Caffe reads regularization_type only for a blob whose weight_decay * decay_mult != 0
+    (
+        "l3_no_decayed_blob",
+        _inline("param { decay_mult: 0 }") + _L3 + "weight_decay: 0.1\n",
+        None,
+        False,
+    ),
+    ("l3_net_without_params", _NO_PARAMS + _L3 + "weight_decay: 0.1\n", None, False),
+    (
+        "l3_neg0_decay_mult",
+        _inline("param { decay_mult: -0.0 }") + _L3 + "weight_decay: 0.1\n",
+        None,
+        False,
+    ),
+    (
+        "l3_decayed_blob",
+        _inline() + _L3 + "weight_decay: 0.1\n",
+        "Unknown regularization type",
+        True,
+    ),
+    # NaN x 0 is NaN, which is not 0: the type is read after all
+    (
+        "l3_nan_decay_no_mult",
+        _inline("param { decay_mult: 0 }") + _L3 + "weight_decay: nan\n",
+        "Unknown regularization type",
+        True,
+    ),
+    (
+        "l3_inf_decay_no_mult",
+        _inline("param { decay_mult: 0 }") + _L3 + "weight_decay: inf\n",
+        "Unknown regularization type",
+        True,
+    ),
+    (
+        "l3_nan_mult",
+        _inline("param { decay_mult: nan }") + _L3 + "weight_decay: 0.1\n",
+        "Unknown regularization type",
+        True,
+    ),
+    # Caffe trains these with NaN; caffe2tf refuses them
+    ("lr_mult_nan", _inline("param { lr_mult: nan }") + _FIXED, "has lr_mult nan", False),
+    ("decay_mult_inf", _inline("param { decay_mult: inf }") + _FIXED, "has decay_mult inf", False),
+    ("lr_mult_neg0", _inline("param { lr_mult: -0.0 }") + _FIXED, None, False),
+]
+
+
+@pytest.mark.parametrize("name,text,needle,caffe_rejects", RECIPES, ids=[r[0] for r in RECIPES])
+def test_recipe_checks_with_the_net(
+    tmp_path: Path, name: str, text: str, needle: str | None, caffe_rejects: bool
+) -> None:
+    path = _write(tmp_path, text)
+    if needle is None:
+        recipe = load_recipe(path)
+        if name.startswith("l3"):
+            assert any(n.code == "solver.regularization_unused" for n in recipe.notes)
+        return
+    with pytest.raises(InputError, match=needle) as info:
+        load_recipe(path)
+    assert info.value.location is not None and info.value.location.line is not None
 
 
 def test_values_are_float32_and_defaults_marked(tmp_path: Path) -> None:
@@ -309,13 +473,23 @@ def test_train_state_reaches_the_net(tmp_path: Path) -> None:
 def test_verdicts_agree_with_caffe(caffe_root: Path) -> None:
     from caffe2tf.verify import oracle
 
-    texts = [t for _, t, _, _, _ in BAD] + [t for _, t in GOOD]
+    texts = [t for _, t, _, _, _ in BAD] + [t for _, t in GOOD] + [t for _, t, _, _ in RECIPES]
     verdicts = oracle.caffe_read_solvers(texts, root=caffe_root)
     wrong = []
     for (name, _, _, _, caffe_rejects), verdict in zip(BAD, verdicts, strict=False):
         if name not in ORACLE_SKIP and verdict.ok == caffe_rejects:
             wrong.append((name, verdict))
-    for (name, _), verdict in zip(GOOD, verdicts[len(BAD) :], strict=True):
+    for (name, _), verdict in zip(GOOD, verdicts[len(BAD) : len(BAD) + len(GOOD)], strict=True):
         if not verdict.ok:
             wrong.append((name, verdict))
+    for (name, _, _, caffe_rejects), verdict in zip(
+        RECIPES, verdicts[len(BAD) + len(GOOD) :], strict=True
+    ):
+        if verdict.ok == caffe_rejects:
+            wrong.append((name, verdict))
     assert wrong == []
+    # where Caffe aborts, its reason is the one we give (the needle is Caffe's words)
+    for (name, _, _, needle, caffe_rejects), verdict in zip(BAD, verdicts, strict=False):
+        if name.split("_")[0] in ("gamma", "momentum", "rms") and caffe_rejects:
+            caffe_words = {"gamma must be >= 0": "gamma() >= 0"}.get(needle, needle)
+            assert caffe_words in verdict.message, (name, verdict.message)

@@ -96,7 +96,9 @@ def load_solver(path: str | os.PathLike[str], *, lenient: bool = False) -> Solve
     return _load_solver(path, lenient=lenient)[0]
 
 
-def _load_solver(path: str | os.PathLike[str], *, lenient: bool) -> tuple[SolverSpec, Parsed]:
+def _load_solver(
+    path: str | os.PathLike[str], *, lenient: bool, defer_regularization: bool = False
+) -> tuple[SolverSpec, Parsed]:
     from caffe2tf.caffe.solver import build_solver_spec
     from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
 
@@ -106,7 +108,13 @@ def _load_solver(path: str | os.PathLike[str], *, lenient: bool) -> tuple[Solver
     net_path, path_notes = _resolve_net_path(msg, parsed)
     notes.extend(path_notes)
     spec = build_solver_spec(
-        msg, parsed, locations, tuple(notes), lenient=lenient, net_path=net_path
+        msg,
+        parsed,
+        locations,
+        tuple(notes),
+        lenient=lenient,
+        net_path=net_path,
+        defer_regularization=defer_regularization,
     )
     return spec, parsed
 
@@ -186,7 +194,7 @@ def load_recipe(
     """A solver and its train net (or None with a warning note when the net file is missing)."""
     from caffe2tf.caffe.net import build_net_spec
 
-    solver, parsed = _load_solver(solver_path, lenient=lenient)
+    solver, parsed = _load_solver(solver_path, lenient=lenient, defer_regularization=True)
     msg = solver.message
     state = msg.train_state if msg.HasField("train_state") else None
     notes: list[Note] = []
@@ -231,7 +239,36 @@ def load_recipe(
         )
     elif solver.net_path is not None:
         net = load_net(solver.net_path, lenient=lenient, state=state)
+    notes.extend(_check_with_net(solver, net))
     return Recipe(solver=solver, net=net, notes=tuple(notes))
+
+
+def _check_with_net(solver: SolverSpec, net: NetSpec | None) -> list[Note]:
+    """The checks that need the solver and its train net together: Caffe's verdict on an
+    unknown ``regularization_type`` (read only for a decayed blob), and non-finite multipliers
+    (Caffe accepts ``lr_mult: nan`` and trains that blob with NaN; caffe2tf refuses it, as it
+    refuses non-finite solver fields, see docs/nonfinite.md)."""
+    import math
+
+    from caffe2tf.caffe.solver import check_finite, check_regularization
+
+    def loc(name: str) -> SourceLocation:
+        return solver.locations.get(name) or SourceLocation(solver.path)
+
+    decay_mults = [p.decay_mult for p in net.params] if net is not None else None
+    note = check_regularization(solver.message, decay_mults, loc("regularization_type"))
+    check_finite(solver.message, loc, ("weight_decay",))  # deferred by _load_solver
+    for blob in net.params if net is not None else ():
+        for name in ("lr_mult", "decay_mult"):
+            value = getattr(blob, name)
+            if not math.isfinite(value):
+                raise InputError(
+                    f"param {blob.index} of layer {blob.layer!r} has {name} {value}: Caffe "
+                    "would train this blob with NaN/inf numbers; caffe2tf refuses non-finite "
+                    "multipliers (see docs/nonfinite.md)",
+                    blob.location or SourceLocation(net.path),
+                )
+    return [note] if note is not None else []
 
 
 def _inline_field(msg: Any) -> str | None:

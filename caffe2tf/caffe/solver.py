@@ -18,9 +18,11 @@ test nets but ``test_interval <= 0``           ``solver.cpp:149-151``
 ``momentum != 0`` with AdaGrad / RMSProp       ``sgd_solvers.hpp:75-77, 95-97``
 RMSProp ``rms_decay`` outside ``[0, 1)``       ``sgd_solvers.hpp:98-101``
 ``lr_policy`` missing or unknown               ``sgd_solver.cpp:66-68``
-``gamma < 0`` (step/exp/inv/multistep/sigm.)   ``sgd_solver.cpp:35,39,42,53,61``
+``gamma`` not ``>= 0`` (step/exp/inv/         ``sgd_solver.cpp:35,39,42,53,61`` (NaN
+multistep/sigmoid; NaN included)               fails ``CHECK_GE`` too)
 ``stepsize <= 0`` (step, sigmoid)              ``sgd_solver.cpp:33,62``
-unknown ``regularization_type``, decay != 0    ``sgd_solver.cpp:160-182``
+unknown ``regularization_type`` and a blob     ``sgd_solver.cpp:160-182`` (the type is read
+whose ``weight_decay * decay_mult`` != 0       only for such a blob; checked with the net)
 =============================================  ===============================================
 
 Two more are rejected although Caffe does not abort, because training would silently be NaN or
@@ -28,12 +30,22 @@ empty: ``lr_policy: "poly"`` with ``max_iter`` 0 (``sgd_solver.cpp:56-59`` divid
 ``max_iter``: 0/0 = NaN at the first update) and ``iter_size < 1`` (``solver.cpp:229-233`` runs
 no forward/backward pass and then scales by ``1/iter_size``).
 
+Non-finite values (``nan``, ``inf``, ``-inf``; also a float literal beyond float32, which
+becomes ``inf``) in a field the update rule reads are rejected with the field's position,
+after Caffe's own checks (which reject some of them with Caffe's reason, e.g. ``gamma: nan``).
+Caffe 1.0 accepts the others and trains on NaN/inf numbers. A non-finite value in a field the
+rule does not read (``gamma`` under ``lr_policy: "fixed"``) is accepted with a note, as Caffe
+ignores it; ``clip_gradients: -inf`` is "no clipping" like any negative value. The per-field
+decisions and Caffe's verdicts are in ``docs/nonfinite.md``.
+
 Floats are the float32 values Caffe uses: protobuf ``float`` fields read back as the rounded
 value (``momentum: 0.9`` -> 0.8999999761581421).
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any
 
 from caffe2tf.caffe.model import SolverSpec
@@ -43,9 +55,12 @@ from caffe2tf.notes import Note, Severity
 
 __all__ = [
     "LR_POLICIES",
+    "NONFINITE_FIELDS",
     "REGULARIZATION_TYPES",
     "SOLVER_TYPES",
     "build_solver_spec",
+    "check_finite",
+    "check_regularization",
     "check_solver",
 ]
 
@@ -58,6 +73,31 @@ REGULARIZATION_TYPES = ("L1", "L2")
 
 _GAMMA_POLICIES = ("step", "exp", "inv", "multistep", "sigmoid")
 _STEPSIZE_POLICIES = ("step", "sigmoid")
+
+#: float fields of the rule -> when the rule reads them (policy, solver type) and what a
+#: non-finite value would do in Caffe 1.0, which accepts it (sgd_solver.cpp:26-70, 87-127,
+#: 155-215; the solvers' ComputeUpdateValue).
+_READ_BY_POLICY = {"gamma": _GAMMA_POLICIES, "power": ("inv", "poly")}
+_READ_BY_TYPE = {
+    "momentum": ("SGD", "Nesterov", "AdaDelta", "Adam"),
+    "momentum2": ("Adam",),
+    "delta": ("AdaGrad", "RMSProp", "AdaDelta", "Adam"),
+    "rms_decay": ("RMSProp",),
+}
+_NONFINITE_EFFECT = {
+    "base_lr": "every learning rate would be {v}, and the weights NaN/inf after one update",
+    "gamma": "the learning rate would become inf, 0 or NaN after the first decay",
+    "power": "the learning rate would become 0, inf or NaN",
+    "momentum": "the solver's history (and so the weights) would become NaN/inf",
+    "momentum2": "Adam's second moment (and so the weights) would become NaN/inf",
+    "rms_decay": "the squared-gradient history would become NaN/inf",
+    "delta": "every update would be 0 or NaN",
+    "weight_decay": "every decayed gradient would become NaN/inf",
+    "clip_gradients": "Caffe never clips with it (no norm is greater than {v}, "
+    "sgd_solver.cpp:87-106); remove the field, or write -1, to say no clipping",
+}
+#: the float fields of SolverParameter that the update rule can read
+NONFINITE_FIELDS = tuple(_NONFINITE_EFFECT)
 
 #: SolverSpec field names that come straight from SolverParameter fields of the same name.
 _SPEC_FIELDS = (
@@ -80,9 +120,19 @@ _SPEC_FIELDS = (
 
 
 def check_solver(
-    msg: Any, parsed: Parsed, locations: dict[str, SourceLocation], *, lenient: bool = False
+    msg: Any,
+    parsed: Parsed,
+    locations: dict[str, SourceLocation],
+    *,
+    lenient: bool = False,
+    defer_regularization: bool = False,
 ) -> list[Note]:
-    """Raise :class:`InputError` for what Caffe refuses; return notes for lenient leniencies."""
+    """Raise :class:`InputError` for what Caffe refuses; return notes for lenient leniencies.
+
+    ``defer_regularization``: the caller knows the train net and calls
+    :func:`check_regularization` with it (an unknown ``regularization_type`` aborts Caffe only
+    when some blob is decayed); otherwise every blob is assumed decayed (Caffe's default
+    ``decay_mult`` 1)."""
     notes: list[Note] = []
     path = parsed.path
 
@@ -180,7 +230,7 @@ def check_solver(
             )
         else:
             raise fail("lr_policy", reason)
-    if policy in _GAMMA_POLICIES and msg.gamma < 0:
+    if policy in _GAMMA_POLICIES and not msg.gamma >= 0:  # NaN fails CHECK_GE too
         raise fail(
             "gamma",
             f"gamma must be >= 0 for lr_policy {policy!r} (got {msg.gamma:g}; "
@@ -200,12 +250,8 @@ def check_solver(
             f"{'absent (0)' if not msg.HasField('max_iter') else '0'}: Caffe "
             "would compute a NaN learning rate (sgd_solver.cpp:56-59)",
         )
-    if msg.weight_decay != 0 and msg.regularization_type not in REGULARIZATION_TYPES:
-        raise fail(
-            "regularization_type",
-            f"Unknown regularization type: {msg.regularization_type} (Caffe accepts "
-            "'L2' and 'L1' when weight_decay != 0; sgd_solver.cpp:160-182)",
-        )
+    if not defer_regularization:
+        check_regularization(msg, None, loc("regularization_type"))
     if msg.iter_size < 1:
         raise fail(
             "iter_size",
@@ -224,6 +270,83 @@ def check_solver(
                 loc("regularization_type"),
             )
         )
+    # an unknown regularization_type is judged with the net first (Caffe's reason wins), then
+    # weight_decay's value (check_finite_with_net)
+    deferred = defer_regularization and msg.regularization_type not in REGULARIZATION_TYPES
+    fields = tuple(f for f in NONFINITE_FIELDS if not (deferred and f == "weight_decay"))
+    notes.extend(check_finite(msg, loc, fields))
+    return notes
+
+
+def _f32(x: float) -> float:
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def check_regularization(
+    msg: Any, decay_mults: list[float] | None, where: SourceLocation
+) -> Note | None:
+    """``SGDSolver::Regularize`` reads ``regularization_type`` only for a blob whose
+    ``local_decay = weight_decay * decay_mult`` (formed in float) is not 0
+    (``sgd_solver.cpp:160-182``; NaN counts as not 0) and aborts there on a type other than
+    "L2"/"L1". ``decay_mults`` are the train net's blobs (None: unknown, every blob assumed
+    decayed). Raises :class:`InputError` when Caffe aborts; a note when the unknown type is
+    never read because no blob is decayed."""
+    kind = msg.regularization_type
+    if msg.weight_decay == 0 or kind in REGULARIZATION_TYPES:
+        return None
+    if decay_mults is None or any(_f32(msg.weight_decay * d) != 0 for d in decay_mults):
+        raise InputError(
+            f"Unknown regularization type: {kind} (Caffe accepts 'L2' and 'L1' when a blob's "
+            "weight_decay * decay_mult != 0; sgd_solver.cpp:160-182)",
+            where,
+        )
+    return Note(
+        "solver.regularization_unused",
+        f"regularization_type {kind!r} is not one Caffe knows, but no blob of the train net is "
+        "decayed (weight_decay x decay_mult is 0 for each), so Caffe never reads it "
+        "(sgd_solver.cpp:160-164)",
+        Severity.INFO,
+        where,
+    )
+
+
+def check_finite(msg: Any, loc: Any, fields: tuple[str, ...]) -> list[Note]:
+    """Reject a non-finite value in a float field the rule reads (Caffe accepts it and trains
+    on NaN/inf); note one in a field the rule does not read. Runs after Caffe's own checks, so
+    where Caffe aborts on the value its reason is the one reported. ``fields``: those of
+    :data:`NONFINITE_FIELDS` to look at; ``loc(name)`` gives a field's location."""
+    notes: list[Note] = []
+    for name in fields:
+        effect = _NONFINITE_EFFECT[name]
+        value = getattr(msg, name)
+        if math.isfinite(value) or (name == "clip_gradients" and value < 0):
+            continue
+        if name in _READ_BY_POLICY:
+            reader = f"lr_policy {msg.lr_policy!r}"
+            read = msg.lr_policy in _READ_BY_POLICY[name]
+        elif name in _READ_BY_TYPE:
+            reader = f"solver type {msg.type}"
+            read = msg.type in _READ_BY_TYPE[name]
+        else:
+            reader, read = "", True
+        text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        if read:
+            raise InputError(
+                f"{name} is {text}: {effect.format(v=text)}. caffe2tf refuses non-finite "
+                "hyper-parameters that Caffe would train with (see docs/nonfinite.md)",
+                loc(name),
+            )
+        notes.append(
+            Note(
+                "solver.nonfinite_unused",
+                f"{name} is {text}, but {reader} does not read it (nor does Caffe)",
+                Severity.INFO,
+                loc(name),
+            )
+        )
     return notes
 
 
@@ -235,9 +358,13 @@ def build_solver_spec(
     *,
     lenient: bool = False,
     net_path: str | None = None,
+    defer_regularization: bool = False,
 ) -> SolverSpec:
-    """Check ``msg`` (an upgraded ``SolverParameter``) and freeze it into a :class:`SolverSpec`."""
-    more = check_solver(msg, parsed, locations, lenient=lenient)
+    """Check ``msg`` (an upgraded ``SolverParameter``) and freeze it into a :class:`SolverSpec`
+    (``defer_regularization``: see :func:`check_solver`)."""
+    more = check_solver(
+        msg, parsed, locations, lenient=lenient, defer_regularization=defer_regularization
+    )
     defaulted = frozenset(
         f.name for f in msg.DESCRIPTOR.fields if f.has_presence and not msg.HasField(f.name)
     )

@@ -5,17 +5,22 @@ Each test is the regression of one defect found by fuzzing: it failed (or hung) 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from caffe2tf.caffe import parse
 from caffe2tf.caffe._proto import caffe_pb2
-from caffe2tf.caffe.load import _is_blank, parse_solver_file, sniff_kind
+from caffe2tf.caffe.load import _is_blank, load_recipe, parse_solver_file, sniff_kind
 from caffe2tf.cli import cli
 from caffe2tf.errors import InputError
+from caffe2tf.rule.lower import lower
+from caffe2tf.rule.reference import run_reference
+from caffe2tf.verify.compare import compare_trajectories
 
 REPO = Path(__file__).resolve().parent.parent
 LENET_NET = REPO / "fixtures" / "lenet" / "train.prototxt"
@@ -134,3 +139,98 @@ def test_gamma_nan_is_refused_with_caffes_reason(tmp_path: Path, policy: str) ->
     err = _one_error_line(res)
     assert err.startswith(f"{solver}:6:1: error: gamma must be >= 0"), err
     assert "got nan" in err and "CHECK_GE" in err
+
+
+# -- 3. verify: NaN/inf is a failure of its own; the reference matches Caffe on frozen blobs ----
+
+
+def _traj(*rows: list[float]) -> list[dict[str, np.ndarray]]:
+    return [{"a/0": np.array(r[:1], np.float32), "b/0": np.array(r[1:], np.float32)} for r in rows]
+
+
+@pytest.mark.parametrize(
+    "ref,cand,needle",
+    [
+        # a NaN in the reference only: Python's max skipped it and the run PASSED
+        ([[0.9, np.nan]], [[0.9, 0.5]], "the reference has NaN in b/0 after update 1"),
+        ([[0.9, 0.5], [0.8, np.inf]], [[0.9, 0.5], [0.8, 0.5]], "the reference has inf in b/0"),
+        ([[0.9, 0.5]], [[np.nan, 0.5]], "the candidate has NaN in a/0 after update 1"),
+        # NaN on both sides, at the same place, is no agreement
+        ([[0.9, np.nan]], [[0.9, np.nan]], "the reference has NaN and the candidate has NaN"),
+    ],
+)
+def test_nonfinite_weights_fail_with_their_own_message(ref, cand, needle) -> None:
+    init = {"a/0": np.array([1.0], np.float32), "b/0": np.array([0.5], np.float32)}
+    cmp = compare_trajectories(init, _traj(*ref), _traj(*cand), tolerance=1e-3)
+    assert not cmp.passed
+    assert needle in cmp.nonfinite
+    assert cmp.summary() == f"FAIL: {cmp.nonfinite}"
+    assert cmp.to_dict()["nonfinite"] == cmp.nonfinite
+    assert math.isinf(cmp.deviation) and math.isfinite(cmp.scale)
+
+
+@pytest.mark.parametrize("tolerance", [math.inf, math.nan, 0.0, -1e-3])
+def test_tolerance_must_be_finite_and_positive(tolerance: float) -> None:
+    init = {"a/0": np.array([1.0], np.float32)}
+    with pytest.raises(ValueError, match="finite number > 0"):
+        compare_trajectories(init, [init], [init], tolerance=tolerance)
+
+
+_FROZEN_NET = """name: "n"
+layer { name: "a" type: "Parameter" top: "a" parameter_param { shape { dim: 3 } }
+  param { lr_mult: 0 } }
+layer { name: "c" type: "Parameter" top: "c" parameter_param { shape { dim: 3 } } }
+"""
+ADAPTIVE = {
+    "AdaGrad": 'type: "AdaGrad"\n',
+    "RMSProp": 'type: "RMSProp"\n',
+    "AdaDelta": 'type: "AdaDelta"\nmomentum: 0.9\n',
+    "Adam": 'type: "Adam"\nmomentum: 0.9\n',
+}
+
+
+def _delta0_run(tmp_path: Path, solver_type: str):
+    (tmp_path / "net.prototxt").write_text(_FROZEN_NET)
+    solver = tmp_path / "solver.prototxt"
+    text = f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\nbase_lr: 0.1\ndelta: 0\n'
+    solver.write_text(text + ADAPTIVE[solver_type])
+    init = {"a/0": np.array([1, -2, 3], np.float32), "c/0": np.array([0.5, 0.5, 0.5], np.float32)}
+    # zeros in both blobs: 0/0 in the update
+    grads = [
+        {"a/0": np.array([0.1, 0, 0.3], np.float32), "c/0": np.array([0.2, 0, -0.1], np.float32)}
+    ] * 3
+    return solver, text + ADAPTIVE[solver_type], init, grads
+
+
+@pytest.mark.parametrize("solver_type", sorted(ADAPTIVE))
+def test_reference_keeps_a_frozen_blob_where_the_formula_is_nan(
+    tmp_path: Path, solver_type: str
+) -> None:
+    solver, _, init, grads = _delta0_run(tmp_path, solver_type)
+    rule = lower(load_recipe(solver))
+    traj = run_reference(rule, init, grads)
+    for weights in traj:
+        np.testing.assert_array_equal(weights["a/0"], init["a/0"])  # was [1, nan, 3]
+    assert np.isnan(traj[-1]["c/0"][1])  # a trained blob with 0/0 is NaN, as in Caffe
+
+
+@pytest.mark.oracle
+def test_reference_matches_caffe_with_delta_zero(caffe_root: Path, tmp_path: Path) -> None:
+    """The real binary: the frozen blob keeps its weights, the 0/0 element of the trained blob
+    is NaN, the rest agree; the reference reproduces all three (NaN where Caffe has NaN)."""
+    from caffe2tf.verify.oracle import OracleCase, run_cases
+
+    runs = {}
+    for t in ADAPTIVE:
+        (tmp_path / t).mkdir()
+        runs[t] = _delta0_run(tmp_path / t, t)
+    cases = [
+        OracleCase(t, text, _FROZEN_NET, init, grads) for t, (_, text, init, grads) in runs.items()
+    ]
+    caffe = run_cases(cases, root=caffe_root)
+    for t, (solver, _, init, grads) in runs.items():
+        ref = run_reference(lower(load_recipe(solver)), init, grads)
+        for k in range(len(grads)):
+            np.testing.assert_array_equal(caffe[t][k]["a/0"], init["a/0"])
+            np.testing.assert_allclose(ref[k]["c/0"], caffe[t][k]["c/0"], rtol=1e-6)
+            np.testing.assert_array_equal(ref[k]["a/0"], caffe[t][k]["a/0"])

@@ -19,6 +19,19 @@ same as ``caffe2tf replay`` and the oracle harness):
 
 One update is ``for step in rule.steps: STEP_FUNCTIONS[type(step)](step, env)`` followed by
 ``w -= u`` (``Net::Update``, ``blob.cpp:173-197``) and ``k += 1``.
+
+A blob whose rate is 0 gets an update of exactly 0 from AdaGrad, RMSProp, AdaDelta and Adam,
+even where their formula is 0/0 = NaN (``delta: 0`` and a blob with no gradient yet). These
+solvers apply the rate last, through BLAS: AdaGrad and RMSProp with ``caffe_cpu_axpby(rate, u,
+0, diff)`` (``adagrad_solver.cpp:46-48``, ``rmsprop_solver.cpp:48-50``), which is ``?scal`` by 0
+then ``?axpy`` by the rate (``mkl_alternate.hpp:89-94``); AdaDelta and Adam with
+``caffe_cpu_scale(rate, u, diff)`` (``adadelta_solver.cpp:87-89``, ``adam_solver.cpp:71-72``),
+``?copy`` then ``?scal`` (``math_functions.cpp:372-376``). The OpenBLAS that Debian's Caffe
+links returns from ``?axpy`` without reading ``x`` when the factor is 0, and its ``?scal`` by 0
+stores zeros instead of multiplying, so NaN * 0 never happens
+there. Observed on the real binary: an ``lr_mult: 0`` blob with ``delta: 0`` keeps its weights,
+where plain IEEE arithmetic gives NaN (``tests/test_hostile_input.py``). A blob with a non-zero
+rate and 0/0 in its update is NaN in Caffe too, and here.
 """
 
 from __future__ import annotations
@@ -27,8 +40,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from caffe2tf.rule.model import ClipByGlobalNorm, ParamGroup, UpdateRule
-from caffe2tf.rule.steps import STEP_FUNCTIONS, StepFn, UpdateEnv
+from caffe2tf.rule.model import (
+    AdaDelta,
+    AdaGrad,
+    Adam,
+    ClipByGlobalNorm,
+    ParamGroup,
+    RMSProp,
+    UpdateRule,
+)
+from caffe2tf.rule.steps import STEP_FUNCTIONS, StepFn, UpdateEnv, adam_correction
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -131,12 +152,39 @@ class ReferenceOptimizer:
         with np.errstate(all="ignore"):
             for s in self.rule.steps:
                 self.registry[type(s)](s, env)
+            self._zero_rate_blobs_stay(env)
             for o in self.keys:
                 self.weights[o] = self.weights[o] - env.updates[o]
         self.current_step = env.current_step
         self.last_rate = env.rate
         self.k += 1
         return self.snapshot()
+
+    def _zero_rate_blobs_stay(self, env: UpdateEnv) -> None:
+        """The update of a blob whose applied rate is 0 is exactly 0 in the adaptive solvers
+        (BLAS never multiplies by that 0; see the module docstring)."""
+        solver = next(
+            (s for s in self.rule.steps if isinstance(s, (AdaGrad, RMSProp, AdaDelta, Adam))), None
+        )
+        if solver is None:
+            return
+        corr = None
+        if isinstance(solver, Adam):  # the factor Adam scales by is fl(rate * correction)
+            try:
+                corr = env.s(
+                    adam_correction(
+                        float(env.s(solver.beta1)), float(env.s(solver.beta2)), env.k + 1
+                    )
+                )
+            except (ZeroDivisionError, ValueError, OverflowError):
+                return
+        for o in self.keys:
+            eta = env.eta.get(o)
+            if eta is None or o not in env.updates:
+                continue
+            factor = eta if corr is None else env.dtype(eta * corr)
+            if factor == 0:
+                env.updates[o] = np.zeros_like(self.weights[o])
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Current weights keyed like ``init`` (a sharer's key gets its owner's weights)."""

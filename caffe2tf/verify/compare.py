@@ -16,7 +16,13 @@ compared blob, B = the set of compared keys)::
     dev[t]     = max_b dev[t][b]        (per-step series)
     dev[b]     = max_t dev[t][b]        (per-blob figure)
     deviation  = max_t dev[t]           (the number the verdict reads)
-    passed     = deviation <= tolerance (NaN/inf anywhere in the candidate -> deviation = inf)
+    passed     = deviation <= tolerance, and every weight finite on both sides
+
+A NaN or inf weight in the reference, the candidate or ``init`` is a failure of its own,
+whatever the numbers: ``nonfinite`` says where the first one is (side, blob, update), that
+blob's deviation from then on is inf, and non-finite reference weights do not count in T.
+(Comparing NaN with anything, or taking a ``max`` over NaN, would silently drop it: a NaN
+reference once made a run PASS.) The tolerance must be finite and > 0.
 
 One scale for all blobs on purpose: a blob that barely moves (``lr_mult: 0``, a bias with tiny
 gradients) is judged on the scale of the whole net's motion, so its float32 rounding noise does not
@@ -56,10 +62,11 @@ class Comparison:
     per_step: tuple[float, ...] = ()
     per_blob_step: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
     max_abs_diff: float = 0.0
+    nonfinite: str = ""  # where the first NaN/inf weight is ("" when there is none)
 
     @property
     def passed(self) -> bool:
-        return bool(self.deviation <= self.tolerance)
+        return not self.nonfinite and bool(self.deviation <= self.tolerance)
 
     @property
     def percent_of_travel(self) -> float:
@@ -81,10 +88,13 @@ class Comparison:
             "worst_key": self.worst_key,
             "worst_step": self.worst_step,
             "passed": self.passed,
+            "nonfinite": self.nonfinite or None,
             "per_blob": {k: num(v) for k, v in self.per_blob.items()},
         }
 
     def summary(self) -> str:
+        if self.nonfinite:
+            return f"FAIL: {self.nonfinite}"
         verdict = "PASS" if self.passed else "FAIL"
         return (
             f"{verdict}: deviation {self.deviation:.3e} (tolerance {self.tolerance:g}) at "
@@ -131,8 +141,10 @@ def compare_trajectories(
 
     ``keys`` defaults to the keys of ``init``. Both trajectories must have the same length and
     hold every compared key with ``init``'s shape; a mismatch raises ``ValueError`` (it is a bug in
-    the caller, not a verdict).
+    the caller, not a verdict), as does a tolerance that is not a finite number > 0.
     """
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be a finite number > 0, not {tolerance!r}")
     keys = tuple(keys) if keys is not None else tuple(init)
     if len(reference) != len(candidate):
         raise ValueError(f"reference has {len(reference)} steps, candidate {len(candidate)}")
@@ -148,28 +160,41 @@ def compare_trajectories(
                         f"init has {w0[k].shape}"
                     )
     steps = len(reference)
+    nonfinite = ""
+    for k in keys:
+        if not np.all(np.isfinite(w0[k])):
+            nonfinite = nonfinite or f"init has {_what(w0[k])} in {k}"
     travelled = 0.0
     for ref_t in reference:
         for k in keys:
             if w0[k].size:
-                d = float(np.max(np.abs(np.asarray(ref_t[k], np.float64) - w0[k])))
-                travelled = max(travelled, d)
-    floor = 0.01 * max((float(np.max(np.abs(v))) for v in w0.values() if v.size), default=0.0)
+                d = np.abs(np.asarray(ref_t[k], np.float64) - w0[k])
+                d = d[np.isfinite(d)]
+                if d.size:
+                    travelled = max(travelled, float(np.max(d)))
+    floor = 0.01 * max(
+        (float(np.max(np.abs(v), initial=0.0, where=np.isfinite(v))) for v in w0.values()),
+        default=0.0,
+    )
     scale = max(travelled, floor)
     if not scale > 0:
         scale = 1.0
     per_blob_step: dict[str, list[float]] = {k: [] for k in keys}
     max_abs = 0.0
-    for ref_t, cand_t in zip(reference, candidate, strict=True):
+    for t, (ref_t, cand_t) in enumerate(zip(reference, candidate, strict=True), 1):
         for k in keys:
             c = np.asarray(cand_t[k], np.float64)
             if c.size == 0:
                 per_blob_step[k].append(0.0)
                 continue
-            if not np.all(np.isfinite(c)):
+            r = np.asarray(ref_t[k], np.float64)
+            bad = [(who, w) for who, w in (("reference", r), ("candidate", c)) if not _finite(w)]
+            if bad:
+                what = " and ".join(f"the {who} has {_what(w)}" for who, w in bad)
+                nonfinite = nonfinite or f"{what} in {k} after update {t}"
                 d = math.inf
             else:
-                d = float(np.max(np.abs(c - np.asarray(ref_t[k], np.float64))))
+                d = float(np.max(np.abs(c - r)))
             max_abs = max(max_abs, d)
             per_blob_step[k].append(d / scale)
     per_step = tuple(max((per_blob_step[k][t] for k in keys), default=0.0) for t in range(steps))
@@ -193,7 +218,18 @@ def compare_trajectories(
         per_step=per_step,
         per_blob_step={k: tuple(v) for k, v in per_blob_step.items()},
         max_abs_diff=max_abs,
+        nonfinite=nonfinite,
     )
+
+
+def _finite(w: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(w)))
+
+
+def _what(w: np.ndarray) -> str:
+    """``"NaN"``, ``"inf"`` or ``"NaN and inf"``: what non-finite values ``w`` holds."""
+    kinds = [name for name, hit in (("NaN", np.isnan(w).any()), ("inf", np.isinf(w).any())) if hit]
+    return " and ".join(kinds)
 
 
 def comparison_json(comparison: Comparison) -> str:

@@ -193,7 +193,7 @@ def replay(
     precision: str,
 ) -> int:
     """Run Caffe's update rule on recorded gradients and write the weight trajectory."""
-    from caffe2tf.rule.replay import replay_files
+    from caffe2tf.app.replay import replay_files
 
     summary = replay_files(
         solver,
@@ -247,7 +247,7 @@ def convert(
     fmt: str,
 ) -> int:
     """Write OUT/train_config.yaml and OUT/optimizer.py that train exactly like SOLVER."""
-    from caffe2tf.targets.keras.convert import convert_solver
+    from caffe2tf.app.convert import convert_solver
 
     report = convert_solver(
         solver,
@@ -297,7 +297,7 @@ def verify(
 ) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
     _quiet_tensorflow()
-    from caffe2tf.verify.run import verify_solver
+    from caffe2tf.app.verify import verify_solver
 
     report = verify_solver(
         solver,
@@ -347,7 +347,7 @@ def check(
     OUT/optimizer.py, run per its contract, leaves Caffe's trajectory.
     """
     _quiet_tensorflow()
-    from caffe2tf.verify.check import check_migration
+    from caffe2tf.app.check import check_migration
 
     report = check_migration(
         solver,

@@ -21,7 +21,8 @@ CASES = ROOT / "tests" / "cases"
 
 def render_case(case: Path) -> dict[str, str]:
     """``{file name: text}`` of the expected outputs of one case directory."""
-    from caffe2tf.targets.keras.convert import load_layer_map, make_plan
+    from caffe2tf.app.convert import load_layer_map
+    from caffe2tf.app.pipeline import keras_plan, load_pipeline
     from caffe2tf.targets.keras.render_python import render_python
     from caffe2tf.targets.keras.render_yaml import render_yaml
 
@@ -33,7 +34,7 @@ def render_case(case: Path) -> dict[str, str]:
     try:
         rel = case.resolve().relative_to(ROOT)
         net = rel / "net.prototxt" if (ROOT / rel / "net.prototxt").exists() else None
-        p, _ = make_plan(rel / "solver.prototxt", net_path=net, layer_map=layer_map)
+        p, _ = keras_plan(load_pipeline(rel / "solver.prototxt", net_path=net), layer_map)
     finally:
         os.chdir(cwd)
     return {"train_config.yaml": render_yaml(p), "optimizer.py": render_python(p)}

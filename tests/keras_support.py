@@ -34,19 +34,17 @@ def load_module(path: str | os.PathLike[str]) -> Any:
 
 def plan_of(case: str | os.PathLike[str]) -> tuple[Any, Any]:
     """(rule, plan) for a case directory, through the same path as ``caffe2tf convert``."""
-    from caffe2tf.caffe.load import load_recipe
-    from caffe2tf.rule.lower import lower
-    from caffe2tf.targets.keras.convert import make_plan
+    from caffe2tf.app.pipeline import keras_plan, load_pipeline
 
     case = Path(case)
     layer_map = {}
     if (case / "layer_map.yaml").exists():
-        from caffe2tf.targets.keras.convert import load_layer_map
+        from caffe2tf.app.convert import load_layer_map
 
         layer_map = load_layer_map(case / "layer_map.yaml")
-    rule = lower(load_recipe(case / "solver.prototxt"))
-    p, _ = make_plan(case / "solver.prototxt", layer_map=layer_map)
-    return rule, p
+    pipeline = load_pipeline(case / "solver.prototxt")
+    p, _ = keras_plan(pipeline, layer_map)
+    return pipeline.rule, p
 
 
 def rule_of(solver: str | os.PathLike[str], net: str | os.PathLike[str] | None = None) -> Any:

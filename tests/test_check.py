@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import require
 
+from caffe2tf.app.check import config_differences
 from caffe2tf.cli import cli
-from caffe2tf.verify.check import config_differences
 
 REPO = Path(__file__).resolve().parents[1]
 SOLVER = REPO / "fixtures" / "lenet" / "solver.prototxt"

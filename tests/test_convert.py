@@ -98,7 +98,7 @@ def test_existing_output_is_not_clobbered_without_force(recipe: Path, tmp_path: 
 def test_failure_while_rendering_leaves_nothing(
     recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from caffe2tf.targets.keras import convert
+    from caffe2tf.app import convert
 
     def boom(*_a: object) -> str:
         raise RuntimeError("disk full")
@@ -108,7 +108,7 @@ def test_failure_while_rendering_leaves_nothing(
         convert.convert_solver(recipe, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
-    from caffe2tf.targets.keras.convert import write_outputs
+    from caffe2tf.app.convert import write_outputs
 
     real_rename = os.rename
 

@@ -106,8 +106,8 @@ def test_convert_blocks_approximations_and_writes_the_goldens(
     """``convert`` of each case: an approximate one (and only it) is blocked without
     --allow-approx -- exit 2, nothing written, the APPROX notes named; with the flag where
     needed, what it writes is the goldens."""
+    from caffe2tf.app.convert import convert_solver, load_layer_map
     from caffe2tf.notes import Exactness
-    from caffe2tf.targets.keras.convert import convert_solver, load_layer_map
 
     _, plan = ks.plan_of(case)
     assert plan.exact is not _approximate(case), [n.code for n in plan.notes]

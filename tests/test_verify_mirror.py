@@ -18,6 +18,7 @@ require("tensorflow")
 
 from caffe2tf.caffe.load import load_recipe  # noqa: E402
 from caffe2tf.cli import cli  # noqa: E402
+from caffe2tf.rule.lower import lower  # noqa: E402
 from caffe2tf.verify import keras_harness as kh  # noqa: E402
 from caffe2tf.verify.run import initial_weights, never_written_blobs  # noqa: E402
 
@@ -79,8 +80,8 @@ def _json(out: str) -> dict:
 def test_bn_scale_pair_is_one_batch_normalization_bound_like_prepare_model():
     from caffe2tf.targets.keras.runtime import caffe_blob_key
 
-    net = load_recipe(BN / "solver.prototxt", net_path=BN / "net.prototxt").net
-    layers = kh.mirror_layers_from_net(net)
+    rule = lower(load_recipe(BN / "solver.prototxt", net_path=BN / "net.prototxt"))
+    layers = kh.mirror_layers_from_rule(rule)
     by_name = {spec.name: spec for spec in layers}
     assert "scale1" not in by_name  # the Scale's blobs live in the BatchNorm's Keras layer
     bn = by_name["bn1"]
@@ -104,10 +105,10 @@ def test_bn_scale_pair_is_one_batch_normalization_bound_like_prepare_model():
 
 
 def test_statistics_load_divided_by_the_factor_and_read_back():
-    net = load_recipe(BN / "solver.prototxt", net_path=BN / "net.prototxt").net
-    shapes = {p.key: p.shape for p in net.params}
+    rule = lower(load_recipe(BN / "solver.prototxt", net_path=BN / "net.prototxt"))
+    shapes = {p.key: p.shape for p in rule.params}
     init = initial_weights(shapes, 7)
-    model = kh.build_mirror_model(kh.mirror_layers_from_net(net))
+    model = kh.build_mirror_model(kh.mirror_layers_from_rule(rule))
     kh.set_caffe_weights(model, init)
     mean = np.asarray(model.blob_variables()["bn1/0"][0].numpy())
     np.testing.assert_allclose(mean, init["bn1/0"] / init["bn1/2"][0], rtol=1e-6)

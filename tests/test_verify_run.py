@@ -13,10 +13,10 @@ from conftest import require
 
 require("tensorflow")
 
+from caffe2tf.app.verify import progress_printer  # noqa: E402
 from caffe2tf.cli import cli  # noqa: E402
 from caffe2tf.verify import matrix  # noqa: E402
 from caffe2tf.verify.run import (  # noqa: E402
-    _progress_printer,
     frozen_blobs_get_no_gradient,
     initial_weights,
     write_case_files,
@@ -136,8 +136,8 @@ def test_frozen_blobs_get_zero_gradient_and_seeded_init():
 
 
 def test_progress_only_on_long_runs(capsys):
-    assert _progress_printer("keras", 50) is None
-    report = _progress_printer("keras", 1000)
+    assert progress_printer("keras", 50) is None
+    report = progress_printer("keras", 1000)
     for done in range(1, 1001):
         report(done, 1000)
     err = capsys.readouterr().err

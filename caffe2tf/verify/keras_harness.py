@@ -12,7 +12,7 @@ computed from data:
   whose variables have the Caffe blobs' shapes in Keras layout (InnerProduct ``(out, in)`` ->
   ``Dense.kernel`` ``(in, out)``; Convolution ``(out, in, kh, kw)`` -> ``Conv2D.kernel``
   ``(kh, kw, in, out)``; Parameter -> :class:`CaffeParameter` with one weight). A Caffe
-  BatchNorm and the Scale after it (paired by :func:`caffe2tf.targets.keras.layers.scale_pairs`,
+  BatchNorm and the Scale after it (paired by :func:`caffe2tf.rule.lower.scale_pairs`,
   as the plan pairs them) are one ``BatchNormalization`` named after the BatchNorm: gamma/beta
   hold the Scale's blobs 0/1, moving_mean/moving_variance the BatchNorm's statistics divided by
   its factor blob; a lone Scale is a layer with ``gamma``/``beta``; PReLU's slope is ``alpha``.
@@ -138,24 +138,22 @@ def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray
 # ---- describing the net ----------------------------------------------------------------------
 
 
-def mirror_layers_from_net(net: Any) -> tuple[MirrorLayer, ...]:
-    """From a :class:`caffe2tf.caffe.model.NetSpec` (owners only, Caffe order). BatchNorm+Scale
-    pairs are found by :func:`caffe2tf.targets.keras.layers.scale_pairs`, the function the plan
-    (and so ``prepare_model``) uses."""
-    from caffe2tf.rule.lower import scale_pairs
-
+def mirror_layers_from_rule(rule: Any) -> tuple[MirrorLayer, ...]:
+    """From an :class:`caffe2tf.rule.model.UpdateRule` (owners only, Caffe order): the blobs'
+    shapes and layer types, and the rule's BatchNorm+Scale pairs (the pairs the plan, and so
+    ``prepare_model``, uses)."""
     shapes: dict[str, tuple[int, ...]] = {}
     types: dict[str, str] = {}
-    for blob in net.params:
-        if blob.shape is None:
+    for group in rule.params:
+        if group.shape is None:
             raise InputError(
-                f"the shape of {blob.key} ({blob.layer_type}) cannot be inferred "
+                f"the shape of {group.key} ({group.layer_type}) cannot be inferred "
                 f"from the net, so no mirror model can be built for verification",
-                blob.location,
+                group.location,
             )
-        shapes[blob.key] = tuple(int(d) for d in blob.shape)
-        types[blob.layer] = blob.layer_type
-    return mirror_layers_from_shapes(shapes, types, dict(scale_pairs(net)))
+        shapes[group.key] = tuple(int(d) for d in group.shape)
+        types[group.layer] = group.layer_type
+    return mirror_layers_from_shapes(shapes, types, dict(rule.scale_pairs))
 
 
 def mirror_layers_from_shapes(
@@ -164,9 +162,9 @@ def mirror_layers_from_shapes(
     pairs: Mapping[str, str] | None = None,
 ) -> tuple[MirrorLayer, ...]:
     """From ``{"{layer}/{i}": shape}`` (Caffe layout), ``{layer: caffe type}`` and ``pairs``
-    (``{Scale layer: the BatchNorm before it}``, :func:`caffe2tf.targets.keras.layers.
-    scale_pairs`). The Keras layer of each Caffe layer is
-    :func:`caffe2tf.targets.keras.layers.keras_layer_name` (no layer map): a paired Scale's
+    (``{Scale layer: the BatchNorm before it}``, the rule's ``scale_pairs``). The Keras
+    layer of each Caffe layer is :func:`caffe2tf.targets.keras.layers.keras_layer_name` (no
+    layer map): a paired Scale's
     gamma/beta join the BatchNormalization named after its BatchNorm."""
     from caffe2tf.targets.keras.layers import keras_layer_name
 
@@ -221,22 +219,6 @@ def mirror_layers_from_shapes(
             )
         )
     return tuple(layers)
-
-
-def mirror_layers_from_net_text(
-    net_text: str, init: Mapping[str, np.ndarray]
-) -> tuple[MirrorLayer, ...]:
-    """Cheap route for the matrix nets: layer types read from the prototxt text (``name:`` then
-    ``type:`` inside each ``layer {``), shapes from ``init``."""
-    import re
-
-    types: dict[str, str] = {}
-    for block in re.split(r"\blayers?\s*\{", net_text)[1:]:
-        name = re.search(r'\bname\s*:\s*"([^"]*)"', block)
-        ltype = re.search(r'\btype\s*:\s*"([^"]*)"', block)
-        if name and ltype:
-            types.setdefault(name.group(1), ltype.group(1))
-    return mirror_layers_from_shapes({k: np.shape(v) for k, v in init.items()}, types)
 
 
 # ---- the Keras side ----------------------------------------------------------------------------

@@ -76,6 +76,11 @@ MULTIPLIERS: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
+#: the learnable layers of every matrix net (:func:`net_text`) and their Caffe types: the
+#: Keras mirror is built from this table, not by reading the net text again
+MATRIX_LAYER_TYPES: dict[str, str] = {"fc1": "InnerProduct", "fc2": "InnerProduct"}
+
+
 @dataclass(frozen=True)
 class MatrixCase:
     """One case of the matrix.
@@ -99,6 +104,7 @@ class MatrixCase:
     multipliers: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     clip_threshold: float | None = None
     seed: int = 0
+    layer_types: Mapping[str, str] = field(default_factory=lambda: dict(MATRIX_LAYER_TYPES))
 
     def oracle_case(self):
         """This case as a :class:`caffe2tf.verify.oracle.OracleCase`."""

@@ -8,7 +8,7 @@ next to the Keras artifacts ``convert`` wrote, and ``check`` fails when either d
    left out). Any difference, e.g. a hand-edited learning rate or a changed ``stepvalue``, is
    listed with both values.
 2. **Behaviour**: ``OUT/optimizer.py`` itself is imported and run per its contract against
-   Caffe's rule for N updates (:func:`caffe2tf.verify.run.verify_solver` with ``module_path``),
+   Caffe's rule for N updates (:func:`caffe2tf.app.verify.verify_solver` with ``module_path``),
    so a hand-edited module is judged by what it does, not by its text.
 
 Exit code 0 when both hold, 1 when either fails, 2 on invalid input.
@@ -65,7 +65,7 @@ def config_differences(expected: Any, found: Any, path: str = "") -> Iterator[Co
 class CheckReport:
     out_dir: str
     differences: tuple[ConfigDifference, ...]
-    verify: Any  # caffe2tf.verify.run.VerifyReport
+    verify: Any  # caffe2tf.app.verify.VerifyReport
 
     @property
     def passed(self) -> bool:
@@ -118,14 +118,15 @@ def check_migration(
     plot_path: Path | None = None,
 ) -> CheckReport:
     """Compare OUT/train_config.yaml with today's conversion and run OUT/optimizer.py."""
-    from caffe2tf.targets.keras.convert import load_layer_map, make_plan
+    from caffe2tf.app.convert import load_layer_map
+    from caffe2tf.app.pipeline import keras_plan, load_pipeline
+    from caffe2tf.app.verify import verify_solver
     from caffe2tf.targets.keras.render_yaml import plan_to_config
-    from caffe2tf.verify.run import verify_solver
 
-    # SOLVER (and --net/--layer-map) first: arguments are judged in the order they were given
-    plan, _notes = make_plan(
-        solver, net_path=net_path, lenient=lenient, layer_map=load_layer_map(layer_map)
-    )
+    # SOLVER (and --net/--layer-map) first: arguments are judged in the order they were given.
+    # The recipe is read and lowered once; verify runs on the same pipeline.
+    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient)
+    plan, _notes = keras_plan(pipeline, load_layer_map(layer_map))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(
@@ -170,5 +171,6 @@ def check_migration(
         tolerance=tolerance,
         against=against,
         plot_path=plot_path,
+        pipeline=pipeline,
     )
     return CheckReport(out_dir=str(out_dir), differences=differences, verify=report)

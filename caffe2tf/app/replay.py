@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from caffe2tf.app.pipeline import load_pipeline
 from caffe2tf.errors import InputError, SourceLocation
-from caffe2tf.rule.lower import lower
 from caffe2tf.rule.model import ClipByGlobalNorm, UpdateRule
 from caffe2tf.rule.reference import owner_map, run_reference
 
@@ -217,10 +217,7 @@ def replay_files(
     precision: str = "float32",
 ) -> str:
     """Implement ``caffe2tf replay``; returns the one-line summary the CLI prints."""
-    from caffe2tf.caffe.load import load_recipe
-
-    recipe = load_recipe(solver, net_path=net_path, lenient=lenient)
-    rule = lower(recipe)
+    rule = load_pipeline(solver, net_path=net_path, lenient=lenient).rule
     init = _load_npz(Path(init_path))
     grads = _load_npz(Path(grads_path))
     out = replay_arrays(

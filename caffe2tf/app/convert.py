@@ -1,7 +1,7 @@
 """``caffe2tf convert``: solver prototxt -> OUT/train_config.yaml + OUT/optimizer.py.
 
-Pipeline: :func:`caffe2tf.caffe.load.load_recipe` -> :func:`caffe2tf.rule.lower.lower` ->
-:func:`caffe2tf.targets.keras.plan.plan` -> render YAML and Python. Nothing here imports Keras
+Pipeline (:mod:`caffe2tf.app.pipeline`, once): read + lower -> Keras plan -> render YAML and
+Python. Nothing here imports Keras
 or TensorFlow. Files are written to a temporary directory next to OUT and renamed into place,
 so OUT is either complete or untouched. Anything not exact (unless ``--allow-approx``) or
 unsupported -> exit code 2, notes printed, nothing written.
@@ -19,14 +19,12 @@ from pathlib import Path
 
 import yaml
 
+from caffe2tf.app.pipeline import keras_plan, load_pipeline
+from caffe2tf.app.report import EXIT_INVALID, EXIT_OK
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Exactness, Note, Severity
-from caffe2tf.targets.keras.plan import KerasPlan, plan
 from caffe2tf.targets.keras.render_python import render_python
 from caffe2tf.targets.keras.render_yaml import render_yaml
-
-EXIT_OK = 0
-EXIT_INVALID = 2
 
 
 @dataclass(frozen=True)
@@ -148,47 +146,6 @@ def _blocking(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:
     return tuple(out)
 
 
-def make_plan(
-    solver: str | os.PathLike[str],
-    *,
-    net_path: str | os.PathLike[str] | None = None,
-    lenient: bool = False,
-    layer_map: Mapping[str, str] | None = None,
-) -> tuple[KerasPlan, tuple[Note, ...]]:
-    """The plan for a solver file and all notes (front end, lowering, plan)."""
-    from caffe2tf.caffe.load import load_recipe
-    from caffe2tf.rule.lower import lower
-
-    recipe = load_recipe(solver, net_path=net_path, lenient=lenient)
-    rule = lower(recipe)
-    layer_map = dict(layer_map or {})
-    if layer_map and recipe.net is not None:
-        known = {layer.name for layer in recipe.net.layers}
-        unknown = sorted(set(layer_map) - known)
-        if unknown:
-            raise InputError(
-                "layer map names layers the train net does not have: "
-                + ", ".join(repr(u) for u in unknown)
-            )
-    source = {"solver": os.fspath(solver)}
-    if recipe.solver.net_path:
-        source["net"] = recipe.solver.net_path
-    p = plan(rule, layer_map=layer_map, source=source)
-    seen: set[Note] = set()
-    notes: list[Note] = []
-    for n in (
-        *recipe.solver.notes,
-        *(recipe.net.notes if recipe.net else ()),
-        *recipe.notes,
-        *rule.notes,
-        *p.notes,
-    ):
-        if n not in seen:
-            seen.add(n)
-            notes.append(n)
-    return p, tuple(notes)
-
-
 def check_out_dir(
     out_dir: str | os.PathLike[str],
     *,
@@ -291,7 +248,7 @@ def convert_solver(
         inputs=(solver, net_path, None if isinstance(layer_map, Mapping) else layer_map),
     )
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
-    p, notes = make_plan(solver, net_path=net_path, lenient=lenient, layer_map=mapping)
+    p, notes = keras_plan(load_pipeline(solver, net_path=net_path, lenient=lenient), mapping)
     out = Path(out_dir)
     blocking = _blocking(notes, allow_approx)
     if blocking:

@@ -1,0 +1,85 @@
+"""The pipeline every command drives once: read -> lower -> plan.
+
+:func:`load_pipeline` reads the solver (and its train net) with the Caffe front end, where
+Caffe's own checks run, and lowers it to the :class:`~caffe2tf.rule.model.UpdateRule`;
+:func:`keras_plan` plans the Keras target from that rule. Commands pass the resulting
+:class:`Pipeline` down; nothing below this layer parses a prototxt again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from caffe2tf.caffe.load import load_recipe
+from caffe2tf.caffe.model import Recipe
+from caffe2tf.errors import InputError, SourceLocation
+from caffe2tf.notes import Note
+from caffe2tf.rule.lower import lower
+from caffe2tf.rule.model import UpdateRule
+from caffe2tf.targets.keras.model import KerasPlan
+from caffe2tf.targets.keras.plan import plan
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A recipe as read (``recipe``) and as lowered (``rule``), with the solver path given."""
+
+    solver_path: str
+    recipe: Recipe
+    rule: UpdateRule
+
+    @property
+    def notes(self) -> tuple[Note, ...]:
+        """The front end's and the lowering's notes, each once, in pipeline order."""
+        net = self.recipe.net
+        return _unique(
+            (*self.recipe.solver.notes, *(net.notes if net else ()), *self.recipe.notes),
+            self.rule.notes,
+        )
+
+
+def _unique(*groups: tuple[Note, ...]) -> tuple[Note, ...]:
+    seen: set[Note] = set()
+    out: list[Note] = []
+    for group in groups:
+        for n in group:
+            if n not in seen:
+                seen.add(n)
+                out.append(n)
+    return tuple(out)
+
+
+def load_pipeline(
+    solver: str | os.PathLike[str],
+    *,
+    net_path: str | os.PathLike[str] | None = None,
+    lenient: bool = False,
+) -> Pipeline:
+    """Read ``solver`` (and its train net, or ``net_path``) and lower it, once."""
+    recipe = load_recipe(solver, net_path=net_path, lenient=lenient)
+    return Pipeline(solver_path=os.fspath(solver), recipe=recipe, rule=lower(recipe))
+
+
+def keras_plan(
+    pipeline: Pipeline, layer_map: Mapping[str, str] | None = None
+) -> tuple[KerasPlan, tuple[Note, ...]]:
+    """The Keras plan of the pipeline's rule and every note so far (front end, rule, plan).
+
+    A ``layer_map`` naming a layer the train net does not have is an InputError."""
+    rule = pipeline.rule
+    layer_map = dict(layer_map or {})
+    if layer_map and rule.net_known:
+        unknown = sorted(set(layer_map) - set(rule.layers))
+        if unknown:
+            raise InputError(
+                "layer map names layers the train net does not have: "
+                + ", ".join(repr(u) for u in unknown),
+                SourceLocation(pipeline.recipe.net.path) if pipeline.recipe.net else None,
+            )
+    source = {"solver": pipeline.solver_path}
+    if pipeline.recipe.solver.net_path:
+        source["net"] = pipeline.recipe.solver.net_path
+    p = plan(rule, layer_map=layer_map, source=source)
+    return p, _unique(pipeline.notes, p.notes)

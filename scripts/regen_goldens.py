@@ -4,7 +4,7 @@
     sudo python scripts/regen_goldens.py            # needs the root (scripts/build_caffe_root.sh)
     python scripts/regen_goldens.py --check         # rerun Caffe and compare, write nothing
 
-Picks a few cases of the issue-3 matrix (:func:`caffe2tf.verify.matrix.matrix_cases`) that
+Picks a few cases of the update-rule matrix (:func:`caffe2tf.verify.matrix.matrix_cases`) that
 together cover every value of every factor and all six solvers, runs them through the real
 solver in one chroot process, and writes for each case:
 

@@ -1,8 +1,8 @@
-"""Issue 4's bar: for every case of the update-rule matrix, the emitted ``optimizer.py`` used
-exactly per its contract (:mod:`caffe2tf.verify.keras_harness`) reproduces the REAL Caffe 1.0
-trajectory within 1e-3 (deviation of :mod:`caffe2tf.verify.compare`) after 100 updates, on the
-TensorFlow backend and on the JAX backend (a subprocess), each with a custom loop for every case
-and with compile + fit for a few;
+"""The bar for the emitted optimizer: for every case of the update-rule matrix, the emitted
+``optimizer.py`` used exactly per its contract (:mod:`caffe2tf.verify.keras_harness`) reproduces
+the REAL Caffe 1.0 trajectory within 1e-3 (deviation of :mod:`caffe2tf.verify.compare`) after 100
+updates, on the TensorFlow backend and on the JAX backend (a subprocess), each with a custom loop
+for every case and with compile + fit for a few;
 and the usual wrong ports (:mod:`caffe2tf.verify.wrong_ports`) FAIL the same comparison.
 
 Data: each case's seeded stream, with the gradients of ``lr_mult: 0`` blobs zeroed as Caffe

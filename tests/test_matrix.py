@@ -1,4 +1,4 @@
-"""The issue-3 test matrix and the gradient streams: coverage, validity, and that the numbers
+"""The update-rule test matrix and the gradient streams: coverage, validity, and that the numbers
 make decay, clipping and schedules matter. No Caffe root needed."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The NumPy reference: the same skeleton for every solver, in float64 and float32.
 
 The expected values come from a textbook transcription of Caffe's equations written here
-(caffe-semantics.md §1.4, §3) -- plain float64, no Caffe operation order -- and from numbers
-worked out by hand for the first update.
+(docs/caffe-semantics.md#one-update-in-formulas and #solvers) -- plain float64, no Caffe operation
+order -- and from numbers worked out by hand for the first update.
 """
 
 from __future__ import annotations

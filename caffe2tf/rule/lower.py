@@ -11,7 +11,7 @@ The chain follows ``SGDSolver::ApplyUpdate`` (caffe ``src/caffe/solvers/sgd_solv
                        Adam(beta1 = momentum, beta2 = momentum2, delta)
 
 ``momentum`` has no default in caffe.proto (-> 0) and doubles as Adam's beta1 and AdaDelta's rho
-(``adam_solver.cpp:29-30``, ``adadelta_solver.cpp:29``); ``delta`` 1e-8, ``momentum2`` 0.999,
+(``adam_solver.cpp:30-31``, ``adadelta_solver.cpp:30``); ``delta`` 1e-8, ``momentum2`` 0.999,
 ``rms_decay`` 0.99 are caffe.proto defaults (``caffe.proto:219-225``). Every default that changes
 what training does is reported as a :class:`~caffe2tf.notes.Note`.
 """

@@ -134,8 +134,8 @@ class SolverEntry:
 
 
 #: The one table of solvers: Caffe solver type -> its step. ``momentum`` doubles as Adam's
-#: beta1 and AdaDelta's rho (``adam_solver.cpp:29-30``, ``adadelta_solver.cpp:29``); see
-#: docs/caffe-semantics.md for each solver's equations.
+#: beta1 and AdaDelta's rho (``adam_solver.cpp:30-31``, ``adadelta_solver.cpp:30``); see
+#: docs/caffe-semantics.md#solvers for each solver's equations.
 SOLVERS: dict[str, SolverEntry] = {
     "SGD": SolverEntry(("momentum",), lambda momentum: Momentum(momentum)),
     "Nesterov": SolverEntry(("momentum",), lambda momentum: Momentum(momentum, nesterov=True)),

@@ -15,7 +15,8 @@ number of updates already applied (update k+1 uses ``lr(k)``)::
     sigmoid    base_lr / (1 + exp(-gamma*(k - stepsize)))        (:60-65); Caffe CHECKs
                gamma >= 0, so this is a ramp UP with lr = base_lr/2 at k = stepsize.
 
-Precision (caffe-semantics.md §2, §9): the proto fields are float32; Caffe stores the rate as
+Precision (docs/caffe-semantics.md#learning-rate-policies and #precision): the proto fields are
+float32; Caffe stores the rate as
 ``Dtype`` = float. ``precision="float32"`` follows the C++ expression types: ``step``/``exp``
 call ``pow(float, int)`` (promoted to double) and round the product once; ``inv``, ``poly`` and
 ``sigmoid`` are evaluated with float operands, so each operation rounds to float32 (the float

@@ -7,7 +7,8 @@ per-blob learning rates, the final update). :data:`STEP_FUNCTIONS` maps step cla
 plant mistakes).
 
 Float32 mode reproduces the roundings of ``Solver<float>`` on the CPU without MKL
-(caffe-semantics.md §9): every BLAS-like call is one rounded float32 operation per element;
+(docs/caffe-semantics.md#precision): every BLAS-like call is one rounded float32 operation per
+element;
 ``caffe_cpu_axpby(a, x, b, y)`` = ``y = b*y`` (``?scal``) then ``y = a*x + y`` (``?axpy``)
 (``math_functions.cpp:117-127``); ``caffe_powx`` is ``pow`` elementwise
 (``mkl_alternate.hpp:62``), so square roots are ``pow(h, 0.5f)`` and squares ``pow(g, 2f)``;
@@ -17,8 +18,9 @@ double (from the float32-rounded hyper-parameters).
 ``?axpy`` is FUSED by default (``fused_axpy=True``): ``y = fma(a, x, y)``, one rounding. The
 Debian build links OpenBLAS, whose x86-64 kernels for FMA-capable CPUs (Haswell and later, Zen)
 use ``vfmadd``; with this emulation the reference reproduces the real binary BIT FOR BIT on the
-issue-3 matrix for SGD and Nesterov without clipping, and nearly so for the others (measured on
-an AMD EPYC host: max deviation ~1e-7). The remaining 1-ulp differences come from glibc's
+update-rule matrix (caffe2tf/verify/matrix.py) for SGD and Nesterov without clipping, and nearly
+so for the others (measured on an AMD EPYC host: max deviation ~1e-7). The remaining 1-ulp
+differences come from glibc's
 ``powf(h, 0.5f)``, which is not always the correctly rounded square root that NumPy computes
 (~0.04% of inputs), and from OpenBLAS' ``sdot`` summation order in the clip norm.
 ``fused_axpy=False`` gives the two-rounding ``fl(fl(a*x) + y)`` of a BLAS

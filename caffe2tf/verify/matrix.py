@@ -1,4 +1,5 @@
-"""The update-rule test matrix of issue 3 as data (used by issues 3 and 4 and the goldens).
+"""The update-rule test matrix as data (used by the reference and Keras oracle tests and the
+goldens).
 
 Factors (:data:`FACTORS`): solver type × lr policy × decay {none, L2, L1} × multipliers
 {default, explicit, one_block} × clip {off, on} × iter_size {1, 3}. :func:`pairwise` picks a
@@ -323,7 +324,7 @@ def matrix_combos() -> list[dict[str, object]]:
 
 
 def matrix_cases(steps: int = 100) -> list[MatrixCase]:
-    """Every case of the issue-3 matrix with ``steps`` updates each (≥ 100 for the issue's
+    """Every case of the update-rule matrix with ``steps`` updates each (≥ 100 for the
     bar). Deterministic: same names, texts and numbers on every call and machine."""
     cases = []
     seen: dict[str, int] = {}

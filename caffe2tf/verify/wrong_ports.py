@@ -100,7 +100,7 @@ def _table_schedule(table: np.ndarray, iter_size: int) -> Any:
 
 def _keras_optimizer(rule: UpdateRule, learning_rate: Any, **kwargs: Any) -> Any:
     """The Keras optimizer of the Caffe type with Caffe's hyper-parameters (the mapping a
-    careful port uses, `target-semantics.md` §10) plus ``kwargs``."""
+    careful port uses, docs/keras-target.md#solver-mapping) plus ``kwargs``."""
     import keras
 
     opt = keras.optimizers

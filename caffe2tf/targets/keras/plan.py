@@ -4,7 +4,7 @@ Pure data, no Keras import. Caffe's order is fixed (clip -> normalize -> decay -
 -> solver step); this module walks it and asks the registries for each piece:
 :data:`~caffe2tf.targets.keras.solvers.SOLVER_MAPPINGS` (one mapping per solver step type) and
 :data:`~caffe2tf.targets.keras.schedules.BUILTIN_SCHEDULES` (one per lr_policy). Three routes
-(docs/keras-target.md):
+(docs/keras-target.md#routes):
 
 * ``builtin``: one Keras optimizer (SGD / Nesterov SGD / Adam / Adadelta, or Adam(beta_1=0)
   with a correcting schedule for RMSProp), a Keras schedule, and Caffe's weight decay as

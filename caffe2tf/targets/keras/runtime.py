@@ -79,9 +79,10 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     ``k`` = floor(step / iter_size) is the number of Caffe updates already applied; the rate
     of each policy is the function registered in :data:`CAFFE_POLICY_RATES` (equations in
-    docs/caffe-semantics.md). The result is multiplied by ``lr_mult``; with ``rms_decay`` set
-    it is divided by sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)``
-    into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
+    docs/caffe-semantics.md#learning-rate-policies). The result is multiplied by ``lr_mult``; with
+    ``rms_decay`` set it is divided by sqrt(1 - rms_decay^(k+1)), which turns
+    ``keras.optimizers.Adam(beta_1=0)`` into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1))
+    cancels).
     """
 
     def __init__(
@@ -234,7 +235,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     ``learning_rate`` must count Caffe updates, i.e. be a :class:`CaffeSchedule` built with
     the same ``iter_size``. ``iterations`` counts Caffe updates (calls // iter_size).
 
-    One update (``sgd_solver.cpp:108-127``; docs/caffe-semantics.md)::
+    One update (``sgd_solver.cpp:108-127``; docs/caffe-semantics.md#update-order)::
 
         G = sum of the iter_size micro-batch gradients      solver.cpp:229-233
         G *= c / ||G|| when ||G|| > c (all variables)       ClipGradients  :87-106
@@ -619,11 +620,14 @@ def bind_caffe_blobs(
 
 # -- inline begin multi
 def path_pattern(keras_layer: str, blob: int) -> str:
-    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable."""
+    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable:
+    the names :data:`CAFFE_BLOB_OF_KERAS_NAME` gives that blob (and, for blob 0, a variable
+    named like its layer, as :func:`caffe_blob_key` reads it)."""
     layer = re.escape(keras_layer)
+    names = [n for n, b in CAFFE_BLOB_OF_KERAS_NAME.items() if b == blob]
     if blob == 0:
-        return f"(?:.*/)?{layer}/(?:kernel|depthwise_kernel|embeddings|gamma|alpha|{layer})"
-    return f"(?:.*/)?{layer}/(?:bias|beta)"
+        names.append(layer)
+    return f"(?:.*/)?{layer}/(?:{'|'.join(names)})"
 
 
 # -- inline end multi

@@ -4,7 +4,8 @@
 ``keras.optimizers.schedules`` call with its note, or a reason why no built-in is exact for
 this schedule. Where none is (or the optimizer needs Caffe's update count), the plan uses the
 runtime's ``CaffeSchedule`` with the fields that the policy reads, taken from the rule's policy
-table (:data:`caffe2tf.rule.schedules.POLICIES`). Why each built-in is exact: docs/keras-target.md.
+table (:data:`caffe2tf.rule.schedules.POLICIES`). Why each built-in is exact:
+docs/keras-target.md#learning-rate-schedules.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Each :class:`SolverMapping` says, for one step class of :mod:`caffe2tf.rule.mode
 * ``schedule_factor(step)``: ``rms_decay`` when the built-in needs the schedule to cancel a bias
   correction (RMSProp as ``Adam(beta_1=0)``), else None.
 
-Why each built-in is exact (or not) is in docs/keras-target.md.
+Why each built-in is exact (or not) is in docs/keras-target.md#solver-mapping.
 """
 
 from __future__ import annotations

@@ -90,9 +90,10 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     ``k`` = floor(step / iter_size) is the number of Caffe updates already applied; the rate
     of each policy is the function registered in :data:`CAFFE_POLICY_RATES` (equations in
-    docs/caffe-semantics.md). The result is multiplied by ``lr_mult``; with ``rms_decay`` set
-    it is divided by sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)``
-    into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
+    docs/caffe-semantics.md#learning-rate-policies). The result is multiplied by ``lr_mult``; with
+    ``rms_decay`` set it is divided by sqrt(1 - rms_decay^(k+1)), which turns
+    ``keras.optimizers.Adam(beta_1=0)`` into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1))
+    cancels).
     """
 
     def __init__(
@@ -230,11 +231,14 @@ def bind_caffe_blobs(
 
 
 def path_pattern(keras_layer: str, blob: int) -> str:
-    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable."""
+    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable:
+    the names :data:`CAFFE_BLOB_OF_KERAS_NAME` gives that blob (and, for blob 0, a variable
+    named like its layer, as :func:`caffe_blob_key` reads it)."""
     layer = re.escape(keras_layer)
+    names = [n for n, b in CAFFE_BLOB_OF_KERAS_NAME.items() if b == blob]
     if blob == 0:
-        return f"(?:.*/)?{layer}/(?:kernel|depthwise_kernel|embeddings|gamma|alpha|{layer})"
-    return f"(?:.*/)?{layer}/(?:bias|beta)"
+        names.append(layer)
+    return f"(?:.*/)?{layer}/(?:{'|'.join(names)})"
 
 
 # One row per learnable Caffe blob of the train net, in Caffe's order:

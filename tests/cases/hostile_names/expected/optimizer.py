@@ -148,11 +148,14 @@ def bind_caffe_blobs(
 
 
 def path_pattern(keras_layer: str, blob: int) -> str:
-    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable."""
+    """Regex for ``re.fullmatch`` on the ``variable.path`` of a Caffe blob's Keras variable:
+    the names :data:`CAFFE_BLOB_OF_KERAS_NAME` gives that blob (and, for blob 0, a variable
+    named like its layer, as :func:`caffe_blob_key` reads it)."""
     layer = re.escape(keras_layer)
+    names = [n for n, b in CAFFE_BLOB_OF_KERAS_NAME.items() if b == blob]
     if blob == 0:
-        return f"(?:.*/)?{layer}/(?:kernel|depthwise_kernel|embeddings|gamma|alpha|{layer})"
-    return f"(?:.*/)?{layer}/(?:bias|beta)"
+        names.append(layer)
+    return f"(?:.*/)?{layer}/(?:{'|'.join(names)})"
 
 
 # One row per learnable Caffe blob of the train net, in Caffe's order:

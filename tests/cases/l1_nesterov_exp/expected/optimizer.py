@@ -88,9 +88,10 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     ``k`` = floor(step / iter_size) is the number of Caffe updates already applied; the rate
     of each policy is the function registered in :data:`CAFFE_POLICY_RATES` (equations in
-    docs/caffe-semantics.md). The result is multiplied by ``lr_mult``; with ``rms_decay`` set
-    it is divided by sqrt(1 - rms_decay^(k+1)), which turns ``keras.optimizers.Adam(beta_1=0)``
-    into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1)) cancels).
+    docs/caffe-semantics.md#learning-rate-policies). The result is multiplied by ``lr_mult``; with
+    ``rms_decay`` set it is divided by sqrt(1 - rms_decay^(k+1)), which turns
+    ``keras.optimizers.Adam(beta_1=0)`` into Caffe's RMSProp (Adam's factor sqrt(1 - beta_2^(k+1))
+    cancels).
     """
 
     def __init__(
@@ -171,7 +172,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     ``learning_rate`` must count Caffe updates, i.e. be a :class:`CaffeSchedule` built with
     the same ``iter_size``. ``iterations`` counts Caffe updates (calls // iter_size).
 
-    One update (``sgd_solver.cpp:108-127``; docs/caffe-semantics.md)::
+    One update (``sgd_solver.cpp:108-127``; docs/caffe-semantics.md#update-order)::
 
         G = sum of the iter_size micro-batch gradients      solver.cpp:229-233
         G *= c / ||G|| when ||G|| > c (all variables)       ClipGradients  :87-106

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import Enum
 
-from caffe2tf.errors import SourceLocation
+from caffe2tf.errors import SourceLocation, escape_controls
 
 
 class Severity(str, Enum):
@@ -32,7 +32,8 @@ class Note:
 
     ``code`` is a stable machine-readable id (e.g. ``"lenient.skipped_field"``);
     ``affects_training`` marks items that may change what training does (a skipped ``larc``
-    field does, a skipped ``display`` field does not).
+    field does, a skipped ``display`` field does not). Control characters in ``message`` (from
+    the names it quotes) are stored as escapes: every report prints a note on one line.
     """
 
     code: str
@@ -41,6 +42,9 @@ class Note:
     location: SourceLocation | None = None
     affects_training: bool = False
     exactness: Exactness | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", escape_controls(self.message))
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""

@@ -234,3 +234,59 @@ def test_reference_matches_caffe_with_delta_zero(caffe_root: Path, tmp_path: Pat
             np.testing.assert_array_equal(caffe[t][k]["a/0"], init["a/0"])
             np.testing.assert_allclose(ref[k]["c/0"], caffe[t][k]["c/0"], rtol=1e-6)
             np.testing.assert_array_equal(ref[k]["a/0"], caffe[t][k]["a/0"])
+
+
+# -- 5. one line per error; control characters in names shown as escapes -----------------------
+
+HOSTILE = "ip\\n1\\033[31mRED\\033[0m\\342\\200\\250x"  # newline, ESC [31m, U+2028 (UTF-8)
+HOSTILE_SHOWN = "ip\\n1\\x1b[31mRED\\x1b[0m\\u2028x"
+
+
+def _hostile_recipe(tmp_path: Path, second: str = "") -> Path:
+    (tmp_path / "net.prototxt").write_text(
+        'name: "h"\n'
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 5 } } }\n'
+        f'layer {{ name: "{HOSTILE}" type: "InnerProduct" bottom: "data" top: "ip1"\n'
+        '  param { lr_mult: 2 name: "sh\\tx" } inner_product_param { num_output: 4 } }\n'
+        'layer { name: "ip2\\r" type: "InnerProduct" bottom: "ip1" top: "ip2"\n'
+        f"  {second} inner_product_param {{ num_output: 4 }} }}\n"
+    )
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\nbase_lr: 0.1\n')
+    return solver
+
+
+def _no_controls(text: str) -> None:
+    bad = [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F]
+    bad += [c for c in text if c in "\u2028\u2029"]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("cmd", [["inspect"], ["inspect", "--lenient"], ["explain"]])
+def test_names_are_escaped_in_tables(tmp_path: Path, cmd: list[str]) -> None:
+    res = CliRunner().invoke(cli, [*cmd, str(_hostile_recipe(tmp_path))])
+    assert res.exit_code == 0, res.output
+    _no_controls(res.output)
+    assert HOSTILE_SHOWN in res.output and "ip2\\r/0" in res.output
+
+
+def test_error_quoting_names_is_one_line(tmp_path: Path) -> None:
+    # the second layer shares "sh\tx" with a different shape: Caffe's error names both layers
+    solver = _hostile_recipe(tmp_path, 'param { name: "sh\\tx" }')
+    res = CliRunner().invoke(cli, ["inspect", str(solver)])
+    err = _one_error_line(res)
+    _no_controls(err)
+    assert err.startswith(f"{tmp_path / 'net.prototxt'}:5:1: error: Cannot share param 'sh\\tx'")
+    assert f"'{HOSTILE_SHOWN}'" in err and "'ip2\\r'" in err
+
+
+def test_errors_and_notes_escape_what_they_quote() -> None:
+    from caffe2tf.errors import SourceLocation, escape_controls
+    from caffe2tf.notes import Note
+
+    err = InputError("layer 'a\nb' \x1b[2J", SourceLocation("p\x07\udcff.prototxt", 3, 1))
+    assert str(err) == "p\\x07\\xff.prototxt:3:1: layer 'a\\nb' \\x1b[2J"
+    assert err.message == "layer 'a\\nb' \\x1b[2J"
+    note = Note("x", "skipped 'a\u2029b'\r", location=SourceLocation("f\n"))
+    assert str(note) == "f\\n: info: skipped 'a\\u2029b'\\r"
+    assert escape_controls("plain \\n text, é") == "plain \\n text, é"

@@ -383,4 +383,6 @@ def explain_recipe(
     data = explain_data(recipe)
     if fmt == "json":
         return json.dumps(data, indent=2, sort_keys=False, default=str)
-    return render_text(data)
+    from caffe2tf.errors import escape_controls  # names print as escapes, never raw controls
+
+    return "\n".join(escape_controls(line) for line in render_text(data).split("\n"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caffe2tf.caffe.model import NetSpec, SolverSpec
+from caffe2tf.errors import escape_controls
 from caffe2tf.notes import Note
 from caffe2tf.rule.lower import schedule_of
 from caffe2tf.rule.schedules import POLICIES, lr_at
@@ -145,7 +146,7 @@ class InspectReport:
                 ]
                 if self.solver is not None:
                     row += [_short(r["lr0"]), _short(r["decay0"])]
-                table.append(row)
+                table.append([escape_controls(c) for c in row])  # names: aligned as printed
             widths = [max(len(row[i]) for row in table) for i in range(len(header))]
             for k, row in enumerate(table):
                 lines.append(
@@ -167,7 +168,9 @@ class InspectReport:
                 lines.append(f"  {note}{flag}")
         else:
             lines.append("Notes: none")
-        return "\n".join(lines)
+        # names, paths and string fields may hold control characters (a newline, a terminal
+        # escape sequence): each line is printed with them as escapes
+        return "\n".join(escape_controls(line) for line in lines)
 
 
 def _finite(data: Any) -> Any:

@@ -5,6 +5,11 @@ deviation measure against :func:`caffe2tf.rule.reference.run_reference`.
 Every Caffe update k with raw diff G_k (the sum over iter_size passes) is fed as iter_size
 different seeded parts that sum to G_k; micro-batch j differentiates
 ``sum(stop_gradient(g_kj) * v) + sum(model.losses)`` and calls ``apply_gradients`` once.
+
+This is deliberately an independent re-implementation of what
+:mod:`caffe2tf.verify.keras_harness` does (a second, simpler mirror and loop written from the
+contract alone): the tests that use it check the emitted modules without trusting the harness
+that ``caffe2tf verify`` ships, so a bug in that harness cannot hide a wrong optimizer.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ The output is ``ruff format`` clean at line length 88 and 100 (rows are exploded
 
 from __future__ import annotations
 
+import math
 import re
 from importlib import resources
 from typing import Any
@@ -68,7 +69,9 @@ def _value(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return repr(v)
+        if not math.isfinite(v):  # bare inf/nan are undefined names in Python source
+            return f'float("{v!r}")'
+        return repr(v).replace("e+", "e")  # ruff writes 1e+20 as 1e20
     if isinstance(v, str):
         return literal(v)
     if isinstance(v, tuple | list):
@@ -103,16 +106,40 @@ def _wrap_words(text: str, width: int, indent: str = "") -> list[str]:
     return lines
 
 
+#: a list value: its items as source text (kept on one line when it fits, else one per line)
+Items = list[str]
+
+
 def _call_lines(
-    head: str, args: list[tuple[str, str, str]], indent: str, tail: str = ")"
+    head: str, args: list[tuple[str, str | Items, str]], indent: str, tail: str = ")"
 ) -> list[str]:
-    """``head(`` then one ``name=value,  # source`` line per argument, then ``tail``."""
+    """``head(`` then one ``name=value,  # source`` line per argument, then ``tail``.
+
+    A list value that would not fit in :data:`LINE` columns is written one item per line with
+    a trailing comma, the layout ``ruff format`` itself gives it (and keeps)."""
     lines = [f"{indent}{head}("]
     for name, value, source in args:
         comment = f"  # {source}" if source else ""
+        if isinstance(value, list):
+            one = f"{indent}    {name}=[{', '.join(value)}],{comment}"
+            if len(one) <= LINE:
+                lines.append(one)
+                continue
+            lines.append(f"{indent}    {name}=[{comment}")
+            lines += [f"{indent}        {item}," for item in value]
+            lines.append(f"{indent}    ],")
+            continue
         lines.append(f"{indent}    {name}={value},{comment}")
     lines.append(f"{indent}{tail}")
     return lines
+
+
+def _arg_value(a: Arg, scale: str = "") -> str | Items:
+    """The source text of an argument's value; lists as :data:`Items` (``scale`` appended to
+    each item, e.g. ``" * lr_mult"``)."""
+    if isinstance(a.value, tuple | list):
+        return [_value(x) + scale for x in a.value]
+    return _value(a.value) + scale
 
 
 def _row(items: list[str], indent: str, comment: str = "") -> list[str]:
@@ -129,18 +156,18 @@ def _schedule_lines(spec: CallSpec) -> list[str]:
     """Body of ``build_schedule(lr_mult)``."""
     ind = "    "
 
-    def scaled(a: Arg) -> tuple[str, str, str]:
-        if a.name in ("learning_rate", "initial_learning_rate"):
-            return a.name, f"{_value(a.value)} * lr_mult", a.source
-        if a.name == "values":
-            return a.name, f"[v * lr_mult for v in {_value(a.value)}]", a.source
-        return a.name, _value(a.value), a.source
+    def scaled(a: Arg) -> tuple[str, str | Items, str]:
+        if a.name in ("learning_rate", "initial_learning_rate", "values"):
+            return a.name, _arg_value(a, " * lr_mult"), a.source
+        return a.name, _arg_value(a), a.source
 
     if spec.cls == "constant":
         a = spec.args[0]
         return [f"{ind}return {_value(a.value)} * lr_mult  # {a.source}"]
     if spec.cls == "CaffeSchedule":
-        args = [(a.name, _value(a.value), a.source) for a in spec.args]
+        args: list[tuple[str, str | Items, str]] = [
+            (a.name, _arg_value(a), a.source) for a in spec.args
+        ]
         args.append(("lr_mult", "lr_mult", "param.lr_mult"))
         return _call_lines("return CaffeSchedule", args, ind)
     args = [scaled(a) for a in spec.args]
@@ -271,7 +298,9 @@ def render_python(p: KerasPlan) -> str:
     # ---- build_optimizer
     out.append("def build_optimizer() -> keras.optimizers.Optimizer:")
     out.append('    """A fresh optimizer; one apply_gradients per Caffe forward/backward."""')
-    opt_args = [(a.name, _value(a.value), a.source) for a in p.optimizer.args]
+    opt_args: list[tuple[str, str | Items, str]] = [
+        (a.name, _arg_value(a), a.source) for a in p.optimizer.args
+    ]
     if p.route == "builtin":
         out += _call_lines(
             f"return keras.optimizers.{p.optimizer.cls}",

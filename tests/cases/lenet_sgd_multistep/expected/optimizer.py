@@ -180,7 +180,7 @@ def build_schedule(lr_mult: float = 1.0) -> Any:
     """The learning rate of Caffe's lr_policy, times ``lr_mult``."""
     return keras.optimizers.schedules.PiecewiseConstantDecay(
         boundaries=[29, 69],  # stepvalue - 1
-        values=[v * lr_mult for v in [0.05, 0.025, 0.0125]],  # base_lr * gamma^j
+        values=[0.05 * lr_mult, 0.025 * lr_mult, 0.0125 * lr_mult],  # base_lr * gamma^j
     )
 
 

@@ -15,11 +15,8 @@ from typing import Any
 
 import click
 
+from caffe2tf.app.report import EXIT_INVALID, EXIT_OK
 from caffe2tf.errors import Caffe2TfError
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the job ran and found a problem (e.g. verification mismatch)
-EXIT_INVALID = 2  # invalid input or untranslatable recipe; nothing was written
 
 
 def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., None]:

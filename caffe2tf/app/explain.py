@@ -377,10 +377,10 @@ def explain_recipe(
     fmt: str = "table",
 ) -> str:
     """``caffe2tf explain``: load, lower and describe; ``fmt`` is ``"table"`` or ``"json"``."""
-    from caffe2tf.caffe.load import load_recipe
+    from caffe2tf.app.pipeline import load_pipeline
 
-    recipe = load_recipe(solver, net_path=net_path, lenient=lenient)
-    data = explain_data(recipe)
+    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient)
+    data = explain_data(pipeline.recipe, pipeline.rule)
     if fmt == "json":
         return json.dumps(data, indent=2, sort_keys=False, default=str)
     from caffe2tf.errors import escape_controls  # names print as escapes, never raw controls

@@ -290,3 +290,156 @@ def test_errors_and_notes_escape_what_they_quote() -> None:
     note = Note("x", "skipped 'a\u2029b'\r", location=SourceLocation("f\n"))
     assert str(note) == "f\\n: info: skipped 'a\\u2029b'\\r"
     assert escape_controls("plain \\n text, é") == "plain \\n text, é"
+
+
+# -- 4. YAML inputs: aliases refused (layer map) or bounded (train_config); short quotes ---------
+
+LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def _layer_map_recipe(tmp_path: Path, layer_map: str) -> list[str]:
+    (tmp_path / "map.yaml").write_text(layer_map)
+    solver = _lenet_solver(tmp_path)
+    return [
+        "convert",
+        str(solver),
+        "-o",
+        str(tmp_path / "out"),
+        "--layer-map",
+        str(tmp_path / "map.yaml"),
+    ]
+
+
+LAYER_MAPS = {
+    "billion_laughs": (
+        LAUGHS,
+        ":1:4:",
+        "anchors and aliases are not accepted here (found anchor 'a')",
+    ),
+    "anchor": ("conv1: &k keras_conv\nip1: *k\n", ":1:8:", "found anchor 'k'"),
+    "deep_flow": ("conv1: " + "[" * 20_000 + "]" * 20_000 + "\n", ":1:108:", "nested too deeply"),
+    "deep_block": ("- " * 5_000 + "x\n", ":", "nested too deeply to read"),
+    "duplicate_key": (
+        "conv1: " + "x" * 1_000_000 + "\nconv1: y\n",
+        ":2:1:",
+        "names Caffe layer 'conv1' twice",
+    ),
+    "huge_mapping": (
+        "conv1: {a: " + "b" * 1_000_000 + "}\n",
+        ":1:8:",
+        "'conv1': a mapping must map",
+    ),
+    "huge_slashes": ("conv1: '" + "z/" * 500_000 + "'\n", ":1:8:", "cannot contain '/'"),
+    "bad_yaml": ("conv1: [1, 2\n", ":2:1:", "is not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("text,where,needle", LAYER_MAPS.values(), ids=LAYER_MAPS.keys())
+def test_layer_map_is_read_in_linear_time_with_short_messages(
+    tmp_path: Path, text: str, where: str, needle: str
+) -> None:
+    args = _layer_map_recipe(tmp_path, text)
+    t = time.perf_counter()
+    res = CliRunner().invoke(cli, args)
+    assert time.perf_counter() - t < 5.0  # the billion laughs took 17.5 s and 1.4 GB
+    err = _one_error_line(res)
+    assert err.startswith(f"{tmp_path / 'map.yaml'}{where}") and needle in err, err
+    assert len(err) < 400, len(err)  # the expanded value was a 351 MB message
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_caffe_layers_for_one_keras_layer_is_an_error_at_the_second(tmp_path: Path) -> None:
+    args = _layer_map_recipe(tmp_path, "conv1: shared\n# other\nconv2: shared\n")
+    err = _one_error_line(CliRunner().invoke(cli, args))
+    assert err.startswith(f"{tmp_path / 'map.yaml'}:3:8: error: layer map sends Caffe layers")
+    assert "'conv1' (line 1) and 'conv2' to the same Keras layer 'shared'" in err
+
+
+def test_a_layer_the_net_lacks_is_an_error_at_its_line_in_the_map(tmp_path: Path) -> None:
+    args = _layer_map_recipe(tmp_path, "conv1: c1\n\nnot_there: x\n")
+    err = _one_error_line(CliRunner().invoke(cli, args))
+    assert err.startswith(f"{tmp_path / 'map.yaml'}:3:1: error: layer map names layers the ")
+    assert "'not_there'" in err
+
+
+def test_train_config_aliases_are_bounded(tmp_path: Path) -> None:
+    from caffe2tf.targets.keras.config import load_train_config
+
+    path = tmp_path / "train_config.yaml"
+    path.write_text(LAUGHS)
+    t = time.perf_counter()
+    with pytest.raises(InputError, match="expand to more than 100000 nodes") as info:
+        load_train_config(path)
+    assert time.perf_counter() - t < 1.0 and info.value.location.line is not None
+    path.write_text("format: &f [1, *f]\n")  # a value that contains itself
+    with pytest.raises(InputError, match="contain itself"):
+        load_train_config(path)
+    path.write_text("x: &a [1, 2]\ny: *a\nformat: '" + "f" * 100_000 + "'\n")  # small: accepted
+    with pytest.raises(InputError) as info:
+        load_train_config(path)
+    assert "lacks route" in info.value.message  # read, then judged on its keys
+    path.write_text("format: 2\nroute: '" + "r" * 100_000 + "'\n" + "optimizer: 1\n")
+    with pytest.raises(InputError) as info:
+        load_train_config(path)
+    assert len(info.value.message) < 200
+
+
+def test_check_quotes_a_prefix_of_a_drifted_value() -> None:
+    from caffe2tf.app.check import ConfigDifference
+
+    text = str(ConfigDifference("schedule.base_lr", 0.1, "9" * 1_000_000))
+    assert len(text) < 200 and text.endswith("99...'")
+
+
+# -- 3/9. verify: the tolerance and --plot are judged before the run; NaN has its own verdict ----
+
+
+@pytest.mark.parametrize("tolerance", ["inf", "nan", "0", "-1e-3"])
+def test_verify_tolerance_must_be_finite_and_positive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tolerance: str
+) -> None:
+    from caffe2tf.app import verify as app_verify
+
+    monkeypatch.setattr(app_verify, "load_pipeline", _no_run, raising=False)
+    monkeypatch.setattr("caffe2tf.cli._quiet_tensorflow", lambda: None)
+    res = CliRunner().invoke(
+        cli, ["verify", str(_lenet_solver(tmp_path)), "--tolerance", tolerance]
+    )
+    err = _one_error_line(res)
+    assert (
+        err == f"caffe2tf: error: --tolerance must be a finite number > 0 (got {float(tolerance)})"
+    )
+
+
+def _no_run(*args, **kwargs):
+    raise AssertionError("the run started")
+
+
+def test_verify_plot_without_matplotlib_fails_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from caffe2tf.app import verify as app_verify
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(app_verify, "load_pipeline", _no_run, raising=False)
+    monkeypatch.setattr("caffe2tf.cli._quiet_tensorflow", lambda: None)
+    solver = _lenet_solver(tmp_path)
+    res = CliRunner().invoke(cli, ["verify", str(solver), "--plot", str(tmp_path / "p.png")])
+    assert _one_error_line(res) == (
+        "caffe2tf: error: --plot needs matplotlib: pip install 'caffe2tf[plot]'"
+    )
+
+
+def test_verify_report_says_not_finite() -> None:
+    from caffe2tf.app.verify import VerifyReport
+
+    init = {"a/0": np.array([1.0], np.float32), "b/0": np.array([0.5], np.float32)}
+    cmp = compare_trajectories(init, _traj([0.9, np.nan]), _traj([0.9, 0.5]), tolerance=1e-3)
+    report = VerifyReport("s", "m", "reference", 1, 0, 1, "numpy", "CPU", cmp)
+    text = report.render()
+    assert text.splitlines()[-1] == "FAIL: not finite: the reference has NaN in b/0 after update 1"
+    assert report.exit_code == 1 and "PASS" not in text

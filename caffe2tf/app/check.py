@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from caffe2tf import user_yaml
 from caffe2tf.errors import InputError, SourceLocation
 
 IGNORED_TOP_LEVEL_KEYS = frozenset({"source"})
@@ -38,7 +39,12 @@ class ConfigDifference:
     found: Any
 
     def __str__(self) -> str:
-        return f"{self.path}: convert now gives {self.expected!r}, the file has {self.found!r}"
+        from caffe2tf.user_yaml import quote  # the file may hold anything: a short prefix
+
+        return (
+            f"{self.path}: convert now gives {quote(self.expected)}, the file has "
+            f"{quote(self.found)}"
+        )
 
 
 def config_differences(expected: Any, found: Any, path: str = "") -> Iterator[ConfigDifference]:
@@ -141,19 +147,15 @@ def check_migration(
                 SourceLocation(str(required)),
             )
     try:
-        found = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        text = config_path.read_text(encoding="utf-8")
     except OSError as err:
         raise InputError(
             f"cannot read: {err.strerror or err}", SourceLocation(str(config_path))
         ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        mark = getattr(err, "problem_mark", None)
-        raise InputError(
-            f"cannot read YAML: {getattr(err, 'problem', err)}",
-            SourceLocation(
-                str(config_path), mark.line + 1 if mark else None, mark.column + 1 if mark else None
-            ),
-        ) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"cannot read YAML: {err}", SourceLocation(str(config_path))) from None
+    # aliases bounded, errors positioned and short (caffe2tf.user_yaml)
+    found = user_yaml.load(text, str(config_path), "train_config.yaml")
     if not isinstance(found, dict):
         raise InputError(
             "not a caffe2tf train config (expected a mapping)", SourceLocation(str(config_path))

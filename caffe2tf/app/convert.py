@@ -70,10 +70,29 @@ class ConvertReport:
         return "\n".join(lines)
 
 
+class LayerMap(dict[str, str]):
+    """``{caffe_layer: keras_layer}`` read from a file; ``locations`` holds where each Caffe
+    name was written (for errors about it later, e.g. a layer the net does not have)."""
+
+    def __init__(self, entries: dict[str, str], locations: dict[str, SourceLocation]) -> None:
+        super().__init__(entries)
+        self.locations = locations
+
+
+_YAML_STR = "tag:yaml.org,2002:str"
+
+
 def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
     """``{caffe_layer: keras_layer}`` from a YAML mapping (Keras names cannot contain ``/``).
 
-    Every problem is an :class:`InputError` at the place in the file where it was found."""
+    Every problem is an :class:`InputError` at the place in the file where it was found. The
+    map is read as YAML nodes, never built into Python values: anchors and aliases are refused
+    (a flat map of names has no use for them, and they can make a tiny file expand without
+    bound), messages quote at most a short prefix of a value, and two Caffe layers mapped to
+    the same Keras name (one Keras layer cannot stand for two Caffe layers) or one Caffe layer
+    written twice are errors at the second one."""
+    from caffe2tf import user_yaml
+
     if path is None:
         return {}
     p = os.fspath(path)
@@ -93,42 +112,59 @@ def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
             f"layer map is not UTF-8 text (byte 0x{err.object[err.start]:02x})",
             SourceLocation(p, line, col),
         ) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise InputError(
-            f"layer map is not valid YAML: {problem}",
-            SourceLocation(p, mark.line + 1 if mark else None, mark.column + 1 if mark else None),
-        ) from None
-    if data is None:
+    root = user_yaml.compose(text, p, "layer map", aliases=False)
+    if root is None:
         return {}
 
-    def at(node: yaml.Node | None) -> SourceLocation:
-        if node is None:
-            return loc
-        return SourceLocation(p, node.start_mark.line + 1, node.start_mark.column + 1)
+    def at(node: yaml.Node) -> SourceLocation:
+        return user_yaml.location(p, node.start_mark)
 
-    if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
+    def shown(node: yaml.Node) -> str:
+        if isinstance(node, yaml.ScalarNode):
+            return user_yaml.quote(node.value)
+        return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+
+    if not isinstance(root, yaml.MappingNode):
         raise InputError("layer map must be a mapping {caffe_layer: keras_layer}", at(root))
-    nodes = {}
-    for knode, vnode in root.value:
-        nodes.setdefault(str(knode.value), (knode, vnode))
     out: dict[str, str] = {}
-    for k, v in data.items():
-        knode, vnode = nodes.get(str(k), (None, None))
-        if not isinstance(k, str):
-            raise InputError(f"layer map key {k!r} must be a layer name (a string)", at(knode))
-        if not isinstance(v, str) or not v:
+    locations: dict[str, SourceLocation] = {}
+    owner_of: dict[str, str] = {}  # keras name -> the caffe layer mapped to it
+    for knode, vnode in root.value:
+        if not (isinstance(knode, yaml.ScalarNode) and knode.tag == _YAML_STR):
             raise InputError(
-                f"layer map entry {k!r}: {v!r} must map a name to a name", at(vnode or knode)
+                f"layer map key {shown(knode)} must be a layer name (a string)", at(knode)
             )
-        if "/" in v:
-            raise InputError(f"Keras layer names cannot contain '/': {v!r}", at(vnode))
-        out[k] = v
-    return out
+        name = knode.value
+        if not (isinstance(vnode, yaml.ScalarNode) and vnode.tag == _YAML_STR and vnode.value):
+            raise InputError(
+                f"layer map entry {user_yaml.quote(name)}: {shown(vnode)} must map a name to "
+                "a name",
+                at(vnode),
+            )
+        keras = vnode.value
+        if "/" in keras:
+            raise InputError(
+                f"Keras layer names cannot contain '/': {user_yaml.quote(keras)}", at(vnode)
+            )
+        if name in out:
+            raise InputError(
+                f"layer map names Caffe layer {user_yaml.quote(name)} twice (first at line "
+                f"{locations[name].line})",
+                at(knode),
+            )
+        if keras in owner_of:
+            first = owner_of[keras]
+            raise InputError(
+                f"layer map sends Caffe layers {user_yaml.quote(first)} (line "
+                f"{locations[first].line}) and {user_yaml.quote(name)} to the same Keras "
+                f"layer {user_yaml.quote(keras)}: one Keras layer cannot stand for two "
+                "Caffe layers (each has its own blobs, lr_mult and decay_mult)",
+                at(vnode),
+            )
+        out[name] = keras
+        locations[name] = at(knode)
+        owner_of[keras] = name
+    return LayerMap(out, locations)
 
 
 def _blocking(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:

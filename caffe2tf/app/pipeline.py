@@ -69,14 +69,18 @@ def keras_plan(
 
     A ``layer_map`` naming a layer the train net does not have is an InputError."""
     rule = pipeline.rule
+    written = getattr(layer_map, "locations", {})  # where a map read from a file named each
     layer_map = dict(layer_map or {})
     if layer_map and rule.net_known:
-        unknown = sorted(set(layer_map) - set(rule.layers))
+        known = set(rule.layers)
+        unknown = [name for name in layer_map if name not in known]
         if unknown:
             raise InputError(
                 "layer map names layers the train net does not have: "
-                + ", ".join(repr(u) for u in unknown),
-                SourceLocation(pipeline.recipe.net.path) if pipeline.recipe.net else None,
+                + ", ".join(repr(u[:60]) for u in unknown[:5])
+                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""),
+                written.get(unknown[0])
+                or (SourceLocation(pipeline.recipe.net.path) if pipeline.recipe.net else None),
             )
     source = {"solver": pipeline.solver_path}
     if pipeline.recipe.solver.net_path:

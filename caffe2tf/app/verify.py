@@ -130,6 +130,9 @@ class VerifyReport:
             )
         if self.plot_path:
             lines.append(f"  plot      : {self.plot_path}")
+        if c.nonfinite:  # a failure whatever the deviation says
+            lines.append(f"FAIL: not finite: {c.nonfinite}")
+            return "\n".join(lines)
         lines.append(
             ("PASS" if self.passed else "FAIL") + f": deviation {_fmt(c.deviation)} "
             f"{'<=' if self.passed else '>'} {c.tolerance:g}"
@@ -249,8 +252,12 @@ def verify_solver(
             )
         if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
             raise InputError("--plot: output directory does not exist", SourceLocation(str(plot)))
-    if not tolerance >= 0:
-        raise InputError(f"--tolerance must be >= 0 (got {tolerance})")
+        try:  # the plot needs matplotlib: say so now, not after the whole run
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'caffe2tf[plot]'") from None
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise InputError(f"--tolerance must be a finite number > 0 (got {tolerance})")
     if against not in ("reference", "caffe"):
         raise InputError(f"--against must be 'reference' or 'caffe' (got {against!r})")
     timings: dict[str, float] = {}

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from caffe2tf import user_yaml
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.targets.keras.render_yaml import FORMAT
 
@@ -23,18 +22,12 @@ REQUIRED = ("format", "route", "optimizer", "schedule", "variables", "default_va
 
 
 def load_train_config(path: str | Path) -> dict[str, Any]:
-    """The mapping in ``path``, checked against the schema's required keys and version."""
+    """The mapping in ``path``, checked against the schema's required keys and version.
+
+    The file may have been edited: YAML aliases are bounded and messages quote at most a short
+    prefix of a value (:mod:`caffe2tf.user_yaml`)."""
     text = Path(path).read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        loc = (
-            SourceLocation(str(path), mark.line + 1, mark.column + 1)
-            if mark
-            else SourceLocation(str(path))
-        )
-        raise InputError(f"not valid YAML: {err}", loc) from None
+    data = user_yaml.load(text, str(path), "train_config")
     if not isinstance(data, dict):
         raise InputError("a train_config must be a YAML mapping", SourceLocation(str(path)))
     missing = [k for k in REQUIRED if k not in data]
@@ -42,11 +35,13 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
         raise InputError(f"train_config lacks {', '.join(missing)}", SourceLocation(str(path)))
     if data["format"] != FORMAT:
         raise InputError(
-            f"unknown train_config format {data['format']!r} (expected {FORMAT})",
+            f"unknown train_config format {user_yaml.quote(data['format'])} (expected {FORMAT})",
             SourceLocation(str(path)),
         )
     if data["route"] not in ("builtin", "multi", "custom"):
-        raise InputError(f"unknown route {data['route']!r}", SourceLocation(str(path)))
+        raise InputError(
+            f"unknown route {user_yaml.quote(data['route'])}", SourceLocation(str(path))
+        )
     return data
 
 

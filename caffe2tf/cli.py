@@ -179,6 +179,7 @@ def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int
 @click.option(
     "--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
 )
+@click.option("--force", is_flag=True, default=False, help="Replace an existing OUT.npz.")
 @_user_errors_exit_2
 def replay(
     solver: Path,
@@ -188,6 +189,7 @@ def replay(
     grads_path: Path,
     out_path: Path,
     precision: str,
+    force: bool,
 ) -> int:
     """Run Caffe's update rule on recorded gradients and write the weight trajectory."""
     from caffe2tf.app.replay import replay_files
@@ -200,6 +202,7 @@ def replay(
         grads_path=grads_path,
         out_path=out_path,
         precision=precision,
+        force=force,
     )
     click.echo(summary)
     return EXIT_OK

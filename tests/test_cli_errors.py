@@ -199,6 +199,8 @@ def test_convert_failed_swap_restores_old_output_and_cleans_up(work: Path, monke
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", rename)
+    # the two-rename swap (used where the atomic exchange of two folders is not available)
+    monkeypatch.setattr("caffe2tf.app.output.exchange", lambda a, b: False)
     before = listing(work)
     fails_cleanly(["convert", "solver.prototxt", "-o", "out", "--force"], "out")
     assert (out / "keep.txt").read_text() == "old"

@@ -443,3 +443,171 @@ def test_verify_report_says_not_finite() -> None:
     text = report.render()
     assert text.splitlines()[-1] == "FAIL: not finite: the reference has NaN in b/0 after update 1"
     assert report.exit_code == 1 and "PASS" not in text
+
+
+# -- 6. outputs: OUT is the old or the new tree after any kill; umask; replay -o --------------
+
+OLD = {"train_config.yaml": "old config\n", "optimizer.py": "old = 1\n"}
+NEW = {"train_config.yaml": "new config\n", "optimizer.py": "new = 2\n"}
+
+
+def _tree(path: Path) -> dict[str, str] | None:
+    if not path.is_dir():
+        return None
+    return {p.name: p.read_text() for p in path.iterdir()}
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+_STEPS = [
+    ("tempfile", "mkdtemp"),
+    ("os", "chmod"),
+    ("os", "fsync"),
+    ("os", "rename"),
+    ("caffe2tf.app.output", "exchange"),
+    ("caffe2tf.app.output", "fsync_dir"),
+    ("shutil", "rmtree"),
+]
+
+
+def _killed_write(out: Path, kill_at: int, *, atomic_exchange: bool) -> bool:
+    """Run write_outputs(NEW) in a child process that dies (os._exit, no cleanup, as SIGKILL)
+    right before its ``kill_at``-th filesystem step. True when the child was killed."""
+    import importlib
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # the child: count the steps, die at the chosen one
+        try:
+            count = [0]
+            for module_name, name in _STEPS:
+                module = importlib.import_module(module_name)
+                real = getattr(module, name)
+
+                def step(*args, _real=real, **kwargs):
+                    count[0] += 1
+                    if count[0] == kill_at:
+                        os._exit(9)
+                    return _real(*args, **kwargs)
+
+                setattr(module, name, step)
+            if not atomic_exchange:
+                import caffe2tf.app.output as output
+
+                output.exchange = lambda a, b: False
+            from caffe2tf.app.convert import write_outputs
+
+            write_outputs(NEW, out, force=True)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) == 9
+
+
+@pytest.mark.parametrize("atomic_exchange", [True, False], ids=["exchange", "two_renames"])
+def test_out_is_the_old_or_the_new_tree_after_a_kill_at_any_step(
+    tmp_path: Path, atomic_exchange: bool
+) -> None:
+    from caffe2tf.app.convert import check_out_dir, write_outputs
+
+    outcomes = set()
+    for kill_at in range(1, 40):
+        base = tmp_path / str(kill_at)
+        out = base / "out"
+        base.mkdir()
+        out.mkdir()
+        for name, text in OLD.items():
+            (out / name).write_text(text)
+        killed = _killed_write(out, kill_at, atomic_exchange=atomic_exchange)
+        state = _tree(out)
+        if atomic_exchange:
+            assert state in (OLD, NEW), (kill_at, state, _leftovers(out))
+        else:  # or, between the two renames, absent with the old tree in its backup
+            assert state in (OLD, NEW, None), (kill_at, state)
+            if state is None:
+                (backup,) = [p for p in base.iterdir() if p.name.startswith(".out.old-")]
+                assert _tree(backup / "old") == OLD
+        outcomes.add("old" if state == OLD else "new" if state == NEW else "absent")
+        check_out_dir(out, force=True)  # the next run first repairs what the kill left
+        assert _tree(out) == (OLD if state is None else state)
+        assert _leftovers(out) == [], (kill_at, _leftovers(out))
+        write_outputs({"optimizer.py": "newer\n"}, out, force=True)
+        assert _tree(out) == {"optimizer.py": "newer\n"} and _leftovers(out) == []
+        if not killed:
+            break
+    else:
+        pytest.fail("the write never completed")
+    expected = {"old", "new"} if atomic_exchange else {"old", "new", "absent"}
+    assert outcomes == expected, outcomes  # every phase was hit
+
+
+def test_an_absent_out_with_a_backup_is_restored_and_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    backup = tmp_path / ".out.old-abc123"
+    (backup / "old").mkdir(parents=True)
+    (backup / "old" / "optimizer.py").write_text("old = 1\n")
+    (tmp_path / ".out.tmp-xyz").mkdir()
+    res = CliRunner().invoke(cli, ["convert", str(_lenet_solver(tmp_path)), "-o", str(out)])
+    err = _one_error_line(res)
+    assert err == f"{out}: error: already exists (use --force to replace it)"
+    assert _tree(out) == {"optimizer.py": "old = 1\n"} and _leftovers(out) == []
+
+
+@pytest.mark.parametrize("mask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_outputs_respect_the_umask(
+    tmp_path: Path, mask: int, dir_mode: int, file_mode: int
+) -> None:
+    import os
+    import stat
+
+    from caffe2tf.app.convert import write_outputs
+
+    old_mask = os.umask(mask)
+    try:
+        for force in (False, True):  # a new OUT, then a replaced one
+            write_outputs(NEW, tmp_path / "out", force=force)
+            assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == dir_mode
+            for name in NEW:
+                assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == file_mode
+    finally:
+        os.umask(old_mask)
+
+
+def _replay_inputs(tmp_path: Path) -> list[str]:
+    (tmp_path / "net.prototxt").write_text(_FROZEN_NET)
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\nbase_lr: 0.1\n')
+    w = {"a/0": np.ones(3, np.float32), "c/0": np.ones(3, np.float32)}
+    np.savez(tmp_path / "init.npz", **w)
+    np.savez(tmp_path / "grads.npz", **{f"0/{k}": v for k, v in w.items()})
+    return ["replay", str(solver), "--init", str(tmp_path / "init.npz")] + [
+        "--grads",
+        str(tmp_path / "grads.npz"),
+        "-o",
+        str(tmp_path / "out.npz"),
+    ]
+
+
+def test_replay_refuses_an_existing_output_without_force(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    args = _replay_inputs(tmp_path)
+    out = tmp_path / "out.npz"
+    out.write_bytes(b"precious")
+    err = _one_error_line(CliRunner().invoke(cli, args))
+    assert err == f"{out}: error: already exists (use --force to replace it)"
+    assert out.read_bytes() == b"precious"
+    (tmp_path / ".out.npz.stale.tmp").write_bytes(b"left by a killed run")
+    old_mask = os.umask(0o022)
+    try:
+        res = CliRunner().invoke(cli, [*args, "--force"])
+    finally:
+        os.umask(old_mask)
+    assert res.exit_code == 0, res.output
+    with np.load(out) as data:
+        assert sorted(data.files) == ["1/a/0", "1/c/0"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # mkstemp's 0600 widened to the umask's
+    assert not (tmp_path / ".out.npz.stale.tmp").exists()

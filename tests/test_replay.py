@@ -176,7 +176,10 @@ def test_existing_output_is_replaced_atomically(tmp_path, monkeypatch):
     write(tmp_path)
     (tmp_path / "out.npz").write_text("old")
     init, grads = arrays(1)
-    res, out = replay(tmp_path, init, grads)
+    res, out = replay(tmp_path, init, grads)  # refused: replacing needs --force
+    assert res.exit_code == 2 and "already exists (use --force" in res.output
+    assert out.read_text() == "old"
+    res, out = replay(tmp_path, init, grads, "--force")
     assert res.exit_code == 0, res.output
     with np.load(out) as data:
         assert set(data.files) == {"1/fc/0", "1/fc/1"}

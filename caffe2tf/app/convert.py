@@ -2,9 +2,10 @@
 
 Pipeline (:mod:`caffe2tf.app.pipeline`, once): read + lower -> Keras plan -> render YAML and
 Python. Nothing here imports Keras
-or TensorFlow. Files are written to a temporary directory next to OUT and renamed into place,
-so OUT is either complete or untouched. Anything not exact (unless ``--allow-approx``) or
-unsupported -> exit code 2, notes printed, nothing written.
+or TensorFlow. Files are written to a temporary directory next to OUT and swapped into place
+(:mod:`caffe2tf.app.output`), so OUT is the complete old or the complete new tree after any
+kill. Anything not exact (unless ``--allow-approx``) or unsupported -> exit code 2, notes
+printed, nothing written.
 """
 
 from __future__ import annotations
@@ -191,9 +192,23 @@ def check_out_dir(
     """Refuse an OUT that cannot be replaced safely, before any work is done: one that exists
     without ``--force``, one that is not a directory, and (even with ``--force``) the working
     directory, one of its ancestors, or a folder holding one of the ``inputs`` -- replacing
-    those would delete what the user is standing in or the recipe being converted."""
+    those would delete what the user is standing in or the recipe being converted.
+
+    What a killed earlier run left next to OUT is dealt with first
+    (:func:`caffe2tf.app.output.recover_interrupted`): an old tree whose replacement was
+    interrupted is put back as OUT (so it again needs ``--force``), stale temporary folders go."""
+    from caffe2tf.app.output import recover_interrupted
+
     out = Path(out_dir)
     where = SourceLocation(os.fspath(out))
+    try:
+        recover_interrupted(out)
+    except OSError as err:
+        raise InputError(
+            f"cannot restore the output folder an interrupted run moved aside: "
+            f"{err.strerror or err}",
+            where,
+        ) from None
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", where)
     if not out.exists():
@@ -227,11 +242,15 @@ def check_out_dir(
 
 
 def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> None:
-    """Write ``files`` into ``out_dir`` atomically (temp dir in the same parent + rename).
+    """Write ``files`` into ``out_dir`` so that OUT is the complete old or the complete new
+    tree after a kill at any moment (see :mod:`caffe2tf.app.output`).
 
-    OUT is either the complete new folder or left as it was: if moving the new folder into
-    place fails after the old one was moved aside, the old one is moved back. The temporary
-    and backup folders are removed in every case. Filesystem failures are InputErrors."""
+    The new tree is written and ``fsync``'d in a temporary folder next to OUT (with the
+    permissions the umask gives), then swapped with the old one in one atomic exchange where
+    the system has it, else by two renames (a kill between them is undone by the next run).
+    Failures put the old tree back and remove the temporary folders; they are InputErrors."""
+    from caffe2tf.app.output import exchange, fsync_dir, umask, write_durably
+
     out_dir = Path(out_dir)
     where = SourceLocation(os.fspath(out_dir))
     check_out_dir(out_dir, force=force)
@@ -243,14 +262,20 @@ def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> No
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private
+        write_durably(tmp, files)
+        if not out_dir.exists():
+            os.rename(tmp, out_dir)
+            replaced = True
+        elif exchange(tmp, out_dir):  # tmp now holds the old tree
+            replaced = True
+        else:
             backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
             os.rename(out_dir, backup / "old")
             moved_aside = True
-        os.rename(tmp, out_dir)
-        replaced = True
+            os.rename(tmp, out_dir)
+            replaced = True
+        fsync_dir(parent)
     except OSError as err:
         raise InputError(f"cannot write the output folder: {err.strerror or err}", where) from None
     finally:
@@ -258,7 +283,7 @@ def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> No
             try:
                 os.rename(backup / "old", out_dir)
             except OSError:
-                pass  # leave the backup in place rather than lose it
+                pass  # leave the backup in place (the next run puts it back)
             else:
                 moved_aside = False
         if tmp is not None and tmp.exists():

@@ -165,22 +165,42 @@ def _split_grads(
     return [by_step[s] for s in steps]
 
 
-def _write_atomic(out_path: Path, arrays: dict[str, np.ndarray]) -> None:
-    out_path = Path(out_path)
+def _check_output(out_path: Path, *, force: bool) -> None:
+    """Refuse an -o that cannot be written, before any work: a folder, a missing folder, or an
+    existing file without ``--force``."""
     where = SourceLocation(str(out_path))
     parent = out_path.parent if str(out_path.parent) else Path(".")
     if out_path.is_dir():
         raise InputError("is a directory; -o names the .npz file to write", where)
     if not parent.is_dir():
         raise InputError("output directory does not exist", where)
+    if os.path.lexists(out_path) and not force:
+        raise InputError("already exists (use --force to replace it)", where)
+
+
+def _write_atomic(out_path: Path, arrays: dict[str, np.ndarray], *, force: bool = True) -> None:
+    """Write the archive under a temporary name next to ``out_path`` (permissions from the
+    umask), ``fsync`` it, and rename it into place: the old file or the new one after any
+    kill; temporary files of an earlier, killed write are removed first."""
+    from caffe2tf.app.output import fsync_dir, remove_stale_files, umask
+
+    out_path = Path(out_path)
+    where = SourceLocation(str(out_path))
+    parent = out_path.parent if str(out_path.parent) else Path(".")
+    _check_output(out_path, force=force)
+    remove_stale_files(out_path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=parent)
     except OSError as err:
         raise InputError(f"cannot write here: {err.strerror or err}", where) from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~umask())  # mkstemp makes it private
             np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, out_path)
+        fsync_dir(parent)
     except OSError as err:
         raise InputError(f"cannot write: {err.strerror or err}", where) from None
     finally:
@@ -215,8 +235,11 @@ def replay_files(
     grads_path: Path,
     out_path: Path,
     precision: str = "float32",
+    force: bool = False,
 ) -> str:
-    """Implement ``caffe2tf replay``; returns the one-line summary the CLI prints."""
+    """Implement ``caffe2tf replay``; returns the one-line summary the CLI prints. An existing
+    OUT is replaced only with ``force`` (checked before any work)."""
+    _check_output(Path(out_path), force=force)
     rule = load_pipeline(solver, net_path=net_path, lenient=lenient).rule
     init = _load_npz(Path(init_path))
     grads = _load_npz(Path(grads_path))
@@ -228,7 +251,7 @@ def replay_files(
         init_path=Path(init_path),
         grads_path=Path(grads_path),
     )
-    _write_atomic(Path(out_path), out)
+    _write_atomic(Path(out_path), out, force=force)
     n_blobs = len({k.split("/", 1)[1] for k in out})
     n_steps = len({k.split("/", 1)[0] for k in out})
     net = "" if rule.params else " (net unknown: default multipliers)"

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from caffe2tf.app.report import EXIT_INVALID, EXIT_OK
-from caffe2tf.errors import Caffe2TfError
+from caffe2tf.errors import Caffe2TfError, SourceLocation
 
 
 def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., None]:
@@ -32,8 +32,10 @@ def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., Non
                 err=True,
             )
             sys.exit(EXIT_INVALID)
-        except RecursionError:
-            click.echo("caffe2tf: error: input is nested too deeply to read", err=True)
+        except RecursionError:  # the readers bound nesting; this is the last resort
+            main_input = kwargs.get("solver") or kwargs.get("file")
+            where = SourceLocation(str(main_input)) if main_input is not None else "caffe2tf"
+            click.echo(f"{where}: error: input is nested too deeply to read", err=True)
             sys.exit(EXIT_INVALID)
         sys.exit(code or EXIT_OK)
 

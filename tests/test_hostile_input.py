@@ -611,3 +611,31 @@ def test_replay_refuses_an_existing_output_without_force(tmp_path: Path) -> None
         assert sorted(data.files) == ["1/a/0", "1/c/0"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o644  # mkstemp's 0600 widened to the umask's
     assert not (tmp_path / ".out.npz.stale.tmp").exists()
+
+
+def test_recursion_error_names_the_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last-resort handler (every reader bounds its nesting) still names the file."""
+
+    def deep(*args, **kwargs):
+        raise RecursionError
+
+    monkeypatch.setattr("caffe2tf.app.inspect.inspect_file", deep)
+    solver = _lenet_solver(tmp_path)
+    err = _one_error_line(CliRunner().invoke(cli, ["inspect", str(solver)]))
+    assert err == f"{solver}: error: input is nested too deeply to read"
+
+
+def test_nonfinite_checks_read_the_fields_the_rule_reads() -> None:
+    """The front end's table of which solver/policy reads which float field (caffe/ cannot
+    import rule/) agrees with the rule's tables (docs/architecture.md: one table per fact)."""
+    from caffe2tf.caffe import solver as front
+    from caffe2tf.rule.model import SOLVERS
+    from caffe2tf.rule.schedules import POLICIES
+
+    for name, types in front._READ_BY_TYPE.items():
+        assert {t for t, e in SOLVERS.items() if name in e.reads} == set(types), name
+    for name, policies in front._READ_BY_POLICY.items():
+        assert {p for p, e in POLICIES.items() if name in e.reads} == set(policies), name
+    assert set(front.NONFINITE_FIELDS) == {"base_lr", "weight_decay", "clip_gradients"} | set(
+        front._READ_BY_TYPE
+    ) | set(front._READ_BY_POLICY)

@@ -639,3 +639,23 @@ def test_nonfinite_checks_read_the_fields_the_rule_reads() -> None:
     assert set(front.NONFINITE_FIELDS) == {"base_lr", "weight_decay", "clip_gradients"} | set(
         front._READ_BY_TYPE
     ) | set(front._READ_BY_POLICY)
+
+
+def test_a_name_ending_in_a_newline_is_escaped_in_the_generated_module(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz.py: ``^...$`` also matches before a final newline, so a layer
+    named "fc\\n" was written raw into a string literal (a SyntaxError in optimizer.py)."""
+    import ast
+
+    from caffe2tf.targets.keras.model import KERAS_NAME
+    from caffe2tf.targets.keras.render_python import literal
+
+    assert literal("fc\n") == '"fc\\n"' and not KERAS_NAME.match("fc\n")
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "fc\\n" type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } }\n'
+    )
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\nbase_lr: 0.1\n')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["convert", str(solver), "-o", str(out), "--allow-approx"])
+    assert res.exit_code == 0, res.output
+    ast.parse((out / "optimizer.py").read_text())

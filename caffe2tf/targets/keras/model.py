@@ -18,7 +18,7 @@ from caffe2tf.notes import Exactness, Note, Severity
 Route = Literal["builtin", "multi", "custom"]
 
 F32_EXACT_STEPS = 2**24  # step counts above this are not exact float32 integers
-KERAS_NAME = re.compile(r"^[A-Za-z0-9_.>-]+$")  # TF scope names, without '/' (Keras)
+KERAS_NAME = re.compile(r"[A-Za-z0-9_.>-]+\Z")  # TF scope names, without '/' (Keras)
 
 
 def f32(x: float) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 from caffe2tf.targets.keras.model import Arg, CallSpec, KerasPlan
 
 LINE = 88
-_SAFE = re.compile(r"^[A-Za-z0-9_.:+/ -]*$")
+_SAFE = re.compile(r"[A-Za-z0-9_.:+/ -]*\Z")  # \Z: "$" also matches before a final "\n"
 _DOC_SAFE = re.compile(r"[^A-Za-z0-9 .,:;()=*/+\-_'^<>%\[\]]")
 
 

@@ -391,6 +391,8 @@ def test_check_quotes_a_prefix_of_a_drifted_value() -> None:
 
     text = str(ConfigDifference("schedule.base_lr", 0.1, "9" * 1_000_000))
     assert len(text) < 200 and text.endswith("99...'")
+    text = str(ConfigDifference("variables.a\x1b[2J", "x", "y"))  # a key edited into the file
+    assert text.startswith("variables.a\\x1b[2J: ")
 
 
 # -- 3/9. verify: the tolerance and --plot are judged before the run; NaN has its own verdict ----

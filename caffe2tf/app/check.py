@@ -39,9 +39,10 @@ class ConfigDifference:
     found: Any
 
     def __str__(self) -> str:
+        from caffe2tf.errors import escape_controls
         from caffe2tf.user_yaml import quote  # the file may hold anything: a short prefix
 
-        return (
+        return escape_controls(
             f"{self.path}: convert now gives {quote(self.expected)}, the file has "
             f"{quote(self.found)}"
         )

@@ -9,7 +9,7 @@ Each run is a fresh ``caffe2tf verify RECIPE --steps N --format json`` process w
 ``KERAS_BACKEND`` set; the table shows wall time (imports and convert included), the phases the
 report times (load, convert, reference/caffe, keras), the device the backend used and the
 deviation. ``--matrix``: every case of the update-rule matrix (100 updates) converted and run
-per the contract on each backend (``python -m caffe2tf.verify.run`` in a subprocess) against the
+per the contract on each backend (``scripts/keras_matrix.py`` in a subprocess) against the
 real Caffe trajectories (one batched oracle run; ``--against reference`` uses the NumPy
 reference instead): max/median deviation, failures, time. Prints Markdown for bench/RESULTS.md.
 """
@@ -106,8 +106,7 @@ def matrix_bench(backends: list[str], against: str) -> None:
             proc = subprocess.run(
                 [
                     sys.executable,
-                    "-m",
-                    "caffe2tf.verify.run",
+                    str(REPO / "scripts" / "keras_matrix.py"),
                     "--reference",
                     str(ref),
                     "--out",

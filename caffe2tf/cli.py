@@ -147,9 +147,11 @@ def inspect(file: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
 def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
     """Explain Caffe's update rule for SOLVER step by step, with the numbers filled in."""
     from caffe2tf.app.explain import explain_recipe
+    from caffe2tf.app.report import TextReport
 
-    click.echo(explain_recipe(solver, net_path=net_path, lenient=lenient, fmt=fmt))
-    return EXIT_OK
+    report = TextReport(explain_recipe(solver, net_path=net_path, lenient=lenient, fmt=fmt))
+    click.echo(report.render(fmt))
+    return report.exit_code
 
 
 @cli.command()
@@ -195,19 +197,22 @@ def replay(
 ) -> int:
     """Run Caffe's update rule on recorded gradients and write the weight trajectory."""
     from caffe2tf.app.replay import replay_files
+    from caffe2tf.app.report import TextReport
 
-    summary = replay_files(
-        solver,
-        net_path=net_path,
-        lenient=lenient,
-        init_path=init_path,
-        grads_path=grads_path,
-        out_path=out_path,
-        precision=precision,
-        force=force,
+    report = TextReport(
+        replay_files(
+            solver,
+            net_path=net_path,
+            lenient=lenient,
+            init_path=init_path,
+            grads_path=grads_path,
+            out_path=out_path,
+            precision=precision,
+            force=force,
+        )
     )
-    click.echo(summary)
-    return EXIT_OK
+    click.echo(report.render())
+    return report.exit_code
 
 
 @cli.command()

@@ -275,7 +275,7 @@ def test_check_with_broken_module(work: Path) -> None:
 
 def test_guarded_build_optimizer_names_module_and_line(tmp_path: Path) -> None:
     from caffe2tf.errors import InputError
-    from caffe2tf.verify.keras_harness import candidate_from_module, load_module
+    from caffe2tf.verify.candidate import candidate_from_module, load_module
 
     path = tmp_path / "mod.py"
     path.write_text(

@@ -34,6 +34,8 @@ from caffe2tf.verify.run import (
     write_case_files,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = [pytest.mark.oracle, pytest.mark.keras, pytest.mark.slow]
 
 STEPS = 100
@@ -108,7 +110,7 @@ _modules: dict[str, object] = {}
 
 
 def _module(case: matrix.MatrixCase, workdir: Path):
-    from caffe2tf.verify.keras_harness import load_module
+    from caffe2tf.verify.candidate import load_module
 
     if case.name not in _modules:
         _modules[case.name] = load_module(convert_case(case, workdir / case.name))
@@ -151,8 +153,7 @@ def _jax_run(caffe_runs, workdir: Path, cases, *extra: str) -> dict:
     proc = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "caffe2tf.verify.run",
+            str(REPO_ROOT / "scripts" / "keras_matrix.py"),
             "--reference",
             str(ref),
             "--out",

@@ -17,6 +17,7 @@ from conftest import require
 require("tensorflow")
 keras = require("keras")
 
+from caffe2tf.verify import candidate, mirror, streams  # noqa: E402
 from caffe2tf.verify import keras_harness as kh  # noqa: E402
 
 pytestmark = pytest.mark.keras
@@ -59,7 +60,7 @@ def _candidate(lr, mu, wd, iter_size, regularize=True):
             lr, momentum=mu, gradient_accumulation_steps=(iter_size if iter_size > 1 else None)
         )
 
-    return kh.Candidate("sgd", build, prepare)
+    return candidate.Candidate("sgd", build, prepare)
 
 
 def _maxdiff(a, b):
@@ -71,46 +72,46 @@ def _maxdiff(a, b):
 
 
 def test_mirror_layout_and_names():
-    layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
-    model = kh.build_mirror_model(layers)
+    layers = mirror.mirror_layers_from_shapes(SHAPES, TYPES)
+    model = mirror.build_mirror_model(layers)
     assert [layer.name for layer in model.caffe_layers] == ["ip1", "p"]
     dense = model.caffe_layers[0]
     assert isinstance(dense, keras.layers.Dense)
     assert tuple(dense.kernel.shape) == (3, 4) and tuple(dense.bias.shape) == (4,)
     init, _ = _data()
-    kh.set_caffe_weights(model, init)
+    mirror.set_caffe_weights(model, init)
     np.testing.assert_array_equal(np.asarray(dense.kernel.value), init["ip1/0"].T)
-    back = kh.get_caffe_weights(model)
+    back = mirror.get_caffe_weights(model)
     for key in SHAPES:
         np.testing.assert_array_equal(back[key], init[key])
 
 
 def test_layer_without_bias_and_unsupported_type():
-    layers = kh.mirror_layers_from_shapes({"fc/0": (2, 3)}, {"fc": "InnerProduct"})
-    model = kh.build_mirror_model(layers)
+    layers = mirror.mirror_layers_from_shapes({"fc/0": (2, 3)}, {"fc": "InnerProduct"})
+    model = mirror.build_mirror_model(layers)
     assert model.caffe_layers[0].use_bias is False
     from caffe2tf.errors import InputError
 
     with pytest.raises(InputError, match="LSTM"):
-        kh.mirror_layers_from_shapes({"l/0": (2, 3)}, {"l": "LSTM"})
+        mirror.mirror_layers_from_shapes({"l/0": (2, 3)}, {"l": "LSTM"})
 
 
 def test_convolution_layout_round_trip():
     w = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
-    k = kh.caffe_to_keras("Convolution", 0, w)
+    k = mirror.caffe_to_keras("Convolution", 0, w)
     assert k.shape == (4, 5, 3, 2) and k[1, 2, 0, 1] == w[1, 0, 1, 2]
-    np.testing.assert_array_equal(kh.keras_to_caffe("Convolution", 0, k), w)
+    np.testing.assert_array_equal(mirror.keras_to_caffe("Convolution", 0, k), w)
 
 
 def test_split_micro_batches_sum_to_total_and_differ():
     _, grads = _data(1)
-    parts = kh.split_micro_batches(grads[0], 3, seed=1, step=0)
+    parts = streams.split_micro_batches(grads[0], 3, seed=1, step=0)
     assert len(parts) == 3
     for key in SHAPES:
         total = sum(p[key].astype(np.float64) for p in parts)
         np.testing.assert_allclose(total, grads[0][key], atol=1e-5)
         assert not np.allclose(parts[0][key], parts[1][key])
-    again = kh.split_micro_batches(grads[0], 3, seed=1, step=0)
+    again = streams.split_micro_batches(grads[0], 3, seed=1, step=0)
     assert all(
         np.array_equal(a[k], b[k]) for a, b in zip(parts, again, strict=True) for k in SHAPES
     )
@@ -121,7 +122,7 @@ def test_split_micro_batches_sum_to_total_and_differ():
 def test_contract_loop_matches_numpy_sgd(route, iter_size):
     init, grads = _data()
     lr, mu, wd = 0.1, 0.9, 0.05
-    layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
+    layers = mirror.mirror_layers_from_shapes(SHAPES, TYPES)
     got = kh.run_candidate(
         _candidate(lr, mu, wd, iter_size), layers, init, grads, iter_size=iter_size, route=route
     )
@@ -134,7 +135,7 @@ def test_regularizer_losses_reach_the_gradient():
     """Without model.losses in the differentiated loss the decay would vanish: a run with the
     regularizer must differ from one without it by about the decay's effect."""
     init, grads = _data()
-    layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
+    layers = mirror.mirror_layers_from_shapes(SHAPES, TYPES)
     with_reg = kh.run_candidate(_candidate(0.1, 0.9, 0.05, 1), layers, init, grads)
     without = kh.run_candidate(_candidate(0.1, 0.9, 0.05, 1, regularize=False), layers, init, grads)
     assert _maxdiff(with_reg, without) > 1e-2
@@ -143,9 +144,9 @@ def test_regularizer_losses_reach_the_gradient():
 
 def test_one_apply_per_micro_batch():
     init, grads = _data(4)
-    layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
+    layers = mirror.mirror_layers_from_shapes(SHAPES, TYPES)
     opt = keras.optimizers.SGD(0.01)
-    cand = kh.Candidate("count", lambda: opt, lambda m: m)
+    cand = candidate.Candidate("count", lambda: opt, lambda m: m)
     kh.run_candidate(cand, layers, init, grads, iter_size=3)
     assert int(opt.iterations.numpy()) == 12
 
@@ -153,8 +154,8 @@ def test_one_apply_per_micro_batch():
 def test_micro_grads_are_used_as_given():
     init, grads = _data(2)
     micro = [g for g in grads for _ in range(2)]  # each update: the same pass twice
-    layers = kh.mirror_layers_from_shapes(SHAPES, TYPES)
-    cand = kh.Candidate("plain", lambda: keras.optimizers.SGD(1.0), lambda m: m)
+    layers = mirror.mirror_layers_from_shapes(SHAPES, TYPES)
+    cand = candidate.Candidate("plain", lambda: keras.optimizers.SGD(1.0), lambda m: m)
     got = kh.run_candidate(cand, layers, init, grads, iter_size=2, micro_grads=micro)
     # SGD lr 1 without accumulation: two applies of g per update -> w -= 2 g
     want = init["ip1/0"] - 2 * grads[0]["ip1/0"]
@@ -167,10 +168,11 @@ _JAX_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import keras
+    from caffe2tf.verify import candidate, mirror
     from caffe2tf.verify import keras_harness as kh
     rng = np.random.default_rng(0)
     shapes = {"ip1/0": (4, 3), "ip1/1": (4,), "p/0": (2, 5)}
-    layers = kh.mirror_layers_from_shapes(shapes, {"ip1": "InnerProduct", "p": "Parameter"})
+    layers = mirror.mirror_layers_from_shapes(shapes, {"ip1": "InnerProduct", "p": "Parameter"})
     init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
     grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
              for _ in range(10)]
@@ -180,7 +182,7 @@ _JAX_SCRIPT = textwrap.dedent("""
         return m
     out = {"backend": keras.backend.backend()}
     for route, jit in (("loop", True), ("loop", False), ("fit", True)):
-        cand = kh.Candidate("sgd", lambda: keras.optimizers.SGD(
+        cand = candidate.Candidate("sgd", lambda: keras.optimizers.SGD(
             0.1, momentum=0.9, gradient_accumulation_steps=3), prep)
         tr = kh.run_candidate(cand, layers, init, grads, iter_size=3, route=route, jit=jit)
         out[f"{route}-{jit}"] = {k: [t[k].tolist() for t in tr] for k in shapes}
@@ -209,15 +211,15 @@ def test_jax_backend_matches_numpy_sgd():
 
 def test_deconvolution_and_embed_mirror():
     shapes = {"d/0": (3, 5, 2, 2), "d/1": (5,), "e/0": (10, 4)}
-    layers = kh.mirror_layers_from_shapes(shapes, {"d": "Deconvolution", "e": "Embed"})
-    model = kh.build_mirror_model(layers)
+    layers = mirror.mirror_layers_from_shapes(shapes, {"d": "Deconvolution", "e": "Embed"})
+    model = mirror.build_mirror_model(layers)
     deconv, embed = model.caffe_layers
     assert isinstance(deconv, keras.layers.Conv2DTranspose) and deconv.filters == 5
     assert tuple(deconv.kernel.shape) == (2, 2, 5, 3)
     assert isinstance(embed, keras.layers.Embedding)
     rng = np.random.default_rng(1)
     init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-    kh.set_caffe_weights(model, init)
+    mirror.set_caffe_weights(model, init)
     assert np.asarray(deconv.kernel.value)[1, 0, 4, 2] == init["d/0"][2, 4, 1, 0]
-    back = kh.get_caffe_weights(model)
+    back = mirror.get_caffe_weights(model)
     assert all(np.array_equal(back[k], init[k]) for k in shapes)

@@ -18,8 +18,9 @@ require("tensorflow")
 
 from caffe2tf.caffe.load import load_recipe  # noqa: E402
 from caffe2tf.cli import cli  # noqa: E402
+from caffe2tf.errors import InputError  # noqa: E402
 from caffe2tf.rule.lower import lower  # noqa: E402
-from caffe2tf.verify import keras_harness as kh  # noqa: E402
+from caffe2tf.verify import mirror  # noqa: E402
 from caffe2tf.verify.run import initial_weights, never_written_blobs  # noqa: E402
 
 pytestmark = pytest.mark.keras
@@ -81,13 +82,13 @@ def test_bn_scale_pair_is_one_batch_normalization_bound_like_prepare_model():
     from caffe2tf.targets.keras.runtime import caffe_blob_key
 
     rule = lower(load_recipe(BN / "solver.prototxt", net_path=BN / "net.prototxt"))
-    layers = kh.mirror_layers_from_rule(rule)
+    layers = mirror.mirror_layers_from_rule(rule)
     by_name = {spec.name: spec for spec in layers}
     assert "scale1" not in by_name  # the Scale's blobs live in the BatchNorm's Keras layer
     bn = by_name["bn1"]
     assert bn.type == "BatchNorm"
     assert {b.key for b in bn.blobs} == {"bn1/0", "bn1/1", "bn1/2", "scale1/0", "scale1/1"}
-    model = kh.build_mirror_model(layers)
+    model = mirror.build_mirror_model(layers)
     variables = model.blob_variables()
     assert "bn1/2" not in variables  # Keras keeps no moving-average factor
     paths = {k: v[0].path for k, v in variables.items()}
@@ -108,11 +109,11 @@ def test_statistics_load_divided_by_the_factor_and_read_back():
     rule = lower(load_recipe(BN / "solver.prototxt", net_path=BN / "net.prototxt"))
     shapes = {p.key: p.shape for p in rule.params}
     init = initial_weights(shapes, 7)
-    model = kh.build_mirror_model(kh.mirror_layers_from_rule(rule))
-    kh.set_caffe_weights(model, init)
+    model = mirror.build_mirror_model(mirror.mirror_layers_from_rule(rule))
+    mirror.set_caffe_weights(model, init)
     mean = np.asarray(model.blob_variables()["bn1/0"][0].numpy())
     np.testing.assert_allclose(mean, init["bn1/0"] / init["bn1/2"][0], rtol=1e-6)
-    back = kh.get_caffe_weights(model)
+    back = mirror.get_caffe_weights(model)
     assert set(back) == set(init)
     for key in init:
         np.testing.assert_allclose(back[key], init[key], rtol=1e-6, err_msg=key)
@@ -122,8 +123,8 @@ def test_lone_scale_and_prelu_variables():
     from caffe2tf.targets.keras.runtime import caffe_blob_key
 
     shapes = {"sc/0": (4,), "sc/1": (4,), "p/0": (6,), "q/0": ()}
-    layers = kh.mirror_layers_from_shapes(shapes, {"sc": "Scale", "p": "PReLU", "q": "PReLU"})
-    model = kh.build_mirror_model(layers)
+    layers = mirror.mirror_layers_from_shapes(shapes, {"sc": "Scale", "p": "PReLU", "q": "PReLU"})
+    model = mirror.build_mirror_model(layers)
     keys = {k: caffe_blob_key(v[0].path) for k, v in model.blob_variables().items()}
     assert keys == {"sc/0": "sc/0", "sc/1": "sc/1", "p/0": "p/0", "q/0": "q/0"}
     assert tuple(model.blob_variables()["q/0"][0].shape) == ()
@@ -137,13 +138,13 @@ def test_batch_norm_statistics_never_get_a_gradient():
 
 
 def test_scale_with_two_channel_axes_is_a_clear_error():
-    layers = kh.mirror_layers_from_shapes(
+    layers = mirror.mirror_layers_from_shapes(
         {"bn/0": (4,), "bn/1": (4,), "bn/2": (1,), "s/0": (4, 3)},
         {"bn": "BatchNorm", "s": "Scale"},
         {"s": "bn"},
     )
-    with pytest.raises(kh.InputError, match="1-D per-channel"):
-        kh.build_mirror_model(layers)
+    with pytest.raises(InputError, match="1-D per-channel"):
+        mirror.build_mirror_model(layers)
 
 
 # ---- end to end --------------------------------------------------------------------------------

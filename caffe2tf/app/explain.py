@@ -11,7 +11,7 @@ returns the same content as data. Never imports TensorFlow.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,85 +137,106 @@ def _schedule_equation(s: LrSchedule, val: _Values) -> str:
     )
 
 
+Row = tuple[str, dict[str, str], str]  # equation, values (field -> text), Caffe source
+
+
+def _clip_row(step: ClipByGlobalNorm, rule: UpdateRule, val: _Values) -> Row:
+    c = val("clip_gradients")
+    eq = (
+        f"n = sqrt(sum of G^2 over {len(rule.params) or 'the'} learnable blobs); if n > {c}: "
+        f"G *= {num(step.threshold)} / n"
+    )
+    if step.threshold == 0:
+        eq += "  (threshold 0: every non-zero gradient becomes 0)"
+    return eq, {"clip_gradients": c}, "sgd_solver.cpp:87-106"
+
+
+def _normalize_row(step: NormalizeBy, rule: UpdateRule, val: _Values) -> Row:
+    eq = f"g = G * 1/{step.iter_size}  (G = sum over iter_size passes)"
+    return eq, {"iter_size": val("iter_size")}, "sgd_solver.cpp:129-153"
+
+
+def _decay_row(step: AddDecay, rule: UpdateRule, val: _Values) -> Row:
+    term = "w" if step.kind == "L2" else "sign(w)"
+    eq = f"g += {num(step.weight_decay)} * decay_mult * {term}  ({step.kind})"
+    values = {
+        "weight_decay": val("weight_decay"),
+        "regularization_type": val("regularization_type"),
+    }
+    return eq, values, "sgd_solver.cpp:155-215"
+
+
+def _lr_row(step: ScaleByLr, rule: UpdateRule, val: _Values) -> Row:
+    fields = POLICIES[step.schedule.policy].reads
+    eq = f"eta = alpha(k) * lr_mult;  {_schedule_equation(step.schedule, val)}"
+    return (
+        eq,
+        {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}},
+        "sgd_solver.cpp:26-70",
+    )
+
+
+def _momentum_row(step: Momentum, rule: UpdateRule, val: _Values) -> Row:
+    mu = val("momentum")
+    if step.nesterov:
+        eq = f"h' = {mu} * h + eta * g;  w -= (1 + {mu}) * h' - {mu} * h;  h = h'"
+        return eq, {}, "nesterov_solver.cpp:13-56"
+    eq = f"h = {mu} * h + eta * g;  w -= h   (the lr is inside the velocity)"
+    return eq, {}, "sgd_solver.cpp:223-254"
+
+
+def _adagrad_row(step: AdaGrad, rule: UpdateRule, val: _Values) -> Row:
+    eq = f"h += g^2;  w -= eta * g / (sqrt(h) + {val('delta')})"
+    return eq, {}, "adagrad_solver.cpp:13-64"
+
+
+def _rmsprop_row(step: RMSProp, rule: UpdateRule, val: _Values) -> Row:
+    eq = (
+        f"h = {val('rms_decay')} * h + (1 - {num(step.rms_decay)}) * g^2;  "
+        f"w -= eta * g / (sqrt(h) + {val('delta')})"
+    )
+    return eq, {}, "rmsprop_solver.cpp:13-65"
+
+
+def _adadelta_row(step: AdaDelta, rule: UpdateRule, val: _Values) -> Row:
+    r, d = val("momentum"), val("delta")
+    eq = (
+        f"a = {r} * a + (1 - rho) * g^2;  u = g * sqrt((b + {d}) / (a + {d}));  "
+        f"b = rho * b + (1 - rho) * u^2;  w -= eta * u   (rho = momentum)"
+    )
+    return eq, {}, "adadelta_solver.cpp:25-107"
+
+
+def _adam_row(step: Adam, rule: UpdateRule, val: _Values) -> Row:
+    b1, b2, d = val("momentum"), val("momentum2"), val("delta")
+    eq = (
+        f"m = {b1} * m + (1 - beta1) * g;  v = {b2} * v + (1 - beta2) * g^2;  "
+        f"w -= eta * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + {d}),  t = k + 1"
+        "   (beta1 = momentum, beta2 = momentum2)"
+    )
+    return eq, {}, "adam_solver.cpp:25-89"
+
+
+#: step type -> its row of the explanation (one entry per step type of rule/model.py)
+STEP_ROWS: dict[type, Callable[[Any, UpdateRule, _Values], Row]] = {
+    ClipByGlobalNorm: _clip_row,
+    NormalizeBy: _normalize_row,
+    AddDecay: _decay_row,
+    ScaleByLr: _lr_row,
+    Momentum: _momentum_row,
+    AdaGrad: _adagrad_row,
+    RMSProp: _rmsprop_row,
+    AdaDelta: _adadelta_row,
+    Adam: _adam_row,
+}
+
+
 def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
-    """One step: name, equation with numbers, the values it uses (field -> text)."""
-    n_blobs = len(rule.params) or "the"
-    if isinstance(step, ClipByGlobalNorm):
-        c = val("clip_gradients")
-        eq = (
-            f"n = sqrt(sum of G^2 over {n_blobs} learnable blobs); if n > {c}: "
-            f"G *= {num(step.threshold)} / n"
-        )
-        if step.threshold == 0:
-            eq += "  (threshold 0: every non-zero gradient becomes 0)"
-        return {
-            "name": step.name,
-            "equation": eq,
-            "values": {"clip_gradients": c},
-            "source": "sgd_solver.cpp:87-106",
-        }
-    if isinstance(step, NormalizeBy):
-        return {
-            "name": step.name,
-            "equation": f"g = G * 1/{step.iter_size}  (G = sum over iter_size passes)",
-            "values": {"iter_size": val("iter_size")},
-            "source": "sgd_solver.cpp:129-153",
-        }
-    if isinstance(step, AddDecay):
-        term = "w" if step.kind == "L2" else "sign(w)"
-        return {
-            "name": step.name,
-            "equation": f"g += {num(step.weight_decay)} * decay_mult * {term}  ({step.kind})",
-            "values": {
-                "weight_decay": val("weight_decay"),
-                "regularization_type": val("regularization_type"),
-            },
-            "source": "sgd_solver.cpp:155-215",
-        }
-    if isinstance(step, ScaleByLr):
-        fields = POLICIES[step.schedule.policy].reads
-        return {
-            "name": step.name,
-            "equation": f"eta = alpha(k) * lr_mult;  {_schedule_equation(step.schedule, val)}",
-            "values": {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}},
-            "source": "sgd_solver.cpp:26-70",
-        }
-    values = {f: val(f) for f in SOLVERS[rule.solver].reads}
-    if isinstance(step, Momentum):
-        mu = val("momentum")
-        if step.nesterov:
-            eq = f"h' = {mu} * h + eta * g;  w -= (1 + {mu}) * h' - {mu} * h;  h = h'"
-            src = "nesterov_solver.cpp:13-56"
-        else:
-            eq = f"h = {mu} * h + eta * g;  w -= h   (the lr is inside the velocity)"
-            src = "sgd_solver.cpp:223-254"
-    elif isinstance(step, AdaGrad):
-        eq = f"h += g^2;  w -= eta * g / (sqrt(h) + {val('delta')})"
-        src = "adagrad_solver.cpp:13-64"
-    elif isinstance(step, RMSProp):
-        r = val("rms_decay")
-        eq = (
-            f"h = {r} * h + (1 - {num(step.rms_decay)}) * g^2;  "
-            f"w -= eta * g / (sqrt(h) + {val('delta')})"
-        )
-        src = "rmsprop_solver.cpp:13-65"
-    elif isinstance(step, AdaDelta):
-        r, d = val("momentum"), val("delta")
-        eq = (
-            f"a = {r} * a + (1 - rho) * g^2;  u = g * sqrt((b + {d}) / (a + {d}));  "
-            f"b = rho * b + (1 - rho) * u^2;  w -= eta * u   (rho = momentum)"
-        )
-        src = "adadelta_solver.cpp:25-107"
-    elif isinstance(step, Adam):
-        b1, b2, d = val("momentum"), val("momentum2"), val("delta")
-        eq = (
-            f"m = {b1} * m + (1 - beta1) * g;  v = {b2} * v + (1 - beta2) * g^2;  "
-            f"w -= eta * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + {d}),  t = k + 1"
-            "   (beta1 = momentum, beta2 = momentum2)"
-        )
-        src = "adam_solver.cpp:25-89"
-    else:  # pragma: no cover - the rule model has no other solver steps
-        eq, src = repr(step), ""
+    """One step: name, equation with numbers, the values it uses (field -> text); a solver
+    step lists the solver's fields (:data:`caffe2tf.rule.model.SOLVERS`)."""
+    eq, values, src = STEP_ROWS[type(step)](step, rule, val)
+    if step is rule.solver_step:
+        values = {f: val(f) for f in SOLVERS[rule.solver].reads}
     return {"name": step.name, "equation": eq, "values": values, "source": src}
 
 

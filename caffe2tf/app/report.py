@@ -18,3 +18,15 @@ class Report(Protocol):
     def exit_code(self) -> int: ...
 
     def render(self, fmt: str = "table") -> str: ...
+
+
+class TextReport:
+    """A report that is already text (``explain``, ``replay``): ``render`` returns it as is,
+    in whatever format the command produced it; the exit code is 0 (errors are raised)."""
+
+    def __init__(self, text: str, exit_code: int = EXIT_OK) -> None:
+        self.text = text
+        self.exit_code = exit_code
+
+    def render(self, fmt: str = "table") -> str:
+        return self.text

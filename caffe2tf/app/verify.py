@@ -159,7 +159,7 @@ def progress_printer(label: str, total: int) -> Any:
 def _load_candidate(
     solver: Path, net_path: Path | None, lenient: bool, module_path: Path | None, workdir: Path
 ) -> tuple[Any, str]:
-    from caffe2tf.verify.keras_harness import load_module
+    from caffe2tf.verify.candidate import load_module
 
     if module_path is not None:
         if not Path(module_path).is_file():
@@ -240,7 +240,7 @@ def verify_solver(
     ``pipeline``: the recipe already read and lowered by the caller (``check``), so that it is
     not read twice."""
     from caffe2tf.rule.reference import run_reference
-    from caffe2tf.verify import keras_harness, streams
+    from caffe2tf.verify import keras_harness, mirror, streams
 
     if steps < 1:
         raise InputError(f"--steps must be at least 1 (got {steps})")
@@ -273,7 +273,7 @@ def verify_solver(
             else "the train net has no learnable parameters",
             SourceLocation(str(solver)),
         )
-    layers = keras_harness.mirror_layers_from_rule(rule)
+    layers = mirror.mirror_layers_from_rule(rule)
     shapes = {p.key: tuple(int(d) for d in p.shape or ()) for p in rule.params}
     iter_size = max(1, int(rule.iter_size))
     init = initial_weights(shapes, seed)

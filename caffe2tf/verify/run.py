@@ -5,9 +5,6 @@ what the report says about mirrored blobs, and the update-rule matrix through th
 
 from __future__ import annotations
 
-import json
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +28,12 @@ def initial_weights(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str,
 def frozen_blobs_get_no_gradient(
     micro: Sequence[Mapping[str, np.ndarray]], frozen: Sequence[str]
 ) -> list[dict[str, np.ndarray]]:
-    """Zero the gradients of ``lr_mult: 0`` blobs, as Caffe computes them: ``AppendParam`` sets
-    ``param_propagate_down(i, false)`` for them, so the layer never writes their diff and it stays
-    0 from ``ClearParamDiffs`` (``net.cpp:149-152``; ``force_backward`` turns it back on,
-    ``net.cpp:235-238``). A Keras user freezes such a variable, so it has no gradient either; a
-    non-zero stream would put a gradient into Caffe's clip norm that no Keras model produces."""
+    """Zero the gradients of ``lr_mult: 0`` blobs, as Caffe computes them: ``Net::Init`` sets
+    ``param_propagate_down(i, false)`` for them (``net.cpp:146-153``), so the layer never writes
+    their diff and it stays 0 from ``ClearParamDiffs`` (``net.cpp:927-945``; ``force_backward``
+    turns it back on, ``net.cpp:235-238``). A Keras user freezes such a variable, so it has no
+    gradient either; a non-zero stream would put a gradient into Caffe's clip norm that no Keras
+    model produces."""
     frozen = set(frozen)
     if not frozen:
         return [dict(g) for g in micro]
@@ -184,11 +182,11 @@ def run_keras_case(
     case: Any, data: KerasCaseData, candidate: Any, *, route: str = "loop", jit: bool = True
 ) -> list[dict[str, np.ndarray]]:
     """Train the mirror of the matrix net (Input + InnerProduct layers) with ``candidate``
-    (a module or :class:`~caffe2tf.verify.keras_harness.Candidate`) on ``data``."""
-    from caffe2tf.verify import keras_harness
+    (a module or :class:`~caffe2tf.verify.candidate.Candidate`) on ``data``."""
+    from caffe2tf.verify import keras_harness, mirror
 
     shapes = {k: np.shape(v) for k, v in data.init.items()}
-    layers = keras_harness.mirror_layers_from_shapes(shapes, case.layer_types)
+    layers = mirror.mirror_layers_from_shapes(shapes, case.layer_types)
     return keras_harness.run_candidate(
         candidate,
         layers,
@@ -235,7 +233,7 @@ def matrix_deviations(
 ) -> dict[str, dict[str, Any]]:
     """Convert and run every matrix case (or ``names``) on the active Keras backend and compare
     with ``reference[case]``: ``{case: {deviation, passed, seconds} | {error}}``."""
-    from caffe2tf.verify.keras_harness import load_module
+    from caffe2tf.verify.candidate import load_module
     from caffe2tf.verify.matrix import matrix_cases
 
     out: dict[str, dict[str, Any]] = {}
@@ -260,40 +258,3 @@ def matrix_deviations(
                 "seconds": time.perf_counter() - t,
             }
     return out
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m caffe2tf.verify.run --reference TRAJ.npz --out RESULT.json [--names ...]``:
-    :func:`matrix_deviations` on the active backend (used by the JAX test and the GPU run)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m caffe2tf.verify.run")
-    parser.add_argument("--reference", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--names", nargs="*", default=None)
-    parser.add_argument("--route", default="loop", choices=["loop", "fit"])
-    parser.add_argument("--no-jit", action="store_true")
-    args = parser.parse_args(argv)
-    reference = load_trajectories(args.reference)
-    t = time.perf_counter()
-    backend, device = backend_and_device()
-    with tempfile.TemporaryDirectory(prefix="caffe2tf-matrix-") as tmp:
-        results = matrix_deviations(
-            reference, Path(tmp), names=args.names, route=args.route, jit=not args.no_jit
-        )
-    args.out.write_text(
-        json.dumps(
-            {
-                "backend": backend,
-                "device": device,
-                "seconds": time.perf_counter() - t,
-                "cases": results,
-            },
-            indent=1,
-        )
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -160,3 +160,29 @@ def global_norms(grads: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
             for g in grads
         ]
     )
+
+
+def split_micro_batches(
+    total: Mapping[str, np.ndarray], iter_size: int, *, seed: int, step: int
+) -> list[dict[str, np.ndarray]]:
+    """S seeded parts of the raw sum ``total`` (one per Caffe forward/backward pass).
+
+    Parts 1..S-1 are ``total/S + noise`` (noise ~ N(0, std(total)) per element, generator seeded
+    by (seed, step)); part S is ``total`` minus their float64 sum, so the parts add up to
+    ``total`` in exact arithmetic (float32 rounding of each part aside). ``iter_size`` 1 returns
+    ``[total]`` unchanged."""
+    if iter_size <= 1:
+        return [{k: np.asarray(v, np.float32) for k, v in total.items()}]
+    rng = np.random.default_rng([int(seed) & 0x7FFFFFFF, int(step), 0x5EED])
+    parts: list[dict[str, np.ndarray]] = [{} for _ in range(iter_size)]
+    for key in sorted(total):
+        g = np.asarray(total[key], np.float64)
+        spread = float(np.std(g)) or float(np.max(np.abs(g), initial=0.0))
+        acc = np.zeros_like(g)
+        for j in range(iter_size - 1):
+            p = g / iter_size + rng.normal(0.0, spread, size=g.shape)
+            p32 = p.astype(np.float32)
+            parts[j][key] = p32
+            acc += p32
+        parts[-1][key] = (g - acc).astype(np.float32)
+    return parts

@@ -58,8 +58,8 @@ def matrix_bench(backends: list[str], against: str) -> None:
     import statistics
     import tempfile
 
+    from caffe2tf.app.matrix import keras_case_data, save_trajectories
     from caffe2tf.verify import matrix
-    from caffe2tf.verify.run import keras_case_data, save_trajectories
 
     cases = matrix.matrix_cases(100)
     data = {c.name: keras_case_data(c) for c in cases}
@@ -76,10 +76,10 @@ def matrix_bench(backends: list[str], against: str) -> None:
             ]
         )
     else:
+        from caffe2tf.app.matrix import write_case_files
         from caffe2tf.caffe.load import load_recipe
         from caffe2tf.rule.lower import lower
         from caffe2tf.rule.reference import run_reference
-        from caffe2tf.verify.run import write_case_files
 
         trajectories = {}
         with tempfile.TemporaryDirectory() as tmp:

@@ -17,11 +17,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from caffe2tf.verify.run import backend_and_device, load_trajectories, matrix_deviations
+from caffe2tf.app.matrix import load_trajectories, matrix_deviations
+from caffe2tf.verify.inputs import backend_and_device
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """:func:`caffe2tf.verify.run.matrix_deviations` on the active backend, as JSON."""
+    """:func:`caffe2tf.app.matrix.matrix_deviations` on the active backend, as JSON."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python scripts/keras_matrix.py")

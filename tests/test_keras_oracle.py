@@ -6,7 +6,7 @@ for every case and with compile + fit for a few;
 and the usual wrong ports (:mod:`caffe2tf.verify.wrong_ports`) FAIL the same comparison.
 
 Data: each case's seeded stream, with the gradients of ``lr_mult: 0`` blobs zeroed as Caffe
-computes them (``caffe2tf.verify.run.frozen_blobs_get_no_gradient``); all Caffe trajectories
+computes them (``caffe2tf.verify.inputs.frozen_blobs_get_no_gradient``); all Caffe trajectories
 come from ONE batched ``oracle.run_cases`` call.
 
 Documented xfail list: :data:`XFAIL` (case name -> precise reason); empty when every case passes.
@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from caffe2tf.verify import matrix, oracle, wrong_ports
-from caffe2tf.verify.compare import compare_trajectories
-from caffe2tf.verify.run import (
+from caffe2tf.app.matrix import (
     convert_case,
     keras_case_data,
     run_keras_case,
     save_trajectories,
     write_case_files,
 )
+from caffe2tf.verify import matrix, oracle, wrong_ports
+from caffe2tf.verify.compare import compare_trajectories
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from caffe2tf.cli import cli  # noqa: E402
 from caffe2tf.errors import InputError  # noqa: E402
 from caffe2tf.rule.lower import lower  # noqa: E402
 from caffe2tf.verify import mirror  # noqa: E402
-from caffe2tf.verify.run import initial_weights, never_written_blobs  # noqa: E402
+from caffe2tf.verify.inputs import initial_weights, never_written_blobs  # noqa: E402
 
 pytestmark = pytest.mark.keras
 

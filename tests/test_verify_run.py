@@ -13,14 +13,11 @@ from conftest import require
 
 require("tensorflow")
 
+from caffe2tf.app.matrix import write_case_files  # noqa: E402
 from caffe2tf.app.verify import progress_printer  # noqa: E402
 from caffe2tf.cli import cli  # noqa: E402
 from caffe2tf.verify import matrix  # noqa: E402
-from caffe2tf.verify.run import (  # noqa: E402
-    frozen_blobs_get_no_gradient,
-    initial_weights,
-    write_case_files,
-)
+from caffe2tf.verify.inputs import frozen_blobs_get_no_gradient, initial_weights  # noqa: E402
 
 pytestmark = pytest.mark.keras
 

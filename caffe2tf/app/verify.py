@@ -8,7 +8,7 @@ Steps of :func:`verify_solver`:
 3. seeded data (:mod:`caffe2tf.verify.streams`): initial weights N(0, 0.5²) and, for each Caffe
    update, ``iter_size`` per-pass gradients whose float32 sum is Caffe's diff; blobs with
    ``lr_mult: 0`` get none (Caffe does not compute them), and neither do BatchNorm's statistics
-   (:func:`caffe2tf.verify.run.never_written_blobs`);
+   (:func:`caffe2tf.verify.inputs.never_written_blobs`);
 4. the reference trajectory: ``against="reference"`` -> the NumPy executor in float32
    (``caffe2tf.rule.reference.run_reference``); ``against="caffe"`` -> the real Caffe 1.0 binary
    (``caffe2tf.verify.oracle.run_cases``; an error when no Caffe root is available);
@@ -38,7 +38,7 @@ import numpy as np
 from caffe2tf.app.pipeline import Pipeline, load_pipeline
 from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
 from caffe2tf.verify.compare import Comparison, compare_trajectories
-from caffe2tf.verify.run import (
+from caffe2tf.verify.inputs import (
     PROGRESS_MIN_STEPS,
     backend_and_device,
     frozen_blobs_get_no_gradient,

@@ -1,0 +1,111 @@
+"""What verify feeds both rules and says about the run: seeded initial weights, the gradients
+Caffe never writes (frozen blobs, BatchNorm statistics), how mirrored blobs are compared, and
+the backend and device. The ``verify`` command itself is :mod:`caffe2tf.app.verify`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PROGRESS_MIN_STEPS = 200  # runs at least this long report progress on stderr
+
+
+def initial_weights(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
+    """Seeded N(0, 0.5²) float32 initial weights, one array per owner blob (Caffe layout)."""
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x1A17])
+    return {k: rng.normal(0.0, 0.5, tuple(shapes[k])).astype(np.float32) for k in sorted(shapes)}
+
+
+def frozen_blobs_get_no_gradient(
+    micro: Sequence[Mapping[str, np.ndarray]], frozen: Sequence[str]
+) -> list[dict[str, np.ndarray]]:
+    """Zero the gradients of ``lr_mult: 0`` blobs, as Caffe computes them: ``Net::Init`` sets
+    ``param_propagate_down(i, false)`` for them (``net.cpp:146-153``), so the layer never writes
+    their diff and it stays 0 from ``ClearParamDiffs`` (``net.cpp:927-945``; ``force_backward``
+    turns it back on, ``net.cpp:235-238``). A Keras user freezes such a variable, so it has no
+    gradient either; a non-zero stream would put a gradient into Caffe's clip norm that no Keras
+    model produces."""
+    frozen = set(frozen)
+    if not frozen:
+        return [dict(g) for g in micro]
+    return [{k: (np.zeros_like(v) if k in frozen else v) for k, v in g.items()} for g in micro]
+
+
+def never_written_blobs(params: Sequence[Any], force_backward: bool) -> list[str]:
+    """Keys of the blobs whose diff Caffe leaves at 0 in this net: ``lr_mult: 0`` blobs (unless
+    ``force_backward``, see :func:`frozen_blobs_get_no_gradient`) and, always, the BatchNorm
+    statistics: ``BatchNormLayer::Backward_cpu`` computes only the bottom diff and never
+    touches its blobs' diffs (``batch_norm_layer.cpp``), and Caffe forces their ``lr_mult`` to 0
+    (``LayerSetUp``), so its update never moves them either."""
+    return [
+        p.key
+        for p in params
+        if p.layer_type == "BatchNorm" or (p.lr_mult == 0 and not force_backward)
+    ]
+
+
+def mirror_notes(layers: Sequence[Any]) -> tuple[str, ...]:
+    """What the report says about mirrored blobs that are not plain weight/bias variables."""
+    notes = []
+    for spec in layers:
+        stats = [b for b in spec.blobs if b.layer_type == "BatchNorm"]
+        scale = [b for b in spec.blobs if b.layer_type == "Scale" and b.layer != spec.name]
+        if scale:
+            notes.append(
+                f"{', '.join(b.key for b in scale)}: the gamma/beta of the Keras "
+                f"BatchNormalization {spec.name!r} (Caffe BatchNorm+Scale pair), "
+                f"trained and decayed like any Caffe blob"
+            )
+        if stats:
+            notes.append(
+                f"{', '.join(b.key for b in stats)}: Caffe BatchNorm statistics "
+                f"(lr_mult 0, no gradient; Caffe's update never moves them). Keras "
+                f"holds mean/variance divided by the factor {spec.name}/2 in the "
+                f"non-trainable moving_mean/moving_variance of {spec.name!r}, outside "
+                f"the optimizer; Keras keeps no factor, so {spec.name}/2 is shown as "
+                f"loaded. Compared as unchanged."
+            )
+    return tuple(notes)
+
+
+def backend_and_device() -> tuple[str, str]:
+    """(``"keras X / <backend> Y"``, the device the backend computes on: GPU name or CPU)."""
+    import keras
+
+    backend = keras.backend.backend()
+    device = "CPU"
+    version = ""
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            version = tf.__version__
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                device = f"GPU: {details.get('device_name', gpus[0].name)}"
+        elif backend == "jax":
+            import jax
+
+            version = jax.__version__
+            dev = jax.devices()[0]
+            device = (
+                "CPU"
+                if dev.platform == "cpu"
+                else f"{dev.platform.upper()}: {getattr(dev, 'device_kind', dev)}"
+            )
+        elif backend == "torch":
+            import torch
+
+            version = torch.__version__
+            if torch.cuda.is_available():
+                device = f"GPU: {torch.cuda.get_device_name(0)}"
+    except Exception as err:  # a device query must not fail the verification
+        device = f"unknown ({err})"
+    return f"keras {keras.__version__} / {backend} {version}".strip(), device
+
+
+# ---- the update-rule matrix through the Keras target (tests, bench, GPU runs) -----------------

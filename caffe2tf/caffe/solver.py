@@ -10,8 +10,8 @@ condition                                      Caffe source
 ``average_loss < 1``                           ``solver.cpp:48`` (CHECK_GE, "should be
                                                non-negative")
 not exactly one train net field                ``solver.cpp:79-84``
-``net`` and ``net_param`` both given           ``solver.cpp:131-133``
-too few ``test_iter`` for the test nets        ``solver.cpp:137-143``
+``net`` and ``net_param`` both given           ``solver.cpp:126-127``
+too few ``test_iter`` for the test nets        ``solver.cpp:131-137``
 ``test_state`` count != test nets              ``solver.cpp:146-148``
 test nets but ``test_interval <= 0``           ``solver.cpp:149-151``
 ``type`` not a registered solver               ``solver_factory.hpp:73-76``
@@ -173,7 +173,7 @@ def check_solver(
             f"a train_net: net, net_param, train_net, train_net_param (found "
             f"{', '.join(train_fields)}; solver.cpp:82-84)",
         )
-    # solver.cpp:128-151 (InitTestNets)
+    # solver.cpp:122-151 (InitTestNets)
     num_generic = int(msg.HasField("net")) + int(msg.HasField("net_param"))
     num_test_nets = len(msg.test_net_param) + len(msg.test_net)
     n_iter = len(msg.test_iter)
@@ -181,7 +181,7 @@ def check_solver(
         raise fail(
             "test_iter" if n_iter else ("test_net" if msg.test_net else "test_net_param"),
             f"test_iter must be specified for each test network ({num_test_nets} test "
-            f"net(s), {n_iter} test_iter; solver.cpp:137-143)",
+            f"net(s), {n_iter} test_iter; solver.cpp:131-137)",
         )
     instances = num_test_nets + (n_iter - num_test_nets)
     if len(msg.test_state) and len(msg.test_state) != instances:
@@ -265,7 +265,7 @@ def check_solver(
                 "solver.regularization_unused",
                 f"regularization_type {msg.regularization_type!r} is not one Caffe "
                 "knows, but weight_decay is 0 so Caffe never reads it "
-                "(sgd_solver.cpp:162-164)",
+                "(sgd_solver.cpp:162-165)",
                 Severity.INFO,
                 loc("regularization_type"),
             )

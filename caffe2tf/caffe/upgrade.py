@@ -408,7 +408,7 @@ def _v1_type_name(layer: Any) -> str:
 def _upgrade_data_transformation(
     net: Any, locs: Sequence[SourceLocation | None], notes: list[Note]
 ) -> None:
-    """``UpgradeNetDataTransformation`` (``upgrade_proto.cpp:637-667``)."""
+    """``UpgradeNetDataTransformation`` (``upgrade_proto.cpp:635-667``)."""
     kinds = {
         "DATA": "data_param",
         "IMAGE_DATA": "image_data_param",
@@ -430,7 +430,7 @@ def _upgrade_data_transformation(
                 _note(
                     "upgrade.data_transformation",
                     f"layer '{layer.name}': moved {', '.join(moved)} from {sub_name} "
-                    "to transform_param (upgrade_proto.cpp:637-667)",
+                    "to transform_param (upgrade_proto.cpp:635-667)",
                     locs[k] if k < len(locs) else None,
                 )
             )
@@ -455,7 +455,7 @@ def _upgrade_v0(parsed: Parsed, notes: list[Note]) -> tuple[Any, list[SourceLoca
         for j, blob in enumerate(conn.bottom):
             if blob not in last_top:
                 raise InputError(
-                    f"Unknown blob input {blob} to layer {j} (upgrade_proto.cpp:158-161)",
+                    f"Unknown blob input {blob} to layer {j} (upgrade_proto.cpp:163-166)",
                     path_locs[i],
                 )
             top_idx = last_top[blob]
@@ -466,7 +466,7 @@ def _upgrade_v0(parsed: Parsed, notes: list[Note]) -> tuple[Any, list[SourceLoca
                 if v0.type not in ("conv", "pool"):
                     raise InputError(
                         "Padding layer input to non-convolutional / non-pooling "
-                        f"layer type {v0.type} (upgrade_proto.cpp:170-173)",
+                        f"layer type {v0.type} (upgrade_proto.cpp:177-180)",
                         path_locs[i],
                     )
                 if len(conn.bottom) != 1:

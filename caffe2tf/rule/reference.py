@@ -11,7 +11,7 @@ same as ``caffe2tf replay`` and the oracle harness):
   both are given; they are never added twice);
 * when the net is known, blobs are processed in Caffe's ``learnable_params_`` order; otherwise
   in the order of ``init`` with Caffe's default multipliers (``rule.default_group``);
-* ``lr_mult: 0`` blobs are still learnable params (``net.cpp:149-152``): they have solver state,
+* ``lr_mult: 0`` blobs are still learnable params (``net.cpp:452-458``): they have solver state,
   they are decayed (times eta = 0) and their diff enters the clip norm. In real training that
   diff is 0 (the layer does not compute it, unless ``force_backward``); the harness and replay
   write diffs directly and ``ApplyUpdate`` just reads them, so a non-zero gradient given for an

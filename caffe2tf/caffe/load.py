@@ -296,7 +296,7 @@ def _sniff_text(text: str, path: str) -> str | None:
     """``"solver"``, ``"net"``, ``"unreadable"`` (the lexer rejected a token before any
     distinguishing top-level field) or None (no such field in the whole text)."""
     global _SOLVER_ONLY, _NET_ONLY
-    from caffe2tf.caffe.parse import _T_EOF, _T_IDENT, _T_SYM, _Lexer
+    from caffe2tf.caffe.parse import top_level_field_names
 
     if _SOLVER_ONLY is None or _NET_ONLY is None:
         pb = _pb()
@@ -304,26 +304,12 @@ def _sniff_text(text: str, path: str) -> str | None:
         net_names = {f.name for f in pb.NetParameter.DESCRIPTOR.fields}
         _SOLVER_ONLY = frozenset(solver_names - net_names)
         _NET_ONLY = frozenset(net_names - solver_names)
-    depth = 0
     try:
-        lex = _Lexer(text, path)
-        while lex.tok.kind != _T_EOF:
-            tok = lex.next()
-            if tok.kind == _T_SYM:
-                if tok.text in "{<[":
-                    depth += 1
-                elif tok.text in "}>]":
-                    depth -= 1
-            elif (
-                tok.kind == _T_IDENT
-                and depth == 0
-                and lex.tok.kind == _T_SYM
-                and lex.tok.text in ":{<"
-            ):
-                if tok.text in _SOLVER_ONLY:
-                    return "solver"
-                if tok.text in _NET_ONLY:
-                    return "net"
+        for name in top_level_field_names(text, path):
+            if name in _SOLVER_ONLY:
+                return "solver"
+            if name in _NET_ONLY:
+                return "net"
     except InputError:
         return "unreadable"  # the real parse reports it with its position
     return None

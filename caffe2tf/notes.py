@@ -51,6 +51,16 @@ class Note:
         tag = f"[{self.exactness.value}] " if self.exactness else ""
         return f"{where}{self.severity.value}: {tag}{self.message}"
 
+    @property
+    def inexact(self) -> bool:
+        """True when this note says the translation differs from Caffe: an approximate or
+        unsupported choice, or an item a fork dialect's reader skipped although it can change
+        training (``--lenient``). ``convert`` refuses such notes unless ``--allow-approx``, and
+        then records each one in its outputs."""
+        if self.exactness in (Exactness.APPROX, Exactness.UNSUPPORTED):
+            return True
+        return self.exactness is None and self.affects_training and self.code.startswith("lenient")
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["severity"] = self.severity.value

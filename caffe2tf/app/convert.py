@@ -47,10 +47,9 @@ class ConvertReport:
             "route": self.route,
             # Exact only when no note says otherwise: --allow-approx lets an approximate
             # translation be written, it does not make it exact.
-            "exact": not any(
-                n.exactness in (Exactness.APPROX, Exactness.UNSUPPORTED) for n in self.notes
-            ),
+            "exact": not any(n.inexact for n in self.notes),
             "blocked": self.blocked or None,
+            "blocking": [n.to_dict() for n in self.blocking],
             "exit_code": self.exit_code,
             "notes": [n.to_dict() for n in self.notes],
         }
@@ -65,7 +64,10 @@ class ConvertReport:
             rows.append(f"  {tag:<11} {where}{n.message}")
         lines = ["Translation notes:"] + (rows or ["  (none)"])
         if self.blocked:
-            lines.append(f"error: {self.blocked}; nothing was written.")
+            lines.append(f"error: {self.blocked}; nothing was written. Blocked by:")
+            for n in self.blocking:
+                where = f"{n.location}: " if n.location else ""
+                lines.append(f"  - {where}{n.message}")
         else:
             lines.append(f"Route: {self.route}. Wrote " + ", ".join(self.written) + ".")
         return "\n".join(lines)
@@ -175,10 +177,7 @@ def _blocking(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:
     for n in notes:
         if n.exactness is Exactness.UNSUPPORTED or n.severity is Severity.ERROR:
             out.append(n)
-        elif not allow_approx and (
-            n.exactness is Exactness.APPROX
-            or (n.exactness is None and n.affects_training and n.code.startswith("lenient"))
-        ):
+        elif not allow_approx and n.inexact:
             out.append(n)
     return tuple(out)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from caffe2tf.caffe.load import load_recipe
 from caffe2tf.caffe.model import Recipe
@@ -86,4 +86,6 @@ def keras_plan(
     if pipeline.recipe.solver.net_path:
         source["net"] = pipeline.recipe.solver.net_path
     p = plan(rule, layer_map=layer_map, source=source)
-    return p, _unique(pipeline.notes, p.notes)
+    notes = _unique(pipeline.notes, p.notes)
+    # the outputs record what is not exact, wherever it was found (issue 11 item 3)
+    return replace(p, inexact=tuple(n for n in notes if n.inexact)), notes

@@ -97,7 +97,11 @@ def load_solver(path: str | os.PathLike[str], *, lenient: bool = False) -> Solve
 
 
 def _load_solver(
-    path: str | os.PathLike[str], *, lenient: bool, defer_regularization: bool = False
+    path: str | os.PathLike[str],
+    *,
+    lenient: bool,
+    defer_regularization: bool = False,
+    net_given: bool = False,
 ) -> tuple[SolverSpec, Parsed]:
     from caffe2tf.caffe.solver import build_solver_spec
     from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
@@ -115,6 +119,7 @@ def _load_solver(
         lenient=lenient,
         net_path=net_path,
         defer_regularization=defer_regularization,
+        net_given=net_given,
     )
     return spec, parsed
 
@@ -147,7 +152,7 @@ def _resolve_net_path(msg: Any, parsed: Parsed) -> tuple[str | None, list[Note]]
             )
         ]
     tried = [os.path.abspath(written)]
-    if not os.path.isabs(written):
+    if not os.path.isabs(written) and os.path.abspath(beside) not in tried:
         tried.append(beside)
     return None, [
         Note(
@@ -194,7 +199,9 @@ def load_recipe(
     """A solver and its train net (or None with a warning note when the net file is missing)."""
     from caffe2tf.caffe.net import build_net_spec
 
-    solver, parsed = _load_solver(solver_path, lenient=lenient, defer_regularization=True)
+    solver, parsed = _load_solver(
+        solver_path, lenient=lenient, defer_regularization=True, net_given=net_path is not None
+    )
     msg = solver.message
     state = msg.train_state if msg.HasField("train_state") else None
     notes: list[Note] = []

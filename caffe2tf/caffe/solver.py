@@ -126,13 +126,16 @@ def check_solver(
     *,
     lenient: bool = False,
     defer_regularization: bool = False,
+    net_given: bool = False,
 ) -> list[Note]:
     """Raise :class:`InputError` for what Caffe refuses; return notes for lenient leniencies.
 
     ``defer_regularization``: the caller knows the train net and calls
     :func:`check_regularization` with it (an unknown ``regularization_type`` aborts Caffe only
     when some blob is decayed); otherwise every blob is assumed decayed (Caffe's default
-    ``decay_mult`` 1)."""
+    ``decay_mult`` 1). ``net_given``: the train net comes from ``--net``, so a solver that
+    names none is read as if it said ``net: NET`` (tools such as DIGITS write solvers without
+    a net field and hand Caffe the net themselves)."""
     notes: list[Note] = []
     path = parsed.path
 
@@ -160,10 +163,20 @@ def check_solver(
     train_fields = [
         f for f in ("net", "net_param", "train_net", "train_net_param") if msg.HasField(f)
     ]
-    if not train_fields:
+    if not train_fields and net_given:
+        notes.append(
+            Note(
+                "solver.net_from_option",
+                "the solver names no train net (Caffe alone would refuse it, solver.cpp:79-81); "
+                "the --net file is used as if the solver said net: NET",
+                Severity.INFO,
+                SourceLocation(path),
+            )
+        )
+    elif not train_fields:
         raise InputError(
             "SolverParameter must specify a train net using one of these fields: "
-            "net, net_param, train_net, train_net_param (solver.cpp:79-81)",
+            "net, net_param, train_net, train_net_param (solver.cpp:79-81; or give --net NET)",
             SourceLocation(path),
         )
     if len(train_fields) > 1:
@@ -175,6 +188,7 @@ def check_solver(
         )
     # solver.cpp:122-151 (InitTestNets)
     num_generic = int(msg.HasField("net")) + int(msg.HasField("net_param"))
+    num_generic += int(net_given and not train_fields)  # --net stands for net: NET
     num_test_nets = len(msg.test_net_param) + len(msg.test_net)
     n_iter = len(msg.test_iter)
     if (num_generic and n_iter < num_test_nets) or (not num_generic and n_iter != num_test_nets):
@@ -359,11 +373,17 @@ def build_solver_spec(
     lenient: bool = False,
     net_path: str | None = None,
     defer_regularization: bool = False,
+    net_given: bool = False,
 ) -> SolverSpec:
     """Check ``msg`` (an upgraded ``SolverParameter``) and freeze it into a :class:`SolverSpec`
-    (``defer_regularization``: see :func:`check_solver`)."""
+    (``defer_regularization``, ``net_given``: see :func:`check_solver`)."""
     more = check_solver(
-        msg, parsed, locations, lenient=lenient, defer_regularization=defer_regularization
+        msg,
+        parsed,
+        locations,
+        lenient=lenient,
+        defer_regularization=defer_regularization,
+        net_given=net_given,
     )
     defaulted = frozenset(
         f.name for f in msg.DESCRIPTOR.fields if f.has_presence and not msg.HasField(f.name)

@@ -55,7 +55,8 @@ class OracleCase:
     ``init`` maps every owner blob key ``"{layer}/{i}"`` to its initial value (Caffe layout);
     ``grads[k]`` maps owner keys to the diff at update k (missing key = zero diff). The number
     of updates is ``len(grads)``. ``solver_text`` must not rely on its own ``net``/``train_net``
-    (they are replaced by ``net_text``); inline ``net_param``/``train_net_param`` is refused.
+    (they are replaced by ``net_text``); a solver with an inline ``net_param`` /
+    ``train_net_param`` runs as written, on that net (``net_text`` is then not used).
     """
 
     name: str
@@ -165,6 +166,11 @@ def _require_root(root: Path | str | None) -> Path:
 
 _NET_FIELD = re.compile(r"""^\s*(net|train_net)\s*:\s*("[^"]*"|'[^']*')\s*(#.*)?$""")
 _INLINE_NET = re.compile(r"^\s*(net_param|train_net_param)\s*[:{]", re.M)
+
+
+def has_inline_net(text: str) -> bool:
+    """Whether a solver text carries its train net inline (``net_param``/``train_net_param``)."""
+    return _INLINE_NET.search(text) is not None
 
 
 def retarget_solver_text(text: str, net_path: str) -> str:
@@ -315,9 +321,13 @@ def run_cases(
     with _Job(root) as job:
         for i, case in enumerate(cases):
             net = job.write_text(f"c{i}.net.prototxt", case.net_text)
+            # An inline net is the one Caffe trains, used as written (solver.cpp:86-105): the
+            # solver text then goes in unchanged and ``net_text`` is not read.
             solver = job.write_text(
                 f"c{i}.solver.prototxt",
-                retarget_solver_text(case.solver_text, job.chroot_path(net)),
+                case.solver_text
+                if has_inline_net(case.solver_text)
+                else retarget_solver_text(case.solver_text, job.chroot_path(net)),
             )
             init = job.write_npz(f"c{i}.init.npz", case.init)
             grads = job.write_npz(f"c{i}.grads.npz", _stack_grads(case))

@@ -98,10 +98,13 @@ class KerasPlan:
     lr_mults: tuple[float, ...] = (1.0,)
     notes: tuple[Note, ...] = ()
     source: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: every note of the whole conversion (front end, rule, this plan) that says the result
+    #: differs from Caffe (:attr:`caffe2tf.notes.Note.inexact`); the renderers record them
+    inexact: tuple[Note, ...] = ()
 
     @property
     def exact(self) -> bool:
-        return not any(n.exactness in (Exactness.APPROX, Exactness.UNSUPPORTED) for n in self.notes)
+        return not self.inexact and not any(n.inexact for n in self.notes)
 
     @property
     def unsupported(self) -> bool:

@@ -59,6 +59,16 @@ def plan_to_config(p: KerasPlan) -> dict[str, Any]:
         "source": {k: str(v) for k, v in p.source.items()},
         "caffe_solver": p.solver,
         "route": p.route,
+        "exact": p.exact,
+        "inexact": [
+            {
+                "code": n.code,
+                "exactness": n.exactness.value if n.exactness else None,
+                "location": str(n.location) if n.location else None,
+                "message": n.message,
+            }
+            for n in p.inexact
+        ],
         "total_steps": p.max_iter,
         "accumulation": {
             "micro_batches_per_update": p.iter_size,

@@ -37,15 +37,16 @@ import numpy as np
 
 from caffe2tf.app.pipeline import Pipeline, load_pipeline
 from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
+from caffe2tf.verify import components
 from caffe2tf.verify.compare import Comparison, compare_trajectories
 from caffe2tf.verify.inputs import (
     PROGRESS_MIN_STEPS,
     backend_and_device,
-    frozen_blobs_get_no_gradient,
     initial_weights,
     mirror_notes,
     never_written_blobs,
 )
+from caffe2tf.verify.schedule_check import ScheduleCheck, check_schedule
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,55 @@ class VerifyReport:
     timings: dict[str, float] = field(default_factory=dict)
     plot_path: str | None = None
     notes: tuple[str, ...] = ()
+    runs: tuple[RunResult, ...] = ()
+    schedule: ScheduleCheck | None = None
+
+    def component_verdicts(self) -> list[dict[str, Any]]:
+        """One verdict per component: its worst run (deviation, where) and whether it passed."""
+        out = []
+        for name in components.COMPONENTS:
+            if name == "schedule" and self.schedule is not None:
+                worst = self.schedule.worst
+                out.append(
+                    {
+                        "component": "schedule",
+                        "passed": self.schedule.passed and not self.schedule.unreadable,
+                        "runs": len([r for r in self.runs if r.component == name]),
+                        "schedule_iterations": self.schedule.iterations,
+                        "schedule_worst": worst.worst if worst else 0.0,
+                        "first_bad_iteration": min(
+                            (b.first_bad for b in self.schedule.blobs if b.first_bad is not None),
+                            default=None,
+                        ),
+                    }
+                )
+            mine = [r for r in self.runs if r.component == name]
+            if not mine:
+                continue
+            worst_run = max(mine, key=lambda r: r.comparison.deviation)
+            entry = {
+                "component": name,
+                "passed": all(r.comparison.passed for r in mine),
+                "runs": len(mine),
+                "deviation": worst_run.comparison.deviation,
+                "where": f"{worst_run.label}: {worst_run.comparison.worst_key} after update "
+                f"{worst_run.start + worst_run.comparison.worst_step}",
+            }
+            if name == "schedule" and out and out[-1]["component"] == "schedule":
+                out[-1].update(
+                    passed=out[-1]["passed"] and entry["passed"],
+                    deviation=entry["deviation"],
+                    where=entry["where"],
+                )
+            else:
+                out.append(entry)
+        return out
 
     @property
     def passed(self) -> bool:
-        return self.comparison.passed
+        if not self.runs:
+            return self.comparison.passed
+        return all(v["passed"] for v in self.component_verdicts())
 
     @property
     def exit_code(self) -> int:
@@ -83,6 +129,24 @@ class VerifyReport:
             "backend": self.backend,
             "device": self.device,
             "passed": self.passed,
+            "components": [
+                {
+                    k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                    for k, v in c.items()
+                }
+                for c in self.component_verdicts()
+            ],
+            "runs": [
+                {
+                    "component": r.component,
+                    "label": r.label,
+                    "start": r.start,
+                    "precision": r.dtype,
+                    "comparison": r.comparison.to_dict(),
+                }
+                for r in self.runs
+            ],
+            "schedule": self.schedule.to_dict() if self.schedule else None,
             "comparison": self.comparison.to_dict(),
             "shapes": {k: list(v) for k, v in self.shapes.items()},
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
@@ -130,14 +194,57 @@ class VerifyReport:
             )
         if self.plot_path:
             lines.append(f"  plot      : {self.plot_path}")
+        verdicts = self.component_verdicts() if self.runs else []
+        if verdicts:
+            lines += ["", "  components (each judged against its own motion; see docs/verify.md):"]
+            for v in verdicts:
+                dev = _fmt(v["deviation"]) if "deviation" in v else "-"
+                ok = "ok" if v["passed"] else "MISMATCH"
+                lines.append(
+                    f"    {v['component']:<13} {v['runs']:>2} run(s)  {dev:>10}  {ok:<8}  "
+                    f"{v.get('where', '')}"
+                )
+        sched = self.schedule
+        if sched is not None:
+            if sched.unreadable:
+                lines.append(f"  schedule  : not read: {sched.unreadable}")
+            else:
+                bad = [b for b in sched.blobs if b.first_bad is not None]
+                head = f"  schedule  : {sched.iterations} iterations x {len(sched.blobs)} blobs"
+                if bad:
+                    b = min(bad, key=lambda x: x.first_bad or 0)
+                    lines.append(
+                        f"{head}: {b.key} first differs at iteration {b.first_bad} "
+                        f"(Caffe {b.caffe_at_first_bad:.6g}, candidate "
+                        f"{b.candidate_at_first_bad:.6g})"
+                    )
+                else:
+                    worst = sched.worst
+                    lines.append(
+                        f"{head}: equal within {sched.tolerance:g} (worst relative "
+                        f"difference {_fmt(worst.worst if worst else 0.0)})"
+                    )
         if c.nonfinite:  # a failure whatever the deviation says
             lines.append(f"FAIL: not finite: {c.nonfinite}")
             return "\n".join(lines)
-        lines.append(
-            ("PASS" if self.passed else "FAIL") + f": deviation {_fmt(c.deviation)} "
-            f"{'<=' if self.passed else '>'} {c.tolerance:g}"
-        )
+        failed = [v["component"] for v in verdicts if not v["passed"]]
+        if failed or not self.passed:
+            lines.append(
+                "FAIL: "
+                + (", ".join(failed) if failed else f"deviation {_fmt(c.deviation)}")
+                + f" (tolerance {c.tolerance:g})"
+            )
+        else:
+            lines.append(
+                f"PASS: every component within {c.tolerance:g} (stream deviation "
+                f"{_fmt(c.deviation)})"
+            )
         return "\n".join(lines)
+
+
+def _json_number(v: Any) -> Any:
+    """inf/NaN as text (JSON has no such numbers)."""
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _fmt(x: float) -> str:
@@ -222,6 +329,50 @@ def _caffe_trajectory(
         raise Caffe2TfError(str(err)) from err
 
 
+#: the schedule check's horizon is max_iter, up to this many iterations
+MAX_SCHEDULE_ITERATIONS = 10_000_000
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run of :func:`caffe2tf.verify.components.plan_runs` and its comparison."""
+
+    component: str
+    label: str
+    start: int
+    dtype: str
+    comparison: Comparison
+
+
+def frozen_keys(unwritten: Sequence[str]) -> tuple[str, ...]:
+    """The blobs that get no gradient in any run (Caffe never writes their diff)."""
+    return tuple(unwritten)
+
+
+def _schedule_check(
+    rule: Any,
+    module: Any,
+    layers: Any,
+    init: Any,
+    runs: Sequence[Any],
+    steps: int,
+    tolerance: float,
+) -> ScheduleCheck:
+    """The candidate's effective rates at every iteration against Caffe's (see
+    :mod:`caffe2tf.verify.schedule_check`), relative ``tolerance`` (a tenth of verify's: a rate
+    error shows in the weights after a few updates); the horizon is ``max_iter``, or past the
+    last window when the solver sets none."""
+    from caffe2tf.verify import keras_harness
+    from caffe2tf.verify.mirror import trained_pairs
+
+    horizon = rule.max_iter if rule.max_iter > 0 else max(r.start for r in runs) + steps
+    horizon = min(horizon, MAX_SCHEDULE_ITERATIONS)
+    model, optimizer = keras_harness.build_candidate(module, layers, init)
+    pairs = trained_pairs(model)
+    optimizer.build([v for _, v in pairs])
+    return check_schedule(rule, optimizer, pairs, iterations=horizon, tolerance=tolerance)
+
+
 def verify_solver(
     solver: Path,
     *,
@@ -240,7 +391,7 @@ def verify_solver(
     ``pipeline``: the recipe already read and lowered by the caller (``check``), so that it is
     not read twice."""
     from caffe2tf.rule.reference import run_reference
-    from caffe2tf.verify import keras_harness, mirror, streams
+    from caffe2tf.verify import keras_harness, mirror
 
     if steps < 1:
         raise InputError(f"--steps must be at least 1 (got {steps})")
@@ -277,54 +428,74 @@ def verify_solver(
     shapes = {p.key: tuple(int(d) for d in p.shape or ()) for p in rule.params}
     iter_size = max(1, int(rule.iter_size))
     init = initial_weights(shapes, seed)
-    micro = streams.micro_batches(shapes, steps, seed, iter_size=iter_size)
-    micro = frozen_blobs_get_no_gradient(
-        micro, never_written_blobs(rule.params, rule.force_backward)
+    unwritten = never_written_blobs(rule.params, rule.force_backward)
+    runs = components.plan_runs(
+        rule, shapes, init, steps=steps, seed=seed, frozen=frozen_keys(unwritten)
     )
-    grads = streams.accumulate(micro, iter_size)
     timings["load"] = time.perf_counter() - t0
 
+    results: list[RunResult] = []
+    schedule = None
     with tempfile.TemporaryDirectory(prefix="caffe2tf-verify-") as tmp:
         t = time.perf_counter()
         module, module_label = _load_candidate(
             Path(solver), net_path, lenient, module_path, Path(tmp)
         )
         timings["convert"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        if against == "reference":
-            reference = run_reference(rule, init, grads, precision="float32")
-        else:
-            net_file = Path(net_path) if net_path is not None else Path(net.path)
-            reference = _caffe_trajectory(Path(solver), net_file, init, grads)
-        timings[against] = time.perf_counter() - t
-
-        t = time.perf_counter()
         backend, device = backend_and_device()
-        candidate = keras_harness.run_candidate(
-            module,
-            layers,
-            init,
-            grads,
-            iter_size=iter_size,
-            seed=seed,
-            micro_grads=micro,
-            progress=progress_printer("keras", steps),
-        )
-        timings["keras"] = time.perf_counter() - t
+        total = sum(len(r.grads) for r in runs)
+        progress = progress_printer("verify", total)
+        done = 0
+        for run in runs:
+            t = time.perf_counter()
+            if against == "caffe" and run.component == "stream":
+                net_file = Path(net_path) if net_path is not None else Path(net.path)
+                reference = _caffe_trajectory(Path(solver), net_file, run.init, run.grads)
+            else:
+                reference = run_reference(
+                    rule, run.init, run.grads, precision=run.dtype, start=run.start
+                )
+            timings[against] = timings.get(against, 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
+            offset = done
 
-    comparison = compare_trajectories(
-        init, reference, candidate, tolerance=tolerance, keys=list(shapes)
-    )
+            def report(k: int, n: int, offset: int = offset) -> None:
+                if progress is not None:
+                    progress(offset + k, total)
+
+            candidate = keras_harness.run_candidate(
+                module,
+                layers,
+                run.init,
+                run.grads,
+                iter_size=iter_size,
+                seed=seed,
+                micro_grads=run.micro,
+                progress=report,
+                start=run.start,
+                dtype=run.dtype,
+            )
+            done += len(run.grads)
+            timings["keras"] = timings.get("keras", 0.0) + time.perf_counter() - t
+            comparison = compare_trajectories(
+                run.init,
+                reference,
+                candidate,
+                tolerance=tolerance,
+                keys=list(shapes),
+                floor_fraction=run.floor_fraction,
+            )
+            results.append(RunResult(run.component, run.label, run.start, run.dtype, comparison))
+        t = time.perf_counter()
+        schedule = _schedule_check(rule, module, layers, init, runs, steps, tolerance / 10)
+        timings["schedule"] = time.perf_counter() - t
+
+    comparison = results[0].comparison
     written = None
     if plot_path is not None:
-        from caffe2tf.verify.plot import plot_deviation
+        from caffe2tf.verify.plot import plot_components
 
-        written = str(
-            plot_deviation(
-                comparison, plot_path, title=f"{Path(solver).name}: deviation per update"
-            )
-        )
+        written = str(plot_components(results, schedule, plot_path, title=f"{Path(solver).name}"))
     return VerifyReport(
         solver=str(solver),
         module=module_label,
@@ -339,4 +510,6 @@ def verify_solver(
         timings=timings,
         plot_path=written,
         notes=mirror_notes(layers),
+        runs=tuple(results),
+        schedule=schedule,
     )

@@ -49,6 +49,7 @@ from caffe2tf.rule.model import (
     RMSProp,
     UpdateRule,
 )
+from caffe2tf.rule.schedules import boundaries
 from caffe2tf.rule.steps import STEP_FUNCTIONS, StepFn, UpdateEnv, adam_correction
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -191,6 +192,18 @@ class ReferenceOptimizer:
         return {k: self.weights[self._key_owner[k]].copy() for k in self._init_keys}
 
 
+def fast_forward(opt: ReferenceOptimizer, start: int) -> None:
+    """Enter the run at Caffe iteration ``start`` with fresh (zero) solver state, as a run that
+    got there would hold its counters: ``iter_ = start`` and, for ``multistep``, the stages a
+    fresh run has passed before ``start`` (one advance per update,
+    :func:`caffe2tf.rule.schedules.boundaries`)."""
+    opt.k = int(start)
+    schedule = opt.rule.schedule
+    opt.current_step = len(boundaries(schedule, start)) if schedule.policy == "multistep" else 0
+    if schedule.policy == "step" and schedule.stepsize > 0:
+        opt.current_step = start // schedule.stepsize
+
+
 def run_reference(
     rule: UpdateRule,
     init: Mapping[str, np.ndarray],
@@ -199,8 +212,10 @@ def run_reference(
     precision: str = "float32",
     registry: Mapping[type, StepFn] | None = None,
     fused_axpy: bool = True,
+    start: int = 0,
 ) -> list[dict[str, np.ndarray]]:
-    """Weights after updates 1..N (``len(grads)`` updates from a fresh solver, ``iter_ = 0``).
+    """Weights after updates 1..N (``len(grads)`` updates from a fresh solver at ``iter_ =
+    start``, see :func:`fast_forward`; 0 by default).
 
     ``registry`` replaces :data:`caffe2tf.rule.steps.STEP_FUNCTIONS` (for planting mistakes).
     ``fused_axpy`` (float32 only): emulate BLAS ``?axpy`` with one rounding (FMA, as OpenBLAS
@@ -209,4 +224,6 @@ def run_reference(
     opt = ReferenceOptimizer(
         rule, init, precision=precision, registry=registry, fused_axpy=fused_axpy
     )
+    if start:
+        fast_forward(opt, start)
     return [opt.step(g) for g in grads]

@@ -136,8 +136,13 @@ def compare_trajectories(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     keys: Sequence[str] | None = None,
+    floor_fraction: float = 0.01,
 ) -> Comparison:
     """Compare ``candidate`` with ``reference`` (both start from ``init``); see module docstring.
+
+    ``floor_fraction`` (0.01: the floor F above) is 0 for the probes of
+    :mod:`caffe2tf.verify.components`, which run in float64 and are judged against the motion
+    of their one term alone, however small.
 
     ``keys`` defaults to the keys of ``init``. Both trajectories must have the same length and
     hold every compared key with ``init``'s shape; a mismatch raises ``ValueError`` (it is a bug in
@@ -172,7 +177,7 @@ def compare_trajectories(
                 d = d[np.isfinite(d)]
                 if d.size:
                     travelled = max(travelled, float(np.max(d)))
-    floor = 0.01 * max(
+    floor = floor_fraction * max(
         (float(np.max(np.abs(v), initial=0.0, where=np.isfinite(v))) for v in w0.values()),
         default=0.0,
     )

@@ -56,6 +56,7 @@ from caffe2tf.verify.mirror import (
     build_mirror_model,
     get_caffe_weights,
     set_caffe_weights,
+    trained_pairs,
 )
 from caffe2tf.verify.streams import split_micro_batches
 
@@ -123,6 +124,55 @@ def run_contract(
     return out
 
 
+def optimizers_in(optimizer: Any) -> list[Any]:
+    """The optimizer and every optimizer inside it (``MultiOptimizer.optimizers``)."""
+    out = [optimizer]
+    for inner in getattr(optimizer, "optimizers", None) or ():
+        out += optimizers_in(inner)
+    return out
+
+
+def fast_forward(optimizer: Any, variables: Sequence[Any], calls: int) -> None:
+    """Build ``optimizer`` for ``variables`` and set its step counter (and those of the
+    optimizers inside it) to ``calls`` ``apply_gradients`` calls, with its state still fresh:
+    a Keras schedule is evaluated at that counter, Adam's bias correction counts from it."""
+    optimizer.build(list(variables))
+    for opt in optimizers_in(optimizer):
+        counter = getattr(opt, "_iterations", None)
+        if counter is None:
+            raise InputError(
+                f"cannot enter the run at a later iteration: {type(opt).__name__} has no "
+                "step counter (keras.optimizers.Optimizer.iterations)"
+            )
+        counter.assign(calls)
+
+
+def build_candidate(
+    candidate: Candidate | Any,
+    layers: Sequence[MirrorLayer],
+    init: Mapping[str, np.ndarray],
+    *,
+    dtype: str = "float32",
+) -> tuple[Any, Any]:
+    """The user's side of the contract up to training: the mirror model with ``init`` loaded,
+    ``prepare_model(model)`` called, and a fresh ``build_optimizer()``."""
+    if not isinstance(candidate, Candidate):
+        candidate = candidate_from_module(candidate)
+    try:
+        model = build_mirror_model(layers, dtype=dtype)
+    except (KeyError, ValueError, TypeError) as err:
+        # e.g. Keras' torch backend refuses a '.' in layer names (torch parameter names)
+        import keras
+
+        raise InputError(
+            f"Keras ({keras.backend.backend()} backend) cannot build a model with "
+            f"the net's layer names: {type(err).__name__}: {err}"
+        ) from None
+    set_caffe_weights(model, init)
+    candidate.prepare_model(model)  # binds in place (the emitted one returns a path map)
+    return model, candidate.build_optimizer()
+
+
 def run_candidate(
     candidate: Candidate | Any,
     layers: Sequence[MirrorLayer],
@@ -135,23 +185,41 @@ def run_candidate(
     progress: Progress | None = None,
     jit: bool = True,
     micro_grads: Sequence[Mapping[str, np.ndarray]] | None = None,
+    start: int = 0,
+    dtype: str = "float32",
 ) -> list[Weights]:
-    """Mirror model -> initial weights -> ``prepare_model`` -> train per the contract."""
+    """Mirror model -> initial weights -> ``prepare_model`` -> train per the contract.
+
+    ``start``: enter at Caffe iteration ``start`` with fresh optimizer state (the optimizer's
+    step counters set as a run that got there would hold them, :func:`fast_forward`), as the
+    reference does (:func:`caffe2tf.rule.reference.fast_forward`). ``dtype``: the mirror's
+    variables (float64 for the probes; on JAX inside ``jax.experimental.enable_x64``)."""
     if not isinstance(candidate, Candidate):
         candidate = candidate_from_module(candidate)
-    try:
-        model = build_mirror_model(layers)
-    except (KeyError, ValueError, TypeError) as err:
-        # e.g. Keras' torch backend refuses a '.' in layer names (torch parameter names)
+    if dtype == "float64":
         import keras
 
-        raise InputError(
-            f"Keras ({keras.backend.backend()} backend) cannot build a model with "
-            f"the net's layer names: {type(err).__name__}: {err}"
-        ) from None
-    set_caffe_weights(model, init)
-    candidate.prepare_model(model)  # binds in place (the emitted one returns a path map)
-    optimizer = candidate.build_optimizer()
+        if keras.backend.backend() == "jax":
+            from jax.experimental import enable_x64
+
+            with enable_x64():
+                return run_candidate(
+                    candidate,
+                    layers,
+                    init,
+                    grads,
+                    iter_size=iter_size,
+                    seed=seed,
+                    route=route,
+                    progress=progress,
+                    jit=jit,
+                    micro_grads=micro_grads,
+                    start=start,
+                    dtype="float64-x64",
+                )
+    model, optimizer = build_candidate(candidate, layers, init, dtype=dtype.split("-")[0])
+    if start:
+        fast_forward(optimizer, [v for _, v in trained_pairs(model)], start * max(1, iter_size))
     return run_contract(
         model,
         optimizer,

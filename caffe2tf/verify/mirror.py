@@ -243,7 +243,7 @@ def _scale_layer_class() -> type:
     return CaffeScale
 
 
-def _make_batch_norm(spec: MirrorLayer) -> Any:
+def _make_batch_norm(spec: MirrorLayer, dtype: str) -> Any:
     """Keras ``BatchNormalization`` (channels last) for a Caffe BatchNorm and, if paired, the
     Scale after it: ``scale``/``center`` on exactly when the Scale has blob 0/1."""
     import keras
@@ -263,37 +263,40 @@ def _make_batch_norm(spec: MirrorLayer) -> Any:
             f"factor); got {sorted(b.key for b in spec.blobs)}"
         )
     layer = keras.layers.BatchNormalization(
-        axis=-1, scale="gamma" in roles, center="beta" in roles, name=spec.name
+        axis=-1, scale="gamma" in roles, center="beta" in roles, name=spec.name, dtype=dtype
     )
     layer.build((None, next(iter(channels))[0]))
     return layer
 
 
-def _make_layer(spec: MirrorLayer) -> Any:
+def _make_layer(spec: MirrorLayer, dtype: str = "float32") -> Any:
+    """The Keras layer of one mirror layer, its variables in ``dtype``."""
     import keras
 
     indices = {b.index for b in spec.blobs}
     shape0 = next((b.shape for b in spec.blobs if b.index == 0), None)
     if spec.type == "BatchNorm":
-        return _make_batch_norm(spec)
+        return _make_batch_norm(spec, dtype)
     if spec.type == "Scale":
         if not indices or not indices <= {0, 1}:
             raise InputError(
                 f"Scale layer {spec.name!r}: blobs {sorted(indices)}, want 0 (and optionally 1)"
             )
-        return _scale_layer_class()({b.index: b.shape for b in spec.blobs}, name=spec.name)
+        return _scale_layer_class()(
+            {b.index: b.shape for b in spec.blobs}, name=spec.name, dtype=dtype
+        )
     if spec.type == "PReLU":
         if indices != {0}:
             raise InputError(f"PReLU layer {spec.name!r} should have exactly one blob")
         # Caffe's slope (C,) or (1,) when channel_shared (prelu_layer.cpp LayerSetUp); Keras'
         # alpha takes the shape of the input's non-batch axes, so (None, C) gives alpha (C,).
-        layer = keras.layers.PReLU(name=spec.name)
+        layer = keras.layers.PReLU(name=spec.name, dtype=dtype)
         layer.build((None,) + tuple(shape0))
         return layer
     if spec.type == "Parameter":
         if indices != {0}:
             raise InputError(f"Parameter layer {spec.name!r} should have exactly one blob")
-        return _parameter_layer_class()(shape0, name=spec.name)
+        return _parameter_layer_class()(shape0, name=spec.name, dtype=dtype)
     if shape0 is None or not indices <= {0, 1}:
         raise InputError(
             f"layer {spec.name!r}: the mirror needs blob 0 (and optionally 1) as "
@@ -303,14 +306,14 @@ def _make_layer(spec: MirrorLayer) -> Any:
     if spec.type == "InnerProduct":
         if len(shape0) != 2:
             raise InputError(f"InnerProduct {spec.name!r} weight has shape {shape0}, want 2-D")
-        layer = keras.layers.Dense(shape0[0], use_bias=use_bias, name=spec.name)
+        layer = keras.layers.Dense(shape0[0], use_bias=use_bias, name=spec.name, dtype=dtype)
         layer.build((None, shape0[1]))
         return layer
     if spec.type == "Convolution":
         if len(shape0) != 4:
             raise InputError(f"Convolution {spec.name!r} weight has shape {shape0}, want 4-D")
         layer = keras.layers.Conv2D(
-            shape0[0], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name
+            shape0[0], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name, dtype=dtype
         )
         layer.build((None, None, None, shape0[1]))
         return layer
@@ -318,7 +321,7 @@ def _make_layer(spec: MirrorLayer) -> Any:
         if len(shape0) != 4:
             raise InputError(f"Deconvolution {spec.name!r} weight has shape {shape0}, want 4-D")
         layer = keras.layers.Conv2DTranspose(
-            shape0[1], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name
+            shape0[1], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name, dtype=dtype
         )
         layer.build((None, None, None, shape0[0]))
         return layer
@@ -328,7 +331,7 @@ def _make_layer(spec: MirrorLayer) -> Any:
                 f"Embed {spec.name!r}: the mirror supports a 2-D weight and no "
                 f"bias (Keras Embedding has none); got blobs {sorted(indices)}"
             )
-        layer = keras.layers.Embedding(shape0[0], shape0[1], name=spec.name)
+        layer = keras.layers.Embedding(shape0[0], shape0[1], name=spec.name, dtype=dtype)
         layer.build((None,))
         return layer
     raise InputError(f"verify cannot mirror layer type {spec.type}")
@@ -375,18 +378,20 @@ def _check_binding(model: Any) -> None:
                 )
 
 
-def build_mirror_model(layers: Sequence[MirrorLayer]) -> Any:
-    """A built Keras model with one layer per Caffe layer (same names). Its ``call(x)`` takes a
-    batch of flattened Keras-layout gradients (see :meth:`feed_order`) and returns the linear
-    loss ``sum(stop_gradient(x) * v)`` per sample, so ``compile`` + ``fit`` can train it."""
+def build_mirror_model(layers: Sequence[MirrorLayer], dtype: str = "float32") -> Any:
+    """A built Keras model with one layer per Caffe layer (same names), its variables in
+    ``dtype`` (float64 for the probes, whose terms can be far below float32 resolution). Its
+    ``call(x)`` takes a batch of flattened Keras-layout gradients (see :meth:`feed_order`) and
+    returns the linear loss ``sum(stop_gradient(x) * v)`` per sample, so ``compile`` + ``fit``
+    can train it."""
     import keras
     from keras import ops
 
     class CaffeMirror(keras.Model):
         def __init__(self, specs: Sequence[MirrorLayer]) -> None:
-            super().__init__(name="caffe_mirror")
+            super().__init__(name="caffe_mirror", dtype=dtype)
             self.specs = tuple(specs)
-            self.caffe_layers = [_make_layer(s) for s in self.specs]
+            self.caffe_layers = [_make_layer(s, dtype) for s in self.specs]
             self._feed: list[tuple[Any, int, int, tuple[int, ...]]] = []
             # Caffe BatchNorm factor blob (no Keras variable) -> its value; set with the weights
             self.caffe_constants: dict[str, np.ndarray] = {}
@@ -464,6 +469,7 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         value = caffe_to_keras(ltype, idx, np.asarray(weights[key], np.float32))
         if key in factors:
             value = value * _inverse_factor(weights[factors[key]])
+        value = value.astype(_np_dtype(var))
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(
                 f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
@@ -472,13 +478,18 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         var.assign(value)
 
 
+def _np_dtype(var: Any) -> type:
+    """The NumPy dtype of a mirror variable (float32, or float64 in the probes)."""
+    return np.float64 if "float64" in str(var.dtype) else np.float32
+
+
 def _to_numpy(var: Any) -> np.ndarray:
     import keras
 
     value = var.value
     if keras.backend.backend() == "tensorflow":
-        return np.array(value.numpy(), dtype=np.float32)  # no __array__ deprecation path
-    return np.array(keras.ops.convert_to_numpy(value), dtype=np.float32)
+        return np.array(value.numpy(), dtype=_np_dtype(var))  # no __array__ deprecation path
+    return np.array(keras.ops.convert_to_numpy(value), dtype=_np_dtype(var))
 
 
 def get_caffe_weights(model: Any) -> Weights:
@@ -512,9 +523,10 @@ def keras_grads(model: Any, part: Mapping[str, np.ndarray]) -> dict[str, np.ndar
     out = {}
     for key, (var, ltype, idx) in blobs.items():
         g = part.get(key)
+        dt = _np_dtype(var)
         out[key] = (
-            np.zeros(tuple(var.shape), np.float32)
+            np.zeros(tuple(var.shape), dt)
             if g is None
-            else caffe_to_keras(ltype, idx, np.asarray(g, np.float32))
+            else caffe_to_keras(ltype, idx, np.asarray(g, dt))
         )
     return out

@@ -1,0 +1,195 @@
+"""The whole schedule, every iteration: the candidate's effective learning rate per blob against
+Caffe's, from iteration 0 to ``max_iter`` (scalar work: one vectorised call per schedule).
+
+Caffe's rate of blob p at update k is ``lr(k) * lr_mult_p`` (``sgd_solver.cpp:26-70, :228``),
+times ``sqrt(1 - beta2^t) / (1 - beta1^t)``, t = k + 1, for Adam (``adam_solver.cpp``).
+
+The candidate's is read off the live optimizer built by its ``build_optimizer()``: for each
+Caffe blob, the optimizer that updates its variable (inside a ``MultiOptimizer``, the one its
+optimizer map picks), that optimizer's learning-rate schedule evaluated at the step counter it
+holds when update k is applied (``(k + 1) * iter_size - 1`` calls before it), the blob's
+``lr_mult`` where the optimizer applies one (caffe2tf's ``CaffeOptimizer``), and Adam's bias
+correction where the optimizer is an Adam (Keras' ``Adam`` or caffe2tf's ``CaffeAdam``). An
+optimizer whose schedule cannot be read this way is reported as such; the windows of
+:mod:`caffe2tf.verify.components` still cover it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from caffe2tf.rule.model import Adam, UpdateRule
+from caffe2tf.rule.schedules import lr_sequence
+
+#: relative difference of two float32 rates that counts as a different schedule
+SCHEDULE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class BlobSchedule:
+    """The comparison for one blob: ``first_bad`` is the first iteration whose relative
+    difference exceeds the tolerance (None: none does)."""
+
+    key: str
+    lr_mult: float
+    worst: float
+    worst_iteration: int
+    first_bad: int | None
+    caffe_at_first_bad: float = math.nan
+    candidate_at_first_bad: float = math.nan
+
+
+@dataclass(frozen=True)
+class ScheduleCheck:
+    """Every trainable blob's schedule over ``iterations`` iterations (0 .. iterations-1)."""
+
+    iterations: int
+    tolerance: float
+    blobs: tuple[BlobSchedule, ...] = ()
+    unreadable: str = ""  # why the candidate's schedule could not be read ("" when it was)
+
+    @property
+    def passed(self) -> bool:
+        return all(b.first_bad is None for b in self.blobs)
+
+    @property
+    def worst(self) -> BlobSchedule | None:
+        return max(self.blobs, key=lambda b: b.worst, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "iterations": self.iterations,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "unreadable": self.unreadable or None,
+            "blobs": [
+                {
+                    "key": b.key,
+                    "lr_mult": b.lr_mult,
+                    "worst_relative_difference": b.worst if math.isfinite(b.worst) else "inf",
+                    "worst_iteration": b.worst_iteration,
+                    "first_bad_iteration": b.first_bad,
+                    "caffe_rate": None if b.first_bad is None else b.caffe_at_first_bad,
+                    "candidate_rate": None if b.first_bad is None else b.candidate_at_first_bad,
+                }
+                for b in self.blobs
+            ],
+        }
+
+
+def _adam_factor(beta1: float, beta2: float, t: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.sqrt(1.0 - np.power(beta2, t)) / (1.0 - np.power(beta1, t))
+
+
+def caffe_rates(rule: UpdateRule, iterations: int) -> np.ndarray:
+    """Caffe's global rate times the solver's iteration-dependent factor, k = 0..iterations-1."""
+    rates = lr_sequence(rule.schedule, iterations).astype(np.float64)
+    step = rule.solver_step
+    if isinstance(step, Adam):
+        t = np.arange(1, iterations + 1, dtype=np.float64)
+        b1, b2 = float(np.float32(step.beta1)), float(np.float32(step.beta2))
+        rates = rates * _adam_factor(b1, b2, t)
+    return rates
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
+
+
+def _optimizer_for(optimizer: Any, variable: Any) -> Any:
+    """The optimizer that updates ``variable`` (the one a ``MultiOptimizer`` routes it to)."""
+    routes = getattr(optimizer, "_optimizer_map", None)  # keras MultiOptimizer's OptimizerMap
+    return routes(variable) if callable(routes) else optimizer
+
+
+def candidate_rates(
+    optimizer: Any,
+    variable: Any,
+    iterations: int,
+    iter_size: int,
+    cache: dict[int, np.ndarray | str] | None = None,
+) -> tuple[np.ndarray, float] | str:
+    """The candidate's effective rate of ``variable`` at updates 0..iterations-1 and the
+    lr_mult it applies itself, or why it cannot be read. ``cache`` keeps each optimizer's
+    schedule (one vectorised evaluation per optimizer)."""
+    opt = _optimizer_for(optimizer, variable)
+    cache = {} if cache is None else cache
+    if id(opt) not in cache:
+        cache[id(opt)] = _optimizer_rates(opt, iterations, iter_size)
+    rates = cache[id(opt)]
+    if isinstance(rates, str):
+        return rates
+    lr_mult = 1.0
+    if hasattr(opt, "multipliers_for"):  # caffe2tf's CaffeOptimizer applies lr_mult itself
+        lr_mult = float(opt.multipliers_for(variable.path)[0])
+    return rates * lr_mult, lr_mult
+
+
+def _optimizer_rates(opt: Any, iterations: int, iter_size: int) -> np.ndarray | str:
+    import keras
+
+    schedule = getattr(opt, "_learning_rate", None)  # keras keeps the schedule or a variable
+    calls = np.arange(iterations, dtype=np.int64) * iter_size + (iter_size - 1)
+    try:
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            rates = np.broadcast_to(_to_numpy(schedule(calls)), (iterations,))
+        else:
+            rates = np.full(iterations, float(_to_numpy(schedule)))
+    except Exception as err:  # a user's optimizer: say why instead of failing the run
+        return f"{type(opt).__name__}'s learning rate cannot be read ({type(err).__name__})"
+    t = (calls // iter_size + 1).astype(np.float64)
+    name = type(opt).__name__
+    if name == "Adam" and not getattr(opt, "amsgrad", False):
+        rates = rates * _adam_factor(float(opt.beta_1), float(opt.beta_2), t)
+    elif name == "CaffeAdam":
+        rates = rates * _adam_factor(float(opt.momentum), float(opt.momentum2), t)
+    return np.asarray(rates, np.float64)
+
+
+def check_schedule(
+    rule: UpdateRule,
+    optimizer: Any,
+    pairs: Sequence[tuple[str, Any]],
+    *,
+    iterations: int,
+    tolerance: float = SCHEDULE_TOLERANCE,
+) -> ScheduleCheck:
+    """Compare Caffe's rate with the candidate's for every (Caffe key, trainable variable)."""
+    iter_size = max(1, rule.iter_size)
+    caffe = caffe_rates(rule, iterations)
+    out = []
+    cache: dict[int, np.ndarray | str] = {}
+    for key, variable in pairs:
+        got = candidate_rates(optimizer, variable, iterations, iter_size, cache)
+        if isinstance(got, str):
+            return ScheduleCheck(iterations, tolerance, unreadable=got)
+        rates, _ = got
+        lr_mult = float(np.float32(rule.group(key).lr_mult))
+        want = caffe * lr_mult
+        with np.errstate(all="ignore"):
+            scale = np.maximum(np.abs(want), np.abs(rates))
+            rel = np.where(scale > 0, np.abs(rates - want) / np.where(scale > 0, scale, 1), 0.0)
+        rel = np.where(np.isfinite(rel), rel, np.inf)
+        bad = np.flatnonzero(rel > tolerance)
+        worst_at = int(np.argmax(rel)) if iterations else 0
+        first = int(bad[0]) if bad.size else None
+        out.append(
+            BlobSchedule(
+                key=key,
+                lr_mult=lr_mult,
+                worst=float(rel[worst_at]) if iterations else 0.0,
+                worst_iteration=worst_at,
+                first_bad=first,
+                caffe_at_first_bad=float(want[first]) if first is not None else math.nan,
+                candidate_at_first_bad=float(rates[first]) if first is not None else math.nan,
+            )
+        )
+    return ScheduleCheck(iterations, tolerance, tuple(out))

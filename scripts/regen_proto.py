@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate caffe2tf/caffe/_proto/caffe_pb2.py from proto/caffe.proto.
+"""Regenerate caffe2tf/caffe/_proto/caffe_pb2.py from proto/caffe.proto (and the NVIDIA Caffe
+dialect's nvidia_caffe_pb2.py from proto/nvidia_caffe.proto, NVIDIA's schema in package nvcaffe).
 
     python scripts/regen_proto.py          # (re)write the generated module
     python scripts/regen_proto.py --check  # exit 1 if the committed module is stale
@@ -28,6 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 PROTO_NAME = "caffe.proto"
 OUTPUT = ROOT / "caffe2tf" / "caffe" / "_proto" / "caffe_pb2.py"
+#: every (proto file, generated module) pair this script keeps fresh
+OUTPUTS = (
+    (PROTO_NAME, OUTPUT),
+    ("nvidia_caffe.proto", ROOT / "caffe2tf" / "caffe" / "_proto" / "nvidia_caffe_pb2.py"),
+)
 EXPECTED_PROTOC = "libprotoc 31.1"
 
 
@@ -58,8 +64,8 @@ def protoc_version() -> str:
     return proc.stdout.strip()
 
 
-def generate() -> bytes:
-    """Run the pinned protoc on proto/caffe.proto and return the caffe_pb2.py bytes."""
+def generate(proto_name: str = PROTO_NAME) -> bytes:
+    """Run the pinned protoc on proto/<proto_name> and return the generated module's bytes."""
     version = protoc_version()
     if version != EXPECTED_PROTOC:
         raise GeneratorUnavailable(
@@ -67,10 +73,10 @@ def generate() -> bytes:
             "(install the grpcio-tools version pinned in pyproject.toml's dev extra)"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        proc = _protoc([f"-I{PROTO_DIR}", f"--python_out={tmp}", str(PROTO_DIR / PROTO_NAME)])
+        proc = _protoc([f"-I{PROTO_DIR}", f"--python_out={tmp}", str(PROTO_DIR / proto_name)])
         if proc.returncode != 0:
             raise GeneratorUnavailable(f"protoc failed:\n{proc.stderr}")
-        return (Path(tmp) / "caffe_pb2.py").read_bytes()
+        return (Path(tmp) / proto_name.replace(".proto", "_pb2.py")).read_bytes()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,27 +85,30 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 if the committed module is stale"
     )
     ns = parser.parse_args(argv)
-    try:
-        fresh = generate()
-    except GeneratorUnavailable as exc:
-        print(f"regen_proto: {exc}", file=sys.stderr)
-        return 2
-    current = OUTPUT.read_bytes() if OUTPUT.exists() else None
-    rel = OUTPUT.relative_to(ROOT)
-    if ns.check:
-        if current != fresh:
-            print(
-                f"regen_proto: {rel} is stale; run python scripts/regen_proto.py", file=sys.stderr
-            )
-            return 1
-        print(f"regen_proto: {rel} is up to date")
-        return 0
-    if current == fresh:
-        print(f"regen_proto: {rel} already up to date")
-    else:
-        OUTPUT.write_bytes(fresh)
-        print(f"regen_proto: wrote {rel}")
-    return 0
+    status = 0
+    for proto_name, output in OUTPUTS:
+        try:
+            fresh = generate(proto_name)
+        except GeneratorUnavailable as exc:
+            print(f"regen_proto: {exc}", file=sys.stderr)
+            return 2
+        current = output.read_bytes() if output.exists() else None
+        rel = output.relative_to(ROOT)
+        if ns.check:
+            if current != fresh:
+                print(
+                    f"regen_proto: {rel} is stale; run python scripts/regen_proto.py",
+                    file=sys.stderr,
+                )
+                status = 1
+            else:
+                print(f"regen_proto: {rel} is up to date")
+        elif current == fresh:
+            print(f"regen_proto: {rel} already up to date")
+        else:
+            output.write_bytes(fresh)
+            print(f"regen_proto: wrote {rel}")
+    return status
 
 
 if __name__ == "__main__":

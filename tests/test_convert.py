@@ -140,7 +140,7 @@ def test_unsupported_layer_type_exits_2_and_writes_nothing(tmp_path: Path) -> No
 
 
 def test_lenient_skipped_training_field_needs_allow_approx(recipe: Path, tmp_path: Path) -> None:
-    recipe.write_text(SOLVER + "larc: true\n")
+    recipe.write_text(SOLVER + "cyclic_momentum: true\n")
     code, text = run(str(recipe), "--lenient", "-o", str(tmp_path / "out"))
     assert code == 2 and "--allow-approx" in text
     assert not (tmp_path / "out").exists()

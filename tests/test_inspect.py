@@ -163,7 +163,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         cases[name] = (p, needle)
 
     put("syntax", b'base_lr: 0.1\nlr_policy: "fixed"\nnet: "x"\nmomentum 0.9\n', ":4:")
-    put("unknown_field", b'lr_policy: "fixed"\nnet: "x"\nlarc: true\n', ":3:1:")
+    put("unknown_field", b'lr_policy: "fixed"\nnet: "x"\ncyclic_momentum: true\n', ":3:1:")
     put("wrong_type", b'lr_policy: "fixed"\nnet: "x"\nmax_iter: 0.5\n', ":3:")
     put("empty", b"", "empty")
     put("comments_only", b"# nothing here\n\n", "empty")
@@ -193,11 +193,11 @@ def test_cli_lenient_lists_skipped_items(tmp_path: Path) -> None:
         'layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 } } }\n'
     )
     solver = tmp_path / "s.prototxt"
-    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\nrampup_lr: 0.5\n')
+    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nlr_policy: "fixed"\ncyclic_lr: 0.5\n')
     assert run_cli(str(solver)).returncode == 2
     proc = run_cli(str(solver), "--lenient")
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if "rampup_lr" in x)
+    line = next(x for x in proc.stdout.splitlines() if "cyclic_lr" in x)
     assert ":3:1:" in line and "affects training" in line
 
 

@@ -60,68 +60,91 @@ def _is_blank(text: str) -> bool:
     return True
 
 
-def parse_solver_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:
-    """Parse a solver prototxt (no upgrade, no checks). An empty file is an InputError."""
+def _read(path: str | os.PathLike[str], kind: str, lenient: bool) -> tuple[Parsed, Any, tuple]:
+    """Read a ``kind`` (``"solver"``/``"net"``) prototxt with the dialect its fields name
+    (:func:`caffe2tf.caffe.dialect.read_dialect`): ``(parsed, dialect, notes)``. An empty file
+    or a file of the other kind is an InputError."""
+    from caffe2tf.caffe.dialect import read_dialect
+
     p = os.fspath(path)
     text = read_source(p)
     if _is_blank(text):
         raise InputError(
             "empty solver file: Caffe needs at least lr_policy and a train net "
-            "(net, net_param, train_net or train_net_param)",
-            SourceLocation(p),
-        )
-    if _sniff_text(text, p) == "net":
-        raise _wrong_kind(p, "net")
-    return parse_text(text, _pb().SolverParameter(), path=p, lenient=lenient)
-
-
-def parse_net_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:
-    """Parse a net prototxt (no upgrade). An empty file is an InputError: Caffe's parser
-    accepts it, but the net has no layers and there is nothing to train."""
-    p = os.fspath(path)
-    text = read_source(p)
-    if _is_blank(text):
-        raise InputError(
-            "empty net file: a net with no layers has nothing to train (Caffe "
+            "(net, net_param, train_net or train_net_param)"
+            if kind == "solver"
+            else "empty net file: a net with no layers has nothing to train (Caffe "
             "would build an empty net)",
             SourceLocation(p),
         )
-    if _sniff_text(text, p) == "solver":
-        raise _wrong_kind(p, "solver")
-    return parse_text(text, _pb().NetParameter(), path=p, lenient=lenient)
+    other = "net" if kind == "solver" else "solver"
+    if _sniff_text(text, p) == other:
+        raise _wrong_kind(p, other)
+    return read_dialect(text, p, kind, lenient=lenient)
+
+
+def parse_solver_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:
+    """Parse a solver prototxt (no upgrade, no checks) with the schema of its dialect. An empty
+    file is an InputError."""
+    return _read(path, "solver", lenient)[0]
+
+
+def parse_net_file(path: str | os.PathLike[str], *, lenient: bool = False) -> Parsed:
+    """Parse a net prototxt (no upgrade) with the schema of its dialect. An empty file is an
+    InputError: Caffe's parser accepts it, but the net has no layers and nothing to train."""
+    return _read(path, "net", lenient)[0]
 
 
 def load_solver(path: str | os.PathLike[str], *, lenient: bool = False) -> SolverSpec:
     """Parse, upgrade (``solver_type``) and check a solver; resolve its net file's path."""
-    return _load_solver(path, lenient=lenient)[0]
+    return _finish_solver(_read_solver(path, lenient), lenient=lenient)
 
 
-def _load_solver(
-    path: str | os.PathLike[str],
+@dataclasses.dataclass
+class _SolverRead:
+    """A solver parsed and upgraded, its net path resolved; Caffe's checks not run yet (they
+    depend on the dialect, which the train net may decide)."""
+
+    parsed: Parsed
+    dialect: Any
+    message: Any
+    locations: dict[str, SourceLocation]
+    notes: list[Note]
+    net_path: str | None
+
+
+def _read_solver(path: str | os.PathLike[str], lenient: bool) -> _SolverRead:
+    from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
+
+    parsed, dialect, dialect_notes = _read(path, "solver", lenient)
+    msg, locations, up_notes = upgrade_solver(parsed)
+    notes = [*dialect_notes, *parsed.notes, *up_notes, *inline_net_notes(parsed)]
+    net_path, path_notes = _resolve_net_path(msg, parsed)
+    notes.extend(path_notes)
+    return _SolverRead(parsed, dialect, msg, locations, notes, net_path)
+
+
+def _finish_solver(
+    read: _SolverRead,
     *,
     lenient: bool,
     defer_regularization: bool = False,
     net_given: bool = False,
-) -> tuple[SolverSpec, Parsed]:
+    dialect: Any = None,
+) -> SolverSpec:
     from caffe2tf.caffe.solver import build_solver_spec
-    from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
 
-    parsed = parse_solver_file(path, lenient=lenient)
-    msg, locations, up_notes = upgrade_solver(parsed)
-    notes = list(parsed.notes) + list(up_notes) + list(inline_net_notes(parsed))
-    net_path, path_notes = _resolve_net_path(msg, parsed)
-    notes.extend(path_notes)
-    spec = build_solver_spec(
-        msg,
-        parsed,
-        locations,
-        tuple(notes),
+    return build_solver_spec(
+        read.message,
+        read.parsed,
+        read.locations,
+        tuple(read.notes),
         lenient=lenient,
-        net_path=net_path,
+        net_path=read.net_path,
         defer_regularization=defer_regularization,
         net_given=net_given,
+        dialect=(dialect or read.dialect).name,
     )
-    return spec, parsed
 
 
 def _resolve_net_path(msg: Any, parsed: Parsed) -> tuple[str | None, list[Note]]:
@@ -174,19 +197,28 @@ def load_net(
 
     ``state`` is the solver's ``train_state`` (merged over the net's own state by net.py).
     """
+    return _build_net(_read(path, "net", lenient), lenient=lenient, state=state)
+
+
+def _build_net(
+    read: tuple[Parsed, Any, tuple], *, lenient: bool, state: Any, dialect: Any = None
+) -> NetSpec:
+    """``dialect``: the Caffe that runs the net (the recipe's), when not the file's own."""
     from caffe2tf.caffe.net import build_net_spec
     from caffe2tf.caffe.upgrade import upgrade_net
 
-    parsed = parse_net_file(path, lenient=lenient)
-    up = upgrade_net(parsed)
+    parsed, own, dialect_notes = read
+    dialect = dialect or own
+    up = upgrade_net(parsed, dialect=dialect.name)
     return build_net_spec(
         up.message,
         path=parsed.path,
         layer_locations=up.layer_locations,
-        notes=tuple(parsed.notes) + up.notes,
+        notes=tuple(dialect_notes) + tuple(parsed.notes) + up.notes,
         legacy_format=up.legacy_format,
         state=state,
         lenient=lenient,
+        dialect=dialect.name,
     )
 
 
@@ -196,19 +228,50 @@ def load_recipe(
     net_path: str | os.PathLike[str] | None = None,
     lenient: bool = False,
 ) -> Recipe:
-    """A solver and its train net (or None with a warning note when the net file is missing)."""
+    """A solver and its train net (or None with a warning note when the net file is missing).
+
+    The train net is read before the solver's checks run: a recipe whose solver or net is
+    NVIDIA Caffe's (:mod:`caffe2tf.caffe.dialect`) is checked and lowered as NVIDIA Caffe runs
+    it, because NVIDIA's binary is the one that can read it."""
+    from caffe2tf.caffe.dialect import BVLC, NVIDIA
+
+    read = _read_solver(solver_path, lenient)
+    msg = read.message
+    net_read = None
+    if net_path is not None:
+        net_read = _read(net_path, "net", lenient)
+    elif _inline_field(msg) is None and read.net_path is not None:
+        net_read = _read(read.net_path, "net", lenient)
+    dialects = {read.dialect.name, net_read[1].name if net_read else "bvlc"}
+    dialect = NVIDIA if "nvidia" in dialects else BVLC
+    notes: list[Note] = []
+    if dialect is NVIDIA and read.dialect is not NVIDIA:
+        notes.append(
+            Note(
+                "dialect.nvidia_net",
+                f"the solver is read with BVLC's schema, but its train net is NVIDIA Caffe's: "
+                f"the recipe is translated as {NVIDIA.title} runs it, with NVIDIA's defaults "
+                "for the solver fields BVLC's schema lacks (docs/nvidia-caffe.md)",
+                Severity.INFO,
+                SourceLocation(read.parsed.path),
+            )
+        )
+    solver = _finish_solver(
+        read,
+        lenient=lenient,
+        defer_regularization=True,
+        net_given=net_path is not None,
+        dialect=dialect,
+    )
     from caffe2tf.caffe.net import build_net_spec
 
-    solver, parsed = _load_solver(
-        solver_path, lenient=lenient, defer_regularization=True, net_given=net_path is not None
-    )
-    msg = solver.message
+    parsed = read.parsed
     state = msg.train_state if msg.HasField("train_state") else None
-    notes: list[Note] = []
     net: NetSpec | None = None
     if net_path is not None:
+        assert net_read is not None
         np_ = os.fspath(net_path)
-        net = load_net(np_, lenient=lenient, state=state)
+        net = _build_net(net_read, lenient=lenient, state=state, dialect=dialect)
         notes.append(
             Note(
                 "load.net_override",
@@ -243,9 +306,10 @@ def load_recipe(
             legacy_format="V2",
             state=state,
             lenient=lenient,
+            dialect=read.dialect.name,
         )
-    elif solver.net_path is not None:
-        net = load_net(solver.net_path, lenient=lenient, state=state)
+    elif net_read is not None:
+        net = _build_net(net_read, lenient=lenient, state=state, dialect=dialect)
     notes.extend(_check_with_net(solver, net))
     return Recipe(solver=solver, net=net, notes=tuple(notes))
 
@@ -263,7 +327,9 @@ def _check_with_net(solver: SolverSpec, net: NetSpec | None) -> list[Note]:
         return solver.locations.get(name) or SourceLocation(solver.path)
 
     decay_mults = [p.decay_mult for p in net.params] if net is not None else None
-    note = check_regularization(solver.message, decay_mults, loc("regularization_type"))
+    note = None
+    if solver.dialect != "nvidia":  # NVIDIA's GPU code never aborts on it (lower.py notes it)
+        note = check_regularization(solver.message, decay_mults, loc("regularization_type"))
     check_finite(solver.message, loc, ("weight_decay",))  # deferred by _load_solver
     for blob in net.params if net is not None else ():
         for name in ("lr_mult", "decay_mult"):

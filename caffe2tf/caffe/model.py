@@ -40,6 +40,24 @@ class SolverSpec:
     clip_gradients: float
     iter_size: int
     net_path: str | None = None
+    #: ``"bvlc"`` or ``"nvidia"`` (:mod:`caffe2tf.caffe.dialect`): whose code runs this recipe
+    dialect: str = "bvlc"
+    # NVIDIA Caffe's solver fields (proto/nvidia_caffe.proto:392-394,429-442), with its defaults
+    # when absent or when the file is BVLC's (the rule reads them only for dialect "nvidia")
+    rampup_interval: int = 0
+    rampup_lr: float = 0.0
+    min_lr: float = 0.0
+    momentum_policy: str = "fixed"
+    max_momentum: float = 0.9900000095367432
+    has_max_momentum: bool = False
+    momentum_power: float = 1.0
+    larc: bool = False
+    larc_policy: str = "scale"
+    larc_eta: float = 0.0010000000474974513
+    larc_turbo: bool = False
+    weight_decay_policy: str = "fixed"
+    weight_decay_power: float = 1.0
+    max_weight_decay: float = 0.0
     defaulted: frozenset[str] = frozenset()
     locations: dict[str, SourceLocation] = field(default_factory=dict, compare=False)
     message: Any = field(default=None, compare=False, repr=False)
@@ -93,6 +111,7 @@ class NetSpec:
     legacy_format: str = "V2"  # "V0", "V1" or "V2": what the file was before upgrading
     message: Any = field(default=None, compare=False, repr=False)
     notes: tuple[Note, ...] = ()
+    dialect: str = "bvlc"  # the schema the file was read with (caffe2tf.caffe.dialect)
 
     def param(self, key: str) -> ParamBlob:
         for blob in self.params:

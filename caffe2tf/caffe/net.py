@@ -177,14 +177,31 @@ def _spec(ps: Any) -> _Spec:
     )
 
 
-def layer_specs(layer: Any, n_blobs: int, loc: SourceLocation) -> list[_Spec]:
+def layer_specs(
+    layer: Any, n_blobs: int, loc: SourceLocation, dialect: str = "bvlc"
+) -> list[_Spec]:
     """The ParamSpecs AppendParam reads for each blob of ``layer`` (net.cpp:440-442): param[i]
     if present, else the default (lr_mult 1, decay_mult 1, both implicit).
 
     BatchNorm first edits its own copy of the LayerParameter (batch_norm_layer.cpp:37-48): each
     blob without a ParamSpec gets ``param { lr_mult: 0 }`` appended, and an existing ParamSpec
-    whose lr_mult (default 1) is not 0 is fatal."""
+    whose lr_mult (default 1) is not 0 is fatal. NVIDIA Caffe's BatchNorm instead sets
+    lr_mult 0 and decay_mult 0 on the three statistics, whatever was written, and lr_mult 1
+    and decay_mult 1 on its scale and bias (NVIDIA/caffe batch_norm_layer.cpp:89-109)."""
     specs = [_spec(ps) for ps in layer.param]
+    if layer.type == "BatchNorm" and dialect == "nvidia":
+        specs += [_Spec() for _ in range(len(specs), n_blobs)]
+        for i in range(min(n_blobs, 5)):
+            mult = 0.0 if i < 3 else 1.0
+            specs[i] = _Spec(
+                name=specs[i].name,
+                permissive=specs[i].permissive,
+                lr_mult=mult,
+                decay_mult=mult,
+                lr_explicit=True,
+                decay_explicit=True,
+            )
+        return specs
     if layer.type == "BatchNorm":
         for i in range(n_blobs):
             if i == len(specs):
@@ -330,14 +347,17 @@ def build_net_spec(
     legacy_format: str = "V2",
     state: Any | None = None,
     lenient: bool = False,
+    dialect: str = "bvlc",
 ) -> NetSpec:
     """Build the TRAIN-phase :class:`NetSpec` of an (already V2-upgraded) ``NetParameter``.
 
     ``layer_locations[i]`` is the source location of ``net.layer[i]``; ``state`` is the solver's
     ``train_state``; ``notes`` are carried into the result first. Caffe's fatal checks raise
     :class:`InputError`; with ``lenient`` unknown layer types and dangling bottoms become notes.
+    ``dialect`` is the Caffe that runs the net (``"nvidia"``: NVIDIA's BatchNorm, see
+    :func:`layer_specs`).
     """
-    walk = _walk(net, path, layer_locations, list(notes), state, lenient)
+    walk = _walk(net, path, layer_locations, list(notes), state, lenient, dialect)
     return NetSpec(
         path=path,
         name=net.name,
@@ -346,6 +366,7 @@ def build_net_spec(
         legacy_format=legacy_format,
         message=net,
         notes=tuple(walk.notes),
+        dialect=dialect,
     )
 
 
@@ -369,6 +390,7 @@ def _walk(
     out_notes: list[Note],
     state: Any | None,
     lenient: bool,
+    dialect: str = "bvlc",
 ) -> _Walk:
     st = train_state(net, state)
     if st.phase != TRAIN:
@@ -435,7 +457,7 @@ def _walk(
             )
         if n_blobs:
             named.add(layer.name)
-        specs = layer_specs(layer, n_blobs, loc)
+        specs = layer_specs(layer, n_blobs, loc, dialect)
         tops_so_far_l = list(result.blobs) + [None] * (n_blobs - len(result.blobs))
         for b_i in range(n_blobs):
             table.append(layer, b_i, tops_so_far_l[b_i], specs[b_i], loc, out_notes)

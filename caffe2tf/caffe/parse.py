@@ -521,8 +521,16 @@ _DISPLAYISH = re.compile(
 )
 
 
+def _schema(full_name: str) -> tuple[str, str]:
+    """``("BVLC" | "NVIDIA's", "caffe.<Message>")`` for a message of either compiled schema
+    (NVIDIA Caffe's is compiled under package ``nvcaffe``, caffe2tf/caffe/dialect.py)."""
+    package, _, name = full_name.partition(".")
+    return ("NVIDIA's" if package == "nvcaffe" else "BVLC"), f"caffe.{name}"
+
+
 def _affects_training(parent: str, name: str, path: str) -> tuple[bool, str]:
     """Whether skipping field ``name`` of message ``parent`` may change training."""
+    parent = _schema(parent)[1]
     if parent == "caffe.ParamSpec":
         return True, "it sits in a param {} block (per-blob learning settings)"
     if parent == "caffe.SolverParameter":
@@ -849,7 +857,7 @@ class _Parser:
         path = f"{prefix}.{_clip(name)}" if prefix else _clip(name)
         if not self.lenient:
             raise InputError(
-                f'message type "{desc.full_name}" has no field named "{_clip(name)}"'
+                f'message type "{_schema(desc.full_name)[1]}" has no field named "{_clip(name)}"'
                 " (use --lenient to skip fields of Caffe forks)",
                 loc,
             )
@@ -870,10 +878,11 @@ class _Parser:
                 f"{_describe(lex.tok)}"
             )
         affects, why = _affects_training(desc.full_name, name, path)
+        schema = " ".join(_schema(desc.full_name))
         self.notes.append(
             Note(
                 code="lenient.skipped_field",
-                message=f"skipped unknown {what} {path} (not in BVLC {desc.full_name}); {why}",
+                message=f"skipped unknown {what} {path} (not in {schema}); {why}",
                 severity=Severity.WARNING,
                 location=loc,
                 affects_training=affects,

@@ -470,7 +470,21 @@ def batch_norm(layer, bottoms):
     x = bottoms[0] if bottoms else None
     c: Dim = None if x is None else (1 if len(x) == 1 else x[1])
     stat: Shape = None if c is None else (c,)
-    return LayerShapes((x,), (stat, stat, (1,)), "" if c is not None else "channels unknown")
+    blobs: tuple[Shape, ...] = (stat, stat, (1,))
+    if nvidia_scale_bias(layer):
+        blobs += (stat, stat)
+    return LayerShapes((x,), blobs, "" if c is not None else "channels unknown")
+
+
+def nvidia_scale_bias(layer) -> bool:
+    """NVIDIA Caffe's BatchNorm owns a learnable scale and bias (blobs 3 and 4, shape (C,)) when
+    ``scale_bias`` is true or a scale or bias filler is given (NVIDIA/caffe
+    ``src/caffe/layers/batch_norm_layer.cpp:26-56``); BVLC's BatchNormParameter has none."""
+    p = layer.batch_norm_param
+    names = {f.name for f in p.DESCRIPTOR.fields}
+    if "scale_bias" not in names:
+        return False
+    return bool(p.scale_bias or p.HasField("scale_filler") or p.HasField("bias_filler"))
 
 
 @register("Parameter")
@@ -980,7 +994,7 @@ def blob_count(layer) -> int:
     if t in ("PReLU", "Parameter"):
         return 1
     if t == "BatchNorm":
-        return 3
+        return 5 if nvidia_scale_bias(layer) else 3
     if t in ("LSTM", "RNN"):
         hidden = (2 if t == "LSTM" else 1) if layer.recurrent_param.expose_hidden else 0
         static = len(layer.bottom) > 2 + hidden

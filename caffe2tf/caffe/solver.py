@@ -44,6 +44,7 @@ value (``momentum: 0.9`` -> 0.8999999761581421).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from typing import Any
@@ -55,11 +56,16 @@ from caffe2tf.notes import Note, Severity
 
 __all__ = [
     "LR_POLICIES",
+    "NVIDIA_FIELDS",
+    "NVIDIA_LARC_POLICIES",
+    "NVIDIA_MOMENTUM_POLICIES",
+    "NVIDIA_SOLVER_TYPES",
     "NONFINITE_FIELDS",
     "REGULARIZATION_TYPES",
     "SOLVER_TYPES",
     "build_solver_spec",
     "check_finite",
+    "check_nvidia",
     "check_regularization",
     "check_solver",
 ]
@@ -70,6 +76,31 @@ LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 SOLVER_TYPES = ("AdaDelta", "AdaGrad", "Adam", "Nesterov", "RMSProp", "SGD")
 #: ``SGDSolver::Regularize`` (``sgd_solver.cpp:155-215``).
 REGULARIZATION_TYPES = ("L1", "L2")
+
+#: NVIDIA Caffe's solver registry: BVLC's six and ``SAG`` (NVIDIA/caffe
+#: ``src/caffe/solvers/sag_solver.cpp:140``); its ``GetLearningRate`` knows BVLC's seven policies
+#: (``sgd_solver.cpp:36-65``; ``plateau`` appears only in a comment of its caffe.proto, :419-420)
+NVIDIA_SOLVER_TYPES = (*SOLVER_TYPES, "SAG")
+#: NVIDIA's ``GetMomentum`` (``sgd_solver.cpp:78-94``) and LARC policies (``:257-263``)
+NVIDIA_MOMENTUM_POLICIES = ("fixed", "poly", "opt")
+NVIDIA_LARC_POLICIES = ("scale", "clip")
+#: NVIDIA's solver fields that change training, with their caffe.proto defaults
+#: (proto/nvidia_caffe.proto:392-394,429-442): SolverSpec attributes of the same names
+NVIDIA_FIELDS = (
+    "rampup_interval",
+    "rampup_lr",
+    "min_lr",
+    "momentum_policy",
+    "max_momentum",
+    "momentum_power",
+    "larc",
+    "larc_policy",
+    "larc_eta",
+    "larc_turbo",
+    "weight_decay_policy",
+    "weight_decay_power",
+    "max_weight_decay",
+)
 
 _GAMMA_POLICIES = ("step", "exp", "inv", "multistep", "sigmoid")
 _STEPSIZE_POLICIES = ("step", "sigmoid")
@@ -127,8 +158,13 @@ def check_solver(
     lenient: bool = False,
     defer_regularization: bool = False,
     net_given: bool = False,
+    dialect: str = "bvlc",
 ) -> list[Note]:
     """Raise :class:`InputError` for what Caffe refuses; return notes for lenient leniencies.
+
+    ``dialect="nvidia"``: NVIDIA Caffe's checks instead (:func:`check_nvidia`); it has no gamma
+    or stepsize CHECKs, its GPU code never aborts on a ``regularization_type``, and it adds
+    ``SAG`` and the checks of its own fields.
 
     ``defer_regularization``: the caller knows the train net and calls
     :func:`check_regularization` with it (an unknown ``regularization_type`` aborts Caffe only
@@ -145,8 +181,15 @@ def check_solver(
     def fail(field: str, reason: str) -> InputError:
         return InputError(reason, loc(field))
 
+    nvidia = dialect == "nvidia"
     # the factory checks the type before constructing anything (solver_factory.hpp:73-76)
-    if msg.type not in SOLVER_TYPES:
+    if nvidia and msg.type not in NVIDIA_SOLVER_TYPES:
+        raise fail(
+            "type",
+            f"Unknown solver type: {msg.type} (NVIDIA Caffe knows "
+            f"{', '.join(NVIDIA_SOLVER_TYPES)}; solver_factory.hpp)",
+        )
+    if not nvidia and msg.type not in SOLVER_TYPES:
         raise fail(
             "type",
             f"Unknown solver type: {msg.type} (known types: "
@@ -221,6 +264,9 @@ def check_solver(
             "rms_decay",
             f"rms_decay should lie between 0 and 1 (got {msg.rms_decay:g}; sgd_solvers.hpp:98-101)",
         )
+    if nvidia:
+        notes.extend(check_nvidia(msg, loc, fail))
+        return notes
     # sgd_solver.cpp:26-70
     policy = msg.lr_policy
     if policy not in LR_POLICIES:
@@ -290,6 +336,109 @@ def check_solver(
     fields = tuple(f for f in NONFINITE_FIELDS if not (deferred and f == "weight_decay"))
     notes.extend(check_finite(msg, loc, fields))
     return notes
+
+
+def check_nvidia(msg: Any, loc: Any, fail: Any) -> list[Note]:
+    """NVIDIA Caffe's own checks on what its update reads (citations: NVIDIA/caffe 87a25543,
+    ``src/caffe/solvers/sgd_solver.cpp`` unless said otherwise), then the non-finite values
+    caffe2tf refuses (docs/nonfinite.md). ``loc(field)``, ``fail(field, reason)`` as in
+    :func:`check_solver`. Fields NVIDIA reads only in some cases are checked in those cases."""
+    notes: list[Note] = []
+    get = _nvidia_getter(msg)
+    policy = msg.lr_policy
+    rampup = int(get("rampup_interval"))
+    # the ramp-up branch runs first (:29-35): the policy is read from k = rampup_interval on
+    policy_read = msg.max_iter > rampup
+    if not get("min_lr") >= 0:  # CHECK_GE(min_lr, 0.F) on every call (:27-28)
+        raise fail("min_lr", f"min_lr must be >= 0 (got {get('min_lr'):g}; CHECK_GE, :28)")
+    if policy not in LR_POLICIES and policy_read:
+        reason = (
+            f"Unknown learning rate policy: {policy!r}"
+            if policy
+            else "lr_policy is missing: NVIDIA Caffe has no default policy"
+        )
+        if policy == "plateau":
+            reason += (
+                " (NVIDIA's caffe.proto describes 'plateau' in a comment, :419-420, but its "
+                "GetLearningRate does not implement it)"
+            )
+        raise fail("lr_policy", f"{reason} (known: {', '.join(LR_POLICIES)}; :63-64)")
+    if policy == "step" and msg.stepsize <= 0 and policy_read:
+        raise fail(
+            "stepsize",
+            f"lr_policy 'step' divides the iteration by stepsize, which is {msg.stepsize}: "
+            "NVIDIA Caffe would crash on an integer division by zero or step backwards (:39)",
+        )
+    if policy == "poly" and policy_read:
+        if msg.max_iter <= 0:
+            raise fail("max_iter", "lr_policy 'poly' with max_iter <= 0: no update would run")
+        if not msg.base_lr >= get("min_lr"):
+            raise fail(
+                "base_lr",
+                f"base_lr {msg.base_lr:g} < min_lr {get('min_lr'):g}: CHECK_GE(base_lr, min_lr) "
+                "of lr_policy 'poly' (:55-56)",
+            )
+    reads_momentum_policy = msg.type in ("SGD", "SAG") or msg.display > 0
+    if get("momentum_policy") not in NVIDIA_MOMENTUM_POLICIES and reads_momentum_policy:
+        raise fail(
+            "momentum_policy",
+            f"Unknown momentum policy: {get('momentum_policy')} (known: "
+            f"{', '.join(NVIDIA_MOMENTUM_POLICIES)}; :92-93, read by SGD and SAG and, with "
+            "display > 0, by PrintRate :178)",
+        )
+    if get("momentum_policy") == "poly" and reads_momentum_policy and msg.max_iter <= 0:
+        raise fail("max_iter", "momentum_policy 'poly' divides by max_iter, which is 0 (:83-84)")
+    if get("weight_decay_policy") == "poly" and msg.weight_decay != 0 and msg.max_iter <= 0:
+        raise fail("max_iter", "weight_decay_policy 'poly' divides by max_iter, which is 0 (:106)")
+    if get("larc") and msg.type in ("SGD", "SAG"):
+        if get("larc_policy") not in NVIDIA_LARC_POLICIES:
+            raise fail(
+                "larc_policy",
+                f"Unknown larc policy: {get('larc_policy')} (known: scale, clip; :261-262, "
+                "sag_solver.cpp:31-32)",
+            )
+    if msg.type == "SAG" and msg.regularization_type not in ("L2", "WD"):
+        raise fail(
+            "regularization_type",
+            f"Unknown regularization mode: {msg.regularization_type} (SAG's GPU kernel knows "
+            "L2 and WD; sag_solver.cu:173-185)",
+        )
+    if msg.iter_size < 1:
+        raise fail("iter_size", f"iter_size must be >= 1 (got {msg.iter_size})")
+    notes.extend(check_finite(msg, loc, NONFINITE_FIELDS))
+    read = {
+        "rampup_lr": rampup > 0,
+        "min_lr": True,
+        "max_momentum": get("momentum_policy") in ("poly", "opt"),
+        "momentum_power": get("momentum_policy") == "poly",
+        "larc_eta": bool(get("larc")),
+        "max_weight_decay": get("weight_decay_policy") == "poly",
+        "weight_decay_power": get("weight_decay_policy") == "poly",
+    }
+    for name, is_read in read.items():
+        value = float(get(name))
+        if is_read and not math.isfinite(value):
+            raise fail(
+                name,
+                f"{name} is {value}: NVIDIA Caffe would train on NaN/inf numbers; caffe2tf "
+                "refuses non-finite hyper-parameters (see docs/nonfinite.md)",
+            )
+    return notes
+
+
+def _nvidia_getter(msg: Any) -> Any:
+    """``get(field)``: the NVIDIA field's value, or NVIDIA's default when ``msg`` is a BVLC
+    message (a BVLC-schema solver run by NVIDIA Caffe because its net is NVIDIA's)."""
+    from caffe2tf.caffe.model import SolverSpec
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SolverSpec)}
+
+    def get(name: str) -> Any:
+        if name in {f.name for f in msg.DESCRIPTOR.fields}:
+            return getattr(msg, name)
+        return defaults[name]
+
+    return get
 
 
 def _f32(x: float) -> float:
@@ -374,9 +523,10 @@ def build_solver_spec(
     net_path: str | None = None,
     defer_regularization: bool = False,
     net_given: bool = False,
+    dialect: str = "bvlc",
 ) -> SolverSpec:
     """Check ``msg`` (an upgraded ``SolverParameter``) and freeze it into a :class:`SolverSpec`
-    (``defer_regularization``, ``net_given``: see :func:`check_solver`)."""
+    (``defer_regularization``, ``net_given``, ``dialect``: see :func:`check_solver`)."""
     more = check_solver(
         msg,
         parsed,
@@ -384,6 +534,7 @@ def build_solver_spec(
         lenient=lenient,
         defer_regularization=defer_regularization,
         net_given=net_given,
+        dialect=dialect,
     )
     defaulted = frozenset(
         f.name for f in msg.DESCRIPTOR.fields if f.has_presence and not msg.HasField(f.name)
@@ -393,7 +544,14 @@ def build_solver_spec(
     )
     top_locations = {k: v for k, v in locations.items() if "." not in k and "[" not in k}
     values = {name: getattr(msg, name) for name in _SPEC_FIELDS}
+    if dialect == "nvidia":
+        get = _nvidia_getter(msg)
+        values.update({name: get(name) for name in NVIDIA_FIELDS})
+        values["has_max_momentum"] = "max_momentum" not in defaulted and hasattr(
+            msg, "max_momentum"
+        )
     return SolverSpec(
+        dialect=dialect,
         path=parsed.path,
         stepvalue=tuple(msg.stepvalue),
         net_path=net_path,

@@ -49,6 +49,8 @@ __all__ = [
 
 #: ``SolverParameter.SolverType`` number -> ``type`` string (``upgrade_proto.cpp:1050-1069``).
 SOLVER_TYPE_NAMES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
+# NVIDIA Caffe's enum adds SAG = 6 (NVIDIA/caffe src/caffe/util/upgrade_proto.cpp:1027-1028)
+SOLVER_TYPE_NAMES[6] = "SAG"
 
 #: ``V1LayerParameter.LayerType`` enum name -> V2 type string (``upgrade_proto.cpp:876-962``).
 V1_TYPE_NAMES = {
@@ -349,9 +351,11 @@ class UpgradedNet:
     legacy_format: str  # "V0", "V1" or "V2"
 
 
-def upgrade_net(parsed: Parsed) -> UpgradedNet:
+def upgrade_net(parsed: Parsed, *, dialect: str = "bvlc") -> UpgradedNet:
     """``UpgradeNetAsNeeded`` (``upgrade_proto.cpp:23-86``) on ``parsed.message`` (a
-    ``NetParameter`` read from a file). Fatal conditions raise :class:`InputError`."""
+    ``NetParameter`` read from a file). Fatal conditions raise :class:`InputError`.
+    NVIDIA Caffe's version has no BatchNorm upgrade (NVIDIA/caffe upgrade_proto.cpp:20-75):
+    its BatchNorm layer zeroes the statistics' multipliers itself (see net.layer_specs)."""
     net = parsed.message
     notes: list[Note] = []
     legacy = "V2"
@@ -380,7 +384,8 @@ def upgrade_net(parsed: Parsed) -> UpgradedNet:
         net, v2_locs = _upgrade_v1(net, v1_locs, parsed, notes)
     if len(net.input):
         v2_locs = _upgrade_input(net, v2_locs, parsed, notes)
-    _upgrade_batch_norm(net, v2_locs, notes)
+    if dialect != "nvidia":
+        _upgrade_batch_norm(net, v2_locs, notes)
     return UpgradedNet(net, tuple(v2_locs), tuple(notes), legacy)
 
 

@@ -197,6 +197,16 @@ def lower(recipe: Recipe) -> UpdateRule:
     spec = recipe.solver
     notes: list[Note] = []
     steps: list[Step] = []
+    if spec.dialect == "nvidia":
+        notes.append(
+            Note(
+                "rule.nvidia.untranslated",
+                "NVIDIA Caffe's update rule is not translated yet",
+                Severity.ERROR,
+                SourceLocation(spec.path),
+                True,
+            )
+        )
 
     if spec.clip_gradients >= 0:
         steps.append(ClipByGlobalNorm(threshold=spec.clip_gradients))

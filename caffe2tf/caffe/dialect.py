@@ -1,0 +1,129 @@
+"""Which Caffe a prototxt was written for: BVLC Caffe 1.0 or NVIDIA Caffe, told from its fields.
+
+NVIDIA Caffe (NVIDIA/caffe, the fork behind DIGITS and NGC) extends BVLC's schema: its
+``SolverParameter`` adds warm-up, ``min_lr``, momentum and weight-decay policies, LARC and
+precision fields (``proto/nvidia_caffe.proto:392-394,429-442,513``), its ``NetParameter`` and
+``LayerParameter`` add precision and loss-scaling fields (``:295-318``, ``:607-623``), and
+``BatchNormParameter`` a learnable scale and bias (``:1140``). Both schemas are compiled into
+``caffe2tf/caffe/_proto`` (NVIDIA's under package ``nvcaffe``, its only change; see
+docs/nvidia-caffe.md).
+
+A file is read with the first schema that accepts it strictly, BVLC first: a file BVLC's parser
+accepts is BVLC Caffe, one that only NVIDIA's accepts is NVIDIA Caffe, and a note names the
+fields that decided it. With ``lenient`` (``--lenient``) a file neither accepts strictly is read
+with the schema that skips fewer items that can change training (BVLC on a tie). No flag picks
+the dialect: the fields do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from caffe2tf.caffe.parse import Parsed, parse_text
+from caffe2tf.errors import InputError, SourceLocation
+from caffe2tf.notes import Note, Severity
+
+__all__ = ["BVLC", "DIALECTS", "NVIDIA", "Dialect", "read_dialect"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One Caffe schema: ``name`` as used in the rule (``"bvlc"``, ``"nvidia"``), the title
+    shown in notes, and the generated protobuf module of its ``caffe.proto``."""
+
+    name: str
+    title: str
+    module: str
+
+    def pb2(self) -> Any:
+        return importlib.import_module(f"caffe2tf.caffe._proto.{self.module}")
+
+    def message(self, kind: str) -> Any:
+        """A fresh ``SolverParameter`` (``kind="solver"``) or ``NetParameter`` (``"net"``)."""
+        pb2 = self.pb2()
+        return pb2.SolverParameter() if kind == "solver" else pb2.NetParameter()
+
+
+BVLC = Dialect("bvlc", "BVLC Caffe 1.0", "caffe_pb2")
+NVIDIA = Dialect("nvidia", "NVIDIA Caffe 0.17 (NVIDIA/caffe 87a25543)", "nvidia_caffe_pb2")
+DIALECTS = {d.name: d for d in (BVLC, NVIDIA)}
+
+
+def _fields_only_in(message: Any, other: Any, prefix: str = "") -> list[str]:
+    """Paths of the fields set in ``message`` (an NVIDIA message) that the BVLC message type
+    ``other`` does not declare, depth first (for the note that names them)."""
+    out: list[str] = []
+    declared = {f.name: f for f in other.DESCRIPTOR.fields}
+    for fd, value in message.ListFields():
+        path = f"{prefix}{fd.name}"
+        if fd.name not in declared:
+            out.append(path)
+            continue
+        if fd.message_type is None:
+            continue
+        sub_type = declared[fd.name].message_type
+        if sub_type is None:
+            continue
+        sub_other = BVLC.pb2().__dict__.get(sub_type.name)
+        if sub_other is None:
+            continue
+        items = value if fd.is_repeated else [value]
+        for i, item in enumerate(items):
+            where = f"{path}[{i}]." if fd.is_repeated else f"{path}."
+            out.extend(_fields_only_in(item, sub_other(), where))
+    return out
+
+
+def _training_skips(parsed: Parsed) -> int:
+    return sum(1 for n in parsed.notes if n.affects_training)
+
+
+def read_dialect(
+    text: str, path: str, kind: str, *, lenient: bool = False
+) -> tuple[Parsed, Dialect, tuple[Note, ...]]:
+    """Parse ``text`` (a ``kind`` = ``"solver"`` or ``"net"`` prototxt) with the schema it was
+    written for (see the module docstring). Returns the parse, its dialect and a note naming
+    the NVIDIA fields when the file is NVIDIA Caffe's. A file that no schema accepts raises
+    the error of the schema that read further (BVLC's on a tie), unless ``lenient``."""
+    try:
+        return parse_text(text, BVLC.message(kind), path=path), BVLC, ()
+    except InputError as bvlc_error:
+        try:
+            parsed = parse_text(text, NVIDIA.message(kind), path=path)
+        except InputError as nvidia_error:
+            if not lenient:
+                raise _further(bvlc_error, nvidia_error) from None
+        else:
+            return parsed, NVIDIA, (_detected(parsed, kind),)
+    bvlc = parse_text(text, BVLC.message(kind), path=path, lenient=True)
+    nvidia = parse_text(text, NVIDIA.message(kind), path=path, lenient=True)
+    if _training_skips(nvidia) < _training_skips(bvlc):
+        return nvidia, NVIDIA, (_detected(nvidia, kind),)
+    return bvlc, BVLC, ()
+
+
+def _further(bvlc: InputError, nvidia: InputError) -> InputError:
+    def key(err: InputError) -> tuple[int, int]:
+        loc = err.location or SourceLocation("")
+        return (loc.line or 0, loc.col or 0)
+
+    if key(nvidia) > key(bvlc):
+        return InputError(f"{nvidia.message} (read as {NVIDIA.title})", nvidia.location)
+    return bvlc
+
+
+def _detected(parsed: Parsed, kind: str) -> Note:
+    bvlc_type = BVLC.message(kind)
+    fields = _fields_only_in(parsed.message, bvlc_type)
+    shown = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
+    return Note(
+        "dialect.nvidia",
+        f"read as {NVIDIA.title}: BVLC Caffe's schema has no "
+        + (f"{shown}" if fields else "value written here")
+        + "; NVIDIA's caffe.proto has (proto/nvidia_caffe.proto). Its rule is translated as "
+        "NVIDIA's GPU code runs it (docs/nvidia-caffe.md)",
+        Severity.INFO,
+        SourceLocation(parsed.path),
+    )

@@ -1,0 +1,117 @@
+"""NVIDIA Caffe's dialect in the front end: told from its fields (no flag), read strictly with
+NVIDIA's own caffe.proto, NVIDIA's checks with its reasons, its BatchNorm's param table."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from caffe2tf.caffe.load import load_recipe
+from caffe2tf.errors import InputError
+
+NET = textwrap.dedent("""\
+    name: "t"
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+      inner_product_param { num_output: 2 } }
+    """)
+BN_NET = textwrap.dedent("""\
+    name: "bn"
+    layer { name: "data" type: "Input" top: "data"
+      input_param { shape { dim: 2 dim: 4 dim: 3 dim: 3 } } }
+    layer { name: "bn1" type: "BatchNorm" bottom: "data" top: "bn1"
+      param { lr_mult: 5 } batch_norm_param { scale_bias: true } }
+    layer { name: "bn2" type: "BatchNorm" bottom: "bn1" top: "bn2" }
+    """)
+SOLVER = 'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 10\n'
+
+
+def _recipe(tmp_path: Path, solver: str, net: str = NET):
+    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "solver.prototxt").write_text(solver)
+    return load_recipe(tmp_path / "solver.prototxt")
+
+
+def test_bvlc_files_stay_bvlc(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, SOLVER)
+    assert recipe.solver.dialect == "bvlc" and recipe.net.dialect == "bvlc"
+    assert not any(n.code.startswith("dialect.") for n in recipe.solver.notes)
+
+
+def test_an_nvidia_field_makes_the_recipe_nvidia_and_a_note_names_it(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, SOLVER + "larc: true\nlarc_eta: 0.002\nrampup_interval: 5\n")
+    assert recipe.solver.dialect == "nvidia"
+    assert recipe.solver.larc and recipe.solver.rampup_interval == 5
+    assert recipe.solver.larc_eta == pytest.approx(0.002)
+    note = next(n for n in recipe.solver.notes if n.code == "dialect.nvidia")
+    assert "rampup_interval" in note.message and "larc" in note.message
+    # the defaults of NVIDIA's caffe.proto for what was not written (:429-442)
+    assert recipe.solver.momentum_policy == "fixed" and recipe.solver.larc_policy == "scale"
+
+
+def test_an_nvidia_net_makes_the_recipe_nvidia(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, SOLVER, BN_NET)
+    assert recipe.net.dialect == "nvidia" and recipe.solver.dialect == "nvidia"
+    assert any(n.code == "dialect.nvidia_net" for n in recipe.notes)
+    # NVIDIA's BatchNorm: statistics 0/0 whatever was written, scale and bias 1/1
+    # (batch_norm_layer.cpp:89-109); no scale_bias: three statistics only
+    table = {p.key: (p.lr_mult, p.decay_mult, p.shape) for p in recipe.net.params}
+    assert table == {
+        "bn1/0": (0.0, 0.0, (4,)),
+        "bn1/1": (0.0, 0.0, (4,)),
+        "bn1/2": (0.0, 0.0, (1,)),
+        "bn1/3": (1.0, 1.0, (4,)),
+        "bn1/4": (1.0, 1.0, (4,)),
+        "bn2/0": (0.0, 0.0, (4,)),
+        "bn2/1": (0.0, 0.0, (4,)),
+        "bn2/2": (0.0, 0.0, (1,)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "needle"),
+    [
+        ("min_lr: -0.1\n", "min_lr", "min_lr must be >= 0"),
+        ('lr_policy: "plateau"\n', "lr_policy", "does not implement it"),
+        (
+            'type: "SAG"\nregularization_type: "L1"\nweight_decay: 0.1\n',
+            "regularization_type",
+            "SAG",
+        ),
+        ('momentum_policy: "cosine"\n', "momentum_policy", "Unknown momentum policy"),
+        ('larc: true\nlarc_policy: "trust"\n', "larc_policy", "Unknown larc policy"),
+        ('rampup_lr: 0.1\nmin_lr: 0.5\nlr_policy: "poly"\n', "base_lr", "CHECK_GE(base_lr"),
+        ('type: "Adamax"\nlarc: false\n', "type", "NVIDIA Caffe knows"),
+        ("larc: true\nlarc_eta: nan\n", "larc_eta", "non-finite"),
+    ],
+)
+def test_nvidia_refuses_what_nvidia_caffe_refuses(
+    tmp_path: Path, extra: str, field: str, needle: str
+) -> None:
+    text = SOLVER.replace('lr_policy: "fixed"\n', "") if "lr_policy" in extra else SOLVER
+    with pytest.raises(InputError) as info:
+        _recipe(tmp_path, text + extra + ("" if "larc" in extra else "larc: false\n"))
+    assert needle in info.value.message
+    line = [i for i, t in enumerate((text + extra).splitlines(), 1) if t.startswith(field)]
+    assert info.value.location.line == (line[0] if line else None), info.value
+
+
+def test_nvidia_has_no_gamma_check_but_bvlc_does(tmp_path: Path) -> None:
+    text = SOLVER.replace('"fixed"', '"exp"') + "gamma: -0.5\n"
+    with pytest.raises(InputError, match="gamma must be >= 0"):
+        _recipe(tmp_path, text)
+    assert _recipe(tmp_path, text + "min_lr: 0\n").solver.gamma == -0.5
+
+
+def test_a_file_neither_schema_reads_fails_with_the_error_that_read_further(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(InputError) as info:
+        _recipe(tmp_path, SOLVER + "larc: true\nno_such_field: 1\n")
+    assert info.value.location.line == 6 and "read as NVIDIA" in info.value.message
+    recipe_text = SOLVER + "larc: true\nno_such_field: 1\n"
+    (tmp_path / "solver.prototxt").write_text(recipe_text)
+    lenient = load_recipe(tmp_path / "solver.prototxt", lenient=True)
+    assert lenient.solver.dialect == "nvidia" and lenient.solver.larc

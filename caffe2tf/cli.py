@@ -104,6 +104,10 @@ def trajectory_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+#: the values of ``convert --target`` (the keys of ``caffe2tf.app.targets.TARGETS``, which is
+#: not imported here to keep ``--help`` fast; a test checks that they agree)
+TARGET_NAMES = ("keras", "torch", "optax")
+
 format_option = click.option(
     "--format",
     "fmt",
@@ -232,7 +236,7 @@ def replay(
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output directory (train_config.yaml, optimizer.py).",
+    help="Output directory (the files of --target).",
 )
 @click.option(
     "--allow-approx",
@@ -241,6 +245,14 @@ def replay(
     help="Write the artifacts even when a choice is only approximate.",
 )
 @click.option("--force", is_flag=True, default=False, help="Replace an existing output directory.")
+@click.option(
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    default="keras",
+    show_default=True,
+    help="Framework to emit: keras (train_config.yaml, optimizer.py), torch "
+    "(optimizer_torch.py) or optax (optimizer_optax.py).",
+)
 @format_option
 @_user_errors_exit_2
 def convert(
@@ -251,9 +263,11 @@ def convert(
     out_dir: Path,
     allow_approx: bool,
     force: bool,
+    target: str,
     fmt: str,
 ) -> int:
-    """Write OUT/train_config.yaml and OUT/optimizer.py that train exactly like SOLVER."""
+    """Write into OUT the optimizer module (and for keras train_config.yaml) that trains
+    exactly like SOLVER."""
     from caffe2tf.app.convert import convert_solver
 
     report = convert_solver(
@@ -264,6 +278,7 @@ def convert(
         out_dir=out_dir,
         allow_approx=allow_approx,
         force=force,
+        target=target,
     )
     click.echo(report.render(fmt))
     return report.exit_code

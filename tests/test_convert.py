@@ -98,12 +98,15 @@ def test_existing_output_is_not_clobbered_without_force(recipe: Path, tmp_path: 
 def test_failure_while_rendering_leaves_nothing(
     recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from caffe2tf.app import convert
+    import dataclasses
 
-    def boom(*_a: object) -> str:
+    from caffe2tf.app import convert, targets
+
+    def boom(*_a: object) -> dict[str, str]:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(convert, "render_python", boom)
+    keras = dataclasses.replace(targets.TARGETS["keras"], render=boom)
+    monkeypatch.setitem(targets.TARGETS, "keras", keras)
     with pytest.raises(RuntimeError):
         convert.convert_solver(recipe, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -1,11 +1,12 @@
 """``caffe2tf convert``: solver prototxt -> OUT/train_config.yaml + OUT/optimizer.py.
 
-Pipeline (:mod:`caffe2tf.app.pipeline`, once): read + lower -> Keras plan -> render YAML and
-Python. Nothing here imports Keras
-or TensorFlow. Files are written to a temporary directory next to OUT and swapped into place
-(:mod:`caffe2tf.app.output`), so OUT is the complete old or the complete new tree after any
-kill. Anything not exact (unless ``--allow-approx``) or unsupported -> exit code 2, notes
-printed, nothing written.
+Pipeline (:mod:`caffe2tf.app.pipeline`, once): read + lower -> the target's plan -> render
+(``--target keras``, the default: YAML and Python; ``torch``: OUT/optimizer_torch.py;
+``optax``: OUT/optimizer_optax.py; :mod:`caffe2tf.app.targets`). Nothing here imports Keras,
+TensorFlow, torch or JAX. Files are written to a temporary directory next to OUT and
+swapped into place (:mod:`caffe2tf.app.output`), so OUT is the complete old or the complete
+new tree after any kill. Anything not exact (unless ``--allow-approx``) or unsupported ->
+exit code 2, notes printed, nothing written.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from caffe2tf.app.pipeline import keras_plan, load_pipeline
+from caffe2tf.app.pipeline import load_pipeline
 from caffe2tf.app.report import EXIT_INVALID, EXIT_OK
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Exactness, Note, Severity
-from caffe2tf.targets.keras.render_python import render_python
-from caffe2tf.targets.keras.render_yaml import render_yaml
 
 
 @dataclass(frozen=True)
@@ -300,15 +299,19 @@ def convert_solver(
     out_dir: str | os.PathLike[str],
     allow_approx: bool = False,
     force: bool = False,
+    target: str = "keras",
 ) -> ConvertReport:
-    """Convert ``solver`` and write OUT/train_config.yaml and OUT/optimizer.py (see module)."""
+    """Convert ``solver`` and write the ``target``'s files into OUT (see module)."""
+    from caffe2tf.app.targets import get_target
+
+    chosen = get_target(target)
     check_out_dir(
         out_dir,
         force=force,
         inputs=(solver, net_path, None if isinstance(layer_map, Mapping) else layer_map),
     )
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
-    p, notes = keras_plan(load_pipeline(solver, net_path=net_path, lenient=lenient), mapping)
+    p, notes = chosen.plan(load_pipeline(solver, net_path=net_path, lenient=lenient), mapping)
     out = Path(out_dir)
     blocking = _blocking(notes, allow_approx)
     if blocking:
@@ -328,7 +331,7 @@ def convert_solver(
             exit_code=EXIT_INVALID,
             blocking=blocking,
         )
-    files = {"train_config.yaml": render_yaml(p), "optimizer.py": render_python(p)}
+    files = chosen.render(p)
     write_outputs(files, out, force=force)
     return ConvertReport(
         out_dir=os.fspath(out),

@@ -62,17 +62,13 @@ def load_pipeline(
     return Pipeline(solver_path=os.fspath(solver), recipe=recipe, rule=lower(recipe))
 
 
-def keras_plan(
-    pipeline: Pipeline, layer_map: Mapping[str, str] | None = None
-) -> tuple[KerasPlan, tuple[Note, ...]]:
-    """The Keras plan of the pipeline's rule and every note so far (front end, rule, plan).
-
-    A ``layer_map`` naming a layer the train net does not have is an InputError."""
-    rule = pipeline.rule
+def checked_layer_map(pipeline: Pipeline, layer_map: Mapping[str, str] | None) -> dict[str, str]:
+    """``layer_map`` as a dict; one naming a layer the train net does not have is an
+    InputError (at the entry, when the map was read from a file). Every target checks it."""
     written = getattr(layer_map, "locations", {})  # where a map read from a file named each
     layer_map = dict(layer_map or {})
-    if layer_map and rule.net_known:
-        known = set(rule.layers)
+    if layer_map and pipeline.rule.net_known:
+        known = set(pipeline.rule.layers)
         unknown = [name for name in layer_map if name not in known]
         if unknown:
             raise InputError(
@@ -82,10 +78,26 @@ def keras_plan(
                 written.get(unknown[0])
                 or (SourceLocation(pipeline.recipe.net.path) if pipeline.recipe.net else None),
             )
+    return layer_map
+
+
+def plan_source(pipeline: Pipeline) -> dict[str, str]:
+    """The input paths a plan records (``solver``, and ``net`` when the solver names one)."""
     source = {"solver": pipeline.solver_path}
     if pipeline.recipe.solver.net_path:
         source["net"] = pipeline.recipe.solver.net_path
-    p = plan(rule, layer_map=layer_map, source=source)
+    return source
+
+
+def keras_plan(
+    pipeline: Pipeline, layer_map: Mapping[str, str] | None = None
+) -> tuple[KerasPlan, tuple[Note, ...]]:
+    """The Keras plan of the pipeline's rule and every note so far (front end, rule, plan).
+
+    A ``layer_map`` naming a layer the train net does not have is an InputError."""
+    rule = pipeline.rule
+    layer_map = checked_layer_map(pipeline, layer_map)
+    p = plan(rule, layer_map=layer_map, source=plan_source(pipeline))
     notes = _unique(pipeline.notes, p.notes)
     # the outputs record what is not exact, wherever it was found (issue 11 item 3)
     return replace(p, inexact=tuple(n for n in notes if n.inexact)), notes

@@ -120,6 +120,18 @@ def plan(
             )
         )
     blobs = _blobs(rule, layer_map)
+    pairs = list(dict.fromkeys((b.lr_mult, b.decay_mult) for b in blobs if b.lr_mult))
+    if pairs:
+        notes.append(
+            note(
+                "multipliers",
+                f"optax.multi_transform with {len(pairs)} group chain(s), one per (lr_mult, "
+                "decay_mult) "
+                + ", ".join(f"({fmt(lr)}, {fmt(dm)})" for lr, dm in pairs)
+                + ": the rate is the schedule with init_value base_lr x lr_mult (Caffe's local "
+                "rate, sgd_solver.cpp:228), the decay weight_decay x decay_mult.",
+            )
+        )
     masked = [b for b in blobs if not b.gets_gradient]
     if masked:
         notes.append(

@@ -55,6 +55,7 @@ def caffe_labels(
     ``params``; warns about leaves that hold no Caffe blob (they get ``default_blob``).
     """
     table = {(row[0], row[1]): row for row in blobs}
+    warned: list[bool] = []  # warn once, not at every update
 
     def labels(params: Any) -> Any:
         missing = []
@@ -86,7 +87,8 @@ def caffe_labels(
                 else:
                     row_labels.append(not gets_gradient)
             out[layer] = type(values)(row_labels)
-        if extra and table and what == "label":
+        if extra and table and what == "label" and not warned:
+            warned.append(True)
             lr_mult, decay_mult = default_blob
             warnings.warn(
                 f"params with no Caffe blob (trained with lr_mult {lr_mult} and "

@@ -204,6 +204,17 @@ def plan(
             )
         )
     blobs, skipped, layer_notes = _bindings(rule, layer_map)
+    pairs = list(dict.fromkeys((b.lr_mult, b.decay_mult) for b in blobs if b.trainable))
+    if pairs:
+        notes.append(
+            note(
+                "multipliers",
+                f"{len(pairs)} param group(s), one per (lr_mult, decay_mult) "
+                + ", ".join(f"({fmt(lr)}, {fmt(dm)})" for lr, dm in pairs)
+                + ": each group's lr is the scheduled rate x lr_mult (Caffe's local rate, "
+                "sgd_solver.cpp:228) and its decay weight_decay x decay_mult.",
+            )
+        )
     notes.extend(layer_notes)
     mults = (f32(rule.default_group.lr_mult), f32(rule.default_group.decay_mult))
     if rule.params:  # parameters outside the net: trained, never decayed (as Keras does)

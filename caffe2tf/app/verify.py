@@ -443,17 +443,18 @@ def verify_solver(
         )
         timings["convert"] = time.perf_counter() - t
         backend, device = backend_and_device()
-        total = sum(len(r.grads) for r in runs)
+        total = sum(r.updates for r in runs)
         progress = progress_printer("verify", total)
         done = 0
         for run in runs:
             t = time.perf_counter()
+            run_init, micro, grads = run.data()
             if against == "caffe" and run.component == "stream":
                 net_file = Path(net_path) if net_path is not None else Path(net.path)
-                reference = _caffe_trajectory(Path(solver), net_file, run.init, run.grads)
+                reference = _caffe_trajectory(Path(solver), net_file, run_init, grads)
             else:
                 reference = run_reference(
-                    rule, run.init, run.grads, precision=run.dtype, start=run.start
+                    rule, run_init, grads, precision=run.dtype, start=run.start
                 )
             timings[against] = timings.get(against, 0.0) + time.perf_counter() - t
             t = time.perf_counter()
@@ -466,19 +467,19 @@ def verify_solver(
             candidate = keras_harness.run_candidate(
                 module,
                 layers,
-                run.init,
-                run.grads,
+                run_init,
+                grads,
                 iter_size=iter_size,
                 seed=seed,
-                micro_grads=run.micro,
+                micro_grads=micro,
                 progress=report,
                 start=run.start,
                 dtype=run.dtype,
             )
-            done += len(run.grads)
+            done += run.updates
             timings["keras"] = timings.get("keras", 0.0) + time.perf_counter() - t
             comparison = compare_trajectories(
-                run.init,
+                run_init,
                 reference,
                 candidate,
                 tolerance=tolerance,
@@ -486,6 +487,7 @@ def verify_solver(
                 floor_fraction=run.floor_fraction,
             )
             results.append(RunResult(run.component, run.label, run.start, run.dtype, comparison))
+            del reference, candidate, micro, grads  # one run's data in memory at a time
         t = time.perf_counter()
         schedule = _schedule_check(rule, module, layers, init, runs, steps, tolerance / 10)
         timings["schedule"] = time.perf_counter() - t

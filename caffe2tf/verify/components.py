@@ -34,8 +34,8 @@ a correct port stays far below the tolerance (margins in docs/verify.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,17 +70,20 @@ PROBE_STEPS = 30
 
 @dataclass(frozen=True)
 class Run:
-    """One comparison run: ``micro`` holds the ``len(grads) * iter_size`` per-pass gradients
-    whose sums per update are ``grads``; both rules start at iteration ``start`` from
-    ``init`` with fresh state."""
+    """One comparison run: both rules start at iteration ``start`` with fresh state.
+    :meth:`data` makes its inputs only when the run is executed (one run's gradients in memory
+    at a time): ``init`` and ``micro``, the ``len(grads) * iter_size`` per-pass gradients whose
+    sums per update are ``grads``."""
 
     component: str
     label: str
     start: int
-    init: dict[str, np.ndarray]
-    micro: Grads
-    grads: Grads
+    updates: int
+    make: Callable[[], tuple[dict[str, np.ndarray], Grads, Grads]] = field(repr=False)
     dtype: str = "float32"
+
+    def data(self) -> tuple[dict[str, np.ndarray], Grads, Grads]:
+        return self.make()
 
     @property
     def floor_fraction(self) -> float:
@@ -145,69 +148,89 @@ def plan_runs(
     iter_size = max(1, rule.iter_size)
     init32 = {k: np.asarray(v, np.float32) for k, v in init.items()}
     init64 = {k: np.asarray(v, np.float64) for k, v in init.items()}
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9B0])
     live = [k for k in shapes if k not in frozen]
 
-    def normal(scale: float = 1.0) -> dict[str, np.ndarray]:
+    def rng(tag: int) -> np.random.Generator:
+        return np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9B0, tag])
+
+    def normal(r: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
         return {
-            k: (rng.normal(0.0, scale, tuple(shapes[k])) if k in live else np.zeros(shapes[k]))
+            k: (r.normal(0.0, scale, tuple(shapes[k])) if k in live else np.zeros(shapes[k]))
             for k in shapes
         }
 
     def zeros() -> dict[str, np.ndarray]:
         return {k: np.zeros(tuple(shapes[k])) for k in shapes}
 
-    micro, grads = _stream(shapes, steps, seed, iter_size, frozen)
-    runs = [Run("stream", f"iterations 0..{steps - 1}", 0, init32, micro, grads)]
+    def stream(stream_seed: int) -> Callable[[], tuple[dict[str, np.ndarray], Grads, Grads]]:
+        def make() -> tuple[dict[str, np.ndarray], Grads, Grads]:
+            return (init32, *_stream(shapes, steps, stream_seed, iter_size, frozen))
+
+        return make
+
+    def probe(updates: Callable[[], Grads]) -> Callable[[], tuple[dict, Grads, Grads]]:
+        def make() -> tuple[dict[str, np.ndarray], Grads, Grads]:
+            return (init64, *_repeat_updates(updates(), iter_size))
+
+        return make
+
+    runs = [Run("stream", f"iterations 0..{steps - 1}", 0, steps, stream(seed))]
     for i, (m, why) in enumerate(milestones(rule, steps)):
         start = max(0, m - steps // 2) if why != "last updates before max_iter" else m - steps
         start = max(0, start)
         if start == 0 or any(r.start == start for r in runs):
             continue  # the stream from 0 (or another window) already covers it
-        micro, grads = _stream(shapes, steps, seed + 1 + i, iter_size, frozen)
         label = f"iterations {start}..{start + steps - 1} ({why} at {m})"
-        runs.append(Run("schedule", label, start, init32, micro, grads))
+        runs.append(Run("schedule", label, start, steps, stream(seed + 1 + i)))
 
     n = min(steps, PROBE_STEPS)
     decay = rule.step(AddDecay)
     if isinstance(decay, AddDecay) and any(
         g.decay_mult != 0 and g.lr_mult != 0 for g in rule.params
     ):
-        micro, grads = _repeat_updates([zeros() for _ in range(n)], iter_size)
-        runs.append(Run("decay", "zero gradients: decay alone", 0, init64, micro, grads, "float64"))
+        make = probe(lambda: [zeros() for _ in range(n)])
+        runs.append(Run("decay", "zero gradients: decay alone", 0, n, make, "float64"))
     solver = rule.solver_step
     if not (isinstance(solver, Momentum) and solver.momentum == 0):
-        micro, grads = _repeat_updates([normal()] + [zeros() for _ in range(n - 1)], iter_size)
-        runs.append(
-            Run("state", "one impulse, then zero gradients", 0, init64, micro, grads, "float64")
-        )
+        make = probe(lambda: [normal(rng(1))] + [zeros() for _ in range(n - 1)])
+        runs.append(Run("state", "one impulse, then zero gradients", 0, n, make, "float64"))
     if isinstance(solver, AdaGrad | RMSProp | AdaDelta | Adam) and solver.delta > 0:
         size = math.sqrt(float(np.float32(solver.delta)))
-        micro, grads = _repeat_updates([normal(size) for _ in range(n)], iter_size)
+
+        def small(size: float = size) -> Grads:
+            r = rng(2)
+            return [normal(r, size) for _ in range(n)]
+
         label = f"gradients of size sqrt(delta) = {size:.3g}"
-        runs.append(Run("epsilon", label, 0, init64, micro, grads, "float64"))
+        runs.append(Run("epsilon", label, 0, n, probe(small), "float64"))
     clip = rule.step(ClipByGlobalNorm)
     if isinstance(clip, ClipByGlobalNorm) and clip.threshold > 0:
-        for factor in (1.05, 0.95):
-            updates = []
-            for _ in range(n):
-                g = normal()
-                norm = math.sqrt(sum(float(np.sum(v * v)) for v in g.values()))
-                updates.append({k: v * (factor * clip.threshold / norm) for k, v in g.items()})
-            micro, grads = _repeat_updates(updates, iter_size)
+        for j, factor in enumerate((1.05, 0.95)):
+
+            def near(factor: float = factor, j: int = j, c: float = clip.threshold) -> Grads:
+                r, out = rng(3 + j), []
+                for _ in range(n):
+                    g = normal(r)
+                    norm = math.sqrt(sum(float(np.sum(v * v)) for v in g.values()))
+                    out.append({k: v * (factor * c / norm) for k, v in g.items()})
+                return out
+
             label = f"gradient norm {factor:g} x clip_gradients"
-            runs.append(Run("clipping", label, 0, init64, micro, grads, "float64"))
+            runs.append(Run("clipping", label, 0, n, probe(near), "float64"))
     if iter_size > 1:
-        micro = []
-        for _ in range(n):
-            total = normal()
-            parts = [normal(3.0) for _ in range(iter_size - 1)]
-            last = {k: total[k] - sum(p[k] for p in parts) for k in shapes}
-            micro += [*parts, last]
-        grads = [
-            {k: sum(micro[u * iter_size + j][k] for j in range(iter_size)) for k in shapes}
-            for u in range(n)
-        ]
+
+        def cancelling() -> tuple[dict[str, np.ndarray], Grads, Grads]:
+            r, micro = rng(5), []
+            for _ in range(n):
+                total = normal(r)
+                parts = [normal(r, 3.0) for _ in range(iter_size - 1)]
+                micro += [*parts, {k: total[k] - sum(p[k] for p in parts) for k in shapes}]
+            grads = [
+                {k: sum(micro[u * iter_size + j][k] for j in range(iter_size)) for k in shapes}
+                for u in range(n)
+            ]
+            return init64, micro, grads
+
         label = f"{iter_size} micro-batches that largely cancel"
-        runs.append(Run("accumulation", label, 0, init64, micro, grads, "float64"))
+        runs.append(Run("accumulation", label, 0, n, cancelling, "float64"))
     return runs

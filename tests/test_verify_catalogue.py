@@ -241,3 +241,48 @@ def test_wrong_port_fails_and_right_port_passes(mistake: str, tmp_path: Path) ->
     verdict = out.splitlines()[-1]
     assert verdict.startswith("FAIL: "), out
     print(f"{mistake}: {verdict}")  # which components caught it (pytest -s shows it)
+
+
+JAX_SCRIPT = """
+import sys, tempfile
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_verify_catalogue as cat
+for mistake in {mistakes!r}:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        kind, params, edit = cat.CATALOGUE[mistake]
+        solver = cat._recipe(tmp, kind, params)
+        right = cat._right_port(tmp, solver)
+        right_code, _ = cat._verify(solver, right)
+        text, _ = edit(right.read_text())
+        (tmp / "port.py").write_text(text)
+        wrong_code, out = cat._verify(solver, tmp / "port.py")
+        print("RESULT", mistake, "|", right_code, wrong_code, out.splitlines()[-1])
+"""
+
+
+def test_the_float64_probes_work_on_the_jax_backend() -> None:
+    """On JAX the probes run inside jax.enable_x64: a decay factor 2 at wd 1e-5 (visible only
+    in float64) is still caught, and the right ports still pass."""
+    import os
+    import subprocess
+    import sys
+
+    require("jax")
+    mistakes = [
+        "decay not halved (wd 1e-5)",
+        "lr outside momentum (step)",
+        "epsilon inside the root (RMSProp)",
+    ]
+    script = JAX_SCRIPT.format(tests=str(Path(__file__).parent), mistakes=mistakes)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(lines) == len(mistakes), proc.stdout
+    for line in lines:
+        codes = line.split("|", 1)[1].split()
+        assert codes[:2] == ["0", "1"], line

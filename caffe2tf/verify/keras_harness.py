@@ -193,16 +193,16 @@ def run_candidate(
     ``start``: enter at Caffe iteration ``start`` with fresh optimizer state (the optimizer's
     step counters set as a run that got there would hold them, :func:`fast_forward`), as the
     reference does (:func:`caffe2tf.rule.reference.fast_forward`). ``dtype``: the mirror's
-    variables (float64 for the probes; on JAX inside ``jax.experimental.enable_x64``)."""
+    variables (float64 for the probes; on JAX inside ``jax.enable_x64(True)``)."""
     if not isinstance(candidate, Candidate):
         candidate = candidate_from_module(candidate)
     if dtype == "float64":
         import keras
 
         if keras.backend.backend() == "jax":
-            from jax.experimental import enable_x64
+            import jax
 
-            with enable_x64():
+            with jax.enable_x64(True):
                 return run_candidate(
                     candidate,
                     layers,

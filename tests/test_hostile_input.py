@@ -58,16 +58,18 @@ def _timed(fn, *args):
 def test_blank_check_is_linear(text: str) -> None:
     blank, seconds = _timed(_is_blank, text)
     assert blank == (text.rstrip("\n").split("\n")[-1].startswith("#"))
-    assert seconds < 0.05
+    # linear: ~1 ms here; the backtracking version took seconds at 24 '#' and grew x2 per '#'.
+    # The bound is loose on purpose (a loaded CI machine must not make it flaky).
+    assert seconds < 1.0
 
 
 def test_banner_above_a_solver_reads_in_milliseconds(tmp_path: Path) -> None:
     path = _lenet_solver(tmp_path, BANNER + "#" * 10_000 + "\n" + BANNER)
     parsed, seconds = _timed(parse_solver_file, path)
     assert parsed.message.lr_policy == "multistep"
-    assert seconds < 0.1
+    assert seconds < 2.0  # ~40 ms here; 187 s before the fix
     kind, seconds = _timed(sniff_kind, path)
-    assert kind == "solver" and seconds < 0.1
+    assert kind == "solver" and seconds < 2.0
     for cmd in (["inspect"], ["inspect", "--lenient"], ["explain"]):
         res, seconds = _timed(CliRunner().invoke, cli, [*cmd, str(path)])
         assert res.exit_code == 0, res.output
@@ -92,7 +94,9 @@ def test_lexer_is_linear_on_long_tokens(text: str, needle: str | None) -> None:
     else:
         with pytest.raises(InputError, match=needle):
             parse.parse_text(text, caffe_pb2.SolverParameter())
-    assert time.perf_counter() - t < 0.5
+    # ~1 ms here; the quadratic pattern needed ~4 minutes for 200,000 digits (0.4 s at 8,000).
+    # Loose on purpose: a loaded CI machine must not make it flaky.
+    assert time.perf_counter() - t < 5.0
 
 
 # -- 2. non-finite numbers: refused at the field, never written as bare ``nan`` ----------------
@@ -372,7 +376,8 @@ def test_train_config_aliases_are_bounded(tmp_path: Path) -> None:
     t = time.perf_counter()
     with pytest.raises(InputError, match="expand to more than 100000 nodes") as info:
         load_train_config(path)
-    assert time.perf_counter() - t < 1.0 and info.value.location.line is not None
+    # ms here; the expansion took 17.5 s and 1.4 GB before the bound (loose: CI may be loaded)
+    assert time.perf_counter() - t < 5.0 and info.value.location.line is not None
     path.write_text("format: &f [1, *f]\n")  # a value that contains itself
     with pytest.raises(InputError, match="contain itself"):
         load_train_config(path)

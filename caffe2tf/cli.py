@@ -8,6 +8,7 @@ Heavy modules (TensorFlow above all) are imported inside the commands that need 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +108,15 @@ def trajectory_options(command: Callable[..., Any]) -> Callable[..., Any]:
 #: the values of ``convert --target`` (the keys of ``caffe2tf.app.targets.TARGETS``, which is
 #: not imported here to keep ``--help`` fast; a test checks that they agree)
 TARGET_NAMES = ("keras", "torch", "optax")
+
+target_option = click.option(
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    default="keras",
+    show_default=True,
+    help="Framework: keras (train_config.yaml, optimizer.py), torch (optimizer_torch.py) or "
+    "optax (optimizer_optax.py).",
+)
 
 format_option = click.option(
     "--format",
@@ -245,14 +255,7 @@ def replay(
     help="Write the artifacts even when a choice is only approximate.",
 )
 @click.option("--force", is_flag=True, default=False, help="Replace an existing output directory.")
-@click.option(
-    "--target",
-    type=click.Choice(TARGET_NAMES),
-    default="keras",
-    show_default=True,
-    help="Framework to emit: keras (train_config.yaml, optimizer.py), torch "
-    "(optimizer_torch.py) or optax (optimizer_optax.py).",
-)
+@target_option
 @format_option
 @_user_errors_exit_2
 def convert(
@@ -303,6 +306,7 @@ def convert(
     default=None,
     help="Write a PNG of the deviation per step.",
 )
+@target_option
 @format_option
 @_user_errors_exit_2
 def verify(
@@ -315,10 +319,12 @@ def verify(
     tolerance: float,
     against: str,
     plot_path: Path | None,
+    target: str,
     fmt: str,
 ) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
-    _quiet_tensorflow()
+    if target == "keras":
+        _quiet_tensorflow()
     from caffe2tf.app.verify import verify_solver
 
     report = verify_solver(
@@ -331,14 +337,14 @@ def verify(
         tolerance=tolerance,
         against=against,
         plot_path=plot_path,
+        target=target,
     )
     click.echo(report.render(fmt))
     return report.exit_code
 
 
 @cli.command()
-@click.argument("solver", type=_existing_file)
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("pairs", nargs=-1, type=click.Path(path_type=Path), metavar="[SOLVER OUT]...")
 @net_option
 @lenient_option
 @click.option(
@@ -348,12 +354,25 @@ def verify(
     default=None,
     help="The YAML layer map that was given to convert, if any.",
 )
+@click.option(
+    "--manifest",
+    type=_existing_file,
+    default=None,
+    help="A caffe2tf-check.yaml listing entries (solver, out, net, layer_map, steps...).",
+)
+@click.option("--jobs", type=int, default=1, show_default=True, help="Entries checked in parallel.")
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write JUnit XML: one testcase per entry and verdict.",
+)
 @trajectory_options
+@target_option
 @format_option
 @_user_errors_exit_2
 def check(
-    solver: Path,
-    out_dir: Path,
+    pairs: tuple[Path, ...],
     net_path: Path | None,
     lenient: bool,
     layer_map: Path | None,
@@ -361,16 +380,49 @@ def check(
     seed: int,
     tolerance: float,
     against: str,
+    target: str,
     fmt: str,
+    manifest: Path | None = None,
+    jobs: int = 1,
+    junit: Path | None = None,
 ) -> int:
     """CI check: does OUT (written by convert) still match its Caffe original SOLVER?
 
     Fails (exit 1) when OUT/train_config.yaml differs from today's conversion or when
-    OUT/optimizer.py, run per its contract, leaves Caffe's trajectory.
+    OUT/optimizer.py, run per its contract, leaves Caffe's trajectory (--target torch|optax:
+    OUT/optimizer_<target>.py, which has no config file beside it). Several SOLVER OUT pairs,
+    or --manifest, check a whole migration (--jobs in parallel, --junit XML, GitHub
+    annotations when GITHUB_ACTIONS=true).
     """
-    _quiet_tensorflow()
+    if len(pairs) % 2:
+        raise click.UsageError("give SOLVER OUT pairs (an even number of paths)")
+    if target == "keras":
+        _quiet_tensorflow()
+    if manifest is not None or len(pairs) != 2 or jobs != 1 or junit is not None:
+        from caffe2tf.app.check_many import check_many
+
+        many = check_many(
+            [(str(pairs[i]), str(pairs[i + 1])) for i in range(0, len(pairs), 2)],
+            manifest=manifest,
+            jobs=jobs,
+            junit=junit,
+            defaults=dict(
+                net=str(net_path) if net_path else None,
+                layer_map=str(layer_map) if layer_map else None,
+                steps=steps,
+                seed=seed,
+                tolerance=tolerance,
+                target=target,
+            ),
+        )
+        click.echo(many.render(fmt))
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            for line in many.github_annotations():
+                click.echo(line)
+        return many.exit_code
     from caffe2tf.app.check import check_migration
 
+    solver, out_dir = pairs
     report = check_migration(
         solver,
         out_dir,
@@ -381,6 +433,7 @@ def check(
         seed=seed,
         tolerance=tolerance,
         against=against,
+        target=target,
     )
     click.echo(report.render(fmt))
     return report.exit_code

@@ -44,13 +44,15 @@ def optax():
 
 
 def test_registries_cover_the_rule() -> None:
-    from caffe2tf.rule.model import LrSchedule, SolverStep
+    from caffe2tf.rule.model import SOLVERS, LrSchedule, SolverStep
     from caffe2tf.rule.schedules import POLICIES
     from caffe2tf.targets.common import runtime_blocks
     from caffe2tf.targets.optax.schedules import BUILTIN_SCHEDULES, CUSTOM_POLICIES
     from caffe2tf.targets.optax.solvers import SOLVER_MAPPINGS
 
-    assert set(SOLVER_MAPPINGS) == set(typing.get_args(SolverStep))
+    # every step of Caffe's own solver types has a mapping (a fork's steps may have none)
+    bvlc = {type(e.build(**dict.fromkeys(e.reads, 0.5))) for e in SOLVERS.values()}
+    assert bvlc <= set(SOLVER_MAPPINGS) <= set(typing.get_args(SolverStep))
     assert set(BUILTIN_SCHEDULES) == set(POLICIES)
     for policy in POLICIES:
         mapped = BUILTIN_SCHEDULES[policy](LrSchedule(policy, 0.1, 0.5, 0.75, 10, (5,), 100))
@@ -224,3 +226,51 @@ def test_convert_target_optax_writes_only_its_module(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, [*args, "--target", TARGET, "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == [MODULE]
+
+
+def test_verify_and_check_target_optax(optax, tmp_path: Path) -> None:
+    """``verify --target optax`` converts and passes; ``check`` fails a module whose trace
+    comes before the rate (optax.sgd's order: the rate outside the history)."""
+    from click.testing import CliRunner
+
+    from caffe2tf.cli import cli
+
+    case = ts.CASES / "lenet_sgd_multistep"
+    solver, files = str(case / "solver.prototxt"), ["--net", str(case / "net.prototxt")]
+    runner = CliRunner()
+    res = runner.invoke(cli, ["verify", solver, *files, "--target", TARGET])
+    assert res.exit_code == 0 and "PASS" in res.output, res.output
+    out = tmp_path / "out"
+    res = runner.invoke(cli, ["convert", solver, *files, "--target", TARGET, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    module = out / MODULE
+    rate = "        optax.scale_by_learning_rate(learning_rate(lr_mult)),\n"
+    text = module.read_text()
+    assert rate in text
+    trace_at = text.index("        optax.trace(", text.index(rate))
+    end = text.index("        ),\n", trace_at) + len("        ),\n")
+    swapped = text[: text.index(rate)] + text[trace_at:end] + rate + text[end:]
+    module.write_text(swapped)
+    res = runner.invoke(cli, ["check", solver, str(out), *files, "--target", TARGET])
+    assert res.exit_code == 1 and "check FAILED" in res.output, res.output
+
+
+def test_a_step_without_a_mapping_is_refused_not_guessed(tmp_path: Path) -> None:
+    """A rule step this target has no mapping for (a fork's solver or decay policy) makes the
+    plan unsupported, so convert writes nothing."""
+    import dataclasses as dc
+
+    from caffe2tf.notes import Exactness
+
+    @dc.dataclass(frozen=True)
+    class ForkSolver:
+        momentum: float = 0.9
+        name: str = "fork"
+
+    case = MATRIX[0]
+    rule = ts.case_rule(case, tmp_path)
+    forked = dc.replace(rule, steps=rule.steps[:-1] + (ForkSolver(),))
+    from caffe2tf.targets.optax.plan import plan
+
+    p = plan(forked)
+    assert any(n.exactness is Exactness.UNSUPPORTED and "ForkSolver" in n.message for n in p.notes)

@@ -42,13 +42,15 @@ def torch():
 
 
 def test_registries_cover_the_rule() -> None:
-    from caffe2tf.rule.model import SolverStep
+    from caffe2tf.rule.model import SOLVERS, SolverStep
     from caffe2tf.rule.schedules import POLICIES
     from caffe2tf.targets.common import runtime_blocks
     from caffe2tf.targets.torch.schedules import BUILTIN_SCHEDULES, FACTOR_POLICIES
     from caffe2tf.targets.torch.solvers import SOLVER_MAPPINGS
 
-    assert set(SOLVER_MAPPINGS) == set(typing.get_args(SolverStep))
+    # every step of Caffe's own solver types has a mapping (a fork's steps may have none)
+    bvlc = {type(e.build(**dict.fromkeys(e.reads, 0.5))) for e in SOLVERS.values()}
+    assert bvlc <= set(SOLVER_MAPPINGS) <= set(typing.get_args(SolverStep))
     assert set(BUILTIN_SCHEDULES) == set(POLICIES)
     for policy in POLICIES:  # a built-in, or an inlined factor
         from caffe2tf.rule.model import LrSchedule
@@ -350,3 +352,58 @@ def test_convert_target_torch_writes_only_its_module(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == [ts_module()]
     assert "Wrote" in res.output and "optimizer_torch.py" in res.output
+
+
+def _check(tmp_path: Path, edit=None) -> tuple[int, str]:
+    """``caffe2tf check --target torch`` on lenet_sgd_multistep converted into OUT, after
+    ``edit(text)`` of the module when given."""
+    from click.testing import CliRunner
+
+    from caffe2tf.cli import cli
+
+    case = ts.CASES / "lenet_sgd_multistep"
+    files = ["--net", str(case / "net.prototxt")]
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(
+        cli, ["convert", str(case / "solver.prototxt"), *files, "--target", TARGET, "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    if edit is not None:
+        module = out / ts_module()
+        module.write_text(edit(module.read_text()))
+    res = runner.invoke(
+        cli, ["check", str(case / "solver.prototxt"), str(out), *files, "--target", TARGET]
+    )
+    return res.exit_code, res.output
+
+
+def test_check_target_torch_passes_the_module_and_fails_a_wrong_edit(torch, tmp_path) -> None:
+    code, output = _check(tmp_path / "a")
+    assert code == 0, output
+    assert "stream component only" in output and "check PASSED" in output
+    # the usual hand port: torch.optim.SGD under lr_policy multistep (the rate outside)
+    code, output = _check(tmp_path / "b", lambda t: t.replace("= CaffeSGD(", "= torch.optim.SGD("))
+    assert code == 1, output
+    assert "check FAILED" in output
+
+
+def test_a_step_without_a_mapping_is_refused_not_guessed(tmp_path: Path) -> None:
+    """A rule step this target has no mapping for (a fork's solver or decay policy) makes the
+    plan unsupported, so convert writes nothing."""
+    import dataclasses as dc
+
+    from caffe2tf.notes import Exactness
+
+    @dc.dataclass(frozen=True)
+    class ForkSolver:
+        momentum: float = 0.9
+        name: str = "fork"
+
+    case = MATRIX[0]
+    rule = ts.case_rule(case, tmp_path)
+    forked = dc.replace(rule, steps=rule.steps[:-1] + (ForkSolver(),))
+    from caffe2tf.targets.torch.plan import plan
+
+    p = plan(forked)
+    assert any(n.exactness is Exactness.UNSUPPORTED and "ForkSolver" in n.message for n in p.notes)

@@ -73,6 +73,7 @@ class CheckReport:
     out_dir: str
     differences: tuple[ConfigDifference, ...]
     verify: Any  # caffe2tf.app.verify.VerifyReport
+    target: str = "keras"
 
     @property
     def passed(self) -> bool:
@@ -96,7 +97,11 @@ class CheckReport:
         if fmt == "json":
             return json.dumps(self.to_dict(), indent=2, default=str)
         lines = [f"check {self.out_dir}"]
-        if self.differences:
+        if self.target != "keras":
+            lines.append(
+                f"  --target {self.target}: no config file; the module is judged by what it does"
+            )
+        elif self.differences:
             lines.append(
                 f"  train_config.yaml: {len(self.differences)} difference(s) from what "
                 "convert writes for the Caffe original now:"
@@ -123,8 +128,10 @@ def check_migration(
     tolerance: float = 1e-3,
     against: str = "reference",
     plot_path: Path | None = None,
+    target: str = "keras",
 ) -> CheckReport:
-    """Compare OUT/train_config.yaml with today's conversion and run OUT/optimizer.py."""
+    """Compare OUT/train_config.yaml with today's conversion and run OUT/optimizer.py (for
+    ``target`` torch/optax: run OUT/optimizer_<target>.py; they have no config file)."""
     from caffe2tf.app.convert import load_layer_map
     from caffe2tf.app.pipeline import keras_plan, load_pipeline
     from caffe2tf.app.verify import verify_solver
@@ -133,6 +140,16 @@ def check_migration(
     # SOLVER (and --net/--layer-map) first: arguments are judged in the order they were given.
     # The recipe is read and lowered once; verify runs on the same pipeline.
     pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient)
+    if target != "keras":
+        return _check_module_only(
+            solver,
+            out_dir,
+            pipeline,
+            target=target,
+            layer_map=load_layer_map(layer_map),
+            verify=dict(steps=steps, seed=seed, tolerance=tolerance, against=against),
+            plot_path=plot_path,
+        )
     plan, _notes = keras_plan(pipeline, load_layer_map(layer_map))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -177,3 +194,38 @@ def check_migration(
         pipeline=pipeline,
     )
     return CheckReport(out_dir=str(out_dir), differences=differences, verify=report)
+
+
+def _check_module_only(
+    solver: Path,
+    out_dir: Path,
+    pipeline: Any,
+    *,
+    target: str,
+    layer_map: Any,
+    verify: dict[str, Any],
+    plot_path: Path | None,
+) -> CheckReport:
+    """``check --target torch|optax``: OUT holds only the module, judged by what it does."""
+    from caffe2tf.app.targets import get_target
+    from caffe2tf.app.verify import verify_solver
+
+    chosen = get_target(target)
+    chosen.plan(pipeline, layer_map)  # the layer map is checked against the net as convert does
+    out_dir = Path(out_dir)
+    module_path = out_dir / chosen.module
+    if not module_path.is_file():
+        raise InputError(
+            f"{module_path} is missing: check expects a directory written by caffe2tf convert "
+            f"--target {target}",
+            SourceLocation(str(module_path)),
+        )
+    report = verify_solver(
+        solver,
+        module_path=module_path,
+        plot_path=plot_path,
+        pipeline=pipeline,
+        target=target,
+        **verify,
+    )
+    return CheckReport(out_dir=str(out_dir), differences=(), verify=report, target=target)

@@ -385,11 +385,12 @@ def verify_solver(
     against: str = "reference",
     plot_path: Path | None = None,
     pipeline: Pipeline | None = None,
+    target: str = "keras",
 ) -> VerifyReport:
     """See the module docstring. Raises :class:`~caffe2tf.errors.Caffe2TfError` for bad input
     (unknown net or shapes, missing module, no Caffe root for ``against="caffe"``).
     ``pipeline``: the recipe already read and lowered by the caller (``check``), so that it is
-    not read twice."""
+    not read twice. ``target``: another target's module (:mod:`caffe2tf.app.verify_target`)."""
     from caffe2tf.rule.reference import run_reference
     from caffe2tf.verify import keras_harness, mirror
 
@@ -411,6 +412,22 @@ def verify_solver(
         raise InputError(f"--tolerance must be a finite number > 0 (got {tolerance})")
     if against not in ("reference", "caffe"):
         raise InputError(f"--against must be 'reference' or 'caffe' (got {against!r})")
+    if target != "keras":
+        from caffe2tf.app.verify_target import verify_target
+
+        return verify_target(
+            solver,
+            target=target,
+            pipeline=pipeline or load_pipeline(solver, net_path=net_path, lenient=lenient),
+            net_path=net_path,
+            lenient=lenient,
+            module_path=module_path,
+            steps=steps,
+            seed=seed,
+            tolerance=tolerance,
+            against=against,
+            plot_path=plot_path,
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if pipeline is None:

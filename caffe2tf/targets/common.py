@@ -33,6 +33,7 @@ __all__ = [
     "literal",
     "make_note",
     "runtime_blocks",
+    "untranslatable",
     "value_text",
 ]
 
@@ -56,6 +57,26 @@ def make_note(
         affects_training=exactness not in (Exactness.EXACT, None),
         exactness=exactness,
     )
+
+
+#: the rule steps every target's fixed order handles besides its solver steps
+_ORDER_STEPS = ("ClipByGlobalNorm", "NormalizeBy", "AddDecay", "ScaleByLr")
+
+
+def untranslatable(rule: Any, solver_steps: Iterable[type]) -> list[str]:
+    """Why a target whose solver registry holds ``solver_steps`` cannot reproduce ``rule``
+    exactly: a step it has no mapping for (a fork's solver or decay policy) or a schedule
+    with fields beyond Caffe's seven policies (a warm-up, a floor). Empty when it can."""
+    known = {t.__name__ for t in solver_steps} | set(_ORDER_STEPS)
+    out = [
+        f"the rule's step {type(s).__name__} has no mapping in this target"
+        for s in rule.steps
+        if type(s).__name__ not in known
+    ]
+    schedule = rule.schedule
+    if getattr(schedule, "min_lr", None) is not None or getattr(schedule, "rampup_interval", 0):
+        out.append("the learning rate has a warm-up or a floor (a fork's fields)")
+    return out
 
 
 def value_text(v: Any) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 from caffe2tf.notes import Exactness, Note, Severity
 from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, UpdateRule
-from caffe2tf.targets.common import f32, fmt
+from caffe2tf.targets.common import f32, fmt, untranslatable
 from caffe2tf.targets.optax.model import OptaxBlob, OptaxPlan, note
 from caffe2tf.targets.optax.schedules import CUSTOM_POLICIES, optax_schedule
 from caffe2tf.targets.optax.solvers import SOLVER_MAPPINGS
@@ -59,9 +59,16 @@ def plan(
     """Choose the optax chain that reproduces ``rule`` (see the module docstring).
     ``layer_map`` renames Caffe layers to the keys of the params tree."""
     layer_map = dict(layer_map or {})
-    notes: list[Note] = []
-    chain, solver_note, blocks = SOLVER_MAPPINGS[type(rule.solver_step)].chain(rule.solver_step)
-    notes.append(solver_note)
+    notes: list[Note] = [
+        note("rule.unsupported", why + ".", Exactness.UNSUPPORTED, Severity.ERROR)
+        for why in untranslatable(rule, SOLVER_MAPPINGS)
+    ]
+    mapping = SOLVER_MAPPINGS.get(type(rule.solver_step))
+    chain: tuple = ()
+    blocks: tuple[str, ...] = ()
+    if mapping is not None:
+        chain, solver_note, blocks = mapping.chain(rule.solver_step)
+        notes.append(solver_note)
     schedule, sched_note = optax_schedule(rule.schedule)
     notes.append(sched_note)
     all_blocks = ["labels", *blocks]

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from caffe2tf.notes import Exactness, Note, Severity
 from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, UpdateRule
-from caffe2tf.targets.common import f32, fmt
+from caffe2tf.targets.common import CallSpec, f32, fmt, untranslatable
 from caffe2tf.targets.torch.model import TORCH_ATTR_OF_BLOB, TorchBlob, TorchPlan, note
 from caffe2tf.targets.torch.schedules import torch_schedule
 from caffe2tf.targets.torch.solvers import SOLVER_MAPPINGS, TorchContext
@@ -130,14 +130,19 @@ def plan(
     ``builtins=False`` takes the runtime's ``Caffe<X>`` class even where a ``torch.optim``
     built-in is exact (the tests run both)."""
     layer_map = dict(layer_map or {})
-    notes: list[Note] = []
+    notes: list[Note] = [
+        note("rule.unsupported", why + ".", Exactness.UNSUPPORTED, Severity.ERROR)
+        for why in untranslatable(rule, SOLVER_MAPPINGS)
+    ]
     schedule = rule.schedule
     step = rule.solver_step
-    mapping = SOLVER_MAPPINGS[type(step)]
+    mapping = SOLVER_MAPPINGS.get(type(step))
     ctx = TorchContext(constant_rate=schedule.policy == "fixed", base_lr=schedule.base_lr)
-    found = mapping.builtin(step, ctx) if builtins else "built-ins turned off"
+    found = mapping.builtin(step, ctx) if builtins and mapping else "built-ins turned off"
     extra: tuple[str, ...] = ()
-    if isinstance(found, str):
+    if mapping is None:
+        optimizer = CallSpec("unsupported")
+    elif isinstance(found, str):
         optimizer = mapping.custom(step)
         notes.append(
             note(

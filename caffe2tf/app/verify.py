@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -252,7 +253,10 @@ def _fmt(x: float) -> str:
 
 
 def progress_printer(label: str, total: int) -> Any:
-    if total < PROGRESS_MIN_STEPS:
+    """Progress lines on stderr for long runs; none for short ones, and none when the caller
+    says so (``CAFFE2TF_NO_PROGRESS=1``: ``check`` with several entries sets it in its
+    workers, whose lines would interleave)."""
+    if total < PROGRESS_MIN_STEPS or os.environ.get("CAFFE2TF_NO_PROGRESS") == "1":
         return None
     every = max(1, total // 10)
 

@@ -5,7 +5,11 @@ The pipeline (see ``README.md``)::
     prototxt --caffe/--> SolverSpec, NetSpec --rule/--> UpdateRule --targets/keras/--> KerasPlan
                                                   \\--> reference executor (NumPy) <-- verify/
 
-TensorFlow is imported lazily, only where a live optimizer is built or run.
+TensorFlow is imported lazily, only where a live optimizer is built or run. The Python API
+(:mod:`caffe2tf.api`): ``caffe2tf.convert(...)`` and ``caffe2tf.verify(...)``.
 """
 
+from caffe2tf.api import Conversion, convert, verify
+
 __version__ = "0.1.0"
+__all__ = ["Conversion", "__version__", "convert", "verify"]

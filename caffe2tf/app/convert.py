@@ -169,7 +169,7 @@ def load_layer_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
     return LayerMap(out, locations)
 
 
-def _blocking(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:
+def blocking_notes(notes: tuple[Note, ...], allow_approx: bool) -> tuple[Note, ...]:
     """Notes that stop ``convert``: unsupported/error always; approximations (including a
     field skipped by ``--lenient`` that can change training) unless ``allow_approx``."""
     out = []
@@ -313,7 +313,7 @@ def convert_solver(
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
     p, notes = chosen.plan(load_pipeline(solver, net_path=net_path, lenient=lenient), mapping)
     out = Path(out_dir)
-    blocking = _blocking(notes, allow_approx)
+    blocking = blocking_notes(notes, allow_approx)
     if blocking:
         why = (
             "the recipe uses something caffe2tf cannot translate"

@@ -439,6 +439,28 @@ def check(
     return report.exit_code
 
 
+@cli.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The PNG to write.",
+)
+@click.option("--labels", default=None, help="Comma-separated run names (default: file names).")
+@_user_errors_exit_2
+def norms(logs: tuple[Path, ...], out_path: Path, labels: str | None) -> int:
+    """Plot weight norms over training from WeightNormTracker logs (LOG.npz ...), one panel per
+    weight, the runs overlaid (e.g. weight_decay 2e-4 vs 2e-3)."""
+    from caffe2tf.app.norms import norms_command
+
+    report = norms_command([str(p) for p in logs], out_path, labels.split(",") if labels else None)
+    click.echo(report.render())
+    return report.exit_code
+
+
 def main() -> None:
     cli(prog_name="caffe2tf")
 

@@ -115,3 +115,12 @@ def test_a_file_neither_schema_reads_fails_with_the_error_that_read_further(
     (tmp_path / "solver.prototxt").write_text(recipe_text)
     lenient = load_recipe(tmp_path / "solver.prototxt", lenient=True)
     assert lenient.solver.dialect == "nvidia" and lenient.solver.larc
+
+
+def test_nvidia_batchnorm_scale_and_bias_bind_to_keras_gamma_and_beta(tmp_path: Path) -> None:
+    from caffe2tf.rule.lower import lower
+    from caffe2tf.targets.keras.plan import plan
+
+    p = plan(lower(_recipe(tmp_path, SOLVER, BN_NET)))
+    bound = {b.caffe_key: (b.keras_layer, b.blob, b.lr_mult, b.trainable) for b in p.blobs}
+    assert bound == {"bn1/3": ("bn1", 0, 1.0, True), "bn1/4": ("bn1", 1, 1.0, True)}

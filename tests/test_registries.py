@@ -8,8 +8,8 @@ import typing
 
 from conftest import require
 
-from caffe2tf.caffe.solver import LR_POLICIES, SOLVER_TYPES
-from caffe2tf.rule.model import SOLVERS, SolverStep
+from caffe2tf.caffe.solver import LR_POLICIES, NVIDIA_SOLVER_TYPES, SOLVER_TYPES
+from caffe2tf.rule.model import NVIDIA_SOLVERS, SOLVER_TABLES, SOLVERS, SolverStep
 from caffe2tf.rule.schedules import POLICIES
 from caffe2tf.rule.steps import STEP_FUNCTIONS
 from caffe2tf.targets.keras.schedules import BUILTIN_SCHEDULES
@@ -23,8 +23,13 @@ def test_the_rule_knows_exactly_caffes_solver_types_and_policies() -> None:
 
 def test_every_solver_step_has_a_reference_function_and_a_keras_mapping() -> None:
     step_types = set(typing.get_args(SolverStep))
-    built = {type(entry.build(**dict.fromkeys(entry.reads, 0.5))) for entry in SOLVERS.values()}
+    built = {
+        type(entry.build(**dict.fromkeys(entry.reads, 0.5)))
+        for table in SOLVER_TABLES.values()
+        for entry in table.values()
+    }
     assert built == step_types
+    assert set(NVIDIA_SOLVERS) | {"SAG"} == set(NVIDIA_SOLVER_TYPES)
     assert step_types <= set(STEP_FUNCTIONS)
     assert set(SOLVER_MAPPINGS) == step_types
 
@@ -42,7 +47,8 @@ def test_every_custom_class_is_a_caffe_optimizer_of_the_runtime() -> None:
     from caffe2tf.targets.keras import runtime
 
     for step_type, mapping in SOLVER_MAPPINGS.items():
-        entry = next(e for e in SOLVERS.values() if step_type in _built(e))
+        entries = [e for t in SOLVER_TABLES.values() for e in t.values()]
+        entry = next(e for e in entries if step_type in _built(e))
         step = entry.build(**dict.fromkeys(entry.reads, 0.5))
         cls = getattr(runtime, mapping.custom(step).cls)
         assert issubclass(cls, runtime.CaffeOptimizer) and cls is not runtime.CaffeOptimizer

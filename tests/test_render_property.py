@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from conftest import need
@@ -19,6 +20,8 @@ from caffe2tf.rule.model import (
     ClipByGlobalNorm,
     LrSchedule,
     NormalizeBy,
+    NvidiaDecay,
+    NvidiaSGD,
     ParamGroup,
     ScaleByLr,
     UpdateRule,
@@ -47,15 +50,46 @@ def _rule(rng: random.Random) -> UpdateRule:
         stepvalue=stepvalue,
         max_iter=rng.choice([10, 450000, 2**25]),
     )
+    if rng.random() < 0.3:  # NVIDIA Caffe's warm-up and floor
+        schedule = replace(
+            schedule,
+            rampup_interval=rng.choice([0, 5, 1000]),
+            rampup_lr=rng.choice(FLOATS[:6]),
+            min_lr=rng.choice(FLOATS[:6]),
+        )
     steps: list = []
     if rng.random() < 0.3:
         steps.append(ClipByGlobalNorm(rng.choice(FLOATS)))
     iter_size = rng.choice([1, 1, 2, 5])
     if iter_size > 1:
         steps.append(NormalizeBy(iter_size))
-    if rng.random() < 0.6:
+    solver_step = entry.build(**fields)
+    if rng.random() < 0.2:  # NVIDIA Caffe's SGD with its features
+        solver = "SGD"
+        solver_step = NvidiaSGD(
+            momentum=rng.choice([0.0, 0.9]),
+            momentum_policy=rng.choice(["fixed", "poly", "opt"]),
+            max_momentum=rng.choice(FLOATS),
+            momentum_power=rng.choice([0.5, 1.0, 2.0]),
+            cap_momentum=rng.random() < 0.5,
+            max_iter=schedule.max_iter,
+            larc=rng.choice(["", "scale", "clip"]),
+            larc_eta=rng.choice(FLOATS[1:]),
+            larc_turbo=rng.random() < 0.5,
+            decay_kind=rng.choice(["", "L2", "L1", "WD"]),
+            weight_decay=rng.choice(FLOATS[1:]),
+            decay_policy=rng.choice(["fixed", "poly"]),
+            max_weight_decay=rng.choice(FLOATS),
+            weight_decay_power=rng.choice([0.5, 1.0]),
+        )
+    elif rng.random() < 0.2:
+        kind = rng.choice(["L2", "L1"])
+        steps.append(
+            NvidiaDecay(kind, rng.choice(FLOATS[1:]), rng.choice(FLOATS), 1.0, schedule.max_iter)  # type: ignore[arg-type]
+        )
+    elif rng.random() < 0.6:
         steps.append(AddDecay(rng.choice(["L2", "L1"]), rng.choice(FLOATS[1:])))  # type: ignore[arg-type]
-    steps += [ScaleByLr(schedule), entry.build(**fields)]
+    steps += [ScaleByLr(schedule), solver_step]
     params = tuple(
         ParamGroup(
             key=f"layer_{i // 2}/{i % 2}",
@@ -82,7 +116,7 @@ def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
     need(ruff is not None, "ruff is not on PATH (it is in the dev extras)")
     assert ruff is not None
     rng = random.Random(13)
-    for i in range(60):
+    for i in range(80):
         (tmp_path / f"m{i:02d}.py").write_text(render_python(plan(_rule(rng))), encoding="utf-8")
     for cmd in (
         ["format", "--check", "--isolated"],

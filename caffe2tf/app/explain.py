@@ -20,6 +20,7 @@ import numpy as np
 from caffe2tf.caffe.model import Recipe
 from caffe2tf.rule.lower import lower
 from caffe2tf.rule.model import (
+    SOLVER_TABLES,
     SOLVERS,
     AdaDelta,
     AdaGrad,
@@ -29,6 +30,8 @@ from caffe2tf.rule.model import (
     LrSchedule,
     Momentum,
     NormalizeBy,
+    NvidiaDecay,
+    NvidiaSGD,
     RMSProp,
     ScaleByLr,
     Step,
@@ -70,6 +73,8 @@ def milestones(rule: UpdateRule) -> list[dict[str, Any]]:
     horizon, known = _horizon(rule)
     bounds = boundaries(s, horizon)
     ks: dict[int, str] = {0: "start"}
+    if 0 < s.rampup_interval < horizon:
+        ks[s.rampup_interval] = "end of the warm-up"
     shown = (
         list(bounds)
         if len(bounds) <= MAX_BOUNDARY_ROWS
@@ -167,13 +172,80 @@ def _decay_row(step: AddDecay, rule: UpdateRule, val: _Values) -> Row:
 
 
 def _lr_row(step: ScaleByLr, rule: UpdateRule, val: _Values) -> Row:
-    fields = POLICIES[step.schedule.policy].reads
-    eq = f"eta = alpha(k) * lr_mult;  {_schedule_equation(step.schedule, val)}"
-    return (
-        eq,
-        {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}},
-        "sgd_solver.cpp:26-70",
+    s = step.schedule
+    fields = list(POLICIES[s.policy].reads)
+    eq = f"eta = alpha(k) * lr_mult;  {_schedule_equation(s, val)}"
+    if s.policy == "poly" and s.min_lr:  # NVIDIA's poly ends at min_lr (sgd_solver.cpp:59)
+        m = val("min_lr")
+        eq = (
+            f"eta = alpha(k) * lr_mult;  alpha(k) = ({val('base_lr')} - {m}) * (1 - k / "
+            f"{val('max_iter')}) ^ {val('power')} + {m}"
+        )
+    if s.rampup_interval > 0:
+        eq += (
+            f";  for k < {val('rampup_interval')}: alpha(k) = {val('rampup_lr')} + "
+            f"({num(s.base_lr)} - {num(s.rampup_lr)}) * (k / {s.rampup_interval})^2 (warm-up)"
+        )
+        fields += ["rampup_interval", "rampup_lr"]
+    if s.min_lr is not None:
+        eq += f";  alpha(k) >= {val('min_lr')} (min_lr)"
+        fields.append("min_lr")
+    source = "sgd_solver.cpp:26-70" if s.min_lr is None else "NVIDIA sgd_solver.cpp:24-70"
+    return eq, {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}}, source
+
+
+def _nvidia_decay_row(step: NvidiaDecay, rule: UpdateRule, val: _Values) -> Row:
+    term = "w" if step.kind == "L2" else "sign(w)"
+    eq = (
+        f"g += lambda(k) * decay_mult * {term}  ({step.kind});  lambda(k) = "
+        f"{num(step.weight_decay)} + ({num(step.max_weight_decay)} - {num(step.weight_decay)}) "
+        f"* (k / {step.max_iter})^{num(step.power)}  (weight_decay_policy poly)"
     )
+    values = {
+        "weight_decay": val("weight_decay"),
+        "max_weight_decay": val("max_weight_decay"),
+        "weight_decay_power": val("weight_decay_power"),
+        "regularization_type": val("regularization_type"),
+    }
+    return eq, values, "NVIDIA sgd_solver.cpp:98-118, <solver>_solver.cu"
+
+
+def _nvidia_sgd_row(step: NvidiaSGD, rule: UpdateRule, val: _Values) -> Row:
+    mu = num(step.momentum)
+    parts = []
+    if step.momentum_policy == "poly":
+        parts.append(
+            f"mu(k) = {mu} + ({num(step.max_momentum)} - {mu}) * (k / {step.max_iter})"
+            f"^{num(step.momentum_power)}"
+        )
+    elif step.momentum_policy == "opt":
+        cap = f", at most {num(step.max_momentum)}" if step.cap_momentum else ""
+        parts.append(f"mu(k) = (1 - sqrt(alpha(k)) / 2)^2{cap}")
+    else:
+        parts.append(f"mu = {mu}")
+    if step.larc:
+        c = f"c = (1 - mu) * {num(step.larc_eta)} * ||w|| / ||g||"
+        if step.larc_turbo:
+            c += " - 0.9 * corr (corr = 0.95 corr + 0.05 cos(g, h))"
+        r = "alpha(k) * c" if step.larc == "scale" else "min(alpha(k), c)"
+        parts.append(f"LARC ({step.larc}): {c}; eta = {r} where lr_mult > 0")
+    lam = (
+        f"lambda(k) = {num(step.weight_decay)} + ({num(step.max_weight_decay)} - "
+        f"{num(step.weight_decay)}) * (k / {step.max_iter})^{num(step.weight_decay_power)}"
+        if step.decay_policy == "poly"
+        else f"lambda = {num(step.weight_decay)}"
+    )
+    if step.decay_kind == "WD":
+        parts.append(
+            f"h = mu * h + eta * g;  w -= h + eta * {lam.split(' = ')[0]} * decay_mult * w"
+        )
+        parts.append(f"{lam} (decoupled, regularization_type WD)")
+    elif step.decay_kind:
+        term = "w" if step.decay_kind == "L2" else "sign(w)"
+        parts.append(f"h = mu * h + eta * (g + lambda * decay_mult * {term});  w -= h;  {lam}")
+    else:
+        parts.append("h = mu * h + eta * g;  w -= h")
+    return "; ".join(parts), {}, "NVIDIA sgd_solver.cpp:72-368, sgd_solver.cu:9-164"
 
 
 def _momentum_row(step: Momentum, rule: UpdateRule, val: _Values) -> Row:
@@ -228,6 +300,8 @@ STEP_ROWS: dict[type, Callable[[Any, UpdateRule, _Values], Row]] = {
     RMSProp: _rmsprop_row,
     AdaDelta: _adadelta_row,
     Adam: _adam_row,
+    NvidiaDecay: _nvidia_decay_row,
+    NvidiaSGD: _nvidia_sgd_row,
 }
 
 
@@ -235,8 +309,9 @@ def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
     """One step: name, equation with numbers, the values it uses (field -> text); a solver
     step lists the solver's fields (:data:`caffe2tf.rule.model.SOLVERS`)."""
     eq, values, src = STEP_ROWS[type(step)](step, rule, val)
-    if step is rule.solver_step:
-        values = {f: val(f) for f in SOLVERS[rule.solver].reads}
+    entry = SOLVER_TABLES[rule.dialect].get(rule.solver)
+    if step is rule.solver_step and entry is not None:
+        values = {f: val(f) for f in entry.reads}
     return {"name": step.name, "equation": eq, "values": values, "source": src}
 
 
@@ -280,7 +355,7 @@ def _defaults(recipe: Recipe, rule: UpdateRule) -> list[dict[str, str]]:
         "weight_decay",
         "lr_policy",
         *(POLICIES[spec.lr_policy].reads if spec.lr_policy in POLICIES else ()),
-        *(SOLVERS[spec.type].reads if spec.type in SOLVERS else ()),
+        *(SOLVER_TABLES[spec.dialect].get(spec.type, SOLVERS["SGD"]).reads),
     }
     if rule.step(AddDecay) is not None:
         used.add("regularization_type")

@@ -88,7 +88,7 @@ def read_dialect(
     the NVIDIA fields when the file is NVIDIA Caffe's. A file that no schema accepts raises
     the error of the schema that read further (BVLC's on a tie), unless ``lenient``."""
     try:
-        return parse_text(text, BVLC.message(kind), path=path), BVLC, ()
+        parsed = parse_text(text, BVLC.message(kind), path=path)
     except InputError as bvlc_error:
         try:
             parsed = parse_text(text, NVIDIA.message(kind), path=path)
@@ -97,6 +97,15 @@ def read_dialect(
                 raise _further(bvlc_error, nvidia_error) from None
         else:
             return parsed, NVIDIA, (_detected(parsed, kind),)
+    else:
+        values = _nvidia_values(parsed.message) if kind == "solver" else []
+        if not values:
+            return parsed, BVLC, ()
+        return (
+            parse_text(text, NVIDIA.message(kind), path=path),
+            NVIDIA,
+            (_detected(parsed, kind, values),),
+        )
     bvlc = parse_text(text, BVLC.message(kind), path=path, lenient=True)
     nvidia = parse_text(text, NVIDIA.message(kind), path=path, lenient=True)
     if _training_skips(nvidia) < _training_skips(bvlc):
@@ -114,16 +123,33 @@ def _further(bvlc: InputError, nvidia: InputError) -> InputError:
     return bvlc
 
 
-def _detected(parsed: Parsed, kind: str) -> Note:
+#: values BVLC Caffe refuses and NVIDIA Caffe runs: a solver that writes one is NVIDIA's
+#: (``regularization_type``: NVIDIA sgd_solver.cu:152-157; ``type: "SAG"``: sag_solver.cpp:140)
+_NVIDIA_VALUES = {"regularization_type": ("WD", "L2_unitary"), "type": ("SAG",)}
+
+
+def _nvidia_values(msg: Any) -> list[str]:
+    return [
+        f"{name}: {getattr(msg, name)!r}"
+        for name, values in _NVIDIA_VALUES.items()
+        if getattr(msg, name) in values
+    ]
+
+
+def _detected(parsed: Parsed, kind: str, values: list[str] | None = None) -> Note:
     bvlc_type = BVLC.message(kind)
-    fields = _fields_only_in(parsed.message, bvlc_type)
+    fields = values or _fields_only_in(parsed.message, bvlc_type)
     shown = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
     return Note(
         "dialect.nvidia",
-        f"read as {NVIDIA.title}: BVLC Caffe's schema has no "
-        + (f"{shown}" if fields else "value written here")
-        + "; NVIDIA's caffe.proto has (proto/nvidia_caffe.proto). Its rule is translated as "
-        "NVIDIA's GPU code runs it (docs/nvidia-caffe.md)",
+        f"read as {NVIDIA.title}: "
+        + (
+            f"BVLC Caffe refuses {shown}, which NVIDIA Caffe runs"
+            if values
+            else f"BVLC Caffe's schema has no {shown}; NVIDIA's caffe.proto has"
+        )
+        + " (proto/nvidia_caffe.proto). Its rule is translated as NVIDIA's GPU code runs it "
+        "(docs/nvidia-caffe.md)",
         Severity.INFO,
         SourceLocation(parsed.path),
     )

@@ -18,15 +18,21 @@ what training does is reported as a :class:`~caffe2tf.notes.Note`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from caffe2tf.caffe.model import NetSpec, Recipe, SolverSpec
 from caffe2tf.errors import InputError, SourceLocation
-from caffe2tf.notes import Note, Severity
+from caffe2tf.notes import Exactness, Note, Severity
 from caffe2tf.rule.model import (
-    SOLVERS,
+    NVIDIA_DELTA_FLOOR,
+    SOLVER_TABLES,
     AddDecay,
     ClipByGlobalNorm,
     LrSchedule,
+    Momentum,
     NormalizeBy,
+    NvidiaDecay,
+    NvidiaSGD,
     ParamGroup,
     ScaleByLr,
     SolverStep,
@@ -41,14 +47,16 @@ def _loc(spec: SolverSpec, name: str) -> SourceLocation:
 
 
 def _solver_step(spec: SolverSpec) -> SolverStep:
-    """The solver's step from :data:`caffe2tf.rule.model.SOLVERS` (the front end has already
-    refused an unknown type, ``caffe/solver.py``)."""
-    entry = SOLVERS[spec.type]
+    """The solver's step from its dialect's table (:data:`caffe2tf.rule.model.SOLVER_TABLES`;
+    the front end has already refused an unknown type, ``caffe/solver.py``)."""
+    entry = SOLVER_TABLES[spec.dialect][spec.type]
     return entry.build(**{name: getattr(spec, name) for name in entry.reads})
 
 
 def schedule_of(spec: SolverSpec) -> LrSchedule:
-    """The solver's lr_policy with the fields it reads (float32-rounded, as Caffe uses them)."""
+    """The solver's lr_policy with the fields it reads (float32-rounded, as Caffe uses them);
+    NVIDIA Caffe's warm-up and floor for that dialect."""
+    nvidia = spec.dialect == "nvidia"
     return LrSchedule(
         policy=spec.lr_policy,  # type: ignore[arg-type]
         base_lr=spec.base_lr,
@@ -57,7 +65,138 @@ def schedule_of(spec: SolverSpec) -> LrSchedule:
         stepsize=spec.stepsize,
         stepvalue=tuple(spec.stepvalue),
         max_iter=spec.max_iter,
+        rampup_interval=spec.rampup_interval if nvidia else 0,
+        rampup_lr=spec.rampup_lr if nvidia else 0.0,
+        min_lr=spec.min_lr if nvidia else None,
     )
+
+
+def nvidia_decay_kind(spec: SolverSpec) -> tuple[str, Note | None]:
+    """What NVIDIA's GPU kernels do with ``regularization_type`` (docs/nvidia-caffe.md#decay):
+    SGD runs ``WD`` decoupled and ``L2``/``L2_unitary`` as L2 (``sgd_solver.cu:152-160``); the
+    other kernels test ``reg_type == "L2"`` only, so every other string, ``L2_unitary`` and
+    ``WD`` included, decays with sign(w) like L1 (e.g. ``adam_solver.cu:62-65``). Nothing is
+    refused on the GPU (the CPU path aborts on all but L1/L2, ``sgd_solver.cpp:227-229``)."""
+    reg = spec.regularization_type
+    if spec.type == "SGD":
+        kind = "WD" if reg == "WD" else ("L2" if reg in ("L2", "L2_unitary") else "L1")
+    else:
+        kind = "L2" if reg == "L2" else "L1"
+    if reg in ("L1", "L2") or (spec.type == "SGD" and reg == "WD"):
+        return kind, None
+    return kind, Note(
+        "rule.nvidia.regularization",
+        f"regularization_type {reg!r} with {spec.type}: NVIDIA Caffe's GPU kernel decays with "
+        + ("w, as L2" if kind == "L2" else "sign(w), as L1")
+        + f" ({'sgd_solver.cu:157' if spec.type == 'SGD' else 'its kernel tests for L2 only'}); "
+        "its CPU path would abort (sgd_solver.cpp:227-229)",
+        Severity.WARNING,
+        _loc(spec, "regularization_type"),
+        True,
+    )
+
+
+def _nvidia_notes(spec: SolverSpec, net: NetSpec | None) -> list[Note]:
+    """What NVIDIA's solver ignores or does differently from what its fields suggest, and the
+    precision fields this float32 rule does not model (docs/nvidia-caffe.md#precision)."""
+    notes: list[Note] = []
+
+    def add(code: str, msg: str, field: str, *, approx: bool = False) -> None:
+        notes.append(
+            Note(
+                f"rule.nvidia.{code}",
+                msg,
+                Severity.WARNING if approx else Severity.INFO,
+                _loc(spec, field),
+                approx,
+                Exactness.APPROX if approx else None,
+            )
+        )
+
+    add(
+        "gpu_path",
+        f"NVIDIA Caffe's {spec.type} is translated as its GPU code runs it (the CPU path "
+        "differs: no decay policy, decay before LARC's norm, L2_unitary/WD refused)",
+        "type",
+    )
+    if spec.type not in ("SGD", "SAG") and spec.momentum_policy != "fixed":
+        add(
+            "momentum_policy_unused",
+            f"momentum_policy {spec.momentum_policy!r} is read only by SGD and SAG; "
+            f"{spec.type} uses momentum as written",
+            "momentum_policy",
+        )
+    if spec.type not in ("SGD", "SAG") and spec.larc:
+        add("larc_unused", f"larc is read only by SGD and SAG; {spec.type} ignores it", "larc")
+    floor = NVIDIA_DELTA_FLOOR.get(spec.type)
+    if floor is not None and spec.delta < floor:
+        add(
+            "delta_floor",
+            f"{spec.type} uses delta = max(delta, {floor:.0e}) = {floor:.0e} (NVIDIA's floor; "
+            f"delta is {spec.delta:g})",
+            "delta",
+        )
+    if spec.lr_policy == "multistep" and spec.stepvalue:
+        early = [v for v in spec.stepvalue if v < spec.rampup_interval]
+        ordered = list(spec.stepvalue) == sorted(set(spec.stepvalue))
+        extra_calls = (spec.type == "SGD" and spec.momentum_policy == "opt") or (
+            spec.message is not None and getattr(spec.message, "display", 0) > 0
+        )
+        if (early or not ordered) and extra_calls:
+            add(
+                "multistep_calls",
+                "the multistep counter catches up one stepvalue per GetLearningRate call, and "
+                "NVIDIA Caffe calls it more than once per update here (momentum_policy 'opt', "
+                "or display > 0: sgd_solver.cpp:86,176): the rule assumes one call per update",
+                "stepvalue",
+                approx=True,
+            )
+    msg = spec.message
+    if msg is not None and getattr(msg, "solver_data_type", 1) != 1:
+        add(
+            "fp16",
+            "solver_data_type is not FLOAT: NVIDIA Caffe keeps weights and history in reduced "
+            "precision; this float32 rule does not round like it",
+            "solver_data_type",
+            approx=True,
+        )
+    netmsg = net.message if net is not None else None
+    if netmsg is not None and any(
+        getattr(netmsg, f, 1) == 2
+        for f in (
+            "default_forward_type",
+            "default_backward_type",
+            "default_forward_math",
+            "default_backward_math",
+        )
+    ):
+        add(
+            "fp16_net",
+            "the train net computes in FLOAT16 (default_*_type/math): gradients carry fp16 "
+            "rounding; the rule updates in float32 (a Keras 'mixed_float16' policy is the "
+            "counterpart for the forward/backward pass)",
+            "type",
+            approx=True,
+        )
+    scale = getattr(netmsg, "global_grad_scale", 1.0) if netmsg is not None else 1.0
+    adaptive = bool(getattr(netmsg, "global_grad_scale_adaptive", False)) if netmsg else False
+    if (scale != 1.0 or adaptive) and spec.clip_gradients >= 0:
+        add(
+            "loss_scale_clip",
+            f"global_grad_scale {scale:g} with clip_gradients: NVIDIA's clipping path does not "
+            "divide the loss scale back out (net.cpp:864-873, unlike :859), so its updates use "
+            "scaled gradients",
+            "clip_gradients",
+            approx=True,
+        )
+    elif scale != 1.0 or adaptive:
+        add(
+            "loss_scale",
+            f"global_grad_scale {scale:g}: the loss layers multiply the gradients by it and the "
+            "update divides them back (net.cpp:859); in float32 the update is unchanged",
+            "type",
+        )
+    return notes
 
 
 def scale_pairs(net: NetSpec | None) -> tuple[tuple[str, str], ...]:
@@ -187,6 +326,17 @@ def _groups(net: NetSpec) -> tuple[ParamGroup, ...]:
     )
 
 
+def _plain_sgd(step: NvidiaSGD) -> bool:
+    """An :class:`NvidiaSGD` that uses none of NVIDIA's SGD features (fixed momentum, no LARC,
+    no decoupled or scheduled decay) is BVLC's SGD step."""
+    return (
+        step.momentum_policy == "fixed"
+        and not step.larc
+        and step.decay_kind in ("", "L2", "L1")
+        and (step.decay_policy != "poly" or not step.decay_kind)
+    )
+
+
 def lower(recipe: Recipe) -> UpdateRule:
     """Build the :class:`UpdateRule` for ``recipe`` (see the module docstring for the order).
 
@@ -197,16 +347,6 @@ def lower(recipe: Recipe) -> UpdateRule:
     spec = recipe.solver
     notes: list[Note] = []
     steps: list[Step] = []
-    if spec.dialect == "nvidia":
-        notes.append(
-            Note(
-                "rule.nvidia.untranslated",
-                "NVIDIA Caffe's update rule is not translated yet",
-                Severity.ERROR,
-                SourceLocation(spec.path),
-                True,
-            )
-        )
 
     if spec.clip_gradients >= 0:
         steps.append(ClipByGlobalNorm(threshold=spec.clip_gradients))
@@ -237,8 +377,54 @@ def lower(recipe: Recipe) -> UpdateRule:
     if spec.iter_size != 1:
         steps.append(NormalizeBy(iter_size=spec.iter_size))
 
+    nvidia = spec.dialect == "nvidia"
     has_decay = spec.weight_decay != 0
-    if has_decay:
+    solver_step = _solver_step(spec) if spec.type != "SAG" else None
+    if nvidia:
+        notes.extend(_nvidia_notes(spec, recipe.net))
+    if nvidia and solver_step is None:
+        notes.append(
+            Note(
+                "rule.nvidia.sag",
+                "NVIDIA Caffe's SAG solver is not translated (sag_solver.cpp, sag_solver.cu)",
+                Severity.ERROR,
+                _loc(spec, "type"),
+                True,
+            )
+        )
+        solver_step = NvidiaSGD(momentum=spec.momentum)
+    if nvidia and has_decay:
+        kind, reg_note = nvidia_decay_kind(spec)
+        if reg_note is not None:
+            notes.append(reg_note)
+        if isinstance(solver_step, NvidiaSGD) or (spec.type == "SGD" and kind == "WD"):
+            solver_step = replace(
+                solver_step if isinstance(solver_step, NvidiaSGD) else NvidiaSGD(spec.momentum),
+                decay_kind=kind,  # type: ignore[arg-type]
+                weight_decay=spec.weight_decay,
+                decay_policy=spec.weight_decay_policy,
+                max_weight_decay=spec.max_weight_decay,
+                weight_decay_power=spec.weight_decay_power,
+                max_iter=spec.max_iter,
+            )
+        elif spec.weight_decay_policy == "poly":
+            steps.append(
+                NvidiaDecay(
+                    kind,  # type: ignore[arg-type]
+                    spec.weight_decay,
+                    spec.max_weight_decay,
+                    spec.weight_decay_power,
+                    spec.max_iter,
+                )
+            )
+        else:
+            steps.append(AddDecay(kind=kind, weight_decay=spec.weight_decay))  # type: ignore[arg-type]
+    if isinstance(solver_step, NvidiaSGD) and _plain_sgd(solver_step):
+        # no NVIDIA feature in use: the GPU kernel is BVLC's SGD with the decay added first
+        solver_step = Momentum(solver_step.momentum)
+        if solver_step is not None and has_decay:
+            steps.append(AddDecay(kind=kind, weight_decay=spec.weight_decay))  # type: ignore[arg-type]
+    if has_decay and not nvidia:
         kind = spec.regularization_type
         net_decays = [p.decay_mult for p in recipe.net.params] if recipe.net else None
         if kind not in ("L2", "L1"):
@@ -253,7 +439,8 @@ def lower(recipe: Recipe) -> UpdateRule:
             steps.append(AddDecay(kind=kind, weight_decay=spec.weight_decay))  # type: ignore[arg-type]
 
     steps.append(ScaleByLr(schedule=schedule_of(spec)))
-    steps.append(_solver_step(spec))
+    assert solver_step is not None
+    steps.append(solver_step)
     notes.extend(_default_notes(spec, has_decay))
 
     params: tuple[ParamGroup, ...] = ()
@@ -300,4 +487,5 @@ def lower(recipe: Recipe) -> UpdateRule:
         layers=tuple(layer.name for layer in net.layers) if net else (),
         scale_pairs=scale_pairs(net),
         force_backward=bool(getattr(net.message, "force_backward", False)) if net else False,
+        dialect=spec.dialect,
     )

@@ -37,6 +37,12 @@ class LrSchedule:
     stepsize: int = 0
     stepvalue: tuple[int, ...] = ()
     max_iter: int = 0
+    # NVIDIA Caffe's GetLearningRate (docs/nvidia-caffe.md#learning-rate): a quadratic warm-up
+    # from rampup_lr to base_lr over the first rampup_interval updates, then the policy, the
+    # rate never below min_lr. ``min_lr`` None: BVLC Caffe (no warm-up, no floor).
+    rampup_interval: int = 0
+    rampup_lr: float = 0.0
+    min_lr: float | None = None
 
 
 # ---- the steps, in Caffe's order -------------------------------------------------------------
@@ -121,7 +127,52 @@ class Adam:
     name: str = "adam"
 
 
-SolverStep = Momentum | AdaGrad | RMSProp | AdaDelta | Adam
+@dataclass(frozen=True)
+class NvidiaDecay:
+    """NVIDIA Caffe's weight-decay policy ``poly`` (``sgd_solver.cpp:98-118``, GPU path; the
+    CPU path ignores it): at update k, lambda_k = wd + (max_wd - wd) * (k / max_iter)^power,
+    then g += lambda_k * decay_mult * w (L2) or * sign(w) (L1), as :class:`AddDecay`."""
+
+    kind: Literal["L2", "L1"]
+    weight_decay: float
+    max_weight_decay: float
+    power: float
+    max_iter: int
+    name: str = "decay"
+
+
+@dataclass(frozen=True)
+class NvidiaSGD:
+    """NVIDIA Caffe's SGD as its GPU kernel runs it (``sgd_solver.cpp:244-368``,
+    ``sgd_solver.cu:9-164``; docs/nvidia-caffe.md#sgd): the weight decay is fused into the
+    update, after the LARC rate is formed from the undecayed gradient::
+
+        mu_k = momentum | poly: mu + (max_mu - mu)(k/max_iter)^power | opt: (1 - sqrt(lr_k)/2)^2
+        larc: c = (1 - mu_k) * eta * ||w|| / ||g|| (1 when a norm is 0), turbo: c -= 0.9 * corr;
+              r = lr_k * c (scale) or min(lr_k, c) (clip) where lr_mult > 0, else lr_k * lr_mult
+        L2/L1: h = mu_k h + r (g + lambda_k d w | sign w);  w -= h
+        WD:    h = mu_k h + r g;  w -= h + r lambda_k d w        (decoupled)
+
+    with d = decay_mult and lambda_k the (policy's) weight decay (:class:`NvidiaDecay`)."""
+
+    momentum: float
+    momentum_policy: str = "fixed"
+    max_momentum: float = 0.99
+    momentum_power: float = 1.0
+    cap_momentum: bool = False
+    max_iter: int = 0
+    larc: str = ""
+    larc_eta: float = 0.001
+    larc_turbo: bool = False
+    decay_kind: Literal["", "L2", "L1", "WD"] = ""
+    weight_decay: float = 0.0
+    decay_policy: str = "fixed"
+    max_weight_decay: float = 0.0
+    weight_decay_power: float = 1.0
+    name: str = "nvidia_sgd"
+
+
+SolverStep = Momentum | AdaGrad | RMSProp | AdaDelta | Adam | NvidiaSGD
 
 
 @dataclass(frozen=True)
@@ -151,7 +202,76 @@ SOLVERS: dict[str, SolverEntry] = {
         lambda momentum, momentum2, delta: Adam(momentum, momentum2, delta),
     ),
 }
-Step = ClipByGlobalNorm | NormalizeBy | AddDecay | ScaleByLr | SolverStep
+#: NVIDIA Caffe's solvers on its GPU path (docs/nvidia-caffe.md#solvers): the fields each reads
+#: (SolverSpec names) and its step. SGD becomes :class:`NvidiaSGD` where one of NVIDIA's SGD
+#: features is in use (rule/lower.py picks), else the BVLC step; the adaptive solvers floor
+#: delta (adagrad_solver.cpp:20, rmsprop_solver.cpp:23, adadelta_solver.cpp:34,
+#: adam_solver.cpp:44). SAG is registered by NVIDIA Caffe but not translated.
+#: the floors are float literals (0.001f, 0.0001F), stored as their float32 values
+_F32_1E3, _F32_1E4 = 0.0010000000474974513, 9.999999747378752e-05
+NVIDIA_DELTA_FLOOR = {
+    "AdaGrad": _F32_1E3,
+    "RMSProp": _F32_1E4,
+    "AdaDelta": _F32_1E3,
+    "Adam": _F32_1E4,
+}
+
+
+def _nvidia_sgd(
+    momentum: float,
+    momentum_policy: str,
+    max_momentum: float,
+    momentum_power: float,
+    has_max_momentum: bool,
+    max_iter: int,
+    larc: bool,
+    larc_policy: str,
+    larc_eta: float,
+    larc_turbo: bool,
+) -> NvidiaSGD:
+    return NvidiaSGD(
+        momentum,
+        momentum_policy,
+        max_momentum,
+        momentum_power,
+        has_max_momentum,
+        max_iter,
+        larc_policy if larc else "",
+        larc_eta,
+        larc_turbo,
+    )
+
+
+NVIDIA_SOLVERS: dict[str, SolverEntry] = {
+    "SGD": SolverEntry(
+        (
+            "momentum",
+            "momentum_policy",
+            "max_momentum",
+            "momentum_power",
+            "has_max_momentum",
+            "max_iter",
+            "larc",
+            "larc_policy",
+            "larc_eta",
+            "larc_turbo",
+        ),
+        _nvidia_sgd,
+    ),
+    "Nesterov": SOLVERS["Nesterov"],
+    **{
+        name: SolverEntry(
+            SOLVERS[name].reads,
+            lambda *, _name=name, **fields: SOLVERS[_name].build(
+                **{**fields, "delta": max(fields["delta"], NVIDIA_DELTA_FLOOR[_name])}
+            ),
+        )
+        for name in ("AdaGrad", "RMSProp", "AdaDelta", "Adam")
+    },
+}
+#: the solver table of each dialect (caffe2tf/caffe/dialect.py)
+SOLVER_TABLES = {"bvlc": SOLVERS, "nvidia": NVIDIA_SOLVERS}
+Step = ClipByGlobalNorm | NormalizeBy | AddDecay | NvidiaDecay | ScaleByLr | SolverStep
 
 
 @dataclass(frozen=True)
@@ -208,6 +328,7 @@ class UpdateRule:
     layers: tuple[str, ...] = ()
     scale_pairs: tuple[tuple[str, str], ...] = ()
     force_backward: bool = False
+    dialect: str = "bvlc"  # whose Caffe runs it: "bvlc" or "nvidia" (caffe2tf/caffe/dialect.py)
 
     def step(self, kind: type) -> Step | None:
         """The first step of the given class, or None."""

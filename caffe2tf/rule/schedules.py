@@ -151,8 +151,46 @@ def lr_at(
             f"unknown lr_policy {schedule.policy!r} (Caffe: 'Unknown learning rate policy')"
         ) from None
     f32 = precision == "float32"
-    rate, cs = fn.rate(schedule, int(k), int(current_step), f32)
+    if schedule.min_lr is not None:
+        rate, cs = _nvidia_rate(schedule, fn, int(k), int(current_step), f32)
+    else:
+        rate, cs = fn.rate(schedule, int(k), int(current_step), f32)
     return (_f(rate) if f32 else float(rate)), cs
+
+
+def _nvidia_rate(s: LrSchedule, fn: Policy, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    """NVIDIA Caffe's ``GetLearningRate`` (NVIDIA/caffe ``sgd_solver.cpp:24-70``;
+    docs/nvidia-caffe.md#learning-rate): during the first ``rampup_interval`` updates the rate
+    is ``rampup_lr + (base_lr - rampup_lr) * (k / rampup_interval)^2`` and the policy is not
+    evaluated (so the multistep counter does not move, :29-35); ``poly`` is
+    ``(base_lr - min_lr) * (1 - k/max_iter)^power + min_lr`` (:54-59), ``sigmoid`` is evaluated
+    in double (:60-62); any rate below ``min_lr`` becomes ``min_lr`` (:66-68). Float operands
+    round to float32 in float32 mode, as in BVLC's expressions."""
+    assert s.min_lr is not None
+    if k < s.rampup_interval:
+        if f32:
+            alpha = _f(_f(k) / _f(s.rampup_interval))
+            rate = _f(s.rampup_lr + _f(_f(_f(s.base_lr - s.rampup_lr) * alpha) * alpha))
+        else:
+            alpha = k / s.rampup_interval
+            rate = s.rampup_lr + (s.base_lr - s.rampup_lr) * alpha * alpha
+    elif s.policy == "poly":
+        maxiter = s.max_iter if s.max_iter > 0 else 1
+        with np.errstate(all="ignore"):
+            if f32:
+                base = _f(_F32(1.0) - _F32(k) / _F32(maxiter))
+                rate = _f(_f(_f(s.base_lr - s.min_lr) * _f(_pow(base, s.power))) + s.min_lr)
+            else:
+                base = 1.0 - k / maxiter
+                rate = (s.base_lr - s.min_lr) * _pow(base, s.power) + s.min_lr
+    elif s.policy == "sigmoid":
+        arg = -s.gamma * float(k - s.stepsize)
+        rate = s.base_lr / (1.0 + (math.exp(arg) if arg < 709 else math.inf))
+    else:
+        rate, cs = fn.rate(s, k, cs, f32)
+    if rate < s.min_lr:
+        rate = s.min_lr
+    return rate, cs
 
 
 def lr_sequence(
@@ -182,7 +220,7 @@ def boundaries(schedule: LrSchedule, horizon: int) -> Sequence[int]:
     if schedule.policy == "multistep":
         # advance i happens at max(stepvalue[i], previous advance + 1): one per call
         out: list[int] = []
-        prev = -1
+        prev = schedule.rampup_interval - 1  # NVIDIA: no advance during the warm-up
         for value in schedule.stepvalue:
             prev = max(value, prev + 1)
             if prev >= horizon:

@@ -43,6 +43,8 @@ from caffe2tf.rule.model import (
     ClipByGlobalNorm,
     Momentum,
     NormalizeBy,
+    NvidiaDecay,
+    NvidiaSGD,
     ParamGroup,
     RMSProp,
     ScaleByLr,
@@ -244,6 +246,119 @@ def adam(step: Adam, env: UpdateEnv) -> None:
         env.updates[key] = env.dtype(env.eta[key] * corr) * (m / (powx(v, 0.5) + delta))
 
 
+def nvidia_weight_decay(
+    weight_decay: float,
+    policy: str,
+    max_wd: float,
+    power: float,
+    max_iter: int,
+    env: UpdateEnv,
+) -> np.floating:
+    """NVIDIA's ``GetWeightDecay`` (``sgd_solver.cpp:98-110``) at iter_ = env.k: ``wd`` or, for
+    policy ``poly``, ``wd + (max_wd - wd) * pow(float(k) / max_iter, power)`` in float (any
+    other policy name reads as fixed)."""
+    wd = env.s(weight_decay)
+    if policy != "poly":
+        return wd
+    frac = env.dtype(env.s(env.k) / env.s(max_iter))
+    with np.errstate(all="ignore"):
+        grow = env.dtype(np.power(frac, env.s(power)))
+    return env.dtype(wd + env.dtype(env.dtype(env.s(max_wd) - wd) * grow))
+
+
+def nvidia_decay(step: NvidiaDecay, env: UpdateEnv) -> None:
+    """NVIDIA's decay with policy ``poly`` for the solvers other than SGD: their GPU kernels add
+    ``local_decay * w`` (L2) or ``* sign(w)`` to the gradient first thing
+    (``nesterov_solver.cu:16-17``, ``adagrad_solver.cu:15-16``, ``rmsprop_solver.cu:17-18``,
+    ``adadelta_solver.cu:16-17``, ``adam_solver.cu:16-17``), local_decay =
+    ``GetWeightDecay() * decay_mult`` (``sgd_solver.cpp:112-118``)."""
+    wd = nvidia_weight_decay(
+        step.weight_decay, "poly", step.max_weight_decay, step.power, step.max_iter, env
+    )
+    for key in env.keys:
+        local = env.dtype(wd * env.s(env.groups[key].decay_mult))
+        w = env.weights[key]
+        reg = w if step.kind == "L2" else np.sign(w).astype(env.dtype)
+        env.grads[key] = env.grads[key] + env.dtype(local) * reg
+
+
+def nvidia_momentum(step: NvidiaSGD, env: UpdateEnv) -> np.floating:
+    """NVIDIA's ``GetMomentum`` (``sgd_solver.cpp:72-96``) at iter_ = k: ``fixed``; ``poly``:
+    ``mu + (max_mu - mu) * pow(float(k) / float(max_iter), power)``; ``opt``:
+    ``(1 - 0.5 sqrt(lr))^2`` in double from the float rate, capped by ``max_momentum`` only
+    when that field is written."""
+    mu = env.s(step.momentum)
+    if step.momentum_policy == "poly":
+        frac = env.dtype(env.s(env.k) / env.s(step.max_iter))
+        with np.errstate(all="ignore"):
+            grow = env.dtype(np.power(frac, env.s(step.momentum_power)))
+        return env.dtype(mu + env.dtype(env.dtype(env.s(step.max_momentum) - mu) * grow))
+    if step.momentum_policy == "opt":
+        root = env.dtype(np.sqrt(env.s(env.rate)))
+        m = env.s((1.0 - 0.5 * float(root)) * (1.0 - 0.5 * float(root)))
+        return min(env.s(step.max_momentum), m) if step.cap_momentum else m
+    return mu
+
+
+def nvidia_sgd(step: NvidiaSGD, env: UpdateEnv) -> None:
+    """NVIDIA's SGD on the GPU (``sgd_solver.cpp:244-314``, ``GetLocalRate`` ``:316-368``, the
+    kernels ``sgd_solver.cu:9-23`` (WD) and ``:74-86`` (L2/L1)); see :class:`NvidiaSGD`.
+    The LARC norms are of the gradient after clipping and normalization, before the decay
+    that the kernel adds (``Regularize`` does nothing on the GPU, ``sgd_solver.cpp:231-232``)."""
+    mu = nvidia_momentum(step, env)
+    rate = env.s(env.rate)
+    wd = nvidia_weight_decay(
+        step.weight_decay,
+        step.decay_policy,
+        step.max_weight_decay,
+        step.weight_decay_power,
+        step.max_iter,
+        env,
+    )
+    for key in env.keys:
+        g, w = env.grads[key], env.weights[key]
+        h_old = env.slot(key, "history")
+        lr_mult = env.s(env.groups[key].lr_mult)
+        local = lr_mult
+        if step.larc:
+            gn = env.dtype(np.sqrt(env.dtype(np.dot(g.ravel(), g.ravel()))))
+            wn = env.dtype(np.sqrt(env.dtype(np.dot(w.ravel(), w.ravel()))))
+            c = env.s(1.0)
+            if wn > 0 and gn > 0:
+                c = env.dtype(env.dtype(env.dtype(env.s(1.0) - mu) * env.s(step.larc_eta)) * wn)
+                c = env.dtype(c / gn)
+            if step.larc_turbo:
+                dot = env.dtype(np.dot(g.ravel(), h_old.ravel()))
+                mn = env.dtype(np.sqrt(env.dtype(np.dot(h_old.ravel(), h_old.ravel()))))
+                corr = env.s(0.0)
+                if gn > 0 and mn > 0:
+                    corr = env.dtype(dot / env.dtype(gn * mn))
+                state = env.state.setdefault(key, {})
+                prev = state.get("larc_corr", env.s(0.0))
+                avg = env.dtype(env.s(0.95) * prev + env.dtype(env.s(1.0) - env.s(0.95)) * corr)
+                state["larc_corr"] = avg
+                c = env.dtype(c - env.s(0.9) * avg)
+            if lr_mult > 0:
+                local = c
+            local_rate = env.dtype(rate * local) if step.larc == "scale" else min(rate, local)
+        else:
+            local_rate = env.dtype(rate * lr_mult)
+        env.eta[key] = env.dtype(local_rate)
+        decay = env.dtype(wd * env.s(env.groups[key].decay_mult))
+        if step.decay_kind == "WD":
+            h = mu * h_old + local_rate * g
+            env.updates[key] = h + env.dtype(decay * local_rate) * w
+        else:
+            gr = g
+            if step.decay_kind:
+                reg = w if step.decay_kind == "L2" else np.sign(w).astype(env.dtype)
+                gr = g + reg * decay
+            h = mu * h_old + local_rate * gr
+            env.updates[key] = h
+        env.state[key]["history"] = h.astype(env.dtype)
+        env.updates[key] = env.updates[key].astype(env.dtype)
+
+
 StepFn = Callable[[object, UpdateEnv], None]
 
 #: step class -> reference function (tests replace entries to plant mistakes)
@@ -257,4 +372,6 @@ STEP_FUNCTIONS: dict[type, StepFn] = {
     RMSProp: rmsprop,  # type: ignore[dict-item]
     AdaDelta: adadelta,  # type: ignore[dict-item]
     Adam: adam,  # type: ignore[dict-item]
+    NvidiaDecay: nvidia_decay,  # type: ignore[dict-item]
+    NvidiaSGD: nvidia_sgd,  # type: ignore[dict-item]
 }

@@ -30,7 +30,8 @@ KERAS_LAYERS_OF_TYPE: dict[str, str] = {
     "InnerProduct": "Dense",
     "Embed": "Embedding",
     "Scale": "BatchNormalization (with the BatchNorm before it: gamma, beta)",
-    "BatchNorm": "BatchNormalization (moving statistics, never optimized)",
+    "BatchNorm": "BatchNormalization (moving statistics, never optimized; NVIDIA Caffe's "
+    "scale_bias blobs 3, 4: gamma, beta)",
     "PReLU": "PReLU (alpha)",
     "Parameter": "a one-weight layer whose variable is named like the layer",
 }

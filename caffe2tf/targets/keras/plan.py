@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from caffe2tf.notes import Exactness, Note, Severity
-from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, UpdateRule
+from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, NvidiaDecay, UpdateRule
 from caffe2tf.targets.keras.layers import SUPPORTED_LAYER_TYPES, keras_layer_name
 from caffe2tf.targets.keras.model import (
     KERAS_NAME,
@@ -60,8 +60,12 @@ def _bindings(
     unsupported_types: set[str] = set()
     for group in rule.params:
         layer, index = group.layer, group.index
-        if group.layer_type == "BatchNorm":
+        if group.layer_type == "BatchNorm" and index < 3:
             continue  # mean/variance/factor: moving statistics in Keras, never optimized
+        if group.layer_type == "BatchNorm":
+            # NVIDIA Caffe's scale and bias (blobs 3, 4; docs/nvidia-caffe.md#batchnorm) are
+            # the gamma and beta of the Keras BatchNormalization named like the layer
+            index -= 3
         if group.layer_type and group.layer_type not in SUPPORTED_LAYER_TYPES:
             unsupported_types.add(group.layer_type)
         keras_layer = keras_layer_name(layer, layer_map, pairs)
@@ -172,7 +176,10 @@ def plan(
     mapping = SOLVER_MAPPINGS[type(solver_step)]
     clip = rule.step(ClipByGlobalNorm)
     decay = rule.step(AddDecay)
-    if decay is not None and decay.weight_decay == 0.0:
+    scheduled = rule.step(NvidiaDecay)  # NVIDIA's weight_decay_policy "poly"
+    if scheduled is not None:
+        decay = scheduled  # type: ignore[assignment]
+    if decay is not None and decay.weight_decay == 0.0 and scheduled is None:
         decay = None
     trainable_mults = sorted(
         {f32(g.lr_mult) for g in rule.params if g.trainable}
@@ -190,6 +197,11 @@ def plan(
         reasons.append(
             f"iter_size {rule.iter_size}: Keras' gradient accumulation averages "
             "before clipping and advances the schedule per micro-batch"
+        )
+    if isinstance(scheduled, NvidiaDecay):
+        reasons.append(
+            "weight_decay_policy 'poly' changes the decay every update, which no Keras "
+            "regularizer does"
         )
     if decay is not None and decay.kind == "L1":
         reasons.append(
@@ -220,6 +232,13 @@ def plan(
                 Arg("weight_decay", f32(decay.weight_decay), "weight_decay"),
                 Arg("regularization_type", decay.kind, "regularization_type"),
             ]
+            if isinstance(scheduled, NvidiaDecay):
+                args += [
+                    Arg("weight_decay_policy", "poly", "weight_decay_policy"),
+                    Arg("max_weight_decay", f32(scheduled.max_weight_decay), "max_weight_decay"),
+                    Arg("weight_decay_power", f32(scheduled.power), "weight_decay_power"),
+                    Arg("max_iter", int(scheduled.max_iter), "max_iter"),
+                ]
         if clip is not None:
             args.append(Arg("clip_gradients", f32(clip.threshold), "clip_gradients"))
         if rule.iter_size > 1:

@@ -97,6 +97,9 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         iter_size: int = 1,
         rms_decay: float | None = None,
         lr_mult: float = 1.0,
+        rampup_interval: int = 0,
+        rampup_lr: float = 0.0,
+        min_lr: float | None = None,
     ) -> None:
         if policy not in CAFFE_POLICY_RATES:
             raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
@@ -110,16 +113,31 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.iter_size = max(int(iter_size), 1)
         self.rms_decay = None if rms_decay is None else float(rms_decay)
         self.lr_mult = float(lr_mult)
+        self.rampup_interval = int(rampup_interval)
+        self.rampup_lr = float(rampup_lr)
+        self.min_lr = None if min_lr is None else float(min_lr)
 
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
         k = ops.cast(k_int, "float32")
-        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
+        rate = self.caffe_rate(k_int, k)
         if self.lr_mult != 1.0:
             rate = rate * self.lr_mult
         if self.rms_decay is not None:
             rho = ops.convert_to_tensor(self.rms_decay, dtype="float32")
             rate = rate / ops.sqrt(1.0 - ops.power(rho, k + 1.0))
+        return rate
+
+    def caffe_rate(self, k_int: Any, k: Any) -> Any:
+        """The global rate at update ``k``: the policy's, with NVIDIA Caffe's warm-up and
+        ``min_lr`` floor when set (NVIDIA sgd_solver.cpp:29-35,66-68)."""
+        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
+        if self.rampup_interval > 0:
+            alpha = k / float(self.rampup_interval)
+            ramp = self.rampup_lr + (self.base_lr - self.rampup_lr) * alpha * alpha
+            rate = ops.where(ops.less(k_int, self.rampup_interval), ramp, rate)
+        if self.min_lr is not None:
+            rate = ops.where(ops.less(rate, self.min_lr), _f32(self.min_lr), rate)
         return rate
 
     def get_config(self) -> dict[str, Any]:
@@ -134,6 +152,9 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "iter_size": self.iter_size,
             "rms_decay": self.rms_decay,
             "lr_mult": self.lr_mult,
+            "rampup_interval": self.rampup_interval,
+            "rampup_lr": self.rampup_lr,
+            "min_lr": self.min_lr,
         }
 
 
@@ -201,8 +222,12 @@ CAFFE_POLICY_RATES["multistep"] = multistep_rate
 
 # -- inline begin policy_poly
 def poly_rate(s: CaffeSchedule, k_int: Any, k: Any) -> Any:
-    """poly: base_lr * (1 - k / max_iter) ^ power."""
-    return _f32(s.base_lr) * ops.power(1.0 - k / float(s.max_iter), s.power)
+    """poly: base_lr * (1 - k / max_iter) ^ power; NVIDIA Caffe (min_lr set):
+    (base_lr - min_lr) * (1 - k / max_iter) ^ power + min_lr."""
+    if s.min_lr is None:
+        return _f32(s.base_lr) * ops.power(1.0 - k / float(s.max_iter), s.power)
+    span = _f32(s.base_lr - s.min_lr)
+    return span * ops.power(1.0 - k / float(s.max_iter), s.power) + s.min_lr
 
 
 CAFFE_POLICY_RATES["poly"] = poly_rate
@@ -262,9 +287,19 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         multipliers: dict[str, Any] | None = None,
         default_multipliers: tuple[float, float] | list[float] = (1.0, 1.0),
         name: str = "caffe_optimizer",
+        weight_decay_policy: str = "fixed",
+        max_weight_decay: float = 0.0,
+        weight_decay_power: float = 1.0,
+        max_iter: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        # NVIDIA Caffe's weight_decay_policy "poly" (sgd_solver.cpp:98-110): the decay at
+        # update k is wd + (max_weight_decay - wd) * (k / max_iter) ^ weight_decay_power
+        self.weight_decay_policy = str(weight_decay_policy)
+        self.max_weight_decay = float(max_weight_decay)
+        self.weight_decay_power = float(weight_decay_power)
+        self.max_iter = int(max_iter)
         if regularization_type not in ("L1", "L2"):
             raise ValueError(f"unknown regularization_type {regularization_type!r}")
         self.caffe_weight_decay = float(weight_decay)
@@ -339,11 +374,19 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         lr = ops.cast(self.learning_rate, "float32")
         updates_done = ops.floor_divide(self._iterations, self.iter_size)
         t = ops.cast(updates_done + 1, "float32")
+        wd_k = None
+        if self.weight_decay_policy == "poly" and self.caffe_weight_decay != 0.0:
+            frac = (t - 1.0) / float(self.max_iter)
+            base = self.caffe_weight_decay
+            span = self.max_weight_decay - base
+            wd_k = base + span * ops.power(frac, self.weight_decay_power)
         for i, g, w in zip(indices, grads, trainable_variables, strict=True):
             lr_mult, decay_mult = self._caffe_mults[i]
             wd = np.float32(self.caffe_weight_decay)
             local_decay = float(wd * np.float32(decay_mult))
-            if local_decay != 0.0:
+            if wd_k is not None and decay_mult != 0.0:
+                local_decay = ops.cast(wd_k * float(decay_mult), w.dtype)
+            if wd_k is not None or local_decay != 0.0:
                 if self.regularization_type == "L2":
                     g = g + local_decay * w
                 else:
@@ -364,6 +407,10 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
                 "iter_size": self.iter_size,
                 "multipliers": {k: list(v) for k, v in self.multipliers.items()},
                 "default_multipliers": list(self.default_multipliers),
+                "weight_decay_policy": self.weight_decay_policy,
+                "max_weight_decay": self.max_weight_decay,
+                "weight_decay_power": self.weight_decay_power,
+                "max_iter": self.max_iter,
             }
         )
         return config
@@ -545,6 +592,124 @@ class CaffeAdam(CaffeOptimizer):
 # -- inline end solver_CaffeAdam
 
 
+# -- inline begin solver_CaffeNvidiaSGD
+class CaffeNvidiaSGD(CaffeOptimizer):
+    """NVIDIA Caffe's SGD as its GPU kernel runs it (NVIDIA/caffe sgd_solver.cpp:72-368,
+    sgd_solver.cu:9-164): momentum policy, LARC (scale/clip, turbo) on the undecayed
+    gradient, and the weight decay fused into the update (L2, L1 or WD decoupled, with
+    NVIDIA's decay policy). The base class adds no decay (its weight_decay is 0); k = t - 1.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any,
+        momentum: float = 0.0,
+        momentum_policy: str = "fixed",
+        max_momentum: float = 0.99,
+        momentum_power: float = 1.0,
+        cap_momentum: bool = False,
+        larc: str = "",
+        larc_eta: float = 0.001,
+        larc_turbo: bool = False,
+        decay_kind: str = "",
+        decay: float = 0.0,
+        decay_policy: str = "fixed",
+        max_decay: float = 0.0,
+        decay_power: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.momentum = float(momentum)
+        self.momentum_policy = str(momentum_policy)
+        self.max_momentum = float(max_momentum)
+        self.momentum_power = float(momentum_power)
+        self.cap_momentum = bool(cap_momentum)
+        self.larc = str(larc)
+        self.larc_eta = float(larc_eta)
+        self.larc_turbo = bool(larc_turbo)
+        self.decay_kind = str(decay_kind)
+        self.decay = float(decay)
+        self.decay_policy = str(decay_policy)
+        self.max_decay = float(max_decay)
+        self.decay_power = float(decay_power)
+        self.slot_names = ("history", "larc_corr") if self.larc_turbo else ("history",)
+
+    def nvidia_momentum(self, lr: Any, k: Any) -> Any:
+        """GetMomentum (sgd_solver.cpp:72-96)."""
+        if self.momentum_policy == "poly":
+            grow = ops.power(k / float(self.max_iter), self.momentum_power)
+            return self.momentum + (self.max_momentum - self.momentum) * grow
+        if self.momentum_policy == "opt":
+            m = ops.square(1.0 - 0.5 * ops.sqrt(lr))
+            return ops.minimum(m, self.max_momentum) if self.cap_momentum else m
+        return ops.convert_to_tensor(self.momentum)
+
+    def caffe_step(self, i: int, g: Any, w: Any, r: Any, t: Any) -> Updates:
+        lr_mult, decay_mult = self._caffe_mults[i]
+        lr = ops.cast(self.learning_rate, w.dtype)
+        k = ops.cast(t - 1.0, w.dtype)
+        mu = ops.cast(self.nvidia_momentum(lr, k), w.dtype)
+        h = self.slot("history", i)
+        updates = []
+        if self.larc:
+            gn = ops.sqrt(ops.sum(ops.square(g)))
+            wn = ops.sqrt(ops.sum(ops.square(w)))
+            both = ops.logical_and(ops.greater(wn, 0.0), ops.greater(gn, 0.0))
+            safe = ops.where(both, gn, ops.ones_like(gn))
+            c = ops.where(both, (1.0 - mu) * self.larc_eta * wn / safe, 1.0)
+            if self.larc_turbo:
+                corr_slot = self.slot("larc_corr", i)
+                hn = ops.sqrt(ops.sum(ops.square(h)))
+                ok = ops.logical_and(ops.greater(gn, 0.0), ops.greater(hn, 0.0))
+                den = ops.where(ok, gn * hn, ops.ones_like(gn))
+                cos = ops.where(ok, ops.sum(g * h) / den, 0.0)
+                prev = ops.reshape(corr_slot, (-1,))[0]
+                avg = 0.95 * prev + (1.0 - 0.95) * cos
+                fill = ops.zeros(tuple(corr_slot.shape), dtype=corr_slot.dtype)
+                updates.append((corr_slot, fill + avg))
+                c = c - 0.9 * avg
+            local = c if lr_mult > 0.0 else ops.zeros_like(c) + float(lr_mult)
+            r = lr * local if self.larc == "scale" else ops.minimum(lr, local)
+        lam = ops.convert_to_tensor(self.decay, dtype=w.dtype)
+        if self.decay_policy == "poly":
+            grow = ops.power(k / float(self.max_iter), self.decay_power)
+            lam = self.decay + (self.max_decay - self.decay) * grow
+        decay = lam * float(decay_mult)
+        r = ops.cast(r, w.dtype)
+        if self.decay_kind == "WD":
+            h_new = mu * h + r * g
+            w_new = w - (h_new + decay * r * w)
+        else:
+            if self.decay_kind:
+                reg = w if self.decay_kind == "L2" else ops.sign(w)
+                g = g + decay * reg
+            h_new = mu * h + r * g
+            w_new = w - h_new
+        return updates + [(h, h_new), (w, w_new)]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            momentum=self.momentum,
+            momentum_policy=self.momentum_policy,
+            max_momentum=self.max_momentum,
+            momentum_power=self.momentum_power,
+            cap_momentum=self.cap_momentum,
+            larc=self.larc,
+            larc_eta=self.larc_eta,
+            larc_turbo=self.larc_turbo,
+            decay_kind=self.decay_kind,
+            decay=self.decay,
+            decay_policy=self.decay_policy,
+            max_decay=self.max_decay,
+            decay_power=self.decay_power,
+        )
+        return config
+
+
+# -- inline end solver_CaffeNvidiaSGD
+
+
 # -- inline begin binder
 def make_regularizer(spec: tuple[str, float] | list[Any] | None) -> Any:
     """``("L2", c)`` -> ``keras.regularizers.L2(c)``; ``("L1", c)`` -> ``L1(c)``; None -> None."""
@@ -638,6 +803,7 @@ __all__ = [
     "CaffeAdaDelta",
     "CaffeAdaGrad",
     "CaffeAdam",
+    "CaffeNvidiaSGD",
     "CaffeOptimizer",
     "CaffeRMSProp",
     "CaffeSGD",

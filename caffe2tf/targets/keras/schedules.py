@@ -154,6 +154,11 @@ def caffe_schedule(
     }
     args = [Arg("policy", s.policy, "lr_policy")]
     args += [Arg(name, values[name], name) for name in _ORDER if name in POLICIES[s.policy].reads]
+    if s.rampup_interval > 0:  # NVIDIA Caffe's warm-up and floor (rule/schedules.py)
+        args.append(Arg("rampup_interval", int(s.rampup_interval), "rampup_interval"))
+        args.append(Arg("rampup_lr", f32(s.rampup_lr), "rampup_lr"))
+    if s.min_lr is not None:
+        args.append(Arg("min_lr", f32(s.min_lr), "min_lr"))
     if iter_size > 1:
         args.append(Arg("iter_size", int(iter_size), "iter_size"))
     if rms_decay is not None:
@@ -184,6 +189,11 @@ def keras_schedule(
         reason = (
             "the custom optimizer counts Caffe updates, not micro-batches, so it takes Caffe's "
             "policy as CaffeSchedule"
+        )
+    elif s.rampup_interval > 0 or (s.min_lr is not None and (s.min_lr > 0 or s.base_lr < 0)):
+        reason = (
+            "NVIDIA Caffe's rate has a warm-up (rampup_interval) and a floor (min_lr) that no "
+            "Keras built-in schedule has"
         )
     else:
         mapped = BUILTIN_SCHEDULES[s.policy](s)

@@ -18,7 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from caffe2tf.notes import Note
-from caffe2tf.rule.model import AdaDelta, AdaGrad, Adam, Momentum, RMSProp, SolverStep
+from caffe2tf.rule.model import (
+    AdaDelta,
+    AdaGrad,
+    Adam,
+    Momentum,
+    NvidiaSGD,
+    RMSProp,
+    SolverStep,
+)
 from caffe2tf.targets.keras.model import Arg, CallSpec, f32, fmt, note
 
 
@@ -103,6 +111,48 @@ def _adam_builtin(step: Adam, solver: str) -> tuple[CallSpec, Note]:
     )
 
 
+def _nvidia_sgd_builtin(step: NvidiaSGD, solver: str) -> str:
+    reasons = []
+    if step.momentum_policy != "fixed":
+        reasons.append(f"momentum_policy {step.momentum_policy!r} changes the momentum per update")
+    if step.larc:
+        reasons.append("LARC sets each blob's rate from its weight and gradient norms")
+    if step.decay_kind == "WD":
+        reasons.append(
+            "regularization_type WD decays each blob by its own lr x weight_decay x decay_mult "
+            "(keras.optimizers.SGD(weight_decay=...) decays every variable by one number)"
+        )
+    if step.decay_kind and step.decay_policy == "poly":
+        reasons.append("weight_decay_policy 'poly' changes the decay per update")
+    return "NVIDIA Caffe's SGD has no Keras built-in here: " + "; ".join(reasons)
+
+
+def _nvidia_sgd_custom(step: NvidiaSGD) -> CallSpec:
+    args = [Arg("momentum", f32(step.momentum), "momentum")]
+    if step.momentum_policy != "fixed":
+        args.append(Arg("momentum_policy", step.momentum_policy, "momentum_policy"))
+        args.append(Arg("max_momentum", f32(step.max_momentum), "max_momentum"))
+        if step.momentum_policy == "poly":
+            args.append(Arg("momentum_power", f32(step.momentum_power), "momentum_power"))
+        if step.momentum_policy == "opt":
+            args.append(Arg("cap_momentum", step.cap_momentum, "max_momentum (written)"))
+    if step.larc:
+        args.append(Arg("larc", step.larc, "larc_policy"))
+        args.append(Arg("larc_eta", f32(step.larc_eta), "larc_eta"))
+        if step.larc_turbo:
+            args.append(Arg("larc_turbo", True, "larc_turbo"))
+    if step.decay_kind:
+        args.append(Arg("decay_kind", step.decay_kind, "regularization_type"))
+        args.append(Arg("decay", f32(step.weight_decay), "weight_decay"))
+        if step.decay_policy == "poly":
+            args.append(Arg("decay_policy", "poly", "weight_decay_policy"))
+            args.append(Arg("max_decay", f32(step.max_weight_decay), "max_weight_decay"))
+            args.append(Arg("decay_power", f32(step.weight_decay_power), "weight_decay_power"))
+    if step.momentum_policy == "poly" or (step.decay_kind and step.decay_policy == "poly"):
+        args.append(Arg("max_iter", int(step.max_iter), "max_iter"))
+    return CallSpec("CaffeNvidiaSGD", tuple(args))
+
+
 #: The registry: rule step class -> its Keras mapping.
 SOLVER_MAPPINGS: dict[type, SolverMapping] = {
     Momentum: SolverMapping(_momentum_builtin, _momentum_custom),  # type: ignore[arg-type]
@@ -128,6 +178,7 @@ SOLVER_MAPPINGS: dict[type, SolverMapping] = {
             (Arg("momentum", f32(s.rho), "momentum"), Arg("delta", f32(s.delta), "delta")),
         ),
     ),
+    NvidiaSGD: SolverMapping(_nvidia_sgd_builtin, _nvidia_sgd_custom),  # type: ignore[arg-type]
     Adam: SolverMapping(
         _adam_builtin,  # type: ignore[arg-type]
         lambda s: CallSpec(

@@ -108,6 +108,9 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         iter_size: int = 1,
         rms_decay: float | None = None,
         lr_mult: float = 1.0,
+        rampup_interval: int = 0,
+        rampup_lr: float = 0.0,
+        min_lr: float | None = None,
     ) -> None:
         if policy not in CAFFE_POLICY_RATES:
             raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
@@ -121,16 +124,31 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.iter_size = max(int(iter_size), 1)
         self.rms_decay = None if rms_decay is None else float(rms_decay)
         self.lr_mult = float(lr_mult)
+        self.rampup_interval = int(rampup_interval)
+        self.rampup_lr = float(rampup_lr)
+        self.min_lr = None if min_lr is None else float(min_lr)
 
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
         k = ops.cast(k_int, "float32")
-        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
+        rate = self.caffe_rate(k_int, k)
         if self.lr_mult != 1.0:
             rate = rate * self.lr_mult
         if self.rms_decay is not None:
             rho = ops.convert_to_tensor(self.rms_decay, dtype="float32")
             rate = rate / ops.sqrt(1.0 - ops.power(rho, k + 1.0))
+        return rate
+
+    def caffe_rate(self, k_int: Any, k: Any) -> Any:
+        """The global rate at update ``k``: the policy's, with NVIDIA Caffe's warm-up and
+        ``min_lr`` floor when set (NVIDIA sgd_solver.cpp:29-35,66-68)."""
+        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
+        if self.rampup_interval > 0:
+            alpha = k / float(self.rampup_interval)
+            ramp = self.rampup_lr + (self.base_lr - self.rampup_lr) * alpha * alpha
+            rate = ops.where(ops.less(k_int, self.rampup_interval), ramp, rate)
+        if self.min_lr is not None:
+            rate = ops.where(ops.less(rate, self.min_lr), _f32(self.min_lr), rate)
         return rate
 
     def get_config(self) -> dict[str, Any]:
@@ -145,6 +163,9 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "iter_size": self.iter_size,
             "rms_decay": self.rms_decay,
             "lr_mult": self.lr_mult,
+            "rampup_interval": self.rampup_interval,
+            "rampup_lr": self.rampup_lr,
+            "min_lr": self.min_lr,
         }
 
 

@@ -107,6 +107,9 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         iter_size: int = 1,
         rms_decay: float | None = None,
         lr_mult: float = 1.0,
+        rampup_interval: int = 0,
+        rampup_lr: float = 0.0,
+        min_lr: float | None = None,
     ) -> None:
         if policy not in CAFFE_POLICY_RATES:
             raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
@@ -120,16 +123,31 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.iter_size = max(int(iter_size), 1)
         self.rms_decay = None if rms_decay is None else float(rms_decay)
         self.lr_mult = float(lr_mult)
+        self.rampup_interval = int(rampup_interval)
+        self.rampup_lr = float(rampup_lr)
+        self.min_lr = None if min_lr is None else float(min_lr)
 
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
         k = ops.cast(k_int, "float32")
-        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
+        rate = self.caffe_rate(k_int, k)
         if self.lr_mult != 1.0:
             rate = rate * self.lr_mult
         if self.rms_decay is not None:
             rho = ops.convert_to_tensor(self.rms_decay, dtype="float32")
             rate = rate / ops.sqrt(1.0 - ops.power(rho, k + 1.0))
+        return rate
+
+    def caffe_rate(self, k_int: Any, k: Any) -> Any:
+        """The global rate at update ``k``: the policy's, with NVIDIA Caffe's warm-up and
+        ``min_lr`` floor when set (NVIDIA sgd_solver.cpp:29-35,66-68)."""
+        rate = CAFFE_POLICY_RATES[self.policy](self, k_int, k)
+        if self.rampup_interval > 0:
+            alpha = k / float(self.rampup_interval)
+            ramp = self.rampup_lr + (self.base_lr - self.rampup_lr) * alpha * alpha
+            rate = ops.where(ops.less(k_int, self.rampup_interval), ramp, rate)
+        if self.min_lr is not None:
+            rate = ops.where(ops.less(rate, self.min_lr), _f32(self.min_lr), rate)
         return rate
 
     def get_config(self) -> dict[str, Any]:
@@ -144,6 +162,9 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "iter_size": self.iter_size,
             "rms_decay": self.rms_decay,
             "lr_mult": self.lr_mult,
+            "rampup_interval": self.rampup_interval,
+            "rampup_lr": self.rampup_lr,
+            "min_lr": self.min_lr,
         }
 
 
@@ -152,8 +173,12 @@ def _f32(x: float) -> Any:
 
 
 def poly_rate(s: CaffeSchedule, k_int: Any, k: Any) -> Any:
-    """poly: base_lr * (1 - k / max_iter) ^ power."""
-    return _f32(s.base_lr) * ops.power(1.0 - k / float(s.max_iter), s.power)
+    """poly: base_lr * (1 - k / max_iter) ^ power; NVIDIA Caffe (min_lr set):
+    (base_lr - min_lr) * (1 - k / max_iter) ^ power + min_lr."""
+    if s.min_lr is None:
+        return _f32(s.base_lr) * ops.power(1.0 - k / float(s.max_iter), s.power)
+    span = _f32(s.base_lr - s.min_lr)
+    return span * ops.power(1.0 - k / float(s.max_iter), s.power) + s.min_lr
 
 
 CAFFE_POLICY_RATES["poly"] = poly_rate
@@ -200,9 +225,19 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         multipliers: dict[str, Any] | None = None,
         default_multipliers: tuple[float, float] | list[float] = (1.0, 1.0),
         name: str = "caffe_optimizer",
+        weight_decay_policy: str = "fixed",
+        max_weight_decay: float = 0.0,
+        weight_decay_power: float = 1.0,
+        max_iter: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        # NVIDIA Caffe's weight_decay_policy "poly" (sgd_solver.cpp:98-110): the decay at
+        # update k is wd + (max_weight_decay - wd) * (k / max_iter) ^ weight_decay_power
+        self.weight_decay_policy = str(weight_decay_policy)
+        self.max_weight_decay = float(max_weight_decay)
+        self.weight_decay_power = float(weight_decay_power)
+        self.max_iter = int(max_iter)
         if regularization_type not in ("L1", "L2"):
             raise ValueError(f"unknown regularization_type {regularization_type!r}")
         self.caffe_weight_decay = float(weight_decay)
@@ -277,11 +312,19 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         lr = ops.cast(self.learning_rate, "float32")
         updates_done = ops.floor_divide(self._iterations, self.iter_size)
         t = ops.cast(updates_done + 1, "float32")
+        wd_k = None
+        if self.weight_decay_policy == "poly" and self.caffe_weight_decay != 0.0:
+            frac = (t - 1.0) / float(self.max_iter)
+            base = self.caffe_weight_decay
+            span = self.max_weight_decay - base
+            wd_k = base + span * ops.power(frac, self.weight_decay_power)
         for i, g, w in zip(indices, grads, trainable_variables, strict=True):
             lr_mult, decay_mult = self._caffe_mults[i]
             wd = np.float32(self.caffe_weight_decay)
             local_decay = float(wd * np.float32(decay_mult))
-            if local_decay != 0.0:
+            if wd_k is not None and decay_mult != 0.0:
+                local_decay = ops.cast(wd_k * float(decay_mult), w.dtype)
+            if wd_k is not None or local_decay != 0.0:
                 if self.regularization_type == "L2":
                     g = g + local_decay * w
                 else:
@@ -302,6 +345,10 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
                 "iter_size": self.iter_size,
                 "multipliers": {k: list(v) for k, v in self.multipliers.items()},
                 "default_multipliers": list(self.default_multipliers),
+                "weight_decay_policy": self.weight_decay_policy,
+                "max_weight_decay": self.max_weight_decay,
+                "weight_decay_power": self.weight_decay_power,
+                "max_iter": self.max_iter,
             }
         )
         return config

@@ -255,6 +255,12 @@ def replay(
     help="Write the artifacts even when a choice is only approximate.",
 )
 @click.option("--force", is_flag=True, default=False, help="Replace an existing output directory.")
+@click.option(
+    "--caffe-gpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many GPUs Caffe trained with (caffe train -gpu 0,1,...): notes the global batch.",
+)
 @target_option
 @format_option
 @_user_errors_exit_2
@@ -268,6 +274,7 @@ def convert(
     force: bool,
     target: str,
     fmt: str,
+    caffe_gpus: int | None = None,
 ) -> int:
     """Write into OUT the optimizer module (and for keras train_config.yaml) that trains
     exactly like SOLVER."""
@@ -282,6 +289,7 @@ def convert(
         allow_approx=allow_approx,
         force=force,
         target=target,
+        caffe_gpus=caffe_gpus,
     )
     click.echo(report.render(fmt))
     return report.exit_code

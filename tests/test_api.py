@@ -81,3 +81,14 @@ def test_verify_returns_the_report() -> None:
     assert report.passed and report.exit_code == 0
     names = [v["component"] for v in report.component_verdicts()]
     assert names[0] == "stream" and "epsilon" in names
+
+
+def test_convert_notes_what_a_multi_gpu_caffe_run_means(tmp_path: Path) -> None:
+    solver = CASES / "lenet_sgd_multistep" / "solver.prototxt"
+    args = ["convert", str(solver), "-o", str(tmp_path / "o"), "--caffe-gpus", "4"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "4 GPUs" in result.output and "global batch of 4 x batch_size" in result.output
+    assert "do not scale the lr" in result.output
+    result = CliRunner().invoke(cli, [*args[:4], str(tmp_path / "p"), "--caffe-gpus", "0"])
+    assert result.exit_code == 2

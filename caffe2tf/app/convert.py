@@ -290,6 +290,24 @@ def write_outputs(files: Mapping[str, str], out_dir: Path, *, force: bool) -> No
             shutil.rmtree(backup, ignore_errors=True)
 
 
+def multi_gpu_note(gpus: int) -> Note:
+    """What a Caffe run on ``gpus`` GPUs means for the port: every GPU runs the net's
+    ``batch_size`` and Caffe averages the gradients of the GPUs (an all-reduce sum, then a
+    scale by 1/solver_count, BVLC ``parallel.cpp:238-254``) before one
+    update with the solver's lr, unchanged."""
+    if gpus == 1:
+        text = "Caffe trained on 1 GPU: one Keras batch = the net's batch_size."
+    else:
+        text = (
+            f"Caffe trained on {gpus} GPUs: each ran the net's batch_size and Caffe averaged "
+            f"their gradients before one update with the same lr, so train the port with a "
+            f"global batch of {gpus} x batch_size (one device, or tf.distribute."
+            f"MirroredStrategy / keras.distribution.DataParallel over {gpus} devices) and "
+            "do not scale the lr."
+        )
+    return Note("convert.multi_gpu", text, Severity.INFO)
+
+
 def convert_solver(
     solver: str | os.PathLike[str],
     *,
@@ -300,8 +318,10 @@ def convert_solver(
     allow_approx: bool = False,
     force: bool = False,
     target: str = "keras",
+    caffe_gpus: int | None = None,
 ) -> ConvertReport:
-    """Convert ``solver`` and write the ``target``'s files into OUT (see module)."""
+    """Convert ``solver`` and write the ``target``'s files into OUT (see module).
+    ``caffe_gpus``: how many GPUs the Caffe run used (:func:`multi_gpu_note`)."""
     from caffe2tf.app.targets import get_target
 
     chosen = get_target(target)
@@ -312,6 +332,8 @@ def convert_solver(
     )
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
     p, notes = chosen.plan(load_pipeline(solver, net_path=net_path, lenient=lenient), mapping)
+    if caffe_gpus is not None:
+        notes = (*notes, multi_gpu_note(caffe_gpus))
     out = Path(out_dir)
     blocking = blocking_notes(notes, allow_approx)
     if blocking:

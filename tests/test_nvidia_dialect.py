@@ -124,3 +124,34 @@ def test_nvidia_batchnorm_scale_and_bias_bind_to_keras_gamma_and_beta(tmp_path: 
     p = plan(lower(_recipe(tmp_path, SOLVER, BN_NET)))
     bound = {b.caffe_key: (b.keras_layer, b.blob, b.lr_mult, b.trainable) for b in p.blobs}
     assert bound == {"bn1/3": ("bn1", 0, 1.0, True), "bn1/4": ("bn1", 1, 1.0, True)}
+
+
+FP16_NET = textwrap.dedent("""\
+    name: "half"
+    default_forward_type: FLOAT16
+    default_backward_type: FLOAT16
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+      inner_product_param { num_output: 2 } }
+    layer { name: "perm" type: "Permute" bottom: "ip" top: "perm" }
+    """)
+
+
+def test_fp16_nets_and_nvidia_layers(tmp_path: Path) -> None:
+    """FLOAT16 layer math leaves the float32 update exact (a note); SGD's kernel for FLOAT16
+    gradients tests for L2 only, so WD decays with sign(w) (sgd_solver.cu:211-226); NVIDIA's
+    own layer types need no --lenient."""
+    from caffe2tf.rule.lower import lower
+    from caffe2tf.rule.model import AddDecay
+
+    text = SOLVER + 'regularization_type: "WD"\nweight_decay: 0.01\n'
+    recipe = _recipe(tmp_path, text, FP16_NET)
+    rule = lower(recipe)
+    assert rule.step(AddDecay) == AddDecay("L1", rule.step(AddDecay).weight_decay)
+    codes = {n.code: n for n in rule.notes}
+    assert codes["rule.nvidia.fp16_net"].exactness is None
+    assert "211-226" in codes["rule.nvidia.regularization"].message
+    assert any("NVIDIA Caffe layer type 'Permute'" in n.message for n in recipe.net.notes)
+    # the same net in fp32 keeps WD decoupled
+    rule32 = lower(_recipe(tmp_path, text, FP16_NET.replace("FLOAT16", "FLOAT")))
+    assert rule32.solver_step.decay_kind == "WD"

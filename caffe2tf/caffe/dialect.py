@@ -25,7 +25,7 @@ from caffe2tf.caffe.parse import Parsed, parse_text
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note, Severity
 
-__all__ = ["BVLC", "DIALECTS", "NVIDIA", "Dialect", "read_dialect"]
+__all__ = ["BVLC", "DIALECTS", "NVIDIA", "NVIDIA_LAYER_BLOBS", "Dialect", "read_dialect"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,26 @@ class Dialect:
         pb2 = self.pb2()
         return pb2.SolverParameter() if kind == "solver" else pb2.NetParameter()
 
+
+#: Layer types NVIDIA Caffe registers that BVLC Caffe does not (REGISTER_LAYER_CLASS in
+#: NVIDIA/caffe src/caffe/layers/), with the learnable blobs each owns: the SSD layers
+#: (``Normalize`` learns a channel scale, normalize_layer.cpp), DetectNet's, video data,
+#: TensorRT inference.
+NVIDIA_LAYER_BLOBS = {
+    "AnnotatedData": 0,
+    "Axpy": 0,
+    "DetectNetTransformation": 0,
+    "DetectionEvaluate": 0,
+    "DetectionOutput": 0,
+    "L1Loss": 0,
+    "MultiBoxLoss": 0,
+    "Normalize": 1,
+    "Permute": 0,
+    "PriorBox": 0,
+    "SmoothL1Loss": 0,
+    "TRT": 0,
+    "VideoData": 0,
+}
 
 BVLC = Dialect("bvlc", "BVLC Caffe 1.0", "caffe_pb2")
 NVIDIA = Dialect("nvidia", "NVIDIA Caffe 0.17 (NVIDIA/caffe 87a25543)", "nvidia_caffe_pb2")

@@ -435,7 +435,7 @@ def _walk(
                 raise InputError(msg, loc)
             out_notes.append(Note("net.layer_rejected", msg, Severity.WARNING, loc))
         _check_loss_weights(layer, loc, lenient, out_notes)
-        result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes)
+        result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes, dialect)
         for t_i, t in enumerate(layer.top):
             tops_so_far[t] = result.tops[t_i] if t_i < len(result.tops) else None
         if len(layer.param) > n_blobs:  # net.cpp:141-144
@@ -544,8 +544,13 @@ def _layer_shapes(
     loc: SourceLocation,
     lenient: bool,
     notes: list[Note],
+    dialect: str = "bvlc",
 ) -> tuple[shp.LayerShapes, int, bool]:
-    """Shapes for one layer, the number of blobs it owns, and whether it is opaque to us."""
+    """Shapes for one layer, the number of blobs it owns, and whether it is opaque to us.
+    NVIDIA Caffe's own layer types are known to its dialect (no --lenient needed)."""
+    from caffe2tf.caffe.dialect import NVIDIA_LAYER_BLOBS
+
+    nvidia_layer = dialect == "nvidia" and layer.type in NVIDIA_LAYER_BLOBS
     try:
         shp.check_blob_counts(layer)
         result = shp.infer(layer, bottoms)
@@ -567,7 +572,7 @@ def _layer_shapes(
     tops = tuple(None for _ in layer.top)
     if shp.RULES.get(layer.type) is not None:  # a known type whose check failed (lenient)
         return shp.LayerShapes(tops), max(n_params, shp.blob_count(layer)), True
-    if layer.type not in OPAQUE_KNOWN and not lenient:
+    if layer.type not in OPAQUE_KNOWN and not nvidia_layer and not lenient:
         raise InputError(
             f"Unknown layer type: {layer.type} (layer '{layer.name}'); BVLC Caffe has no such "
             "layer (use --lenient to read fork files)",
@@ -575,8 +580,13 @@ def _layer_shapes(
         )
     fork_blobs = FORK_TYPES_WITH_PARAMS.get(layer.type, 0)
     owns = n_params > 0 or layer.type in FORK_TYPES_WITH_PARAMS
+    if nvidia_layer:
+        fork_blobs = NVIDIA_LAYER_BLOBS[layer.type]
+        owns = n_params > 0 or fork_blobs > 0
     n_blobs = max(n_params, fork_blobs or 0)
     what = "Python layer" if layer.type == "Python" else f"unknown layer type '{layer.type}'"
+    if nvidia_layer:
+        what = f"NVIDIA Caffe layer type '{layer.type}'"
     if owns:
         msg = (
             f"layer '{layer.name}': {what} owns learnable blobs whose count and shapes are "

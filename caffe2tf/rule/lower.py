@@ -71,28 +71,60 @@ def schedule_of(spec: SolverSpec) -> LrSchedule:
     )
 
 
-def nvidia_decay_kind(spec: SolverSpec) -> tuple[str, Note | None]:
+def fp16_gradient_layers(net: NetSpec | None) -> frozenset[str]:
+    """The layers whose learnable blobs get FLOAT16 diffs in NVIDIA Caffe: the layer's
+    ``backward_type``, else the net's ``default_backward_type`` (proto/nvidia_caffe.proto:
+    293-298, 607-610). Empty for a BVLC net."""
+    msg = net.message if net is not None else None
+    if msg is None or not hasattr(msg, "default_backward_type"):
+        return frozenset()
+    fp16 = 2  # enum Type FLOAT16 (proto/nvidia_caffe.proto:9)
+    out = set()
+    for layer in msg.layer:
+        btype = layer.backward_type if layer.HasField("backward_type") else None
+        if (msg.default_backward_type if btype is None else btype) == fp16:
+            out.add(layer.name)
+    return frozenset(out)
+
+
+def nvidia_decay_kind(spec: SolverSpec, net: NetSpec | None = None) -> tuple[str, Note | None]:
     """What NVIDIA's GPU kernels do with ``regularization_type`` (docs/nvidia-caffe.md#decay):
     SGD runs ``WD`` decoupled and ``L2``/``L2_unitary`` as L2 (``sgd_solver.cu:152-160``); the
     other kernels test ``reg_type == "L2"`` only, so every other string, ``L2_unitary`` and
-    ``WD`` included, decays with sign(w) like L1 (e.g. ``adam_solver.cu:62-65``). Nothing is
-    refused on the GPU (the CPU path aborts on all but L1/L2, ``sgd_solver.cpp:227-229``)."""
+    ``WD`` included, decays with sign(w) like L1 (e.g. ``adam_solver.cu:62-65``). So does SGD's
+    kernel for FLOAT16 gradients (``sgd_solver.cu:211-226``). Nothing is refused on the GPU
+    (the CPU path aborts on all but L1/L2, ``sgd_solver.cpp:227-229``)."""
     reg = spec.regularization_type
-    if spec.type == "SGD":
+    learnable = {p.layer for p in net.params} if net is not None else set()
+    fp16 = fp16_gradient_layers(net) & learnable
+    if spec.type == "SGD" and not fp16:
         kind = "WD" if reg == "WD" else ("L2" if reg in ("L2", "L2_unitary") else "L1")
+        where = "sgd_solver.cu:152-161"
     else:
         kind = "L2" if reg == "L2" else "L1"
-    if reg in ("L1", "L2") or (spec.type == "SGD" and reg == "WD"):
+        where = (
+            "SGD's kernel for FLOAT16 gradients, sgd_solver.cu:211-226"
+            if spec.type == "SGD"
+            else "its kernel tests for L2 only"
+        )
+    if reg in ("L1", "L2") or (spec.type == "SGD" and reg == "WD" and not fp16):
         return kind, None
+    mixed = spec.type == "SGD" and fp16 and fp16 != learnable and reg in ("WD", "L2_unitary")
     return kind, Note(
         "rule.nvidia.regularization",
         f"regularization_type {reg!r} with {spec.type}: NVIDIA Caffe's GPU kernel decays with "
         + ("w, as L2" if kind == "L2" else "sign(w), as L1")
-        + f" ({'sgd_solver.cu:157' if spec.type == 'SGD' else 'its kernel tests for L2 only'}); "
-        "its CPU path would abort (sgd_solver.cpp:227-229)",
+        + f" ({where}); its CPU path would abort (sgd_solver.cpp:227-229)"
+        + (
+            "; here only some layers have FLOAT16 gradients, and the others decay as "
+            f"{reg}: one decay kind for all blobs is an approximation"
+            if mixed
+            else ""
+        ),
         Severity.WARNING,
         _loc(spec, "regularization_type"),
         True,
+        Exactness.APPROX if mixed else None,
     )
 
 
@@ -172,11 +204,11 @@ def _nvidia_notes(spec: SolverSpec, net: NetSpec | None) -> list[Note]:
     ):
         add(
             "fp16_net",
-            "the train net computes in FLOAT16 (default_*_type/math): gradients carry fp16 "
-            "rounding; the rule updates in float32 (a Keras 'mixed_float16' policy is the "
-            "counterpart for the forward/backward pass)",
+            "the train net computes in FLOAT16 (default_*_type/math) with float32 weights and "
+            "history: the gradients the update receives carry fp16 rounding, which is the "
+            "model's part (a Keras 'mixed_float16' policy: fp16 compute, float32 variables); "
+            "the update itself is float32, as here",
             "type",
-            approx=True,
         )
     scale = getattr(netmsg, "global_grad_scale", 1.0) if netmsg is not None else 1.0
     adaptive = bool(getattr(netmsg, "global_grad_scale_adaptive", False)) if netmsg else False
@@ -394,7 +426,7 @@ def lower(recipe: Recipe) -> UpdateRule:
         )
         solver_step = NvidiaSGD(momentum=spec.momentum)
     if nvidia and has_decay:
-        kind, reg_note = nvidia_decay_kind(spec)
+        kind, reg_note = nvidia_decay_kind(spec, recipe.net)
         if reg_note is not None:
             notes.append(reg_note)
         if isinstance(solver_step, NvidiaSGD) or (spec.type == "SGD" and kind == "WD"):

@@ -156,3 +156,17 @@ def test_verify_against_caffe_with_no_net_field_and_with_an_inline_net(
     ):
         code, text = invoke("verify", *args, "--against", "caffe", "--steps", "6")
         assert code == 0 and "PASS" in text, (args, text)
+
+
+def test_a_fork_policy_kept_by_lenient_is_refused_in_one_line(files: Path) -> None:
+    """--lenient keeps lr_policy "triangular" as written; building the rule then refuses it at
+    the field (exit 2, one line) instead of a KeyError traceback."""
+    solver = files / "clr.prototxt"
+    solver.write_text(
+        f'net: "{files / "net.prototxt"}"\nbase_lr: 0.1\nlr_policy: "triangular"\n'
+        "max_lr: 3\nstepsize: 10\n"
+    )
+    for args in (("explain", str(solver)), ("convert", str(solver), "-o", str(files / "o"))):
+        code, text = invoke(*args, "--lenient")
+        assert code == 2 and len(text.strip().splitlines()) == 1, text
+        assert text.startswith(f"{solver}:3:1: error: lr_policy 'triangular'"), text

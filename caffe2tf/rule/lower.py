@@ -379,6 +379,13 @@ def lower(recipe: Recipe) -> UpdateRule:
     spec = recipe.solver
     notes: list[Note] = []
     steps: list[Step] = []
+    if spec.lr_policy not in POLICIES:  # kept as written by --lenient (caffe/solver.py)
+        raise InputError(
+            f"lr_policy {spec.lr_policy!r} is a fork's policy that caffe2tf cannot translate "
+            f"(it knows {', '.join(POLICIES)}); --lenient read it, but no update rule can be "
+            "built without its formula",
+            _loc(spec, "lr_policy"),
+        )
 
     if spec.clip_gradients >= 0:
         steps.append(ClipByGlobalNorm(threshold=spec.clip_gradients))

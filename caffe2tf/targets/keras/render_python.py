@@ -82,8 +82,9 @@ def _value(v: Any) -> str:
 
 
 def _runtime_blocks(*names: str) -> str:
-    """The named ``# -- inline begin NAME`` blocks of runtime.py, in file order."""
-    text = resources.files("caffe2tf.targets.keras").joinpath("runtime.py").read_text("utf-8")
+    """The named ``# -- inline begin NAME`` blocks of runtime.py and tracker.py, in order."""
+    package = resources.files("caffe2tf.targets.keras")
+    text = "\n".join(package.joinpath(f).read_text("utf-8") for f in ("runtime.py", "tracker.py"))
     out = []
     pattern = re.compile(r"# -- inline begin (\w+)\n(.*?)\n# -- inline end \1\n", re.S)
     for m in pattern.finditer(text):
@@ -204,7 +205,7 @@ def render_python(p: KerasPlan) -> str:
     """The text of ``optimizer.py`` for ``p``."""
     custom_sched = p.schedule.cls == "CaffeSchedule"
     custom_opt = p.route == "custom"
-    blocks = ["binder"]
+    blocks = ["binder", "tracker"]
     if custom_sched:  # the schedule class and the one policy this recipe uses
         blocks += ["schedule", f"policy_{p.schedule.arg('policy')}"]
     if custom_opt:  # Caffe's fixed order and the one solver step this recipe uses
@@ -248,8 +249,7 @@ def render_python(p: KerasPlan) -> str:
     std.append("from typing import Any")
     out += std
     out += ["", "import keras"]
-    if custom_opt:
-        out.append("import numpy as np")
+    out.append("import numpy as np")  # WeightNormTracker (and the custom optimizers)
     if custom_sched or custom_opt:
         out.append("from keras import ops")
     out += [""]

@@ -65,6 +65,14 @@ def caffe_blob_key(path: str) -> str | None:
     return f"{parts[-2]}/{CAFFE_BLOB_OF_KERAS_NAME[parts[-1]]}"
 
 
+def caffe_serializable(cls: Any) -> Any:
+    """Register ``cls`` with Keras by its class name, so that ``keras.models.load_model``
+    finds it once this module is imported (no ``custom_objects``). The last definition
+    wins: several generated modules may be imported in one process."""
+    keras.saving.get_custom_objects()[cls.__name__] = cls
+    return cls
+
+
 # -- inline end binder
 
 
@@ -74,6 +82,7 @@ def caffe_blob_key(path: str) -> str | None:
 CAFFE_POLICY_RATES: dict[str, Any] = {}
 
 
+@caffe_serializable
 class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Caffe's ``lr_policy`` (``sgd_solver.cpp:26-70``) as a Keras schedule, in float32.
 
@@ -420,6 +429,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
 
 
 # -- inline begin solver_CaffeSGD
+@caffe_serializable
 class CaffeSGD(CaffeOptimizer):
     """Caffe SGD ``h = mu*h + r*g; w -= h`` (the lr inside the velocity,
     sgd_solver.cpp:223-238) or, with ``nesterov``, ``h' = mu*h + r*g;
@@ -457,6 +467,7 @@ class CaffeSGD(CaffeOptimizer):
 
 
 # -- inline begin solver_CaffeAdaGrad
+@caffe_serializable
 class CaffeAdaGrad(CaffeOptimizer):
     """Caffe AdaGrad ``h += g^2; w -= r*g/(sqrt(h)+delta)``: delta outside the root, the
     accumulator starts at 0 (adagrad_solver.cpp:13-49)."""
@@ -482,6 +493,7 @@ class CaffeAdaGrad(CaffeOptimizer):
 
 
 # -- inline begin solver_CaffeRMSProp
+@caffe_serializable
 class CaffeRMSProp(CaffeOptimizer):
     """Caffe RMSProp ``h = rho*h + (1-rho)*g^2; w -= r*g/(sqrt(h)+delta)``
     (rmsprop_solver.cpp:13-51)."""
@@ -514,6 +526,7 @@ class CaffeRMSProp(CaffeOptimizer):
 
 
 # -- inline begin solver_CaffeAdaDelta
+@caffe_serializable
 class CaffeAdaDelta(CaffeOptimizer):
     """Caffe AdaDelta, rho = ``momentum``: ``a = rho*a + (1-rho)*g^2;
     d = g*sqrt((b+delta)/(a+delta)); b = rho*b + (1-rho)*d^2; w -= r*d``
@@ -549,6 +562,7 @@ class CaffeAdaDelta(CaffeOptimizer):
 
 
 # -- inline begin solver_CaffeAdam
+@caffe_serializable
 class CaffeAdam(CaffeOptimizer):
     """Caffe Adam, beta1 = ``momentum``, beta2 = ``momentum2``, t = k + 1:
     ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
@@ -593,6 +607,7 @@ class CaffeAdam(CaffeOptimizer):
 
 
 # -- inline begin solver_CaffeNvidiaSGD
+@caffe_serializable
 class CaffeNvidiaSGD(CaffeOptimizer):
     """NVIDIA Caffe's SGD as its GPU kernel runs it (NVIDIA/caffe sgd_solver.cpp:72-368,
     sgd_solver.cu:9-164): momentum policy, LARC (scale/clip, turbo) on the undecayed
@@ -721,6 +736,23 @@ def make_regularizer(spec: tuple[str, float] | list[Any] | None) -> Any:
     return keras.regularizers.L1(coefficient)
 
 
+def keep_regularizer(model: Any, variable: Any) -> None:
+    """Also set the layer's ``<name>_regularizer`` attribute (``kernel_regularizer``,
+    ``bias_regularizer``, ``gamma_regularizer``...), which the layer's config saves: after
+    ``model.save`` and ``keras.models.load_model`` the rebuilt variable carries the decay
+    again (``variable.regularizer`` itself is not saved)."""
+    layer_name, _, weight = variable.path.rpartition("/")
+    layer_name = layer_name.rpartition("/")[2]
+    renamed = {"depthwise_kernel": "depthwise_regularizer"}
+    attribute = renamed.get(weight, f"{weight}_regularizer")
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        stack += list(getattr(layer, "layers", []))
+        if layer.name == layer_name and hasattr(layer, attribute):
+            setattr(layer, attribute, variable.regularizer)
+
+
 def bind_caffe_blobs(
     model: Any,
     blobs: list[tuple[str, int, bool, Any]],
@@ -754,6 +786,7 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = key
+            keep_regularizer(model, variable)
         return bound
     missing = []
     for layer, index, trainable, spec in blobs:
@@ -765,6 +798,7 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = f"{layer}/{index}"
+            keep_regularizer(model, variable)
     if missing:
         raise ValueError(
             "These Caffe blobs have no Keras variable (a Keras layer must carry the Caffe "

@@ -53,7 +53,15 @@ class WeightNormTracker(keras.callbacks.Callback):
             self.set_model(model)
 
     def _variables(self) -> list[Any]:
-        names = ("kernel", "depthwise_kernel", "embeddings", "gamma", "alpha", "bias", "beta")
+        names = (
+            "kernel",
+            "depthwise_kernel",
+            "embeddings",
+            "gamma",
+            "alpha",
+            "bias",
+            "beta",
+        )
         out = []
         for v in self.model.trainable_variables:
             if self.wanted is not None:
@@ -70,11 +78,13 @@ class WeightNormTracker(keras.callbacks.Callback):
             w = np.asarray(keras.ops.convert_to_numpy(v.value), dtype=np.float64)
             self.norms.setdefault(v.path, []).append(float(np.sqrt(np.sum(w * w))))
             flat = w.reshape(-1, w.shape[-1]) if w.ndim > 1 else w.reshape(-1, 1).T
-            self.channels.setdefault(v.path, []).append(np.sqrt(np.sum(flat * flat, axis=0)))
+            channel_norms = np.sqrt(np.sum(flat * flat, axis=0))
+            self.channels.setdefault(v.path, []).append(channel_norms)
 
     def on_train_begin(self, logs: Any = None) -> None:
         if not self.steps:
-            self.record(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
+            step = keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+            self.record(int(step))
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))

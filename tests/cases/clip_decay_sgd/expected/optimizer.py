@@ -81,11 +81,20 @@ def caffe_blob_key(path: str) -> str | None:
     return f"{parts[-2]}/{CAFFE_BLOB_OF_KERAS_NAME[parts[-1]]}"
 
 
+def caffe_serializable(cls: Any) -> Any:
+    """Register ``cls`` with Keras by its class name, so that ``keras.models.load_model``
+    finds it once this module is imported (no ``custom_objects``). The last definition
+    wins: several generated modules may be imported in one process."""
+    keras.saving.get_custom_objects()[cls.__name__] = cls
+    return cls
+
+
 #: lr_policy -> f(schedule, k_int, k) -> the rate (float32 tensor); one entry per policy
 #: block below (the generated module holds only the policy it uses).
 CAFFE_POLICY_RATES: dict[str, Any] = {}
 
 
+@caffe_serializable
 class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Caffe's ``lr_policy`` (``sgd_solver.cpp:26-70``) as a Keras schedule, in float32.
 
@@ -352,6 +361,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         return config
 
 
+@caffe_serializable
 class CaffeSGD(CaffeOptimizer):
     """Caffe SGD ``h = mu*h + r*g; w -= h`` (the lr inside the velocity,
     sgd_solver.cpp:223-238) or, with ``nesterov``, ``h' = mu*h + r*g;
@@ -395,6 +405,23 @@ def make_regularizer(spec: tuple[str, float] | list[Any] | None) -> Any:
     return keras.regularizers.L1(coefficient)
 
 
+def keep_regularizer(model: Any, variable: Any) -> None:
+    """Also set the layer's ``<name>_regularizer`` attribute (``kernel_regularizer``,
+    ``bias_regularizer``, ``gamma_regularizer``...), which the layer's config saves: after
+    ``model.save`` and ``keras.models.load_model`` the rebuilt variable carries the decay
+    again (``variable.regularizer`` itself is not saved)."""
+    layer_name, _, weight = variable.path.rpartition("/")
+    layer_name = layer_name.rpartition("/")[2]
+    renamed = {"depthwise_kernel": "depthwise_regularizer"}
+    attribute = renamed.get(weight, f"{weight}_regularizer")
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        stack += list(getattr(layer, "layers", []))
+        if layer.name == layer_name and hasattr(layer, attribute):
+            setattr(layer, attribute, variable.regularizer)
+
+
 def bind_caffe_blobs(
     model: Any,
     blobs: list[tuple[str, int, bool, Any]],
@@ -428,6 +455,7 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = key
+            keep_regularizer(model, variable)
         return bound
     missing = []
     for layer, index, trainable, spec in blobs:
@@ -439,6 +467,7 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = f"{layer}/{index}"
+            keep_regularizer(model, variable)
     if missing:
         raise ValueError(
             "These Caffe blobs have no Keras variable (a Keras layer must carry the Caffe "
@@ -452,6 +481,89 @@ def bind_caffe_blobs(
             stacklevel=2,
         )
     return bound
+
+
+class WeightNormTracker(keras.callbacks.Callback):
+    """Record the L2 norm of weights every ``every`` updates and save them to ``path`` (.npz).
+
+    With ``fit``: ``model.fit(..., callbacks=[WeightNormTracker("norms.npz")])`` (saved at the
+    end of training). In a custom loop: ``tracker = WeightNormTracker("norms.npz", model=model)``,
+    then ``tracker.record(step)`` after an update and ``tracker.save()`` at the end.
+
+    ``variables``: the variable paths to follow (default: every trainable variable whose name
+    ends in ``kernel``, ``depthwise_kernel``, ``embeddings``, ``gamma``, ``alpha``, ``bias`` or
+    ``beta``). For each, the file holds ``<path>/norm`` (one value per record) and
+    ``<path>/channels`` (the norm of each slice along the last axis, the output channels of
+    Dense/Conv kernels), plus ``steps``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        every: int = 100,
+        variables: list[str] | None = None,
+        model: Any = None,
+    ) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.every = max(int(every), 1)
+        self.wanted = None if variables is None else list(variables)
+        self.steps: list[int] = []
+        self.norms: dict[str, list[float]] = {}
+        self.channels: dict[str, list[np.ndarray]] = {}
+        if model is not None:
+            self.set_model(model)
+
+    def _variables(self) -> list[Any]:
+        names = (
+            "kernel",
+            "depthwise_kernel",
+            "embeddings",
+            "gamma",
+            "alpha",
+            "bias",
+            "beta",
+        )
+        out = []
+        for v in self.model.trainable_variables:
+            if self.wanted is not None:
+                if v.path in self.wanted:
+                    out.append(v)
+            elif v.path.rsplit("/", 1)[-1] in names:
+                out.append(v)
+        return out
+
+    def record(self, step: int) -> None:
+        """Add one record of every followed variable at update ``step``."""
+        self.steps.append(int(step))
+        for v in self._variables():
+            w = np.asarray(keras.ops.convert_to_numpy(v.value), dtype=np.float64)
+            self.norms.setdefault(v.path, []).append(float(np.sqrt(np.sum(w * w))))
+            flat = w.reshape(-1, w.shape[-1]) if w.ndim > 1 else w.reshape(-1, 1).T
+            channel_norms = np.sqrt(np.sum(flat * flat, axis=0))
+            self.channels.setdefault(v.path, []).append(channel_norms)
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if not self.steps:
+            step = keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+            self.record(int(step))
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step % self.every == 0 and (not self.steps or self.steps[-1] != step):
+            self.record(step)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.save()
+
+    def save(self) -> str:
+        """Write the records to ``path`` and return it."""
+        arrays: dict[str, np.ndarray] = {"steps": np.asarray(self.steps, np.int64)}
+        for key, values in self.norms.items():
+            arrays[f"{key}/norm"] = np.asarray(values)
+            arrays[f"{key}/channels"] = np.stack(self.channels[key])
+        np.savez(self.path, **arrays)
+        return self.path
 
 
 # One row per learnable Caffe blob of the train net, in Caffe's order:

@@ -1,0 +1,87 @@
+"""Save and resume with the emitted module: once ``optimizer.py`` is imported, ``model.save`` +
+``keras.models.load_model`` need no ``custom_objects``; the decay (regularizers) survives the
+round trip without calling ``prepare_model`` again; and a run interrupted after k updates and
+resumed from the saved model continues the uninterrupted trajectory, on every route."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import require
+
+require("tensorflow")
+
+import keras  # noqa: E402
+
+from caffe2tf.cli import cli  # noqa: E402
+
+pytestmark = pytest.mark.keras
+CASES = Path(__file__).resolve().parents[1] / "tests" / "cases"
+_ids = itertools.count()
+
+ROUTES = {
+    "builtin": "adam_no_momentum",
+    "multi": "lenet_sgd_multistep",
+    "custom": "itersize3_inv",
+}
+
+
+def _module(case: str, tmp: Path):
+    out = tmp / "out"
+    result = CliRunner().invoke(
+        cli, ["convert", str(CASES / case / "solver.prototxt"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    spec = importlib.util.spec_from_file_location(f"saved_opt_{next(_ids)}", out / "optimizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    x = keras.Input((5,))
+    h = keras.layers.Dense(4, name="ip1")(x)
+    return keras.Model(x, keras.layers.Dense(3, name="ip2")(h))
+
+
+def _data(n: int):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 5)).astype("float32")
+    return x, rng.normal(size=(n, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_save_load_resume_continues_the_trajectory(route: str, tmp_path: Path) -> None:
+    module = _module(ROUTES[route], tmp_path)
+    x, y = _data(48)
+    first = 24
+
+    straight = _model()
+    module.prepare_model(straight)
+    straight.compile(optimizer=module.build_optimizer(), loss="mse")
+    straight.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+
+    broken = _model()
+    module.prepare_model(broken)
+    broken.compile(optimizer=module.build_optimizer(), loss="mse")
+    broken.fit(x[:first], y[:first], batch_size=2, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "model.keras"
+    broken.save(path)
+
+    resumed = keras.models.load_model(path)  # no custom_objects, no prepare_model
+    assert type(resumed.optimizer).__name__ == type(broken.optimizer).__name__
+    if route == "custom":  # the decay lives in the optimizer, whose config is saved
+        assert resumed.optimizer.caffe_weight_decay == broken.optimizer.caffe_weight_decay > 0
+    else:  # the decay lives in the regularizers, which the layers' configs now carry
+        decayed = [v for v in resumed.trainable_variables if v.path.endswith("kernel")]
+        assert decayed and all(v.regularizer is not None for v in decayed)
+    assert int(resumed.optimizer.iterations) == int(broken.optimizer.iterations)
+    resumed.fit(x[first:], y[first:], batch_size=2, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(straight.trainable_variables, resumed.trainable_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(b.numpy()), np.asarray(a.numpy()), atol=2e-6)

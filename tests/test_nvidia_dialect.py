@@ -155,3 +155,21 @@ def test_fp16_nets_and_nvidia_layers(tmp_path: Path) -> None:
     # the same net in fp32 keeps WD decoupled
     rule32 = lower(_recipe(tmp_path, text, FP16_NET.replace("FLOAT16", "FLOAT")))
     assert rule32.solver_step.decay_kind == "WD"
+
+
+def test_ssd_normalize_binds_its_scale(tmp_path: Path) -> None:
+    """NVIDIA's Normalize (SSD) owns one learnable blob, its channel scale
+    (normalize_layer.cpp:33-51): the Keras plan binds it to the layer's gamma."""
+    from caffe2tf.rule.lower import lower
+    from caffe2tf.targets.keras.plan import plan
+
+    net = BN_NET.replace(
+        'layer { name: "bn2" type: "BatchNorm" bottom: "bn1" top: "bn2" }',
+        'layer { name: "norm" type: "Normalize" bottom: "bn1" top: "norm"\n'
+        "  norm_param { across_spatial: false channel_shared: false } }",
+    )
+    recipe = _recipe(tmp_path, SOLVER, net)
+    assert [p.key for p in recipe.net.params if p.layer == "norm"] == ["norm/0"]
+    p = plan(lower(recipe))
+    assert not p.unsupported
+    assert ("norm/0", "norm", 0) in {(b.caffe_key, b.keras_layer, b.blob) for b in p.blobs}

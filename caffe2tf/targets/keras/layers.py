@@ -34,6 +34,9 @@ KERAS_LAYERS_OF_TYPE: dict[str, str] = {
     "scale_bias blobs 3, 4: gamma, beta)",
     "PReLU": "PReLU (alpha)",
     "Parameter": "a one-weight layer whose variable is named like the layer",
+    # SSD's L2 normalization with a learnable channel scale (NVIDIA Caffe, SSD forks): the
+    # scale is blob 0, the layer's one weight, named gamma as Keras ports of SSD name it
+    "Normalize": "an L2-normalization layer whose one weight (the scale) is named gamma",
 }
 SUPPORTED_LAYER_TYPES = frozenset(KERAS_LAYERS_OF_TYPE) | {
     "DepthwiseConvolution",

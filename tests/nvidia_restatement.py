@@ -215,7 +215,53 @@ def adagrad_update(p: Solver, s: _State, key: str, rate: float, mults, w, g):
     return w - local_rate * gr / (np.sqrt(h) + delta)  # .cu:19,22
 
 
-UPDATES = {"SGD": sgd_update, "Adam": adam_update, "AdaGrad": adagrad_update}
+def sag_update(p: Solver, s: _State, key: str, rate: float, mults, w, g):
+    """``SAGSolver::ComputeUpdateValue``, ``sag_solver.cpp:14-93`` (GPU branch), its
+    ``GetLocalRate`` (:95-137) and kernels ``sag_solver.cu:11-29`` (L2), ``:87-104`` (WD),
+    chosen at ``:173-185``."""
+    lr_mult, decay_mult = mults
+    h = s.history.setdefault(key, np.zeros_like(w))
+    local_lr = lr_mult  # :97-98
+    if p.larc:  # :99,106
+        m_norm = math.sqrt(float(np.sum(h * h)))  # :107, the history before this update
+        wgrad_norm = math.sqrt(float(np.sum(g * g)))  # :108
+        w_norm = math.sqrt(float(np.sum(w * w)))  # :109
+        rate_ = 1.0  # :111
+        if w_norm > 0.0 and m_norm > 0.0:  # :112-114
+            rate_ = p.larc_eta * w_norm / m_norm
+        if local_lr > 0.0:  # :115-117
+            local_lr = rate_
+        if p.larc_turbo and s.iter > 1:  # :118-119
+            g_m_dot = float(np.sum(g * h))  # :122
+            corr = 0.0
+            if wgrad_norm > 0.0 and m_norm > 0.0:  # :124-126
+                corr = g_m_dot / (wgrad_norm * m_norm)
+            prev = s.larc_g_corr.get(key, 0.0)
+            s.larc_g_corr[key] = 0.95 * prev + (1.0 - 0.95) * corr  # :127-129
+            local_lr = local_lr * (1.0 - 0.9 * s.larc_g_corr[key])  # :130-131
+    if p.larc:  # sag_solver.cpp:24-33
+        local_rate = rate * local_lr if p.larc_policy == "scale" else min(rate, local_lr)
+    else:
+        local_rate = rate * local_lr  # :35
+    momentum = get_momentum(p, s)  # :39
+    decay = get_weight_decay(p, s) * decay_mult  # :50
+    m1 = 1.0 - momentum  # .cu:15, :91
+    if p.regularization_type == "WD":
+        h = momentum * h + m1 * g  # .cu:96
+        w = w - local_rate * (h + decay * w)  # .cu:97
+    else:
+        h = momentum * h + m1 * (g + decay * w)  # .cu:21
+        w = w - local_rate * h  # .cu:22
+    s.history[key] = h
+    return w
+
+
+UPDATES = {
+    "SGD": sgd_update,
+    "Adam": adam_update,
+    "AdaGrad": adagrad_update,
+    "SAG": sag_update,
+}
 
 
 def run(p: Solver, mults: dict, init: dict, grads: list) -> list[dict]:

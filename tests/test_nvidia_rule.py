@@ -76,6 +76,12 @@ RECIPES: dict[str, tuple[str, float, tuple[str, ...]]] = {
         1.0,
         ("regularization_type",),
     ),
+    "sag_larc_turbo_wd": (
+        'type: "SAG"\nbase_lr: 0.5\nlr_policy: "fixed"\nmomentum: 0.9\nlarc: true\n'
+        'larc_eta: 0.02\nlarc_turbo: true\nregularization_type: "WD"\nweight_decay: 0.5\n',
+        1.0,
+        ("type", "larc_eta", "larc_turbo", "regularization_type"),
+    ),
     "adagrad_delta_floor": (
         'type: "AdaGrad"\nbase_lr: 0.01\nlr_policy: "fixed"\ndelta: 1e-8\nmin_lr: 0\n',
         1e-3,

@@ -81,6 +81,7 @@ def _rule(rng: random.Random) -> UpdateRule:
             decay_policy=rng.choice(["fixed", "poly"]),
             max_weight_decay=rng.choice(FLOATS),
             weight_decay_power=rng.choice([0.5, 1.0]),
+            sag=rng.random() < 0.3,
         )
     elif rng.random() < 0.2:
         kind = rng.choice(["L2", "L1"])

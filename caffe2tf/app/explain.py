@@ -235,7 +235,16 @@ def _nvidia_sgd_row(step: NvidiaSGD, rule: UpdateRule, val: _Values) -> Row:
         if step.decay_policy == "poly"
         else f"lambda = {num(step.weight_decay)}"
     )
-    if step.decay_kind == "WD":
+    if step.sag:
+        lam_name = lam.split(" = ")[0]
+        if step.decay_kind == "WD":
+            parts.append(f"h = mu * h + (1 - mu) * g;  w -= eta * (h + {lam_name} * d * w)")
+        else:
+            parts.append(f"h = mu * h + (1 - mu) * (g + {lam_name} * d * w);  w -= eta * h")
+        parts.append(f"{lam}; d = decay_mult (SAG)")
+        if step.larc:
+            parts.append("SAG's LARC: c = eta_larc * ||w|| / ||h||, turbo from k = 2")
+    elif step.decay_kind == "WD":
         parts.append(
             f"h = mu * h + eta * g;  w -= h + eta * {lam.split(' = ')[0]} * decay_mult * w"
         )
@@ -245,7 +254,8 @@ def _nvidia_sgd_row(step: NvidiaSGD, rule: UpdateRule, val: _Values) -> Row:
         parts.append(f"h = mu * h + eta * (g + lambda * decay_mult * {term});  w -= h;  {lam}")
     else:
         parts.append("h = mu * h + eta * g;  w -= h")
-    return "; ".join(parts), {}, "NVIDIA sgd_solver.cpp:72-368, sgd_solver.cu:9-164"
+    source = "NVIDIA sag_solver.cpp, sag_solver.cu" if step.sag else "NVIDIA sgd_solver.cpp"
+    return "; ".join(parts), {}, f"{source}; sgd_solver.cpp:72-118"
 
 
 def _momentum_row(step: Momentum, rule: UpdateRule, val: _Values) -> Row:

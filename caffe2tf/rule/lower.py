@@ -107,6 +107,8 @@ def nvidia_decay_kind(spec: SolverSpec, net: NetSpec | None = None) -> tuple[str
             if spec.type == "SGD"
             else "its kernel tests for L2 only"
         )
+    if spec.type == "SAG":  # L2 or WD, else refused (sag_solver.cu:173-185)
+        return ("WD" if reg == "WD" else "L2"), None
     if reg in ("L1", "L2") or (spec.type == "SGD" and reg == "WD" and not fp16):
         return kind, None
     mixed = spec.type == "SGD" and fp16 and fp16 != learnable and reg in ("WD", "L2_unitary")
@@ -418,20 +420,9 @@ def lower(recipe: Recipe) -> UpdateRule:
 
     nvidia = spec.dialect == "nvidia"
     has_decay = spec.weight_decay != 0
-    solver_step = _solver_step(spec) if spec.type != "SAG" else None
+    solver_step: SolverStep | None = _solver_step(spec)
     if nvidia:
         notes.extend(_nvidia_notes(spec, recipe.net))
-    if nvidia and solver_step is None:
-        notes.append(
-            Note(
-                "rule.nvidia.sag",
-                "NVIDIA Caffe's SAG solver is not translated (sag_solver.cpp, sag_solver.cu)",
-                Severity.ERROR,
-                _loc(spec, "type"),
-                True,
-            )
-        )
-        solver_step = NvidiaSGD(momentum=spec.momentum)
     if nvidia and has_decay:
         kind, reg_note = nvidia_decay_kind(spec, recipe.net)
         if reg_note is not None:
@@ -458,7 +449,7 @@ def lower(recipe: Recipe) -> UpdateRule:
             )
         else:
             steps.append(AddDecay(kind=kind, weight_decay=spec.weight_decay))  # type: ignore[arg-type]
-    if isinstance(solver_step, NvidiaSGD) and _plain_sgd(solver_step):
+    if isinstance(solver_step, NvidiaSGD) and not solver_step.sag and _plain_sgd(solver_step):
         # no NVIDIA feature in use: the GPU kernel is BVLC's SGD with the decay added first
         solver_step = Momentum(solver_step.momentum)
         if solver_step is not None and has_decay:

@@ -16,7 +16,7 @@ plan, explain) reads only this object.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from caffe2tf.errors import SourceLocation
@@ -153,7 +153,13 @@ class NvidiaSGD:
         L2/L1: h = mu_k h + r (g + lambda_k d w | sign w);  w -= h
         WD:    h = mu_k h + r g;  w -= h + r lambda_k d w        (decoupled)
 
-    with d = decay_mult and lambda_k the (policy's) weight decay (:class:`NvidiaDecay`)."""
+    with d = decay_mult and lambda_k the (policy's) weight decay (:class:`NvidiaDecay`).
+
+    ``sag``: NVIDIA's SAG solver instead (``sag_solver.cpp:14-137``, ``sag_solver.cu:11-104``):
+    the history averages, ``h = mu h + (1 - mu)(g + lambda d w)`` (L2) or ``(1 - mu) g`` (WD),
+    then ``w -= r h`` (WD: ``w -= r (h + lambda d w)``); LARC's c is ``eta ||w|| / ||h||`` with
+    the history before the update, and turbo multiplies the rate by ``1 - 0.9 corr`` from the
+    third update on."""
 
     momentum: float
     momentum_policy: str = "fixed"
@@ -169,6 +175,7 @@ class NvidiaSGD:
     decay_policy: str = "fixed"
     max_weight_decay: float = 0.0
     weight_decay_power: float = 1.0
+    sag: bool = False
     name: str = "nvidia_sgd"
 
 
@@ -206,7 +213,7 @@ SOLVERS: dict[str, SolverEntry] = {
 #: (SolverSpec names) and its step. SGD becomes :class:`NvidiaSGD` where one of NVIDIA's SGD
 #: features is in use (rule/lower.py picks), else the BVLC step; the adaptive solvers floor
 #: delta (adagrad_solver.cpp:20, rmsprop_solver.cpp:23, adadelta_solver.cpp:34,
-#: adam_solver.cpp:44). SAG is registered by NVIDIA Caffe but not translated.
+#: adam_solver.cpp:44). SAG is :class:`NvidiaSGD` with ``sag``.
 #: the floors are float literals (0.001f, 0.0001F), stored as their float32 values
 _F32_1E3, _F32_1E4 = 0.0010000000474974513, 9.999999747378752e-05
 NVIDIA_DELTA_FLOOR = {
@@ -259,6 +266,21 @@ NVIDIA_SOLVERS: dict[str, SolverEntry] = {
         _nvidia_sgd,
     ),
     "Nesterov": SOLVERS["Nesterov"],
+    "SAG": SolverEntry(
+        (
+            "momentum",
+            "momentum_policy",
+            "max_momentum",
+            "momentum_power",
+            "has_max_momentum",
+            "max_iter",
+            "larc",
+            "larc_policy",
+            "larc_eta",
+            "larc_turbo",
+        ),
+        lambda **fields: replace(_nvidia_sgd(**fields), sag=True),
+    ),
     **{
         name: SolverEntry(
             SOLVERS[name].reads,

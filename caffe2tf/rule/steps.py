@@ -320,7 +320,10 @@ def nvidia_sgd(step: NvidiaSGD, env: UpdateEnv) -> None:
         h_old = env.slot(key, "history")
         lr_mult = env.s(env.groups[key].lr_mult)
         local = lr_mult
-        if step.larc:
+        if step.larc and step.sag:
+            local = _sag_larc(step, env, key, g, w, h_old, lr_mult)
+            local_rate = env.dtype(rate * local) if step.larc == "scale" else min(rate, local)
+        elif step.larc:
             gn = env.dtype(np.sqrt(env.dtype(np.dot(g.ravel(), g.ravel()))))
             wn = env.dtype(np.sqrt(env.dtype(np.dot(w.ravel(), w.ravel()))))
             c = env.s(1.0)
@@ -345,7 +348,15 @@ def nvidia_sgd(step: NvidiaSGD, env: UpdateEnv) -> None:
             local_rate = env.dtype(rate * lr_mult)
         env.eta[key] = env.dtype(local_rate)
         decay = env.dtype(wd * env.s(env.groups[key].decay_mult))
-        if step.decay_kind == "WD":
+        if step.sag:  # sag_solver.cu:11-29 (L2), :87-104 (WD)
+            m1 = env.dtype(env.s(1.0) - mu)
+            if step.decay_kind == "WD":
+                h = mu * h_old + m1 * g
+                env.updates[key] = local_rate * (h + decay * w)
+            else:
+                h = mu * h_old + m1 * (g + decay * w)
+                env.updates[key] = local_rate * h
+        elif step.decay_kind == "WD":
             h = mu * h_old + local_rate * g
             env.updates[key] = h + env.dtype(decay * local_rate) * w
         else:
@@ -357,6 +368,40 @@ def nvidia_sgd(step: NvidiaSGD, env: UpdateEnv) -> None:
             env.updates[key] = h
         env.state[key]["history"] = h.astype(env.dtype)
         env.updates[key] = env.updates[key].astype(env.dtype)
+
+
+def _sag_larc(
+    step: NvidiaSGD,
+    env: UpdateEnv,
+    key: str,
+    g: np.ndarray,
+    w: np.ndarray,
+    h: np.ndarray,
+    lr_mult: np.floating,
+) -> np.floating:
+    """SAG's ``GetLocalRate`` (``sag_solver.cpp:95-137``): c = eta * ||w|| / ||h|| (1 when a
+    norm is 0; h the history before this update) replaces lr_mult where it is > 0; turbo, from
+    iter_ = 2 on, multiplies the rate by ``1 - 0.9 * corr``, corr the running mean of
+    cos(g, h)."""
+
+    def norm(x: np.ndarray) -> np.floating:
+        return env.dtype(np.sqrt(env.dtype(np.dot(x.ravel(), x.ravel()))))
+
+    gn, wn, hn = norm(g), norm(w), norm(h)
+    c = env.s(1.0)
+    if wn > 0 and hn > 0:
+        c = env.dtype(env.dtype(env.s(step.larc_eta) * wn) / hn)
+    local = c if lr_mult > 0 else lr_mult
+    if step.larc_turbo and env.k > 1:
+        cos = env.s(0.0)
+        if gn > 0 and hn > 0:
+            cos = env.dtype(env.dtype(np.dot(g.ravel(), h.ravel())) / env.dtype(gn * hn))
+        state = env.state.setdefault(key, {})
+        prev = state.get("larc_corr", env.s(0.0))
+        avg = env.dtype(env.s(0.95) * prev + env.dtype(env.s(1.0) - env.s(0.95)) * cos)
+        state["larc_corr"] = avg
+        local = env.dtype(local * env.dtype(env.s(1.0) - env.s(0.9) * avg))
+    return local
 
 
 StepFn = Callable[[object, UpdateEnv], None]

@@ -631,9 +631,11 @@ class CaffeNvidiaSGD(CaffeOptimizer):
         decay_policy: str = "fixed",
         max_decay: float = 0.0,
         decay_power: float = 1.0,
+        sag: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, **kwargs)
+        self.sag = bool(sag)  # NVIDIA's SAG solver (sag_solver.cpp:14-137)
         self.momentum = float(momentum)
         self.momentum_policy = str(momentum_policy)
         self.max_momentum = float(max_momentum)
@@ -666,7 +668,10 @@ class CaffeNvidiaSGD(CaffeOptimizer):
         mu = ops.cast(self.nvidia_momentum(lr, k), w.dtype)
         h = self.slot("history", i)
         updates = []
-        if self.larc:
+        if self.larc and self.sag:
+            r, corr_updates = self.sag_larc(i, g, w, h, lr, lr_mult, k)
+            updates += corr_updates
+        elif self.larc:
             gn = ops.sqrt(ops.sum(ops.square(g)))
             wn = ops.sqrt(ops.sum(ops.square(w)))
             both = ops.logical_and(ops.greater(wn, 0.0), ops.greater(gn, 0.0))
@@ -691,7 +696,14 @@ class CaffeNvidiaSGD(CaffeOptimizer):
             lam = self.decay + (self.max_decay - self.decay) * grow
         decay = lam * float(decay_mult)
         r = ops.cast(r, w.dtype)
-        if self.decay_kind == "WD":
+        if self.sag:  # sag_solver.cu:11-29 (L2), :87-104 (WD)
+            if self.decay_kind == "WD":
+                h_new = mu * h + (1.0 - mu) * g
+                w_new = w - r * (h_new + decay * w)
+            else:
+                h_new = mu * h + (1.0 - mu) * (g + decay * w)
+                w_new = w - r * h_new
+        elif self.decay_kind == "WD":
             h_new = mu * h + r * g
             w_new = w - (h_new + decay * r * w)
         else:
@@ -702,9 +714,35 @@ class CaffeNvidiaSGD(CaffeOptimizer):
             w_new = w - h_new
         return updates + [(h, h_new), (w, w_new)]
 
+    def sag_larc(
+        self, i: int, g: Any, w: Any, h: Any, lr: Any, lr_mult: float, k: Any
+    ) -> tuple[Any, Updates]:
+        """SAG's LARC rate (sag_solver.cpp:95-137): c = eta ||w|| / ||h|| where lr_mult > 0;
+        turbo from k = 2 on: c * (1 - 0.9 corr), corr the running mean of cos(g, h)."""
+        wn = ops.sqrt(ops.sum(ops.square(w)))
+        hn = ops.sqrt(ops.sum(ops.square(h)))
+        gn = ops.sqrt(ops.sum(ops.square(g)))
+        both = ops.logical_and(ops.greater(wn, 0.0), ops.greater(hn, 0.0))
+        c = ops.where(both, self.larc_eta * wn / ops.where(both, hn, 1.0), 1.0)
+        local = c if lr_mult > 0.0 else ops.zeros_like(c) + float(lr_mult)
+        updates = []
+        if self.larc_turbo:
+            corr_slot = self.slot("larc_corr", i)
+            ok = ops.logical_and(ops.greater(gn, 0.0), ops.greater(hn, 0.0))
+            cos = ops.where(ok, ops.sum(g * h) / ops.where(ok, gn * hn, 1.0), 0.0)
+            prev = ops.reshape(corr_slot, (-1,))[0]
+            late = ops.greater(k, 1.0)
+            avg = ops.where(late, 0.95 * prev + (1.0 - 0.95) * cos, prev)
+            fill = ops.zeros(tuple(corr_slot.shape), dtype=corr_slot.dtype)
+            updates.append((corr_slot, fill + avg))
+            local = ops.where(late, local * (1.0 - 0.9 * avg), local)
+        r = lr * local if self.larc == "scale" else ops.minimum(lr, local)
+        return r, updates
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
+            sag=self.sag,
             momentum=self.momentum,
             momentum_policy=self.momentum_policy,
             max_momentum=self.max_momentum,

@@ -113,6 +113,8 @@ def _adam_builtin(step: Adam, solver: str) -> tuple[CallSpec, Note]:
 
 def _nvidia_sgd_builtin(step: NvidiaSGD, solver: str) -> str:
     reasons = []
+    if step.sag:
+        reasons.append("SAG averages the gradient into its history ((1 - momentum) g)")
     if step.momentum_policy != "fixed":
         reasons.append(f"momentum_policy {step.momentum_policy!r} changes the momentum per update")
     if step.larc:
@@ -124,11 +126,13 @@ def _nvidia_sgd_builtin(step: NvidiaSGD, solver: str) -> str:
         )
     if step.decay_kind and step.decay_policy == "poly":
         reasons.append("weight_decay_policy 'poly' changes the decay per update")
-    return "NVIDIA Caffe's SGD has no Keras built-in here: " + "; ".join(reasons)
+    return f"NVIDIA Caffe's {solver} has no Keras built-in here: " + "; ".join(reasons)
 
 
 def _nvidia_sgd_custom(step: NvidiaSGD) -> CallSpec:
     args = [Arg("momentum", f32(step.momentum), "momentum")]
+    if step.sag:
+        args.append(Arg("sag", True, "type"))
     if step.momentum_policy != "fixed":
         args.append(Arg("momentum_policy", step.momentum_policy, "momentum_policy"))
         args.append(Arg("max_momentum", f32(step.max_momentum), "max_momentum"))

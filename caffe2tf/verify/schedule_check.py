@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from caffe2tf.rule.model import Adam, UpdateRule
-from caffe2tf.rule.schedules import lr_sequence
+from caffe2tf.rule.model import Adam, LrSchedule, UpdateRule
+from caffe2tf.rule.schedules import boundaries, lr_sequence
 
 #: relative difference of two float32 rates that counts as a different schedule
 SCHEDULE_TOLERANCE = 1e-4
@@ -87,9 +87,52 @@ def _adam_factor(beta1: float, beta2: float, t: np.ndarray) -> np.ndarray:
         return np.sqrt(1.0 - np.power(beta2, t)) / (1.0 - np.power(beta1, t))
 
 
+def lr_array(schedule: LrSchedule, iterations: int) -> np.ndarray:
+    """Caffe's float32 rate at k = 0..iterations-1 (a fresh run), vectorised: the float32
+    expressions of :mod:`caffe2tf.rule.schedules` (each float operation rounded, ``pow`` and
+    ``exp`` in double then rounded), equal to :func:`~caffe2tf.rule.schedules.lr_sequence`
+    element for element (tests/test_verify_stream.py) but without a Python call per
+    iteration: real recipes run to ``max_iter`` 10^6..10^7. NVIDIA's warm-up and floor
+    (``min_lr`` set) go through ``lr_sequence``."""
+    s = schedule
+    if s.min_lr is not None or s.policy not in _VECTOR_POLICIES:
+        return lr_sequence(s, iterations)
+    f32 = np.float32
+    k = np.arange(iterations, dtype=np.int64)
+    with np.errstate(all="ignore"):
+        if s.policy == "fixed":
+            rate = np.full(iterations, s.base_lr)
+        elif s.policy in ("step", "multistep"):
+            if s.policy == "step":
+                cs = k // s.stepsize
+            else:
+                cs = np.searchsorted(np.asarray(boundaries(s, iterations)), k, side="right")
+            rate = s.base_lr * np.power(np.float64(s.gamma), cs.astype(np.float64))
+        elif s.policy == "exp":
+            rate = s.base_lr * np.power(np.float64(s.gamma), k.astype(np.float64))
+        elif s.policy == "inv":
+            base = f32(1.0) + (s.gamma * k.astype(f32).astype(np.float64)).astype(f32)
+            rate = s.base_lr * np.power(base.astype(np.float64), -s.power).astype(f32).astype(
+                np.float64
+            )
+        elif s.policy == "poly":
+            base = f32(1.0) - k.astype(f32) / f32(s.max_iter)
+            rate = s.base_lr * np.power(base.astype(np.float64), s.power).astype(f32).astype(
+                np.float64
+            )
+        else:  # sigmoid
+            arg = (-s.gamma * (k.astype(f32) - f32(s.stepsize)).astype(np.float64)).astype(f32)
+            e = np.where(arg < 709, np.exp(arg.astype(np.float64)), np.inf).astype(f32)
+            rate = s.base_lr * (f32(1.0) / (f32(1.0) + e)).astype(np.float64)
+    return np.asarray(rate, np.float64).astype(np.float32)
+
+
+_VECTOR_POLICIES = frozenset({"fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid"})
+
+
 def caffe_rates(rule: UpdateRule, iterations: int) -> np.ndarray:
     """Caffe's global rate times the solver's iteration-dependent factor, k = 0..iterations-1."""
-    rates = lr_sequence(rule.schedule, iterations).astype(np.float64)
+    rates = lr_array(rule.schedule, iterations).astype(np.float64)
     step = rule.solver_step
     if isinstance(step, Adam):
         t = np.arange(1, iterations + 1, dtype=np.float64)
@@ -133,6 +176,26 @@ def candidate_rates(
     return rates * lr_mult, lr_mult
 
 
+#: a schedule that cannot take a vector of steps is called once per step up to this many
+SCALAR_CALLS = 200_000
+
+
+def _evaluate(schedule: Any, calls: np.ndarray) -> np.ndarray:
+    """The schedule at every step of ``calls``: one vectorised call, or (for a schedule that
+    only takes a scalar step, such as ``PiecewiseConstantDecay`` on the torch backend) one
+    call per step, up to :data:`SCALAR_CALLS`."""
+    import keras
+
+    try:
+        return np.broadcast_to(
+            _to_numpy(schedule(keras.ops.convert_to_tensor(calls))), calls.shape
+        ).astype(np.float64)
+    except Exception:
+        if len(calls) > SCALAR_CALLS:
+            raise
+        return np.array([float(_to_numpy(schedule(int(c)))) for c in calls])
+
+
 def _optimizer_rates(opt: Any, iterations: int, iter_size: int) -> np.ndarray | str:
     import keras
 
@@ -140,7 +203,7 @@ def _optimizer_rates(opt: Any, iterations: int, iter_size: int) -> np.ndarray | 
     calls = np.arange(iterations, dtype=np.int64) * iter_size + (iter_size - 1)
     try:
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            rates = np.broadcast_to(_to_numpy(schedule(calls)), (iterations,))
+            rates = _evaluate(schedule, calls)
         else:
             rates = np.full(iterations, float(_to_numpy(schedule)))
     except Exception as err:  # a user's optimizer: say why instead of failing the run

@@ -107,15 +107,24 @@ def trajectory_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 #: the values of ``convert --target`` (the keys of ``caffe2tf.app.targets.TARGETS``, which is
 #: not imported here to keep ``--help`` fast; a test checks that they agree)
-TARGET_NAMES = ("keras", "torch", "optax")
+TARGET_NAMES = ("keras", "torch", "optax", "tf-compat-v1")
 
 target_option = click.option(
     "--target",
     type=click.Choice(TARGET_NAMES),
     default="keras",
     show_default=True,
-    help="Framework: keras (train_config.yaml, optimizer.py), torch (optimizer_torch.py) or "
-    "optax (optimizer_optax.py).",
+    help="Framework: keras (train_config.yaml, optimizer.py), torch (optimizer_torch.py), "
+    "optax (optimizer_optax.py) or tf-compat-v1 (train_op_v1.py).",
+)
+
+input_shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="TOP=N,C,H,W",
+    help="The shape of a data top of the train net (repeatable); default: what the net says, "
+    "else the conventional 3x224x224 images (a note names each assumed dimension).",
 )
 
 format_option = click.option(
@@ -261,6 +270,7 @@ def replay(
     default=None,
     help="How many GPUs Caffe trained with (caffe train -gpu 0,1,...): notes the global batch.",
 )
+@input_shape_option
 @target_option
 @format_option
 @_user_errors_exit_2
@@ -275,6 +285,7 @@ def convert(
     target: str,
     fmt: str,
     caffe_gpus: int | None = None,
+    input_shapes: tuple[str, ...] = (),
 ) -> int:
     """Write into OUT the optimizer module (and for keras train_config.yaml) that trains
     exactly like SOLVER."""
@@ -290,6 +301,7 @@ def convert(
         force=force,
         target=target,
         caffe_gpus=caffe_gpus,
+        input_shapes=input_shapes or None,
     )
     click.echo(report.render(fmt))
     return report.exit_code
@@ -306,6 +318,15 @@ def convert(
     default=None,
     help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).",
 )
+@click.option(
+    "--layer-map",
+    "layer_map",
+    type=_existing_file,
+    default=None,
+    help="The YAML layer map the module was written for (default: the names its blob table "
+    "lists, else convert's automatic renames).",
+)
+@input_shape_option
 @trajectory_options
 @click.option(
     "--plot",
@@ -329,6 +350,8 @@ def verify(
     plot_path: Path | None,
     target: str,
     fmt: str,
+    layer_map: Path | None = None,
+    input_shapes: tuple[str, ...] = (),
 ) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
     if target == "keras":
@@ -346,6 +369,8 @@ def verify(
         against=against,
         plot_path=plot_path,
         target=target,
+        layer_map=layer_map,
+        input_shapes=input_shapes or None,
     )
     click.echo(report.render(fmt))
     return report.exit_code
@@ -369,6 +394,7 @@ def verify(
     help="A caffe2tf-check.yaml listing entries (solver, out, net, layer_map, steps...).",
 )
 @click.option("--jobs", type=int, default=1, show_default=True, help="Entries checked in parallel.")
+@input_shape_option
 @click.option(
     "--junit",
     type=click.Path(path_type=Path),
@@ -393,12 +419,13 @@ def check(
     manifest: Path | None = None,
     jobs: int = 1,
     junit: Path | None = None,
+    input_shapes: tuple[str, ...] = (),
 ) -> int:
     """CI check: does OUT (written by convert) still match its Caffe original SOLVER?
 
     Fails (exit 1) when OUT/train_config.yaml differs from today's conversion or when
-    OUT/optimizer.py, run per its contract, leaves Caffe's trajectory (--target torch|optax:
-    OUT/optimizer_<target>.py, which has no config file beside it). Several SOLVER OUT pairs,
+    OUT/optimizer.py, run per its contract, leaves Caffe's trajectory (another --target: its
+    module in OUT, which has no config file beside it). Several SOLVER OUT pairs,
     or --manifest, check a whole migration (--jobs in parallel, --junit XML, GitHub
     annotations when GITHUB_ACTIONS=true).
     """
@@ -442,6 +469,7 @@ def check(
         tolerance=tolerance,
         against=against,
         target=target,
+        input_shapes=input_shapes or None,
     )
     click.echo(report.render(fmt))
     return report.exit_code

@@ -1,13 +1,14 @@
-"""The bar for the torch and optax targets: for every case of the update-rule matrix, the module
-``caffe2tf convert --target torch|optax`` writes, used exactly per its contract
-(:mod:`caffe2tf.verify.torch_harness`, :mod:`caffe2tf.verify.optax_harness`), reproduces the
+"""The bar for the torch, optax and tf-compat-v1 targets: for every case of the update-rule
+matrix, the module ``caffe2tf convert --target torch|optax|tf-compat-v1`` writes, used exactly
+per its contract (:mod:`caffe2tf.verify.torch_harness`, :mod:`caffe2tf.verify.optax_harness`,
+:mod:`caffe2tf.verify.tf_v1_harness`), reproduces the
 REAL Caffe 1.0 trajectory within 1e-3 (deviation of :mod:`caffe2tf.verify.compare`) over 100
 updates; and the usual wrong ports of each framework (:mod:`caffe2tf.verify.target_ports`)
 FAIL the same comparison.
 
 Data: each case's seeded stream with the gradients of ``lr_mult: 0`` blobs zeroed, as Caffe
 computes them; every Caffe trajectory comes from ONE batched ``oracle.run_cases`` call. The
-whole matrix runs in this one process (torch and JAX on the CPU), about half a minute.
+whole matrix runs in this one process (torch, JAX and TensorFlow on the CPU), about a minute.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ TEETH = [
     ts.teeth_case("sgd-l2", solver="SGD", decay="L2"),
 ]
 ALL = CASES + TEETH
-TARGETS = ("torch", "optax")
+TARGETS = ("torch", "optax", "tf-compat-v1")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,11 @@ def _converted_case(case, target: str, workdir: Path):
 
 
 def _trajectory(target: str, build, rule, data, plan_blobs=None):
+    if target == "tf-compat-v1":
+        from caffe2tf.targets.tf_compat_v1.plan import plan
+        from caffe2tf.verify.tf_v1_harness import run_tf_v1
+
+        return run_tf_v1(build, plan(rule).blobs, data.init, data.micro, iter_size=data.iter_size)
     if target == "torch":
         from caffe2tf.targets.torch.plan import plan
         from caffe2tf.verify.torch_harness import run_torch
@@ -82,7 +88,9 @@ def _trajectory(target: str, build, rule, data, plan_blobs=None):
 
 
 def _require(target: str) -> None:
-    if target == "torch":
+    if target == "tf-compat-v1":
+        require("tensorflow")
+    elif target == "torch":
         require("torch")
     else:
         require("jax")
@@ -95,7 +103,8 @@ def test_emitted_module_matches_caffe(case, target, caffe_runs, workdir, record_
     _require(target)
     data, caffe = caffe_runs
     rule, module = _converted_case(case, target, workdir)
-    traj = _trajectory(target, module.build_optimizer, rule, data[case.name])
+    build = module.build_train_op if target == "tf-compat-v1" else module.build_optimizer
+    traj = _trajectory(target, build, rule, data[case.name])
     cmp = compare_trajectories(data[case.name].init, caffe[case.name], traj, tolerance=ts.TOLERANCE)
     record_property("deviation", cmp.deviation)
     assert cmp.passed, f"{target} on {case.name}: {cmp.summary()}"
@@ -116,14 +125,16 @@ def test_every_port_is_tested_somewhere() -> None:
 
 @pytest.mark.parametrize("case,port", WRONG, ids=[f"{c.name}-{p}" for c, p in WRONG])
 def test_wrong_port_fails(case, port, caffe_runs, workdir, record_property):
-    target = port.split("_")[0]
+    target = {"torch": "torch", "optax": "optax", "tf": "tf-compat-v1"}[port.split("_")[0]]
     _require(target)
     data, caffe = caffe_runs
     rule, module = _converted_case(case, target, workdir)
     if target == "torch":
         build = target_ports.torch_port(port, rule, module, ts.STEPS)
-    else:
+    elif target == "optax":
         build = target_ports.optax_port(port, rule, module)
+    else:
+        build = target_ports.tf_port(port, rule, module)
     traj = _trajectory(target, build, rule, data[case.name])
     cmp = compare_trajectories(data[case.name].init, caffe[case.name], traj, tolerance=ts.TOLERANCE)
     drift = 100 * cmp.deviation

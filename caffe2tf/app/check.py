@@ -129,9 +129,11 @@ def check_migration(
     against: str = "reference",
     plot_path: Path | None = None,
     target: str = "keras",
+    input_shapes: Any = None,
 ) -> CheckReport:
     """Compare OUT/train_config.yaml with today's conversion and run OUT/optimizer.py (for
-    ``target`` torch/optax: run OUT/optimizer_<target>.py; they have no config file)."""
+    ``target`` torch/optax: run OUT/optimizer_<target>.py; they have no config file).
+    ``input_shapes``: ``--input-shape`` (see :func:`caffe2tf.app.pipeline.load_pipeline`)."""
     from caffe2tf.app.convert import load_layer_map
     from caffe2tf.app.pipeline import keras_plan, load_pipeline
     from caffe2tf.app.verify import verify_solver
@@ -139,7 +141,7 @@ def check_migration(
 
     # SOLVER (and --net/--layer-map) first: arguments are judged in the order they were given.
     # The recipe is read and lowered once; verify runs on the same pipeline.
-    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient)
+    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes)
     if target != "keras":
         return _check_module_only(
             solver,
@@ -206,7 +208,8 @@ def _check_module_only(
     verify: dict[str, Any],
     plot_path: Path | None,
 ) -> CheckReport:
-    """``check --target torch|optax``: OUT holds only the module, judged by what it does."""
+    """``check`` for a target other than keras: OUT holds only the module, judged by what it
+    does."""
     from caffe2tf.app.targets import get_target
     from caffe2tf.app.verify import verify_solver
 

@@ -5,7 +5,9 @@ checked against it by the tests):
 
 * ``keras`` (default): ``train_config.yaml`` + ``optimizer.py`` (docs/keras-target.md);
 * ``torch``: ``optimizer_torch.py``, ``build_optimizer(model)`` (docs/torch-target.md);
-* ``optax``: ``optimizer_optax.py``, ``build_optimizer()`` (docs/optax-target.md).
+* ``optax``: ``optimizer_optax.py``, ``build_optimizer()`` (docs/optax-target.md);
+* ``tf-compat-v1``: ``train_op_v1.py``, ``build_train_op(loss, var_list=None)``
+  (docs/tf-compat-v1-target.md).
 
 Planning and rendering import no framework: a target's plan is data and its renderer writes
 text.
@@ -92,11 +94,32 @@ def _optax_render(p: Any) -> dict[str, str]:
     return {FILENAME: render_python(p)}
 
 
+def _tf_v1_plan(
+    pipeline: Pipeline, layer_map: Mapping[str, str] | None
+) -> tuple[Any, tuple[Note, ...]]:
+    from caffe2tf.targets.tf_compat_v1.plan import plan
+
+    p = plan(
+        pipeline.rule,
+        layer_map=checked_layer_map(pipeline, layer_map),
+        source=plan_source(pipeline),
+    )
+    notes = _all_notes(pipeline, p.notes)
+    return _with_inexact(p, notes), notes
+
+
+def _tf_v1_render(p: Any) -> dict[str, str]:
+    from caffe2tf.targets.tf_compat_v1.render_python import FILENAME, render_python
+
+    return {FILENAME: render_python(p)}
+
+
 #: The registry: ``--target`` value -> its target.
 TARGETS: dict[str, Target] = {
     "keras": Target("keras", "optimizer.py", keras_plan, _keras_render),
     "torch": Target("torch", "optimizer_torch.py", _torch_plan, _torch_render),
     "optax": Target("optax", "optimizer_optax.py", _optax_plan, _optax_render),
+    "tf-compat-v1": Target("tf-compat-v1", "train_op_v1.py", _tf_v1_plan, _tf_v1_render),
 }
 
 

@@ -1,4 +1,4 @@
-"""``caffe2tf verify --target torch|optax``: the emitted module of another target against Caffe.
+"""``caffe2tf verify --target torch|optax|tf-compat-v1``: another target's module against Caffe.
 
 The same seeded data as the Keras target's stream component (:mod:`caffe2tf.app.verify`):
 initial weights N(0, 0.5²), ``iter_size`` per-pass gradients per Caffe update, none for the
@@ -82,8 +82,8 @@ def load_module(path: Path) -> Any:
         raise InputError(
             f"importing the module failed: {type(err).__name__}: {err}", where
         ) from None
-    if not callable(getattr(module, "build_optimizer", None)):
-        raise InputError("defines no build_optimizer()", where)
+    if not any(callable(getattr(module, f, None)) for f in ("build_optimizer", "build_train_op")):
+        raise InputError("defines no build_optimizer() (nor build_train_op())", where)
     return module
 
 
@@ -94,6 +94,13 @@ def _backend(target: str) -> tuple[str, str]:
 
             device = "CPU"
             return f"torch {torch.__version__}", device
+        if target == "tf-compat-v1":
+            from caffe2tf._quiet import import_keras_quietly
+
+            import_keras_quietly()
+            import tensorflow as tf
+
+            return f"tensorflow {tf.__version__} (tf.compat.v1 graph)", "CPU"
         import jax
         import optax
 
@@ -165,6 +172,12 @@ def verify_target(
 
             candidate = run_torch(
                 module.build_optimizer, plan.blobs, init, micro, iter_size=iter_size
+            )
+        elif target == "tf-compat-v1":
+            from caffe2tf.verify.tf_v1_harness import run_tf_v1
+
+            candidate = run_tf_v1(
+                module.build_train_op, plan.blobs, init, micro, iter_size=iter_size
             )
         else:
             from caffe2tf.verify.optax_harness import run_optax

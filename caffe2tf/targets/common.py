@@ -28,6 +28,7 @@ __all__ = [
     "Items",
     "call_lines",
     "docstring_lines",
+    "effective_stepvalues",
     "f32",
     "fmt",
     "literal",
@@ -77,6 +78,17 @@ def untranslatable(rule: Any, solver_steps: Iterable[type]) -> list[str]:
     if getattr(schedule, "min_lr", None) is not None or getattr(schedule, "rampup_interval", 0):
         out.append("the learning rate has a warm-up or a floor (a fork's fields)")
     return out
+
+
+def effective_stepvalues(schedule: Any) -> tuple[int, ...]:
+    """Where Caffe's multistep counter really advances: at most once per update
+    (``sgd_solver.cpp:46-52``), so a repeated stepvalue decays on the next update."""
+    from caffe2tf.rule.schedules import boundaries
+
+    if not schedule.stepvalue:
+        return ()
+    horizon = max(int(v) for v in schedule.stepvalue) + len(schedule.stepvalue) + 1
+    return tuple(boundaries(schedule, horizon))
 
 
 def value_text(v: Any) -> str:

@@ -21,6 +21,13 @@ docs/optax-target.md#wrong-ports).
     The emitted group chain with ``add_decayed_weights`` moved after the solver's scaling
     (after ``trace`` for SGD, after ``scale_by_*`` for the adaptive solvers), just before the
     rate: the decay no longer passes through the momentum / adaptive denominator.
+``tf_momentum``
+    ``tf.compat.v1.train.MomentumOptimizer`` with the rate scheduled per update: the rate
+    outside its accumulation (``tensorflow/python/training/momentum.py``), as ``torch_sgd``.
+``tf_l2_doubled``
+    The decay as loss terms ``weight_decay x decay_mult x sum(w^2)`` (a regularizer without
+    ``tf.nn.l2_loss``'s 1/2, e.g. ``l2_regularizer(2 * wd)`` to "undo" the 1/2, or Keras'
+    ``l2(wd)``): twice Caffe's decay.
 
 torch and optax are imported lazily.
 """
@@ -37,7 +44,8 @@ from caffe2tf.rule.schedules import lr_sequence
 
 TORCH_PORTS = ("torch_sgd", "torch_adamw")
 OPTAX_PORTS = ("optax_adamw", "optax_decay_after_scaling")
-PORTS = TORCH_PORTS + OPTAX_PORTS
+TF_PORTS = ("tf_momentum", "tf_l2_doubled")
+PORTS = TORCH_PORTS + OPTAX_PORTS + TF_PORTS
 
 
 def _l2(rule: UpdateRule) -> AddDecay | None:
@@ -54,6 +62,10 @@ def applies(port: str, rule: UpdateRule) -> bool:
         return isinstance(step, Adam) and _l2(rule) is not None
     if port == "optax_decay_after_scaling":
         return _l2(rule) is not None
+    if port == "tf_momentum":  # built-ins run without accumulation (see the TF1 target)
+        return applies("torch_sgd", rule) and rule.iter_size == 1
+    if port == "tf_l2_doubled":  # the decay as loss terms: the TF1 idiom, where it is exact
+        return _l2(rule) is not None and _clip(rule) < 0
     raise ValueError(f"unknown port {port!r}")
 
 
@@ -196,3 +208,62 @@ def _solver_scaling(step: Any) -> list[Any]:
             runtime.scale_by_caffe_adam(float(step.beta1), float(step.beta2), float(step.delta))
         ]
     raise TypeError(type(step))
+
+
+def tf_port(port: str, rule: UpdateRule, module: Any) -> Callable[..., Any]:
+    """``build_train_op(loss, var_list=None)`` of ``port``, from the emitted
+    ``train_op_v1.py`` ``module`` of the same recipe (its blob table and ``learning_rate``)
+    and the runtime's ``caffe_train_op``."""
+    import tensorflow as tf
+
+    from caffe2tf.targets.tf_compat_v1 import runtime
+
+    decay = _l2(rule)
+    wd = float(np.float32(decay.weight_decay)) if decay else 0.0
+    step = rule.solver_step
+    if port == "tf_momentum":
+        assert isinstance(step, Momentum)
+        solver = runtime.builtin_step(
+            lambda rate: tf.compat.v1.train.MomentumOptimizer(
+                rate, float(step.momentum), use_nesterov=step.nesterov
+            )
+        )
+        doubled = 1.0
+    elif port == "tf_l2_doubled":
+        solver = plan_solver(rule)  # right as the emitted module has it
+        doubled = 2.0
+    else:
+        raise ValueError(f"unknown TF1 port {port!r}")
+
+    def build(loss: Any, var_list: Any = None) -> Any:
+        return runtime.caffe_train_op(
+            loss,
+            var_list,
+            module.CAFFE_BLOBS,
+            module.DEFAULT_BLOB,
+            learning_rate=module.learning_rate,
+            solver=solver,
+            weight_decay=wd * doubled,
+            regularization_type="L2",
+            decay_in_loss=_clip(rule) < 0,
+            clip_gradients=_clip(rule),
+            iter_size=rule.iter_size,
+        )
+
+    return build
+
+
+def plan_solver(rule: UpdateRule) -> Any:
+    """The TF1 target's solver for ``rule`` (what the emitted ``build_train_op`` passes to
+    ``caffe_train_op``), built from the plan with the runtime library."""
+    import tensorflow as tf
+
+    from caffe2tf.targets.tf_compat_v1 import runtime
+    from caffe2tf.targets.tf_compat_v1.plan import plan
+
+    spec = plan(rule).solver
+    kwargs = spec.kwargs()
+    if spec.cls.startswith("tf.compat.v1.train."):
+        optimizer = getattr(tf.compat.v1.train, spec.cls.rpartition(".")[2])
+        return runtime.builtin_step(lambda rate: optimizer(rate, **kwargs))
+    return getattr(runtime, spec.cls)(**kwargs)

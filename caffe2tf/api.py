@@ -140,4 +140,23 @@ def verify(
     )
 
 
-__all__ = ["Conversion", "convert", "verify"]
+def import_caffe_snapshot(
+    solver: PathLike,
+    model: Any,
+    optimizer: Any,
+    caffemodel: PathLike,
+    solverstate: PathLike,
+    *,
+    net: PathLike | None = None,
+    layer_map: Mapping[str, str] | None = None,
+) -> int:
+    """Continue a Caffe run in Keras: load Caffe's ``.caffemodel`` + ``.solverstate`` into a
+    model prepared by the emitted ``prepare_model`` and the optimizer its ``build_optimizer()``
+    made (weights, solver history, step counters); returns Caffe's ``iter``. See
+    :mod:`caffe2tf.app.resume`."""
+    from caffe2tf.app.resume import import_caffe_snapshot as load
+
+    return load(solver, model, optimizer, caffemodel, solverstate, net=net, layer_map=layer_map)
+
+
+__all__ = ["Conversion", "convert", "import_caffe_snapshot", "verify"]

@@ -23,6 +23,8 @@ Task kinds (fields in job.json, file names relative to the job folder):
     ``method="backward"`` runs ``step(1)`` untouched (the net's own forward/backward makes the
     gradients; ``grads`` must be empty). Writes
     ``out``: owner key -> array (steps, *shape); row k-1 = the weights after k updates.
+    With ``snapshot_at`` = k it also calls ``solver.snapshot()`` right after update k (the
+    solver text's ``snapshot_prefix`` says where the .caffemodel and .solverstate go).
 ``params`` {net}
     Builds ``caffe.Net(net, TRAIN)`` and lists every blob of ``net.params`` (layer order, sharers
     included) with its shape and its owner (blobs that alias the same memory are one learnable
@@ -159,6 +161,8 @@ def _task_run(job_dir, task):
             )
         for key, blob in owners:
             traj[key][step] = blob.data
+        if task.get("snapshot_at") == step + 1:  # Solver::Snapshot, solver.cpp:420-435
+            solver.snapshot()
     np.savez(os.path.join(job_dir, task["out"]), **traj)
     return {"owners": owner_keys, "iter": int(solver.iter)}
 

@@ -170,3 +170,23 @@ def test_a_fork_policy_kept_by_lenient_is_refused_in_one_line(files: Path) -> No
         code, text = invoke(*args, "--lenient")
         assert code == 2 and len(text.strip().splitlines()) == 1, text
         assert text.startswith(f"{solver}:3:1: error: lr_policy 'triangular'"), text
+
+
+def test_fork_layers_without_learnable_blobs_never_block(files: Path) -> None:
+    """A fork's loss with its own parameters (py-faster-rcnn's SmoothL1Loss) shapes the model,
+    not the update: skipped by --lenient, it does not block; a skipped field in a learnable
+    layer still does."""
+    net = NET + textwrap.dedent("""\
+        layer { name: "loss" type: "SmoothL1Loss" bottom: "ip" bottom: "ip" top: "loss"
+          smooth_l1_loss_param { sigma: 3 } }
+        """)
+    (files / "net.prototxt").write_text(net)
+    (files / "solver.prototxt").write_text(f'net: "{files / "net.prototxt"}"\n' + NO_NET)
+    args = ("convert", str(files / "solver.prototxt"), "--lenient", "-o", str(files / "out"))
+    code, text = invoke(*args)
+    assert code == 0, text
+    assert "owns no learnable blob of the train net" in text
+    learnable = net.replace("num_output: 2 }", "num_output: 2 fancy_init: 1 }")
+    (files / "net.prototxt").write_text(learnable)
+    code, text = invoke(*args, "--force")
+    assert code == 2 and "fancy_init" in text[text.index("Blocked by:") :], text

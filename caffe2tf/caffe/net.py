@@ -27,6 +27,8 @@ start from ``phase: TRAIN``, merge the net's own ``state``, then the solver's ``
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,6 +340,35 @@ class _Walk:
     blob_shapes: dict[str, shp.Shape]
 
 
+_SKIPPED_IN_LAYER = re.compile(r"skipped (?:unknown \w+ )?layer\[(\d+)\]\.")
+
+
+def relax_skipped_fields(
+    notes: tuple[Note, ...], net: Any, owners: Sequence[_Owner]
+) -> tuple[Note, ...]:
+    """A field ``--lenient`` skipped inside a layer that owns no learnable blob of the train
+    net (a loss, a Python or ROI-pooling layer, a fork's data transform, a layer of the TEST
+    phase) shapes the model's forward and backward pass, never the update rule: its note no
+    longer counts as changing training (issue 11: such layers never block a translation)."""
+    learning = {o.layer for o in owners}
+    learning |= {key.rpartition("/")[0] for o in owners for key in o.sharers}
+    out = []
+    for n in notes:
+        found = _SKIPPED_IN_LAYER.match(n.message) if n.code.startswith("lenient.") else None
+        index = int(found.group(1)) if found else -1
+        if found and n.affects_training and index < len(net.layer):
+            layer = net.layer[index]
+            if layer.name not in learning:
+                n = dataclasses.replace(
+                    n,
+                    affects_training=False,
+                    message=f"{n.message}; but layer '{layer.name}' ({layer.type}) owns no "
+                    "learnable blob of the train net, so the update rule does not depend on it",
+                )
+        out.append(n)
+    return tuple(out)
+
+
 def build_net_spec(
     net: Any,
     *,
@@ -365,7 +396,7 @@ def build_net_spec(
         params=tuple(o.freeze() for o in walk.table.owners),
         legacy_format=legacy_format,
         message=net,
-        notes=tuple(walk.notes),
+        notes=relax_skipped_fields(tuple(walk.notes), net, walk.table.owners),
         dialect=dialect,
     )
 

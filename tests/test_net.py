@@ -398,10 +398,22 @@ def test_python_layer_is_accepted_with_a_note():
         'python_param { module: "m" layer: "L" } }\n' + conv("c1") + conv("c2", bottom="c1")
     )
     s = spec(text)
-    assert s.param("c1/0").shape is None  # input channels unknown
+    # a Python data layer's tops are unknown: the conventional image batch is assumed
+    assert s.param("c1/0").shape == (4, 3, 3, 3)
     assert s.param("c2/0").shape == (4, 4, 3, 3)  # known from c1's num_output
     codes = {n.code for n in s.notes}
-    assert {"net.python_layer", "net.shape_assumed", "net.param_shape_unknown"} <= codes
+    assert {"net.python_layer", "net.shape_assumed"} <= codes
+    assumed = next(n for n in s.notes if n.code == "net.shape_assumed")
+    assert "channels 3" in assumed.message and "--input-shape data=" in assumed.message
+    # a Python layer in the middle of the net is not a data layer: nothing is assumed for it
+    mid = (
+        INPUT
+        + 'layer { name: "p" type: "Python" bottom: "data" top: "q" }\n'
+        + conv("c1", bottom="q")
+    )
+    m = spec(mid)
+    assert m.param("c1/0").shape is None
+    assert "net.param_shape_unknown" in {n.code for n in m.notes}
 
 
 def test_data_layer_without_declared_channels():
@@ -413,17 +425,49 @@ def test_data_layer_without_declared_channels():
         + ip("fc", bottom="c2")
     )
     s = spec(text)
-    assert s.param("c1/0").shape is None and s.param("c1/1").shape == (4,)
+    # the database holds the channel count: 3 (image data) is assumed, and said
+    assert s.param("c1/0").shape == (4, 3, 3, 3) and s.param("c1/1").shape == (4,)
     assert s.param("c2/0").shape == (4, 4, 3, 3)
     assert s.param("fc/0").shape == (5, 4 * 6 * 6)  # 10 -> 8 -> 6
-    assert any(n.code == "net.data_shape_unknown" for n in s.notes)
+    (note,) = [n for n in s.notes if n.code == "net.shape_assumed"]
+    assert "channels 3 of top 'data'" in note.message and "height" not in note.message
+    assert s.feeds[0].shapes == ((4, 3, 10, 10), (4,))
+    # what the prototxt says wins over the convention: mean_value once per channel
+    gray = text.replace("crop_size: 10", "crop_size: 10 mean_value: 1 mean_value: 2")
+    assert spec(gray).param("c1/0").shape == (4, 2, 3, 3)
+    assert not any(n.code == "net.shape_assumed" for n in spec(gray).notes)
+    assert spec(text.replace("crop_size: 10", "crop_size: 10 force_gray: true")).param(
+        "c1/0"
+    ).shape == (4, 1, 3, 3)
+    # no crop_size: height and width are the images', assumed 224 and said
+    uncropped = spec(text.replace("transform_param { crop_size: 10 } ", ""))
+    (note,) = [n for n in uncropped.notes if n.code == "net.shape_assumed"]
+    assert "channels 3, height 224, width 224 of top 'data'" in note.message
+    assert uncropped.feeds[0].shapes[0] == (4, 3, 224, 224)
+
+
+def test_input_shape_overrides():
+    text = (
+        'layer { name: "d" type: "Data" top: "data" top: "label" data_param { batch_size: 4 } '
+        "}\n" + conv("c1") + ip("fc", bottom="c1")
+    )
+    s = spec(text, input_shapes={"data": (8, 2, 5, 5)})
+    assert s.param("c1/0").shape == (4, 2, 3, 3) and s.param("fc/0").shape == (5, 4 * 3 * 3)
+    assert s.feeds[0].shapes == ((8, 2, 5, 5), (8,))  # the label follows the new batch
+    assert not any(n.code == "net.shape_assumed" for n in s.notes)
+    # an Input layer's declared shape is overridden too
+    declared = spec(INPUT + conv("c1"), input_shapes={"data": (1, 7, 9, 9)})
+    assert declared.param("c1/0").shape == (4, 7, 3, 3)
+    with pytest.raises(InputError, match="no layer of the train net .* 'nope'"):
+        spec(text, input_shapes={"nope": (1, 2)})
 
 
 def test_sharing_with_unknown_shape_is_noted_not_fatal():
-    text = (
-        'layer { name: "d" type: "Data" top: "data" data_param { batch_size: 4 } }\n'
-        + conv("a", params='param { name: "w" }')
-        + conv("b", params='param { name: "w" }')
+    text = (  # a Python layer in the middle of the net: its top's shape is unknown
+        INPUT
+        + 'layer { name: "p" type: "Python" bottom: "data" top: "q" }\n'
+        + conv("a", bottom="q", params='param { name: "w" }')
+        + conv("b", bottom="q", params='param { name: "w" }')
     )
     s = spec(text)
     assert s.param("a/0").sharers == ("b/0",)

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -319,9 +320,11 @@ def convert_solver(
     force: bool = False,
     target: str = "keras",
     caffe_gpus: int | None = None,
+    input_shapes: Any = None,
 ) -> ConvertReport:
     """Convert ``solver`` and write the ``target``'s files into OUT (see module).
-    ``caffe_gpus``: how many GPUs the Caffe run used (:func:`multi_gpu_note`)."""
+    ``caffe_gpus``: how many GPUs the Caffe run used (:func:`multi_gpu_note`).
+    ``input_shapes``: ``--input-shape`` (only the shape notes depend on it)."""
     from caffe2tf.app.targets import get_target
 
     chosen = get_target(target)
@@ -331,7 +334,8 @@ def convert_solver(
         inputs=(solver, net_path, None if isinstance(layer_map, Mapping) else layer_map),
     )
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
-    p, notes = chosen.plan(load_pipeline(solver, net_path=net_path, lenient=lenient), mapping)
+    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes)
+    p, notes = chosen.plan(pipeline, mapping)
     if caffe_gpus is not None:
         notes = (*notes, multi_gpu_note(caffe_gpus))
     out = Path(out_dir)

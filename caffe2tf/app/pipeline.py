@@ -9,7 +9,7 @@ Caffe's own checks run, and lowers it to the :class:`~caffe2tf.rule.model.Update
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from caffe2tf.caffe.load import load_recipe
@@ -56,10 +56,36 @@ def load_pipeline(
     *,
     net_path: str | os.PathLike[str] | None = None,
     lenient: bool = False,
+    input_shapes: Mapping[str, tuple[int, ...]] | Sequence[str] | None = None,
 ) -> Pipeline:
-    """Read ``solver`` (and its train net, or ``net_path``) and lower it, once."""
-    recipe = load_recipe(solver, net_path=net_path, lenient=lenient)
+    """Read ``solver`` (and its train net, or ``net_path``) and lower it, once.
+    ``input_shapes``: ``{top: shape}``, or the ``TOP=N,C,H,W`` texts of ``--input-shape``."""
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        input_shapes = parse_input_shapes(input_shapes)
+    recipe = load_recipe(solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes)
     return Pipeline(solver_path=os.fspath(solver), recipe=recipe, rule=lower(recipe))
+
+
+def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """``--input-shape TOP=N,C,H,W`` (repeatable; any rank, positive integers) -> ``{top:
+    shape}``. A malformed value, or a top given twice, is an InputError."""
+    out: dict[str, tuple[int, ...]] = {}
+    for text in values:
+        top, sep, dims = str(text).partition("=")
+        top = top.strip()
+        try:
+            shape = tuple(int(d) for d in dims.split(",")) if sep and dims.strip() else ()
+        except ValueError:
+            shape = ()
+        if not top or not shape or any(d < 1 for d in shape):
+            raise InputError(
+                f"--input-shape {str(text)[:80]!r}: expected TOP=N,C,H,W (a top of the train "
+                "net, then its dimensions as positive integers, e.g. data=64,3,224,224)"
+            )
+        if top in out:
+            raise InputError(f"--input-shape names top {top!r} twice")
+        out[top] = shape
+    return out
 
 
 def checked_layer_map(pipeline: Pipeline, layer_map: Mapping[str, str] | None) -> dict[str, str]:

@@ -269,7 +269,12 @@ def progress_printer(label: str, total: int) -> Any:
 
 
 def _load_candidate(
-    solver: Path, net_path: Path | None, lenient: bool, module_path: Path | None, workdir: Path
+    solver: Path,
+    net_path: Path | None,
+    lenient: bool,
+    module_path: Path | None,
+    workdir: Path,
+    layer_map: Mapping[str, str] | None = None,
 ) -> tuple[Any, str]:
     from caffe2tf.verify.candidate import load_module
 
@@ -286,7 +291,7 @@ def _load_candidate(
         solver,
         net_path=net_path,
         lenient=lenient,
-        layer_map=None,
+        layer_map=dict(layer_map or {}),
         out_dir=out,
         allow_approx=False,
         force=True,
@@ -312,7 +317,12 @@ def _caffe_trajectory(
     net_file: Path,
     init: Mapping[str, np.ndarray],
     grads: Sequence[Mapping[str, np.ndarray]],
+    pipeline: Pipeline | None = None,
 ) -> list[dict[str, np.ndarray]]:
+    """The real Caffe's trajectory. A net fed by data layers (Caffe opens their databases when
+    it builds them) runs as its TRAIN-phase layers with each data layer an Input layer of the
+    shapes verify used (:func:`caffe2tf.verify.oracle.caffe_ready_net`), from a solver text
+    written from the parsed solver without its net, test-net and snapshot fields."""
     from caffe2tf.verify import oracle
 
     if oracle.caffe_root() is None:
@@ -320,11 +330,21 @@ def _caffe_trajectory(
             f"--against caffe needs the Caffe 1.0 root (build it with "
             f"scripts/build_caffe_root.sh, or set {oracle.ROOT_ENV})"
         )
-    text = _without_snapshots(Path(solver).read_text())
+    net = pipeline.recipe.net if pipeline is not None else None
+    if net is not None and pipeline is not None and oracle.needs_input_layers(net):
+        message = pipeline.recipe.solver.message
+        solver_text = oracle.caffe_ready_solver(message)
+        try:
+            net_text = oracle.caffe_ready_net(net, message)
+        except oracle.OracleError as err:
+            raise InputError(str(err), SourceLocation(net.path)) from None
+    else:
+        solver_text = _without_snapshots(Path(solver).read_text())
+        net_text = Path(net_file).read_text()
     case = oracle.OracleCase(
         name="verify",
-        solver_text=text,
-        net_text=Path(net_file).read_text(),
+        solver_text=solver_text,
+        net_text=net_text,
         init=dict(init),
         grads=list(grads),
     )
@@ -332,6 +352,19 @@ def _caffe_trajectory(
         return oracle.run_cases([case])["verify"]
     except oracle.OracleError as err:
         raise Caffe2TfError(str(err)) from err
+
+
+def _given_layer_map(
+    pipeline: Pipeline, layer_map: str | os.PathLike[str] | Mapping[str, str] | None
+) -> dict[str, str]:
+    """``--layer-map`` read (a path) and checked against the net, as convert checks it."""
+    from caffe2tf.app.convert import load_layer_map
+    from caffe2tf.app.pipeline import checked_layer_map
+
+    if layer_map is None:
+        return {}
+    read = layer_map if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
+    return checked_layer_map(pipeline, read)
 
 
 #: the schedule check's horizon is max_iter, up to this many iterations
@@ -391,11 +424,17 @@ def verify_solver(
     plot_path: Path | None = None,
     pipeline: Pipeline | None = None,
     target: str = "keras",
+    layer_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | Sequence[str] | None = None,
 ) -> VerifyReport:
     """See the module docstring. Raises :class:`~caffe2tf.errors.Caffe2TfError` for bad input
     (unknown net or shapes, missing module, no Caffe root for ``against="caffe"``).
     ``pipeline``: the recipe already read and lowered by the caller (``check``), so that it is
-    not read twice. ``target``: another target's module (:mod:`caffe2tf.app.verify_target`)."""
+    not read twice. ``target``: another target's module (:mod:`caffe2tf.app.verify_target`).
+    ``layer_map``: ``--layer-map`` (a YAML path or a mapping), the Keras layer names the
+    module was written for; without it, the names the module's blob table lists, else
+    convert's automatic renames. ``input_shapes``: ``--input-shape`` (``TOP=N,C,H,W`` texts
+    or ``{top: shape}``)."""
     from caffe2tf.rule.reference import run_reference
     from caffe2tf.verify import keras_harness, mirror
 
@@ -436,7 +475,9 @@ def verify_solver(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if pipeline is None:
-        pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient)
+        pipeline = load_pipeline(
+            solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes
+        )
     rule, net = pipeline.rule, pipeline.recipe.net
     if net is None or not rule.params:
         raise InputError(
@@ -446,7 +487,8 @@ def verify_solver(
             else "the train net has no learnable parameters",
             SourceLocation(str(solver)),
         )
-    layers = mirror.mirror_layers_from_rule(rule)
+    given_map = _given_layer_map(pipeline, layer_map)
+    layers = mirror.mirror_layers_from_rule(rule, given_map)
     shapes = {p.key: tuple(int(d) for d in p.shape or ()) for p in rule.params}
     iter_size = max(1, int(rule.iter_size))
     init = initial_weights(shapes, seed)
@@ -461,8 +503,14 @@ def verify_solver(
     with tempfile.TemporaryDirectory(prefix="caffe2tf-verify-") as tmp:
         t = time.perf_counter()
         module, module_label = _load_candidate(
-            Path(solver), net_path, lenient, module_path, Path(tmp)
+            Path(solver), net_path, lenient, module_path, Path(tmp), given_map
         )
+        if not given_map:  # the Keras names the module was written with, when it lists them
+            from caffe2tf.verify.candidate import declared_layer_map
+
+            declared = declared_layer_map(module, dict(rule.scale_pairs))
+            if declared:
+                layers = mirror.mirror_layers_from_rule(rule, declared)
         timings["convert"] = time.perf_counter() - t
         backend, device = backend_and_device()
         total = sum(r.updates for r in runs)
@@ -473,7 +521,7 @@ def verify_solver(
             run_init, micro, grads = run.data()
             if against == "caffe" and run.component == "stream":
                 net_file = Path(net_path) if net_path is not None else Path(net.path)
-                reference = _caffe_trajectory(Path(solver), net_file, run_init, grads)
+                reference = _caffe_trajectory(Path(solver), net_file, run_init, grads, pipeline)
             else:
                 reference = run_reference(
                     rule, run_init, grads, precision=run.dtype, start=run.start

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from caffe2tf.caffe.model import NetSpec, Recipe, SolverSpec
@@ -191,17 +192,29 @@ def _resolve_net_path(msg: Any, parsed: Parsed) -> tuple[str | None, list[Note]]
 
 
 def load_net(
-    path: str | os.PathLike[str], *, lenient: bool = False, state: Any | None = None
+    path: str | os.PathLike[str],
+    *,
+    lenient: bool = False,
+    state: Any | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> NetSpec:
     """Parse a net file, upgrade it as Caffe does, and build its TRAIN-phase :class:`NetSpec`.
 
-    ``state`` is the solver's ``train_state`` (merged over the net's own state by net.py).
+    ``state`` is the solver's ``train_state`` (merged over the net's own state by net.py);
+    ``input_shapes``: ``--input-shape`` (see :func:`caffe2tf.caffe.net.build_net_spec`).
     """
-    return _build_net(_read(path, "net", lenient), lenient=lenient, state=state)
+    return _build_net(
+        _read(path, "net", lenient), lenient=lenient, state=state, input_shapes=input_shapes
+    )
 
 
 def _build_net(
-    read: tuple[Parsed, Any, tuple], *, lenient: bool, state: Any, dialect: Any = None
+    read: tuple[Parsed, Any, tuple],
+    *,
+    lenient: bool,
+    state: Any,
+    dialect: Any = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> NetSpec:
     """``dialect``: the Caffe that runs the net (the recipe's), when not the file's own."""
     from caffe2tf.caffe.net import build_net_spec
@@ -219,6 +232,7 @@ def _build_net(
         state=state,
         lenient=lenient,
         dialect=dialect.name,
+        input_shapes=input_shapes,
     )
 
 
@@ -227,6 +241,7 @@ def load_recipe(
     *,
     net_path: str | os.PathLike[str] | None = None,
     lenient: bool = False,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Recipe:
     """A solver and its train net (or None with a warning note when the net file is missing).
 
@@ -271,7 +286,9 @@ def load_recipe(
     if net_path is not None:
         assert net_read is not None
         np_ = os.fspath(net_path)
-        net = _build_net(net_read, lenient=lenient, state=state, dialect=dialect)
+        net = _build_net(
+            net_read, lenient=lenient, state=state, dialect=dialect, input_shapes=input_shapes
+        )
         notes.append(
             Note(
                 "load.net_override",
@@ -307,9 +324,12 @@ def load_recipe(
             state=state,
             lenient=lenient,
             dialect=read.dialect.name,
+            input_shapes=input_shapes,
         )
     elif net_read is not None:
-        net = _build_net(net_read, lenient=lenient, state=state, dialect=dialect)
+        net = _build_net(
+            net_read, lenient=lenient, state=state, dialect=dialect, input_shapes=input_shapes
+        )
     notes.extend(_check_with_net(solver, net))
     return Recipe(solver=solver, net=net, notes=tuple(notes))
 

@@ -101,6 +101,19 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class DataFeed:
+    """A layer that brings data into the TRAIN-phase net (``caffe2tf.caffe.shapes.
+    feeds_the_net``) and the shapes its tops are taken to have: what the prototxt says,
+    ``--input-shape``, else the conventional values (see the net's ``net.shape_assumed``
+    notes). The real-Caffe oracle builds the net with Input layers of these shapes."""
+
+    layer: str
+    type: str
+    tops: tuple[str, ...]
+    shapes: tuple[tuple[int, ...] | None, ...]
+
+
+@dataclass(frozen=True)
 class NetSpec:
     """The TRAIN-phase net: its layers and learnable params (owners only, Caffe order)."""
 
@@ -112,6 +125,7 @@ class NetSpec:
     message: Any = field(default=None, compare=False, repr=False)
     notes: tuple[Note, ...] = ()
     dialect: str = "bvlc"  # the schema the file was read with (caffe2tf.caffe.dialect)
+    feeds: tuple[DataFeed, ...] = ()  # the data layers and their top shapes
 
     def param(self, key: str) -> ParamBlob:
         for blob in self.params:

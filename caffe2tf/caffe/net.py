@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from caffe2tf.caffe import shapes as shp
-from caffe2tf.caffe.model import LayerInfo, NetSpec, ParamBlob
+from caffe2tf.caffe.model import DataFeed, LayerInfo, NetSpec, ParamBlob
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note, Severity
 
@@ -338,6 +338,7 @@ class _Walk:
     table: _ParamTable
     notes: list[Note]
     blob_shapes: dict[str, shp.Shape]
+    feeds: list[DataFeed] = field(default_factory=list)
 
 
 _SKIPPED_IN_LAYER = re.compile(r"skipped (?:unknown \w+ )?layer\[(\d+)\]\.")
@@ -379,6 +380,7 @@ def build_net_spec(
     state: Any | None = None,
     lenient: bool = False,
     dialect: str = "bvlc",
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> NetSpec:
     """Build the TRAIN-phase :class:`NetSpec` of an (already V2-upgraded) ``NetParameter``.
 
@@ -386,9 +388,14 @@ def build_net_spec(
     ``train_state``; ``notes`` are carried into the result first. Caffe's fatal checks raise
     :class:`InputError`; with ``lenient`` unknown layer types and dangling bottoms become notes.
     ``dialect`` is the Caffe that runs the net (``"nvidia"``: NVIDIA's BatchNorm, see
-    :func:`layer_specs`).
+    :func:`layer_specs`). ``input_shapes`` (``--input-shape TOP=N,C,H,W``) sets the shape of
+    the named tops, whatever their layers say; the tops of data layers that stay unknown get
+    the conventional shape (:func:`caffe2tf.caffe.shapes.conventional_tops`), each assumed
+    dimension named in a note.
     """
-    walk = _walk(net, path, layer_locations, list(notes), state, lenient, dialect)
+    walk = _walk_with_conventions(
+        net, path, layer_locations, list(notes), state, lenient, dialect, dict(input_shapes or {})
+    )
     return NetSpec(
         path=path,
         name=net.name,
@@ -398,6 +405,7 @@ def build_net_spec(
         message=net,
         notes=relax_skipped_fields(tuple(walk.notes), net, walk.table.owners),
         dialect=dialect,
+        feeds=tuple(walk.feeds),
     )
 
 
@@ -414,6 +422,41 @@ def blob_shapes(
     return _walk(net, path, (), [], state, lenient).blob_shapes
 
 
+def _walk_with_conventions(
+    net: Any,
+    path: str,
+    layer_locations: Sequence[SourceLocation | None],
+    out_notes: list[Note],
+    state: Any | None,
+    lenient: bool,
+    dialect: str,
+    input_shapes: dict[str, tuple[int, ...]],
+) -> _Walk:
+    """:func:`_walk` with the unknown channel count of the data layers set to the first of
+    :data:`~caffe2tf.caffe.shapes.CHANNEL_GUESSES` that makes a net Caffe would build (a
+    siamese net slices a 2-channel pair: 3 would make its shared blobs disagree). When none
+    does, the net is walked with those dimensions unknown, as the prototxt leaves them."""
+    errors: list[InputError] = []
+    for channels in (*shp.CHANNEL_GUESSES, None):
+        try:
+            return _walk(
+                net,
+                path,
+                layer_locations,
+                list(out_notes),
+                state,
+                lenient,
+                dialect,
+                input_shapes,
+                channels,
+            )
+        except InputError as err:
+            if "--input-shape" in err.message:  # a bad override, not a guess of ours
+                raise
+            errors.append(err)
+    raise errors[-1]  # the net as the prototxt leaves it: Caffe's own verdict
+
+
 def _walk(
     net: Any,
     path: str,
@@ -422,7 +465,14 @@ def _walk(
     state: Any | None,
     lenient: bool,
     dialect: str = "bvlc",
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    channels: int | None = shp.CONVENTIONAL_CHANNELS,
 ) -> _Walk:
+    """One pass over the TRAIN-phase layers. ``channels``: the channel count assumed where a
+    data layer's is unknown (None: assume nothing, leave the data shapes unknown)."""
+    overrides = dict(input_shapes or {})
+    used: set[str] = set()
+    feeds: list[DataFeed] = []
     st = train_state(net, state)
     if st.phase != TRAIN:
         out_notes.append(
@@ -437,6 +487,9 @@ def _walk(
         )
     kept = filter_layers(net, st, path, layer_locations)
     tops_so_far: dict[str, shp.Shape] = dict(_legacy_inputs(net))
+    for name in [t for t in tops_so_far if t in overrides]:  # a legacy net-level input
+        tops_so_far[name] = overrides[name]
+        used.add(name)
     table = _ParamTable()
     infos: list[LayerInfo] = []
     named: set[str] = set()
@@ -467,6 +520,10 @@ def _walk(
             out_notes.append(Note("net.layer_rejected", msg, Severity.WARNING, loc))
         _check_loss_weights(layer, loc, lenient, out_notes)
         result, n_blobs, opaque = _layer_shapes(layer, bottoms, loc, lenient, out_notes, dialect)
+        if shp.feeds_the_net(layer) or any(t in overrides for t in layer.top):
+            result = _fed_shapes(layer, result, overrides, used, loc, out_notes, channels)
+            if shp.feeds_the_net(layer):
+                feeds.append(DataFeed(layer.name, layer.type, tuple(layer.top), result.tops))
         for t_i, t in enumerate(layer.top):
             tops_so_far[t] = result.tops[t_i] if t_i < len(result.tops) else None
         if len(layer.param) > n_blobs:  # net.cpp:141-144
@@ -521,7 +578,77 @@ def _walk(
                     loc,
                 )
             )
-    return _Walk(infos, table, out_notes, tops_so_far)
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise InputError(
+            f"--input-shape {unused[0]}=...: no layer of the train net (TRAIN phase) has a top "
+            f"named {unused[0]!r}"
+            + (f" (nor {', '.join(repr(u) for u in unused[1:5])})" if len(unused) > 1 else ""),
+            SourceLocation(path),
+        )
+    return _Walk(infos, table, out_notes, tops_so_far, feeds)
+
+
+#: why each kind of data layer leaves dimensions unknown (for the note)
+_DECIDED_BY = {
+    "Data": "the database decides them",
+    "ImageData": "the image files decide them",
+    "HDF5Data": "the HDF5 files decide them",
+    "Python": "the Python layer decides them",
+    "Input": "the Input layer declares no shape",
+}
+
+
+def _guesses() -> str:
+    return ", ".join(str(c) for c in shp.CHANNEL_GUESSES[1:])
+
+
+def _fed_shapes(
+    layer: Any,
+    result: shp.LayerShapes,
+    overrides: Mapping[str, tuple[int, ...]],
+    used: set[str],
+    loc: SourceLocation,
+    notes: list[Note],
+    channels: int | None,
+) -> shp.LayerShapes:
+    """The tops of a layer with ``--input-shape`` overrides applied and, for a layer that feeds
+    the net, every dimension still unknown set to the conventional value (one INFO note naming
+    each such dimension, and how to set it)."""
+    tops = list(result.tops) + [None] * (len(layer.top) - len(result.tops))
+    old_batch = tops[0][0] if tops and tops[0] else None
+    for i, t in enumerate(layer.top):
+        if t in overrides:
+            tops[i] = tuple(overrides[t])
+            used.add(t)
+    new_batch = tops[0][0] if tops and tops[0] else None
+    if shp.feeds_the_net(layer) and len(layer.top) and layer.top[0] in overrides:
+        # the other tops (labels) of a data layer follow a new batch size of its first top
+        for i, t in enumerate(layer.top[1:], 1):
+            top = tops[i]
+            if t not in overrides and top and top[0] in (old_batch, None):
+                tops[i] = (new_batch, *top[1:])
+    if shp.feeds_the_net(layer) and channels is not None:
+        first = tops[0] if tops else None
+        batch = first[0] if first else None
+        tops, said = shp.conventional_tops(layer, tops, batch, channels)  # type: ignore[assignment]
+        if said:
+            top0 = layer.top[0] if len(layer.top) else "data"
+            notes.append(
+                Note(
+                    "net.shape_assumed",
+                    f"layer '{layer.name}' ({layer.type}): assumed {'; '.join(said)} "
+                    f"({_DECIDED_BY.get(layer.type, 'the data decide them')}; the convention is "
+                    f"3 channels, else the first of {_guesses()} that makes a net Caffe builds, "
+                    "and 224 x 224); only the shapes of learnable blobs after it depend on them, "
+                    f"the same for both update rules; give --input-shape {top0}=N,C,H,W to set "
+                    "them",
+                    Severity.INFO,
+                    loc,
+                )
+            )
+    unknown = "" if all(shp.known(t) for t in tops) else result.unknown
+    return dataclasses.replace(result, tops=tuple(tops), unknown=unknown)
 
 
 def _check_loss_weights(layer: Any, loc: SourceLocation, lenient: bool, notes: list[Note]) -> None:

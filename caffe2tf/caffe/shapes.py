@@ -201,14 +201,32 @@ def _transform_hw(layer) -> tuple[Dim, Dim]:
     return (crop, crop) if crop else (None, None)
 
 
+def _transform_channels(layer) -> Dim:
+    """The channel count the transform parameters state, else None: ``force_color`` (3) or
+    ``force_gray`` (1) decode every encoded datum to that many channels
+    (data_transformer.cpp:497-518 InferBlobShape), and ``mean_value`` given more than once
+    must be given once per channel (data_transformer.cpp:30-36, :97-100 CHECKs)."""
+    t = layer.transform_param
+    if t.force_color:
+        return 3
+    if t.force_gray:
+        return 1
+    if len(t.mean_value) > 1:
+        return len(t.mean_value)
+    return None
+
+
 @register("Data")
 def data_layer(layer, bottoms):
     """data_layer.cpp:33-56: (batch, datum channels, H, W) where H=W=crop_size if set, else the
-    datum's; the label top is (batch,). Channels and uncropped sizes come from the database."""
+    datum's; the label top is (batch,). Channels come from the database unless the transform
+    parameters state them (:func:`_transform_channels`); uncropped sizes from the database."""
     b = int(layer.data_param.batch_size)
     h, w = _transform_hw(layer)
-    tops = [(b, None, h, w), (b,)]
-    return LayerShapes(tuple(tops[: _n_tops(layer)]), unknown="shape depends on the database")
+    c = _transform_channels(layer)
+    tops = [(b, c, h, w), (b,)]
+    unknown = "" if c is not None and h is not None else "shape depends on the database"
+    return LayerShapes(tuple(tops[: _n_tops(layer)]), unknown=unknown)
 
 
 @register("ImageData")
@@ -243,6 +261,64 @@ def hdf5_data(layer, bottoms):
     return LayerShapes(
         tuple(None for _ in layer.top), unknown=f"HDF5 dataset shapes (batch {b}) come from files"
     )
+
+
+#: the conventional input where the data decide (a Data layer's database, HDF5 files, a
+#: Python layer): an ImageNet-sized 3-channel image, a label per item (docs/verify.md)
+CONVENTIONAL_CHANNELS = 3
+CONVENTIONAL_SIZE = 224
+
+
+def feeds_the_net(layer) -> bool:
+    """A layer that brings data into the net: a data layer type, or a Python layer with no
+    bottoms (a Python data layer)."""
+    return layer.type in DATA_LAYERS or (layer.type == "Python" and not len(layer.bottom))
+
+
+#: every BVLC data layer type (tops made from outside the net)
+DATA_LAYERS = frozenset(
+    {"Data", "ImageData", "WindowData", "HDF5Data", "MemoryData", "DummyData", "Input"}
+)
+
+
+#: the channel counts tried, in order, where a data layer's is unknown: the first that gives a
+#: net Caffe would build (a database of image pairs has 2, of gray images 1)
+CHANNEL_GUESSES = (3, 1, 2, 4)
+
+
+def conventional_tops(
+    layer, tops: Sequence[Shape], batch: Dim = None, channels: int = CONVENTIONAL_CHANNELS
+) -> tuple[tuple[Shape, ...], list[str]]:
+    """``tops`` with every unknown dimension of a data layer's top filled with the conventional
+    value, and one phrase per filled dimension naming it: top 0 is an image batch
+    ``(N, C, H, W)`` (C ``channels``, 3 by default, H = W 224, N 1 when the batch size is
+    unknown), every other top a
+    label per item ``(N,)``. Only the shapes of the learnable blobs depend on these, and
+    only through C, H and W, so any value gives both update rules the same shapes."""
+    n = batch if batch else 1
+    out: list[Shape] = []
+    said: list[str] = []
+    image = ("batch", "channels", "height", "width")
+    fill = (n, channels, CONVENTIONAL_SIZE, CONVENTIONAL_SIZE)
+    for i, top in enumerate(tops):
+        name = layer.top[i] if i < len(layer.top) else f"#{i}"
+        if top is None:
+            top = (None, None, None, None) if i == 0 else (None,)
+        filled = list(top)
+        words = []
+        for j, d in enumerate(top):
+            if d is not None:
+                continue
+            if j == 0:
+                filled[j] = n
+            else:
+                filled[j] = fill[j] if i == 0 and j < 4 else 1
+            label = image[j] if j == 0 or (i == 0 and len(top) == 4) else f"dimension {j}"
+            words.append(f"{label} {filled[j]}")
+        if words:
+            said.append(f"{', '.join(words)} of top '{name}'")
+        out.append(tuple(filled))
+    return tuple(out), said
 
 
 # ---------------------------------------------------------------------------------------------

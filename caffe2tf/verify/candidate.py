@@ -116,3 +116,24 @@ def candidate_from_module(module: Any, name: str = "optimizer.py") -> Candidate:
         build_optimizer=_guarded(module.build_optimizer, "build_optimizer()", where),
         prepare_model=_guarded(module.prepare_model, "prepare_model()", where),
     )
+
+
+def declared_layer_map(module: Any, pairs: dict[str, str]) -> dict[str, str]:
+    """``{caffe_layer: keras_layer}`` from an emitted module's blob table (``CAFFE_BLOBS``
+    rows: Keras layer first, Caffe layer last, see caffe2tf/targets/keras/render_python.py),
+    the names its ``prepare_model`` looks for: convert's automatic renames and any
+    ``--layer-map`` it was given. A paired BatchNorm (``pairs``: ``{Scale: BatchNorm}``) takes
+    its Scale's Keras layer. Empty when the module lists nothing (a hand-written port)."""
+    rows = getattr(module, "CAFFE_BLOBS", None)
+    out: dict[str, str] = {}
+    try:
+        for row in rows or ():
+            keras_layer, caffe_layer = str(row[0]), str(row[-1])
+            if keras_layer != caffe_layer:
+                out[caffe_layer] = keras_layer
+    except (TypeError, IndexError):
+        return {}
+    for scale, bn in pairs.items():
+        if scale in out and bn not in out:
+            out[bn] = out.pop(scale)
+    return out

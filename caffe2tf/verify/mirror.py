@@ -108,10 +108,16 @@ def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray
 # ---- describing the net ----------------------------------------------------------------------
 
 
-def mirror_layers_from_rule(rule: Any) -> tuple[MirrorLayer, ...]:
+def mirror_layers_from_rule(
+    rule: Any, layer_map: Mapping[str, str] | None = None
+) -> tuple[MirrorLayer, ...]:
     """From an :class:`caffe2tf.rule.model.UpdateRule` (owners only, Caffe order): the blobs'
     shapes and layer types, and the rule's BatchNorm+Scale pairs (the pairs the plan, and so
-    ``prepare_model``, uses)."""
+    ``prepare_model``, uses). The Keras layers are named as the plan names them:
+    ``layer_map`` (``--layer-map``) and, for the Caffe names Keras refuses, the automatic
+    renames of :func:`caffe2tf.targets.keras.layers.keras_layer_names`."""
+    from caffe2tf.targets.keras.layers import keras_layer_names
+
     shapes: dict[str, tuple[int, ...]] = {}
     types: dict[str, str] = {}
     for group in rule.params:
@@ -123,19 +129,22 @@ def mirror_layers_from_rule(rule: Any) -> tuple[MirrorLayer, ...]:
             )
         shapes[group.key] = tuple(int(d) for d in group.shape)
         types[group.layer] = group.layer_type
-    return mirror_layers_from_shapes(shapes, types, dict(rule.scale_pairs))
+    pairs = dict(rule.scale_pairs)
+    names = keras_layer_names([g.layer for g in rule.params], rule.layers, layer_map, pairs)
+    return mirror_layers_from_shapes(shapes, types, pairs, names)
 
 
 def mirror_layers_from_shapes(
     shapes: Mapping[str, Sequence[int]],
     layer_types: Mapping[str, str],
     pairs: Mapping[str, str] | None = None,
+    layer_map: Mapping[str, str] | None = None,
 ) -> tuple[MirrorLayer, ...]:
     """From ``{"{layer}/{i}": shape}`` (Caffe layout), ``{layer: caffe type}`` and ``pairs``
     (``{Scale layer: the BatchNorm before it}``, the rule's ``scale_pairs``). The Keras
-    layer of each Caffe layer is :func:`caffe2tf.targets.keras.layers.keras_layer_name` (no
-    layer map): a paired Scale's
-    gamma/beta join the BatchNormalization named after its BatchNorm."""
+    layer of each Caffe layer is :func:`caffe2tf.targets.keras.layers.keras_layer_name` with
+    ``layer_map``: a paired Scale's gamma/beta join the BatchNormalization named after its
+    BatchNorm."""
     from caffe2tf.targets.keras.layers import keras_layer_name
 
     pairs = dict(pairs or {})
@@ -155,7 +164,7 @@ def mirror_layers_from_shapes(
             variable = _BN_STATISTICS.get(int(idx), "?")
         elif layer in pairs:
             variable = _BN_AFFINE.get(int(idx), "?")
-        by_layer.setdefault(keras_layer_name(layer, {}, pairs), []).append(
+        by_layer.setdefault(keras_layer_name(layer, dict(layer_map or {}), pairs), []).append(
             MirrorBlob(
                 key=key,
                 layer=layer,
@@ -167,12 +176,10 @@ def mirror_layers_from_shapes(
         )
     layers = []
     for name, blobs in by_layer.items():
-        if "/" in name:
-            raise InputError(
-                f"Caffe layer name {name!r} contains '/', which Keras layer names "
-                f"cannot; use a --layer-map and a module built for it"
-            )
-        ltype = layer_types.get(name, "") or blobs[0].layer_type
+        # a BatchNorm+Scale pair is one BatchNormalization; any other Keras layer holds the
+        # blobs of one Caffe layer
+        bn = any(b.layer_type == "BatchNorm" for b in blobs)
+        ltype = "BatchNorm" if bn else blobs[0].layer_type
         odd = [b.key for b in blobs if b.variable == "?"]
         if odd:
             raise InputError(
@@ -465,11 +472,14 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
     if missing:
         raise ValueError(f"initial weights lack {missing}")
     model.caffe_constants = {k: np.array(weights[k], np.float32) for k in constants}
+    model.caffe_statistics = {}
     for key, (var, ltype, idx) in blobs.items():
         value = caffe_to_keras(ltype, idx, np.asarray(weights[key], np.float32))
         if key in factors:
             value = value * _inverse_factor(weights[factors[key]])
         value = value.astype(_np_dtype(var))
+        if key in factors:  # read back as loaded while Keras leaves it alone (see below)
+            model.caffe_statistics[key] = (value.copy(), np.array(weights[key], _np_dtype(var)))
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(
                 f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
@@ -494,11 +504,18 @@ def _to_numpy(var: Any) -> np.ndarray:
 
 def get_caffe_weights(model: Any) -> Weights:
     """Caffe-layout weights: the inverse of :func:`set_caffe_weights` (moving statistics times
-    the factor; the factor, which Keras does not hold, as loaded)."""
+    the factor; the factor, which Keras does not hold, as loaded). A moving statistic that
+    still holds what was loaded reads back as the Caffe value loaded: dividing by the factor
+    and multiplying back is not exact in floating point, and the float64 probes, judged
+    with no floor, would see that rounding next to a decay term of 1e-7 of the weights."""
     factors = model.statistic_factors()
+    loaded = getattr(model, "caffe_statistics", {})
     out = {}
     for key, (var, ltype, idx) in model.blob_variables().items():
         value = keras_to_caffe(ltype, idx, _to_numpy(var))
+        if key in loaded and np.array_equal(value, loaded[key][0]):
+            out[key] = loaded[key][1].copy()
+            continue
         if key in factors:
             value = (
                 value * np.asarray(model.caffe_constants[factors[key]], np.float32).reshape(-1)[0]

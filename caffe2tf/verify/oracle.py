@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -357,6 +358,99 @@ def run_cases(
                 traj = {key: data[key] for key in owners}
             out[case.name] = [{key: traj[key][k] for key in owners} for k in range(len(case.grads))]
     return out
+
+
+# ------------------------------------------------------------ a train net the binary can build
+
+
+def needs_input_layers(net: Any) -> bool:
+    """Whether a :class:`caffe2tf.caffe.model.NetSpec` has data layers Caffe cannot build here
+    (it opens a Data layer's database, an ImageData layer's list, a Python layer's module when
+    it builds them), or data shapes other than what its layers declare."""
+    return any(f.type not in ("Input", "DummyData", "MemoryData") for f in net.feeds) or any(
+        n.code in ("net.shape_assumed",) for n in net.notes
+    )
+
+
+def caffe_ready_net(net: Any, solver_message: Any | None = None) -> str:
+    """The text of the TRAIN-phase net the real Caffe can build without the data: the layers
+    the train state keeps (``Net::FilterNet``, ``net.cpp:260-353``), in order, their
+    include/exclude rules dropped, and each layer that feeds the net an ``Input`` layer of the
+    shapes caffe2tf inferred or assumed for its tops (``net.feeds``). A solver update
+    (``ApplyUpdate``) never runs the forward pass, so the data themselves are not needed;
+    the learnable blobs, their order and multipliers are the net's own."""
+    from google.protobuf import text_format
+
+    from caffe2tf.caffe import net as caffe_net
+    from caffe2tf.caffe import shapes as shp
+
+    message = net.message
+    state = None
+    if solver_message is not None and solver_message.HasField("train_state"):
+        state = solver_message.train_state
+    kept = caffe_net.filter_layers(
+        message, caffe_net.train_state(message, state), getattr(net, "path", "<net>")
+    )
+    out = type(message)()
+    out.CopyFrom(message)
+    out.ClearField("layer")
+    out.ClearField("state")
+    feeds = list(net.feeds)
+    for i in kept:
+        layer = message.layer[i]
+        if shp.feeds_the_net(layer):
+            feed = feeds.pop(0) if feeds and feeds[0].layer == layer.name else None
+            if feed is None or any(s is None for s in feed.shapes):
+                raise OracleError(
+                    f"the shapes of data layer {layer.name!r} are unknown: give "
+                    "--input-shape TOP=N,C,H,W for its tops"
+                )
+            new = out.layer.add(name=layer.name, type="Input")
+            new.top.extend(layer.top)
+            for shape in feed.shapes:
+                new.input_param.shape.add().dim.extend(int(d) for d in shape)
+            continue
+        copy = out.layer.add()
+        copy.CopyFrom(layer)
+        copy.ClearField("include")
+        copy.ClearField("exclude")
+    return text_format.MessageToString(out)
+
+
+#: SolverParameter fields that name or build other nets, or write files; none changes an update
+_SOLVER_FIELDS_DROPPED = (
+    "net",
+    "net_param",
+    "train_net",
+    "train_net_param",
+    "test_net",
+    "test_net_param",
+    "test_state",
+    "test_iter",
+    "test_interval",
+    "test_compute_loss",
+    "test_initialization",
+    "snapshot",
+    "snapshot_prefix",
+    "snapshot_diff",
+    "snapshot_after_train",
+    "train_state",
+)
+
+
+def caffe_ready_solver(solver_message: Any) -> str:
+    """The text of a parsed (upgraded) solver without the fields that name nets, build test
+    nets or write snapshots (:data:`_SOLVER_FIELDS_DROPPED`): the oracle points it at the net
+    of :func:`caffe_ready_net`, whose layers are already those of the train state."""
+    from google.protobuf import text_format
+
+    out = type(solver_message)()
+    out.CopyFrom(solver_message)
+    names = {f.name for f in out.DESCRIPTOR.fields}
+    for name in _SOLVER_FIELDS_DROPPED:
+        if name in names:
+            out.ClearField(name)
+    return text_format.MessageToString(out)
 
 
 # ------------------------------------------------------------------------ nets, upgrade, solver

@@ -32,7 +32,12 @@ import numpy as np
 
 from caffe2tf.notes import Exactness, Note, Severity
 from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, NvidiaDecay, UpdateRule
-from caffe2tf.targets.keras.layers import SUPPORTED_LAYER_TYPES, keras_layer_name
+from caffe2tf.targets.keras.layers import (
+    SUPPORTED_LAYER_TYPES,
+    keras_layer_name,
+    keras_layer_names,
+    renamed_layers,
+)
 from caffe2tf.targets.keras.model import (
     KERAS_NAME,
     Arg,
@@ -56,6 +61,24 @@ def _bindings(
 ) -> tuple[list[BlobBinding], list[Note]]:
     notes: list[Note] = []
     pairs = dict(rule.scale_pairs)
+    given = layer_map
+    layer_map = keras_layer_names([g.layer for g in rule.params], rule.layers, given, pairs)
+    renamed = renamed_layers(layer_map, given)
+    if renamed:
+        shown = list(renamed.items())
+        notes.append(
+            note(
+                "layers.renamed",
+                f"{len(renamed)} Caffe layer name(s) are not valid Keras/TensorFlow names "
+                "('/', spaces, non-ASCII...): their Keras layers are named "
+                + ", ".join(f"{k!r} -> {v!r}" for k, v in shown[:10])
+                + ("..." if len(shown) > 10 else "")
+                + " (every character outside [A-Za-z0-9_.>-] becomes '_', a name in use gets "
+                "_2, _3...; docs/keras-target.md#layer-names); build the model with these names "
+                "(the blob table of optimizer.py and train_config.yaml lists them), or give "
+                "--layer-map",
+            )
+        )
     out: list[BlobBinding] = []
     unsupported_types: set[str] = set()
     for group in rule.params:

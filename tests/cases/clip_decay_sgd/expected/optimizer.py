@@ -262,9 +262,10 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     @property
     def iterations(self) -> Any:
         """Caffe updates applied so far (``iter_``): calls // iter_size."""
+        calls = super().iterations
         if self.iter_size > 1:
-            return ops.floor_divide(self._iterations, self.iter_size)
-        return self._iterations
+            return ops.floor_divide(calls, self.iter_size)
+        return calls
 
     def multipliers_for(self, path: str) -> tuple[float, float]:
         """(lr_mult, decay_mult) for the variable at ``path``."""
@@ -277,6 +278,11 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
+        built_for = list(variables)
+        # a function, not a list: a list of the model's variables would be tracked as
+        # optimizer state (Keras' auto-tracking) and appear twice in stateless_apply
+        self.caffe_variables = lambda: built_for
+        self.caffe_index = {v.path: i for i, v in enumerate(variables)}
         self._caffe_mults = [self.multipliers_for(v.path) for v in variables]
         self._caffe_slots = [
             self.add_optimizer_variables(variables, slot) for slot in self.slot_names
@@ -292,19 +298,34 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         """The solver step: ``[(variable, new value), ...]`` for the state and ``w``."""
         raise NotImplementedError
 
-    def _backend_apply_gradients(self, grads: list, trainable_variables: list) -> None:
-        indices = [self._get_variable_index(v) for v in trainable_variables]
-        grads = [
-            ops.convert_to_tensor(g, dtype=v.dtype)
-            for g, v in zip(grads, trainable_variables, strict=True)
-        ]
+    def apply(self, grads: list, trainable_variables: Any = None) -> None:
+        """One call per Caffe forward/backward pass (``apply_gradients`` and ``fit`` call
+        it): Caffe's fixed order on ``grads``, then one optimizer step counted. Under
+        ``tf.distribute`` the gradients of the replicas are summed first (Keras' TF trainer
+        already divides each replica's loss by their number, so the sum is the mean over
+        the global batch, as Caffe averages its GPUs) and every replica applies the same
+        update to its copy of each variable."""
+        if trainable_variables is None:
+            trainable_variables = self.caffe_variables()
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            self.build(trainable_variables)
+        given = zip(grads, trainable_variables, strict=True)
+        pairs = [(g, v) for g, v in given if g is not None]
+        indices = [self.caffe_index[v.path] for _, v in pairs]
+        variables = [v for _, v in pairs]
+        grads = [ops.convert_to_tensor(g, dtype=v.dtype) for g, v in pairs]
+        grads = self.aggregate(grads)
+        calls = super().iterations  # apply_gradients calls so far (micro-batches)
+        updates: Updates = []
         is_update = None
         if self.iter_size > 1:
             # Sum the raw micro-batch gradients (Caffe's diffs accumulate, solver.cpp:229-233).
-            is_update = ops.equal((self._iterations + 1) % self.iter_size, 0)
+            is_update = ops.equal((calls + 1) % self.iter_size, 0)
             grads = [self._grad_sum[i] + g for i, g in zip(indices, grads, strict=True)]
             for i, g in zip(indices, grads, strict=True):
-                self._grad_sum[i].assign(ops.where(is_update, ops.zeros_like(g), g))
+                kept = ops.where(is_update, ops.zeros_like(g), g)
+                updates.append((self._grad_sum[i], kept))
         if self.clip_gradients >= 0:
             norm = ops.sqrt(sum(ops.sum(ops.square(g)) for g in grads))
             factor = ops.where(
@@ -317,7 +338,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             scale = float(np.float32(1.0) / np.float32(self.iter_size))
             grads = [g * scale for g in grads]
         lr = ops.cast(self.learning_rate, "float32")
-        updates_done = ops.floor_divide(self._iterations, self.iter_size)
+        updates_done = ops.floor_divide(calls, self.iter_size)
         t = ops.cast(updates_done + 1, "float32")
         wd_k = None
         if self.weight_decay_policy == "poly" and self.caffe_weight_decay != 0.0:
@@ -325,7 +346,7 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             base = self.caffe_weight_decay
             span = self.max_weight_decay - base
             wd_k = base + span * ops.power(frac, self.weight_decay_power)
-        for i, g, w in zip(indices, grads, trainable_variables, strict=True):
+        for i, g, w in zip(indices, grads, variables, strict=True):
             lr_mult, decay_mult = self._caffe_mults[i]
             wd = np.float32(self.caffe_weight_decay)
             local_decay = float(wd * np.float32(decay_mult))
@@ -340,7 +361,44 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
             for var, value in self.caffe_step(i, g, w, r, t):
                 if is_update is not None:
                     value = ops.where(is_update, value, var.value)
-                self.assign(var, value)
+                updates.append((var, value))
+        self.commit(updates)
+        calls.assign_add(1)
+
+    def aggregate(self, grads: list) -> list:
+        """The replicas' gradients summed under ``tf.distribute`` (as Keras' own
+        optimizers do); unchanged on one device and on the other backends."""
+        if keras.backend.backend() != "tensorflow":
+            return grads
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return grads
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+    def commit(self, updates: Updates) -> None:
+        """Assign the new values: under ``tf.distribute`` every replica's copy of each
+        variable gets its replica's (identical) value in a cross-replica update."""
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+
+                def merge(strategy: Any, pairs: Updates) -> None:
+                    for var, value in pairs:
+                        strategy.extended.update(
+                            var.value,
+                            lambda v, x: v.assign(x),
+                            args=(value,),
+                            group=False,
+                        )
+
+                context.merge_call(merge, args=(updates,))
+                return
+        for var, value in updates:
+            self.assign(var, value)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -1,9 +1,9 @@
 """tf.distribute: the emitted optimizer trained under ``MirroredStrategy`` over 2 logical CPU
 devices (``compile`` + ``fit``, global batch 8) ends where the same training on one device
 ends, within float32 rounding, on every route: builtin, multi (MultiOptimizer) and the inlined
-custom optimizers (AdaGrad, iter_size, L1). A custom optimizer that skips summing the replicas'
-gradients must not pass (the test has teeth). Each case runs in its own process, since the
-logical devices must be set before TensorFlow starts."""
+custom optimizers (AdaGrad, iter_size, L1); and in a custom loop with ``strategy.run``. A custom
+optimizer that skips summing the replicas' gradients must not pass (the test has teeth). Each
+case runs in its own process, since the logical devices must be set before TensorFlow starts."""
 
 from __future__ import annotations
 
@@ -54,9 +54,35 @@ SCRIPT = textwrap.dedent(
         net.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         return [np.asarray(v.numpy()) for v in net.trainable_variables]
 
+    def loop(strategy):  # a custom loop: strategy.run, loss scaled by the global batch
+        with strategy.scope():
+            net = model()
+            m.prepare_model(net)
+            opt = m.build_optimizer()
+            opt.build(net.trainable_variables)
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+        def step(xb, yb):
+            with tf.GradientTape() as tape:
+                per_example = tf.reduce_mean(tf.square(net(xb, training=True) - yb), axis=1)
+                loss = tf.reduce_sum(per_example) / 8.0 + sum(net.losses) / tf.cast(
+                    strategy.num_replicas_in_sync, tf.float32
+                )
+            grads = tape.gradient(loss, net.trainable_variables)
+            opt.apply_gradients(zip(grads, net.trainable_variables))
+
+        @tf.function
+        def train(xb, yb):
+            strategy.run(step, args=(xb, yb))
+
+        for xb, yb in strategy.experimental_distribute_dataset(data):
+            train(xb, yb)
+        return [np.asarray(v.numpy()) for v in net.trainable_variables]
+
     start = [np.asarray(v.numpy()) for v in model().trainable_variables]
-    single = run(tf.distribute.get_strategy())
-    mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    train = loop if sys.argv[3] == "loop" else run
+    single = train(tf.distribute.get_strategy())
+    mirrored = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     travel = max(float(np.max(np.abs(a - b))) for a, b in zip(single, start))
     dev = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored)) / travel
     print("RESULT", json.dumps({"deviation": dev}))
@@ -72,9 +98,9 @@ ROUTES = {
 }
 
 
-def _deviation(module: Path, mode: str) -> float:
+def _deviation(module: Path, mode: str, how: str = "fit") -> float:
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(module), mode],
+        [sys.executable, "-c", SCRIPT, str(module), mode, how],
         capture_output=True,
         text=True,
         timeout=600,
@@ -95,3 +121,4 @@ def test_mirrored_strategy_matches_one_device(case: str, tmp_path: Path) -> None
     assert _deviation(out / "optimizer.py", "exact") < 1e-5
     if case == "adagrad_poly":
         assert _deviation(out / "optimizer.py", "per-replica") > 1e-2
+        assert _deviation(out / "optimizer.py", "exact", "loop") < 1e-5

@@ -92,3 +92,11 @@ def test_convert_notes_what_a_multi_gpu_caffe_run_means(tmp_path: Path) -> None:
     assert "do not scale the lr" in result.output
     result = CliRunner().invoke(cli, [*args[:4], str(tmp_path / "p"), "--caffe-gpus", "0"])
     assert result.exit_code == 2
+
+
+def test_verify_stays_callable_after_its_package_is_imported() -> None:
+    """``caffe2tf.verify`` is also the name of the package ``caffe2tf/verify/``; importing one of
+    its modules rebinds the name, which must still be the call."""
+    import caffe2tf.verify.compare  # noqa: F401
+
+    assert callable(caffe2tf.verify)

@@ -85,3 +85,37 @@ def test_save_load_resume_continues_the_trajectory(route: str, tmp_path: Path) -
     resumed.fit(x[first:], y[first:], batch_size=2, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(straight.trainable_variables, resumed.trainable_variables, strict=True):
         np.testing.assert_allclose(np.asarray(b.numpy()), np.asarray(a.numpy()), atol=2e-6)
+
+
+def test_a_frozen_layer_stays_frozen_after_loading(tmp_path: Path) -> None:
+    """A layer whose blobs all have lr_mult 0 is saved as non-trainable, so the loaded model
+    trains on without prepare_model and the layer does not move."""
+    net = (CASES / "lenet_sgd_multistep" / "net.prototxt").read_text()
+    net = net.replace(
+        "param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }\n  inner_product_param "
+        "{ num_output: 4 }",
+        "param { lr_mult: 0 } param { lr_mult: 0 }\n  inner_product_param { num_output: 4 }",
+        1,
+    )
+    assert "lr_mult: 0 } param { lr_mult: 0" in net
+    (tmp_path / "net.prototxt").write_text(net)
+    solver = (CASES / "lenet_sgd_multistep" / "solver.prototxt").read_text()
+    solver = solver.replace('net: "net.prototxt"', f'net: "{tmp_path / "net.prototxt"}"')
+    (tmp_path / "solver.prototxt").write_text(solver)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "solver.prototxt"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = importlib.util.spec_from_file_location(f"frozen_{next(_ids)}", out / "optimizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = _model()
+    module.prepare_model(model)
+    model.compile(optimizer=module.build_optimizer(), loss="mse")
+    x, y = _data(8)
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    before = np.asarray(loaded.get_layer("ip1").kernel.numpy())
+    loaded.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    assert not loaded.get_layer("ip1").trainable
+    np.testing.assert_array_equal(np.asarray(loaded.get_layer("ip1").kernel.numpy()), before)

@@ -481,6 +481,21 @@ def keep_regularizer(model: Any, variable: Any) -> None:
             setattr(layer, attribute, variable.regularizer)
 
 
+def keep_frozen_layers(model: Any, bound: dict[str, str]) -> None:
+    """Mark a layer whose every Caffe blob has lr_mult 0 as ``trainable = False``, which the
+    model's config saves (Keras saves no per-variable flag), so it stays frozen after
+    ``keras.models.load_model``. BatchNormalization layers are left alone: their
+    ``trainable`` also switches them to the moving statistics, which Caffe does not do."""
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        stack += list(getattr(layer, "layers", []))
+        mine = [v for v in layer.weights if v.path in bound]
+        frozen = mine and not any(v.trainable for v in mine)
+        if frozen and not isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
 def bind_caffe_blobs(
     model: Any,
     blobs: list[tuple[str, int, bool, Any]],
@@ -532,6 +547,7 @@ def bind_caffe_blobs(
             "These Caffe blobs have no Keras variable (a Keras layer must carry the Caffe "
             "layer's name, or map names with --layer-map): " + ", ".join(missing)
         )
+    keep_frozen_layers(model, bound)
     extra = [v.path for v in model.trainable_variables if v.path not in bound]
     if extra:
         warnings.warn(

@@ -329,6 +329,14 @@ def convert(
 @input_shape_option
 @trajectory_options
 @click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    show_default=True,
+    help="Where JAX runs Caffe's rule (and, on Keras' JAX backend, the candidate and the "
+    "comparison too): auto is JAX's default device.",
+)
+@click.option(
     "--plot",
     "plot_path",
     type=click.Path(path_type=Path),
@@ -352,6 +360,7 @@ def verify(
     fmt: str,
     layer_map: Path | None = None,
     input_shapes: tuple[str, ...] = (),
+    device: str = "auto",
 ) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
     if target == "keras":
@@ -371,6 +380,8 @@ def verify(
         target=target,
         layer_map=layer_map,
         input_shapes=input_shapes or None,
+        device=device,
+        fmt=fmt,
     )
     click.echo(report.render(fmt))
     return report.exit_code

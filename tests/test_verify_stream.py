@@ -1,14 +1,19 @@
 """The pieces that let verify run at the scale of real recipes: Caffe's rate over a whole
-``max_iter`` (10^6..10^7 iterations) without a Python call per iteration."""
+``max_iter`` (10^6..10^7 iterations) without a Python call per iteration; gradients made one
+update at a time from counters (the same numbers in NumPy and JAX); the deviation reduced as
+the updates come, equal to the whole-trajectory comparison."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require
 
 from caffe2tf.rule.model import LrSchedule
 from caffe2tf.rule.schedules import lr_sequence
+from caffe2tf.verify.compare import StreamingComparison, compare_trajectories
 from caffe2tf.verify.schedule_check import lr_array
+from caffe2tf.verify.streams import GradientSpec, NumpyGradients, mix, spiked
 
 
 def f32(x: float) -> float:
@@ -34,3 +39,141 @@ def test_vectorised_rates_equal_caffes_float32_expressions(schedule):
     got = lr_array(schedule, 3000)
     assert got.dtype == np.float32
     assert np.array_equal(got, want, equal_nan=True)
+
+
+# ---- counter-based gradients: any update on its own, the same numbers in NumPy and JAX -------
+
+SHAPES = {"a/0": (5, 7, 3, 3), "a/1": (5,), "b/0": (2,), "c/0": (1000,)}
+
+
+def test_an_update_is_a_pure_function_of_its_counters():
+    spec = GradientSpec("stream", 3, iter_size=2, frozen=("b/0",))
+    made = NumpyGradients(spec, SHAPES)
+    late_micro, late_total = made.update(7)
+    made.update(2)
+    again_micro, again_total = NumpyGradients(spec, SHAPES).update(7)
+    for key in SHAPES:
+        assert np.array_equal(late_total[key], again_total[key])
+        assert np.array_equal(late_micro[1][key], again_micro[1][key])
+        assert late_total[key].dtype == np.float32 and late_total[key].shape == SHAPES[key]
+    assert not np.any(late_total["b/0"])  # frozen: Caffe never writes its diff
+    # Caffe's diff is the float32 running sum of the micro-batches, in pass order
+    assert np.array_equal(late_total["c/0"], late_micro[0]["c/0"] + late_micro[1]["c/0"])
+    # another update, another micro-batch, another seed: other numbers
+    other = made.update(8)[1]["c/0"]
+    assert not np.array_equal(other, late_total["c/0"])
+    assert not np.array_equal(late_micro[0]["c/0"], late_micro[1]["c/0"])
+    seeded = NumpyGradients(GradientSpec("stream", 4, iter_size=2), SHAPES).update(7)[1]
+    assert not np.array_equal(seeded["c/0"], late_total["c/0"])
+
+
+def test_the_stream_has_drift_spikes_and_dead_elements():
+    made = NumpyGradients(GradientSpec("stream", 0), SHAPES)
+    totals = [made.update(k)[1]["c/0"] for k in range(40)]
+    dead = totals[0] == 0
+    assert 0.05 < dead.mean() < 0.15 and all(np.array_equal(t == 0, dead) for t in totals)
+    norms = np.array([np.linalg.norm(t) for t in totals])
+    assert spiked(0, 1) and not spiked(0, 0) and norms[1] > 4 * norms[0]  # update 1: x8
+    calm = [t for k, t in enumerate(totals) if not spiked(0, k)]
+    mean = np.mean(calm, axis=0)  # the drift persists: momentum builds up
+    assert np.corrcoef(mean[~dead], calm[0][~dead])[0, 1] > 0.3
+    assert np.all(np.abs(np.concatenate(totals)) <= 8 * (2**-4 + 2**-3))
+
+
+def test_probes_carry_what_they_claim():
+    made = NumpyGradients(GradientSpec("norm", 9, iter_size=3, dtype="float64", norm=2.1), SHAPES)
+    micro, total = made.update(4)
+    norm = np.sqrt(sum(float(np.sum(v * v)) for v in total.values()))
+    assert abs(norm - 2.1) < 1e-12 and len(micro) == 3 and not np.any(micro[2]["c/0"])
+    cancel = NumpyGradients(GradientSpec("cancel", 5, iter_size=3, dtype="float64"), SHAPES)
+    micro, total = cancel.update(0)
+    assert np.std(micro[0]["c/0"]) > 2 * np.std(total["c/0"])  # parts much larger than the sum
+    assert np.allclose(sum(m["c/0"] for m in micro), total["c/0"], rtol=0, atol=1e-12)
+    impulse = NumpyGradients(GradientSpec("impulse", 1, dtype="float64", scale=1.0), SHAPES)
+    assert abs(np.std(impulse.update(0)[1]["c/0"]) - 1.0) < 0.1
+    assert not np.any(impulse.update(1)[1]["c/0"])
+
+
+def test_jax_makes_the_same_numbers():
+    require("jax")
+    import jax
+
+    from caffe2tf.verify.device import JaxGradients, _mix
+
+    for values in [(1, 2, 3), (0xB55A4F09, 7, 2), (0xFD7046C5, 123456789, 77)]:
+        assert int(_mix(*values)) == mix(*values)
+    for spec in (GradientSpec("stream", 3, 3, frozen=("b/0",)), GradientSpec("stream", 2**32 - 1)):
+        numpy_made, jax_made = NumpyGradients(spec, SHAPES), JaxGradients(spec, SHAPES)
+        for k in (0, 1, 5):
+            (mn, tn), (mj, tj) = numpy_made.update(k), jax_made.update(k)
+            for key in SHAPES:  # bit for bit
+                assert np.array_equal(tn[key], tj[key]) and tj[key].dtype == np.float32
+                assert all(np.array_equal(a[key], b[key]) for a, b in zip(mn, mj, strict=True))
+    with jax.enable_x64(True):
+        for spec in (
+            GradientSpec("impulse", 5, dtype="float64"),
+            GradientSpec("uniform", 5, dtype="float64", scale=1e-4),
+        ):
+            a = NumpyGradients(spec, SHAPES).update(0)[1]
+            b = JaxGradients(spec, SHAPES).update(0)[1]
+            assert all(np.array_equal(a[key], b[key]) for key in SHAPES)
+
+
+# ---- the deviation reduced as the updates come ------------------------------------------------
+
+
+def _trajectories(nan: bool):
+    r = np.random.default_rng(0)
+    init = {
+        "a": r.normal(size=(3, 4)).astype(np.float32),
+        "b": r.normal(size=5).astype(np.float32),
+        "e": np.zeros((0,), np.float32),
+    }
+    ref = [{k: (v + r.normal(size=v.shape) * 0.1).astype(np.float32) for k, v in init.items()}]
+    for _ in range(6):
+        ref.append(
+            {k: (v + r.normal(size=v.shape) * 0.1).astype(np.float32) for k, v in ref[-1].items()}
+        )
+    cand = [
+        {k: (v + r.normal(size=v.shape) * 1e-4).astype(np.float32) for k, v in w.items()}
+        for w in ref
+    ]
+    if nan:
+        cand[4]["b"][1] = np.nan
+        ref[5]["a"][0, 0] = np.inf
+    return init, ref, cand
+
+
+@pytest.mark.parametrize("nan", [False, True])
+@pytest.mark.parametrize("floor", [0.01, 0.0])
+def test_streaming_comparison_equals_the_whole_trajectory_comparison(nan, floor):
+    init, ref, cand = _trajectories(nan)
+    whole = compare_trajectories(init, ref, cand, floor_fraction=floor)
+    streamed = StreamingComparison(init, floor_fraction=floor)
+    scalars = StreamingComparison(init, floor_fraction=floor)
+    for r, c in zip(ref, cand, strict=True):
+        streamed.observe(r, c)
+        diffs, moved, flags = {}, {}, {}
+        for k in init:
+            d = np.abs(r[k].astype(np.float64) - init[k])
+            moved[k] = float(np.max(np.where(np.isfinite(d), d, 0), initial=0))
+            diffs[k] = float(np.max(np.abs(c[k] - r[k]), initial=0))
+            flags[k] = (
+                bool(np.isnan(r[k]).any()),
+                bool(np.isinf(r[k]).any()),
+                bool(np.isnan(c[k]).any()),
+                bool(np.isinf(c[k]).any()),
+            )
+        scalars.observe_scalars(diffs, moved, flags)
+    for got in (streamed.result(), scalars.result()):
+        # the same verdict and figures, up to float32 rounding of the differences (2^-24)
+        assert (got.passed, got.nonfinite, got.worst_key, got.worst_step) == (
+            whole.passed,
+            whole.nonfinite,
+            whole.worst_key,
+            whole.worst_step,
+        )
+        assert got.travelled == pytest.approx(whole.travelled, rel=1e-7)
+        assert got.deviation == pytest.approx(whole.deviation, rel=1e-6)
+        assert got.per_step == pytest.approx(whole.per_step, rel=1e-6)
+    assert whole.passed is (not nan and whole.deviation <= 1e-3)

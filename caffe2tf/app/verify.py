@@ -22,6 +22,7 @@ Exit code (``VerifyReport.exit_code``): 0 when the deviation is within tolerance
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 from caffe2tf.app.pipeline import Pipeline, load_pipeline
 from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
 from caffe2tf.verify import components
-from caffe2tf.verify.compare import Comparison, compare_trajectories
+from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.inputs import (
     PROGRESS_MIN_STEPS,
     backend_and_device,
@@ -254,8 +255,8 @@ def _fmt(x: float) -> str:
 
 
 def progress_printer(label: str, total: int) -> Any:
-    """Progress lines on stderr for long runs; none for short ones, and none when the caller
-    says so (``CAFFE2TF_NO_PROGRESS=1``: ``check`` with several entries sets it in its
+    """Progress lines on stderr (``check`` and scripts): none for short runs, and none when the
+    caller says so (``CAFFE2TF_NO_PROGRESS=1``: ``check`` with several entries sets it in its
     workers, whose lines would interleave)."""
     if total < PROGRESS_MIN_STEPS or os.environ.get("CAFFE2TF_NO_PROGRESS") == "1":
         return None
@@ -266,6 +267,41 @@ def progress_printer(label: str, total: int) -> Any:
             print(f"caffe2tf verify: {label} {done}/{steps} updates", file=sys.stderr, flush=True)
 
     return report
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, fmt: str, stream: Any = None) -> Iterator[Any]:
+    """A progress bar (rich, a Keras dependency) on a terminal, for runs of at least
+    :data:`~caffe2tf.verify.inputs.PROGRESS_MIN_STEPS` updates; quiet when the stream is not a
+    terminal, for ``--format json``, or with ``CAFFE2TF_NO_PROGRESS=1``. Yields
+    ``advance(n)``, to be told of each ``n`` updates done."""
+    stream = stream if stream is not None else sys.stderr
+    quiet = (
+        fmt != "table"
+        or total < PROGRESS_MIN_STEPS
+        or os.environ.get("CAFFE2TF_NO_PROGRESS") == "1"
+        or not getattr(stream, "isatty", lambda: False)()
+    )
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    except ImportError:
+        quiet = True
+    if quiet:
+        yield lambda n: None
+        return
+    bar = Progress(
+        f"caffe2tf {label}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "updates",
+        TimeRemainingColumn(),
+        console=Console(file=stream),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _load_candidate(
@@ -426,6 +462,8 @@ def verify_solver(
     target: str = "keras",
     layer_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | Sequence[str] | None = None,
+    device: str = "auto",
+    fmt: str = "json",
 ) -> VerifyReport:
     """See the module docstring. Raises :class:`~caffe2tf.errors.Caffe2TfError` for bad input
     (unknown net or shapes, missing module, no Caffe root for ``against="caffe"``).
@@ -434,9 +472,13 @@ def verify_solver(
     ``layer_map``: ``--layer-map`` (a YAML path or a mapping), the Keras layer names the
     module was written for; without it, the names the module's blob table lists, else
     convert's automatic renames. ``input_shapes``: ``--input-shape`` (``TOP=N,C,H,W`` texts
-    or ``{top: shape}``)."""
-    from caffe2tf.rule.reference import run_reference
-    from caffe2tf.verify import keras_harness, mirror
+    or ``{top: shape}``). ``device``: ``--device cpu|gpu|auto``, where JAX runs (both rules on
+    Keras' JAX backend, Caffe's rule otherwise). ``fmt``: the report's format; a progress bar
+    is drawn only for ``table`` on a terminal."""
+    device_kind = device
+    if device_kind not in ("cpu", "gpu", "auto"):
+        raise InputError(f"--device must be cpu, gpu or auto (got {device_kind!r})")
+    from caffe2tf.verify import engine, mirror
 
     if steps < 1:
         raise InputError(f"--steps must be at least 1 (got {steps})")
@@ -512,52 +554,41 @@ def verify_solver(
             if declared:
                 layers = mirror.mirror_layers_from_rule(rule, declared)
         timings["convert"] = time.perf_counter() - t
-        backend, device = backend_and_device()
+        import keras
+
+        backend_label, _ = backend_and_device()
+        backend = keras.backend.backend()
         total = sum(r.updates for r in runs)
-        progress = progress_printer("verify", total)
-        done = 0
-        for run in runs:
+
+        def caffe_reference(run: components.Run) -> Any:
             t = time.perf_counter()
-            run_init, micro, grads = run.data()
-            if against == "caffe" and run.component == "stream":
-                net_file = Path(net_path) if net_path is not None else Path(net.path)
-                reference = _caffe_trajectory(Path(solver), net_file, run_init, grads, pipeline)
-            else:
-                reference = run_reference(
-                    rule, run_init, grads, precision=run.dtype, start=run.start
+            run_init, _, grads = run.data()  # the binary takes the whole run at once
+            net_file = Path(net_path) if net_path is not None else Path(net.path)
+            trajectory = _caffe_trajectory(Path(solver), net_file, run_init, grads, pipeline)
+            timings["caffe"] = timings.get("caffe", 0.0) + time.perf_counter() - t
+            return iter(trajectory)
+
+        with progress_bar("verify", total, fmt) as advance:
+            try:
+                comparisons, device = engine.compare_runs(
+                    rule,
+                    runs,
+                    module,
+                    layers,
+                    tolerance=tolerance,
+                    keys=list(shapes),
+                    backend=backend,
+                    device=device_kind,
+                    caffe_reference=caffe_reference if against == "caffe" else None,
+                    progress=advance,
+                    timings=timings,
                 )
-            timings[against] = timings.get(against, 0.0) + time.perf_counter() - t
-            t = time.perf_counter()
-            offset = done
-
-            def report(k: int, n: int, offset: int = offset) -> None:
-                if progress is not None:
-                    progress(offset + k, total)
-
-            candidate = keras_harness.run_candidate(
-                module,
-                layers,
-                run_init,
-                grads,
-                iter_size=iter_size,
-                seed=seed,
-                micro_grads=micro,
-                progress=report,
-                start=run.start,
-                dtype=run.dtype,
-            )
-            done += run.updates
-            timings["keras"] = timings.get("keras", 0.0) + time.perf_counter() - t
-            comparison = compare_trajectories(
-                run_init,
-                reference,
-                candidate,
-                tolerance=tolerance,
-                keys=list(shapes),
-                floor_fraction=run.floor_fraction,
-            )
+            except ValueError as err:
+                if "--device" in str(err):
+                    raise InputError(str(err)) from None
+                raise
+        for run, comparison in zip(runs, comparisons, strict=True):
             results.append(RunResult(run.component, run.label, run.start, run.dtype, comparison))
-            del reference, candidate, micro, grads  # one run's data in memory at a time
         t = time.perf_counter()
         schedule = _schedule_check(rule, module, layers, init, runs, steps, tolerance / 10)
         timings["schedule"] = time.perf_counter() - t
@@ -575,7 +606,7 @@ def verify_solver(
         steps=steps,
         seed=seed,
         iter_size=iter_size,
-        backend=backend,
+        backend=backend_label,
         device=device,
         comparison=comparison,
         shapes=shapes,

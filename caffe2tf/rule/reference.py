@@ -138,7 +138,9 @@ class ReferenceOptimizer:
             )
         return g.astype(self.dtype, copy=True)
 
-    def step(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step(self, grads: Mapping[str, np.ndarray], *, copy: bool = True) -> dict[str, np.ndarray]:
+        """Apply one update; the new weights keyed like ``init`` (``copy=False``: views of the
+        executor's own arrays, valid until the next update)."""
         env = UpdateEnv(
             k=self.k,
             dtype=self.dtype,
@@ -159,6 +161,8 @@ class ReferenceOptimizer:
         self.current_step = env.current_step
         self.last_rate = env.rate
         self.k += 1
+        if not copy:
+            return {k: self.weights[self._key_owner[k]] for k in self._init_keys}
         return self.snapshot()
 
     def _zero_rate_blobs_stay(self, env: UpdateEnv) -> None:

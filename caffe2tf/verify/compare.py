@@ -239,3 +239,145 @@ def _what(w: np.ndarray) -> str:
 
 def comparison_json(comparison: Comparison) -> str:
     return json.dumps(comparison.to_dict(), indent=2, sort_keys=True)
+
+
+class StreamingComparison:
+    """:func:`compare_trajectories` reduced as the updates come: :meth:`observe` takes the
+    weights after one update on both sides, keeps per blob the largest ``|cand - ref|`` and
+    ``|ref - w0|`` of that update (scalars) and forgets the arrays; :meth:`result` divides by
+    the scale once the run is over. Memory: ``init`` and a few floats per update, whatever the
+    number of updates. The same verdict and figures as :func:`compare_trajectories`, up to
+    the rounding of the differences in the weights' own precision (relative 2^-24 in float32;
+    ``|cand - ref|`` is exact wherever the two are within a factor 2 of each other, i.e.
+    wherever the deviation is small)."""
+
+    def __init__(
+        self,
+        init: Weights,
+        *,
+        tolerance: float = DEFAULT_TOLERANCE,
+        keys: Sequence[str] | None = None,
+        floor_fraction: float = 0.01,
+    ) -> None:
+        if not (math.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"tolerance must be a finite number > 0, not {tolerance!r}")
+        self.keys = tuple(keys) if keys is not None else tuple(init)
+        self.tolerance = float(tolerance)
+        self.floor_fraction = floor_fraction
+        self.w0 = {k: np.asarray(init[k]) for k in self.keys}
+        self.nonfinite = ""
+        for k in self.keys:
+            if not _finite(self.w0[k]):
+                self.nonfinite = self.nonfinite or f"init has {_what(self.w0[k])} in {k}"
+        self.travelled = 0.0
+        self.diffs: dict[str, list[float]] = {k: [] for k in self.keys}
+        self.steps = 0
+
+    def observe(self, reference: Weights, candidate: Weights) -> None:
+        """The weights after the next update (both sides, Caffe layout)."""
+        self.steps += 1
+        t = self.steps
+        for k in self.keys:
+            for who, ws in (("reference", reference), ("candidate", candidate)):
+                if k not in ws:
+                    raise ValueError(f"{who} lacks {k!r} at step {t}")
+                if np.shape(ws[k]) != self.w0[k].shape:
+                    raise ValueError(
+                        f"{who} {k!r} at step {t} has shape {np.shape(ws[k])}, "
+                        f"init has {self.w0[k].shape}"
+                    )
+            w0 = self.w0[k]
+            if w0.size == 0:
+                self.diffs[k].append(0.0)
+                continue
+            r, c = np.asarray(reference[k]), np.asarray(candidate[k])
+            # In the arrays' own precision (a device reduces them the same way): the
+            # difference of two float32 numbers within a factor 2 of each other is exact
+            # (Sterbenz); a NaN or inf anywhere makes the maximum non-finite.
+            moved = float(np.max(np.abs(r - w0)))
+            if math.isfinite(moved):
+                self.travelled = max(self.travelled, moved)
+            else:
+                d = np.abs(np.asarray(r, np.float64) - np.asarray(w0, np.float64))
+                d = d[np.isfinite(d)]
+                if d.size:
+                    self.travelled = max(self.travelled, float(np.max(d)))
+            diff = float(np.max(np.abs(c - r)))
+            if math.isfinite(diff):
+                self.diffs[k].append(diff)
+                continue
+            bad = [(who, w) for who, w in (("reference", r), ("candidate", c)) if not _finite(w)]
+            if bad:
+                what = " and ".join(f"the {who} has {_what(w)}" for who, w in bad)
+                self.nonfinite = self.nonfinite or f"{what} in {k} after update {t}"
+            self.diffs[k].append(math.inf)
+
+    def observe_scalars(
+        self,
+        diffs: Mapping[str, float],
+        moved: Mapping[str, float],
+        flags: Mapping[str, tuple[bool, bool, bool, bool]],
+    ) -> None:
+        """One update already reduced on a device: per blob ``max|cand - ref|``, the largest
+        finite ``|ref - w0|``, and whether the reference / the candidate hold NaN / inf
+        (``(ref NaN, ref inf, cand NaN, cand inf)``)."""
+        self.steps += 1
+        t = self.steps
+        for k in self.keys:
+            if self.w0[k].size == 0:
+                self.diffs[k].append(0.0)
+                continue
+            m = float(moved[k])
+            if math.isfinite(m):
+                self.travelled = max(self.travelled, m)
+            ref_nan, ref_inf, cand_nan, cand_inf = flags[k]
+            if ref_nan or ref_inf or cand_nan or cand_inf:
+                parts = []
+                for who, nan, inf in (
+                    ("reference", ref_nan, ref_inf),
+                    ("candidate", cand_nan, cand_inf),
+                ):
+                    if nan or inf:
+                        what = " and ".join(n for n, hit in (("NaN", nan), ("inf", inf)) if hit)
+                        parts.append(f"the {who} has {what}")
+                self.nonfinite = self.nonfinite or f"{' and '.join(parts)} in {k} after update {t}"
+                self.diffs[k].append(math.inf)
+            else:
+                self.diffs[k].append(float(diffs[k]))
+
+    def result(self) -> Comparison:
+        """The :class:`Comparison` of the updates observed so far."""
+        keys, steps = self.keys, self.steps
+        floor = self.floor_fraction * max(
+            (float(np.max(np.abs(v), initial=0.0, where=np.isfinite(v))) for v in self.w0.values()),
+            default=0.0,
+        )
+        scale = max(self.travelled, floor)
+        if not scale > 0:
+            scale = 1.0
+        per_blob_step = {k: tuple(d / scale for d in self.diffs[k]) for k in keys}
+        per_step = tuple(
+            max((per_blob_step[k][t] for k in keys), default=0.0) for t in range(steps)
+        )
+        deviation = max(per_step, default=0.0)
+        worst_step = (int(np.argmax(per_step)) + 1) if steps else 0
+        worst_key = ""
+        if steps and keys:
+            worst_key = max(keys, key=lambda k: per_blob_step[k][worst_step - 1])
+        max_abs = max((max(v, default=0.0) for v in self.diffs.values()), default=0.0)
+        return Comparison(
+            keys=keys,
+            steps=steps,
+            tolerance=self.tolerance,
+            travelled=self.travelled,
+            floor=floor,
+            scale=scale,
+            deviation=deviation,
+            worst_key=worst_key,
+            worst_step=worst_step,
+            per_blob={k: max(v, default=0.0) for k, v in per_blob_step.items()},
+            per_step=per_step,
+            per_blob_step=per_blob_step,
+            max_abs_diff=max_abs,
+            nonfinite=self.nonfinite,
+        )

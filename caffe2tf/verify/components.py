@@ -34,7 +34,7 @@ a correct port stays far below the tolerance (margins in docs/verify.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +51,7 @@ from caffe2tf.rule.model import (
 )
 from caffe2tf.rule.schedules import boundaries
 from caffe2tf.verify import streams
+from caffe2tf.verify.streams import GradientSpec
 
 Grads = list[dict[str, np.ndarray]]
 
@@ -70,26 +71,44 @@ PROBE_STEPS = 30
 
 @dataclass(frozen=True)
 class Run:
-    """One comparison run: both rules start at iteration ``start`` with fresh state.
-    :meth:`data` makes its inputs only when the run is executed (one run's gradients in memory
-    at a time): ``init`` and ``micro``, the ``len(grads) * iter_size`` per-pass gradients whose
-    sums per update are ``grads``."""
+    """One comparison run: both rules start at iteration ``start`` with fresh state, from
+    ``init`` (float32, or float64 for the probes), and are fed ``updates`` updates of the
+    gradients ``spec`` describes (:class:`caffe2tf.verify.streams.GradientSpec`), made one
+    update at a time (:meth:`gradients`): nothing holds a whole run."""
 
     component: str
     label: str
     start: int
     updates: int
-    make: Callable[[], tuple[dict[str, np.ndarray], Grads, Grads]] = field(repr=False)
-    dtype: str = "float32"
+    spec: GradientSpec
+    shapes: Mapping[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
+    init: Mapping[str, np.ndarray] = field(repr=False, default_factory=dict)
 
-    def data(self) -> tuple[dict[str, np.ndarray], Grads, Grads]:
-        return self.make()
+    @property
+    def dtype(self) -> str:
+        return self.spec.dtype
 
     @property
     def floor_fraction(self) -> float:
         """The deviation's floor (:func:`caffe2tf.verify.compare.compare_trajectories`): none
         for the float64 probes, which are judged on their own term's motion."""
         return 0.01 if self.dtype == "float32" else 0.0
+
+    def gradients(self) -> streams.NumpyGradients:
+        """The run's gradients on the host, update by update."""
+        return streams.NumpyGradients(self.spec, self.shapes)
+
+    def data(self) -> tuple[dict[str, np.ndarray], Grads, Grads]:
+        """The whole run at once: ``init``, the ``updates * iter_size`` micro-batches and the
+        ``updates`` diffs (small runs and tests; verify itself streams)."""
+        made = self.gradients()
+        micro: Grads = []
+        grads: Grads = []
+        for k in range(self.updates):
+            parts, total = made.update(k)
+            micro += parts
+            grads.append(total)
+        return dict(self.init), micro, grads
 
 
 def milestones(rule: UpdateRule, steps: int) -> list[tuple[int, str]]:
@@ -112,28 +131,6 @@ def milestones(rule: UpdateRule, steps: int) -> list[tuple[int, str]]:
     return found
 
 
-def _stream(
-    shapes: Mapping[str, Sequence[int]],
-    steps: int,
-    seed: int,
-    iter_size: int,
-    frozen: Sequence[str],
-) -> tuple[Grads, Grads]:
-    micro = streams.micro_batches(shapes, steps, seed, iter_size=iter_size)
-    micro = [{k: (np.zeros_like(v) if k in frozen else v) for k, v in g.items()} for g in micro]
-    return micro, streams.accumulate(micro, iter_size)
-
-
-def _repeat_updates(updates: Grads, iter_size: int) -> tuple[Grads, Grads]:
-    """Micro-batches for whole-update gradients: the first pass carries the update's gradient,
-    the others zero (their float64 sum is the update's gradient exactly)."""
-    micro: Grads = []
-    for g in updates:
-        micro.append(g)
-        micro += [{k: np.zeros_like(v) for k, v in g.items()} for _ in range(iter_size - 1)]
-    return micro, [dict(g) for g in updates]
-
-
 def plan_runs(
     rule: UpdateRule,
     shapes: Mapping[str, Sequence[int]],
@@ -148,89 +145,57 @@ def plan_runs(
     iter_size = max(1, rule.iter_size)
     init32 = {k: np.asarray(v, np.float32) for k, v in init.items()}
     init64 = {k: np.asarray(v, np.float64) for k, v in init.items()}
-    live = [k for k in shapes if k not in frozen]
+    frozen = tuple(frozen)
+    shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
 
-    def rng(tag: int) -> np.random.Generator:
-        return np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9B0, tag])
+    def run(component: str, label: str, start: int, n: int, spec: GradientSpec) -> Run:
+        return Run(
+            component,
+            label,
+            start,
+            n,
+            spec,
+            shapes,
+            init32 if spec.dtype == "float32" else init64,
+        )
 
-    def normal(r: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
-        return {
-            k: (r.normal(0.0, scale, tuple(shapes[k])) if k in live else np.zeros(shapes[k]))
-            for k in shapes
-        }
+    def stream(stream_seed: int) -> GradientSpec:
+        return GradientSpec("stream", stream_seed, iter_size, "float32", frozen=frozen)
 
-    def zeros() -> dict[str, np.ndarray]:
-        return {k: np.zeros(tuple(shapes[k])) for k in shapes}
+    def probe(kind: str, tag: int, **kw: float) -> GradientSpec:
+        probe_seed = streams.mix(int(seed), 0x9B0, tag)
+        return GradientSpec(kind, probe_seed, iter_size, "float64", frozen=frozen, **kw)
 
-    def stream(stream_seed: int) -> Callable[[], tuple[dict[str, np.ndarray], Grads, Grads]]:
-        def make() -> tuple[dict[str, np.ndarray], Grads, Grads]:
-            return (init32, *_stream(shapes, steps, stream_seed, iter_size, frozen))
-
-        return make
-
-    def probe(updates: Callable[[], Grads]) -> Callable[[], tuple[dict, Grads, Grads]]:
-        def make() -> tuple[dict[str, np.ndarray], Grads, Grads]:
-            return (init64, *_repeat_updates(updates(), iter_size))
-
-        return make
-
-    runs = [Run("stream", f"iterations 0..{steps - 1}", 0, steps, stream(seed))]
+    runs = [run("stream", f"iterations 0..{steps - 1}", 0, steps, stream(seed))]
     for i, (m, why) in enumerate(milestones(rule, steps)):
         start = max(0, m - steps // 2) if why != "last updates before max_iter" else m - steps
         start = max(0, start)
         if start == 0 or any(r.start == start for r in runs):
             continue  # the stream from 0 (or another window) already covers it
         label = f"iterations {start}..{start + steps - 1} ({why} at {m})"
-        runs.append(Run("schedule", label, start, steps, stream(seed + 1 + i)))
+        runs.append(run("schedule", label, start, steps, stream(seed + 1 + i)))
 
     n = min(steps, PROBE_STEPS)
     decay = rule.step(AddDecay)
     if isinstance(decay, AddDecay) and any(
         g.decay_mult != 0 and g.lr_mult != 0 for g in rule.params
     ):
-        make = probe(lambda: [zeros() for _ in range(n)])
-        runs.append(Run("decay", "zero gradients: decay alone", 0, n, make, "float64"))
+        runs.append(run("decay", "zero gradients: decay alone", 0, n, probe("zeros", 0)))
     solver = rule.solver_step
     if not (isinstance(solver, Momentum) and solver.momentum == 0):
-        make = probe(lambda: [normal(rng(1))] + [zeros() for _ in range(n - 1)])
-        runs.append(Run("state", "one impulse, then zero gradients", 0, n, make, "float64"))
+        label = "one impulse, then zero gradients"
+        runs.append(run("state", label, 0, n, probe("impulse", 1)))
     if isinstance(solver, AdaGrad | RMSProp | AdaDelta | Adam) and solver.delta > 0:
         size = math.sqrt(float(np.float32(solver.delta)))
-
-        def small(size: float = size) -> Grads:
-            r = rng(2)
-            return [normal(r, size) for _ in range(n)]
-
         label = f"gradients of size sqrt(delta) = {size:.3g}"
-        runs.append(Run("epsilon", label, 0, n, probe(small), "float64"))
+        runs.append(run("epsilon", label, 0, n, probe("uniform", 2, scale=size)))
     clip = rule.step(ClipByGlobalNorm)
     if isinstance(clip, ClipByGlobalNorm) and clip.threshold > 0:
         for j, factor in enumerate((1.05, 0.95)):
-
-            def near(factor: float = factor, j: int = j, c: float = clip.threshold) -> Grads:
-                r, out = rng(3 + j), []
-                for _ in range(n):
-                    g = normal(r)
-                    norm = math.sqrt(sum(float(np.sum(v * v)) for v in g.values()))
-                    out.append({k: v * (factor * c / norm) for k, v in g.items()})
-                return out
-
             label = f"gradient norm {factor:g} x clip_gradients"
-            runs.append(Run("clipping", label, 0, n, probe(near), "float64"))
+            spec = probe("norm", 3 + j, norm=factor * float(np.float32(clip.threshold)))
+            runs.append(run("clipping", label, 0, n, spec))
     if iter_size > 1:
-
-        def cancelling() -> tuple[dict[str, np.ndarray], Grads, Grads]:
-            r, micro = rng(5), []
-            for _ in range(n):
-                total = normal(r)
-                parts = [normal(r, 3.0) for _ in range(iter_size - 1)]
-                micro += [*parts, {k: total[k] - sum(p[k] for p in parts) for k in shapes}]
-            grads = [
-                {k: sum(micro[u * iter_size + j][k] for j in range(iter_size)) for k in shapes}
-                for u in range(n)
-            ]
-            return init64, micro, grads
-
         label = f"{iter_size} micro-batches that largely cancel"
-        runs.append(Run("accumulation", label, 0, n, cancelling, "float64"))
+        runs.append(run("accumulation", label, 0, n, probe("cancel", 5)))
     return runs

@@ -231,3 +231,77 @@ def run_candidate(
         jit=jit,
         micro_grads=micro_grads,
     )
+
+
+#: ``observe(k, diff, weights)``: update ``k`` (0-based) is done; ``diff`` is what Caffe's diff
+#: held for it, ``weights`` the candidate's weights after it (Caffe layout)
+Observer = Callable[[int, Mapping[str, np.ndarray], Weights], None]
+
+
+def run_candidate_lockstep(
+    candidate: Candidate | Any,
+    layers: Sequence[MirrorLayer],
+    init: Mapping[str, np.ndarray],
+    gradients: Any,
+    updates: int,
+    observe: Observer,
+    *,
+    iter_size: int = 1,
+    start: int = 0,
+    dtype: str = "float32",
+    jit: bool = True,
+) -> None:
+    """:func:`run_candidate` one update at a time: ``gradients.update(k)`` gives update k's
+    micro-batches (one ``apply_gradients`` each, per the contract) and Caffe's diff; after
+    the last micro-batch of the update ``observe(k, diff, weights)`` gets the candidate's
+    weights, and nothing of the update is kept (a run's memory does not grow with its
+    length). On JAX, float64 runs inside ``jax.enable_x64(True)``."""
+    if not isinstance(candidate, Candidate):
+        candidate = candidate_from_module(candidate)
+    if dtype == "float64":
+        import keras
+
+        if keras.backend.backend() == "jax":
+            import jax
+
+            with jax.enable_x64(True):
+                return run_candidate_lockstep(
+                    candidate,
+                    layers,
+                    init,
+                    gradients,
+                    updates,
+                    observe,
+                    iter_size=iter_size,
+                    start=start,
+                    dtype="float64-x64",
+                    jit=jit,
+                )
+    import keras
+
+    iter_size = max(1, int(iter_size))
+    model, optimizer = build_candidate(candidate, layers, init, dtype=dtype.split("-")[0])
+    if start:
+        fast_forward(optimizer, [v for _, v in trained_pairs(model)], start * iter_size)
+    current: dict[str, Any] = {}
+    done = [0]
+
+    def parts_iter() -> Any:
+        j = 0
+        for k in range(updates):
+            micro, total = gradients.update(k)
+            current["diff"] = total
+            for part in micro:
+                yield j, part
+                j += 1
+
+    def on_update() -> None:
+        k = done[0]
+        observe(k, current.pop("diff"), get_caffe_weights(model))
+        done[0] += 1
+
+    loop = loop_for(keras.backend.backend())
+    loop(model, optimizer, parts_iter(), on_update, iter_size, jit=jit)
+    if done[0] != updates:
+        raise RuntimeError(f"observed {done[0]} updates, expected {updates}")
+    return None

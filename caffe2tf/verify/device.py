@@ -1,0 +1,479 @@
+"""Both rules on one device (docs/verify.md#both-rules-on-one-device): the gradients, Caffe's
+rule (:mod:`caffe2tf.rule.jax_executor`) and, on Keras' JAX backend, the candidate's
+``stateless_apply`` in one compiled ``jax.lax.scan`` per chunk of updates; only per-update
+scalars (the largest ``|cand - ref|`` and ``|ref - w0|`` of each blob, and whether either side
+holds a NaN or inf) come back to the host.
+
+:func:`jax_gradients` makes a run's gradients on the device, bit for bit the numbers of
+:class:`caffe2tf.verify.streams.NumpyGradients` (the same counters and hash in uint32, the same
+float32 operations). :class:`JaxReference` steps the compiled rule one update at a time for the
+host engine (a candidate on TensorFlow). :func:`device_run` is the fused engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from caffe2tf.rule.jax_executor import JaxRule, host_scalars, jax_rule
+from caffe2tf.rule.model import UpdateRule
+from caffe2tf.verify import streams
+from caffe2tf.verify.compare import Comparison, StreamingComparison
+from caffe2tf.verify.components import Run
+from caffe2tf.verify.streams import GradientSpec
+
+#: updates per compiled call of the fused engine (per-update scalars come back per chunk)
+CHUNK = 50
+
+
+def jax_available() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def jax_device(kind: str = "auto") -> Any:
+    """The JAX device for ``--device``: ``cpu``, ``gpu`` (an error when JAX sees none) or
+    ``auto`` (JAX's default: its first device)."""
+    import jax
+
+    if kind == "auto":
+        return jax.devices()[0]
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError:
+        return None
+
+
+def describe(device: Any) -> str:
+    """``"CPU"`` or ``"GPU: <kind>"`` for a JAX device."""
+    if device is None:
+        return "unknown"
+    if device.platform == "cpu":
+        return "CPU"
+    return f"{device.platform.upper()}: {getattr(device, 'device_kind', device)}"
+
+
+# ---- the counter-based gradients in jax.numpy (see caffe2tf/verify/streams.py) --------------
+
+
+def _fmix32(h: Any) -> Any:
+    import jax.numpy as jnp
+
+    u = jnp.uint32
+    h = h ^ (h >> u(16))
+    h = h * u(0x85EBCA6B)
+    h = h ^ (h >> u(13))
+    h = h * u(0xC2B2AE35)
+    return h ^ (h >> u(16))
+
+
+def _mix(*values: Any) -> Any:
+    """:func:`caffe2tf.verify.streams.mix` on uint32 scalars (traced or not)."""
+    import jax.numpy as jnp
+
+    u = jnp.uint32
+    h = u(0x811C9DC5)
+    for v in values:
+        v = u(v & 0xFFFFFFFF) if isinstance(v, int) else jnp.asarray(v).astype(u)
+        h = _fmix32(h ^ v)
+        h = h * u(0x01000193) + u(0x7F4A7C15)
+    return _fmix32(h)
+
+
+def _unit(h: Any, dtype: Any) -> Any:
+    import jax.numpy as jnp
+
+    return (h >> jnp.uint32(8)).astype(dtype) * dtype(2.0**-24) - dtype(0.5)
+
+
+def gradient_function(
+    spec: GradientSpec, shapes: Mapping[str, Sequence[int]]
+) -> Callable[[Any, Any, Any], tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """``f(k, seed, salts) -> (micro-batches, diff)`` of update ``k`` (traceable: ``k``,
+    ``seed`` and the per-blob ``salts`` may be traced, so runs that differ only in them share
+    one compiled program). ``salts``: ``{key: streams.blob_salt(seed, key)}``."""
+    import jax.numpy as jnp
+
+    keys = sorted(shapes)
+    shapes = {k: tuple(int(d) for d in shapes[k]) for k in keys}
+    dt = jnp.float32 if spec.dtype == "float32" else jnp.float64
+    s = max(1, spec.iter_size)
+    live = [k for k in keys if k not in spec.frozen]
+    u = jnp.uint32
+
+    def base(key: str, salts: Any) -> Any:
+        n = int(np.prod(shapes[key], dtype=np.int64))
+        idx = jnp.arange(n, dtype=u)
+        return _fmix32(idx * u(streams._GOLDEN) + salts[key])
+
+    def uniform(key: str, salts: Any, counter: Any, std: float) -> Any:
+        h = _fmix32(base(key, salts) ^ counter)
+        return (_unit(h, dt) * dt(std / streams._UNIT_STD)).reshape(shapes[key])
+
+    def counter(k: Any, j: int) -> Any:
+        return _mix(u(streams._MICRO), k, j)
+
+    def spiked(k: Any, seed: Any) -> Any:
+        thr = u(int(streams.STREAM_SPIKE_RATE * 2.0**32))
+        return jnp.where(k <= 1, k == 1, _mix(u(streams._SPIKE), seed, k) < thr)
+
+    def zeros() -> dict[str, Any]:
+        return {k: jnp.zeros(shapes[k], dt) for k in keys}
+
+    def fn(k: Any, seed: Any, salts: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        k = jnp.asarray(k).astype(u)
+        if spec.kind == "stream":
+            micro = [zeros() for _ in range(s)]
+            total = zeros()
+            f32 = jnp.float32
+            factor = jnp.where(spiked(k, seed), f32(streams.STREAM_SPIKE), f32(1.0))
+            for key in live:
+                b = base(key, salts)
+                drift = _unit(_fmix32(b ^ u(streams._DRIFT)), f32) * f32(streams.STREAM_DRIFT)
+                n = b.shape[0]
+                dead = None
+                if n >= 4:
+                    rate = u(int(streams.STREAM_DEAD_RATE * 2.0**32))
+                    dead = _fmix32(b ^ u(streams._DEAD)) < rate
+                acc = jnp.zeros(n, dt)
+                for j in range(s):
+                    noise = _unit(_fmix32(b ^ counter(k, j)), f32) * f32(streams.STREAM_NOISE)
+                    value = (drift + noise) * factor
+                    if dead is not None:
+                        value = jnp.where(dead, f32(0.0), value)
+                    part = value.astype(dt)
+                    micro[j][key] = part.reshape(shapes[key])
+                    acc = acc + part
+                total[key] = acc.reshape(shapes[key])
+            return micro, total
+        if spec.kind == "cancel":
+            micro = [zeros() for _ in range(s)]
+            total = zeros()
+            for key in live:
+                diff = uniform(key, salts, counter(k, s), spec.scale)
+                rest = diff
+                for j in range(s - 1):
+                    part = uniform(key, salts, counter(k, j), 3.0)
+                    micro[j][key] = part
+                    rest = rest - part
+                micro[s - 1][key] = rest
+                acc = jnp.zeros(shapes[key], dt)
+                for j in range(s):
+                    acc = acc + micro[j][key]
+                total[key] = acc
+            return micro, total
+        total = zeros()
+        if spec.kind in ("impulse", "uniform", "norm"):
+            for key in live:
+                value = uniform(key, salts, counter(k, 0), spec.scale)
+                if spec.kind == "impulse":
+                    value = jnp.where(k == 0, value, jnp.zeros_like(value))
+                total[key] = value
+        if spec.kind == "norm":
+            norm = jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float64))) for v in total.values()))
+            scale = jnp.where(norm > 0, spec.norm / norm, 1.0)
+            total = {key: (v * scale).astype(dt) for key, v in total.items()}
+        elif spec.kind not in ("zeros", "impulse", "uniform"):
+            raise ValueError(f"unknown gradient kind {spec.kind!r}")
+        rest = [zeros() for _ in range(s - 1)]
+        return [total, *rest], total
+
+    return fn
+
+
+def salts_of(spec: GradientSpec, shapes: Mapping[str, Any]) -> dict[str, np.uint32]:
+    return {k: np.uint32(streams.blob_salt(spec.seed, k)) for k in sorted(shapes)}
+
+
+#: compiled programs shared by the runs of one verify (the objects they close over are kept
+#: with them, so that an ``id`` in a key cannot be reused)
+_COMPILED: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _compiled_gradients(spec: GradientSpec, shapes: Mapping[str, Sequence[int]]) -> Any:
+    """One compiled gradient program per kind of run (the seed is an argument)."""
+    import jax
+
+    shape_key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
+    key = ("gradients", spec.kind, spec.dtype, spec.iter_size, spec.scale, spec.norm)
+    key += (spec.frozen, shape_key)
+    if key not in _COMPILED:
+        _COMPILED[key] = (None, jax.jit(gradient_function(spec, shapes)))
+    return _COMPILED[key][1]
+
+
+class JaxGradients:
+    """A run's gradients made by JAX (compiled once per kind), handed to the host as NumPy
+    arrays: the interface of :class:`caffe2tf.verify.streams.NumpyGradients`."""
+
+    def __init__(self, spec: GradientSpec, shapes: Mapping[str, Sequence[int]]) -> None:
+        self.spec = spec
+        self.fn = _compiled_gradients(spec, shapes)
+        self.salts = salts_of(spec, shapes)
+        self.seed = np.uint32(spec.seed & 0xFFFFFFFF)
+
+    def update(self, k: int) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        micro, total = self.fn(np.uint32(k), self.seed, self.salts)
+        return (
+            [{key: np.asarray(v) for key, v in m.items()} for m in micro],
+            {key: np.asarray(v) for key, v in total.items()},
+        )
+
+
+class JaxReference:
+    """Caffe's rule compiled, stepped one update at a time (the host engine's reference when
+    the candidate is not on JAX): :meth:`step` applies Caffe's diff and returns the weights
+    keyed like ``init`` (NumPy views of the device arrays)."""
+
+    def __init__(
+        self,
+        rule: UpdateRule,
+        init: Mapping[str, np.ndarray],
+        *,
+        precision: str,
+        start: int,
+        updates: int,
+        device: Any = None,
+    ) -> None:
+        import jax
+
+        dt = np.float32 if precision == "float32" else np.float64
+        self.jr: JaxRule = jax_rule(rule, list(init), precision=precision)
+        self.init_keys = list(init)
+        self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.jr.keys}
+        self.weights = {k: jax.device_put(np.asarray(init[k], dt), device) for k in self.jr.keys}
+        self.state = self.jr.init_state(self.weights)
+        self.rates, self.corr = host_scalars(rule, start, updates, precision)
+        self.k = 0
+        key = ("update", id(rule), self.jr.keys, precision)
+        if key not in _COMPILED:
+            _COMPILED[key] = (rule, jax.jit(self.jr.update, donate_argnums=(0, 1)))
+        self.fn = _COMPILED[key][1]
+
+    def step(self, grads: Mapping[str, np.ndarray], *, copy: bool = False) -> dict[str, Any]:
+        g = {k: grads[k] for k in self.jr.keys}
+        self.weights, self.state = self.fn(
+            self.weights, self.state, g, self.rates[self.k], self.corr[self.k]
+        )
+        self.k += 1
+        out = {k: np.asarray(v) for k, v in self.weights.items()}
+        return {**out, **self.rest}
+
+
+# ---- the fused engine: Keras-JAX candidate + compiled rule + comparison ----------------------
+
+
+def _to_keras(layer_type: str, index: int, x: Any) -> Any:
+    """:func:`caffe2tf.verify.mirror.caffe_to_keras` in jax.numpy."""
+    if index == 0 and layer_type == "InnerProduct":
+        return x.T
+    if index == 0 and layer_type in ("Convolution", "Deconvolution"):
+        return x.transpose(2, 3, 1, 0)
+    return x
+
+
+def _to_caffe(layer_type: str, index: int, x: Any) -> Any:
+    """:func:`caffe2tf.verify.mirror.keras_to_caffe` in jax.numpy."""
+    if index == 0 and layer_type == "InnerProduct":
+        return x.T
+    if index == 0 and layer_type in ("Convolution", "Deconvolution"):
+        return x.transpose(3, 2, 0, 1)
+    return x
+
+
+class DeviceEngine:
+    """The fused engine for one candidate module on Keras' JAX backend. A mirror model and
+    optimizer are built once per precision and reset for each run, so the runs of one kind of
+    gradients (the stream and the schedule windows) share one compiled program."""
+
+    def __init__(self, rule: UpdateRule, candidate: Any, layers: Sequence[Any], device: Any):
+        self.rule = rule
+        self.candidate = candidate
+        self.layers = layers
+        self.device = device
+        self.built: dict[str, Any] = {}
+        self.compiled: dict[tuple, Any] = {}
+
+    def _candidate(self, run: Run) -> Any:
+        from caffe2tf.verify import keras_harness
+        from caffe2tf.verify.mirror import trained_pairs
+
+        if run.dtype not in self.built:
+            model, optimizer = keras_harness.build_candidate(
+                self.candidate, self.layers, run.init, dtype=run.dtype
+            )
+            pairs = trained_pairs(model)
+            tvars = [v for _, v in pairs]
+            optimizer.build(tvars)
+            fresh = [v.value for v in optimizer.variables]
+            self.built[run.dtype] = (model, optimizer, pairs, fresh)
+        return self.built[run.dtype]
+
+    def run(
+        self,
+        run: Run,
+        *,
+        tolerance: float,
+        keys: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Comparison:
+        import jax
+
+        if run.dtype == "float64":
+            with jax.enable_x64(True):
+                return self._run(run, tolerance, keys, progress, timings)
+        return self._run(run, tolerance, keys, progress, timings)
+
+    def _run(
+        self,
+        run: Run,
+        tolerance: float,
+        keys: Sequence[str],
+        progress: Callable[[int], None] | None,
+        timings: dict[str, float] | None,
+    ) -> Comparison:
+        import jax
+        import jax.numpy as jnp
+
+        from caffe2tf.verify import keras_harness
+        from caffe2tf.verify.mirror import set_caffe_weights
+
+        timings = timings if timings is not None else {}
+        t0 = time.perf_counter()
+        dt = np.float32 if run.dtype == "float32" else np.float64
+        model, optimizer, pairs, fresh = self._candidate(run)
+        set_caffe_weights(model, run.init)
+        for var, value in zip(optimizer.variables, fresh, strict=True):
+            var.assign(value)
+        tvars = [v for _, v in pairs]
+        iter_size = max(1, self.rule.iter_size)
+        if run.start:
+            keras_harness.fast_forward(optimizer, tvars, run.start * iter_size)
+        # copies: the compiled chunk consumes (donates) its carry, the variables keep theirs
+        values = [jax.device_put(jnp.copy(v.value), self.device) for v in tvars]
+        opt_values = [jax.device_put(jnp.copy(v.value), self.device) for v in optimizer.variables]
+        jr = jax_rule(self.rule, list(run.init), precision=run.dtype)
+        ref_w = {k: jax.device_put(np.asarray(run.init[k], dt), self.device) for k in jr.keys}
+        ref_state = jr.init_state(ref_w)
+        w0 = {k: jax.device_put(np.asarray(run.init[k], dt), self.device) for k in keys}
+        rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
+        salts = salts_of(run.spec, run.shapes)
+        seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
+        chunk = self._compiled(run, model, optimizer, pairs, jr, list(keys))
+        comparison = StreamingComparison(
+            run.init, tolerance=tolerance, keys=list(keys), floor_fraction=run.floor_fraction
+        )
+        carry = (ref_w, ref_state, values, opt_values)
+        for begin in range(0, run.updates, CHUNK):
+            idx = np.arange(begin, begin + CHUNK)
+            valid = idx < run.updates
+            r = np.where(valid, rates[np.minimum(idx, run.updates - 1)], 0).astype(dt)
+            c = np.where(valid, corr[np.minimum(idx, run.updates - 1)], 1).astype(dt)
+            carry, ys = chunk(carry, w0, idx.astype(np.uint32), valid, r, c, seed, salts)
+            diffs, moved, flags = jax.device_get(ys)
+            for t in range(int(valid.sum())):
+                comparison.observe_scalars(
+                    {k: float(diffs[t, i]) for i, k in enumerate(keys)},
+                    {k: float(moved[t, i]) for i, k in enumerate(keys)},
+                    {k: tuple(bool(x) for x in flags[t, i]) for i, k in enumerate(keys)},
+                )
+            if progress is not None:
+                progress(int(valid.sum()))
+        del carry
+        timings["device"] = timings.get("device", 0.0) + time.perf_counter() - t0
+        return comparison.result()
+
+    def _compiled(
+        self, run: Run, model: Any, optimizer: Any, pairs: Any, jr: JaxRule, keys: list[str]
+    ) -> Any:
+        cache_key = (run.spec.kind, run.dtype, run.spec.scale, run.spec.norm)
+        if cache_key in self.compiled:
+            return self.compiled[cache_key]
+        import jax
+        import jax.numpy as jnp
+        import keras
+
+        dt = jnp.float32 if run.dtype == "float32" else jnp.float64
+        gen = gradient_function(run.spec, run.shapes)
+        blobs = model.blob_variables()
+        tkeys = [k for k, _ in pairs]
+        tvars = [v for _, v in pairs]
+        layout = {k: (blobs[k][1], blobs[k][2]) for k in tkeys}
+        position = {k: i for i, k in enumerate(tkeys)}
+        iter_size = max(1, self.rule.iter_size)
+
+        def total_loss(values: list[Any], gs: list[Any]) -> Any:
+            lin = sum((jnp.sum(g * w) for g, w in zip(gs, values, strict=True)), dt(0))
+            with keras.StatelessScope(state_mapping=list(zip(tvars, values, strict=True))):
+                reg = model.losses
+                reg_total = sum((jnp.sum(x).astype(dt) for x in reg), dt(0))
+            return lin + reg_total
+
+        def one_update(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any) -> Any:
+            ref_w, ref_state, values, opt_values = carry
+            k, rate, corr = xs
+            micro, diff = gen(k, seed, salts)
+            for j in range(iter_size):
+                gs = [_to_keras(*layout[key], micro[j][key]) for key in tkeys]
+                grads = jax.grad(total_loss)(values, gs)
+                values, opt_values = optimizer.stateless_apply(opt_values, grads, values)
+                values, opt_values = list(values), list(opt_values)
+            ref_w, ref_state = jr.update(ref_w, ref_state, diff, rate, corr)
+            diffs, moved, flags = [], [], []
+            for key in keys:
+                r = ref_w[key] if key in ref_w else w0[key]
+                if key in position:
+                    c = _to_caffe(*layout[key], values[position[key]])
+                else:
+                    c = w0[key]  # frozen in Keras: never moves
+                if r.size == 0:
+                    diffs.append(dt(0))
+                    moved.append(dt(0))
+                    flags.append(jnp.zeros(4, bool))
+                    continue
+                d = jnp.abs(r - w0[key])
+                moved.append(jnp.max(jnp.where(jnp.isfinite(d), d, dt(0))))
+                diffs.append(jnp.max(jnp.abs(c - r)))
+                flags.append(
+                    jnp.stack(
+                        [
+                            jnp.any(jnp.isnan(r)),
+                            jnp.any(jnp.isinf(r)),
+                            jnp.any(jnp.isnan(c)),
+                            jnp.any(jnp.isinf(c)),
+                        ]
+                    )
+                )
+            ys = (jnp.stack(diffs), jnp.stack(moved), jnp.stack(flags))
+            return (ref_w, ref_state, values, opt_values), ys
+
+        def body(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any) -> Any:
+            k, valid, rate, corr = xs
+            return jax.lax.cond(
+                valid,
+                lambda c: one_update(c, (k, rate, corr), w0, seed, salts),
+                lambda c: (c, _empty(len(keys), dt)),
+                carry,
+            )
+
+        def chunk(carry, w0, ks, valid, rates, corr, seed, salts):  # noqa: ANN001, ANN202
+            return jax.lax.scan(
+                lambda c, xs: body(c, xs, w0, seed, salts), carry, (ks, valid, rates, corr)
+            )
+
+        compiled = jax.jit(chunk, donate_argnums=(0,))
+        self.compiled[cache_key] = compiled
+        return compiled
+
+
+def _empty(n: int, dt: Any) -> Any:
+    import jax.numpy as jnp
+
+    return (jnp.zeros(n, dt), jnp.zeros(n, dt), jnp.zeros((n, 4), bool))

@@ -1,0 +1,202 @@
+"""One comparison run, update by update: both rules fed the same gradients, the deviation
+reduced as they go (docs/verify.md#streams). Nothing holds a whole run: per update, the
+gradients are made (:class:`caffe2tf.verify.streams.NumpyGradients`), the reference applies
+Caffe's diff, the candidate its micro-batches per its contract
+(:func:`caffe2tf.verify.keras_harness.run_candidate_lockstep`), and
+:class:`caffe2tf.verify.compare.StreamingComparison` keeps a few scalars.
+
+The reference is the NumPy executor (:class:`caffe2tf.rule.reference.ReferenceOptimizer`) or,
+for ``--against caffe``, a trajectory of the real Caffe read back update by update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from caffe2tf.rule.model import UpdateRule
+from caffe2tf.rule.reference import ReferenceOptimizer, fast_forward
+from caffe2tf.verify import keras_harness
+from caffe2tf.verify.compare import Comparison, StreamingComparison
+from caffe2tf.verify.components import Run
+
+Weights = Mapping[str, np.ndarray]
+
+
+def host_run(
+    rule: UpdateRule,
+    run: Run,
+    candidate: Any,
+    layers: Sequence[Any],
+    *,
+    tolerance: float,
+    keys: Sequence[str],
+    reference: Iterator[Weights] | None = None,
+    progress: Callable[[int], None] | None = None,
+    timings: dict[str, float] | None = None,
+    reference_label: str = "reference",
+    executor: Any = None,
+    gradients: Any = None,
+) -> Comparison:
+    """Compare ``candidate`` with Caffe's rule on ``run``. ``reference``: the real Caffe's
+    weights after each update (an iterator), instead of an executor. ``executor``: an object
+    with ``step(diff, copy=False) -> weights`` entered at ``run.start`` (default: the NumPy
+    executor); ``gradients``: one with ``update(k)`` (default: ``run.gradients()``, NumPy).
+    ``progress(n)`` is told each finished update; ``timings`` gets the seconds spent in each
+    rule."""
+    timings = timings if timings is not None else {}
+    comparison = StreamingComparison(
+        run.init, tolerance=tolerance, keys=list(keys), floor_fraction=run.floor_fraction
+    )
+    if reference is None and executor is None:
+        executor = ReferenceOptimizer(rule, run.init, precision=run.dtype)
+        if run.start:
+            fast_forward(executor, run.start)
+    spent = [0.0]
+
+    def observe(k: int, diff: Weights, weights: Weights) -> None:
+        t = time.perf_counter()
+        if reference is None:
+            ref = executor.step(diff, copy=False)
+        else:
+            ref = next(reference)  # type: ignore[arg-type]
+        spent[0] += time.perf_counter() - t
+        comparison.observe(ref, weights)
+        if progress is not None:
+            progress(1)
+
+    t = time.perf_counter()
+    keras_harness.run_candidate_lockstep(
+        candidate,
+        layers,
+        run.init,
+        gradients if gradients is not None else run.gradients(),
+        run.updates,
+        observe,
+        iter_size=max(1, rule.iter_size),
+        start=run.start,
+        dtype=run.dtype,
+    )
+    total = time.perf_counter() - t
+    timings[reference_label] = timings.get(reference_label, 0.0) + spent[0]
+    timings["keras"] = timings.get("keras", 0.0) + total - spent[0]
+    return comparison.result()
+
+
+def compare_runs(
+    rule: UpdateRule,
+    runs: Sequence[Run],
+    candidate: Any,
+    layers: Sequence[Any],
+    *,
+    tolerance: float,
+    keys: Sequence[str],
+    backend: str,
+    device: str = "auto",
+    caffe_reference: Callable[[Run], Iterator[Weights]] | None = None,
+    progress: Callable[[int], None] | None = None,
+    timings: dict[str, float] | None = None,
+) -> tuple[list[Comparison], str]:
+    """Every run's :class:`Comparison`, and where both rules ran (for the report).
+
+    On Keras' JAX backend, with JAX able to run every step of the rule
+    (:func:`caffe2tf.rule.jax_executor.supports`), the runs go through the fused device engine
+    (:class:`caffe2tf.verify.device.DeviceEngine`); otherwise through :func:`host_run`, with
+    JAX's compiled rule and gradients where JAX is installed, else NumPy's. ``caffe_reference``
+    (``--against caffe``) gives the real Caffe's weights for the ``stream`` run, which is then
+    run on the host. ``device``: ``cpu``, ``gpu`` or ``auto`` for JAX (the candidate's device
+    on the other backends is the backend's own choice)."""
+    from caffe2tf.rule import jax_executor
+    from caffe2tf.verify import device as dev
+
+    timings = timings if timings is not None else {}
+    use_jax = dev.jax_available() and jax_executor.supports(rule)
+    jax_device = dev.jax_device(device) if use_jax else None
+    if use_jax and jax_device is None:
+        raise ValueError(f"--device {device}: JAX sees no such device")
+    fused = use_jax and backend == "jax"
+    engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
+    out = []
+    for run in runs:
+        reference = None
+        if caffe_reference is not None and run.component == "stream":
+            reference = caffe_reference(run)
+        if engine is not None and reference is None:
+            out.append(
+                engine.run(run, tolerance=tolerance, keys=keys, progress=progress, timings=timings)
+            )
+            continue
+        executor = gradients = None
+        if use_jax:
+            executor, gradients = _jax_host_pieces(rule, run, jax_device)
+        out.append(
+            host_run(
+                rule,
+                run,
+                candidate,
+                layers,
+                tolerance=tolerance,
+                keys=keys,
+                reference=reference,
+                progress=progress,
+                timings=timings,
+                reference_label="caffe" if reference is not None else "reference",
+                executor=executor if reference is None else None,
+                gradients=gradients,
+            )
+        )
+    if fused:
+        where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"
+    elif use_jax:
+        where = f"candidate on {backend}; Caffe's rule on JAX {dev.describe(jax_device)}"
+    else:
+        where = f"candidate on {backend}; Caffe's rule in NumPy on the host CPU"
+    return out, where
+
+
+def _jax_host_pieces(rule: UpdateRule, run: Run, jax_device: Any) -> tuple[Any, Any]:
+    """The compiled rule and gradients for :func:`host_run` (float64 runs are made inside
+    ``jax.enable_x64``, which the returned objects re-enter on each call)."""
+    from caffe2tf.verify import device as dev
+
+    if run.dtype == "float32":
+        ref = dev.JaxReference(
+            rule, run.init, precision="float32", start=run.start, updates=run.updates,
+            device=jax_device,
+        )  # fmt: skip
+        return ref, dev.JaxGradients(run.spec, run.shapes)
+    return _X64(
+        lambda: dev.JaxReference(
+            rule,
+            run.init,
+            precision="float64",
+            start=run.start,
+            updates=run.updates,
+            device=jax_device,
+        )  # fmt: skip
+    ), _X64(lambda: dev.JaxGradients(run.spec, run.shapes))
+
+
+class _X64:
+    """An object built and called inside ``jax.enable_x64(True)``."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        import jax
+
+        with jax.enable_x64(True):
+            self.inner = make()
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        import jax
+
+        with jax.enable_x64(True):
+            return self.inner.step(*args, **kwargs)
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        import jax
+
+        with jax.enable_x64(True):
+            return self.inner.update(*args, **kwargs)

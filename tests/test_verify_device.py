@@ -1,0 +1,108 @@
+"""Both rules on one device: on Keras' JAX backend verify runs the candidate, the compiled
+Caffe rule and the comparison as one JAX program (caffe2tf/verify/device.py) and says so; a
+wrong port still fails there; elsewhere Caffe's rule runs on JAX next to the candidate.
+``--device`` chooses where JAX runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import require
+
+require("tensorflow")
+jax = require("jax")
+
+from caffe2tf.cli import cli  # noqa: E402
+
+pytestmark = pytest.mark.keras
+
+REPO = Path(__file__).resolve().parents[1]
+
+WRONG = textwrap.dedent('''
+    """A hand port that forgets Caffe's weight decay and its schedule."""
+    import keras
+
+
+    def build_optimizer():
+        return keras.optimizers.SGD(0.01, momentum=0.9)
+
+
+    def prepare_model(model):
+        return {}
+''')
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    from caffe2tf._quiet import import_keras_quietly
+    import_keras_quietly()
+    from caffe2tf.app.verify import verify_solver
+    from caffe2tf.errors import InputError
+    out = {}
+    right = verify_solver("fixtures/zoo/resnet/solver.prototxt", steps=3)
+    names = [c["component"] for c in right.component_verdicts()]
+    out["right"] = [right.passed, right.device, names]
+    wrong = verify_solver("fixtures/lenet/solver.prototxt", steps=5, module_path=sys.argv[1])
+    out["wrong"] = [wrong.passed, wrong.comparison.deviation]
+    try:
+        verify_solver("fixtures/lenet/solver.prototxt", steps=2, device="gpu")
+        out["gpu"] = "ran"
+    except InputError as err:
+        out["gpu"] = str(err)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(WRONG)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(wrong)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
+    assert line is not None, proc.stderr[-3000:]
+    out = json.loads(line[len("RESULT") :])
+    passed, device, components = out["right"]
+    assert passed and "one JAX program" in device, out
+    assert {"stream", "schedule", "decay", "state"} <= set(components)
+    assert out["wrong"][0] is False and out["wrong"][1] > 1e-3
+    if not _any_gpu():
+        assert "--device gpu" in out["gpu"] and "no such device" in out["gpu"]
+
+
+def _any_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def test_elsewhere_caffes_rule_runs_on_jax_and_the_report_names_it(monkeypatch):
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(
+        cli,
+        ["verify", "fixtures/lenet/solver.prototxt", "--steps", "3", "--device", "cpu"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Caffe's rule on JAX CPU" in result.output
+    if not _any_gpu():
+        result = CliRunner().invoke(
+            cli,
+            ["verify", "fixtures/lenet/solver.prototxt", "--steps", "3", "--device", "gpu"],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 2 and "--device gpu" in result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

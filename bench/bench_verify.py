@@ -5,13 +5,23 @@
 
     python bench/bench_verify.py --matrix [--backends tensorflow jax] [--against caffe]
 
+    python bench/bench_verify.py --memory [--steps 10 1000] [--backends tensorflow jax]
+
+    KERAS_BACKEND=jax python bench/bench_verify.py --ratio [--steps 1000] [--device cpu|gpu]
+
 Each run is a fresh ``caffe2tf verify RECIPE --steps N --format json`` process with
 ``KERAS_BACKEND`` set; the table shows wall time (imports and convert included), the phases the
 report times (load, convert, reference/caffe, keras), the device the backend used and the
 deviation. ``--matrix``: every case of the update-rule matrix (100 updates) converted and run
 per the contract on each backend (``scripts/keras_matrix.py`` in a subprocess) against the
 real Caffe trajectories (one batched oracle run; ``--against reference`` uses the NumPy
-reference instead): max/median deviation, failures, time. Prints Markdown for bench/RESULTS.md.
+reference instead): max/median deviation, failures, time. ``--memory``: the same runs under
+``/usr/bin/time -v``, peak resident memory and wall time per ``--steps`` (the memory target:
+flat in ``--steps``). ``--ratio`` (JAX backend): in one process, the stream run of ``verify``
+(both rules and the comparison, compiled) against the emitted optimizer's own compiled apply
+loop on the same mirror model (``jax.grad`` + ``stateless_apply`` per update, in a
+``lax.scan``), both timed after compilation; the target is at most 3x. Prints Markdown for
+bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,6 +145,112 @@ def matrix_bench(backends: list[str], against: str) -> None:
             )
 
 
+def memory_bench(recipe: str, steps_list: list[int], backends: list[str], device: str) -> None:
+    print("| backend | steps | wall (s) | peak RSS (MB) | device | verdict |")
+    print("|---|---|---|---|---|---|")
+    for backend in backends:
+        for steps in steps_list:
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "caffe2tf", "verify", recipe]
+            cmd += ["--steps", str(steps), "--format", "json", "--device", device]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+            rss = wall = "?"
+            for line in proc.stderr.splitlines():
+                if "Maximum resident set size" in line:
+                    rss = f"{int(line.split()[-1]) / 1024:.0f}"
+                if "Elapsed (wall clock)" in line:
+                    m, _, sec = line.split()[-1].rpartition(":")
+                    wall = f"{(int(m.split(':')[-1]) if m else 0) * 60 + float(sec):.1f}"
+            out = proc.stdout
+            data = json.loads(out[out.index("{") :]) if "{" in out else {}
+            verdict = "PASS" if data.get("passed") else f"exit {proc.returncode}"
+            print(
+                f"| {backend} | {steps} | {wall} | {rss} | {data.get('device', '?')} | {verdict} |",
+                flush=True,
+            )
+
+
+def ratio_bench(recipe: str, steps: int, device: str) -> None:
+    """The verify loop (stream run, fused) vs the emitted optimizer's compiled apply loop."""
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from caffe2tf.app.convert import convert_solver
+    from caffe2tf.app.pipeline import load_pipeline
+    from caffe2tf.verify import components, keras_harness, mirror
+    from caffe2tf.verify import device as dev
+    from caffe2tf.verify.candidate import load_module
+    from caffe2tf.verify.inputs import initial_weights, never_written_blobs
+
+    assert keras.backend.backend() == "jax", "run with KERAS_BACKEND=jax"
+    pipeline = load_pipeline(recipe)
+    rule = pipeline.rule
+    shapes = {g.key: tuple(g.shape) for g in rule.params}
+    init = initial_weights(shapes, 0)
+    frozen = tuple(never_written_blobs(rule.params, rule.force_backward))
+    stream = components.plan_runs(rule, shapes, init, steps=steps, seed=0, frozen=frozen)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_solver(recipe, out_dir=Path(tmp) / "o")
+        module = load_module(Path(tmp) / "o" / "optimizer.py")
+    layers = mirror.mirror_layers_from_rule(rule)
+    jdev = dev.jax_device(device)
+    with jax.default_device(jdev):
+        engine = dev.DeviceEngine(rule, module, layers, jdev)
+        times = []
+        for _ in range(2):  # the first call compiles
+            t = time.perf_counter()
+            comparison = engine.run(stream, tolerance=1e-3, keys=list(shapes))
+            times.append(time.perf_counter() - t)
+        # the emitted optimizer alone: one jitted scan of grad + stateless_apply per update
+        model, optimizer = keras_harness.build_candidate(module, layers, init)
+        pairs = mirror.trained_pairs(model)
+        tvars = [v for _, v in pairs]
+        optimizer.build(tvars)
+        grads = [jnp.full(v.shape, 1e-3, v.dtype) for v in tvars]
+
+        def loss(values: list, gs: list) -> jax.Array:
+            lin = sum(jnp.sum(g * w) for g, w in zip(gs, values, strict=True))
+            with keras.StatelessScope(state_mapping=list(zip(tvars, values, strict=True))):
+                return lin + sum(jnp.sum(x) for x in model.losses)
+
+        def body(carry: tuple, _: None) -> tuple:
+            values, opt_values = carry
+            g = jax.grad(loss)(values, grads)
+            values, opt_values = optimizer.stateless_apply(opt_values, g, values)
+            return (list(values), list(opt_values)), None
+
+        @jax.jit
+        def loop(values: list, opt_values: list) -> tuple:
+            return jax.lax.scan(body, (values, opt_values), None, length=steps)[0]
+
+        values = [v.value for v in tvars]
+        opt_values = [v.value for v in optimizer.variables]
+        own = []
+        for _ in range(2):
+            t = time.perf_counter()
+            jax.block_until_ready(loop(values, opt_values))
+            own.append(time.perf_counter() - t)
+    n = sum(int(np.prod(s)) for s in shapes.values())
+    print(f"recipe: {recipe} ({n:,} parameters), {steps} updates, device {dev.describe(jdev)}")
+    print("| | first call (s, compiles) | second call (s) | per update (ms) |")
+    print("|---|---|---|---|")
+    print(
+        f"| verify stream run (both rules + comparison) | {times[0]:.2f} | {times[1]:.2f} | "
+        f"{1000 * times[1] / steps:.2f} |"
+    )
+    print(
+        f"| the emitted optimizer's own apply loop | {own[0]:.2f} | {own[1]:.2f} | "
+        f"{1000 * own[1] / steps:.2f} |"
+    )
+    print(
+        f"\nratio {times[1] / own[1]:.2f} (target <= 3); stream deviation "
+        f"{comparison.deviation:.2e}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", default="fixtures/lenet/solver.prototxt")
@@ -140,6 +258,9 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax"])
     parser.add_argument("--against", default="reference", choices=["reference", "caffe"])
     parser.add_argument("--matrix", action="store_true")
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--ratio", action="store_true")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -147,6 +268,12 @@ def main() -> int:
     )
     if args.matrix:
         matrix_bench(args.backends, args.against)
+        return 0
+    if args.memory:
+        memory_bench(args.recipe, args.steps, args.backends, args.device)
+        return 0
+    if args.ratio:
+        ratio_bench(args.recipe, args.steps[-1], args.device)
         return 0
     print(f"recipe: {args.recipe}, against {args.against}\n")
     print(
@@ -166,10 +293,11 @@ def main() -> int:
             t = r["timings_s"]
             ref = t.get(args.against, 0.0)
             dev = r["comparison"]["deviation"]
+            cand = t.get("keras", t.get("device", 0.0))  # the fused engine times both as one
             print(
                 f"| {r['backend']} | {r['device']} | {steps} | {r['wall']:.1f} | "
-                f"{t['load']:.2f} | {t['convert']:.2f} | {ref:.2f} | {t['keras']:.2f} | "
-                f"{1000 * t['keras'] / steps:.2f} | {dev:.2e} | "
+                f"{t.get('load', 0):.2f} | {t.get('convert', 0):.2f} | {ref:.2f} | {cand:.2f} | "
+                f"{1000 * cand / steps:.2f} | {dev:.2e} | "
                 f"{'PASS' if r['passed'] else 'FAIL'} |",
                 flush=True,
             )

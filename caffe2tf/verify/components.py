@@ -28,7 +28,8 @@ rule at hand:
 
 The probes (every run but ``stream`` and ``schedule``) run in float64 on both sides, with no
 1% floor in the deviation, so each is judged against its own term's motion; float32 rounding of
-a correct port stays far below the tolerance (margins in docs/verify.md).
+a correct port stays far below the tolerance (margins in docs/verify.md). They run on a corner
+of each blob (:func:`probe_shapes`), the stream and the windows on the whole net.
 """
 
 from __future__ import annotations
@@ -131,6 +132,20 @@ def milestones(rule: UpdateRule, steps: int) -> list[tuple[int, str]]:
     return found
 
 
+#: the probes run on each blob cut to at most this many entries along each axis
+PROBE_EXTENT = 8
+
+
+def probe_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """The blob shapes the probes run on: each axis cut to :data:`PROBE_EXTENT`. A probe
+    judges one term of the rule, which Caffe applies to every element of a blob alike
+    (elementwise; the clip norm is over whatever the blobs hold), so a corner of each blob
+    shows it as well as the whole, and the probes' float64 runs cost the same on VGG16 as on
+    LeNet. Per-channel blobs of one layer (a BatchNorm's statistics and its Scale's gamma/beta)
+    are cut alike and stay consistent."""
+    return {k: tuple(min(int(d), PROBE_EXTENT) for d in v) for k, v in shapes.items()}
+
+
 def plan_runs(
     rule: UpdateRule,
     shapes: Mapping[str, Sequence[int]],
@@ -144,20 +159,17 @@ def plan_runs(
     ``frozen``: blobs whose gradient Caffe never writes (they get zero in every run)."""
     iter_size = max(1, rule.iter_size)
     init32 = {k: np.asarray(v, np.float32) for k, v in init.items()}
-    init64 = {k: np.asarray(v, np.float64) for k, v in init.items()}
     frozen = tuple(frozen)
     shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+    small = probe_shapes(shapes)
+    init64 = {
+        k: np.asarray(init32[k][tuple(slice(0, d) for d in small[k])], np.float64) for k in shapes
+    }
 
     def run(component: str, label: str, start: int, n: int, spec: GradientSpec) -> Run:
-        return Run(
-            component,
-            label,
-            start,
-            n,
-            spec,
-            shapes,
-            init32 if spec.dtype == "float32" else init64,
-        )
+        if spec.dtype == "float32":
+            return Run(component, label, start, n, spec, shapes, init32)
+        return Run(component, label, start, n, spec, small, init64)
 
     def stream(stream_seed: int) -> GradientSpec:
         return GradientSpec("stream", stream_seed, iter_size, "float32", frozen=frozen)

@@ -151,6 +151,8 @@ def gradient_function(
                     micro[j][key] = part.reshape(shapes[key])
                     acc = acc + part
                 total[key] = acc.reshape(shapes[key])
+            if s == 1:  # 0 + x is x: one array for both (no -0.0 arises, see streams.py)
+                return [total], total
             return micro, total
         if spec.kind == "cancel":
             micro = [zeros() for _ in range(s)]
@@ -218,12 +220,10 @@ class JaxGradients:
         self.salts = salts_of(spec, shapes)
         self.seed = np.uint32(spec.seed & 0xFFFFFFFF)
 
-    def update(self, k: int) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        micro, total = self.fn(np.uint32(k), self.seed, self.salts)
-        return (
-            [{key: np.asarray(v) for key, v in m.items()} for m in micro],
-            {key: np.asarray(v) for key, v in total.items()},
-        )
+    def update(self, k: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """JAX arrays (NumPy reads them without a copy on the CPU; the compiled rule takes
+        them as they are)."""
+        return self.fn(np.uint32(k), self.seed, self.salts)
 
 
 class JaxReference:
@@ -304,16 +304,24 @@ class DeviceEngine:
         from caffe2tf.verify import keras_harness
         from caffe2tf.verify.mirror import trained_pairs
 
-        if run.dtype not in self.built:
+        built_key = (run.dtype, tuple(sorted(run.shapes.items())))
+        if built_key not in self.built:
+            layers = self.layers(run.shapes) if callable(self.layers) else self.layers
             model, optimizer = keras_harness.build_candidate(
-                self.candidate, self.layers, run.init, dtype=run.dtype
+                self.candidate, layers, run.init, dtype=run.dtype
             )
             pairs = trained_pairs(model)
             tvars = [v for _, v in pairs]
             optimizer.build(tvars)
-            fresh = [v.value for v in optimizer.variables]
-            self.built[run.dtype] = (model, optimizer, pairs, fresh)
-        return self.built[run.dtype]
+            # the optimizer's fresh state: zeros are remade per run, anything else (a step
+            # counter, a rate, Keras Adagrad's 0.1) is kept as a copy
+            fresh = [
+                (tuple(v.shape), v.dtype, None if not np.any(np.asarray(v.value)) else
+                 np.array(v.value))
+                for v in optimizer.variables
+            ]  # fmt: skip
+            self.built[built_key] = (model, optimizer, pairs, fresh)
+        return self.built[built_key]
 
     def run(
         self,
@@ -350,15 +358,16 @@ class DeviceEngine:
         dt = np.float32 if run.dtype == "float32" else np.float64
         model, optimizer, pairs, fresh = self._candidate(run)
         set_caffe_weights(model, run.init)
-        for var, value in zip(optimizer.variables, fresh, strict=True):
-            var.assign(value)
+        for var, (shape, dtype, value) in zip(optimizer.variables, fresh, strict=True):
+            var.assign(jnp.zeros(shape, dtype) if value is None else jnp.asarray(value))
         tvars = [v for _, v in pairs]
         iter_size = max(1, self.rule.iter_size)
         if run.start:
             keras_harness.fast_forward(optimizer, tvars, run.start * iter_size)
-        # copies: the compiled chunk consumes (donates) its carry, the variables keep theirs
-        values = [jax.device_put(jnp.copy(v.value), self.device) for v in tvars]
-        opt_values = [jax.device_put(jnp.copy(v.value), self.device) for v in optimizer.variables]
+        # no copies: the compiled chunk consumes (donates) the variables' arrays; the next run
+        # assigns new ones (the model is used for nothing else meanwhile)
+        values = [jax.device_put(v.value, self.device) for v in tvars]
+        opt_values = [jax.device_put(v.value, self.device) for v in optimizer.variables]
         jr = jax_rule(self.rule, list(run.init), precision=run.dtype)
         ref_w = {k: jax.device_put(np.asarray(run.init[k], dt), self.device) for k in jr.keys}
         ref_state = jr.init_state(ref_w)
@@ -393,7 +402,8 @@ class DeviceEngine:
     def _compiled(
         self, run: Run, model: Any, optimizer: Any, pairs: Any, jr: JaxRule, keys: list[str]
     ) -> Any:
-        cache_key = (run.spec.kind, run.dtype, run.spec.scale, run.spec.norm)
+        shapes_key = tuple(sorted(run.shapes.items()))
+        cache_key = (run.spec.kind, run.dtype, run.spec.scale, run.spec.norm, shapes_key)
         if cache_key in self.compiled:
             return self.compiled[cache_key]
         import jax

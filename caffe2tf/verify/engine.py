@@ -71,7 +71,7 @@ def host_run(
     t = time.perf_counter()
     keras_harness.run_candidate_lockstep(
         candidate,
-        layers,
+        layers(run.shapes) if callable(layers) else layers,
         run.init,
         gradients if gradients is not None else run.gradients(),
         run.updates,
@@ -108,7 +108,8 @@ def compare_runs(
     JAX's compiled rule and gradients where JAX is installed, else NumPy's. ``caffe_reference``
     (``--against caffe``) gives the real Caffe's weights for the ``stream`` run, which is then
     run on the host. ``device``: ``cpu``, ``gpu`` or ``auto`` for JAX (the candidate's device
-    on the other backends is the backend's own choice)."""
+    on the other backends is the backend's own choice). ``layers``: the mirror's layers, or a
+    function of the blob shapes giving them (the probes run on cut blobs)."""
     from caffe2tf.rule import jax_executor
     from caffe2tf.verify import device as dev
 

@@ -14,9 +14,15 @@ PROGRESS_MIN_STEPS = 200  # runs at least this long report progress on stderr
 
 
 def initial_weights(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
-    """Seeded N(0, 0.5²) float32 initial weights, one array per owner blob (Caffe layout)."""
+    """Seeded N(0, 0.5²) float32 initial weights, one array per owner blob (Caffe layout),
+    drawn in float32 (no float64 copy of a large blob on the way)."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x1A17])
-    return {k: rng.normal(0.0, 0.5, tuple(shapes[k])).astype(np.float32) for k in sorted(shapes)}
+    out = {}
+    for k in sorted(shapes):
+        w = rng.standard_normal(tuple(shapes[k]), dtype=np.float32)
+        w *= np.float32(0.5)
+        out[k] = w
+    return out
 
 
 def frozen_blobs_get_no_gradient(

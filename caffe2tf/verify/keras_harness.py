@@ -42,6 +42,7 @@ this module runs them in order. Keras is imported lazily, inside the functions.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ from caffe2tf.errors import InputError
 from caffe2tf.verify.candidate import Candidate, candidate_from_module
 from caffe2tf.verify.loops import loop_for
 from caffe2tf.verify.mirror import (
+    CaffeWeightsView,
     MirrorLayer,
     Weights,
     build_mirror_model,
@@ -297,11 +299,13 @@ def run_candidate_lockstep(
 
     def on_update() -> None:
         k = done[0]
-        observe(k, current.pop("diff"), get_caffe_weights(model))
+        observe(k, current.pop("diff"), CaffeWeightsView(model))
         done[0] += 1
 
     loop = loop_for(keras.backend.backend())
     loop(model, optimizer, parts_iter(), on_update, iter_size, jit=jit)
     if done[0] != updates:
         raise RuntimeError(f"observed {done[0]} updates, expected {updates}")
+    model = optimizer = None  # noqa: F841 (the closure's cells)
+    gc.collect()  # a traced training step holds the model's variables until collected
     return None

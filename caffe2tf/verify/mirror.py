@@ -109,18 +109,26 @@ def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray
 
 
 def mirror_layers_from_rule(
-    rule: Any, layer_map: Mapping[str, str] | None = None
+    rule: Any,
+    layer_map: Mapping[str, str] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[MirrorLayer, ...]:
     """From an :class:`caffe2tf.rule.model.UpdateRule` (owners only, Caffe order): the blobs'
     shapes and layer types, and the rule's BatchNorm+Scale pairs (the pairs the plan, and so
     ``prepare_model``, uses). The Keras layers are named as the plan names them:
     ``layer_map`` (``--layer-map``) and, for the Caffe names Keras refuses, the automatic
-    renames of :func:`caffe2tf.targets.keras.layers.keras_layer_names`."""
+    renames of :func:`caffe2tf.targets.keras.layers.keras_layer_names`. ``shapes``: other
+    blob shapes than the net's (the probes' cut blobs)."""
     from caffe2tf.targets.keras.layers import keras_layer_names
 
-    shapes: dict[str, tuple[int, ...]] = {}
+    given = shapes
+    shapes = {}
     types: dict[str, str] = {}
     for group in rule.params:
+        if given is not None and group.key in given:
+            shapes[group.key] = tuple(int(d) for d in given[group.key])
+            types[group.layer] = group.layer_type
+            continue
         if group.shape is None:
             raise InputError(
                 f"the shape of {group.key} ({group.layer_type}) cannot be inferred "
@@ -132,6 +140,20 @@ def mirror_layers_from_rule(
     pairs = dict(rule.scale_pairs)
     names = keras_layer_names([g.layer for g in rule.params], rule.layers, layer_map, pairs)
     return mirror_layers_from_shapes(shapes, types, pairs, names)
+
+
+def mirror_layers_for(rule: Any, layer_map: Mapping[str, str] | None = None) -> Any:
+    """``layers(shapes)``: :func:`mirror_layers_from_rule` for blobs of the given shapes (the
+    net's, or the probes' cut ones), cached per set of shapes."""
+    cache: dict[tuple, tuple[MirrorLayer, ...]] = {}
+
+    def layers(shapes: Mapping[str, Sequence[int]]) -> tuple[MirrorLayer, ...]:
+        key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
+        if key not in cache:
+            cache[key] = mirror_layers_from_rule(rule, layer_map, shapes)
+        return cache[key]
+
+    return layers
 
 
 def mirror_layers_from_shapes(
@@ -523,6 +545,41 @@ def get_caffe_weights(model: Any) -> Weights:
         out[key] = value
     out.update({k: v.copy() for k, v in model.caffe_constants.items()})
     return out
+
+
+class CaffeWeightsView(Mapping[str, np.ndarray]):
+    """:func:`get_caffe_weights`, one blob at a time: each blob is read off its variable when
+    it is looked up (a transposed view, not a copy), so a comparison that walks the blobs in
+    turn never holds the whole net twice (VGG16: 552 MB per copy)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.blobs = model.blob_variables()
+        self.factors = model.statistic_factors()
+        self.loaded = getattr(model, "caffe_statistics", {})
+        self.constants = model.caffe_constants
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self.constants:
+            return self.constants[key]
+        var, ltype, idx = self.blobs[key]
+        value = _to_numpy(var)
+        if idx == 0 and ltype == "InnerProduct":
+            value = value.T
+        elif idx == 0 and ltype in _SPATIAL:
+            value = value.transpose(3, 2, 0, 1)
+        if key in self.loaded and np.array_equal(value, self.loaded[key][0]):
+            return self.loaded[key][1]
+        if key in self.factors:
+            factor = np.asarray(self.constants[self.factors[key]], np.float32).reshape(-1)[0]
+            value = (value * factor).astype(np.float32)
+        return value
+
+    def __iter__(self) -> Any:
+        return iter([*self.blobs, *self.constants])
+
+    def __len__(self) -> int:
+        return len(self.blobs) + len(self.constants)
 
 
 # ---- gradient streams into micro-batches -----------------------------------------------------

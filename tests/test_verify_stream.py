@@ -177,3 +177,43 @@ def test_streaming_comparison_equals_the_whole_trajectory_comparison(nan, floor)
         assert got.deviation == pytest.approx(whole.deviation, rel=1e-6)
         assert got.per_step == pytest.approx(whole.per_step, rel=1e-6)
     assert whole.passed is (not nan and whole.deviation <= 1e-3)
+
+
+# ---- the progress bar ---------------------------------------------------------------------
+
+
+class _Terminal:
+    """A stream that says it is a terminal."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_on_a_terminal_and_silence_elsewhere():
+    from caffe2tf.app.verify import progress_bar
+
+    term = _Terminal()
+    with progress_bar("verify", 300, "table", term) as advance:
+        for _ in range(300):
+            advance(1)
+    assert "caffe2tf verify" in term.text and "300/300" in term.text
+    for fmt, total, stream in (("json", 300, _Terminal()), ("table", 50, _Terminal())):
+        with progress_bar("verify", total, fmt, stream) as advance:
+            advance(total)
+        assert stream.text == ""
+    import io
+
+    plain = io.StringIO()  # not a terminal (a CI log, a pipe)
+    with progress_bar("verify", 300, "table", plain) as advance:
+        advance(300)
+    assert plain.getvalue() == ""

@@ -6,7 +6,9 @@ layers of the inferred shapes), converted with Keras-valid layer names, and chec
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,77 @@ def test_layer_map_overrides_the_automatic_names(tmp_path):
         "--layer-map", str(layer_map),
     )  # fmt: skip
     assert code == 2 and "prepare_model() raised" in out and "'conv1/7x7_s2' blob 0" in out
+
+
+# ---- the shared corpus of real prototxts (optional: ../shared/corpus or $CAFFE2TF_CORPUS) ----
+
+CORPUS = Path(os.environ.get("CAFFE2TF_CORPUS", REPO.parent / "shared" / "corpus"))
+
+#: corpus train nets whose learnable blobs verify cannot mirror, and why
+CORPUS_UNMIRRORED = {
+    "alexgkendall__SegNet-Tutorial/Models__segnet_basic_train.prototxt": "SegNet's fork BN layer",
+    "rbgirshick__fast-rcnn/models__CaffeNet__train.prototxt": "fc6 after the fork's ROIPooling",
+    "rbgirshick__py-faster-rcnn/models__pascal_voc__VGG16__faster_rcnn_end2end__train.prototxt": (
+        "fc6 after the fork's ROIPooling"
+    ),
+    "yjxiong__temporal-segment-networks/models__ucf101__tsn_bn_inception_rgb_train_val.prototxt": (
+        "TSN's fork BN layer"
+    ),
+}
+
+
+def _corpus_nets() -> list[str]:
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.is_file():
+        return []
+    with open(manifest, newline="") as fh:
+        return [r["saved_name"] for r in csv.DictReader(fh, delimiter="\t") if r["kind"] == "net"]
+
+
+def _generic_solver(tmp_path: Path) -> Path:
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(
+        'base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "step" gamma: 0.1 '
+        "stepsize: 1000 max_iter: 3000\n"
+    )
+    return solver
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS} (optional)")
+def test_every_corpus_train_net_gets_its_shapes(tmp_path):
+    """Every real train net of the corpus, fed by whatever data layer it has, has every
+    learnable blob's shape (what the mirror and both rules need), but for the fork layers
+    listed in CORPUS_UNMIRRORED."""
+    from caffe2tf.app.pipeline import load_pipeline
+    from caffe2tf.errors import InputError
+    from caffe2tf.verify.mirror import mirror_layers_from_rule
+
+    solver = _generic_solver(tmp_path)
+    names = _corpus_nets()
+    assert names
+    for name in names:
+        try:
+            pipeline = load_pipeline(solver, net_path=CORPUS / name)
+        except InputError:
+            pipeline = load_pipeline(solver, net_path=CORPUS / name, lenient=True)
+        if name in CORPUS_UNMIRRORED:
+            with pytest.raises(InputError, match="cannot be inferred"):
+                mirror_layers_from_rule(pipeline.rule)
+            continue
+        assert all(g.shape is not None for g in pipeline.rule.params), name
+        assert mirror_layers_from_rule(pipeline.rule), name
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS} (optional)")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ivancanull__DeepZ-Caffe-Yolo/examples__siamese__mnist_siamese_train_test.prototxt",
+        "lnsmith54__super-convergence/architectures__Resnet20Cifar.prototxt",
+    ],
+)
+def test_corpus_train_nets_verify(name, tmp_path):
+    code, out = _run(
+        "verify", str(_generic_solver(tmp_path)), "--net", str(CORPUS / name), "--steps", "2"
+    )
+    assert code == 0 and "PASS" in out, out

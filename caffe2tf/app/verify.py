@@ -5,17 +5,19 @@ Steps of :func:`verify_solver`:
 1. read and lower the recipe once (:func:`caffe2tf.app.pipeline.load_pipeline`);
 2. the candidate: the ``--module`` given, else ``caffe2tf convert`` into a temporary folder
    (the very file a user gets), imported from its path;
-3. seeded data (:mod:`caffe2tf.verify.streams`): initial weights N(0, 0.5²) and, for each Caffe
-   update, ``iter_size`` per-pass gradients whose float32 sum is Caffe's diff; blobs with
-   ``lr_mult: 0`` get none (Caffe does not compute them), and neither do BatchNorm's statistics
+3. the runs of each component (:func:`caffe2tf.verify.components.plan_runs`): seeded initial
+   weights and, per run, a description of its gradients
+   (:class:`caffe2tf.verify.streams.GradientSpec`); blobs with ``lr_mult: 0`` get none (Caffe
+   does not compute them), and neither do BatchNorm's statistics
    (:func:`caffe2tf.verify.inputs.never_written_blobs`);
-4. the reference trajectory: ``against="reference"`` -> the NumPy executor in float32
-   (``caffe2tf.rule.reference.run_reference``); ``against="caffe"`` -> the real Caffe 1.0 binary
-   (``caffe2tf.verify.oracle.run_cases``; an error when no Caffe root is available);
-5. the candidate trajectory: :mod:`caffe2tf.verify.keras_harness` trains a Keras model mirroring
-   the net per the module's contract (one ``apply_gradients`` per pass on the gradients of
-   ``loss + sum(model.losses)``) on the active Keras backend;
-6. :func:`caffe2tf.verify.compare.compare_trajectories` -> report (table or JSON), optional PNG.
+4. each run update by update (:func:`caffe2tf.verify.engine.compare_runs`,
+   docs/verify.md#streams): the gradients made from counters, Caffe's rule (compiled with JAX
+   where it can, else NumPy; ``against="caffe"``: the real Caffe 1.0 for the stream run) and
+   the candidate per the module's contract (one ``apply_gradients`` per pass on the gradients
+   of ``loss + sum(model.losses)``), the deviation reduced as they go; on Keras' JAX backend
+   all of it is one compiled program on one device;
+5. the candidate's rate at every iteration (:mod:`caffe2tf.verify.schedule_check`) -> report
+   (table or JSON), optional PNG.
 
 Exit code (``VerifyReport.exit_code``): 0 when the deviation is within tolerance, 1 otherwise.
 """

@@ -270,9 +270,12 @@ CONVENTIONAL_SIZE = 224
 
 
 def feeds_the_net(layer) -> bool:
-    """A layer that brings data into the net: a data layer type, or a Python layer with no
-    bottoms (a Python data layer)."""
-    return layer.type in DATA_LAYERS or (layer.type == "Python" and not len(layer.bottom))
+    """A layer that brings data into the net: a data layer type, or a layer with no bottoms
+    whose type has no rule here (a Python data layer; a fork's ``VideoData`` or
+    ``DenseImageData`` read with ``--lenient``)."""
+    if layer.type in DATA_LAYERS:
+        return True
+    return not len(layer.bottom) and layer.type not in RULES
 
 
 #: every BVLC data layer type (tops made from outside the net)

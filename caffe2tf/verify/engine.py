@@ -86,6 +86,11 @@ def host_run(
     return comparison.result()
 
 
+#: element-updates (blob elements x updates over all runs) from which the host engine runs
+#: Caffe's rule compiled with JAX rather than in NumPy (LeNet at --steps 1000: 1.8e9)
+JAX_HOST_MIN_WORK = 2e8
+
+
 def compare_runs(
     rule: UpdateRule,
     runs: Sequence[Run],
@@ -119,6 +124,11 @@ def compare_runs(
     if use_jax and jax_device is None:
         raise ValueError(f"--device {device}: JAX sees no such device")
     fused = use_jax and backend == "jax"
+    if use_jax and not fused and device == "auto":
+        # next to a candidate on another backend, compiling the rule pays only for a
+        # run's worth of work (compiling costs seconds; NumPy does small nets faster)
+        work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
+        use_jax = work >= JAX_HOST_MIN_WORK
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
     out = []
     for run in runs:

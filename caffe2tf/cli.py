@@ -445,6 +445,8 @@ def check(
     if target == "keras":
         _quiet_tensorflow()
     if manifest is not None or len(pairs) != 2 or jobs != 1 or junit is not None:
+        if input_shapes:
+            raise click.UsageError("--input-shape checks one SOLVER OUT pair (no --manifest)")
         from caffe2tf.app.check_many import check_many
 
         many = check_many(

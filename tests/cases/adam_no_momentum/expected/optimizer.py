@@ -94,6 +94,16 @@ def make_regularizer(spec: tuple[str, float] | list[Any] | None) -> Any:
     return keras.regularizers.L1(coefficient)
 
 
+def all_layers(model: Any) -> list[Any]:
+    """Every layer of ``model``, nested models' layers included."""
+    out, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        out.append(layer)
+        stack += list(getattr(layer, "layers", []))
+    return out
+
+
 def keep_regularizer(model: Any, variable: Any) -> None:
     """Also set the layer's ``<name>_regularizer`` attribute (``kernel_regularizer``,
     ``bias_regularizer``, ``gamma_regularizer``...), which the layer's config saves: after
@@ -103,10 +113,7 @@ def keep_regularizer(model: Any, variable: Any) -> None:
     layer_name = layer_name.rpartition("/")[2]
     renamed = {"depthwise_kernel": "depthwise_regularizer"}
     attribute = renamed.get(weight, f"{weight}_regularizer")
-    stack = list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop()
-        stack += list(getattr(layer, "layers", []))
+    for layer in all_layers(model):
         if layer.name == layer_name and hasattr(layer, attribute):
             setattr(layer, attribute, variable.regularizer)
 
@@ -116,10 +123,7 @@ def keep_frozen_layers(model: Any, bound: dict[str, str]) -> None:
     model's config saves (Keras saves no per-variable flag), so it stays frozen after
     ``keras.models.load_model``. BatchNormalization layers are left alone: their
     ``trainable`` also switches them to the moving statistics, which Caffe does not do."""
-    stack = list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop()
-        stack += list(getattr(layer, "layers", []))
+    for layer in all_layers(model):
         mine = [v for v in layer.weights if v.path in bound]
         frozen = mine and not any(v.trainable for v in mine)
         if frozen and not isinstance(layer, keras.layers.BatchNormalization):

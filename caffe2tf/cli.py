@@ -62,6 +62,14 @@ net_option = click.option(
     default=None,
     help="Train net prototxt (overrides the solver's net/train_net).",
 )
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=_existing_file,
+    default=None,
+    help="cuda-convnet layer parameter file (layer-params.cfg); the first argument is then "
+    "its layer definition file (layers.cfg). docs/cuda-convnet.md.",
+)
 lenient_option = click.option(
     "--lenient",
     is_flag=True,
@@ -271,6 +279,7 @@ def replay(
     help="How many GPUs Caffe trained with (caffe train -gpu 0,1,...): notes the global batch.",
 )
 @input_shape_option
+@params_option
 @target_option
 @format_option
 @_user_errors_exit_2
@@ -286,9 +295,10 @@ def convert(
     fmt: str,
     caffe_gpus: int | None = None,
     input_shapes: tuple[str, ...] = (),
+    params_path: Path | None = None,
 ) -> int:
     """Write into OUT the optimizer module (and for keras train_config.yaml) that trains
-    exactly like SOLVER."""
+    exactly like SOLVER (or like a cuda-convnet LAYERS.cfg with --params)."""
     from caffe2tf.app.convert import convert_solver
 
     report = convert_solver(
@@ -302,6 +312,7 @@ def convert(
         target=target,
         caffe_gpus=caffe_gpus,
         input_shapes=input_shapes or None,
+        params_path=params_path,
     )
     click.echo(report.render(fmt))
     return report.exit_code

@@ -321,20 +321,34 @@ def convert_solver(
     target: str = "keras",
     caffe_gpus: int | None = None,
     input_shapes: Any = None,
+    params_path: str | os.PathLike[str] | None = None,
 ) -> ConvertReport:
     """Convert ``solver`` and write the ``target``'s files into OUT (see module).
     ``caffe_gpus``: how many GPUs the Caffe run used (:func:`multi_gpu_note`).
-    ``input_shapes``: ``--input-shape`` (only the shape notes depend on it)."""
+    ``input_shapes``: ``--input-shape`` (only the shape notes depend on it).
+    ``params_path``: a cuda-convnet layer parameter file; ``solver`` is then its layer
+    definition file (docs/cuda-convnet.md)."""
     from caffe2tf.app.targets import get_target
 
     chosen = get_target(target)
     check_out_dir(
         out_dir,
         force=force,
-        inputs=(solver, net_path, None if isinstance(layer_map, Mapping) else layer_map),
+        inputs=(
+            solver,
+            net_path,
+            None if isinstance(layer_map, Mapping) else layer_map,
+            params_path,
+        ),
     )
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
-    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes)
+    pipeline = load_pipeline(
+        solver,
+        net_path=net_path,
+        lenient=lenient,
+        input_shapes=input_shapes,
+        params_path=params_path,
+    )
     p, notes = chosen.plan(pipeline, mapping)
     if caffe_gpus is not None:
         notes = (*notes, multi_gpu_note(caffe_gpus))

@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 
 from caffe2tf.caffe.load import load_recipe
 from caffe2tf.caffe.model import Recipe
+from caffe2tf.convnet.spec import looks_like_convnet, read_convnet
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note
 from caffe2tf.rule.lower import lower
+from caffe2tf.rule.lower_convnet import lower_convnet
 from caffe2tf.rule.model import UpdateRule
 from caffe2tf.targets.keras.model import KerasPlan
 from caffe2tf.targets.keras.plan import plan
@@ -24,15 +26,22 @@ from caffe2tf.targets.keras.plan import plan
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A recipe as read (``recipe``) and as lowered (``rule``), with the solver path given."""
+    """A recipe as read (``recipe``) and as lowered (``rule``), with the solver path given.
+
+    ``recipe`` is None for a cuda-convnet net (docs/cuda-convnet.md), read by its own front
+    end: then ``front_notes`` are that front end's notes and ``sources`` the files read."""
 
     solver_path: str
-    recipe: Recipe
+    recipe: Recipe | None
     rule: UpdateRule
+    front_notes: tuple[Note, ...] = ()
+    sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def notes(self) -> tuple[Note, ...]:
         """The front end's and the lowering's notes, each once, in pipeline order."""
+        if self.recipe is None:
+            return _unique(self.front_notes, self.rule.notes)
         net = self.recipe.net
         return _unique(
             (*self.recipe.solver.notes, *(net.notes if net else ()), *self.recipe.notes),
@@ -57,13 +66,47 @@ def load_pipeline(
     net_path: str | os.PathLike[str] | None = None,
     lenient: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | Sequence[str] | None = None,
+    params_path: str | os.PathLike[str] | None = None,
 ) -> Pipeline:
     """Read ``solver`` (and its train net, or ``net_path``) and lower it, once.
-    ``input_shapes``: ``{top: shape}``, or the ``TOP=N,C,H,W`` texts of ``--input-shape``."""
+    ``input_shapes``: ``{top: shape}``, or the ``TOP=N,C,H,W`` texts of ``--input-shape``.
+
+    A cuda-convnet layer definition file (``layers.cfg``: its first line is a ``[section]``),
+    or any file given with ``params_path`` (``--params layer-params.cfg``), is read by the
+    cuda-convnet front end instead (:func:`load_convnet_pipeline`)."""
+    if params_path is not None or looks_like_convnet(solver):
+        if net_path is not None:
+            raise InputError(
+                "--net names a Caffe train net; a cuda-convnet net is its layers.cfg and "
+                "--params layer-params.cfg",
+                SourceLocation(os.fspath(net_path)),
+            )
+        return load_convnet_pipeline(solver, params_path)
     if input_shapes is not None and not isinstance(input_shapes, Mapping):
         input_shapes = parse_input_shapes(input_shapes)
     recipe = load_recipe(solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes)
     return Pipeline(solver_path=os.fspath(solver), recipe=recipe, rule=lower(recipe))
+
+
+def load_convnet_pipeline(
+    layers: str | os.PathLike[str], params: str | os.PathLike[str] | None
+) -> Pipeline:
+    """Read a cuda-convnet ``layers.cfg`` and its ``layer-params.cfg`` and lower them
+    (:func:`caffe2tf.rule.lower_convnet.lower_convnet`)."""
+    if params is None:
+        raise InputError(
+            "this is a cuda-convnet layer definition file; give its layer parameter file "
+            "with --params layer-params.cfg",
+            SourceLocation(os.fspath(layers)),
+        )
+    spec = read_convnet(layers, params)
+    return Pipeline(
+        solver_path=os.fspath(layers),
+        recipe=None,
+        rule=lower_convnet(spec),
+        front_notes=spec.notes,
+        sources=(("layers", spec.layers_path), ("params", spec.params_path)),
+    )
 
 
 def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -102,13 +145,20 @@ def checked_layer_map(pipeline: Pipeline, layer_map: Mapping[str, str] | None) -
                 + ", ".join(repr(u[:60]) for u in unknown[:5])
                 + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""),
                 written.get(unknown[0])
-                or (SourceLocation(pipeline.recipe.net.path) if pipeline.recipe.net else None),
+                or (
+                    SourceLocation(pipeline.recipe.net.path)
+                    if pipeline.recipe is not None and pipeline.recipe.net
+                    else SourceLocation(pipeline.solver_path)
+                ),
             )
     return layer_map
 
 
 def plan_source(pipeline: Pipeline) -> dict[str, str]:
-    """The input paths a plan records (``solver``, and ``net`` when the solver names one)."""
+    """The input paths a plan records (``solver``, and ``net`` when the solver names one; for
+    cuda-convnet ``layers`` and ``params``)."""
+    if pipeline.recipe is None:
+        return dict(pipeline.sources)
     source = {"solver": pipeline.solver_path}
     if pipeline.recipe.solver.net_path:
         source["net"] = pipeline.recipe.solver.net_path

@@ -130,9 +130,10 @@ def scale_by_lr(step: ScaleByLr, env: JaxEnv) -> None:
 def momentum(step: Momentum, env: JaxEnv) -> None:
     """SGD ``h = mu*h + eta*g``, ``u = h``; Nesterov ``u = (1+mu)*h - mu*h_old``."""
     dt = env.np_dtype
-    mu = env.s(step.momentum)
-    one_plus = env.s(_host(dt(1.0) + dt(step.momentum), dt))
     for key in env.keys:
+        m = env.groups[key].momentum_or(step.momentum)  # a blob's own momentum (cuda-convnet)
+        mu = env.s(m)
+        one_plus = env.s(_host(dt(1.0) + dt(m), dt))
         h_old = env.state[key]["history"]
         h = env.eta[key] * env.grads[key] + mu * h_old
         env.state[key]["history"] = h

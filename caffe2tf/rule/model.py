@@ -83,7 +83,9 @@ class ScaleByLr:
 
 @dataclass(frozen=True)
 class Momentum:
-    """SGD: h = mu*h + eta*g; w -= h.  Nesterov: w -= (1+mu)*h_new - mu*h_old."""
+    """SGD: h = mu*h + eta*g; w -= h.  Nesterov: w -= (1+mu)*h_new - mu*h_old.
+
+    mu is ``momentum``, or the blob's own :attr:`ParamGroup.momentum` where it has one."""
 
     momentum: float
     nesterov: bool = False
@@ -298,7 +300,11 @@ Step = ClipByGlobalNorm | NormalizeBy | AddDecay | NvidiaDecay | ScaleByLr | Sol
 
 @dataclass(frozen=True)
 class ParamGroup:
-    """Per-blob multipliers. ``key`` is ``"{layer}/{index}"``; ``sharers`` alias the same state."""
+    """Per-blob multipliers. ``key`` is ``"{layer}/{index}"``; ``sharers`` alias the same state.
+
+    ``momentum``: this blob's own momentum, replacing the :class:`Momentum` step's (None: the
+    step's). Caffe has one momentum per solver; cuda-convnet one per weight matrix (``momW``)
+    and bias (``momB``) (docs/cuda-convnet.md#update)."""
 
     key: str
     lr_mult: float = 1.0
@@ -307,6 +313,11 @@ class ParamGroup:
     layer_type: str = ""
     sharers: tuple[str, ...] = ()
     location: SourceLocation | None = field(default=None, compare=False)
+    momentum: float | None = None
+
+    def momentum_or(self, default: float) -> float:
+        """This blob's momentum: its own, else ``default`` (the Momentum step's)."""
+        return default if self.momentum is None else self.momentum
 
     @property
     def layer(self) -> str:
@@ -350,7 +361,17 @@ class UpdateRule:
     layers: tuple[str, ...] = ()
     scale_pairs: tuple[tuple[str, str], ...] = ()
     force_backward: bool = False
-    dialect: str = "bvlc"  # whose Caffe runs it: "bvlc" or "nvidia" (caffe2tf/caffe/dialect.py)
+    # whose trainer runs it: "bvlc" or "nvidia" (caffe2tf/caffe/dialect.py), or "cuda-convnet"
+    # (caffe2tf/rule/lower_convnet.py)
+    dialect: str = "bvlc"
+
+    @property
+    def per_blob_momentum(self) -> bool:
+        """True when some blob's momentum differs from the Momentum step's."""
+        step = self.step(Momentum)
+        if not isinstance(step, Momentum):
+            return False
+        return any(g.momentum_or(step.momentum) != step.momentum for g in self.params)
 
     def step(self, kind: type) -> Step | None:
         """The first step of the given class, or None."""

@@ -165,9 +165,10 @@ def scale_by_lr(step: ScaleByLr, env: UpdateEnv) -> None:
 def momentum(step: Momentum, env: UpdateEnv) -> None:
     """SGD (``sgd_solver.cpp:223-254``): ``h = mu*h + eta*g`` (axpby), update ``u = h`` -- the
     learning rate lives INSIDE the velocity. Nesterov (``nesterov_solver.cpp:13-56``):
-    ``h_old = h; h = mu*h + eta*g; u = (1+mu)*h - mu*h_old`` (axpby, ``1+mu`` in Dtype)."""
-    mu = env.s(step.momentum)
+    ``h_old = h; h = mu*h + eta*g; u = (1+mu)*h - mu*h_old`` (axpby, ``1+mu`` in Dtype). mu is
+    the blob's own momentum where its group has one (cuda-convnet's ``momW``/``momB``)."""
     for key in env.keys:
+        mu = env.s(env.groups[key].momentum_or(step.momentum))
         h_old = env.slot(key, "history")
         h = env.axpby(env.eta[key], env.grads[key], mu, h_old)
         env.state[key]["history"] = h

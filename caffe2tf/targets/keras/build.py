@@ -79,19 +79,27 @@ def build_from_config(config: Mapping[str, Any]) -> Any:
         return optimizer_cls(learning_rate=_schedule(sched_spec), **args)
     if route != "multi":
         raise ValueError(f"unknown route {route!r}")
-    optimizers: dict[float, Any] = {}
+    optimizers: dict[tuple[float, Any], Any] = {}
 
-    def for_mult(m: float) -> Any:
-        if m not in optimizers:
-            optimizers[m] = optimizer_cls(learning_rate=_schedule(sched_spec, m), **args)
-        return optimizers[m]
+    def for_mult(m: float, momentum: Any = None) -> Any:
+        # one sub-optimizer per (lr_mult, momentum); momentum None: the optimizer's own
+        if (m, momentum) not in optimizers:
+            own = {} if momentum is None else {"momentum": float(momentum)}
+            optimizers[m, momentum] = optimizer_cls(
+                learning_rate=_schedule(sched_spec, m), **{**args, **own}
+            )
+        return optimizers[m, momentum]
 
     default_opt = for_mult(1.0)
+    shared = args.get("momentum")
     routes = {}
     for v in config.get("variables") or []:
         m = float(v["lr_mult"])
-        if v["trainable"] and m != 1.0:
-            routes[runtime.path_pattern(str(v["keras_layer"]), int(v["blob"]))] = for_mult(m)
+        mom = v.get("momentum")
+        if mom is not None and shared is not None and float(mom) == float(shared):
+            mom = None
+        if v["trainable"] and (m != 1.0 or mom is not None):
+            routes[runtime.path_pattern(str(v["keras_layer"]), int(v["blob"]))] = for_mult(m, mom)
     return keras.optimizers.MultiOptimizer(
         keras.optimizers.OptimizerMap(default_optimizer=default_opt, optimizer_map=routes)
     )

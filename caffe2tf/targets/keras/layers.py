@@ -40,6 +40,9 @@ KERAS_LAYERS_OF_TYPE: dict[str, str] = {
     # SSD's L2 normalization with a learnable channel scale (NVIDIA Caffe, SSD forks): the
     # scale is blob 0, the layer's one weight, named gamma as Keras ports of SSD name it
     "Normalize": "an L2-normalization layer whose one weight (the scale) is named gamma",
+    # cuda-convnet's unshared-weight ``local`` layer (caffe2tf/rule/lower_convnet.py); Keras 3
+    # has no built-in one
+    "LocallyConnected": "a locally connected layer whose variables are named kernel and bias",
 }
 SUPPORTED_LAYER_TYPES = frozenset(KERAS_LAYERS_OF_TYPE) | {
     "DepthwiseConvolution",

@@ -62,6 +62,8 @@ class BlobBinding:
     ``keras_layer`` is the Keras layer name (the Caffe name, the ``--layer-map`` entry, or for
     a BatchNorm+Scale pair the BatchNormalization's name); ``blob`` 0 is the main weight, 1 the
     bias. ``regularizer`` is ``("L2"|"L1", coefficient)`` on the regularizer route, else None.
+    ``momentum``: the blob's own momentum where the rule gives it one (the ``multi`` route
+    groups sub-optimizers by ``(lr_mult, momentum)``), else None.
     """
 
     caffe_key: str
@@ -73,6 +75,8 @@ class BlobBinding:
     decay_mult: float
     trainable: bool
     regularizer: tuple[str, float] | None = None
+    #: this variable's own momentum (cuda-convnet's momW/momB), None: the optimizer's
+    momentum: float | None = None
 
     @property
     def key(self) -> str:

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from caffe2tf.notes import Exactness, Note, Severity
-from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, NvidiaDecay, UpdateRule
+from caffe2tf.rule.model import AddDecay, ClipByGlobalNorm, Momentum, NvidiaDecay, UpdateRule
 from caffe2tf.targets.keras.layers import (
     SUPPORTED_LAYER_TYPES,
     keras_layer_name,
@@ -112,6 +112,7 @@ def _bindings(
                 decay_mult=f32(group.decay_mult),
                 trainable=group.trainable,
                 regularizer=reg,
+                momentum=None if group.momentum is None else f32(group.momentum),
             )
         )
     if pairs:
@@ -182,6 +183,47 @@ def _decay_count(rule: UpdateRule) -> str:
     )
 
 
+def _momentum_notes(rule: UpdateRule, route: Route) -> list[Note]:
+    """Per-blob momentum (cuda-convnet's momW/momB, :attr:`ParamGroup.momentum`): one
+    keras.optimizers.SGD per (lr_mult, momentum) inside the MultiOptimizer; the custom
+    optimizers hold one momentum, so that route cannot carry it."""
+    if not rule.per_blob_momentum:
+        return []
+    step = rule.step(Momentum)
+    assert isinstance(step, Momentum)
+    momenta = sorted({f32(g.momentum_or(step.momentum)) for g in rule.params if g.trainable})
+    if route == "custom":
+        return [
+            note(
+                "momentum.per_blob",
+                "a momentum per blob ("
+                + ", ".join(fmt(m) for m in momenta)
+                + ") cannot ride on the custom route's one CaffeOptimizer",
+                Exactness.UNSUPPORTED,
+                Severity.ERROR,
+            )
+        ]
+    bad = [m for m in momenta if not 0.0 <= m <= 1.0]
+    if bad:
+        return [
+            note(
+                "momentum.range",
+                f"momentum {', '.join(fmt(m) for m in bad)} outside [0, 1], which "
+                "keras.optimizers.SGD rejects",
+                Exactness.UNSUPPORTED,
+                Severity.ERROR,
+            )
+        ]
+    return [
+        note(
+            "momentum.per_blob",
+            f"momentum per blob ({', '.join(fmt(m) for m in momenta)}): the MultiOptimizer "
+            "holds one keras.optimizers.SGD per (lr_mult, momentum) pair, each variable routed "
+            "to the one of its blob (CAFFE_MOMENTA in optimizer.py).",
+        )
+    ]
+
+
 def plan(
     rule: UpdateRule,
     *,
@@ -230,10 +272,11 @@ def plan(
         reasons.append(
             "L1 decay: Caffe uses sign(0) = 0, the JAX backend differentiates |w| at 0 as 1"
         )
+    per_blob = rule.per_blob_momentum
     route: Route
     if reasons:
         route = "custom"
-    elif len(trainable_mults) > 1 or (trainable_mults and trainable_mults[0] != 1.0):
+    elif per_blob or len(trainable_mults) > 1 or (trainable_mults and trainable_mults[0] != 1.0):
         route = "multi"
     else:
         route = "builtin"
@@ -324,6 +367,7 @@ def plan(
                     "learning rate is the schedule x lr_mult.",
                 )
             )
+    notes += _momentum_notes(rule, route)
     if not rule.net_known and not rule.params:
         # Without the net the per-blob multipliers are a guess (Caffe's defaults): the Keras
         # side cannot be shown to do what Caffe does, so convert only writes it with

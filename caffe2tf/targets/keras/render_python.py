@@ -153,6 +153,39 @@ def _row(items: list[str], indent: str, comment: str = "") -> list[str]:
     return lines
 
 
+def _multi_momentum_lines(p: KerasPlan, opt_args: list[tuple[str, str | Items, str]]) -> list[str]:
+    """``build_optimizer``'s body when blobs have their own momentum: one sub-optimizer per
+    ``(lr_mult, momentum)`` pair (docs/cuda-convnet.md#keras)."""
+    shared = _value(p.optimizer.arg("momentum"))
+    args = [a for a in opt_args if a[0] != "momentum"]
+    out = [""]
+    out.append(
+        "    def sub_optimizer(lr_mult: float, momentum: float) -> keras.optimizers.Optimizer:"
+    )
+    out += _call_lines(
+        f"return keras.optimizers.{p.optimizer.cls}",
+        [("learning_rate", "build_schedule(lr_mult)", ""), *args]
+        + [("momentum", "momentum", "momW / momB")],
+        "        ",
+    )
+    out.append("")
+    out.append(f"    by_pair = {{(1.0, {shared}): sub_optimizer(1.0, {shared})}}")
+    out.append("    routes = {}")
+    out.append("    for layer, blob, lr_mult, _, trainable, _, _ in CAFFE_BLOBS:")
+    out.append(f'        pair = (lr_mult, CAFFE_MOMENTA.get(f"{{layer}}/{{blob}}", {shared}))')
+    out.append(f"        if trainable and pair != (1.0, {shared}):")
+    out.append("            if pair not in by_pair:")
+    out.append("                by_pair[pair] = sub_optimizer(*pair)")
+    out.append("            routes[path_pattern(layer, blob)] = by_pair[pair]")
+    out.append(f"    default = by_pair[1.0, {shared}]")
+    out.append("    return keras.optimizers.MultiOptimizer(")
+    out.append(
+        "        keras.optimizers.OptimizerMap(default_optimizer=default, optimizer_map=routes)"
+    )
+    out.append("    )")
+    return out
+
+
 def _schedule_lines(spec: CallSpec) -> list[str]:
     """Body of ``build_schedule(lr_mult)``."""
     ind = "    "
@@ -303,6 +336,13 @@ def render_python(p: KerasPlan) -> str:
             out.append(f"    {item},")
         out.append(")")
         del last
+    if any(b.momentum is not None for b in p.blobs):
+        out.append("# Each blob's own momentum (cuda-convnet's momW / momB), by layer/blob:")
+        out.append("CAFFE_MOMENTA: dict[str, float] = {")
+        for b in p.blobs:
+            if b.momentum is not None:
+                out.append(f"    {literal(f'{b.keras_layer}/{b.blob}')}: {_value(b.momentum)},")
+        out.append("}")
     out += ["", ""]
 
     # ---- build_schedule
@@ -323,6 +363,8 @@ def render_python(p: KerasPlan) -> str:
             [("learning_rate", "build_schedule()", "")] + opt_args,
             "    ",
         )
+    elif p.route == "multi" and any(b.momentum is not None for b in p.blobs):
+        out += _multi_momentum_lines(p, opt_args)
     elif p.route == "multi":
         out.append("")
         out.append("    def sub_optimizer(lr_mult: float) -> keras.optimizers.Optimizer:")

@@ -46,6 +46,8 @@ def _blob(b: BlobBinding) -> dict[str, Any]:
     if b.regularizer is not None:
         kind, coefficient = b.regularizer
         out["regularizer"] = {"class": kind, "factor": coefficient}
+    if b.momentum is not None:  # a blob's own momentum (cuda-convnet); absent: the optimizer's
+        out["momentum"] = b.momentum
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from caffe2tf.app.pipeline import Pipeline, checked_layer_map, keras_plan, plan_source
 from caffe2tf.errors import InputError
-from caffe2tf.notes import Note
+from caffe2tf.notes import Exactness, Note, Severity
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,22 @@ class Target:
 
 
 def _all_notes(pipeline: Pipeline, plan_notes: tuple[Note, ...]) -> tuple[Note, ...]:
+    """The notes of a non-Keras target: the pipeline's, the plan's, and a refusal where the
+    rule gives blobs their own momentum (cuda-convnet), which only the Keras target maps."""
     seen = set(pipeline.notes)
-    return pipeline.notes + tuple(n for n in plan_notes if n not in seen)
+    extra: tuple[Note, ...] = ()
+    if pipeline.rule.per_blob_momentum:
+        extra = (
+            Note(
+                "target.per_blob_momentum",
+                "this rule gives blobs their own momentum (cuda-convnet's momW/momB); only "
+                "--target keras maps that (docs/cuda-convnet.md#targets)",
+                Severity.ERROR,
+                affects_training=True,
+                exactness=Exactness.UNSUPPORTED,
+            ),
+        )
+    return pipeline.notes + tuple(n for n in plan_notes if n not in seen) + extra
 
 
 def _with_inexact(p: Any, notes: tuple[Note, ...]) -> Any:

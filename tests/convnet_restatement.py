@@ -4,9 +4,10 @@ Python 2's ``ConfigParser``) -- independent of caffe2tf's front end and lowering
 
 Gradient convention (docs/cuda-convnet.md#gradient): ``g`` is the gradient of the MEAN over the
 minibatch of the per-case loss (a Keras ``sum_over_batch_size`` loss). cuda-convnet's backward
-pass writes the gradient of the *negated* cost summed over the minibatch, times 1/numCases
-(cuda-convnet2 ``layer.cu:848-856`` ``getGradScale``; ``:870-873`` for biases), so what its
-update reads as ``grad`` is ``-g``.
+pass writes the gradient of the *negated* cost (the logistic-regression kernel differentiates
+``+coeff * log p_label``, ``layer_kernels.cu:260-276``) summed over the minibatch, times
+1/numCases (cuda-convnet2 ``layer.cu:848-856`` ``getGradScale``; ``:870-873`` for biases), so
+what its update reads as ``grad`` is ``-g``.
 
 Per weight matrix / bias, one update (cuda-convnet2 ``weights.cu:325-340`` -> ``:277-311``):
 

@@ -3,7 +3,8 @@
 What both versions do with one weight matrix or bias vector (docs/cuda-convnet.md#update):
 
 1. the backward pass writes ``grad = (scale / numCases) * sum_n dC_n/dW`` where C is the
-   *negated* cost (``computeLogregGrad`` passes ``coeff * (label - p)``) and numCases the
+   *negated* cost (``kLogregCostGrad``, ``layer_kernels.cu:260-276``, writes the gradient of
+   ``+coeff * log p_label``) and numCases the
    minibatch size: cuda-convnet2 ``layer.cu:848-856`` (``getGradScale``: ``1/numCases`` on the
    ``useGrad`` path, ``eps/numCases`` when the gradient goes straight into the increment),
    ``:870-873`` (biases: ``1/numCases``); original cuda-convnet ``layer.cu:384-401`` (FC:

@@ -173,14 +173,20 @@ def inspect(file: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
 @click.argument("solver", type=_existing_file)
 @net_option
 @lenient_option
+@params_option
 @format_option
 @_user_errors_exit_2
-def explain(solver: Path, net_path: Path | None, lenient: bool, fmt: str) -> int:
-    """Explain Caffe's update rule for SOLVER step by step, with the numbers filled in."""
+def explain(
+    solver: Path, net_path: Path | None, lenient: bool, fmt: str, params_path: Path | None = None
+) -> int:
+    """Explain Caffe's update rule for SOLVER step by step, with the numbers filled in
+    (or a cuda-convnet LAYERS.cfg's with --params)."""
     from caffe2tf.app.explain import explain_recipe
     from caffe2tf.app.report import TextReport
 
-    report = TextReport(explain_recipe(solver, net_path=net_path, lenient=lenient, fmt=fmt))
+    report = TextReport(
+        explain_recipe(solver, net_path=net_path, lenient=lenient, fmt=fmt, params_path=params_path)
+    )
     click.echo(report.render(fmt))
     return report.exit_code
 

@@ -375,3 +375,22 @@ def test_restatement_reads_the_files_like_the_front_end() -> None:
         assert mine.keys() == theirs.keys()
         for k, (eps, mom, wc) in theirs.items():
             assert mine[k] == (eps, mom, max(wc, 0.0)), k
+
+
+def test_explain_shows_each_blobs_momentum() -> None:
+    layers, params = files("two_inputs")
+    res = CliRunner().invoke(cli, ["explain", str(layers), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "mu_p = each blob's own momentum" in res.output
+    row = next(ln for ln in res.output.splitlines() if ln.strip().startswith("joint.in1/0"))
+    assert row.split()[-1] == "0.5" and row.split()[3] == "0.004"
+    res = CliRunner().invoke(
+        cli, ["explain", str(layers), "--params", str(params), "--format", "json"]
+    )
+    blobs = {b["key"]: b for b in json.loads(res.output)["blobs"]}
+    assert blobs["joint/1"]["momentum"] == 0.7 and blobs["joint/1"]["decay_mult"] == 0.0
+
+
+def test_inspect_points_a_cfg_to_explain() -> None:
+    res = CliRunner().invoke(cli, ["inspect", str(files("uniform")[0])])
+    assert res.exit_code == 2 and "--params" in res.output and "Traceback" not in res.output

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,25 @@ class _Values:
             else (v if isinstance(v, str) else num(v))
         )
         return f"{text} (default)" if field in self.defaulted else text
+
+
+class _RuleValues(_Values):
+    """The same for a rule read from no solver (cuda-convnet, docs/cuda-convnet.md): the
+    fields' values as the lowering set them, none of them a default."""
+
+    def __init__(self, rule: UpdateRule) -> None:
+        s = rule.schedule
+        decay = rule.step(AddDecay)
+        step = rule.solver_step
+        self.spec = SimpleNamespace(
+            base_lr=s.base_lr,
+            lr_policy=s.policy,
+            weight_decay=decay.weight_decay if isinstance(decay, AddDecay) else 0.0,
+            regularization_type=decay.kind if isinstance(decay, AddDecay) else "L2",
+            iter_size=rule.iter_size,
+            momentum=getattr(step, "momentum", 0.0),
+        )
+        self.defaulted = frozenset()
 
 
 def _schedule_equation(s: LrSchedule, val: _Values) -> str:
@@ -259,11 +279,13 @@ def _nvidia_sgd_row(step: NvidiaSGD, rule: UpdateRule, val: _Values) -> Row:
 
 
 def _momentum_row(step: Momentum, rule: UpdateRule, val: _Values) -> Row:
-    mu = val("momentum")
+    mu = "mu_p" if rule.per_blob_momentum else val("momentum")
     if step.nesterov:
         eq = f"h' = {mu} * h + eta * g;  w -= (1 + {mu}) * h' - {mu} * h;  h = h'"
         return eq, {}, "nesterov_solver.cpp:13-56"
     eq = f"h = {mu} * h + eta * g;  w -= h   (the lr is inside the velocity)"
+    if rule.per_blob_momentum:
+        eq += ";  mu_p = each blob's own momentum (table below)"
     return eq, {}, "sgd_solver.cpp:223-254"
 
 
@@ -319,21 +341,23 @@ def _step_row(step: Step, rule: UpdateRule, val: _Values) -> dict[str, Any]:
     """One step: name, equation with numbers, the values it uses (field -> text); a solver
     step lists the solver's fields (:data:`caffe2tf.rule.model.SOLVERS`)."""
     eq, values, src = STEP_ROWS[type(step)](step, rule, val)
-    entry = SOLVER_TABLES[rule.dialect].get(rule.solver)
-    if step is rule.solver_step and entry is not None:
+    entry = SOLVER_TABLES.get(rule.dialect, {}).get(rule.solver)  # cuda-convnet: none
+    if step is rule.solver_step and entry is not None and not rule.per_blob_momentum:
         values = {f: val(f) for f in entry.reads}
     return {"name": step.name, "equation": eq, "values": values, "source": src}
 
 
-def _blob_rows(rule: UpdateRule, recipe: Recipe) -> list[dict[str, Any]]:
-    spec = recipe.solver
+def _blob_rows(rule: UpdateRule, recipe: Recipe | None) -> list[dict[str, Any]]:
     lr0 = lr_fresh(rule.schedule, 0)
     decay = rule.step(AddDecay)
     wd = decay.weight_decay if isinstance(decay, AddDecay) else 0.0
     explicit = {
         p.key: (p.lr_mult_explicit, p.decay_mult_explicit)
-        for p in (recipe.net.params if recipe.net else ())
+        for p in (recipe.net.params if recipe is not None and recipe.net else ())
     }
+    if recipe is None:  # cuda-convnet: every multiplier was written in the layer files
+        explicit = {g.key: (True, True) for g in rule.params}
+    step = rule.solver_step
     rows = []
     groups = rule.params or (rule.default_group,)
     for g in groups:
@@ -350,9 +374,9 @@ def _blob_rows(rule: UpdateRule, recipe: Recipe) -> list[dict[str, Any]]:
                 "lr_at_start": float(np.float32(lr0) * np.float32(g.lr_mult)),
                 "decay": float(np.float32(wd) * np.float32(g.decay_mult)),
                 "sharers": list(g.sharers),
+                "momentum": g.momentum_or(step.momentum) if isinstance(step, Momentum) else None,
             }
         )
-    del spec
     return rows
 
 
@@ -410,6 +434,32 @@ def explain_data(recipe: Recipe, rule: UpdateRule | None = None) -> dict[str, An
     }
 
 
+def explain_rule_data(rule: UpdateRule, path: str, sources: dict[str, str]) -> dict[str, Any]:
+    """:func:`explain_data` for a rule read from no Caffe solver (cuda-convnet's layer files,
+    docs/cuda-convnet.md): ``path`` is the first file, ``sources`` every file read."""
+    val = _RuleValues(rule)
+    horizon, known = _horizon(rule)
+    return {
+        "kind": "cuda-convnet",
+        "solver_file": path,
+        "net_file": sources.get("params"),
+        "solver": rule.solver,
+        "iter_size": rule.iter_size,
+        "max_iter": rule.max_iter,
+        "steps": [_step_row(s, rule, val) for s in rule.steps],
+        "schedule": {
+            "policy": rule.schedule.policy,
+            "horizon": horizon,
+            "max_iter_known": known,
+            "milestones": milestones(rule),
+        },
+        "blobs": _blob_rows(rule, None),
+        "net_known": True,
+        "defaults": [],
+        "notes": [n.to_dict() for n in rule.notes],
+    }
+
+
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [
@@ -418,9 +468,15 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_text(data: dict[str, Any]) -> str:
+    convnet = data.get("kind") == "cuda-convnet"
     lines = [
-        f"Caffe update rule of {data['solver_file']}"
-        + (f" (net {data['net_file']})" if data["net_file"] else " (net unknown)"),
+        (
+            f"cuda-convnet update rule of {data['solver_file']} (params {data['net_file']}), "
+            "as Caffe's SGD (docs/cuda-convnet.md); G = the gradient of the MEAN loss"
+            if convnet
+            else f"Caffe update rule of {data['solver_file']}"
+            + (f" (net {data['net_file']})" if data["net_file"] else " (net unknown)")
+        ),
         f"solver {data['solver']}, iter_size {data['iter_size']}, "
         f"max_iter {data['max_iter'] or 'not set'}",
         "",
@@ -445,7 +501,10 @@ def render_text(data: dict[str, Any]) -> str:
         "",
         "Per-blob multipliers (eta = alpha(k) * lr_mult, decay = weight_decay * decay_mult):",
     ]
+    own = len({b.get("momentum") for b in data["blobs"]}) > 1  # a momentum per blob
     rows = [["blob", "type", "shape", "lr_mult", "decay_mult", "lr at k=0", "decay", "sharers"]]
+    if own:
+        rows[0].append("momentum")
     for b in data["blobs"]:
         shape = "x".join(map(str, b["shape"])) if b["shape"] is not None else "?"
         rows.append(
@@ -459,6 +518,7 @@ def render_text(data: dict[str, Any]) -> str:
                 num(b["decay"]),
                 ", ".join(b["sharers"]),
             ]
+            + ([num(b["momentum"])] if own else [])
         )
     lines += _table(rows)
     if not data["net_known"]:
@@ -481,12 +541,18 @@ def explain_recipe(
     net_path: Path | str | None = None,
     lenient: bool = False,
     fmt: str = "table",
+    params_path: Path | str | None = None,
 ) -> str:
-    """``caffe2tf explain``: load, lower and describe; ``fmt`` is ``"table"`` or ``"json"``."""
+    """``caffe2tf explain``: load, lower and describe; ``fmt`` is ``"table"`` or ``"json"``.
+    ``params_path``: a cuda-convnet layer parameter file (``solver`` is then its layers.cfg)."""
     from caffe2tf.app.pipeline import load_pipeline
 
-    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient)
-    data = explain_data(pipeline.recipe, pipeline.rule)
+    pipeline = load_pipeline(solver, net_path=net_path, lenient=lenient, params_path=params_path)
+    if pipeline.recipe is None:
+        data = explain_rule_data(pipeline.rule, pipeline.solver_path, dict(pipeline.sources))
+        data["notes"] = [n.to_dict() for n in pipeline.notes]
+    else:
+        data = explain_data(pipeline.recipe, pipeline.rule)
     if fmt == "json":
         return json.dumps(data, indent=2, sort_keys=False, default=str)
     from caffe2tf.errors import escape_controls  # names print as escapes, never raw controls

@@ -283,9 +283,17 @@ def inspect_file(
     Raises :class:`~caffe2tf.errors.InputError` on invalid input (the CLI exits 2).
     """
     from caffe2tf.caffe.load import load_net, load_recipe, sniff_kind
+    from caffe2tf.convnet.spec import looks_like_convnet
+    from caffe2tf.errors import InputError, SourceLocation
     from caffe2tf.notes import Severity
 
     p = os.fspath(path)
+    if looks_like_convnet(p):
+        raise InputError(
+            "a cuda-convnet layer file, which inspect does not read: use "
+            "'caffe2tf explain LAYERS.cfg --params LAYER-PARAMS.cfg' (docs/cuda-convnet.md)",
+            SourceLocation(p),
+        )
     kind = sniff_kind(p)
     if kind == "net":
         notes: list[Note] = []

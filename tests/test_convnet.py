@@ -394,3 +394,23 @@ def test_explain_shows_each_blobs_momentum() -> None:
 def test_inspect_points_a_cfg_to_explain() -> None:
     res = CliRunner().invoke(cli, ["inspect", str(files("uniform")[0])])
     assert res.exit_code == 2 and "--params" in res.output and "Traceback" not in res.output
+
+
+def test_a_schedule_is_its_base_rate_only_with_allow_approx(tmp_path: Path) -> None:
+    text = (FIX / "layer-params-schedule.cfg").read_text().replace("wball=2.5", "wball=0")
+    (tmp_path / "params.cfg").write_text(text)
+    args = ["convert", str(FIX / "layers-two-inputs.cfg"), "--params", str(tmp_path / "params.cfg")]
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "would not be exact" in res.output
+    assert "params.cfg:3:6: layer 'hidden': epsW[0] dexp" in res.output
+    assert "while the progress p <= 1/4" in res.output
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "out"), "--allow-approx"])
+    assert res.exit_code == 0, res.output
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "out" / "train_config.yaml").read_text())
+    assert config["exact"] is False
+    assert [n["code"] for n in config["inexact"]] == ["convnet.schedule"]
+    hidden = next(v for v in config["variables"] if v["keras_layer"] == "hidden" and v["blob"] == 0)
+    assert hidden["lr_mult"] == 0.01  # dexp's base
+    assert "training progress" in (tmp_path / "out" / "optimizer.py").read_text()

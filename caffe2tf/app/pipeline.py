@@ -95,8 +95,8 @@ def load_convnet_pipeline(
     (:func:`caffe2tf.rule.lower_convnet.lower_convnet`)."""
     if params is None:
         raise InputError(
-            "this is a cuda-convnet layer definition file; give its layer parameter file "
-            "with --params layer-params.cfg",
+            "this is a cuda-convnet layer definition file: convert and explain read it with "
+            "its layer parameter file, --params layer-params.cfg (docs/cuda-convnet.md)",
             SourceLocation(os.fspath(layers)),
         )
     spec = read_convnet(layers, params)

@@ -67,17 +67,36 @@ def _unsupported(code: str, message: str, where=None) -> Note:
 
 
 def _schedule_notes(layer: WeightLayer, key: str, s: Schedule) -> list[Note]:
+    """A schedule other than ``const`` becomes its base rate, an APPROX note that says for how
+    long that is exact: cuda-convnet2 evaluates the schedule at the training progress
+    ``p = (data batches done - 1) / (epochs x training batches)`` (``gpumodel.py:184-185``,
+    ``:293-295``), once per data batch (``convnet.py:46-48``); ``lr.cu:66-113``: ``linear``
+    and ``exp`` leave the base rate as soon as p > 0, ``dexp`` keeps it while
+    p <= 1/numSteps."""
     if s.kind == "const":
         return []
+    if s.kind == "dexp":
+        n = int(s.param("numSteps"))
+        window = (
+            f"exact while the progress p <= 1/{n}, i.e. for the first {n}th of the data "
+            "batches of the whole run"
+            if n > 1
+            else "never exact (one step: the rate is base/tgtFactor throughout)"
+        )
+    else:
+        window = "exact only for the first data batch (p = 0)"
     return [
-        _unsupported(
+        _note(
             "schedule",
             f"layer {layer.name!r}: {key} {s.kind}[...] follows cuda-convnet2's training "
-            "progress (gpumodel.py:293-295: (data batches done - 1) / (epochs x training "
-            "batches), fixed for a whole data batch of many minibatches; lr.cu:66-113), which "
-            "depends on --epochs and the data provider, not on these files: no exact "
-            "per-update rate can be derived; use a number (a constant rate)",
+            "progress p = (data batches done - 1) / (epochs x training batches), set once per "
+            "data batch (gpumodel.py:184-185, :293-295; lr.cu:66-113), which depends on "
+            "--epochs and the data provider, not on these files: the base rate "
+            f"{s.base:g} is used throughout ({window}); convert each stage with a constant "
+            "rate for an exact port",
+            Exactness.APPROX,
             s.location,
+            Severity.WARNING,
         )
     ]
 

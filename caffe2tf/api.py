@@ -90,17 +90,21 @@ def convert(
     layer_map: PathLike | Mapping[str, str] | None = None,
     target: str = "keras",
     allow_approx: bool = False,
+    params: PathLike | None = None,
 ) -> Conversion:
     """Read ``solver`` (and its train net, or ``net``), lower it and plan ``target``; nothing
     is written (see :meth:`Conversion.write`). Invalid input raises
-    :class:`caffe2tf.errors.InputError` with the file, line and column."""
+    :class:`caffe2tf.errors.InputError` with the file, line and column. ``params``: a
+    cuda-convnet layer parameter file, ``solver`` then being its layers.cfg
+    (docs/cuda-convnet.md)."""
     from caffe2tf.app.convert import blocking_notes, load_layer_map
     from caffe2tf.app.pipeline import load_pipeline
     from caffe2tf.app.targets import get_target
 
     chosen = get_target(target)
     mapping = dict(layer_map) if isinstance(layer_map, Mapping) else load_layer_map(layer_map)
-    plan, notes = chosen.plan(load_pipeline(solver, net_path=net, lenient=lenient), mapping)
+    pipeline = load_pipeline(solver, net_path=net, lenient=lenient, params_path=params)
+    plan, notes = chosen.plan(pipeline, mapping)
     return Conversion(
         target=target,
         plan=plan,

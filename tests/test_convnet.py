@@ -414,3 +414,34 @@ def test_a_schedule_is_its_base_rate_only_with_allow_approx(tmp_path: Path) -> N
     hidden = next(v for v in config["variables"] if v["keras_layer"] == "hidden" and v["blob"] == 0)
     assert hidden["lr_mult"] == 0.01  # dexp's base
     assert "training progress" in (tmp_path / "out" / "optimizer.py").read_text()
+
+
+def test_blobs_whose_eps_is_not_positive_never_move(tmp_path: Path) -> None:
+    text = (FIX / "layer-params-two-inputs.cfg").read_text()
+    text = text.replace("epsW=0.001,0.004", "epsW=nan,-0.004").replace("epsB=0.02", "epsB=0")
+    (tmp_path / "params.cfg").write_text(text)
+    layers = FIX / "layers-two-inputs.cfg"
+    rule = load_pipeline(layers, params_path=tmp_path / "params.cfg").rule
+    frozen = {g.key for g in rule.params if not g.trainable}
+    assert frozen == {"joint/0", "joint.in1/0", "hidden/1"}
+    rule = replace(
+        rule,
+        params=tuple(replace(g, shape=(3, 4) if g.index == 0 else (3,)) for g in rule.params),
+    )
+    init, grads = ks.streams(rule, 30, 2)
+    grads = [{k: v + 1.0 for k, v in g.items()} for g in grads]  # a gradient on every blob
+    expected = restated.run(restated.blobs(layers, tmp_path / "params.cfg"), init, grads)
+    got = run_reference(rule, init, grads, precision="float64")
+    assert ks.deviation(init, expected, got) <= 1e-12
+    for key in frozen:
+        assert (got[-1][key] == init[key]).all() and (expected[-1][key] == init[key]).all()
+
+
+def test_python_api_reads_layer_files(tmp_path: Path) -> None:
+    import caffe2tf
+
+    layers, params = files("mixed")
+    conversion = caffe2tf.convert(layers, params=params)
+    assert not conversion.blocking and conversion.plan.route == "multi"
+    momenta = {b.key: b.momentum for b in conversion.plan.blobs}
+    assert momenta["conv2/0"] == 0.95 and momenta["fc10/1"] == 0.99

@@ -13,7 +13,8 @@ What both versions do with one weight matrix or bias vector (docs/cuda-convnet.m
    ``inc = momW*inc + eps*grad - wc*eps*w``, one ``WeightedAdd``, ``nvmatrix_operators.cuh:
    472-480``) and ``:332-336`` (otherwise ``inc`` already holds ``momW*inc + eps*grad``; then
    ``inc -= wc*eps*w``); original ``weights.cuh:150-162``; then ``w += inc``;
-3. a blob whose base eps is 0 is never updated (``weights.cu:328``, ``weights.cuh:152``);
+3. a blob whose base eps is not > 0 (0, negative, NaN) is never updated (``weights.cu:328``,
+   ``weights.cuh:152``): it becomes ``lr_mult`` 0;
    biases are never decayed (``layer.cu:743``: ``wc = 0`` for the bias).
 
 With ``h = -inc`` and ``g`` the gradient of the mean (not summed) loss, that is Caffe's SGD:
@@ -184,16 +185,18 @@ def lower_convnet(spec: ConvNetSpec) -> UpdateRule:
                 location=layer.locations.get("epsB"),
             )
         )
-    for g in groups:
-        if g.lr_mult < 0:
-            notes.append(
-                _unsupported(
-                    "negative_eps",
-                    f"blob {g.key}: a negative eps ({g.lr_mult}) is never applied by "
-                    "cuda-convnet (weights.cu:328 updates only when the base rate is > 0)",
-                    g.location,
-                )
+    frozen = [g for g in groups if not g.lr_mult > 0]
+    if frozen:  # weights.cu:328: a blob is updated only when its base eps is > 0
+        groups = [g if g.lr_mult > 0 else replace(g, lr_mult=0.0) for g in groups]
+        notes.append(
+            _note(
+                "frozen",
+                f"{len(frozen)} blob(s) with eps <= 0 (or NaN) are never updated by "
+                "cuda-convnet (weights.cu:328 updates only when the base eps is > 0): lr_mult 0, "
+                "trainable False: " + ", ".join(g.key for g in frozen[:10]),
+                Exactness.EXACT,
             )
+        )
     momenta = {g.momentum for g in groups}
     shared = momenta.pop() if len(momenta) == 1 else None
     if shared is not None:  # one momentum for every blob: the step holds it, as in Caffe

@@ -445,3 +445,16 @@ def test_python_api_reads_layer_files(tmp_path: Path) -> None:
     assert not conversion.blocking and conversion.plan.route == "multi"
     momenta = {b.key: b.momentum for b in conversion.plan.blobs}
     assert momenta["conv2/0"] == 0.95 and momenta["fc10/1"] == 0.99
+
+
+def test_layer_map_renames_the_keras_layer_of_an_extra_input(tmp_path: Path) -> None:
+    (tmp_path / "map.yaml").write_text("joint.in1: joint_side\n")
+    layers, params = files("two_inputs")
+    args = ["convert", str(layers), "--params", str(params), "--layer-map"]
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "map.yaml"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "o" / "optimizer.py").read_text()
+    assert '("joint_side", 0, 0.004, 0.02' in text and '"joint_side/0": 0.5' in text
+    (tmp_path / "bad.yaml").write_text("nosuch: x\n")
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "bad.yaml"), "-o", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "bad.yaml:1:1" in res.output

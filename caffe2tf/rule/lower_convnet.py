@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from caffe2tf.convnet.spec import ConvNetSpec, Schedule, WeightLayer
+from caffe2tf.errors import SourceLocation
 from caffe2tf.notes import Exactness, Note, Severity
 from caffe2tf.rule.model import AddDecay, LrSchedule, Momentum, ParamGroup, ScaleByLr, UpdateRule
 
@@ -52,7 +53,13 @@ def weight_key(layer: str, index: int) -> str:
     return f"{layer}/0" if index == 0 else f"{layer}.in{index}/0"
 
 
-def _note(code: str, message: str, exactness: Exactness, where=None, sev=Severity.INFO) -> Note:
+def _note(
+    code: str,
+    message: str,
+    exactness: Exactness,
+    where: SourceLocation | None = None,
+    sev: Severity = Severity.INFO,
+) -> Note:
     return Note(
         code=f"convnet.{code}",
         message=message,
@@ -63,7 +70,7 @@ def _note(code: str, message: str, exactness: Exactness, where=None, sev=Severit
     )
 
 
-def _unsupported(code: str, message: str, where=None) -> Note:
+def _unsupported(code: str, message: str, where: SourceLocation | None = None) -> Note:
     return _note(code, message, Exactness.UNSUPPORTED, where, Severity.ERROR)
 
 
@@ -157,13 +164,14 @@ def lower_convnet(spec: ConvNetSpec) -> UpdateRule:
     """The :class:`UpdateRule` of a cuda-convnet net (see the module docstring)."""
     groups: list[ParamGroup] = []
     notes: list[Note] = []
-    layer_names: list[str] = []
+    extra_inputs: dict[str, list[str]] = {}  # layer -> its "L.in<i>" Keras layers
     for layer in spec.weight_layers:
         notes += _layer_notes(layer)
         caffe_type = CAFFE_TYPE_OF_CONVNET[layer.type]
         for i, (eps, mom, wc) in enumerate(zip(layer.eps_w, layer.mom_w, layer.wc, strict=True)):
             key = weight_key(layer.name, i)
-            layer_names.append(key.rpartition("/")[0])
+            if i:
+                extra_inputs.setdefault(layer.name, []).append(key.rpartition("/")[0])
             groups.append(
                 ParamGroup(
                     key=key,
@@ -222,8 +230,7 @@ def lower_convnet(spec: ConvNetSpec) -> UpdateRule:
             Exactness.EXACT,
         )
     )
-    trained = {k.rpartition("/")[0] for k in (g.key for g in groups)}
-    layers = tuple(dict.fromkeys([*layer_names, *(n for n, _ in spec.layers), *trained]))
+    layers = tuple(x for name, _ in spec.layers for x in (name, *extra_inputs.get(name, ())))
     return UpdateRule(
         solver="SGD",
         steps=(

@@ -257,6 +257,9 @@ def test_train_config_records_each_blobs_momentum(emitted: dict[str, Path]) -> N
         "joint.in1/0": 0.5,
         "joint/1": 0.7,
     }
+    text = (emitted["two_inputs"] / "optimizer.py").read_text()
+    assert text.startswith('"""Keras 3 optimizer that trains exactly like a cuda-convnet net')
+    assert "use a mean-reduced Keras loss" in " ".join(text.split())  # the loss convention
     assert config["source"] == {
         "layers": str(files("two_inputs")[0]),
         "params": str(files("two_inputs")[1]),

@@ -174,6 +174,9 @@ def keras_plan(
     rule = pipeline.rule
     layer_map = checked_layer_map(pipeline, layer_map)
     p = plan(rule, layer_map=layer_map, source=plan_source(pipeline))
+    if pipeline.recipe is None:  # cuda-convnet: how its rule became Caffe's (the mean loss...)
+        # belongs in what optimizer.py says was translated; inexact notes are recorded anyway
+        p = replace(p, notes=(*(n for n in rule.notes if not n.inexact), *p.notes))
     notes = _unique(pipeline.notes, p.notes)
     # the outputs record what is not exact, wherever it was found (issue 11 item 3)
     return replace(p, inexact=tuple(n for n in notes if n.inexact)), notes

@@ -7,7 +7,7 @@ Sources (docs/cuda-convnet.md): cuda-convnet2 ``layer.py`` (``WeightLayerParser.
 ``verify_num_params`` ``:359-365``, ``parse_layers`` ``:306-345``, the schedule parsers
 ``ParamParser`` ``:82-106`` and ``lrs_parsers`` ``:1534-1537``, the layer types
 ``layer_parsers``); the original cuda-convnet ``layer.py`` (mirror dnouri/cuda-convnet,
-``WeightLayerParser.add_params`` ``:643-656``: ``epsW``/``momW``/``wc`` lists, scalar ``epsB``,
+``WeightLayerParser.add_params`` ``:644-656``: ``epsW``/``momW``/``wc`` lists, scalar ``epsB``,
 ``momB``, no schedules, no ``wball``).
 """
 

@@ -219,6 +219,9 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     ``multipliers`` maps ``"<keras layer name>/<caffe blob index>"`` (see
     :func:`caffe_blob_key`) to ``(lr_mult, decay_mult)``; other variables use
     ``default_multipliers``. The lookup happens once, in ``build``, by ``variable.path``.
+    A variable with lr_mult 0 gets no state, no update and no part in the clip norm, as if
+    it were not trainable (Caffe computes no diff for it, ``net.cpp:149-152``), so a
+    model reloaded with ``keras.models.load_model`` (trainable again) trains on the same.
     """
 
     #: names of the per-variable state a solver keeps (zero-initialised, sgd_solver.cpp:72-85)
@@ -284,13 +287,16 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         # a function, not a list: a list of the model's variables would be tracked as
         # optimizer state (Keras' auto-tracking) and appear twice in stateless_apply
         self.caffe_variables = lambda: built_for
-        self.caffe_index = {v.path: i for i, v in enumerate(variables)}
-        self._caffe_mults = [self.multipliers_for(v.path) for v in variables]
-        self._caffe_slots = [
-            self.add_optimizer_variables(variables, slot) for slot in self.slot_names
-        ]
+        # lr_mult 0 blobs get no state and no update: prepare_model makes them
+        # non-trainable, but after keras.models.load_model they come back trainable
+        live = [v for v in variables if self.multipliers_for(v.path)[0] != 0.0]
+        self.caffe_frozen = {v.path for v in variables} - {v.path for v in live}
+        self.caffe_index = {v.path: i for i, v in enumerate(live)}
+        self._caffe_mults = [self.multipliers_for(v.path) for v in live]
+        slots = self.slot_names
+        self._caffe_slots = [self.add_optimizer_variables(live, s) for s in slots]
         if self.iter_size > 1:
-            self._grad_sum = self.add_optimizer_variables(variables, "grad_sum")
+            self._grad_sum = self.add_optimizer_variables(live, "grad_sum")
 
     def slot(self, name: str, i: int) -> Any:
         """The solver state ``name`` of variable ``i``."""
@@ -313,7 +319,8 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         if not self.built:
             self.build(trainable_variables)
         given = zip(grads, trainable_variables, strict=True)
-        pairs = [(g, v) for g, v in given if g is not None]
+        frozen = self.caffe_frozen
+        pairs = [(g, v) for g, v in given if g is not None and v.path not in frozen]
         indices = [self.caffe_index[v.path] for _, v in pairs]
         variables = [v for _, v in pairs]
         grads = [ops.convert_to_tensor(g, dtype=v.dtype) for g, v in pairs]

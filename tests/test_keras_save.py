@@ -189,3 +189,37 @@ def test_a_partly_frozen_layer_survives_save_and_load(route: str, tmp_path: Path
     assert len(moved) == 3, moved  # every other blob trained
     for path in want:
         np.testing.assert_allclose(got[path], want[path], atol=2e-6, err_msg=path)
+
+
+def test_binding_walks_the_layers_once_and_every_layer_keeps_its_regularizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``bind_caffe_blobs`` (what ``prepare_model`` calls) lists the model's layers once, not
+    once per variable, and still puts each variable's regularizer on its layer's config
+    attribute, nested models included; a wholly frozen layer is marked non-trainable."""
+    from caffe2tf.targets.keras import runtime
+
+    walks = []
+    real = runtime.all_layers
+    monkeypatch.setattr(runtime, "all_layers", lambda m: walks.append(m) or real(m))
+    x = keras.Input((5,))
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="ip2")], name="inner")
+    h = inner(keras.layers.Dense(4, name="ip1")(x))
+    model = keras.Model(x, keras.layers.Dense(3, name="ip3")(h))
+    blobs = [
+        ("ip1", 0, True, ("L2", 0.25)),
+        ("ip1", 1, True, None),
+        ("ip2", 0, True, ("L1", 0.5)),
+        ("ip2", 1, True, ("L2", 0.125)),
+        ("ip3", 0, False, None),
+        ("ip3", 1, False, None),
+    ]
+    bound = runtime.bind_caffe_blobs(model, blobs, (True, None), {})
+    assert len(walks) == 1
+    assert len(bound) == 6
+    ip1, ip3 = model.get_layer("ip1"), model.get_layer("ip3")
+    ip2 = inner.get_layer("ip2")
+    assert float(ip1.kernel_regularizer.l2) == pytest.approx(0.25) and ip1.bias_regularizer is None
+    assert float(ip2.kernel_regularizer.l1) == pytest.approx(0.5)
+    assert float(ip2.bias_regularizer.l2) == pytest.approx(0.125)
+    assert not ip3.trainable and ip1.trainable and ip2.trainable

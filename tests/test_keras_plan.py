@@ -86,6 +86,36 @@ def test_notes_say_what_changed_in_plain_words() -> None:
     assert p.schedule.kwargs()["staircase"] is True
 
 
+def test_a_frozen_blob_that_load_model_would_thaw_takes_the_multi_route() -> None:
+    """lr_mult 0 next to a trained blob of the same layer: Keras cannot save it as frozen, so
+    the builtin recipe becomes multi with the blob on a zero-rate SGD; a wholly frozen layer
+    (saved as non-trainable) leaves the route alone."""
+    import dataclasses
+
+    from caffe2tf.targets.keras.plan import plan, thawed_by_loading
+
+    rule, p = ks.plan_of(ks.CASES / "adam_no_momentum")
+    assert p.route == "builtin" and not thawed_by_loading(rule)
+
+    def frozen(*keys: str):  # type: ignore[no-untyped-def]
+        params = tuple(
+            dataclasses.replace(g, lr_mult=0.0) if g.key in keys else g for g in rule.params
+        )
+        return dataclasses.replace(rule, params=params)
+
+    whole = frozen("ip1/0", "ip1/1")
+    assert not thawed_by_loading(whole) and plan(whole).route == "builtin"
+    part = frozen("ip1/0")
+    assert thawed_by_loading(part) == ["ip1/0"]
+    p = plan(part)
+    assert p.route == "multi" and p.exact
+    assert any(n.code == "keras.lr_mult.frozen_route" for n in p.notes)
+    assert not any(n.code == "keras.lr_mult.multi" for n in p.notes)  # every trained mult is 1
+    from caffe2tf.targets.keras.render_python import render_python
+
+    assert "frozen = keras.optimizers.SGD(learning_rate=0.0)" in render_python(p)
+
+
 def test_multistep_caffe_advances_one_stage_per_update() -> None:
     s = LrSchedule("multistep", 0.1, gamma=0.5, stepvalue=(10, 10, 5, 30))
     assert effective_stepvalues(s) == (10, 11, 12, 30)

@@ -48,6 +48,11 @@ SCRIPT = textwrap.dedent("""
     right = verify_solver("fixtures/zoo/resnet/solver.prototxt", steps=3)
     names = [c["component"] for c in right.component_verdicts()]
     out["right"] = [right.passed, right.device, names]
+    stream = next(r for r in right.runs if r.component == "stream").comparison
+    ref, cand = stream.reference_norms, stream.candidate_norms
+    gaps = [abs(c - r) / r for k in ref for r, c in zip(ref[k], cand[k]) if r > 0]
+    lengths = sorted({len(v) for v in ref.values()})
+    out["norms"] = [sorted(ref) == sorted(right.shapes), lengths, max(gaps)]
     wrong = verify_solver("fixtures/lenet/solver.prototxt", steps=5, module_path=sys.argv[1])
     out["wrong"] = [wrong.passed, wrong.comparison.deviation]
     try:
@@ -77,6 +82,9 @@ def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
     passed, device, components = out["right"]
     assert passed and "one JAX program" in device, out
     assert {"stream", "schedule", "decay", "state"} <= set(components)
+    # the fused program also returns each blob's weight norm per update, on both sides
+    every_blob, lengths, gap = out["norms"]
+    assert every_blob and lengths == [3] and gap < 1e-5, out["norms"]
     assert out["wrong"][0] is False and out["wrong"][1] > 1e-3
     if not _any_gpu():
         assert "--device gpu" in out["gpu"] and "no such device" in out["gpu"]

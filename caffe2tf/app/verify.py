@@ -607,7 +607,16 @@ def verify_solver(
     if plot_path is not None:
         from caffe2tf.verify.plot import plot_components
 
-        written = str(plot_components(results, schedule, plot_path, title=f"{Path(solver).name}"))
+        written = str(
+            plot_components(
+                results,
+                schedule,
+                plot_path,
+                title=f"{Path(solver).name}",
+                reference_label="Caffe 1.0" if against == "caffe" else "Caffe's rule",
+                candidate_label="candidate",
+            )
+        )
     return VerifyReport(
         solver=str(solver),
         module=module_label,

@@ -63,6 +63,10 @@ class Comparison:
     per_blob_step: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
     max_abs_diff: float = 0.0
     nonfinite: str = ""  # where the first NaN/inf weight is ("" when there is none)
+    #: per blob, the L2 norm ||w_t|| of the reference's / the candidate's weights after each
+    #: update t = 1..N (:class:`StreamingComparison` keeps them; empty otherwise)
+    reference_norms: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
+    candidate_norms: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -271,6 +275,9 @@ class StreamingComparison:
                 self.nonfinite = self.nonfinite or f"init has {_what(self.w0[k])} in {k}"
         self.travelled = 0.0
         self.diffs: dict[str, list[float]] = {k: [] for k in self.keys}
+        #: per blob, (||ref_t||, ||cand_t||) for each update t (the weight-norm trajectories
+        #: verify --plot draws)
+        self.norms: dict[str, list[tuple[float, float]]] = {k: [] for k in self.keys}
         self.steps = 0
 
     def observe(self, reference: Weights, candidate: Weights) -> None:
@@ -289,8 +296,10 @@ class StreamingComparison:
             w0 = self.w0[k]
             if w0.size == 0:
                 self.diffs[k].append(0.0)
+                self.norms[k].append((0.0, 0.0))
                 continue
             r, c = np.asarray(reference[k]), np.asarray(candidate[k])
+            self.norms[k].append((l2_norm(r), l2_norm(c)))
             # In the arrays' own precision (a device reduces them the same way): the
             # difference of two float32 numbers within a factor 2 of each other is exact
             # (Sterbenz); a NaN or inf anywhere makes the maximum non-finite.
@@ -317,13 +326,16 @@ class StreamingComparison:
         diffs: Mapping[str, float],
         moved: Mapping[str, float],
         flags: Mapping[str, tuple[bool, bool, bool, bool]],
+        norms: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         """One update already reduced on a device: per blob ``max|cand - ref|``, the largest
-        finite ``|ref - w0|``, and whether the reference / the candidate hold NaN / inf
-        (``(ref NaN, ref inf, cand NaN, cand inf)``)."""
+        finite ``|ref - w0|``, whether the reference / the candidate hold NaN / inf
+        (``(ref NaN, ref inf, cand NaN, cand inf)``) and ``(||ref||, ||cand||)``."""
         self.steps += 1
         t = self.steps
         for k in self.keys:
+            if norms is not None:
+                self.norms[k].append((float(norms[k][0]), float(norms[k][1])))
             if self.w0[k].size == 0:
                 self.diffs[k].append(0.0)
                 continue
@@ -380,4 +392,13 @@ class StreamingComparison:
             per_blob_step=per_blob_step,
             max_abs_diff=max_abs,
             nonfinite=self.nonfinite,
+            reference_norms={k: tuple(r for r, _ in v) for k, v in self.norms.items() if v},
+            candidate_norms={k: tuple(c for _, c in v) for k, v in self.norms.items() if v},
         )
+
+
+def l2_norm(w: np.ndarray) -> float:
+    """||w|| = sqrt(sum_i w_i^2) in ``w``'s own precision, as a device reduces it (NaN or inf
+    when ``w`` holds one)."""
+    flat = np.ravel(w)
+    return float(np.sqrt(np.dot(flat, flat)))

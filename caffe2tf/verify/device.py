@@ -386,12 +386,13 @@ class DeviceEngine:
             idx = np.arange(begin, begin + n, dtype=np.uint32)
             r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
             carry, ys = chunk(carry, w0, idx, r, c, seed, salts)
-            diffs, moved, flags = jax.device_get(ys)
+            diffs, moved, flags, norms = jax.device_get(ys)
             for t in range(n):
                 comparison.observe_scalars(
                     {k: float(diffs[t, i]) for i, k in enumerate(keys)},
                     {k: float(moved[t, i]) for i, k in enumerate(keys)},
                     {k: tuple(bool(x) for x in flags[t, i]) for i, k in enumerate(keys)},
+                    {k: (float(norms[t, i, 0]), float(norms[t, i, 1])) for i, k in enumerate(keys)},
                 )
             if progress is not None:
                 progress(n)
@@ -443,13 +444,15 @@ class DeviceEngine:
                 values, opt_values = optimizer.stateless_apply(opt_values, grads, values)
                 values, opt_values = list(values), list(opt_values)
             ref_w, ref_state = jr.update(ref_w, ref_state, diff, rate, corr)
-            diffs, moved, flags = [], [], []
+            diffs, moved, flags, norms = [], [], [], []
             for key in keys:
                 r = ref_w[key] if key in ref_w else w0[key]
                 if key in position:
                     c = _to_caffe(*layout[key], values[position[key]])
                 else:
                     c = w0[key]  # frozen in Keras: never moves
+                # the weight-norm trajectories of verify --plot: (||ref||, ||cand||)
+                norms.append(jnp.stack([jnp.sqrt(jnp.sum(r * r)), jnp.sqrt(jnp.sum(c * c))]))
                 if r.size == 0:
                     diffs.append(dt(0))
                     moved.append(dt(0))
@@ -472,7 +475,7 @@ class DeviceEngine:
                 moved.append(jax.lax.cond(ok, lambda m=moved_max: m, finite_moved))
                 diffs.append(diff_max)
                 flags.append(jax.lax.cond(ok, lambda: jnp.zeros(4, bool), sides))
-            ys = (jnp.stack(diffs), jnp.stack(moved), jnp.stack(flags))
+            ys = (jnp.stack(diffs), jnp.stack(moved), jnp.stack(flags), jnp.stack(norms))
             return (ref_w, ref_state, values, opt_values), ys
 
         def chunk(carry, w0, ks, rates, corr, seed, salts):  # noqa: ANN001, ANN202

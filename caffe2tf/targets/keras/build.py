@@ -93,13 +93,18 @@ def build_from_config(config: Mapping[str, Any]) -> Any:
     default_opt = for_mult(1.0)
     shared = args.get("momentum")
     routes = {}
+    frozen = None  # lr_mult 0: kept in place after load_model makes it trainable again
     for v in config.get("variables") or []:
         m = float(v["lr_mult"])
         mom = v.get("momentum")
         if mom is not None and shared is not None and float(mom) == float(shared):
             mom = None
-        if v["trainable"] and (m != 1.0 or mom is not None):
-            routes[runtime.path_pattern(str(v["keras_layer"]), int(v["blob"]))] = for_mult(m, mom)
+        pattern = runtime.path_pattern(str(v["keras_layer"]), int(v["blob"]))
+        if not v["trainable"]:
+            frozen = frozen or keras.optimizers.SGD(learning_rate=0.0)
+            routes[pattern] = frozen
+        elif m != 1.0 or mom is not None:
+            routes[pattern] = for_mult(m, mom)
     return keras.optimizers.MultiOptimizer(
         keras.optimizers.OptimizerMap(default_optimizer=default_opt, optimizer_map=routes)
     )

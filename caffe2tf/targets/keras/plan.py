@@ -172,6 +172,26 @@ def _bindings(
     return out, notes
 
 
+def thawed_by_loading(rule: UpdateRule) -> list[str]:
+    """Keys of the frozen (``lr_mult: 0``) blobs that ``keras.models.load_model`` would make
+    trainable again: Keras saves a layer's ``trainable`` flag but no variable's, so only a
+    layer whose blobs are all frozen stays frozen (``keep_frozen_layers`` in ``runtime.py``),
+    and never a BatchNormalization (its flag also switches it to the moving statistics).
+    These blobs go to a zero-rate sub-optimizer of the ``multi`` route instead."""
+    pairs = {scale for scale, _ in rule.scale_pairs}
+    by_layer: dict[str, list] = {}
+    for group in rule.params:
+        if group.layer_type == "BatchNorm" and group.index < 3:
+            continue  # moving statistics, never optimized
+        by_layer.setdefault(group.layer, []).append(group)
+    out = []
+    for layer, groups in by_layer.items():
+        batch_norm = layer in pairs or groups[0].layer_type == "BatchNorm"
+        if batch_norm or any(g.trainable for g in groups):
+            out += [g.key for g in groups if not g.trainable]
+    return out
+
+
 def _decay_count(rule: UpdateRule) -> str:
     if not rule.params:
         return "every trainable variable, biases included (the net is unknown)"
@@ -273,10 +293,16 @@ def plan(
             "L1 decay: Caffe uses sign(0) = 0, the JAX backend differentiates |w| at 0 as 1"
         )
     per_blob = rule.per_blob_momentum
+    thawed = thawed_by_loading(rule)
     route: Route
     if reasons:
         route = "custom"
-    elif per_blob or len(trainable_mults) > 1 or (trainable_mults and trainable_mults[0] != 1.0):
+    elif (
+        per_blob
+        or len(trainable_mults) > 1
+        or (trainable_mults and trainable_mults[0] != 1.0)
+        or thawed
+    ):
         route = "multi"
     else:
         route = "builtin"
@@ -358,13 +384,26 @@ def plan(
                     + ". A custom loop must add sum(model.losses) to the loss.",
                 )
             )
-        if route == "multi":
+        if len(trainable_mults) > 1 or (trainable_mults and trainable_mults[0] != 1.0):
             notes.append(
                 note(
                     "lr_mult.multi",
                     f"lr_mult values {', '.join(fmt(m) for m in trainable_mults)} become a "
                     "keras.optimizers.MultiOptimizer with one sub-optimizer per lr_mult whose "
                     "learning rate is the schedule x lr_mult.",
+                )
+            )
+        if thawed:
+            notes.append(
+                note(
+                    "lr_mult.frozen_route",
+                    f"{len(thawed)} lr_mult 0 blob(s) share a layer with a trained blob (or "
+                    "sit in a BatchNormalization), so Keras cannot save them as frozen: "
+                    "MultiOptimizer routes every lr_mult 0 blob to keras.optimizers.SGD("
+                    "learning_rate=0.0), which leaves it unchanged when keras.models.load_model "
+                    "has made it trainable again: "
+                    + ", ".join(thawed[:10])
+                    + ("..." if len(thawed) > 10 else ""),
                 )
             )
     notes += _momentum_notes(rule, route)

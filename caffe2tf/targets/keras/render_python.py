@@ -171,9 +171,19 @@ def _multi_momentum_lines(p: KerasPlan, opt_args: list[tuple[str, str | Items, s
     out.append("")
     out.append(f"    by_pair = {{(1.0, {shared}): sub_optimizer(1.0, {shared})}}")
     out.append("    routes = {}")
+    frozen = any(not b.trainable for b in p.blobs)
+    if frozen:
+        out.append("    # lr_mult 0: a zero rate and no state keeps a blob that load_model")
+        out.append("    # made trainable again where Caffe left it")
+        out.append("    frozen = keras.optimizers.SGD(learning_rate=0.0)")
     out.append("    for layer, blob, lr_mult, _, trainable, _, _ in CAFFE_BLOBS:")
     out.append(f'        pair = (lr_mult, CAFFE_MOMENTA.get(f"{{layer}}/{{blob}}", {shared}))')
-    out.append(f"        if trainable and pair != (1.0, {shared}):")
+    if frozen:
+        out.append("        if not trainable:")
+        out.append("            routes[path_pattern(layer, blob)] = frozen")
+        out.append(f"        elif pair != (1.0, {shared}):")
+    else:
+        out.append(f"        if trainable and pair != (1.0, {shared}):")
     out.append("            if pair not in by_pair:")
     out.append("                by_pair[pair] = sub_optimizer(*pair)")
     out.append("            routes[path_pattern(layer, blob)] = by_pair[pair]")
@@ -375,8 +385,18 @@ def render_python(p: KerasPlan) -> str:
         out.append("")
         out.append("    by_lr_mult = {1.0: sub_optimizer(1.0)}")
         out.append("    routes = {}")
+        frozen = any(not b.trainable for b in p.blobs)
+        if frozen:
+            out.append("    # lr_mult 0: a zero rate and no state keeps a blob that load_model")
+            out.append("    # made trainable again where Caffe left it")
+            out.append("    frozen = keras.optimizers.SGD(learning_rate=0.0)")
         out.append("    for layer, blob, lr_mult, _, trainable, _, _ in CAFFE_BLOBS:")
-        out.append("        if trainable and lr_mult != 1.0:")
+        if frozen:
+            out.append("        if not trainable:")
+            out.append("            routes[path_pattern(layer, blob)] = frozen")
+            out.append("        elif lr_mult != 1.0:")
+        else:
+            out.append("        if trainable and lr_mult != 1.0:")
         out.append("            if lr_mult not in by_lr_mult:")
         out.append("                by_lr_mult[lr_mult] = sub_optimizer(lr_mult)")
         out.append("            routes[path_pattern(layer, blob)] = by_lr_mult[lr_mult]")

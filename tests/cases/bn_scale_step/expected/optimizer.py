@@ -107,26 +107,32 @@ def all_layers(model: Any) -> list[Any]:
     return out
 
 
-def keep_regularizer(model: Any, variable: Any) -> None:
-    """Also set the layer's ``<name>_regularizer`` attribute (``kernel_regularizer``,
-    ``bias_regularizer``, ``gamma_regularizer``...), which the layer's config saves: after
-    ``model.save`` and ``keras.models.load_model`` the rebuilt variable carries the decay
-    again (``variable.regularizer`` itself is not saved)."""
-    layer_name, _, weight = variable.path.rpartition("/")
-    layer_name = layer_name.rpartition("/")[2]
+def keep_regularizers(layers: list[Any], variables: list[Any]) -> None:
+    """Also set each variable's layer's ``<name>_regularizer`` attribute
+    (``kernel_regularizer``, ``bias_regularizer``, ``gamma_regularizer``...), which the
+    layer's config saves: after ``model.save`` and ``keras.models.load_model`` the rebuilt
+    variable carries the decay again (``variable.regularizer`` itself is not saved).
+    ``layers`` is :func:`all_layers` of the model, read once for all ``variables``."""
+    by_name: dict[str, list[Any]] = {}
+    for layer in layers:
+        by_name.setdefault(layer.name, []).append(layer)
     renamed = {"depthwise_kernel": "depthwise_regularizer"}
-    attribute = renamed.get(weight, f"{weight}_regularizer")
-    for layer in all_layers(model):
-        if layer.name == layer_name and hasattr(layer, attribute):
-            setattr(layer, attribute, variable.regularizer)
+    for variable in variables:
+        layer_name, _, weight = variable.path.rpartition("/")
+        layer_name = layer_name.rpartition("/")[2]
+        attribute = renamed.get(weight, f"{weight}_regularizer")
+        for layer in by_name.get(layer_name, []):
+            if hasattr(layer, attribute):
+                setattr(layer, attribute, variable.regularizer)
 
 
-def keep_frozen_layers(model: Any, bound: dict[str, str]) -> None:
-    """Mark a layer whose every Caffe blob has lr_mult 0 as ``trainable = False``, which the
-    model's config saves (Keras saves no per-variable flag), so it stays frozen after
-    ``keras.models.load_model``. BatchNormalization layers are left alone: their
-    ``trainable`` also switches them to the moving statistics, which Caffe does not do."""
-    for layer in all_layers(model):
+def keep_frozen_layers(layers: list[Any], bound: dict[str, str]) -> None:
+    """Mark a layer (of ``layers``, :func:`all_layers` of the model) whose every Caffe blob
+    has lr_mult 0 as ``trainable = False``, which the model's config saves (Keras saves no
+    per-variable flag), so it stays frozen after ``keras.models.load_model``.
+    BatchNormalization layers are left alone: their ``trainable`` also switches them to the
+    moving statistics, which Caffe does not do."""
+    for layer in layers:
         mine = [v for v in layer.weights if v.path in bound]
         frozen = mine and not any(v.trainable for v in mine)
         if frozen and not isinstance(layer, keras.layers.BatchNormalization):
@@ -157,6 +163,7 @@ def bind_caffe_blobs(
         if key is not None:
             by_key.setdefault(key, []).append(variable)
     bound: dict[str, str] = {}
+    kept: list[Any] = []  # the bound variables, whose layers keep their regularizer
     if not blobs:
         trainable, spec = default_blob
         for variable in model.trainable_variables:
@@ -166,7 +173,8 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = key
-            keep_regularizer(model, variable)
+            kept.append(variable)
+        keep_regularizers(all_layers(model), kept)
         return bound
     missing = []
     for layer, index, trainable, spec in blobs:
@@ -178,13 +186,15 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = f"{layer}/{index}"
-            keep_regularizer(model, variable)
+            kept.append(variable)
     if missing:
         raise ValueError(
             "These Caffe blobs have no Keras variable (a Keras layer must carry the Caffe "
             "layer's name, or map names with --layer-map): " + ", ".join(missing)
         )
-    keep_frozen_layers(model, bound)
+    layers = all_layers(model)  # one walk for both
+    keep_regularizers(layers, kept)
+    keep_frozen_layers(layers, bound)
     extra = [v.path for v in model.trainable_variables if v.path not in bound]
     if extra:
         warnings.warn(

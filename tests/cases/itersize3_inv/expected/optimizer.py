@@ -218,6 +218,9 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
     ``multipliers`` maps ``"<keras layer name>/<caffe blob index>"`` (see
     :func:`caffe_blob_key`) to ``(lr_mult, decay_mult)``; other variables use
     ``default_multipliers``. The lookup happens once, in ``build``, by ``variable.path``.
+    A variable with lr_mult 0 gets no state, no update and no part in the clip norm, as if
+    it were not trainable (Caffe computes no diff for it, ``net.cpp:149-152``), so a
+    model reloaded with ``keras.models.load_model`` (trainable again) trains on the same.
     """
 
     #: names of the per-variable state a solver keeps (zero-initialised, sgd_solver.cpp:72-85)
@@ -283,13 +286,16 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         # a function, not a list: a list of the model's variables would be tracked as
         # optimizer state (Keras' auto-tracking) and appear twice in stateless_apply
         self.caffe_variables = lambda: built_for
-        self.caffe_index = {v.path: i for i, v in enumerate(variables)}
-        self._caffe_mults = [self.multipliers_for(v.path) for v in variables]
-        self._caffe_slots = [
-            self.add_optimizer_variables(variables, slot) for slot in self.slot_names
-        ]
+        # lr_mult 0 blobs get no state and no update: prepare_model makes them
+        # non-trainable, but after keras.models.load_model they come back trainable
+        live = [v for v in variables if self.multipliers_for(v.path)[0] != 0.0]
+        self.caffe_frozen = {v.path for v in variables} - {v.path for v in live}
+        self.caffe_index = {v.path: i for i, v in enumerate(live)}
+        self._caffe_mults = [self.multipliers_for(v.path) for v in live]
+        slots = self.slot_names
+        self._caffe_slots = [self.add_optimizer_variables(live, s) for s in slots]
         if self.iter_size > 1:
-            self._grad_sum = self.add_optimizer_variables(variables, "grad_sum")
+            self._grad_sum = self.add_optimizer_variables(live, "grad_sum")
 
     def slot(self, name: str, i: int) -> Any:
         """The solver state ``name`` of variable ``i``."""
@@ -312,7 +318,8 @@ class CaffeOptimizer(keras.optimizers.Optimizer):
         if not self.built:
             self.build(trainable_variables)
         given = zip(grads, trainable_variables, strict=True)
-        pairs = [(g, v) for g, v in given if g is not None]
+        frozen = self.caffe_frozen
+        pairs = [(g, v) for g, v in given if g is not None and v.path not in frozen]
         indices = [self.caffe_index[v.path] for _, v in pairs]
         variables = [v for _, v in pairs]
         grads = [ops.convert_to_tensor(g, dtype=v.dtype) for g, v in pairs]
@@ -474,26 +481,32 @@ def all_layers(model: Any) -> list[Any]:
     return out
 
 
-def keep_regularizer(model: Any, variable: Any) -> None:
-    """Also set the layer's ``<name>_regularizer`` attribute (``kernel_regularizer``,
-    ``bias_regularizer``, ``gamma_regularizer``...), which the layer's config saves: after
-    ``model.save`` and ``keras.models.load_model`` the rebuilt variable carries the decay
-    again (``variable.regularizer`` itself is not saved)."""
-    layer_name, _, weight = variable.path.rpartition("/")
-    layer_name = layer_name.rpartition("/")[2]
+def keep_regularizers(layers: list[Any], variables: list[Any]) -> None:
+    """Also set each variable's layer's ``<name>_regularizer`` attribute
+    (``kernel_regularizer``, ``bias_regularizer``, ``gamma_regularizer``...), which the
+    layer's config saves: after ``model.save`` and ``keras.models.load_model`` the rebuilt
+    variable carries the decay again (``variable.regularizer`` itself is not saved).
+    ``layers`` is :func:`all_layers` of the model, read once for all ``variables``."""
+    by_name: dict[str, list[Any]] = {}
+    for layer in layers:
+        by_name.setdefault(layer.name, []).append(layer)
     renamed = {"depthwise_kernel": "depthwise_regularizer"}
-    attribute = renamed.get(weight, f"{weight}_regularizer")
-    for layer in all_layers(model):
-        if layer.name == layer_name and hasattr(layer, attribute):
-            setattr(layer, attribute, variable.regularizer)
+    for variable in variables:
+        layer_name, _, weight = variable.path.rpartition("/")
+        layer_name = layer_name.rpartition("/")[2]
+        attribute = renamed.get(weight, f"{weight}_regularizer")
+        for layer in by_name.get(layer_name, []):
+            if hasattr(layer, attribute):
+                setattr(layer, attribute, variable.regularizer)
 
 
-def keep_frozen_layers(model: Any, bound: dict[str, str]) -> None:
-    """Mark a layer whose every Caffe blob has lr_mult 0 as ``trainable = False``, which the
-    model's config saves (Keras saves no per-variable flag), so it stays frozen after
-    ``keras.models.load_model``. BatchNormalization layers are left alone: their
-    ``trainable`` also switches them to the moving statistics, which Caffe does not do."""
-    for layer in all_layers(model):
+def keep_frozen_layers(layers: list[Any], bound: dict[str, str]) -> None:
+    """Mark a layer (of ``layers``, :func:`all_layers` of the model) whose every Caffe blob
+    has lr_mult 0 as ``trainable = False``, which the model's config saves (Keras saves no
+    per-variable flag), so it stays frozen after ``keras.models.load_model``.
+    BatchNormalization layers are left alone: their ``trainable`` also switches them to the
+    moving statistics, which Caffe does not do."""
+    for layer in layers:
         mine = [v for v in layer.weights if v.path in bound]
         frozen = mine and not any(v.trainable for v in mine)
         if frozen and not isinstance(layer, keras.layers.BatchNormalization):
@@ -524,6 +537,7 @@ def bind_caffe_blobs(
         if key is not None:
             by_key.setdefault(key, []).append(variable)
     bound: dict[str, str] = {}
+    kept: list[Any] = []  # the bound variables, whose layers keep their regularizer
     if not blobs:
         trainable, spec = default_blob
         for variable in model.trainable_variables:
@@ -533,7 +547,8 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = key
-            keep_regularizer(model, variable)
+            kept.append(variable)
+        keep_regularizers(all_layers(model), kept)
         return bound
     missing = []
     for layer, index, trainable, spec in blobs:
@@ -545,13 +560,15 @@ def bind_caffe_blobs(
             variable.regularizer = make_regularizer(spec)
             variable.trainable = bool(trainable)
             bound[variable.path] = f"{layer}/{index}"
-            keep_regularizer(model, variable)
+            kept.append(variable)
     if missing:
         raise ValueError(
             "These Caffe blobs have no Keras variable (a Keras layer must carry the Caffe "
             "layer's name, or map names with --layer-map): " + ", ".join(missing)
         )
-    keep_frozen_layers(model, bound)
+    layers = all_layers(model)  # one walk for both
+    keep_regularizers(layers, kept)
+    keep_frozen_layers(layers, bound)
     extra = [v.path for v in model.trainable_variables if v.path not in bound]
     if extra:
         warnings.warn(

@@ -44,13 +44,15 @@ def host_run(
     reference_label: str = "reference",
     executor: Any = None,
     gradients: Any = None,
+    session: keras_harness.CandidateSession | None = None,
 ) -> Comparison:
     """Compare ``candidate`` with Caffe's rule on ``run``. ``reference``: the real Caffe's
     weights after each update (an iterator), instead of an executor. ``executor``: an object
     with ``step(diff, copy=False) -> weights`` entered at ``run.start`` (default: the NumPy
     executor); ``gradients``: one with ``update(k)`` (default: ``run.gradients()``, NumPy).
     ``progress(n)`` is told each finished update; ``timings`` gets the seconds spent in each
-    rule."""
+    rule. ``session``: the candidate's model and optimizer kept from an earlier run
+    (:class:`caffe2tf.verify.keras_harness.CandidateSession`)."""
     timings = timings if timings is not None else {}
     comparison = StreamingComparison(
         run.init, tolerance=tolerance, keys=list(keys), floor_fraction=run.floor_fraction
@@ -89,6 +91,7 @@ def host_run(
         iter_size=max(1, rule.iter_size),
         start=run.start,
         dtype=run.dtype,
+        session=session,
     )
     total = time.perf_counter() - t
     timings[reference_label] = timings.get(reference_label, 0.0) + spent[0]
@@ -159,6 +162,7 @@ def compare_runs(
         work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
         use_jax = work >= JAX_HOST_MIN_WORK
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
+    session = keras_harness.CandidateSession(candidate)
     out = []
     for run in runs:
         reference = None
@@ -186,6 +190,7 @@ def compare_runs(
                 reference_label="caffe" if reference is not None else "reference",
                 executor=executor if reference is None else None,
                 gradients=gradients,
+                session=session,
             )
         )
         executor = gradients = None

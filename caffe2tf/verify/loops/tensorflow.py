@@ -31,6 +31,7 @@ def run(
     on_update: Callable[[], None],
     iter_size: int,
     jit: bool = True,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     """One ``apply_gradients`` per micro-batch on the tape gradient of ``L_j + sum(losses)``;
     with ``jit`` the step runs as a ``tf.function`` (the optimizer is built first, so no
@@ -38,7 +39,9 @@ def run(
 
     With ``jit`` the micro-batch enters in Caffe layout and is put in Keras layout inside the
     traced step (TensorFlow's own transpose, one blob at a time), and a blob the micro-batch
-    does not carry is a zero made there: the host never holds a converted copy."""
+    does not carry is a zero made there: the host never holds a converted copy. ``cache``
+    (kept by :class:`caffe2tf.verify.keras_harness.CandidateSession` with the model it was
+    traced for) holds the traced step for the next run on the same model and optimizer."""
     import tensorflow as tf
 
     pairs = trained_pairs(model)
@@ -82,7 +85,8 @@ def run(
         apply(gs)
 
     optimizer.build(tvars)
-    traced = tf.function(step)
+    cache = cache if cache is not None else {}
+    traced = cache.setdefault("tensorflow_step", tf.function(step))
     for j, part in parts_iter:
         present = tuple(part.get(k) is not None for k in keys)
         # a placeholder scalar where the part has no gradient (made as zeros in the trace)

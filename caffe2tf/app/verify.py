@@ -482,6 +482,8 @@ def verify_solver(
         raise InputError(f"--device must be cpu, gpu or auto (got {device_kind!r})")
     from caffe2tf.verify import engine, mirror
 
+    engine.lean_backend()
+
     if steps < 1:
         raise InputError(f"--steps must be at least 1 (got {steps})")
     if plot_path is not None:  # checked now, not after the run

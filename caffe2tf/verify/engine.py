@@ -11,6 +11,9 @@ for ``--against caffe``, a trajectory of the real Caffe read back update by upda
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,6 +25,7 @@ from caffe2tf.rule.reference import ReferenceOptimizer, fast_forward
 from caffe2tf.verify import keras_harness
 from caffe2tf.verify.compare import Comparison, StreamingComparison
 from caffe2tf.verify.components import Run
+from caffe2tf.verify.jax_compare import JaxComparer, run_device
 
 Weights = Mapping[str, np.ndarray]
 
@@ -40,13 +44,15 @@ def host_run(
     reference_label: str = "reference",
     executor: Any = None,
     gradients: Any = None,
+    session: keras_harness.CandidateSession | None = None,
 ) -> Comparison:
     """Compare ``candidate`` with Caffe's rule on ``run``. ``reference``: the real Caffe's
     weights after each update (an iterator), instead of an executor. ``executor``: an object
     with ``step(diff, copy=False) -> weights`` entered at ``run.start`` (default: the NumPy
     executor); ``gradients``: one with ``update(k)`` (default: ``run.gradients()``, NumPy).
     ``progress(n)`` is told each finished update; ``timings`` gets the seconds spent in each
-    rule."""
+    rule. ``session``: the candidate's model and optimizer kept from an earlier run
+    (:class:`caffe2tf.verify.keras_harness.CandidateSession`)."""
     timings = timings if timings is not None else {}
     comparison = StreamingComparison(
         run.init, tolerance=tolerance, keys=list(keys), floor_fraction=run.floor_fraction
@@ -56,6 +62,9 @@ def host_run(
         if run.start:
             fast_forward(executor, run.start)
     spent = [0.0]
+    # Caffe's rule compiled (its weights on a JAX device): the comparison runs there too
+    on_device = reference is None and isinstance(getattr(executor, "weights", None), dict)
+    comparer = JaxComparer(run.init, comparison.keys, run_device(executor)) if on_device else None
 
     def observe(k: int, diff: Weights, weights: Weights) -> None:
         t = time.perf_counter()
@@ -64,7 +73,10 @@ def host_run(
         else:
             ref = next(reference)  # type: ignore[arg-type]
         spent[0] += time.perf_counter() - t
-        comparison.observe(ref, weights)
+        if comparer is not None:
+            comparison.observe_scalars(*comparer.scalars({**ref, **executor.weights}, weights))
+        else:
+            comparison.observe(ref, weights)
         if progress is not None:
             progress(1)
 
@@ -79,11 +91,31 @@ def host_run(
         iter_size=max(1, rule.iter_size),
         start=run.start,
         dtype=run.dtype,
+        session=session,
     )
     total = time.perf_counter() - t
     timings[reference_label] = timings.get(reference_label, 0.0) + spent[0]
     timings["keras"] = timings.get("keras", 0.0) + total - spent[0]
     return comparison.result()
+
+
+def lean_backend() -> None:
+    """Before TensorFlow is imported: no oneDNN (``TF_ENABLE_ONEDNN_OPTS=0``) unless the user
+    chose. The mirror runs no convolution or matrix product, only the optimizer's elementwise
+    arithmetic (Eigen's either way), and oneDNN's caches held about 0.9 GB more on CaffeNet
+    (docs/verify.md#memory)."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def release_freed_memory() -> None:
+    """After a run: collect its model and optimizer, and hand the C heap's free pages back to
+    the system (glibc ``malloc_trim``; elsewhere a no-op), so one run's blob-sized temporaries
+    do not stay resident through the next."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 #: element-updates (blob elements x updates over all runs) from which the host engine runs
@@ -130,6 +162,7 @@ def compare_runs(
         work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
         use_jax = work >= JAX_HOST_MIN_WORK
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
+    session = keras_harness.CandidateSession(candidate)
     out = []
     for run in runs:
         reference = None
@@ -157,8 +190,11 @@ def compare_runs(
                 reference_label="caffe" if reference is not None else "reference",
                 executor=executor if reference is None else None,
                 gradients=gradients,
+                session=session,
             )
         )
+        executor = gradients = None
+        release_freed_memory()
     if fused:
         where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"
     elif use_jax:

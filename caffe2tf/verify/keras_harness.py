@@ -240,6 +240,54 @@ def run_candidate(
 Observer = Callable[[int, Mapping[str, np.ndarray], Weights], None]
 
 
+class CandidateSession:
+    """The mirror model and optimizer of one candidate, built once per precision and blob
+    shapes and reset for each run (the weights loaded again, the optimizer's state made fresh),
+    with the traced training step kept with them. One verify's runs of a kind (the stream and
+    the schedule windows) then share one model, one optimizer and one trace: TensorFlow keeps
+    what a traced step captured (the variables of a model built per run: two copies of the
+    net's weights per run on CaffeNet) for as long as the process lives."""
+
+    def __init__(self, candidate: Candidate | Any) -> None:
+        self.candidate = (
+            candidate if isinstance(candidate, Candidate) else candidate_from_module(candidate)
+        )
+        self.built: dict[tuple, tuple[Any, Any, list[Any], dict[str, Any]]] = {}
+
+    def model_for(
+        self, layers: Sequence[MirrorLayer], init: Mapping[str, np.ndarray], dtype: str
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """``(model, optimizer, loop cache)`` holding ``init`` and a fresh optimizer state."""
+        key = (dtype, tuple(sorted((k, tuple(np.shape(v))) for k, v in init.items())))
+        if key not in self.built:
+            model, optimizer = build_candidate(self.candidate, layers, init, dtype=dtype)
+            optimizer.build([v for _, v in trained_pairs(model)])
+            # the state as built: zeros are remade per run, anything else is kept as a copy
+            fresh = [
+                None if not np.any(_host_value(v)) else np.array(_host_value(v))
+                for v in optimizer.variables
+            ]
+            self.built[key] = (model, optimizer, fresh, {})
+            return model, optimizer, self.built[key][3]
+        model, optimizer, fresh, cache = self.built[key]
+        set_caffe_weights(model, init)
+        for var, value in zip(optimizer.variables, fresh, strict=True):
+            var.assign(
+                np.zeros(tuple(var.shape), _host_value(var).dtype) if value is None else value
+            )
+        return model, optimizer, cache
+
+
+def _host_value(var: Any) -> np.ndarray:
+    """A variable's value in NumPy (TensorFlow's own ``numpy()`` where it has one)."""
+    value = var.value
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
 def run_candidate_lockstep(
     candidate: Candidate | Any,
     layers: Sequence[MirrorLayer],
@@ -252,6 +300,7 @@ def run_candidate_lockstep(
     start: int = 0,
     dtype: str = "float32",
     jit: bool = True,
+    session: CandidateSession | None = None,
 ) -> None:
     """:func:`run_candidate` one update at a time: ``gradients.update(k)`` gives update k's
     micro-batches (one ``apply_gradients`` each, per the contract) and Caffe's diff; after
@@ -278,11 +327,16 @@ def run_candidate_lockstep(
                     start=start,
                     dtype="float64-x64",
                     jit=jit,
+                    session=session,
                 )
     import keras
 
     iter_size = max(1, int(iter_size))
-    model, optimizer = build_candidate(candidate, layers, init, dtype=dtype.split("-")[0])
+    cache: dict[str, Any] = {}
+    if session is not None:
+        model, optimizer, cache = session.model_for(layers, init, dtype.split("-")[0])
+    else:
+        model, optimizer = build_candidate(candidate, layers, init, dtype=dtype.split("-")[0])
     if start:
         fast_forward(optimizer, [v for _, v in trained_pairs(model)], start * iter_size)
     current: dict[str, Any] = {}
@@ -303,9 +357,9 @@ def run_candidate_lockstep(
         done[0] += 1
 
     loop = loop_for(keras.backend.backend())
-    loop(model, optimizer, parts_iter(), on_update, iter_size, jit=jit)
+    loop(model, optimizer, parts_iter(), on_update, iter_size, jit=jit, cache=cache)
     if done[0] != updates:
         raise RuntimeError(f"observed {done[0]} updates, expected {updates}")
-    model = optimizer = None  # noqa: F841 (the closure's cells)
+    model = optimizer = cache = None  # noqa: F841 (the closure's cells)
     gc.collect()  # a traced training step holds the model's variables until collected
     return None

@@ -96,6 +96,25 @@ def caffe_to_keras(layer_type: str, index: int, value: np.ndarray) -> np.ndarray
     return value
 
 
+def caffe_layout_perm(layer_type: str, index: int) -> tuple[int, ...] | None:
+    """The axis permutation :func:`caffe_to_keras` applies (``None``: the same layout); its
+    inverse is :func:`keras_layout_perm`."""
+    if index == 0 and layer_type == "InnerProduct":
+        return (1, 0)
+    if index == 0 and layer_type in _SPATIAL:
+        return (2, 3, 1, 0)
+    return None
+
+
+def keras_layout_perm(layer_type: str, index: int) -> tuple[int, ...] | None:
+    """The axis permutation :func:`keras_to_caffe` applies (``None``: the same layout)."""
+    if index == 0 and layer_type == "InnerProduct":
+        return (1, 0)
+    if index == 0 and layer_type in _SPATIAL:
+        return (3, 2, 0, 1)
+    return None
+
+
 def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
     value = np.asarray(value)
     if index == 0 and layer_type == "InnerProduct":
@@ -574,6 +593,15 @@ class CaffeWeightsView(Mapping[str, np.ndarray]):
             factor = np.asarray(self.constants[self.factors[key]], np.float32).reshape(-1)[0]
             value = (value * factor).astype(np.float32)
         return value
+
+    def raw(self, key: str) -> tuple[Any, tuple[int, ...] | None] | None:
+        """The backend value of a blob's variable and the permutation that puts it in Caffe
+        layout, where the blob is that variable as it is (not a loaded statistic, a scaled
+        moving statistic or a constant); else None (then look the blob up)."""
+        if key in self.constants or key in self.factors or key in self.loaded:
+            return None
+        var, ltype, idx = self.blobs[key]
+        return var.value, keras_layout_perm(ltype, idx)
 
     def __iter__(self) -> Any:
         return iter([*self.blobs, *self.constants])

@@ -3,7 +3,9 @@
 ``L_j + sum(model.losses)``, where ``L_j(w) = sum(stop_gradient(g_j) * w)`` has gradient g_j.
 ``fit.py`` does the same through ``model.compile`` + ``model.fit``.
 
-Every loop has the signature ``run(model, optimizer, parts_iter, on_update, iter_size, jit)``;
+Every loop has the signature
+``run(model, optimizer, parts_iter, on_update, iter_size, jit, cache)`` (``cache``: what a loop
+may keep for the next run on the same model and optimizer);
 :func:`loop_for` gives a Keras backend's ``run``.
 """
 

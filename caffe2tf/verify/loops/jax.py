@@ -16,6 +16,7 @@ def run(
     on_update: Callable[[], None],
     iter_size: int,
     jit: bool = True,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     import jax
     import jax.numpy as jnp

@@ -5,7 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from caffe2tf.verify.mirror import keras_grads, trained_pairs
+import numpy as np
+
+from caffe2tf.verify.mirror import caffe_layout_perm, keras_grads, trained_pairs
+
+
+def as_tensor(x: Any) -> Any:
+    """``x`` (a NumPy array, or a JAX array from the compiled gradient stream) as a TensorFlow
+    tensor: a JAX array is shared through DLPack instead of copied (VGG16's fc6 gradient alone
+    is 411 MB), anything else is converted."""
+    import tensorflow as tf
+
+    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+        try:
+            return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
+        except Exception:  # e.g. an alignment TensorFlow refuses: copy instead
+            return tf.convert_to_tensor(np.asarray(x))
+    return tf.convert_to_tensor(x)
 
 
 def run(
@@ -15,20 +31,30 @@ def run(
     on_update: Callable[[], None],
     iter_size: int,
     jit: bool = True,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     """One ``apply_gradients`` per micro-batch on the tape gradient of ``L_j + sum(losses)``;
     with ``jit`` the step runs as a ``tf.function`` (the optimizer is built first, so no
-    variable is created inside the traced function; Keras' own ``fit`` traces the same way)."""
+    variable is created inside the traced function; Keras' own ``fit`` traces the same way).
+
+    With ``jit`` the micro-batch enters in Caffe layout and is put in Keras layout inside the
+    traced step (TensorFlow's own transpose, one blob at a time), and a blob the micro-batch
+    does not carry is a zero made there: the host never holds a converted copy. ``cache``
+    (kept by :class:`caffe2tf.verify.keras_harness.CandidateSession` with the model it was
+    traced for) holds the traced step for the next run on the same model and optimizer."""
     import tensorflow as tf
 
     pairs = trained_pairs(model)
     tvars = [v for _, v in pairs]
     keys = [k for k, _ in pairs]
+    blobs = model.blob_variables()
+    perms = {k: caffe_layout_perm(blobs[k][1], blobs[k][2]) for k in keys}
 
-    def step(gs: list[Any]) -> None:
+    def apply(grads_in: list[Any]) -> None:
         with tf.GradientTape() as tape:
             terms = [
-                tf.reduce_sum(tf.stop_gradient(g) * v.value) for g, v in zip(gs, tvars, strict=True)
+                tf.reduce_sum(tf.stop_gradient(g) * v.value)
+                for g, v in zip(grads_in, tvars, strict=True)
             ]
             loss = tf.add_n(terms) if terms else tf.constant(0.0)
             reg = model.losses
@@ -40,12 +66,31 @@ def run(
         ]
         optimizer.apply_gradients(zip(grads, tvars, strict=True))
 
-    run = step
-    if jit and tvars:
-        optimizer.build(tvars)
-        run = tf.function(step)
+    if not (jit and tvars):
+        for j, part in parts_iter:
+            kg = keras_grads(model, part)
+            apply([tf.constant(kg[k]) for k in keys])
+            if (j + 1) % iter_size == 0:
+                on_update()
+        return
+
+    def step(caffe_grads: list[Any], present: tuple[bool, ...]) -> None:
+        gs = []
+        for g, v, k, there in zip(caffe_grads, tvars, keys, present, strict=True):
+            if not there:
+                gs.append(tf.zeros_like(v.value))
+                continue
+            g = tf.cast(g, v.dtype) if g.dtype != v.dtype else g
+            gs.append(tf.transpose(g, perms[k]) if perms[k] is not None else g)
+        apply(gs)
+
+    optimizer.build(tvars)
+    cache = cache if cache is not None else {}
+    traced = cache.setdefault("tensorflow_step", tf.function(step))
     for j, part in parts_iter:
-        kg = keras_grads(model, part)
-        run([tf.constant(kg[k]) for k in keys])
+        present = tuple(part.get(k) is not None for k in keys)
+        # a placeholder scalar where the part has no gradient (made as zeros in the trace)
+        traced([as_tensor(part[k]) if there else tf.constant(0.0) for k, there in
+                zip(keys, present, strict=True)], present)  # fmt: skip
         if (j + 1) % iter_size == 0:
             on_update()

@@ -15,6 +15,7 @@ def run(
     on_update: Callable[[], None],
     iter_size: int,
     jit: bool = False,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     import torch
 

@@ -1,0 +1,114 @@
+"""One update's comparison reduced by JAX, for the host engine when Caffe's rule runs compiled
+(docs/verify.md#streams): the reference's weights are JAX arrays already, the candidate's
+variables are shared with JAX (DLPack from TensorFlow, as they are on Keras' JAX backend),
+and one compiled function per blob gives ``max|cand - ref|``, the largest finite
+``|ref - w0|`` and whether either side holds a NaN or inf -- the scalars of
+:meth:`caffe2tf.verify.compare.StreamingComparison.observe_scalars`. The Caffe layout is made
+inside that function (a transposed read, fused with the differences), so no converted copy of
+a blob is ever held (the NumPy path transposes, subtracts and takes the absolute value in three
+passes, each a copy of the blob)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Scalars = tuple[dict[str, float], dict[str, float], dict[str, tuple[bool, bool, bool, bool]]]
+
+
+class _Capsule:
+    """A DLPack capsule with the protocol ``jax.dlpack.from_dlpack`` asks for (TensorFlow
+    hands out bare capsules)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, **_: Any) -> Any:
+        return self.capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU: TensorFlow's CPU tensors
+
+
+def as_jax(value: Any) -> Any:
+    """A backend tensor (JAX, TensorFlow on the CPU, or NumPy) as a JAX array, shared where
+    the backend allows it."""
+    import jax
+    import jax.numpy as jnp
+
+    if isinstance(value, jax.Array):
+        return value
+    if isinstance(value, np.ndarray):
+        return jnp.asarray(value)
+    try:
+        import tensorflow as tf
+
+        if isinstance(value, tf.Tensor | tf.Variable) and "CPU" in value.device.upper():
+            tensor = value.value() if isinstance(value, tf.Variable) else value
+            return jax.dlpack.from_dlpack(_Capsule(tf.experimental.dlpack.to_dlpack(tensor)))
+    except Exception:  # not TensorFlow's, or not shareable: copy through NumPy
+        pass
+    import keras
+
+    return jnp.asarray(keras.ops.convert_to_numpy(value))
+
+
+def run_device(executor: Any) -> Any:
+    """The JAX device holding a compiled reference's weights (None: JAX's default)."""
+    for value in getattr(executor, "weights", {}).values():
+        devices = getattr(value, "devices", None)
+        if callable(devices):
+            return next(iter(devices()), None)
+    return None
+
+
+def _reduce(cand: Any, ref: Any, w0: Any, perm: tuple[int, ...] | None) -> tuple[Any, ...]:
+    import jax.numpy as jnp
+
+    c = cand.transpose(perm) if perm is not None else cand
+    c = c.astype(ref.dtype)
+    moved = jnp.abs(ref - w0)
+    return (
+        jnp.max(jnp.abs(c - ref), initial=0.0),
+        jnp.max(jnp.where(jnp.isfinite(moved), moved, 0.0), initial=0.0),
+        jnp.any(jnp.isnan(ref)),
+        jnp.any(jnp.isinf(ref)),
+        jnp.any(jnp.isnan(c)),
+        jnp.any(jnp.isinf(c)),
+    )
+
+
+class JaxComparer:
+    """Keeps ``w0`` of ``keys`` on the device and reduces each update there."""
+
+    def __init__(self, init: Mapping[str, np.ndarray], keys: Sequence[str], device: Any = None):
+        import jax
+
+        self.keys = tuple(keys)
+        self.w0 = {k: jax.device_put(np.asarray(init[k]), device) for k in self.keys}
+        self.fn = jax.jit(_reduce, static_argnums=(3,))
+
+    def scalars(self, reference: Mapping[str, Any], candidate: Any) -> Scalars:
+        """``reference``: Caffe-layout weights (JAX or NumPy); ``candidate``: a
+        :class:`caffe2tf.verify.mirror.CaffeWeightsView` (its :meth:`raw` gives a variable and
+        the permutation to Caffe layout, or None where the view must compute the blob)."""
+        diffs: dict[str, float] = {}
+        moved: dict[str, float] = {}
+        flags: dict[str, tuple[bool, bool, bool, bool]] = {}
+        pending = []
+        for k in self.keys:
+            if self.w0[k].size == 0:
+                continue
+            raw = candidate.raw(k)
+            if raw is None:
+                cand, perm = as_jax(np.asarray(candidate[k])), None
+            else:
+                cand, perm = as_jax(raw[0]), raw[1]
+            pending.append((k, self.fn(cand, as_jax(reference[k]), self.w0[k], perm)))
+        for k, out in pending:
+            d, m, *f = (np.asarray(x).item() for x in out)
+            diffs[k], moved[k] = float(d), float(m)
+            flags[k] = (bool(f[0]), bool(f[1]), bool(f[2]), bool(f[3]))
+        return diffs, moved, flags

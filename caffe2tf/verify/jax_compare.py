@@ -2,7 +2,8 @@
 (docs/verify.md#streams): the reference's weights are JAX arrays already, the candidate's
 variables are shared with JAX (DLPack from TensorFlow, as they are on Keras' JAX backend),
 and one compiled function per blob gives ``max|cand - ref|``, the largest finite
-``|ref - w0|`` and whether either side holds a NaN or inf -- the scalars of
+``|ref - w0|``, whether either side holds a NaN or inf and both sides' L2 norms (for the
+plot) -- the scalars of
 :meth:`caffe2tf.verify.compare.StreamingComparison.observe_scalars`. The Caffe layout is made
 inside that function (a transposed read, fused with the differences), so no converted copy of
 a blob is ever held (the NumPy path transposes, subtracts and takes the absolute value in three
@@ -15,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-Scalars = tuple[dict[str, float], dict[str, float], dict[str, tuple[bool, bool, bool, bool]]]
+Scalars = tuple[
+    dict[str, float],
+    dict[str, float],
+    dict[str, tuple[bool, bool, bool, bool]],
+    dict[str, tuple[float, float]],
+]
 
 
 class _Capsule:
@@ -70,6 +76,7 @@ def _reduce(cand: Any, ref: Any, w0: Any, perm: tuple[int, ...] | None) -> tuple
     c = cand.transpose(perm) if perm is not None else cand
     c = c.astype(ref.dtype)
     moved = jnp.abs(ref - w0)
+    flat_r, flat_c = ref.reshape(-1), c.reshape(-1)
     return (
         jnp.max(jnp.abs(c - ref), initial=0.0),
         jnp.max(jnp.where(jnp.isfinite(moved), moved, 0.0), initial=0.0),
@@ -77,6 +84,8 @@ def _reduce(cand: Any, ref: Any, w0: Any, perm: tuple[int, ...] | None) -> tuple
         jnp.any(jnp.isinf(ref)),
         jnp.any(jnp.isnan(c)),
         jnp.any(jnp.isinf(c)),
+        jnp.sqrt(jnp.dot(flat_r, flat_r)),
+        jnp.sqrt(jnp.dot(flat_c, flat_c)),
     )
 
 
@@ -97,9 +106,11 @@ class JaxComparer:
         diffs: dict[str, float] = {}
         moved: dict[str, float] = {}
         flags: dict[str, tuple[bool, bool, bool, bool]] = {}
+        norms: dict[str, tuple[float, float]] = {}
         pending = []
         for k in self.keys:
             if self.w0[k].size == 0:
+                norms[k] = (0.0, 0.0)
                 continue
             raw = candidate.raw(k)
             if raw is None:
@@ -108,7 +119,8 @@ class JaxComparer:
                 cand, perm = as_jax(raw[0]), raw[1]
             pending.append((k, self.fn(cand, as_jax(reference[k]), self.w0[k], perm)))
         for k, out in pending:
-            d, m, *f = (np.asarray(x).item() for x in out)
+            d, m, *f, nr, nc = (np.asarray(x).item() for x in out)
             diffs[k], moved[k] = float(d), float(m)
             flags[k] = (bool(f[0]), bool(f[1]), bool(f[2]), bool(f[3]))
-        return diffs, moved, flags
+            norms[k] = (float(nr), float(nc))
+        return diffs, moved, flags, norms

@@ -1,0 +1,104 @@
+"""A TensorFlow candidate next to Caffe's rule compiled with JAX (the host engine with
+``--device cpu``, or a large net): the gradients reach TensorFlow through DLPack, the
+comparison is reduced by JAX on the candidate's variables (caffe2tf/verify/jax_compare.py),
+and one model and optimizer serve every run of a precision
+(:class:`caffe2tf.verify.keras_harness.CandidateSession`). It must judge as the NumPy path
+judges: the same deviations up to the two references' float32 rounding, the same norms, and a
+wrong port fails the same components."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require
+
+require("tensorflow")
+require("jax")
+
+pytestmark = pytest.mark.keras
+
+REPO = Path(__file__).resolve().parents[1]
+LENET = str(REPO / "fixtures/lenet/solver.prototxt")
+
+
+@pytest.fixture(scope="module")
+def keras_tf():
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.skip("the TensorFlow candidate path")
+    from caffe2tf._quiet import import_keras_quietly
+
+    return import_keras_quietly()
+
+
+def _verify(**kwargs):
+    from caffe2tf.app.verify import verify_solver
+
+    return verify_solver(LENET, steps=6, **kwargs)
+
+
+def _runs(report):
+    return {(r.component, r.label): r.comparison for r in report.runs}
+
+
+def test_the_jax_comparison_judges_as_numpy_does(keras_tf):
+    on_jax = _verify(device="cpu")
+    in_numpy = _verify(device="auto")  # LeNet is small: Caffe's rule in NumPy
+    assert "Caffe's rule on JAX CPU" in on_jax.device
+    assert "NumPy" in in_numpy.device
+    assert on_jax.passed and in_numpy.passed
+    a, b = _runs(on_jax), _runs(in_numpy)
+    assert a.keys() == b.keys() and len(a) >= 3
+    for key, ca in a.items():
+        cb = b[key]
+        assert ca.steps == cb.steps
+        # the two references differ by float32 rounding of the weights (~1e-7 of |w| <= 1)
+        assert ca.travelled == pytest.approx(cb.travelled, abs=1e-6)
+        # both deviations are float32 rounding of the same run; far below the tolerance
+        for blob in ca.per_blob:
+            assert abs(ca.per_blob[blob] - cb.per_blob[blob]) < 2e-6, (key, blob)
+    stream_a = a[next(k for k in a if k[0] == "stream")]
+    stream_b = b[next(k for k in b if k[0] == "stream")]
+    assert sorted(stream_a.reference_norms) == sorted(stream_b.reference_norms)
+    for blob, norms in stream_a.candidate_norms.items():
+        assert len(norms) == stream_a.steps
+        np.testing.assert_allclose(norms, stream_b.candidate_norms[blob], rtol=1e-5)
+        np.testing.assert_allclose(
+            stream_a.reference_norms[blob], stream_b.reference_norms[blob], rtol=1e-5
+        )
+
+
+def test_a_wrong_port_fails_on_the_jax_comparison(keras_tf, tmp_path):
+    from caffe2tf.api import convert
+
+    convert(LENET).write(tmp_path / "out")
+    module = tmp_path / "out" / "optimizer.py"
+    text = module.read_text()
+    assert '("L2", 0.00025)' in text
+    module.write_text(text.replace('("L2", 0.00025)', '("L2", 0.0005)'))  # decay x2
+    report = _verify(device="cpu", module_path=str(module))
+    assert not report.passed
+    failed = {v["component"] for v in report.component_verdicts() if not v["passed"]}
+    assert {"stream", "decay"} <= failed
+
+
+def test_one_model_serves_every_run_of_a_precision(keras_tf, monkeypatch):
+    from caffe2tf.verify import keras_harness
+
+    built = []
+    real = keras_harness.build_candidate
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("dtype", "float32"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras_harness, "build_candidate", counting)
+    report = _verify(device="cpu")
+    assert report.passed
+    float32_runs = [r for r in report.runs if r.comparison.steps and r.component != "decay"]
+    assert len(float32_runs) >= 3
+    # the float32 stream and windows share one model; the float64 probes (cut blobs) another
+    # and the schedule check its own
+    assert built.count("float32") <= 2, built

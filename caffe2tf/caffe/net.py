@@ -705,10 +705,12 @@ def _layer_shapes(
     dialect: str = "bvlc",
 ) -> tuple[shp.LayerShapes, int, bool]:
     """Shapes for one layer, the number of blobs it owns, and whether it is opaque to us.
-    NVIDIA Caffe's own layer types are known to its dialect (no --lenient needed)."""
-    from caffe2tf.caffe.dialect import NVIDIA_LAYER_BLOBS
+    A fork's own layer types (NVIDIA Caffe's, the yolo fork's) are known to its dialect (no
+    --lenient needed)."""
+    from caffe2tf.caffe.dialect import DIALECTS
 
-    nvidia_layer = dialect == "nvidia" and layer.type in NVIDIA_LAYER_BLOBS
+    own = DIALECTS[dialect]
+    fork_layer = layer.type in own.layer_blobs
     try:
         shp.check_blob_counts(layer)
         result = shp.infer(layer, bottoms)
@@ -730,7 +732,7 @@ def _layer_shapes(
     tops = tuple(None for _ in layer.top)
     if shp.RULES.get(layer.type) is not None:  # a known type whose check failed (lenient)
         return shp.LayerShapes(tops), max(n_params, shp.blob_count(layer)), True
-    if layer.type not in OPAQUE_KNOWN and not nvidia_layer and not lenient:
+    if layer.type not in OPAQUE_KNOWN and not fork_layer and not lenient:
         raise InputError(
             f"Unknown layer type: {layer.type} (layer '{layer.name}'); BVLC Caffe has no such "
             "layer (use --lenient to read fork files)",
@@ -738,13 +740,13 @@ def _layer_shapes(
         )
     fork_blobs = FORK_TYPES_WITH_PARAMS.get(layer.type, 0)
     owns = n_params > 0 or layer.type in FORK_TYPES_WITH_PARAMS
-    if nvidia_layer:
-        fork_blobs = NVIDIA_LAYER_BLOBS[layer.type]
+    if fork_layer:
+        fork_blobs = own.layer_blobs[layer.type]
         owns = n_params > 0 or fork_blobs > 0
     n_blobs = max(n_params, fork_blobs or 0)
     what = "Python layer" if layer.type == "Python" else f"unknown layer type '{layer.type}'"
-    if nvidia_layer:
-        what = f"NVIDIA Caffe layer type '{layer.type}'"
+    if fork_layer:
+        what = f"{own.short} layer type '{layer.type}'"
     if owns:
         msg = (
             f"layer '{layer.name}': {what} owns learnable blobs whose count and shapes are "

@@ -14,8 +14,14 @@ The yolo fork (QiaoXie/caffe-yolo-2 ``2bee16c``, a Caffe of 2016 with YOLO's lay
 ``src/caffe/solvers/sgd_solver.cpp:32-40``) and its detection layers' parameters; compiled
 under package ``yolocaffe`` (docs/forks.md).
 
-A file is read with the first schema that accepts it strictly, BVLC first, then NVIDIA's, then
-the yolo fork's: a file BVLC's parser accepts is BVLC Caffe, one that only a fork's accepts is
+TSN's fork (yjxiong/caffe ``9831a2b4``, the Caffe of temporal-segment-networks) is an older
+Caffe with MPI training: its ``SolverParameter`` has the ``solver_type`` enum only (SGD,
+Nesterov, AdaGrad), ``richness`` (cuDNN's workspace, MB) and a repeated ``device_id``
+(``proto/tsn_caffe.proto:186-213``); its ``BN`` layer has a ``bn_param``
+(``proto/tsn_caffe.proto:458-472``).
+
+A file is read with the first schema that accepts it strictly, BVLC first, then NVIDIA's, the
+yolo fork's and TSN's: a file BVLC's parser accepts is BVLC Caffe, one that only a fork's accepts is
 that fork's, and a note names the fields that decided it. With ``lenient`` (``--lenient``) a
 file no schema accepts strictly is read with the schema that skips fewer items that can change
 training (the earlier one on a tie). No flag picks the dialect: the fields do.
@@ -37,6 +43,8 @@ __all__ = [
     "DIALECTS",
     "NVIDIA",
     "NVIDIA_LAYER_BLOBS",
+    "TSN",
+    "TSN_LAYER_BLOBS",
     "YOLO",
     "YOLO_LAYER_BLOBS",
     "Dialect",
@@ -58,6 +66,10 @@ class Dialect:
     about: str = ""
     #: its name in a sentence ("NVIDIA Caffe")
     short: str = "BVLC Caffe"
+    #: fields only this fork has (by name, at any depth): a file its schema accepts is its
+    #: only when it writes one of them (fast-rcnn's ROIPooling is in TSN's schema too, and
+    #: does not make a file TSN's); empty: any file its schema alone accepts
+    signature: frozenset[str] = frozenset()
 
     def pb2(self) -> Any:
         return importlib.import_module(f"caffe2tf.caffe._proto.{self.module}")
@@ -94,6 +106,22 @@ NVIDIA_LAYER_BLOBS = {
 #: (its EvalDetection layer is not compiled: eval_detection_layer.cpp_bac).
 YOLO_LAYER_BLOBS = {"BoxData": 0, "DetectionLoss": 0, "RegionLoss": 0}
 
+#: TSN's fork (yjxiong/caffe 9831a2b4, REGISTER_LAYER_CLASS/CREATOR in src/caffe/layers/ and
+#: layer_factory.cpp:201) adds these to BVLC's: BN and SyncBN own a slope, a bias and two
+#: running statistics, each of shape (1, C) (bn_layer.cpp:17-45, sync_bn_layer.cpp:19-42);
+#: its Normalize has no blob (unlike SSD's); the others are data, gather/scatter and pooling.
+TSN_LAYER_BLOBS = {
+    "BN": 4,
+    "SyncBN": 4,
+    "VideoData": 0,
+    "SegData": 0,
+    "Gather": 0,
+    "Scatter": 0,
+    "BatchReduction": 0,
+    "ROIPooling": 0,
+    "Normalize": 0,
+}
+
 BVLC = Dialect("bvlc", "BVLC Caffe 1.0", "caffe_pb2")
 NVIDIA = Dialect(
     "nvidia",
@@ -112,10 +140,45 @@ YOLO = Dialect(
     "proto/yolo_caffe.proto). Its update is BVLC's with the fork's lr policy 'multifixed' "
     "(docs/forks.md)",
     "the yolo fork's Caffe",
+    frozenset(
+        {
+            "stagelr",
+            "stageiter",
+            "detection_loss_param",
+            "region_loss_param",
+            "eval_detection_param",
+            "side",
+            "darknet_version",
+        }
+    ),
 )
-DIALECTS = {d.name: d for d in (BVLC, NVIDIA, YOLO)}
+TSN = Dialect(
+    "tsn",
+    "TSN's fork of Caffe (yjxiong/caffe 9831a2b4)",
+    "tsn_caffe_pb2",
+    TSN_LAYER_BLOBS,
+    "proto/tsn_caffe.proto). Its update is BVLC's SGD, Nesterov or AdaGrad; its BN layer "
+    "learns a slope and a bias (docs/forks.md)",
+    "TSN's Caffe",
+    frozenset(
+        {
+            "richness",
+            "group_id",
+            "bn_param",
+            "video_data_param",
+            "seg_data_param",
+            "fix_crop",
+            "multi_scale",
+            "scale_ratios",
+            "max_distort",
+            "is_flow",
+            "more_fix_crop",
+        }
+    ),
+)
+DIALECTS = {d.name: d for d in (BVLC, NVIDIA, YOLO, TSN)}
 #: the forks, in the order a file BVLC's schema refuses is tried against them
-FORKS = (NVIDIA, YOLO)
+FORKS = (NVIDIA, YOLO, TSN)
 
 
 def _fields_only_in(message: Any, other: Any, prefix: str = "") -> list[str]:
@@ -164,7 +227,9 @@ def read_dialect(
             except InputError as fork_error:
                 errors.append((fork, fork_error))
             else:
-                return parsed, fork, (_detected(parsed, kind, fork),)
+                if _signed(parsed, kind, fork):
+                    return parsed, fork, (_detected(parsed, kind, fork),)
+                errors.append((fork, _unsigned(parsed, fork)))
         if not lenient:
             raise _further(errors) from None
     else:
@@ -179,10 +244,34 @@ def read_dialect(
     best = (parse_text(text, BVLC.message(kind), path=path, lenient=True), BVLC)
     for fork in FORKS:
         candidate = parse_text(text, fork.message(kind), path=path, lenient=True)
+        if not _signed(candidate, kind, fork):
+            continue
         if _training_skips(candidate) < _training_skips(best[0]):
             best = (candidate, fork)
     parsed, dialect = best
     return parsed, dialect, (() if dialect is BVLC else (_detected(parsed, kind, dialect),))
+
+
+def _signed(parsed: Parsed, kind: str, fork: Dialect) -> bool:
+    """Whether ``parsed`` (read with ``fork``'s schema) writes a field of the fork's
+    signature (every field BVLC lacks, when the fork has no signature)."""
+    if not fork.signature:
+        return True
+    own = _fields_only_in(parsed.message, BVLC.message(kind))
+    return any(_leaf(path) in fork.signature for path in own)
+
+
+def _leaf(path: str) -> str:
+    return path.rsplit(".", 1)[-1].split("[")[0]
+
+
+def _unsigned(parsed: Parsed, fork: Dialect) -> InputError:
+    """Why a file that ``fork``'s schema reads is not taken as the fork's: it writes none of
+    its own fields (reported at the file, so a real schema error elsewhere reads further)."""
+    return InputError(
+        f"{fork.title}'s schema reads it, but it writes none of that fork's own fields",
+        SourceLocation(parsed.path),
+    )
 
 
 def _further(errors: list[tuple[Dialect, InputError]]) -> InputError:

@@ -179,6 +179,30 @@ def _spec(ps: Any) -> _Spec:
     )
 
 
+def _tsn_bn_specs(layer: Any, specs: list[_Spec], n_blobs: int) -> list[_Spec]:
+    """TSN's BN/SyncBN edit their LayerParameter before Net reads it: ParamSpecs are appended
+    up to 4, the two running statistics (blobs 2, 3) get lr_mult 0 and decay_mult 0, and with
+    ``bn_param { frozen: true }`` (BN only) so do the slope and bias (blobs 0, 1), whatever was
+    written (yjxiong/caffe bn_layer.cpp:49-68, sync_bn_layer.cpp:35-42); the slope and bias
+    otherwise keep their param blocks (default lr_mult 1, decay_mult 1)."""
+    specs = specs + [_Spec() for _ in range(len(specs), max(n_blobs, 4))]
+    # read with TSN's schema into BVLC's, a frozen BN's slope and bias already carry the
+    # zeros (caffe/upgrade.py); a TSN-schema layer still has its bn_param
+    bn_param = getattr(layer, "bn_param", None) if hasattr(layer, "bn_param") else None
+    frozen = layer.type == "BN" and bn_param is not None and bn_param.frozen
+    for i in range(4):
+        if i >= 2 or frozen:
+            specs[i] = _Spec(
+                name=specs[i].name,
+                permissive=specs[i].permissive,
+                lr_mult=0.0,
+                decay_mult=0.0,
+                lr_explicit=True,
+                decay_explicit=True,
+            )
+    return specs
+
+
 def layer_specs(
     layer: Any, n_blobs: int, loc: SourceLocation, dialect: str = "bvlc"
 ) -> list[_Spec]:
@@ -191,6 +215,8 @@ def layer_specs(
     lr_mult 0 and decay_mult 0 on the three statistics, whatever was written, and lr_mult 1
     and decay_mult 1 on its scale and bias (NVIDIA/caffe batch_norm_layer.cpp:89-109)."""
     specs = [_spec(ps) for ps in layer.param]
+    if layer.type in ("BN", "SyncBN") and dialect == "tsn":
+        return _tsn_bn_specs(layer, specs, n_blobs)
     if layer.type == "BatchNorm" and dialect == "nvidia":
         specs += [_Spec() for _ in range(len(specs), n_blobs)]
         for i in range(min(n_blobs, 5)):
@@ -711,6 +737,10 @@ def _layer_shapes(
 
     own = DIALECTS[dialect]
     fork_layer = layer.type in own.layer_blobs
+    fork_rule = shp.FORK_RULES.get(dialect, {}).get(layer.type)
+    if fork_rule is not None:
+        result = fork_rule(layer, list(bottoms))
+        return result, len(result.blobs), False
     try:
         shp.check_blob_counts(layer)
         result = shp.infer(layer, bottoms)

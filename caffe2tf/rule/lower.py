@@ -501,6 +501,22 @@ def lower(recipe: Recipe) -> UpdateRule:
         )
     else:
         params = _groups(recipe.net)
+        shared = [g.key for g in params if g.sharers]
+        if spec.dialect == "tsn" and shared:
+            notes.append(
+                Note(
+                    "rule.tsn.shared_params",
+                    "TSN's fork updates every sharer of a shared blob on its own (its own "
+                    "history, lr_mult and decay) and adds the sharers' updates to the owner "
+                    "(yjxiong/caffe solver.cpp:637-650 loops over net.params(), net.cpp:907-940); "
+                    "BVLC Caffe 1.0 updates the owner once with the summed gradient, and so does "
+                    f"this rule: shared blobs {', '.join(shared[:4])}",
+                    Severity.WARNING,
+                    SourceLocation(recipe.net.path),
+                    True,
+                    Exactness.APPROX,
+                )
+            )
         implicit = [
             p.key for p in recipe.net.params if not p.lr_mult_explicit and not p.decay_mult_explicit
         ]

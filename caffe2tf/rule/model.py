@@ -296,7 +296,14 @@ NVIDIA_SOLVERS: dict[str, SolverEntry] = {
     },
 }
 #: the solver table of each dialect (caffe2tf/caffe/dialect.py)
-SOLVER_TABLES = {"bvlc": SOLVERS, "nvidia": NVIDIA_SOLVERS, "yolo": SOLVERS}
+SOLVER_TABLES = {
+    "bvlc": SOLVERS,
+    "nvidia": NVIDIA_SOLVERS,
+    "yolo": SOLVERS,
+    # TSN's fork knows SGD, Nesterov and AdaGrad, with BVLC's math (yjxiong/caffe
+    # src/caffe/solver.cpp:740-930; its enum has no other type, proto/tsn_caffe.proto:194-198)
+    "tsn": {name: SOLVERS[name] for name in ("SGD", "Nesterov", "AdaGrad")},
+}
 Step = ClipByGlobalNorm | NormalizeBy | AddDecay | NvidiaDecay | ScaleByLr | SolverStep
 
 
@@ -354,7 +361,7 @@ class UpdateRule:
     layers: tuple[str, ...] = ()
     scale_pairs: tuple[tuple[str, str], ...] = ()
     force_backward: bool = False
-    dialect: str = "bvlc"  # whose Caffe runs it: "bvlc", "nvidia", "yolo" (caffe/dialect.py)
+    dialect: str = "bvlc"  # whose Caffe runs it (caffe/dialect.py DIALECTS)
 
     def step(self, kind: type) -> Step | None:
         """The first step of the given class, or None."""

@@ -154,3 +154,17 @@ def test_a_file_with_only_fields_other_forks_share_is_not_called_tsns(tmp_path: 
     with pytest.raises(InputError) as err:
         _recipe(tmp_path, solver, net)
     assert "roi_pooling_param" in err.value.message and "TSN" not in err.value.message
+
+
+@pytest.mark.keras
+def test_verify_passes_on_a_tsn_recipe_with_bn(tmp_path: Path) -> None:
+    """The mirror holds BN's four (1, C) blobs (slope, bias bound as gamma/beta; the running
+    statistics never bound) and the emitted module follows the rule on them."""
+    pytest.importorskip("keras")
+    from caffe2tf.app.verify import verify_solver
+
+    (tmp_path / "net.prototxt").write_text(NET)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(SOLVER.replace("solver_type: NESTEROV", "solver_type: SGD"))
+    report = verify_solver(solver, steps=15)
+    assert report.exit_code == 0, report

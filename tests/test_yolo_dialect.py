@@ -219,3 +219,13 @@ def test_verify_passes_on_a_multifixed_recipe(tmp_path: Path) -> None:
     )
     report = verify_solver(solver, steps=25)
     assert report.exit_code == 0, report
+
+
+def test_verify_against_caffe_refuses_a_forks_recipe_with_its_reason(tmp_path: Path) -> None:
+    """BVLC's binary cannot read the fork's stagelr: a one-line refusal, not Caffe's abort."""
+    from caffe2tf.app.verify import verify_solver
+
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{LENET}"\nlr_policy: "multifixed"\nmax_iter: 40\n' + STAGES)
+    with pytest.raises(InputError, match="--against caffe runs BVLC Caffe 1.0"):
+        verify_solver(solver, steps=5, against="caffe")

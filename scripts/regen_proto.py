@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate caffe2tf/caffe/_proto/caffe_pb2.py from proto/caffe.proto (and the NVIDIA Caffe
-dialect's nvidia_caffe_pb2.py from proto/nvidia_caffe.proto, NVIDIA's schema in package nvcaffe).
+dialect's nvidia_caffe_pb2.py from proto/nvidia_caffe.proto, NVIDIA's schema in package nvcaffe,
+the yolo fork's yolo_caffe_pb2.py from proto/yolo_caffe.proto, package yolocaffe, and TSN's
+fork's tsn_caffe_pb2.py from proto/tsn_caffe.proto, package tsncaffe).
 
     python scripts/regen_proto.py          # (re)write the generated module
     python scripts/regen_proto.py --check  # exit 1 if the committed module is stale
@@ -33,6 +35,8 @@ OUTPUT = ROOT / "caffe2tf" / "caffe" / "_proto" / "caffe_pb2.py"
 OUTPUTS = (
     (PROTO_NAME, OUTPUT),
     ("nvidia_caffe.proto", ROOT / "caffe2tf" / "caffe" / "_proto" / "nvidia_caffe_pb2.py"),
+    ("yolo_caffe.proto", ROOT / "caffe2tf" / "caffe" / "_proto" / "yolo_caffe_pb2.py"),
+    ("tsn_caffe.proto", ROOT / "caffe2tf" / "caffe" / "_proto" / "tsn_caffe_pb2.py"),
 )
 EXPECTED_PROTOC = "libprotoc 31.1"
 

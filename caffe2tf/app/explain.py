@@ -156,6 +156,14 @@ def _schedule_equation(s: LrSchedule, val: _Values) -> str:
         )
     if p == "poly":
         return f"alpha(k) = {b} * (1 - k / {val('max_iter')}) ^ {val('power')}"
+    if p == "multifixed":
+        stages = ", ".join(
+            f"{num(r)} while k <= {i}" for r, i in zip(s.stagelr, s.stageiter, strict=True)
+        )
+        return (
+            f"alpha(k) = stagelr[first s with k <= stageiter[s]]: {stages}; "
+            f"past the last stageiter {num(s.stagelr[-1])} (the last stage's rate)"
+        )
     return (
         f"alpha(k) = {b} / (1 + exp(-{val('gamma')} * (k - {val('stepsize')})))  "
         "(a ramp up: alpha = base_lr/2 at k = stepsize)"
@@ -211,6 +219,8 @@ def _lr_row(step: ScaleByLr, rule: UpdateRule, val: _Values) -> Row:
         eq += f";  alpha(k) >= {val('min_lr')} (min_lr)"
         fields.append("min_lr")
     source = "sgd_solver.cpp:26-70" if s.min_lr is None else "NVIDIA sgd_solver.cpp:24-70"
+    if s.policy == "multifixed":
+        source = "the yolo fork's sgd_solver.cpp:32-40"
     return eq, {"lr_policy": val("lr_policy"), **{f: val(f) for f in fields}}, source
 
 

@@ -525,6 +525,15 @@ def verify_solver(
             solver, net_path=net_path, lenient=lenient, input_shapes=input_shapes
         )
     rule, net = pipeline.rule, pipeline.recipe.net
+    if against == "caffe" and rule.dialect != "bvlc":
+        from caffe2tf.caffe.dialect import DIALECTS
+
+        raise InputError(
+            f"--against caffe runs BVLC Caffe 1.0, which cannot run a recipe of "
+            f"{DIALECTS[rule.dialect].title}; verify it --against reference, whose rule "
+            "follows the fork (docs/forks.md, docs/nvidia-caffe.md)",
+            SourceLocation(str(solver)),
+        )
     if net is None or not rule.params:
         raise InputError(
             "verify needs the train net to know the parameter shapes: give --net "

@@ -1,4 +1,5 @@
-"""Which Caffe a prototxt was written for: BVLC Caffe 1.0 or NVIDIA Caffe, told from its fields.
+"""Which Caffe a prototxt was written for: BVLC Caffe 1.0, NVIDIA Caffe or a known fork, told
+from its fields.
 
 NVIDIA Caffe (NVIDIA/caffe, the fork behind DIGITS and NGC) extends BVLC's schema: its
 ``SolverParameter`` adds warm-up, ``min_lr``, momentum and weight-decay policies, LARC and
@@ -8,24 +9,47 @@ precision fields (``proto/nvidia_caffe.proto:392-394,429-442,513``), its ``NetPa
 ``caffe2tf/caffe/_proto`` (NVIDIA's under package ``nvcaffe``, its only change; see
 docs/nvidia-caffe.md).
 
-A file is read with the first schema that accepts it strictly, BVLC first: a file BVLC's parser
-accepts is BVLC Caffe, one that only NVIDIA's accepts is NVIDIA Caffe, and a note names the
-fields that decided it. With ``lenient`` (``--lenient``) a file neither accepts strictly is read
-with the schema that skips fewer items that can change training (BVLC on a tie). No flag picks
-the dialect: the fields do.
+The yolo fork (QiaoXie/caffe-yolo-2 ``2bee16c``, a Caffe of 2016 with YOLO's layers) adds the
+``multifixed`` lr policy's ``stagelr``/``stageiter`` (``proto/yolo_caffe.proto:184-186``,
+``src/caffe/solvers/sgd_solver.cpp:32-40``) and its detection layers' parameters; compiled
+under package ``yolocaffe`` (docs/forks.md).
+
+TSN's fork (yjxiong/caffe ``9831a2b4``, the Caffe of temporal-segment-networks) is an older
+Caffe with MPI training: its ``SolverParameter`` has the ``solver_type`` enum only (SGD,
+Nesterov, AdaGrad), ``richness`` (cuDNN's workspace, MB) and a repeated ``device_id``
+(``proto/tsn_caffe.proto:186-213``); its ``BN`` layer has a ``bn_param``
+(``proto/tsn_caffe.proto:458-472``).
+
+A file is read with the first schema that accepts it strictly, BVLC first, then NVIDIA's, the
+yolo fork's and TSN's: a file BVLC's parser accepts is BVLC Caffe, one that only a fork's accepts is
+that fork's, and a note names the fields that decided it. With ``lenient`` (``--lenient``) a
+file no schema accepts strictly is read with the schema that skips fewer items that can change
+training (the earlier one on a tie). No flag picks the dialect: the fields do.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from caffe2tf.caffe.parse import Parsed, parse_text
 from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note, Severity
 
-__all__ = ["BVLC", "DIALECTS", "NVIDIA", "NVIDIA_LAYER_BLOBS", "Dialect", "read_dialect"]
+__all__ = [
+    "BVLC",
+    "DIALECTS",
+    "NVIDIA",
+    "NVIDIA_LAYER_BLOBS",
+    "TSN",
+    "TSN_LAYER_BLOBS",
+    "YOLO",
+    "YOLO_LAYER_BLOBS",
+    "Dialect",
+    "read_dialect",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,16 @@ class Dialect:
     name: str
     title: str
     module: str
+    #: the layer types this Caffe registers that BVLC's does not, with their learnable blobs
+    layer_blobs: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
+    #: where its schema lives and what its solver translates as (for the detection note)
+    about: str = ""
+    #: its name in a sentence ("NVIDIA Caffe")
+    short: str = "BVLC Caffe"
+    #: fields only this fork has (by name, at any depth): a file its schema accepts is its
+    #: only when it writes one of them (fast-rcnn's ROIPooling is in TSN's schema too, and
+    #: does not make a file TSN's); empty: any file its schema alone accepts
+    signature: frozenset[str] = frozenset()
 
     def pb2(self) -> Any:
         return importlib.import_module(f"caffe2tf.caffe._proto.{self.module}")
@@ -66,9 +100,85 @@ NVIDIA_LAYER_BLOBS = {
     "VideoData": 0,
 }
 
+#: The yolo fork's layers (REGISTER_LAYER_CLASS in QiaoXie/caffe-yolo-2
+#: src/caffe/layers/box_data_layer.cpp:211, detection_loss_layer.cpp:225,
+#: region_loss_layer.cpp:352): a data layer and two losses, none with learnable blobs
+#: (its EvalDetection layer is not compiled: eval_detection_layer.cpp_bac).
+YOLO_LAYER_BLOBS = {"BoxData": 0, "DetectionLoss": 0, "RegionLoss": 0}
+
+#: TSN's fork (yjxiong/caffe 9831a2b4, REGISTER_LAYER_CLASS/CREATOR in src/caffe/layers/ and
+#: layer_factory.cpp:201) adds these to BVLC's: BN and SyncBN own a slope, a bias and two
+#: running statistics, each of shape (1, C) (bn_layer.cpp:17-45, sync_bn_layer.cpp:19-42);
+#: its Normalize has no blob (unlike SSD's); the others are data, gather/scatter and pooling.
+TSN_LAYER_BLOBS = {
+    "BN": 4,
+    "SyncBN": 4,
+    "VideoData": 0,
+    "SegData": 0,
+    "Gather": 0,
+    "Scatter": 0,
+    "BatchReduction": 0,
+    "ROIPooling": 0,
+    "Normalize": 0,
+}
+
 BVLC = Dialect("bvlc", "BVLC Caffe 1.0", "caffe_pb2")
-NVIDIA = Dialect("nvidia", "NVIDIA Caffe 0.17 (NVIDIA/caffe 87a25543)", "nvidia_caffe_pb2")
-DIALECTS = {d.name: d for d in (BVLC, NVIDIA)}
+NVIDIA = Dialect(
+    "nvidia",
+    "NVIDIA Caffe 0.17 (NVIDIA/caffe 87a25543)",
+    "nvidia_caffe_pb2",
+    NVIDIA_LAYER_BLOBS,
+    "proto/nvidia_caffe.proto). Its rule is translated as NVIDIA's GPU code runs it "
+    "(docs/nvidia-caffe.md)",
+    "NVIDIA Caffe",
+)
+YOLO = Dialect(
+    "yolo",
+    "the yolo fork of Caffe (QiaoXie/caffe-yolo-2 2bee16c)",
+    "yolo_caffe_pb2",
+    YOLO_LAYER_BLOBS,
+    "proto/yolo_caffe.proto). Its update is BVLC's with the fork's lr policy 'multifixed' "
+    "(docs/forks.md)",
+    "the yolo fork's Caffe",
+    frozenset(
+        {
+            "stagelr",
+            "stageiter",
+            "detection_loss_param",
+            "region_loss_param",
+            "eval_detection_param",
+            "side",
+            "darknet_version",
+        }
+    ),
+)
+TSN = Dialect(
+    "tsn",
+    "TSN's fork of Caffe (yjxiong/caffe 9831a2b4)",
+    "tsn_caffe_pb2",
+    TSN_LAYER_BLOBS,
+    "proto/tsn_caffe.proto). Its update is BVLC's SGD, Nesterov or AdaGrad; its BN layer "
+    "learns a slope and a bias (docs/forks.md)",
+    "TSN's Caffe",
+    frozenset(
+        {
+            "richness",
+            "group_id",
+            "bn_param",
+            "video_data_param",
+            "seg_data_param",
+            "fix_crop",
+            "multi_scale",
+            "scale_ratios",
+            "max_distort",
+            "is_flow",
+            "more_fix_crop",
+        }
+    ),
+)
+DIALECTS = {d.name: d for d in (BVLC, NVIDIA, YOLO, TSN)}
+#: the forks, in the order a file BVLC's schema refuses is tried against them
+FORKS = (NVIDIA, YOLO, TSN)
 
 
 def _fields_only_in(message: Any, other: Any, prefix: str = "") -> list[str]:
@@ -105,18 +215,23 @@ def read_dialect(
 ) -> tuple[Parsed, Dialect, tuple[Note, ...]]:
     """Parse ``text`` (a ``kind`` = ``"solver"`` or ``"net"`` prototxt) with the schema it was
     written for (see the module docstring). Returns the parse, its dialect and a note naming
-    the NVIDIA fields when the file is NVIDIA Caffe's. A file that no schema accepts raises
-    the error of the schema that read further (BVLC's on a tie), unless ``lenient``."""
+    the fork's fields when the file is a fork's. A file that no schema accepts raises the
+    error of the schema that read furthest (the earlier on a tie), unless ``lenient``."""
     try:
         parsed = parse_text(text, BVLC.message(kind), path=path)
     except InputError as bvlc_error:
-        try:
-            parsed = parse_text(text, NVIDIA.message(kind), path=path)
-        except InputError as nvidia_error:
-            if not lenient:
-                raise _further(bvlc_error, nvidia_error) from None
-        else:
-            return parsed, NVIDIA, (_detected(parsed, kind),)
+        errors = [(BVLC, bvlc_error)]
+        for fork in FORKS:
+            try:
+                parsed = parse_text(text, fork.message(kind), path=path)
+            except InputError as fork_error:
+                errors.append((fork, fork_error))
+            else:
+                if _signed(parsed, kind, fork):
+                    return parsed, fork, (_detected(parsed, kind, fork),)
+                errors.append((fork, _unsigned(parsed, fork)))
+        if not lenient:
+            raise _further(errors) from None
     else:
         values = _nvidia_values(parsed.message) if kind == "solver" else []
         if not values:
@@ -124,23 +239,50 @@ def read_dialect(
         return (
             parse_text(text, NVIDIA.message(kind), path=path),
             NVIDIA,
-            (_detected(parsed, kind, values),),
+            (_detected(parsed, kind, NVIDIA, values),),
         )
-    bvlc = parse_text(text, BVLC.message(kind), path=path, lenient=True)
-    nvidia = parse_text(text, NVIDIA.message(kind), path=path, lenient=True)
-    if _training_skips(nvidia) < _training_skips(bvlc):
-        return nvidia, NVIDIA, (_detected(nvidia, kind),)
-    return bvlc, BVLC, ()
+    best = (parse_text(text, BVLC.message(kind), path=path, lenient=True), BVLC)
+    for fork in FORKS:
+        candidate = parse_text(text, fork.message(kind), path=path, lenient=True)
+        if not _signed(candidate, kind, fork):
+            continue
+        if _training_skips(candidate) < _training_skips(best[0]):
+            best = (candidate, fork)
+    parsed, dialect = best
+    return parsed, dialect, (() if dialect is BVLC else (_detected(parsed, kind, dialect),))
 
 
-def _further(bvlc: InputError, nvidia: InputError) -> InputError:
-    def key(err: InputError) -> tuple[int, int]:
-        loc = err.location or SourceLocation("")
+def _signed(parsed: Parsed, kind: str, fork: Dialect) -> bool:
+    """Whether ``parsed`` (read with ``fork``'s schema) writes a field of the fork's
+    signature (every field BVLC lacks, when the fork has no signature)."""
+    if not fork.signature:
+        return True
+    own = _fields_only_in(parsed.message, BVLC.message(kind))
+    return any(_leaf(path) in fork.signature for path in own)
+
+
+def _leaf(path: str) -> str:
+    return path.rsplit(".", 1)[-1].split("[")[0]
+
+
+def _unsigned(parsed: Parsed, fork: Dialect) -> InputError:
+    """Why a file that ``fork``'s schema reads is not taken as the fork's: it writes none of
+    its own fields (reported at the file, so a real schema error elsewhere reads further)."""
+    return InputError(
+        f"{fork.title}'s schema reads it, but it writes none of that fork's own fields",
+        SourceLocation(parsed.path),
+    )
+
+
+def _further(errors: list[tuple[Dialect, InputError]]) -> InputError:
+    def key(item: tuple[Dialect, InputError]) -> tuple[int, int]:
+        loc = item[1].location or SourceLocation("")
         return (loc.line or 0, loc.col or 0)
 
-    if key(nvidia) > key(bvlc):
-        return InputError(f"{nvidia.message} (read as {NVIDIA.title})", nvidia.location)
-    return bvlc
+    dialect, err = max(errors, key=key)  # the first of equals: BVLC's on a tie
+    if dialect is BVLC:
+        return err
+    return InputError(f"{err.message} (read as {dialect.title})", err.location)
 
 
 #: values BVLC Caffe refuses and NVIDIA Caffe runs: a solver that writes one is NVIDIA's
@@ -156,20 +298,19 @@ def _nvidia_values(msg: Any) -> list[str]:
     ]
 
 
-def _detected(parsed: Parsed, kind: str, values: list[str] | None = None) -> Note:
+def _detected(parsed: Parsed, kind: str, dialect: Dialect, values: list[str] | None = None) -> Note:
     bvlc_type = BVLC.message(kind)
     fields = values or _fields_only_in(parsed.message, bvlc_type)
     shown = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
     return Note(
-        "dialect.nvidia",
-        f"read as {NVIDIA.title}: "
+        f"dialect.{dialect.name}",
+        f"read as {dialect.title}: "
         + (
-            f"BVLC Caffe refuses {shown}, which NVIDIA Caffe runs"
+            f"BVLC Caffe refuses {shown}, which {dialect.title} runs"
             if values
-            else f"BVLC Caffe's schema has no {shown}; NVIDIA's caffe.proto has"
+            else f"BVLC Caffe's schema has no {shown}; its caffe.proto has"
         )
-        + " (proto/nvidia_caffe.proto). Its rule is translated as NVIDIA's GPU code runs it "
-        "(docs/nvidia-caffe.md)",
+        + f" ({dialect.about}",
         Severity.INFO,
         SourceLocation(parsed.path),
     )

@@ -114,10 +114,21 @@ class _SolverRead:
     net_path: str | None
 
 
-def _read_solver(path: str | os.PathLike[str], lenient: bool) -> _SolverRead:
+def _read_solver(path: str | os.PathLike[str], lenient: bool, dialect: Any = None) -> _SolverRead:
+    """``dialect``: read with that Caffe's schema (the one that runs the recipe), not the
+    schema the file's own fields name."""
     from caffe2tf.caffe.upgrade import inline_net_notes, upgrade_solver
 
-    parsed, dialect, dialect_notes = _read(path, "solver", lenient)
+    if dialect is None:
+        parsed, dialect, dialect_notes = _read(path, "solver", lenient)
+    else:
+        parsed = parse_text(
+            read_source(os.fspath(path)),
+            dialect.message("solver"),
+            path=os.fspath(path),
+            lenient=lenient,
+        )
+        dialect_notes = ()
     msg, locations, up_notes = upgrade_solver(parsed)
     notes = [*dialect_notes, *parsed.notes, *up_notes, *inline_net_notes(parsed)]
     net_path, path_notes = _resolve_net_path(msg, parsed)
@@ -248,7 +259,7 @@ def load_recipe(
     The train net is read before the solver's checks run: a recipe whose solver or net is
     NVIDIA Caffe's (:mod:`caffe2tf.caffe.dialect`) is checked and lowered as NVIDIA Caffe runs
     it, because NVIDIA's binary is the one that can read it."""
-    from caffe2tf.caffe.dialect import BVLC, NVIDIA
+    from caffe2tf.caffe.dialect import BVLC, DIALECTS, NVIDIA
 
     read = _read_solver(solver_path, lenient)
     msg = read.message
@@ -257,16 +268,31 @@ def load_recipe(
         net_read = _read(net_path, "net", lenient)
     elif _inline_field(msg) is None and read.net_path is not None:
         net_read = _read(read.net_path, "net", lenient)
-    dialects = {read.dialect.name, net_read[1].name if net_read else "bvlc"}
-    dialect = NVIDIA if "nvidia" in dialects else BVLC
+    net_dialect = net_read[1] if net_read else BVLC
+    forks = {d.name for d in (read.dialect, net_dialect)} - {BVLC.name}
+    if len(forks) > 1:
+        raise InputError(
+            f"the solver is {read.dialect.title}'s and its train net {net_dialect.title}'s: "
+            "no one Caffe reads both (docs/forks.md)",
+            SourceLocation(read.parsed.path),
+        )
+    dialect = DIALECTS[forks.pop()] if forks else BVLC
     notes: list[Note] = []
-    if dialect is NVIDIA and read.dialect is not NVIDIA:
+    if dialect is not BVLC and read.dialect is BVLC:
+        if dialect is not NVIDIA:  # the fork reads the solver with its own schema
+            read = _read_solver(solver_path, lenient, dialect)
+            msg = read.message
         notes.append(
             Note(
-                "dialect.nvidia_net",
-                f"the solver is read with BVLC's schema, but its train net is NVIDIA Caffe's: "
-                f"the recipe is translated as {NVIDIA.title} runs it, with NVIDIA's defaults "
-                "for the solver fields BVLC's schema lacks (docs/nvidia-caffe.md)",
+                f"dialect.{dialect.name}_net",
+                f"the solver is read with BVLC's schema, but its train net is {dialect.title}'s: "
+                f"the recipe is translated as {dialect.title} runs it"
+                + (
+                    ", with NVIDIA's defaults for the solver fields BVLC's schema lacks "
+                    "(docs/nvidia-caffe.md)"
+                    if dialect is NVIDIA
+                    else ", the solver read with its schema (docs/forks.md)"
+                ),
                 Severity.INFO,
                 SourceLocation(read.parsed.path),
             )

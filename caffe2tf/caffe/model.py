@@ -40,7 +40,8 @@ class SolverSpec:
     clip_gradients: float
     iter_size: int
     net_path: str | None = None
-    #: ``"bvlc"`` or ``"nvidia"`` (:mod:`caffe2tf.caffe.dialect`): whose code runs this recipe
+    #: ``"bvlc"``, ``"nvidia"`` or ``"yolo"`` (:mod:`caffe2tf.caffe.dialect`): whose code runs
+    #: this recipe
     dialect: str = "bvlc"
     # NVIDIA Caffe's solver fields (proto/nvidia_caffe.proto:392-394,429-442), with its defaults
     # when absent or when the file is BVLC's (the rule reads them only for dialect "nvidia")
@@ -58,6 +59,10 @@ class SolverSpec:
     weight_decay_policy: str = "fixed"
     weight_decay_power: float = 1.0
     max_weight_decay: float = 0.0
+    # the yolo fork's lr_policy "multifixed" (proto/yolo_caffe.proto:184-186): stage rates and
+    # the last iteration of each stage (the rule reads them only for that policy)
+    stagelr: tuple[float, ...] = ()
+    stageiter: tuple[int, ...] = ()
     defaulted: frozenset[str] = frozenset()
     locations: dict[str, SourceLocation] = field(default_factory=dict, compare=False)
     message: Any = field(default=None, compare=False, repr=False)

@@ -179,6 +179,30 @@ def _spec(ps: Any) -> _Spec:
     )
 
 
+def _tsn_bn_specs(layer: Any, specs: list[_Spec], n_blobs: int) -> list[_Spec]:
+    """TSN's BN/SyncBN edit their LayerParameter before Net reads it: ParamSpecs are appended
+    up to 4, the two running statistics (blobs 2, 3) get lr_mult 0 and decay_mult 0, and with
+    ``bn_param { frozen: true }`` (BN only) so do the slope and bias (blobs 0, 1), whatever was
+    written (yjxiong/caffe bn_layer.cpp:49-68, sync_bn_layer.cpp:35-42); the slope and bias
+    otherwise keep their param blocks (default lr_mult 1, decay_mult 1)."""
+    specs = specs + [_Spec() for _ in range(len(specs), max(n_blobs, 4))]
+    # read with TSN's schema into BVLC's, a frozen BN's slope and bias already carry the
+    # zeros (caffe/upgrade.py); a TSN-schema layer still has its bn_param
+    bn_param = getattr(layer, "bn_param", None) if hasattr(layer, "bn_param") else None
+    frozen = layer.type == "BN" and bn_param is not None and bn_param.frozen
+    for i in range(4):
+        if i >= 2 or frozen:
+            specs[i] = _Spec(
+                name=specs[i].name,
+                permissive=specs[i].permissive,
+                lr_mult=0.0,
+                decay_mult=0.0,
+                lr_explicit=True,
+                decay_explicit=True,
+            )
+    return specs
+
+
 def layer_specs(
     layer: Any, n_blobs: int, loc: SourceLocation, dialect: str = "bvlc"
 ) -> list[_Spec]:
@@ -191,6 +215,8 @@ def layer_specs(
     lr_mult 0 and decay_mult 0 on the three statistics, whatever was written, and lr_mult 1
     and decay_mult 1 on its scale and bias (NVIDIA/caffe batch_norm_layer.cpp:89-109)."""
     specs = [_spec(ps) for ps in layer.param]
+    if layer.type in ("BN", "SyncBN") and dialect == "tsn":
+        return _tsn_bn_specs(layer, specs, n_blobs)
     if layer.type == "BatchNorm" and dialect == "nvidia":
         specs += [_Spec() for _ in range(len(specs), n_blobs)]
         for i in range(min(n_blobs, 5)):
@@ -705,10 +731,16 @@ def _layer_shapes(
     dialect: str = "bvlc",
 ) -> tuple[shp.LayerShapes, int, bool]:
     """Shapes for one layer, the number of blobs it owns, and whether it is opaque to us.
-    NVIDIA Caffe's own layer types are known to its dialect (no --lenient needed)."""
-    from caffe2tf.caffe.dialect import NVIDIA_LAYER_BLOBS
+    A fork's own layer types (NVIDIA Caffe's, the yolo fork's) are known to its dialect (no
+    --lenient needed)."""
+    from caffe2tf.caffe.dialect import DIALECTS
 
-    nvidia_layer = dialect == "nvidia" and layer.type in NVIDIA_LAYER_BLOBS
+    own = DIALECTS[dialect]
+    fork_layer = layer.type in own.layer_blobs
+    fork_rule = shp.FORK_RULES.get(dialect, {}).get(layer.type)
+    if fork_rule is not None:
+        result = fork_rule(layer, list(bottoms))
+        return result, len(result.blobs), False
     try:
         shp.check_blob_counts(layer)
         result = shp.infer(layer, bottoms)
@@ -730,7 +762,7 @@ def _layer_shapes(
     tops = tuple(None for _ in layer.top)
     if shp.RULES.get(layer.type) is not None:  # a known type whose check failed (lenient)
         return shp.LayerShapes(tops), max(n_params, shp.blob_count(layer)), True
-    if layer.type not in OPAQUE_KNOWN and not nvidia_layer and not lenient:
+    if layer.type not in OPAQUE_KNOWN and not fork_layer and not lenient:
         raise InputError(
             f"Unknown layer type: {layer.type} (layer '{layer.name}'); BVLC Caffe has no such "
             "layer (use --lenient to read fork files)",
@@ -738,13 +770,13 @@ def _layer_shapes(
         )
     fork_blobs = FORK_TYPES_WITH_PARAMS.get(layer.type, 0)
     owns = n_params > 0 or layer.type in FORK_TYPES_WITH_PARAMS
-    if nvidia_layer:
-        fork_blobs = NVIDIA_LAYER_BLOBS[layer.type]
+    if fork_layer:
+        fork_blobs = own.layer_blobs[layer.type]
         owns = n_params > 0 or fork_blobs > 0
     n_blobs = max(n_params, fork_blobs or 0)
     what = "Python layer" if layer.type == "Python" else f"unknown layer type '{layer.type}'"
-    if nvidia_layer:
-        what = f"NVIDIA Caffe layer type '{layer.type}'"
+    if fork_layer:
+        what = f"{own.short} layer type '{layer.type}'"
     if owns:
         msg = (
             f"layer '{layer.name}': {what} owns learnable blobs whose count and shapes are "

@@ -522,10 +522,14 @@ _DISPLAYISH = re.compile(
 
 
 def _schema(full_name: str) -> tuple[str, str]:
-    """``("BVLC" | "NVIDIA's", "caffe.<Message>")`` for a message of either compiled schema
-    (NVIDIA Caffe's is compiled under package ``nvcaffe``, caffe2tf/caffe/dialect.py)."""
+    """``("BVLC" | "NVIDIA's" | ..., "caffe.<Message>")`` for a message of any compiled schema
+    (each fork's is compiled under its own package, caffe2tf/caffe/dialect.py)."""
     package, _, name = full_name.partition(".")
-    return ("NVIDIA's" if package == "nvcaffe" else "BVLC"), f"caffe.{name}"
+    return _SCHEMA_OWNERS.get(package, "BVLC"), f"caffe.{name}"
+
+
+#: the package each fork's caffe.proto is compiled under -> whose schema it is
+_SCHEMA_OWNERS = {"nvcaffe": "NVIDIA's", "yolocaffe": "the yolo fork's", "tsncaffe": "TSN's fork's"}
 
 
 def _affects_training(parent: str, name: str, path: str) -> tuple[bool, str]:

@@ -1081,6 +1081,21 @@ def blob_count(layer) -> int:
     return 0
 
 
+def _tsn_bn(layer, bottoms):
+    """TSN's BN and SyncBN (yjxiong/caffe bn_layer.cpp:17-45, 72-80; sync_bn_layer.cpp:19-53):
+    four blobs of shape (1, C) -- slope, bias, running mean, running variance -- with C =
+    bottom.channels(); the top is shaped like the bottom."""
+    x = bottoms[0] if bottoms else None
+    c: Dim = None if x is None or len(x) < 2 else x[1]
+    blob: Shape = None if c is None else (1, c)
+    return LayerShapes((x,), (blob,) * 4, "" if c is not None else "channels unknown")
+
+
+#: shape rules of a fork's own layer types, per dialect (caffe2tf/caffe/dialect.py); a type
+#: here is known to that dialect only, so BVLC still refuses it
+FORK_RULES: dict[str, dict[str, Rule]] = {"tsn": {"BN": _tsn_bn, "SyncBN": _tsn_bn}}
+
+
 def infer(layer, bottoms: Sequence[Shape]) -> LayerShapes | None:
     """Run the rule registered for ``layer.type``; None when the type is not a BVLC layer."""
     rule = RULES.get(layer.type)

@@ -55,6 +55,7 @@ from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.notes import Note, Severity
 
 __all__ = [
+    "FORK_LR_POLICIES",
     "LR_POLICIES",
     "NVIDIA_FIELDS",
     "NVIDIA_LARC_POLICIES",
@@ -74,6 +75,9 @@ __all__ = [
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 #: The solvers registered by ``REGISTER_SOLVER_CLASS`` in ``src/caffe/solvers/*.cpp``.
 SOLVER_TYPES = ("AdaDelta", "AdaGrad", "Adam", "Nesterov", "RMSProp", "SGD")
+#: The lr policies a fork's ``GetLearningRate`` adds to BVLC's seven, per dialect: the yolo
+#: fork's ``multifixed`` (QiaoXie/caffe-yolo-2 ``src/caffe/solvers/sgd_solver.cpp:32-40``).
+FORK_LR_POLICIES = {"yolo": ("multifixed",)}
 #: ``SGDSolver::Regularize`` (``sgd_solver.cpp:155-215``).
 REGULARIZATION_TYPES = ("L1", "L2")
 
@@ -269,14 +273,17 @@ def check_solver(
         return notes
     # sgd_solver.cpp:26-70
     policy = msg.lr_policy
-    if policy not in LR_POLICIES:
+    known = LR_POLICIES + FORK_LR_POLICIES.get(dialect, ())
+    if policy == "multifixed" and policy in known:
+        _check_multifixed(msg, fail)
+    if policy not in known:
         reason = (
             f"Unknown learning rate policy: {policy!r}"
             if policy
             else "lr_policy is missing: Caffe has no default policy ('Unknown learning rate "
             "policy: ')"
         )
-        reason += f" (known: {', '.join(LR_POLICIES)}; sgd_solver.cpp:66-68)"
+        reason += f" (known: {', '.join(known)}; sgd_solver.cpp:66-68)"
         if lenient and policy:
             notes.append(
                 Note(
@@ -426,6 +433,34 @@ def check_nvidia(msg: Any, loc: Any, fail: Any) -> list[Note]:
     return notes
 
 
+def _check_multifixed(msg: Any, fail: Any) -> None:
+    """The yolo fork's ``multifixed`` (QiaoXie/caffe-yolo-2 ``sgd_solver.cpp:32-40``): it
+    CHECKs that ``stageiter`` and ``stagelr`` have as many entries (:33); with none it would
+    read ``stagelr(-1)`` (:39-40), out of bounds, so that is refused too; a non-finite stage
+    rate would train on NaN/inf (refused as every such field is, docs/nonfinite.md)."""
+    n_lr, n_iter = len(msg.stagelr), len(msg.stageiter)
+    if n_lr != n_iter:
+        raise fail(
+            "stagelr" if n_lr else "stageiter",
+            f"lr_policy 'multifixed' needs one stageiter per stagelr ({n_iter} stageiter, "
+            f"{n_lr} stagelr; CHECK_EQ in the yolo fork's sgd_solver.cpp:33)",
+        )
+    if n_lr == 0:
+        raise fail(
+            "lr_policy",
+            "lr_policy 'multifixed' without stagelr/stageiter: the yolo fork would read "
+            "stagelr(-1), past the end of the list (sgd_solver.cpp:35-40)",
+        )
+    for value in msg.stagelr:
+        if not math.isfinite(value):
+            raise fail(
+                "stagelr",
+                f"stagelr holds {value}: every rate of that stage would be {value}, and the "
+                "weights NaN/inf. caffe2tf refuses non-finite hyper-parameters that Caffe "
+                "would train with (see docs/nonfinite.md)",
+            )
+
+
 def _nvidia_getter(msg: Any) -> Any:
     """``get(field)``: the NVIDIA field's value, or NVIDIA's default when ``msg`` is a BVLC
     message (a BVLC-schema solver run by NVIDIA Caffe because its net is NVIDIA's)."""
@@ -550,6 +585,9 @@ def build_solver_spec(
         values["has_max_momentum"] = "max_momentum" not in defaulted and hasattr(
             msg, "max_momentum"
         )
+    if dialect in FORK_LR_POLICIES:  # the yolo fork's multifixed stages
+        values["stagelr"] = tuple(msg.stagelr)
+        values["stageiter"] = tuple(msg.stageiter)
     return SolverSpec(
         dialect=dialect,
         path=parsed.path,

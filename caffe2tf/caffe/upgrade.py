@@ -36,7 +36,7 @@ from typing import Any
 
 from caffe2tf.caffe.parse import Parsed
 from caffe2tf.errors import InputError, SourceLocation
-from caffe2tf.notes import Note, Severity
+from caffe2tf.notes import Exactness, Note, Severity
 
 __all__ = [
     "SOLVER_TYPE_NAMES",
@@ -234,9 +234,15 @@ def _note(
     *,
     severity: Severity = Severity.INFO,
     affects: bool = False,
+    exactness: Exactness | None = None,
 ) -> Note:
     return Note(
-        code=code, message=message, severity=severity, location=loc, affects_training=affects
+        code=code,
+        message=message,
+        severity=severity,
+        location=loc,
+        affects_training=affects,
+        exactness=exactness,
     )
 
 
@@ -253,6 +259,9 @@ def upgrade_solver(parsed: Parsed) -> tuple[Any, dict[str, SourceLocation], tupl
     msg = parsed.message
     locations = dict(parsed.locations)
     notes: list[Note] = []
+    if "type" not in msg.DESCRIPTOR.fields_by_name:  # TSN's fork: solver_type only
+        msg, fork_notes = _tsn_solver_as_bvlc(parsed)
+        notes.extend(fork_notes)
     if msg.HasField("solver_type"):
         where = parsed.location("solver_type")
         if msg.HasField("type"):
@@ -280,6 +289,153 @@ def upgrade_solver(parsed: Parsed) -> tuple[Any, dict[str, SourceLocation], tupl
             )
         )
     return msg, locations, tuple(notes)
+
+
+def copy_by_name(src: Any, dst: Any, path: str = "") -> list[str]:
+    """Copy ``src`` (a fork's message) into ``dst`` (the same message of BVLC's schema) field
+    by field, by NAME: a fork may reuse a field number that BVLC gives another field (TSN's
+    ``bn_param`` is 137, BVLC's ``embed_param``), so bytes cannot be copied. A single value
+    goes into BVLC's repeated field of the same name (an older ``kernel_size: 3`` is BVLC's
+    ``kernel_size: [3]``); a repeated one into a single field when it holds one value. Returns
+    the paths of the fields BVLC's schema has no place for, which are not copied."""
+    skipped: list[str] = []
+    declared = dst.DESCRIPTOR.fields_by_name
+    for fd, value in src.ListFields():
+        where = f"{path}{fd.name}"
+        target = declared.get(fd.name)
+        if target is None or (fd.message_type is None) != (target.message_type is None):
+            skipped.append(where)
+            continue
+        items = list(value) if fd.is_repeated else [value]
+        if not target.is_repeated and len(items) > 1:
+            skipped.append(where)
+            continue
+        field = getattr(dst, fd.name)
+        for i, item in enumerate(items):
+            sub_path = f"{where}[{i}]." if fd.is_repeated else f"{where}."
+            if target.message_type is not None:
+                sub = field.add() if target.is_repeated else field
+                skipped += copy_by_name(item, sub, sub_path)
+            elif target.is_repeated:
+                field.append(item)
+            else:
+                setattr(dst, fd.name, item)
+    return skipped
+
+
+def _tsn_solver_as_bvlc(parsed: Parsed) -> tuple[Any, list[Note]]:
+    """TSN's fork (yjxiong/caffe, ``proto/tsn_caffe.proto``) read into BVLC's
+    ``SolverParameter`` by name (:func:`copy_by_name`): its fields are BVLC's less ``type``
+    (its ``solver_type`` enum is upgraded next, as BVLC does) and plus three that do not change
+    the update, each noted: ``richness`` caps cuDNN's workspace when it picks convolution
+    algorithms (``src/caffe/layers/cudnn_conv_layer.cpp:124-193``), a repeated ``device_id``
+    lists the GPUs of an MPI run, whose gradients the fork sums and scales by 1/ranks before
+    the update (``net.cpp:696``, ``solver.cpp:284-321``), as BVLC's multi-GPU training
+    averages them, and ``group_id`` groups those ranks."""
+    from caffe2tf.caffe._proto import caffe_pb2
+
+    msg = parsed.message
+    out = caffe_pb2.SolverParameter()
+    devices = list(msg.device_id)
+    skipped = copy_by_name(msg, out)
+    notes: list[Note] = []
+    if len(devices) > 1:
+        out.device_id = devices[0]
+        notes.append(
+            _note(
+                "upgrade.tsn_devices",
+                f"device_id lists {len(devices)} GPUs: TSN's fork trains with one MPI rank per "
+                "GPU, each on the net's batch_size, and averages their gradients before one "
+                f"update (net.cpp:696, solver.cpp:284-321); one Keras batch is {len(devices)} "
+                "x batch_size",
+                parsed.location("device_id"),
+            )
+        )
+    for name in skipped:
+        if name == "device_id":
+            continue
+        top = name.split(".")[0].split("[")[0]
+        reason = {
+            "richness": "it caps the memory cuDNN may use when TSN's fork picks convolution "
+            "algorithms (cudnn_conv_layer.cpp:124-193)",
+            "group_id": "it groups the MPI ranks of a TSN run (proto/tsn_caffe.proto:187)",
+        }.get(name)
+        notes.append(
+            _note(
+                f"upgrade.tsn_{top}",
+                f"{name} does not change the update: {reason}"
+                if reason
+                else f"{name}: BVLC's schema has no such field; an inline net's fork fields "
+                "are not translated",
+                parsed.location(top),
+                severity=Severity.INFO if reason else Severity.WARNING,
+                affects=reason is None,
+                exactness=None if reason else Exactness.APPROX,
+            )
+        )
+    return out, notes
+
+
+#: a layer's fields that feed data to TSN's net (its data layers and their transformation):
+#: they decide what the gradients are computed on, not how an update applies them
+_TSN_DATA_FIELDS = frozenset(
+    {"transform_param", "video_data_param", "seg_data_param", "data_param"}
+)
+
+
+def _tsn_net_as_bvlc(parsed: Parsed) -> tuple[Any, list[Note]]:
+    """TSN's NetParameter read into BVLC's by name (:func:`copy_by_name`). Its ``BN`` layers
+    edit their own ParamSpecs before the net reads them (yjxiong/caffe bn_layer.cpp:49-68):
+    with ``bn_param { frozen: true }`` the slope and bias (blobs 0, 1) get lr_mult 0 and
+    decay_mult 0, written here into the copy's param blocks; the statistics' zeros are
+    applied for every BN/SyncBN by ``net.layer_specs``. Fields BVLC has no place for are noted:
+    the fork's data-layer parameters (no learnable blob), and any other, which blocks."""
+    from caffe2tf.caffe._proto import caffe_pb2
+
+    net = parsed.message
+    out = caffe_pb2.NetParameter()
+    skipped = copy_by_name(net, out)
+    for i, layer in enumerate(net.layer):
+        if layer.type == "BN" and layer.bn_param.frozen:
+            params = out.layer[i].param
+            while len(params) < 2:
+                params.add()
+            for j in (0, 1):
+                params[j].lr_mult = 0.0
+                params[j].decay_mult = 0.0
+    # one note per kind of field (its path without the layer index), naming the layers
+    kinds: dict[str, list[str]] = {}
+    for name in skipped:
+        head, _, rest = name.partition(".")
+        key = rest if head.startswith("layer[") else name
+        kinds.setdefault(key, []).append(head)
+    notes: list[Note] = []
+    for key, where in kinds.items():
+        top = key.split(".")[0]
+        harmless = top in _TSN_DATA_FIELDS or top == "bn_param"
+        layers = [net.layer[int(w[6:-1])].name for w in where if w.startswith("layer[")]
+        shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+        notes.append(
+            _note(
+                "upgrade.tsn_field",
+                f"{key}"
+                + (f" (layers {shown})" if layers else "")
+                + ": "
+                + (
+                    "BN's own parameter: its frozen flag is applied to the slope's and bias' "
+                    "param blocks (bn_layer.cpp:60-68); momentum and eps do not change the update"
+                    if top == "bn_param"
+                    else "TSN's data-layer setting (augmentation, reading): not the update"
+                    if harmless
+                    else "BVLC's schema has no such field and caffe2tf does not model it"
+                ),
+                parsed.location(where[0]) if where[0].startswith("layer[") else None,
+                severity=Severity.INFO if harmless else Severity.WARNING,
+                affects=not harmless,
+                exactness=None if harmless else Exactness.APPROX,
+            )
+        )
+    return out, notes
 
 
 def inline_net_notes(solver_parsed: Parsed) -> tuple[Note, ...]:
@@ -358,6 +514,9 @@ def upgrade_net(parsed: Parsed, *, dialect: str = "bvlc") -> UpgradedNet:
     its BatchNorm layer zeroes the statistics' multipliers itself (see net.layer_specs)."""
     net = parsed.message
     notes: list[Note] = []
+    if net.DESCRIPTOR.full_name.startswith("tsncaffe."):  # TSN's schema: read into BVLC's
+        net, tsn_notes = _tsn_net_as_bvlc(parsed)
+        notes.extend(tsn_notes)
     legacy = "V2"
     # origin[i] = the location of what became net.layers[i] (V1 stage) or net.layer[i] (V2)
     v1_locs: list[SourceLocation | None] = [

@@ -17,8 +17,11 @@ float32 roundings (measured on the update-rule matrix: bench/RESULTS.md). Float6
 ``jax.enable_x64(True)``.
 
 NVIDIA Caffe's steps (:class:`~caffe2tf.rule.model.NvidiaSGD`,
-:class:`~caffe2tf.rule.model.NvidiaDecay`) have no function here: :func:`supports` says so
-and verify runs those rules with the NumPy executor.
+:class:`~caffe2tf.rule.model.NvidiaDecay`) follow :func:`caffe2tf.rule.steps.nvidia_sgd` and
+:func:`~caffe2tf.rule.steps.nvidia_decay`: their momentum and weight decay at update k
+(``GetMomentum``, ``GetWeightDecay``: NVIDIA ``sgd_solver.cpp:72-118``) depend only on k and
+the rate, so the host computes them with the NumPy executor's own functions and feeds them
+with the rate (:data:`HOST_SCALARS`); LARC's norms and turbo's running cosine are traced.
 """
 
 from __future__ import annotations
@@ -37,13 +40,20 @@ from caffe2tf.rule.model import (
     ClipByGlobalNorm,
     Momentum,
     NormalizeBy,
+    NvidiaDecay,
+    NvidiaSGD,
     ParamGroup,
     RMSProp,
     ScaleByLr,
     UpdateRule,
 )
 from caffe2tf.rule.schedules import boundaries, lr_at
-from caffe2tf.rule.steps import adam_correction
+from caffe2tf.rule.steps import UpdateEnv, adam_correction, nvidia_momentum, nvidia_weight_decay
+
+#: the per-update scalars fed from the host with the rate, in this order: Adam's correction
+#: (1 for the other solvers), NVIDIA's momentum and weight decay at k (the solver's momentum
+#: and 0 where unused), and whether k > 1 (NVIDIA SAG's turbo starts at iter_ 2)
+HOST_SCALARS = ("corr", "momentum", "weight_decay", "past_first_two")
 
 
 @dataclass
@@ -60,6 +70,9 @@ class JaxEnv:
     state: dict[str, dict[str, Any]]
     rate: Any
     corr: Any
+    mu: Any = None
+    wd: Any = None
+    past_first_two: Any = None
     eta: dict[str, Any] = field(default_factory=dict)
     updates: dict[str, Any] = field(default_factory=dict)
 
@@ -204,6 +217,95 @@ def adam(step: Adam, env: JaxEnv) -> None:
         env.updates[key] = (env.eta[key] * env.corr) * (m / (jnp.sqrt(v) + delta))
 
 
+def nvidia_decay(step: NvidiaDecay, env: JaxEnv) -> None:
+    """NVIDIA's decay policy ``poly`` before the other solvers' kernels
+    (:func:`caffe2tf.rule.steps.nvidia_decay`): ``g += fl(lambda_k * d) * w`` (L2) or
+    ``* sign(w)``, lambda_k fed from the host."""
+    import jax.numpy as jnp
+
+    for key in env.keys:
+        local = env.wd * env.s(env.groups[key].decay_mult)
+        w = env.weights[key]
+        reg = w if step.kind == "L2" else jnp.sign(w)
+        env.grads[key] = env.grads[key] + local * reg
+
+
+def _norm(x: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.sqrt(jnp.sum(x * x))
+
+
+def nvidia_sgd(step: NvidiaSGD, env: JaxEnv) -> None:
+    """NVIDIA's SGD and SAG as their GPU kernels run them, operation for operation as
+    :func:`caffe2tf.rule.steps.nvidia_sgd` (NVIDIA ``sgd_solver.cpp:244-368``,
+    ``sgd_solver.cu:9-86``, ``sag_solver.cpp:95-137``, ``sag_solver.cu:11-104``); mu_k and
+    lambda_k are fed from the host. The turbo's running cosine is a scalar state per blob
+    (``larc_corr``)."""
+    import jax.numpy as jnp
+
+    mu, rate, wd = env.mu, env.rate, env.wd
+    one = env.s(1.0)
+    dt = env.np_dtype
+    keep = env.s(dt(dt(1.0) - dt(0.95)))  # 1 - 0.95 in Dtype, as the reference forms it
+    for key in env.keys:
+        g, w = env.grads[key], env.weights[key]
+        h_old = env.state[key]["history"]
+        positive = float(dt(env.groups[key].lr_mult)) > 0
+        lr_mult = env.s(env.groups[key].lr_mult)
+        local: Any = lr_mult
+        if step.larc and step.sag:
+            gn, wn, hn = _norm(g), _norm(w), _norm(h_old)
+            c = jnp.where((wn > 0) & (hn > 0), env.s(step.larc_eta) * wn / hn, one)
+            local = c if positive else lr_mult
+            if step.larc_turbo:
+                ok = (gn > 0) & (hn > 0)
+                cos = jnp.where(ok, jnp.sum(g * h_old) / (gn * hn), env.s(0.0))
+                prev = env.state[key]["larc_corr"]
+                avg = env.s(0.95) * prev + keep * cos
+                on = env.past_first_two > 0
+                env.state[key]["larc_corr"] = jnp.where(on, avg, prev)
+                local = jnp.where(on, local * (one - env.s(0.9) * avg), local)
+        elif step.larc:
+            gn, wn = _norm(g), _norm(w)
+            c = jnp.where((wn > 0) & (gn > 0), ((one - mu) * env.s(step.larc_eta)) * wn / gn, one)
+            if step.larc_turbo:
+                mn = _norm(h_old)
+                ok = (gn > 0) & (mn > 0)
+                cos = jnp.where(ok, jnp.sum(g * h_old) / (gn * mn), env.s(0.0))
+                prev = env.state[key]["larc_corr"]
+                avg = env.s(0.95) * prev + keep * cos
+                env.state[key]["larc_corr"] = avg
+                c = c - env.s(0.9) * avg
+            if positive:
+                local = c
+        if step.larc:
+            local_rate = rate * local if step.larc == "scale" else jnp.minimum(rate, local)
+        else:
+            local_rate = rate * lr_mult
+        env.eta[key] = local_rate
+        decay = wd * env.s(env.groups[key].decay_mult)
+        if step.sag:  # sag_solver.cu:11-29 (L2), :87-104 (WD)
+            m1 = one - mu
+            if step.decay_kind == "WD":
+                h = mu * h_old + m1 * g
+                env.updates[key] = local_rate * (h + decay * w)
+            else:
+                h = mu * h_old + m1 * (g + decay * w)
+                env.updates[key] = local_rate * h
+        elif step.decay_kind == "WD":
+            h = mu * h_old + local_rate * g
+            env.updates[key] = h + (decay * local_rate) * w
+        else:
+            gr = g
+            if step.decay_kind:
+                reg = w if step.decay_kind == "L2" else jnp.sign(w)
+                gr = g + reg * decay
+            h = mu * h_old + local_rate * gr
+            env.updates[key] = h
+        env.state[key]["history"] = h
+
+
 JaxStepFn = Callable[[Any, JaxEnv], None]
 
 #: step class -> its JAX function (tests replace entries to plant mistakes)
@@ -217,6 +319,8 @@ JAX_STEP_FUNCTIONS: dict[type, JaxStepFn] = {
     RMSProp: rmsprop,  # type: ignore[dict-item]
     AdaDelta: adadelta,  # type: ignore[dict-item]
     Adam: adam,  # type: ignore[dict-item]
+    NvidiaDecay: nvidia_decay,  # type: ignore[dict-item]
+    NvidiaSGD: nvidia_sgd,  # type: ignore[dict-item]
 }
 
 #: the solver state each solver step keeps per blob (zeros at the start, sgd_solver.cpp:72-85)
@@ -226,7 +330,10 @@ SLOTS: dict[type, tuple[str, ...]] = {
     RMSProp: ("history",),
     AdaDelta: ("history", "update_history"),
     Adam: ("m", "v"),
+    NvidiaSGD: ("history", "larc_corr"),
 }
+#: slots that hold one number per blob, not an array of its shape
+SCALAR_SLOTS = frozenset({"larc_corr"})
 _ADAPTIVE = (AdaGrad, RMSProp, AdaDelta, Adam)
 
 
@@ -239,9 +346,9 @@ def supports(rule: UpdateRule, registry: Mapping[type, JaxStepFn] | None = None)
 def host_scalars(
     rule: UpdateRule, start: int, n: int, precision: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Caffe's rate and Adam's correction factor for updates ``start .. start+n-1`` of a run
-    entered at ``start`` with fresh state (:func:`caffe2tf.rule.reference.fast_forward`),
-    as the NumPy executor computes them (1 for the correction of the other solvers)."""
+    """Caffe's rate and the other per-update scalars (:data:`HOST_SCALARS`, one row per
+    update) for updates ``start .. start+n-1`` of a run entered at ``start`` with fresh state
+    (:func:`caffe2tf.rule.reference.fast_forward`), as the NumPy executor computes them."""
     dt = np.float32 if precision == "float32" else np.float64
     schedule = rule.schedule
     cs = 0
@@ -250,18 +357,45 @@ def host_scalars(
     elif schedule.policy == "step" and schedule.stepsize > 0:
         cs = start // schedule.stepsize
     rates = np.empty(n, dt)
-    corr = np.ones(n, dt)
+    scalars = np.zeros((n, len(HOST_SCALARS)), dt)
+    scalars[:, 0] = 1.0
     solver = rule.solver_step
+    decay = rule.step(NvidiaDecay)
     for i in range(n):
-        rate, cs = lr_at(schedule, start + i, cs, precision=precision)
+        k = start + i
+        rate, cs = lr_at(schedule, k, cs, precision=precision)
         rates[i] = rate
         if isinstance(solver, Adam):
             b1, b2 = float(dt(solver.beta1)), float(dt(solver.beta2))
             try:
-                corr[i] = dt(adam_correction(b1, b2, start + i + 1))
+                scalars[i, 0] = dt(adam_correction(b1, b2, k + 1))
             except (ZeroDivisionError, ValueError, OverflowError):
-                corr[i] = np.nan
-    return rates, corr
+                scalars[i, 0] = np.nan
+        if isinstance(solver, NvidiaSGD) or isinstance(decay, NvidiaDecay):
+            env = UpdateEnv(k=k, dtype=dt, keys=[], weights={}, grads={}, groups={}, state={})
+            env.rate = rate
+            with np.errstate(all="ignore"):
+                if isinstance(solver, NvidiaSGD):
+                    scalars[i, 1] = nvidia_momentum(solver, env)
+                    scalars[i, 2] = nvidia_weight_decay(
+                        solver.weight_decay,
+                        solver.decay_policy,
+                        solver.max_weight_decay,
+                        solver.weight_decay_power,
+                        solver.max_iter,
+                        env,
+                    )
+                if isinstance(decay, NvidiaDecay):
+                    scalars[i, 2] = nvidia_weight_decay(
+                        decay.weight_decay,
+                        "poly",
+                        decay.max_weight_decay,
+                        decay.power,
+                        decay.max_iter,
+                        env,
+                    )
+        scalars[i, 3] = 1.0 if k > 1 else 0.0
+    return rates, scalars
 
 
 @dataclass(frozen=True)
@@ -282,7 +416,14 @@ class JaxRule:
     def init_state(self, weights: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         import jax.numpy as jnp
 
-        return {k: {s: jnp.zeros_like(weights[k]) for s in self.slots} for k in self.keys}
+        dtype = jnp.float32 if self.precision == "float32" else jnp.float64
+        return {
+            k: {
+                s: jnp.zeros((), dtype) if s in SCALAR_SLOTS else jnp.zeros_like(weights[k])
+                for s in self.slots
+            }
+            for k in self.keys
+        }
 
     def update(
         self,
@@ -292,7 +433,8 @@ class JaxRule:
         rate: Any,
         corr: Any,
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        """One Caffe update (``ApplyUpdate`` then ``Net::Update``), a pure function."""
+        """One Caffe update (``ApplyUpdate`` then ``Net::Update``), a pure function. ``corr``:
+        this update's row of :func:`host_scalars` (a lone number: Adam's correction)."""
         import jax.numpy as jnp
 
         dtype = jnp.float32 if self.precision == "float32" else jnp.float64
@@ -306,6 +448,8 @@ class JaxRule:
             rate=rate,
             corr=corr,
         )
+        if jnp.ndim(corr) == 1:  # a row of host_scalars
+            env.corr, env.mu, env.wd, env.past_first_two = (corr[i] for i in range(4))
         for s in self.rule.steps:
             self.registry[type(s)](s, env)
         new_weights = dict(weights)
@@ -384,6 +528,7 @@ def run_jax(
 
 
 __all__ = [
+    "HOST_SCALARS",
     "JAX_STEP_FUNCTIONS",
     "JaxRule",
     "host_scalars",

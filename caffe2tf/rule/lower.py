@@ -68,6 +68,8 @@ def schedule_of(spec: SolverSpec) -> LrSchedule:
         rampup_interval=spec.rampup_interval if nvidia else 0,
         rampup_lr=spec.rampup_lr if nvidia else 0.0,
         min_lr=spec.min_lr if nvidia else None,
+        stagelr=tuple(spec.stagelr),
+        stageiter=tuple(spec.stageiter),
     )
 
 
@@ -298,13 +300,20 @@ def _default_notes(spec: SolverSpec, has_decay: bool) -> list[Note]:
         add("delta", f"{t} delta = 1e-08 (caffe.proto default; Keras epsilon defaults to 1e-07)")
     if "momentum2" in d and t == "Adam":
         add("momentum2", "Adam beta2 = momentum2 = 0.999 (caffe.proto default)")
-    if "rms_decay" in d and t == "RMSProp":
+    if "rms_decay" in d and t == "RMSProp" and spec.dialect == "yolo":
+        add(
+            "rms_decay",
+            "RMSProp rho = rms_decay = 0 because it is not set (the yolo fork's caffe.proto has "
+            "no default, proto/yolo_caffe.proto:225; BVLC's is 0.99)",
+            Severity.WARNING,
+        )
+    elif "rms_decay" in d and t == "RMSProp":
         add("rms_decay", "RMSProp rho = rms_decay = 0.99 (caffe.proto default; Keras uses 0.9)")
     if has_decay and "regularization_type" in d:
         add("regularization_type", 'weight decay is L2 (regularization_type default "L2")')
     policy = POLICIES.get(spec.lr_policy)
     fields = policy.reads if policy else ()
-    if "base_lr" in d:
+    if "base_lr" in d and "base_lr" in fields:
         add(
             "base_lr",
             "base_lr = 0 because it is not set (caffe.proto has no default): nothing trains",
@@ -381,11 +390,15 @@ def lower(recipe: Recipe) -> UpdateRule:
     spec = recipe.solver
     notes: list[Note] = []
     steps: list[Step] = []
-    if spec.lr_policy not in POLICIES:  # kept as written by --lenient (caffe/solver.py)
+    policy = POLICIES.get(spec.lr_policy)
+    if policy is None or policy.dialect not in (None, spec.dialect):
+        # kept as written by --lenient (caffe/solver.py)
+        known = [name for name, p in POLICIES.items() if p.dialect in (None, spec.dialect)]
+        forks = [f"{name} in the {p.dialect} dialect" for name, p in POLICIES.items() if p.dialect]
         raise InputError(
             f"lr_policy {spec.lr_policy!r} is a fork's policy that caffe2tf cannot translate "
-            f"(it knows {', '.join(POLICIES)}); --lenient read it, but no update rule can be "
-            "built without its formula",
+            f"(it knows {', '.join(known)}; and {', '.join(forks)}, docs/forks.md); "
+            "--lenient read it, but no update rule can be built without its formula",
             _loc(spec, "lr_policy"),
         )
 
@@ -488,6 +501,22 @@ def lower(recipe: Recipe) -> UpdateRule:
         )
     else:
         params = _groups(recipe.net)
+        shared = [g.key for g in params if g.sharers]
+        if spec.dialect == "tsn" and shared:
+            notes.append(
+                Note(
+                    "rule.tsn.shared_params",
+                    "TSN's fork updates every sharer of a shared blob on its own (its own "
+                    "history, lr_mult and decay) and adds the sharers' updates to the owner "
+                    "(yjxiong/caffe solver.cpp:637-650 loops over net.params(), net.cpp:907-940); "
+                    "BVLC Caffe 1.0 updates the owner once with the summed gradient, and so does "
+                    f"this rule: shared blobs {', '.join(shared[:4])}",
+                    Severity.WARNING,
+                    SourceLocation(recipe.net.path),
+                    True,
+                    Exactness.APPROX,
+                )
+            )
         implicit = [
             p.key for p in recipe.net.params if not p.lr_mult_explicit and not p.decay_mult_explicit
         ]

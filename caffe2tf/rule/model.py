@@ -23,7 +23,7 @@ from caffe2tf.errors import SourceLocation
 from caffe2tf.notes import Note
 
 SolverType = Literal["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]
-LrPolicy = Literal["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"]
+LrPolicy = Literal["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "multifixed"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class LrSchedule:
     rampup_interval: int = 0
     rampup_lr: float = 0.0
     min_lr: float | None = None
+    # the yolo fork's "multifixed" (QiaoXie/caffe-yolo-2 sgd_solver.cpp:32-40): stagelr[s] for
+    # the first stage s with k <= stageiter[s], the last stage's rate past every stageiter
+    stagelr: tuple[float, ...] = ()
+    stageiter: tuple[int, ...] = ()
 
 
 # ---- the steps, in Caffe's order -------------------------------------------------------------
@@ -294,7 +298,14 @@ NVIDIA_SOLVERS: dict[str, SolverEntry] = {
     },
 }
 #: the solver table of each dialect (caffe2tf/caffe/dialect.py)
-SOLVER_TABLES = {"bvlc": SOLVERS, "nvidia": NVIDIA_SOLVERS}
+SOLVER_TABLES = {
+    "bvlc": SOLVERS,
+    "nvidia": NVIDIA_SOLVERS,
+    "yolo": SOLVERS,
+    # TSN's fork knows SGD, Nesterov and AdaGrad, with BVLC's math (yjxiong/caffe
+    # src/caffe/solver.cpp:740-930; its enum has no other type, proto/tsn_caffe.proto:194-198)
+    "tsn": {name: SOLVERS[name] for name in ("SGD", "Nesterov", "AdaGrad")},
+}
 Step = ClipByGlobalNorm | NormalizeBy | AddDecay | NvidiaDecay | ScaleByLr | SolverStep
 
 
@@ -361,7 +372,7 @@ class UpdateRule:
     layers: tuple[str, ...] = ()
     scale_pairs: tuple[tuple[str, str], ...] = ()
     force_backward: bool = False
-    # whose trainer runs it: "bvlc" or "nvidia" (caffe2tf/caffe/dialect.py), or "cuda-convnet"
+    # whose trainer runs it: a Caffe dialect (caffe/dialect.py DIALECTS) or "cuda-convnet"
     # (caffe2tf/rule/lower_convnet.py)
     dialect: str = "bvlc"
 

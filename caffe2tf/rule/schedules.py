@@ -15,6 +15,17 @@ number of updates already applied (update k+1 uses ``lr(k)``)::
     sigmoid    base_lr / (1 + exp(-gamma*(k - stepsize)))        (:60-65); Caffe CHECKs
                gamma >= 0, so this is a ramp UP with lr = base_lr/2 at k = stepsize.
 
+and one fork's policy, valid only in that fork's dialect (``Policy.dialect``)::
+
+    multifixed stagelr[s], s = the first stage with k <= stageiter[s]; past every stageiter
+               the last stage, s = n - 1. base_lr is not read. The yolo fork
+               (QiaoXie/caffe-yolo-2 ``src/caffe/solvers/sgd_solver.cpp:32-40``): a loop that
+               breaks at the first ``iter_ <= stageiter(stage)`` (:36-38), then
+               ``stage == num_stages ? stage - 1 : stage`` (:39). The comparison is ``<=``:
+               stageiter[s] is the LAST update of stage s, and stage s+1 starts at
+               stageiter[s] + 1. The list is scanned in order, so an entry not above an
+               earlier one never wins.
+
 Precision (docs/caffe-semantics.md#learning-rate-policies and #precision): the proto fields are
 float32; Caffe stores the rate as
 ``Dtype`` = float. ``precision="float32"`` follows the C++ expression types: ``step``/``exp``
@@ -101,6 +112,19 @@ def _sigmoid(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
     return s.base_lr / (1.0 + e), cs
 
 
+def _multifixed(s: LrSchedule, k: int, cs: int, f32: bool) -> tuple[float, int]:
+    n = len(s.stagelr)
+    if n == 0 or len(s.stageiter) != n:
+        raise ValueError(
+            "lr_policy 'multifixed' needs as many stageiter as stagelr, at least one "
+            "(the yolo fork's sgd_solver.cpp:33-40)"
+        )
+    stage = 0
+    while stage < n and not k <= s.stageiter[stage]:
+        stage += 1
+    return s.stagelr[min(stage, n - 1)], cs
+
+
 PolicyFn = Callable[[LrSchedule, int, int, bool], tuple[float, int]]
 
 
@@ -113,9 +137,13 @@ class Policy:
     reads: tuple[str, ...]
     formula: str
     rate: PolicyFn
+    #: None: BVLC Caffe's (every dialect has it); else the one fork whose code has it
+    dialect: str | None = None
 
 
-#: The one table of lr policies (``sgd_solver.cpp:26-70``): the reference, ``explain``,
+#: The one table of lr policies (``sgd_solver.cpp:26-70``, and the forks' with their dialect;
+#: ``caffe/solver.py`` ``LR_POLICIES``/``FORK_LR_POLICIES`` are the front end's copy, checked
+#: equal by tests/test_registries.py): the reference, ``explain``,
 #: ``inspect`` and every target's schedule mapping read it.
 POLICIES: dict[str, Policy] = {
     "fixed": Policy(("base_lr",), "base_lr", _fixed),
@@ -130,6 +158,12 @@ POLICIES: dict[str, Policy] = {
     "poly": Policy(("base_lr", "power", "max_iter"), "base_lr * (1 - k/max_iter)^power", _poly),
     "sigmoid": Policy(
         ("base_lr", "gamma", "stepsize"), "base_lr / (1 + exp(-gamma * (k - stepsize)))", _sigmoid
+    ),
+    "multifixed": Policy(
+        ("stagelr", "stageiter"),
+        "stagelr[first s with k <= stageiter[s]], else stagelr[last]",
+        _multifixed,
+        dialect="yolo",
     ),
 }
 
@@ -213,8 +247,8 @@ def lr_sequence(
 def boundaries(schedule: LrSchedule, horizon: int) -> Sequence[int]:
     """Iterations in ``[0, horizon)`` at which a piecewise-constant rate changes (fresh start):
     ``step``: the multiples of stepsize (a lazy ``range``: there may be millions);
-    ``multistep``: where current_step advances; ``sigmoid``: its midpoint. Empty for the
-    smooth policies."""
+    ``multistep``: where current_step advances; ``sigmoid``: its midpoint; ``multifixed``:
+    the first update of each stage after the first. Empty for the smooth policies."""
     if schedule.policy == "step" and schedule.stepsize > 0:
         return range(schedule.stepsize, horizon, schedule.stepsize)
     if schedule.policy == "multistep":
@@ -229,4 +263,21 @@ def boundaries(schedule: LrSchedule, horizon: int) -> Sequence[int]:
         return out
     if schedule.policy == "sigmoid" and 0 < schedule.stepsize < horizon:
         return [schedule.stepsize]
+    if schedule.policy == "multifixed":
+        return [k + 1 for k in multifixed_bounds(schedule)[0] if k + 1 < horizon]
     return []
+
+
+def multifixed_bounds(schedule: LrSchedule) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``multifixed`` as a piecewise-constant function of k: ``(bounds, rates)`` with bounds
+    strictly increasing and ``len(rates) == len(bounds) + 1``; the rate is ``rates[0]`` for
+    k <= bounds[0], ``rates[i]`` for bounds[i-1] < k <= bounds[i], and ``rates[-1]`` past
+    the last bound. The stages an earlier, larger stageiter hides are dropped, and past every
+    stageiter the fork takes the LAST stage's rate (not the last one in effect)."""
+    bounds: list[int] = []
+    rates: list[float] = []
+    for it, rate in zip(schedule.stageiter, schedule.stagelr, strict=True):
+        if not bounds or it > bounds[-1]:
+            bounds.append(int(it))
+            rates.append(rate)
+    return tuple(bounds), (*rates, schedule.stagelr[-1])

@@ -32,7 +32,15 @@ def _schedule(policy: str) -> LrSchedule:
         _SCHEDULE.stepsize,
         _SCHEDULE.stepvalue,
         _MAX_ITER,
+        stagelr=(0.01, 0.001),
+        stageiter=(100, 200),
     )
+
+
+def _policy(policy: str) -> str:
+    """The row's name: a fork's policy says whose it is."""
+    fork = POLICIES[policy].dialect
+    return f"{policy} ({fork} fork)" if fork else policy
 
 
 def _row(*cells: str) -> str:
@@ -41,7 +49,7 @@ def _row(*cells: str) -> str:
 
 def torch_tables() -> str:
     """Markdown: one row per Caffe solver type, then one per lr_policy."""
-    from caffe2tf.targets.torch.schedules import BUILTIN_SCHEDULES
+    from caffe2tf.targets.torch.schedules import BUILTIN_SCHEDULES, FACTOR_POLICIES
     from caffe2tf.targets.torch.solvers import SOLVER_MAPPINGS, TorchContext
 
     lines = [
@@ -60,13 +68,15 @@ def torch_tables() -> str:
     lines += ["", _row("lr_policy", "torch scheduler"), _row("---", "---")]
     for policy in POLICIES:
         mapped = BUILTIN_SCHEDULES[policy](_schedule(policy))
-        if isinstance(mapped, str):
+        if isinstance(mapped, str) and policy not in FACTOR_POLICIES:
+            cell = f"not mapped: {mapped}"
+        elif isinstance(mapped, str):
             cell = f"`LambdaLR` over the inlined `{policy}_factor` ({mapped})"
         elif mapped[0].cls == "constant":
             cell = "none (each group keeps base_lr x lr_mult)"
         else:
             cell = f"`torch.optim.lr_scheduler.{mapped[0].cls}`"
-        lines.append(_row(policy, cell))
+        lines.append(_row(_policy(policy), cell))
     return "\n".join(lines) + "\n"
 
 
@@ -87,14 +97,15 @@ def optax_tables() -> str:
     lines += ["", _row("lr_policy", "optax schedule"), _row("---", "---")]
     for policy in POLICIES:
         mapped = BUILTIN_SCHEDULES[policy](_schedule(policy))
-        if isinstance(mapped, str):
-            assert policy in CUSTOM_POLICIES
+        if isinstance(mapped, str) and policy not in CUSTOM_POLICIES:
+            cell = f"not mapped: {mapped}"
+        elif isinstance(mapped, str):
             cell = f"the inlined `caffe_{policy}_schedule` ({mapped})"
         elif mapped[0].cls == "constant":
             cell = "a constant: base_lr x lr_mult"
         else:
             cell = f"`{mapped[0].cls}`"
-        lines.append(_row(policy, cell))
+        lines.append(_row(_policy(policy), cell))
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +136,7 @@ def tf_v1_tables() -> str:
             cell = "a constant: base_lr"
         else:
             cell = f"`{mapped[0].cls}`"
-        lines.append(_row(policy, cell))
+        lines.append(_row(_policy(policy), cell))
     return "\n".join(lines) + "\n"
 
 

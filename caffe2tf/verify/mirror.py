@@ -34,6 +34,8 @@ SUPPORTED_TYPES = (
     "BatchNorm",
     "Scale",
     "PReLU",
+    "BN",
+    "SyncBN",
 )
 _SPATIAL = ("Convolution", "Deconvolution")
 
@@ -42,6 +44,8 @@ _SPATIAL = ("Convolution", "Deconvolution")
 # factor, its moving statistics are already divided by it).
 _BN_STATISTICS = {0: "moving_mean", 1: "moving_variance", 2: ""}
 _BN_AFFINE = {0: "gamma", 1: "beta"}  # the paired Scale's blobs
+# TSN's BN/SyncBN (docs/forks.md#tsn): slope, bias, running mean, running variance, each (1, C)
+_TSN_BN = {0: "gamma", 1: "beta", 2: "moving_mean", 3: "moving_variance"}
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,8 @@ def mirror_layers_from_shapes(
         variable = ""
         if ltype == "BatchNorm":
             variable = _BN_STATISTICS.get(int(idx), "?")
+        elif ltype in ("BN", "SyncBN"):
+            variable = _TSN_BN.get(int(idx), "?")
         elif layer in pairs:
             variable = _BN_AFFINE.get(int(idx), "?")
         by_layer.setdefault(keras_layer_name(layer, dict(layer_map or {}), pairs), []).append(
@@ -291,6 +297,34 @@ def _scale_layer_class() -> type:
     return CaffeScale
 
 
+def _tsn_bn_layer_class() -> type:
+    import keras
+
+    class CaffeTsnBN(keras.layers.Layer):
+        """TSN's ``BN`` layer for the mirror: its four blobs in Caffe's ``(1, C)`` layout,
+        the slope and bias named ``gamma``/``beta`` (the names ``prepare_model`` binds to
+        blobs 0/1) and the running statistics ``moving_mean``/``moving_variance``, which it
+        never binds (lr_mult 0 in the fork, ``bn_layer.cpp:56-59``)."""
+
+        def __init__(self, shapes: Mapping[int, Sequence[int]], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            for index, name in _TSN_BN.items():
+                if index in shapes:
+                    var = self.add_weight(
+                        shape=tuple(shapes[index]),
+                        name=name,
+                        initializer="zeros",
+                        trainable=index < 2,
+                    )
+                    setattr(self, name, var)
+            self.built = True
+
+        def call(self, inputs: Any) -> Any:
+            return inputs
+
+    return CaffeTsnBN
+
+
 def _make_batch_norm(spec: MirrorLayer, dtype: str) -> Any:
     """Keras ``BatchNormalization`` (channels last) for a Caffe BatchNorm and, if paired, the
     Scale after it: ``scale``/``center`` on exactly when the Scale has blob 0/1."""
@@ -325,6 +359,10 @@ def _make_layer(spec: MirrorLayer, dtype: str = "float32") -> Any:
     shape0 = next((b.shape for b in spec.blobs if b.index == 0), None)
     if spec.type == "BatchNorm":
         return _make_batch_norm(spec, dtype)
+    if spec.type in ("BN", "SyncBN"):
+        return _tsn_bn_layer_class()(
+            {b.index: b.shape for b in spec.blobs}, name=spec.name, dtype=dtype
+        )
     if spec.type == "Scale":
         if not indices or not indices <= {0, 1}:
             raise InputError(
@@ -417,7 +455,8 @@ def _check_binding(model: Any) -> None:
             var = _variable_for(layer, spec, b)
             if var is None:
                 continue
-            want = None if b.layer_type == "BatchNorm" else f"{spec.name}/{b.index}"
+            never_bound = b.layer_type == "BatchNorm" or b.variable.startswith("moving_")
+            want = None if never_bound else f"{spec.name}/{b.index}"
             got = caffe_blob_key(var.path)
             if got != want:
                 raise RuntimeError(

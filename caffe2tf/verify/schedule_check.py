@@ -115,6 +115,10 @@ def lr_array(schedule: LrSchedule, iterations: int) -> np.ndarray:
             rate = s.base_lr * np.power(base.astype(np.float64), -s.power).astype(f32).astype(
                 np.float64
             )
+        elif s.policy == "multifixed":  # the first stage with k <= stageiter, else the last
+            rate = np.full(iterations, np.float64(s.stagelr[-1]))
+            for stage_rate, last_k in reversed(list(zip(s.stagelr, s.stageiter, strict=True))):
+                rate = np.where(k <= last_k, np.float64(stage_rate), rate)
         elif s.policy == "poly":
             base = f32(1.0) - k.astype(f32) / f32(s.max_iter)
             rate = s.base_lr * np.power(base.astype(np.float64), s.power).astype(f32).astype(
@@ -127,7 +131,9 @@ def lr_array(schedule: LrSchedule, iterations: int) -> np.ndarray:
     return np.asarray(rate, np.float64).astype(np.float32)
 
 
-_VECTOR_POLICIES = frozenset({"fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid"})
+_VECTOR_POLICIES = frozenset(
+    {"fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "multifixed"}
+)
 
 
 def caffe_rates(rule: UpdateRule, iterations: int) -> np.ndarray:

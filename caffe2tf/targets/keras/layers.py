@@ -36,6 +36,10 @@ KERAS_LAYERS_OF_TYPE: dict[str, str] = {
     "BatchNorm": "BatchNormalization (moving statistics, never optimized; NVIDIA Caffe's "
     "scale_bias blobs 3, 4: gamma, beta)",
     "PReLU": "PReLU (alpha)",
+    # TSN's fork (yjxiong/caffe): slope and bias (blobs 0, 1, shape (1, C)) are the gamma and
+    # beta (shape (C,)) of a BatchNormalization; its running statistics are Keras' moving ones
+    "BN": "BatchNormalization (TSN's fork: slope, bias = gamma, beta)",
+    "SyncBN": "BatchNormalization (TSN's fork: slope, bias = gamma, beta; synchronized)",
     "Parameter": "a one-weight layer whose variable is named like the layer",
     # SSD's L2 normalization with a learnable channel scale (NVIDIA Caffe, SSD forks): the
     # scale is blob 0, the layer's one weight, named gamma as Keras ports of SSD name it

@@ -85,6 +85,10 @@ def _bindings(
         layer, index = group.layer, group.index
         if group.layer_type == "BatchNorm" and index < 3:
             continue  # mean/variance/factor: moving statistics in Keras, never optimized
+        if group.layer_type in ("BN", "SyncBN") and index >= 2:
+            # TSN's BN (docs/forks.md#tsn): slope, bias are gamma, beta (blobs 0, 1, as the
+            # binder names them); its running mean/variance are Keras' moving statistics
+            continue
         if group.layer_type == "BatchNorm":
             # NVIDIA Caffe's scale and bias (blobs 3, 4; docs/nvidia-caffe.md#batchnorm) are
             # the gamma and beta of the Keras BatchNormalization named like the layer

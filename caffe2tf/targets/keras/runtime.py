@@ -101,7 +101,7 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(
         self,
         policy: str,
-        base_lr: float,
+        base_lr: float = 0.0,
         gamma: float = 0.0,
         power: float = 0.0,
         stepsize: int = 0,
@@ -113,6 +113,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         rampup_interval: int = 0,
         rampup_lr: float = 0.0,
         min_lr: float | None = None,
+        stagelr: tuple[float, ...] | list[float] = (),
+        stageiter: tuple[int, ...] | list[int] = (),
     ) -> None:
         if policy not in CAFFE_POLICY_RATES:
             raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
@@ -129,6 +131,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.rampup_interval = int(rampup_interval)
         self.rampup_lr = float(rampup_lr)
         self.min_lr = None if min_lr is None else float(min_lr)
+        self.stagelr = [float(r) for r in stagelr]
+        self.stageiter = [int(i) for i in stageiter]
 
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
@@ -168,6 +172,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "rampup_interval": self.rampup_interval,
             "rampup_lr": self.rampup_lr,
             "min_lr": self.min_lr,
+            "stagelr": list(self.stagelr),
+            "stageiter": list(self.stageiter),
         }
 
 
@@ -256,6 +262,20 @@ def sigmoid_rate(s: CaffeSchedule, k_int: Any, k: Any) -> Any:
 
 CAFFE_POLICY_RATES["sigmoid"] = sigmoid_rate
 # -- inline end policy_sigmoid
+
+
+# -- inline begin policy_multifixed
+def multifixed_rate(s: CaffeSchedule, k_int: Any, k: Any) -> Any:
+    """multifixed (the yolo fork, QiaoXie/caffe-yolo-2 sgd_solver.cpp:32-40): stagelr[j] for
+    the first stage j with k <= stageiter[j]; past every stageiter, the last stage's rate."""
+    rate = _f32(s.stagelr[-1])
+    for rate_j, last_k in reversed(list(zip(s.stagelr, s.stageiter, strict=True))):
+        rate = ops.where(ops.less_equal(k_int, last_k), _f32(rate_j), rate)
+    return rate
+
+
+CAFFE_POLICY_RATES["multifixed"] = multifixed_rate
+# -- inline end policy_multifixed
 
 
 # -- inline begin optimizer

@@ -17,7 +17,7 @@ import numpy as np
 
 from caffe2tf.notes import Note
 from caffe2tf.rule.model import LrSchedule
-from caffe2tf.rule.schedules import POLICIES, boundaries
+from caffe2tf.rule.schedules import POLICIES, boundaries, multifixed_bounds
 from caffe2tf.targets.keras.model import F32_EXACT_STEPS, Arg, CallSpec, f32, fmt, note
 
 Mapped = tuple[CallSpec, Note] | str
@@ -118,6 +118,23 @@ def _sigmoid(s: LrSchedule) -> Mapped:
     return "lr_policy 'sigmoid' has no Keras built-in; a small exact CaffeSchedule is used"
 
 
+def _multifixed(s: LrSchedule) -> Mapped:
+    bounds, rates = multifixed_bounds(s)
+    return CallSpec(
+        "PiecewiseConstantDecay",
+        (
+            Arg("boundaries", bounds, "stageiter"),
+            Arg("values", tuple(f32(r) for r in rates), "stagelr"),
+        ),
+    ), note(
+        "schedule.multifixed",
+        f"lr_policy 'multifixed' (the yolo fork) becomes PiecewiseConstantDecay(boundaries="
+        f"{list(bounds)}): both keep a stage's rate while k <= its stageiter, so the "
+        "boundaries are the stageiter values unshifted; past the last one the fork keeps the "
+        "last stagelr.",
+    )
+
+
 #: The registry: lr_policy -> its Keras built-in (or why there is none).
 BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "fixed": _fixed,
@@ -127,6 +144,7 @@ BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "multistep": _multistep,
     "poly": _poly,
     "sigmoid": _sigmoid,
+    "multifixed": _multifixed,
 }
 
 
@@ -151,6 +169,8 @@ def caffe_schedule(
         "stepsize": int(s.stepsize),
         "stepvalue": effective_stepvalues(s),
         "max_iter": int(s.max_iter),
+        "stagelr": tuple(f32(r) for r in s.stagelr),
+        "stageiter": tuple(int(i) for i in s.stageiter),
     }
     args = [Arg("policy", s.policy, "lr_policy")]
     args += [Arg(name, values[name], name) for name in _ORDER if name in POLICIES[s.policy].reads]
@@ -171,7 +191,7 @@ def caffe_schedule(
 
 
 # the order of CaffeSchedule's arguments (its signature)
-_ORDER = ("base_lr", "gamma", "power", "stepsize", "stepvalue", "max_iter")
+_ORDER = ("base_lr", "gamma", "power", "stepsize", "stepvalue", "max_iter", "stagelr", "stageiter")
 
 
 def keras_schedule(

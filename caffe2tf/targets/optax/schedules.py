@@ -125,6 +125,14 @@ def _sigmoid(s: LrSchedule) -> Mapped:
     return "optax has no sigmoid schedule"
 
 
+def _multifixed(s: LrSchedule) -> Mapped:
+    return (
+        "lr_policy 'multifixed' (the yolo fork): optax.piecewise_constant_schedule multiplies "
+        "scales, which rounds differently from taking each stagelr as written, so this target "
+        "does not map it"
+    )
+
+
 #: The registry: lr_policy -> its optax built-in schedule (or why there is none).
 BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "fixed": _fixed,
@@ -134,6 +142,7 @@ BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "multistep": _multistep,
     "poly": _poly,
     "sigmoid": _sigmoid,
+    "multifixed": _multifixed,
 }
 
 #: policies with an inlined schedule (``policy_<name>`` blocks of the runtime)

@@ -15,7 +15,7 @@ import numpy as np
 
 from caffe2tf.notes import Exactness, Note
 from caffe2tf.rule.model import LrSchedule
-from caffe2tf.rule.schedules import POLICIES
+from caffe2tf.rule.schedules import POLICIES, multifixed_bounds
 from caffe2tf.targets.common import Arg, CallSpec, effective_stepvalues, f32, fmt
 from caffe2tf.targets.tf_compat_v1.model import note
 
@@ -118,6 +118,22 @@ def _sigmoid(s: LrSchedule) -> Mapped:
     return "TF1 has no sigmoid decay"
 
 
+def _multifixed(s: LrSchedule) -> Mapped:
+    bounds, rates = multifixed_bounds(s)
+    return CallSpec(
+        _PREFIX + "piecewise_constant",
+        (
+            Arg("boundaries", bounds, "stageiter"),
+            Arg("values", tuple(f32(r) for r in rates), "stagelr"),
+        ),
+    ), note(
+        "schedule.multifixed",
+        f"lr_policy 'multifixed' (the yolo fork) becomes tf.compat.v1.train.piecewise_constant("
+        f"boundaries={list(bounds)}): both keep a stage's rate while the step <= its "
+        "stageiter (no shift); past the last one the fork keeps the last stagelr.",
+    )
+
+
 #: The registry: lr_policy -> its tf.compat.v1.train decay (or why there is none).
 BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "fixed": _fixed,
@@ -127,6 +143,7 @@ BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "multistep": _multistep,
     "poly": _poly,
     "sigmoid": _sigmoid,
+    "multifixed": _multifixed,
 }
 
 #: policies with an inlined rate (``policy_<name>`` blocks of the runtime)

@@ -93,6 +93,14 @@ def _sigmoid(s: LrSchedule) -> Mapped:
     return "torch has no sigmoid schedule"
 
 
+def _multifixed(s: LrSchedule) -> Mapped:
+    return (
+        "lr_policy 'multifixed' (the yolo fork) sets the rate to stagelr, not base_lr x a "
+        "factor; torch's schedulers (LambdaLR, MultiStepLR) scale each group's initial lr "
+        "(base_lr x lr_mult), which is not exact here, so this target does not map it"
+    )
+
+
 #: The registry: lr_policy -> its torch built-in scheduler (or why there is none).
 BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "fixed": _fixed,
@@ -102,6 +110,7 @@ BUILTIN_SCHEDULES: dict[str, Callable[[LrSchedule], Mapped]] = {
     "multistep": _multistep,
     "poly": _poly,
     "sigmoid": _sigmoid,
+    "multifixed": _multifixed,
 }
 
 #: policies with an inlined rate factor (``policy_<name>`` blocks of the runtime)

@@ -109,7 +109,7 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(
         self,
         policy: str,
-        base_lr: float,
+        base_lr: float = 0.0,
         gamma: float = 0.0,
         power: float = 0.0,
         stepsize: int = 0,
@@ -121,6 +121,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         rampup_interval: int = 0,
         rampup_lr: float = 0.0,
         min_lr: float | None = None,
+        stagelr: tuple[float, ...] | list[float] = (),
+        stageiter: tuple[int, ...] | list[int] = (),
     ) -> None:
         if policy not in CAFFE_POLICY_RATES:
             raise ValueError(f"no rate function for Caffe lr_policy {policy!r}")
@@ -137,6 +139,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.rampup_interval = int(rampup_interval)
         self.rampup_lr = float(rampup_lr)
         self.min_lr = None if min_lr is None else float(min_lr)
+        self.stagelr = [float(r) for r in stagelr]
+        self.stageiter = [int(i) for i in stageiter]
 
     def __call__(self, step: Any) -> Any:
         k_int = ops.floor_divide(ops.convert_to_tensor(step), self.iter_size)
@@ -176,6 +180,8 @@ class CaffeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "rampup_interval": self.rampup_interval,
             "rampup_lr": self.rampup_lr,
             "min_lr": self.min_lr,
+            "stagelr": list(self.stagelr),
+            "stageiter": list(self.stageiter),
         }
 
 

@@ -94,9 +94,17 @@ class JaxComparer:
 
     def __init__(self, init: Mapping[str, np.ndarray], keys: Sequence[str], device: Any = None):
         import jax
+        import jax.numpy as jnp
 
         self.keys = tuple(keys)
-        self.w0 = {k: jax.device_put(np.asarray(init[k]), device) for k in self.keys}
+        # on the CPU w0 is the run's own init array, aliased (it is only read), not a copy
+        on_cpu = device is None or getattr(device, "platform", "cpu") == "cpu"
+        self.w0 = {
+            k: jnp.asarray(np.asarray(init[k]), copy=False)
+            if on_cpu
+            else jax.device_put(np.asarray(init[k]), device)
+            for k in self.keys
+        }
         self.fn = jax.jit(_reduce, static_argnums=(3,))
 
     def scalars(self, reference: Mapping[str, Any], candidate: Any) -> Scalars:

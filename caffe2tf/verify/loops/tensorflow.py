@@ -46,6 +46,11 @@ def run(
         run = tf.function(step)
     for j, part in parts_iter:
         kg = keras_grads(model, part)
-        run([tf.constant(kg[k]) for k in keys])
+        # each host copy goes as soon as its tensor is made, and the tensors go after the
+        # step (not when the next update's replace them: VGG16's weights are 552 MB)
+        gs = [tf.constant(kg.pop(k)) for k in keys]
+        del kg
+        run(gs)
+        del gs
         if (j + 1) % iter_size == 0:
             on_update()

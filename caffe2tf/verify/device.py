@@ -462,18 +462,12 @@ class DeviceEngine:
         def one_update(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any) -> Any:
             ref_w, ref_state, values, opt_values = carry
             k, rate, corr = xs
-            # made once and kept: without the barrier XLA recomputes the hashes inside each
-            # consumer it fuses them into (the candidate, the rule: 2x slower on a CPU); one
-            # micro-batch is the diff itself, and goes through the barrier once (not twice:
-            # a second buffer of the weights' size)
             if not keep_tables:  # loop-variant: XLA cannot hoist the per-blob hashes
                 salts = jax.lax.optimization_barrier((salts, k))[0]
+            # XLA fuses the gradients into each consumer (the candidate, the rule) and makes
+            # the noise there: no gradient-sized buffer is written and read back (with the
+            # per-blob tables kept, that is one finalizer per element and consumer)
             micro, diff = gen(k, seed, salts)
-            if iter_size == 1:
-                diff = jax.lax.optimization_barrier(diff)
-                micro = [diff]
-            else:
-                micro, diff = jax.lax.optimization_barrier((micro, diff))
             for j in range(iter_size):
                 gs = [micro[j][key] for key in tkeys]
                 grads = jax.grad(total_loss)(values, gs)

@@ -6,6 +6,7 @@
     python bench/bench_verify.py --matrix [--backends tensorflow jax] [--against caffe]
 
     python bench/bench_verify.py --memory [--steps 10 1000] [--backends tensorflow jax]
+                                 [--against reference|caffe]
 
     KERAS_BACKEND=jax python bench/bench_verify.py --ratio [--steps 1000] [--device cpu|gpu]
 
@@ -145,7 +146,10 @@ def matrix_bench(backends: list[str], against: str) -> None:
             )
 
 
-def memory_bench(recipe: str, steps_list: list[int], backends: list[str], device: str) -> None:
+def memory_bench(
+    recipe: str, steps_list: list[int], backends: list[str], device: str, against: str
+) -> None:
+    print(f"against {against}\n")
     print("| backend | steps | wall (s) | peak RSS (MB) | device | verdict |")
     print("|---|---|---|---|---|---|")
     for backend in backends:
@@ -153,6 +157,7 @@ def memory_bench(recipe: str, steps_list: list[int], backends: list[str], device
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
             cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "caffe2tf", "verify", recipe]
             cmd += ["--steps", str(steps), "--format", "json", "--device", device]
+            cmd += ["--against", against]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
             rss = wall = "?"
             for line in proc.stderr.splitlines():
@@ -273,7 +278,7 @@ def main() -> int:
         matrix_bench(args.backends, args.against)
         return 0
     if args.memory:
-        memory_bench(args.recipe, args.steps, args.backends, args.device)
+        memory_bench(args.recipe, args.steps, args.backends, args.device, args.against)
         return 0
     if args.ratio:
         ratio_bench(args.recipe, args.steps[-1], args.device)

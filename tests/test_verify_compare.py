@@ -83,3 +83,23 @@ def test_flat_round_trip():
     assert len(back) == 3 and np.array_equal(back[2]["a/0"], traj[2]["a/0"])
     with pytest.raises(ValueError):
         trajectory_from_flat({"2/a/0": np.zeros(1)})
+
+
+def test_the_sliced_maximum_is_the_whole_arrays(monkeypatch):
+    """``max|a - b|`` taken slice by slice (so a VGG16 blob makes no blob-sized temporaries)
+    equals the whole arrays' maximum, NaN and inf included, whichever slice holds them."""
+    from caffe2tf.verify import compare
+
+    monkeypatch.setattr(compare, "SLICE", 7)
+    r = np.random.default_rng(5)
+    a = r.normal(size=(6, 9)).astype(np.float32)
+    b = r.normal(size=(6, 9)).astype(np.float32)
+    assert compare.max_abs_diff(a, b) == float(np.max(np.abs(a - b)))
+    for where, bad in (((5, 8), np.nan), ((0, 0), np.inf), ((3, 2), np.nan)):
+        c = a.copy()
+        c[where] = bad
+        got, want = compare.max_abs_diff(c, b), float(np.max(np.abs(c - b)))
+        assert (np.isnan(got) and np.isnan(want)) or got == want
+    assert compare.max_abs_diff(a[:1, :3], b[:1, :3]) == float(
+        np.max(np.abs(a[:1, :3] - b[:1, :3]))
+    )

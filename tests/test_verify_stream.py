@@ -119,6 +119,33 @@ def test_jax_makes_the_same_numbers():
             assert all(np.array_equal(a[key], b[key]) for key in SHAPES)
 
 
+def test_jax_makes_them_in_keras_layout_without_transposing():
+    """The fused engine makes each gradient in its Keras variable's layout (element by element
+    from its Caffe index): the same numbers as Caffe's layout, transposed."""
+    require("jax")
+    import jax
+
+    from caffe2tf.verify.device import gradient_function, salts_of
+    from caffe2tf.verify.mirror import caffe_to_keras, keras_axes
+
+    shapes = {**SHAPES, "d/0": (6, 4)}
+    layers = {"a/0": ("Convolution", 0), "a/1": ("Convolution", 1), "d/0": ("InnerProduct", 0)}
+    axes = {k: keras_axes(*layers[k]) for k in layers}
+    for spec in (GradientSpec("stream", 7, 2), GradientSpec("uniform", 7, scale=0.5)):
+        plain = jax.jit(gradient_function(spec, shapes))
+        laid = jax.jit(gradient_function(spec, shapes, axes))
+        for k in (0, 1, 4):
+            args = (np.uint32(k), np.uint32(spec.seed), salts_of(spec, shapes))
+            (mp, tp), (ml, tl) = plain(*args), laid(*args)
+            for key in shapes:
+                want = caffe_to_keras(*layers.get(key, ("Bias", 1)), np.asarray(tp[key]))
+                assert np.array_equal(np.asarray(tl[key]), want)
+                for a, b in zip(mp, ml, strict=True):
+                    want = caffe_to_keras(*layers.get(key, ("Bias", 1)), np.asarray(a[key]))
+                    assert np.array_equal(np.asarray(b[key]), want)
+    assert axes["a/0"] == (2, 3, 1, 0) and axes["a/1"] is None  # a conv kernel moves
+
+
 # ---- the deviation reduced as the updates come ------------------------------------------------
 
 

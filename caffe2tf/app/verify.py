@@ -32,7 +32,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,10 +354,13 @@ def _caffe_trajectory(
     solver: Path,
     net_file: Path,
     init: Mapping[str, np.ndarray],
-    grads: Sequence[Mapping[str, np.ndarray]],
+    grads: Iterable[Mapping[str, np.ndarray]],
+    steps: int,
     pipeline: Pipeline | None = None,
-) -> list[dict[str, np.ndarray]]:
-    """The real Caffe's trajectory. A net fed by data layers (Caffe opens their databases when
+) -> Iterator[dict[str, np.ndarray]]:
+    """The real Caffe's weights after each of ``steps`` updates, streamed
+    (:func:`caffe2tf.verify.oracle.run_streamed`: flat in memory whatever ``steps``; ``grads``
+    is read one update at a time). A net fed by data layers (Caffe opens their databases when
     it builds them) runs as its TRAIN-phase layers with each data layer an Input layer of the
     shapes verify used (:func:`caffe2tf.verify.oracle.caffe_ready_net`), from a solver text
     written from the parsed solver without its net, test-net and snapshot fields."""
@@ -380,14 +383,10 @@ def _caffe_trajectory(
         solver_text = _without_snapshots(Path(solver).read_text())
         net_text = Path(net_file).read_text()
     case = oracle.OracleCase(
-        name="verify",
-        solver_text=solver_text,
-        net_text=net_text,
-        init=dict(init),
-        grads=list(grads),
+        name="verify", solver_text=solver_text, net_text=net_text, init=dict(init)
     )
     try:
-        return oracle.run_cases([case])["verify"]
+        return oracle.run_streamed(case, grads, steps)
     except oracle.OracleError as err:
         raise Caffe2TfError(str(err)) from err
 
@@ -577,11 +576,14 @@ def verify_solver(
 
         def caffe_reference(run: components.Run) -> Any:
             t = time.perf_counter()
-            run_init, _, grads = run.data()  # the binary takes the whole run at once
+            made = run.gradients()  # Caffe's diffs, made one update at a time
+            grads = (made.update(k)[1] for k in range(run.updates))
             net_file = Path(net_path) if net_path is not None else Path(net.path)
-            trajectory = _caffe_trajectory(Path(solver), net_file, run_init, grads, pipeline)
+            trajectory = _caffe_trajectory(
+                Path(solver), net_file, run.init, grads, run.updates, pipeline
+            )
             timings["caffe"] = timings.get("caffe", 0.0) + time.perf_counter() - t
-            return iter(trajectory)
+            return trajectory
 
         with progress_bar("verify", total, fmt) as advance:
             try:

@@ -162,7 +162,7 @@ def verify_target(
         t = time.perf_counter()
         if against == "caffe":
             net_file = Path(net_path) if net_path is not None else Path(net.path)
-            reference = _caffe_trajectory(Path(solver), net_file, init, grads)
+            reference = list(_caffe_trajectory(Path(solver), net_file, init, grads, len(grads)))
         else:
             reference = run_reference(rule, init, grads, precision="float32")
         timings[against] = time.perf_counter() - t

@@ -23,6 +23,10 @@ Task kinds (fields in job.json, file names relative to the job folder):
     ``method="backward"`` runs ``step(1)`` untouched (the net's own forward/backward makes the
     gradients; ``grads`` must be empty). Writes
     ``out``: owner key -> array (steps, *shape); row k-1 = the weights after k updates.
+    Streamed instead (flat in memory, whatever ``steps``): ``grads_raw`` names a file of
+    float32 numbers, per update the diffs of ``keys`` one after the other (C order), read one
+    update at a time; ``out_raw`` names a file the weights of every owner blob (owner order)
+    are appended to after each update.
     With ``snapshot_at`` = k it also calls ``solver.snapshot()`` right after update k (the
     solver text's ``snapshot_prefix`` says where the .caffemodel and .solverstate go).
 ``params`` {net}
@@ -97,8 +101,14 @@ def _task_run(job_dir, task):
     owner_keys = [k for k, _ in owners]
     with np.load(os.path.join(job_dir, task["init"])) as data:
         init = {k: data[k] for k in data.files}
-    with np.load(os.path.join(job_dir, task["grads"])) as data:
-        grads = {k: data[k] for k in data.files}
+    raw = task.get("grads_raw")  # streamed: one update's diffs at a time from a flat file
+    if raw:
+        grads = {}
+        raw_keys = list(task["keys"])
+        raw_file = open(os.path.join(job_dir, raw), "rb")
+    else:
+        with np.load(os.path.join(job_dir, task["grads"])) as data:
+            grads = {k: data[k] for k in data.files}
     missing = [k for k in owner_keys if k not in init]
     extra = [k for k in init if k not in owner_keys]
     if missing or extra:
@@ -128,16 +138,40 @@ def _task_run(job_dir, task):
                 f"expected (steps,) + {blob.diff.shape}"
             )
 
+    if raw:
+        unknown = [k for k in raw_keys if k not in owner_keys]
+        if unknown:
+            raise ValueError(f"streamed grads for {unknown}, not owner blobs ({owner_keys})")
+        sizes = [int(np.prod(dict(owners)[k].diff.shape)) for k in raw_keys]
+
     def write_diffs(step):
+        if raw:
+            flat = np.fromfile(raw_file, dtype=np.float32, count=sum(sizes))
+            if flat.size != sum(sizes):
+                raise ValueError(f"the streamed grads end before update {step}")
+            ends = np.cumsum(sizes)  # Python 3.9 here: no zip(strict=)
+            given = {key: flat[ends[i] - sizes[i] : ends[i]] for i, key in enumerate(raw_keys)}
+            for key, blob in owners:
+                if key in given:
+                    blob.diff[...] = given[key].reshape(blob.diff.shape)
+                else:
+                    blob.diff[...] = 0
+            return
         for key, blob in owners:
             if key in grads:
                 blob.diff[...] = grads[key][step]
             else:
                 blob.diff[...] = 0
 
-    traj = {
-        key: np.zeros((steps,) + tuple(blob.data.shape), dtype=np.float32) for key, blob in owners
-    }
+    out_raw = task.get("out_raw")  # streamed: each update's weights appended to a flat file
+    if out_raw:
+        out_file = open(os.path.join(job_dir, out_raw), "wb")
+        traj = None
+    else:
+        traj = {
+            key: np.zeros((steps,) + tuple(blob.data.shape), dtype=np.float32)
+            for key, blob in owners
+        }
     method = task.get("method", "apply_update")
     if method == "step":
         current = [0]
@@ -160,11 +194,20 @@ def _task_run(job_dir, task):
                 f"{step} with method {method}"
             )
         for key, blob in owners:
-            traj[key][step] = blob.data
+            if traj is None:
+                out_file.write(np.ascontiguousarray(blob.data, dtype=np.float32).tobytes())
+            else:
+                traj[key][step] = blob.data
         if task.get("snapshot_at") == step + 1:  # Solver::Snapshot, solver.cpp:420-435
             solver.snapshot()
-    np.savez(os.path.join(job_dir, task["out"]), **traj)
-    return {"owners": owner_keys, "iter": int(solver.iter)}
+    if traj is None:
+        out_file.close()
+    else:
+        np.savez(os.path.join(job_dir, task["out"]), **traj)
+    if raw:
+        raw_file.close()
+    shapes = {key: list(blob.data.shape) for key, blob in owners}
+    return {"owners": owner_keys, "iter": int(solver.iter), "shapes": shapes}
 
 
 def _task_params(job_dir, task):

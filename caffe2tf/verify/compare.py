@@ -231,6 +231,21 @@ def compare_trajectories(
     )
 
 
+#: elements per slice when :class:`StreamingComparison` reduces two arrays (temporaries stay
+#: a few MB however large a blob is: VGG16's fc6 holds 103M weights)
+SLICE = 1 << 20
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """``max|a - b|`` in the arrays' own precision, slice by slice (:data:`SLICE`); a NaN
+    anywhere makes it NaN, as ``np.max`` of the whole would."""
+    a, b = np.ravel(a), np.ravel(b)
+    if a.size <= SLICE:
+        return float(np.max(np.abs(a - b)))
+    tops = [np.max(np.abs(a[i : i + SLICE] - b[i : i + SLICE])) for i in range(0, a.size, SLICE)]
+    return float(np.max(np.array(tops)))
+
+
 def _finite(w: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(w)))
 
@@ -303,7 +318,7 @@ class StreamingComparison:
             # In the arrays' own precision (a device reduces them the same way): the
             # difference of two float32 numbers within a factor 2 of each other is exact
             # (Sterbenz); a NaN or inf anywhere makes the maximum non-finite.
-            moved = float(np.max(np.abs(r - w0)))
+            moved = max_abs_diff(r, w0)
             if math.isfinite(moved):
                 self.travelled = max(self.travelled, moved)
             else:
@@ -311,7 +326,7 @@ class StreamingComparison:
                 d = d[np.isfinite(d)]
                 if d.size:
                     self.travelled = max(self.travelled, float(np.max(d)))
-            diff = float(np.max(np.abs(c - r)))
+            diff = max_abs_diff(c, r)
             if math.isfinite(diff):
                 self.diffs[k].append(diff)
                 continue

@@ -4,10 +4,12 @@ rule (:mod:`caffe2tf.rule.jax_executor`) and, on Keras' JAX backend, the candida
 scalars (the largest ``|cand - ref|`` and ``|ref - w0|`` of each blob, and whether either side
 holds a NaN or inf) come back to the host.
 
-:func:`jax_gradients` makes a run's gradients on the device, bit for bit the numbers of
+:func:`gradient_function` makes a run's gradients on the device, bit for bit the numbers of
 :class:`caffe2tf.verify.streams.NumpyGradients` (the same counters and hash in uint32, the same
-float32 operations). :class:`JaxReference` steps the compiled rule one update at a time for the
-host engine (a candidate on TensorFlow). :func:`device_run` is the fused engine.
+float32 operations), in Caffe's layout or, for the fused engine, in Keras'.
+:class:`JaxReference` steps the compiled rule one update at a time for the host engine (a
+candidate on TensorFlow). :class:`DeviceEngine` is the fused engine; it runs Caffe's rule in
+Keras' layout, so nothing is transposed per update.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from caffe2tf.verify.streams import GradientSpec
 
 #: updates per compiled call of the fused engine (per-update scalars come back per chunk)
 CHUNK = 50
+#: up to this many weights, the fused engine lets XLA keep what the stream's gradients take
+#: from (seed, blob, element) alone (each element's base hash, drift and dead flag: 9 bytes)
+#: across a chunk's updates, computed once; above it (VGG16: 1.2 GB) they are made again in
+#: every update, so that the peak memory stays near the rules' own arrays
+HOIST_MAX_ELEMENTS = 2**24
 
 
 def jax_available() -> bool:
@@ -93,28 +100,50 @@ def _unit(h: Any, dtype: Any) -> Any:
 
 
 def gradient_function(
-    spec: GradientSpec, shapes: Mapping[str, Sequence[int]]
+    spec: GradientSpec,
+    shapes: Mapping[str, Sequence[int]],
+    axes: Mapping[str, tuple[int, ...] | None] | None = None,
 ) -> Callable[[Any, Any, Any], tuple[list[dict[str, Any]], dict[str, Any]]]:
     """``f(k, seed, salts) -> (micro-batches, diff)`` of update ``k`` (traceable: ``k``,
     ``seed`` and the per-blob ``salts`` may be traced, so runs that differ only in them share
-    one compiled program). ``salts``: ``{key: streams.blob_salt(seed, key)}``."""
+    one compiled program). ``salts``: ``{key: streams.blob_salt(seed, key)}``. ``axes``: per
+    blob, the ``transpose`` axes of the layout to make it in (e.g. Keras', from
+    :func:`caffe2tf.verify.mirror.keras_axes`): each element is computed from its Caffe index
+    in place, so no array is transposed and the numbers are those of Caffe's layout,
+    transposed."""
+    import jax
     import jax.numpy as jnp
 
     keys = sorted(shapes)
     shapes = {k: tuple(int(d) for d in shapes[k]) for k in keys}
+    axes = {k: (axes or {}).get(k) for k in keys}
     dt = jnp.float32 if spec.dtype == "float32" else jnp.float64
     s = max(1, spec.iter_size)
     live = [k for k in keys if k not in spec.frozen]
     u = jnp.uint32
 
+    def shape_of(key: str) -> tuple[int, ...]:
+        perm = axes[key]
+        return shapes[key] if perm is None else tuple(shapes[key][a] for a in perm)
+
+    def index(key: str) -> Any:
+        """Each element's flat index in Caffe's layout, laid out as :func:`shape_of` says."""
+        shape, perm = shapes[key], axes[key]
+        if perm is None:
+            return jnp.arange(int(np.prod(shape, dtype=np.int64)), dtype=u).reshape(shape)
+        strides = np.cumprod((1,) + shape[:0:-1])[::-1]  # Caffe's row-major strides
+        out = shape_of(key)
+        idx = jnp.zeros(out, u)
+        for d, a in enumerate(perm):
+            idx = idx + jax.lax.broadcasted_iota(u, out, d) * u(int(strides[a]))
+        return idx
+
     def base(key: str, salts: Any) -> Any:
-        n = int(np.prod(shapes[key], dtype=np.int64))
-        idx = jnp.arange(n, dtype=u)
-        return _fmix32(idx * u(streams._GOLDEN) + salts[key])
+        return _fmix32(index(key) * u(streams._GOLDEN) + salts[key])
 
     def uniform(key: str, salts: Any, counter: Any, std: float) -> Any:
         h = _fmix32(base(key, salts) ^ counter)
-        return (_unit(h, dt) * dt(std / streams._UNIT_STD)).reshape(shapes[key])
+        return _unit(h, dt) * dt(std / streams._UNIT_STD)
 
     def counter(k: Any, j: int) -> Any:
         return _mix(u(streams._MICRO), k, j)
@@ -124,7 +153,7 @@ def gradient_function(
         return jnp.where(k <= 1, k == 1, _mix(u(streams._SPIKE), seed, k) < thr)
 
     def zeros() -> dict[str, Any]:
-        return {k: jnp.zeros(shapes[k], dt) for k in keys}
+        return {k: jnp.zeros(shape_of(k), dt) for k in keys}
 
     def fn(k: Any, seed: Any, salts: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         k = jnp.asarray(k).astype(u)
@@ -135,22 +164,20 @@ def gradient_function(
             factor = jnp.where(spiked(k, seed), f32(streams.STREAM_SPIKE), f32(1.0))
             for key in live:
                 b = base(key, salts)
-                drift = _unit(_fmix32(b ^ u(streams._DRIFT)), f32) * f32(streams.STREAM_DRIFT)
-                n = b.shape[0]
+                drift = _unit(b, f32) * f32(streams.STREAM_DRIFT)
                 dead = None
-                if n >= 4:
-                    rate = u(int(streams.STREAM_DEAD_RATE * 2.0**32))
-                    dead = _fmix32(b ^ u(streams._DEAD)) < rate
-                acc = jnp.zeros(n, dt)
+                if b.size >= 4:
+                    dead = (b & u(0xFF)) < u(streams.STREAM_DEAD_BYTE)
+                acc = jnp.zeros(b.shape, dt)
                 for j in range(s):
                     noise = _unit(_fmix32(b ^ counter(k, j)), f32) * f32(streams.STREAM_NOISE)
                     value = (drift + noise) * factor
                     if dead is not None:
                         value = jnp.where(dead, f32(0.0), value)
                     part = value.astype(dt)
-                    micro[j][key] = part.reshape(shapes[key])
+                    micro[j][key] = part
                     acc = acc + part
-                total[key] = acc.reshape(shapes[key])
+                total[key] = acc
             if s == 1:  # 0 + x is x: one array for both (no -0.0 arises, see streams.py)
                 return [total], total
             return micro, total
@@ -165,7 +192,7 @@ def gradient_function(
                     micro[j][key] = part
                     rest = rest - part
                 micro[s - 1][key] = rest
-                acc = jnp.zeros(shapes[key], dt)
+                acc = jnp.zeros(shape_of(key), dt)
                 for j in range(s):
                     acc = acc + micro[j][key]
                 total[key] = acc
@@ -269,24 +296,6 @@ class JaxReference:
 # ---- the fused engine: Keras-JAX candidate + compiled rule + comparison ----------------------
 
 
-def _to_keras(layer_type: str, index: int, x: Any) -> Any:
-    """:func:`caffe2tf.verify.mirror.caffe_to_keras` in jax.numpy."""
-    if index == 0 and layer_type == "InnerProduct":
-        return x.T
-    if index == 0 and layer_type in ("Convolution", "Deconvolution"):
-        return x.transpose(2, 3, 1, 0)
-    return x
-
-
-def _to_caffe(layer_type: str, index: int, x: Any) -> Any:
-    """:func:`caffe2tf.verify.mirror.keras_to_caffe` in jax.numpy."""
-    if index == 0 and layer_type == "InnerProduct":
-        return x.T
-    if index == 0 and layer_type in ("Convolution", "Deconvolution"):
-        return x.transpose(3, 2, 0, 1)
-    return x
-
-
 class DeviceEngine:
     """The fused engine for one candidate module on Keras' JAX backend. A mirror model and
     optimizer are built once per precision and reset for each run, so the runs of one kind of
@@ -369,9 +378,19 @@ class DeviceEngine:
         values = [jax.device_put(v.value, self.device) for v in tvars]
         opt_values = [jax.device_put(v.value, self.device) for v in optimizer.variables]
         jr = jax_rule(self.rule, list(run.init), precision=run.dtype)
-        ref_w = {k: jax.device_put(np.asarray(run.init[k], dt), self.device) for k in jr.keys}
+        # Caffe's rule runs in Keras' layout (every step but the clip norm's sum is
+        # elementwise): the gradients are made in it, and nothing is transposed per update
+        axes = self._axes(model, pairs)
+
+        def put(key: str) -> Any:
+            value = np.asarray(run.init[key], dt)
+            if axes.get(key) is not None:
+                value = np.ascontiguousarray(value.transpose(axes[key]))
+            return jax.device_put(value, self.device)
+
+        ref_w = {k: put(k) for k in jr.keys}
         ref_state = jr.init_state(ref_w)
-        w0 = {k: jax.device_put(np.asarray(run.init[k], dt), self.device) for k in keys}
+        w0 = {k: put(k) for k in keys}
         rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
         salts = salts_of(run.spec, run.shapes)
         seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
@@ -400,6 +419,14 @@ class DeviceEngine:
         timings["device"] = timings.get("device", 0.0) + time.perf_counter() - t0
         return comparison.result()
 
+    @staticmethod
+    def _axes(model: Any, pairs: Any) -> dict[str, tuple[int, ...] | None]:
+        """Per trained blob, the axes from Caffe's layout to its Keras variable's."""
+        from caffe2tf.verify.mirror import keras_axes
+
+        blobs = model.blob_variables()
+        return {k: keras_axes(blobs[k][1], blobs[k][2]) for k, _ in pairs}
+
     def _compiled(
         self,
         run: Run,
@@ -419,12 +446,11 @@ class DeviceEngine:
         import keras
 
         dt = jnp.float32 if run.dtype == "float32" else jnp.float64
-        gen = gradient_function(run.spec, run.shapes)
-        blobs = model.blob_variables()
+        gen = gradient_function(run.spec, run.shapes, self._axes(model, pairs))
         tkeys = [k for k, _ in pairs]
         tvars = [v for _, v in pairs]
-        layout = {k: (blobs[k][1], blobs[k][2]) for k in tkeys}
         position = {k: i for i, k in enumerate(tkeys)}
+        keep_tables = sum(int(np.prod(v)) for v in run.shapes.values()) <= HOIST_MAX_ELEMENTS
         iter_size = max(1, self.rule.iter_size)
 
         def total_loss(values: list[Any], gs: list[Any]) -> Any:
@@ -437,46 +463,65 @@ class DeviceEngine:
         def one_update(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any) -> Any:
             ref_w, ref_state, values, opt_values = carry
             k, rate, corr = xs
+            if not keep_tables:  # loop-variant: XLA cannot hoist the per-blob hashes
+                salts = jax.lax.optimization_barrier((salts, k))[0]
+            # XLA fuses the gradients into each consumer (the candidate, the rule) and makes
+            # the noise there: no gradient-sized buffer is written and read back (with the
+            # per-blob tables kept, that is one finalizer per element and consumer)
             micro, diff = gen(k, seed, salts)
             for j in range(iter_size):
-                gs = [_to_keras(*layout[key], micro[j][key]) for key in tkeys]
+                gs = [micro[j][key] for key in tkeys]
                 grads = jax.grad(total_loss)(values, gs)
                 values, opt_values = optimizer.stateless_apply(opt_values, grads, values)
                 values, opt_values = list(values), list(opt_values)
             ref_w, ref_state = jr.update(ref_w, ref_state, diff, rate, corr)
-            diffs, moved, flags, norms = [], [], [], []
+            pairs_rc = []
             for key in keys:
                 r = ref_w[key] if key in ref_w else w0[key]
-                if key in position:
-                    c = _to_caffe(*layout[key], values[position[key]])
-                else:
-                    c = w0[key]  # frozen in Keras: never moves
-                # the weight-norm trajectories of verify --plot: (||ref||, ||cand||)
-                norms.append(jnp.stack([jnp.sqrt(jnp.sum(r * r)), jnp.sqrt(jnp.sum(c * c))]))
-                if r.size == 0:
-                    diffs.append(dt(0))
-                    moved.append(dt(0))
-                    flags.append(jnp.zeros(4, bool))
-                    continue
-                # a NaN or inf on either side makes the difference's maximum non-finite: only
-                # then are the sides looked at (two reductions instead of six per blob)
-                moved_max = jnp.max(jnp.abs(r - w0[key]))
-                diff_max = jnp.max(jnp.abs(c - r))
-
-                def finite_moved(r: Any = r, key: str = key) -> Any:
-                    d = jnp.abs(r - w0[key])
-                    return jnp.max(jnp.where(jnp.isfinite(d), d, dt(0)))
-
-                def sides(r: Any = r, c: Any = c) -> Any:
-                    checks = [jnp.isnan(r), jnp.isinf(r), jnp.isnan(c), jnp.isinf(c)]
-                    return jnp.stack([jnp.any(x) for x in checks])
-
-                ok = jnp.isfinite(diff_max) & jnp.isfinite(moved_max)
-                moved.append(jax.lax.cond(ok, lambda m=moved_max: m, finite_moved))
-                diffs.append(diff_max)
-                flags.append(jax.lax.cond(ok, lambda: jnp.zeros(4, bool), sides))
-            ys = (jnp.stack(diffs), jnp.stack(moved), jnp.stack(flags), jnp.stack(norms))
+                c = values[position[key]] if key in position else w0[key]  # frozen in Keras
+                pairs_rc.append((key, r, c))
+            ys = compare(pairs_rc, w0)
             return (ref_w, ref_state, values, opt_values), ys
+
+        def compare(pairs_rc: list, w0: Any) -> tuple[Any, Any, Any, Any]:
+            """Per blob ``max|c - r|``, ``max|r - w0|``, ``(r NaN, r inf, c NaN, c inf)`` and
+            ``(||r||, ||c||)``.
+            A NaN or inf on either side makes a maximum non-finite: only then (one branch
+            for the whole update) are the sides looked at and ``|r - w0|``'s finite part
+            taken."""
+            live = [(key, r, c) for key, r, c in pairs_rc if r.size]
+            diffs = {key: jnp.max(jnp.abs(c - r)) for key, r, c in live}
+            moved = {key: jnp.max(jnp.abs(r - w0[key])) for key, r, _ in live}
+            zero, no = dt(0), jnp.zeros(4, bool)
+
+            # the weight-norm trajectories of verify --plot: (||r||, ||c||), any layout
+            norms = jnp.stack(
+                [jnp.stack([jnp.sqrt(jnp.sum(r * r)), jnp.sqrt(jnp.sum(c * c))])
+                 for _, r, c in pairs_rc]
+            )  # fmt: skip
+
+            def stack(d: dict, m: dict, f: dict) -> tuple[Any, Any, Any, Any]:
+                return (
+                    jnp.stack([d.get(key, zero) for key, _, _ in pairs_rc]),
+                    jnp.stack([m.get(key, zero) for key, _, _ in pairs_rc]),
+                    jnp.stack([f.get(key, no) for key, _, _ in pairs_rc]),
+                    norms,
+                )
+
+            def fine() -> tuple[Any, Any, Any, Any]:
+                return stack(diffs, moved, {})
+
+            def looked_at() -> tuple[Any, Any, Any, Any]:
+                m, f = {}, {}
+                for key, r, c in live:
+                    d = jnp.abs(r - w0[key])
+                    m[key] = jnp.max(jnp.where(jnp.isfinite(d), d, zero))
+                    checks = [jnp.isnan(r), jnp.isinf(r), jnp.isnan(c), jnp.isinf(c)]
+                    f[key] = jnp.stack([jnp.any(x) for x in checks])
+                return stack(diffs, m, f)
+
+            ok = jnp.all(jnp.isfinite(jnp.stack([*diffs.values(), *moved.values(), zero])))
+            return jax.lax.cond(ok, fine, looked_at)
 
         def chunk(carry, w0, ks, rates, corr, seed, salts):  # noqa: ANN001, ANN202
             return jax.lax.scan(

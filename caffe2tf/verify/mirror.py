@@ -83,21 +83,34 @@ class MirrorLayer:
 # ---- layout conversion -----------------------------------------------------------------------
 
 
-def caffe_to_keras(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
-    """Caffe blob layout -> Keras variable layout.
+def keras_axes(layer_type: str, index: int) -> tuple[int, ...] | None:
+    """The ``transpose`` axes that take blob ``index`` of a ``layer_type`` layer from Caffe's
+    layout to Keras' (``None``: the same layout).
 
     InnerProduct W ``(N_out, K_in)`` (``inner_product_layer.cpp:32-39``) -> Dense ``(in, out)``;
     Convolution ``(out, in/g, kh, kw)`` -> Conv2D ``(kh, kw, in/g, out)`` and Deconvolution
     ``(in, out/g, kh, kw)`` -> Conv2DTranspose ``(kh, kw, out, in)`` (``base_conv_layer.cpp``
     ``LayerSetUp``, the weight shape with ``conv_out_channels_``/``conv_in_channels_`` swapped for
-    deconvolution): both ``transpose(2, 3, 1, 0)``; Embed ``(input_dim, num_output)`` and biases
-    keep their layout."""
-    value = np.asarray(value)
+    deconvolution): both ``(2, 3, 1, 0)``; Embed ``(input_dim, num_output)`` and biases keep
+    their layout."""
     if index == 0 and layer_type == "InnerProduct":
-        return np.ascontiguousarray(value.T)
+        return (1, 0)
     if index == 0 and layer_type in _SPATIAL:
-        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-    return value
+        return (2, 3, 1, 0)
+    return None
+
+
+def caffe_axes(layer_type: str, index: int) -> tuple[int, ...] | None:
+    """The inverse of :func:`keras_axes`: Keras' layout back to Caffe's."""
+    axes = keras_axes(layer_type, index)
+    return None if axes is None else tuple(int(a) for a in np.argsort(axes))
+
+
+def caffe_to_keras(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
+    """Caffe blob layout -> Keras variable layout (:func:`keras_axes`)."""
+    value = np.asarray(value)
+    axes = keras_axes(layer_type, index)
+    return value if axes is None else np.ascontiguousarray(value.transpose(axes))
 
 
 def caffe_layout_perm(layer_type: str, index: int) -> tuple[int, ...] | None:
@@ -121,11 +134,8 @@ def keras_layout_perm(layer_type: str, index: int) -> tuple[int, ...] | None:
 
 def keras_to_caffe(layer_type: str, index: int, value: np.ndarray) -> np.ndarray:
     value = np.asarray(value)
-    if index == 0 and layer_type == "InnerProduct":
-        return np.ascontiguousarray(value.T)
-    if index == 0 and layer_type in _SPATIAL:
-        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
-    return value
+    axes = caffe_axes(layer_type, index)
+    return value if axes is None else np.ascontiguousarray(value.transpose(axes))
 
 
 # ---- describing the net ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,87 @@ def _stack_grads(case: OracleCase) -> dict[str, np.ndarray]:
     return stacked
 
 
+def _case_files(job: _Job, i: int, case: OracleCase) -> dict[str, str]:
+    """A ``run`` task's solver, net and initial weights, written into the job folder."""
+    net = job.write_text(f"c{i}.net.prototxt", case.net_text)
+    # An inline net is the one Caffe trains, used as written (solver.cpp:86-105): the solver
+    # text then goes in unchanged and ``net_text`` is not read.
+    solver = job.write_text(
+        f"c{i}.solver.prototxt",
+        case.solver_text
+        if has_inline_net(case.solver_text)
+        else retarget_solver_text(case.solver_text, job.chroot_path(net)),
+    )
+    init = job.write_npz(f"c{i}.init.npz", case.init)
+    return {"kind": "run", "solver": solver, "net": net, "init": init}
+
+
+def run_streamed(
+    case: OracleCase,
+    grads: Iterable[Mapping[str, np.ndarray]],
+    steps: int,
+    *,
+    root: Path | str | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`run_cases` for one case (``method="apply_update"``) whose gradients come one
+    update at a time from ``grads`` (``case.grads`` is not read) and whose weights are read
+    back one update at a time: the weights after update 1, 2, ... ``steps``. Memory stays
+    flat in ``steps``: the diffs go to a flat float32 file in the job folder as they are made,
+    the harness reads one update's diffs at a time and appends each update's weights to
+    another file, which is read back update by update (disk: twice ``steps`` times the
+    weights). Keys are ``case.init``'s; a key a gradient lacks is zero. The job folder goes
+    when the iterator is exhausted or closed."""
+    root = _require_root(root)
+    keys = sorted(case.init)
+    shapes = {k: tuple(np.shape(case.init[k])) for k in keys}
+    job = _Job(root)
+    try:
+        with open(job.host_dir / "c0.grads.f32", "wb") as f:
+            made = 0
+            for g in grads:
+                if made == steps:
+                    break
+                for key in keys:
+                    value = g.get(key)
+                    value = np.zeros(shapes[key], np.float32) if value is None else value
+                    f.write(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+                made += 1
+        if made != steps:
+            raise ValueError(f"{steps} updates asked for, the gradients gave {made}")
+        task = {**_case_files(job, 0, case), "grads_raw": "c0.grads.f32", "keys": keys}
+        job.tasks.append(
+            {**task, "steps": steps, "method": "apply_update", "out_raw": "c0.out.f32"}
+        )
+        (res,) = job.run(1)
+        if not res["ok"]:
+            raise _task_error(f"case {case.name!r}", res)
+        (job.host_dir / "c0.grads.f32").unlink()
+        owners = res["result"]["owners"]
+        out_shapes = {k: tuple(res["result"]["shapes"][k]) for k in owners}
+        sizes = [int(np.prod(out_shapes[k], dtype=np.int64)) for k in owners]
+    except BaseException:
+        job.close()
+        raise
+    return _read_streamed(job, owners, out_shapes, sizes, steps)
+
+
+def _read_streamed(
+    job: _Job, owners: list[str], shapes: Mapping[str, tuple[int, ...]], sizes: list[int],
+    steps: int,
+) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+    try:
+        with open(job.host_dir / "c0.out.f32", "rb") as f:
+            for _ in range(steps):
+                flat = np.fromfile(f, dtype=np.float32, count=sum(sizes))
+                out, offset = {}, 0
+                for key, size in zip(owners, sizes, strict=True):
+                    out[key] = flat[offset : offset + size].reshape(shapes[key])
+                    offset += size
+                yield out
+    finally:
+        job.close()
+
+
 def run_cases(
     cases: Sequence[OracleCase],
     *,
@@ -321,23 +402,10 @@ def run_cases(
         return out
     with _Job(root) as job:
         for i, case in enumerate(cases):
-            net = job.write_text(f"c{i}.net.prototxt", case.net_text)
-            # An inline net is the one Caffe trains, used as written (solver.cpp:86-105): the
-            # solver text then goes in unchanged and ``net_text`` is not read.
-            solver = job.write_text(
-                f"c{i}.solver.prototxt",
-                case.solver_text
-                if has_inline_net(case.solver_text)
-                else retarget_solver_text(case.solver_text, job.chroot_path(net)),
-            )
-            init = job.write_npz(f"c{i}.init.npz", case.init)
             grads = job.write_npz(f"c{i}.grads.npz", _stack_grads(case))
             job.tasks.append(
                 {
-                    "kind": "run",
-                    "solver": solver,
-                    "net": net,
-                    "init": init,
+                    **_case_files(job, i, case),
                     "grads": grads,
                     "steps": len(case.grads),
                     "method": case.method or method,

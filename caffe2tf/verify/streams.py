@@ -197,15 +197,17 @@ def split_micro_batches(
 # element index): a 32-bit hash (the MurmurHash3 finalizer ``fmix32``) of those counters, so
 # any update can be made without the ones before it, nothing is held between updates, and the
 # same numbers come out of NumPy here and of JAX on a device
-# (:func:`caffe2tf.verify.device.device_gradients`). A hash value h becomes a uniform number in
+# (:func:`caffe2tf.verify.device.gradient_function`). A hash value h becomes a uniform number in
 # [-1/2, 1/2) as ``(h >> 8) * 2^-24 - 1/2``, exact in float32; the stream's scales are powers
 # of two, so every float32 operation but the one sum ``drift + noise`` is exact and that sum
-# is rounded the same way everywhere.
+# is rounded the same way everywhere. Two finalizers per element and micro-batch: the base
+# hash of (element index, blob counter) gives the drift (bits 8-31) and the dead flag (bits
+# 0-7), and the finalizer of the base XOR the (update, micro-batch) counter gives the noise.
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B1
-#: per-purpose constants (any distinct odd values): noise, drift, dead elements, spikes
-_NOISE, _DRIFT, _DEAD, _SPIKE, _MICRO = 0x27D4EB2F, 0x165667B1, 0xD3A2646C, 0xFD7046C5, 0xB55A4F09
+#: per-purpose constants (any distinct odd values): spikes, micro-batch counters
+_SPIKE, _MICRO = 0xFD7046C5, 0xB55A4F09
 #: the stream's shape (see the module docstring): drift U(-1/16, 1/16), noise U(-1/8, 1/8),
 #: spiked updates x8 (one in ten, and always update 1 when there are two), 10% dead elements
 STREAM_DRIFT = 2.0**-3
@@ -213,6 +215,8 @@ STREAM_NOISE = 2.0**-2
 STREAM_SPIKE = 8.0
 STREAM_SPIKE_RATE = 0.1
 STREAM_DEAD_RATE = 0.1
+#: an element is dead when the low byte of its base hash is below this (26/256: 10.2%)
+STREAM_DEAD_BYTE = round(STREAM_DEAD_RATE * 256)
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -327,14 +331,13 @@ class NumpyGradients:
         n = int(np.prod(shape, dtype=np.int64))
         base = _element_base(n, self.salts[key])
         f32 = np.float32
-        drift = _unit(fmix32(base ^ np.uint32(_DRIFT))) * f32(STREAM_DRIFT)
+        drift = _unit(base) * f32(STREAM_DRIFT)
         noise = _unit(fmix32(base ^ np.uint32(update_counter(k, j)))) * f32(STREAM_NOISE)
         value = drift + noise
         if spiked(self.spec.seed, k):
             value = value * f32(STREAM_SPIKE)
         if n >= 4:  # small blobs (a scalar slope) keep every element
-            dead = fmix32(base ^ np.uint32(_DEAD)) < np.uint32(int(STREAM_DEAD_RATE * 2.0**32))
-            value[dead] = 0.0
+            value[(base & np.uint32(0xFF)) < np.uint32(STREAM_DEAD_BYTE)] = 0.0
         return value.reshape(shape)
 
     def update(self, k: int) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:

@@ -156,7 +156,7 @@ def test_multifixed_without_stages_is_bvlc_and_refused(tmp_path: Path) -> None:
 def test_rmsprop_without_rms_decay_is_zero_in_the_fork(tmp_path: Path) -> None:
     solver = SOLVER.replace("momentum: 0.9\n", 'type: "RMSProp"\n') + STAGES
     recipe = _recipe(tmp_path, solver)
-    assert recipe.solver.rms_decay == 0.0  # proto/yolo_caffe.proto:225 has no default
+    assert recipe.solver.rms_decay == 0.0  # caffe-yolo-2 caffe.proto:225 has no default
     rule = lower(recipe)
     assert any(n.code == "rule.default.rms_decay" and "0 because" in n.message for n in rule.notes)
 

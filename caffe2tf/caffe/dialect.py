@@ -3,22 +3,22 @@ from its fields.
 
 NVIDIA Caffe (NVIDIA/caffe, the fork behind DIGITS and NGC) extends BVLC's schema: its
 ``SolverParameter`` adds warm-up, ``min_lr``, momentum and weight-decay policies, LARC and
-precision fields (``proto/nvidia_caffe.proto:392-394,429-442,513``), its ``NetParameter`` and
+precision fields (``NVIDIA/caffe caffe.proto:392-394,429-442,513``), its ``NetParameter`` and
 ``LayerParameter`` add precision and loss-scaling fields (``:295-318``, ``:607-623``), and
 ``BatchNormParameter`` a learnable scale and bias (``:1140``). Both schemas are compiled into
 ``caffe2tf/caffe/_proto`` (NVIDIA's under package ``nvcaffe``, its only change; see
 docs/nvidia-caffe.md).
 
 The yolo fork (QiaoXie/caffe-yolo-2 ``2bee16c``, a Caffe of 2016 with YOLO's layers) adds the
-``multifixed`` lr policy's ``stagelr``/``stageiter`` (``proto/yolo_caffe.proto:184-186``,
+``multifixed`` lr policy's ``stagelr``/``stageiter`` (``caffe-yolo-2 caffe.proto:184-186``,
 ``src/caffe/solvers/sgd_solver.cpp:32-40``) and its detection layers' parameters; compiled
 under package ``yolocaffe`` (docs/forks.md).
 
 TSN's fork (yjxiong/caffe ``9831a2b4``, the Caffe of temporal-segment-networks) is an older
 Caffe with MPI training: its ``SolverParameter`` has the ``solver_type`` enum only (SGD,
 Nesterov, AdaGrad), ``richness`` (cuDNN's workspace, MB) and a repeated ``device_id``
-(``proto/tsn_caffe.proto:186-213``); its ``BN`` layer has a ``bn_param``
-(``proto/tsn_caffe.proto:458-472``).
+(``yjxiong/caffe caffe.proto:186-213``); its ``BN`` layer has a ``bn_param``
+(``yjxiong/caffe caffe.proto:458-472``).
 
 A file is read with the first schema that accepts it strictly, BVLC first, then NVIDIA's, the
 yolo fork's and TSN's: a file BVLC's parser accepts is BVLC Caffe, one that only a fork's accepts is

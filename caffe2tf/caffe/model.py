@@ -43,7 +43,7 @@ class SolverSpec:
     #: ``"bvlc"``, ``"nvidia"`` or ``"yolo"`` (:mod:`caffe2tf.caffe.dialect`): whose code runs
     #: this recipe
     dialect: str = "bvlc"
-    # NVIDIA Caffe's solver fields (proto/nvidia_caffe.proto:392-394,429-442), with its defaults
+    # NVIDIA Caffe's solver fields (NVIDIA/caffe caffe.proto:392-394,429-442), with its defaults
     # when absent or when the file is BVLC's (the rule reads them only for dialect "nvidia")
     rampup_interval: int = 0
     rampup_lr: float = 0.0
@@ -59,7 +59,7 @@ class SolverSpec:
     weight_decay_policy: str = "fixed"
     weight_decay_power: float = 1.0
     max_weight_decay: float = 0.0
-    # the yolo fork's lr_policy "multifixed" (proto/yolo_caffe.proto:184-186): stage rates and
+    # the yolo fork's lr_policy "multifixed" (caffe-yolo-2 caffe.proto:184-186): stage rates and
     # the last iteration of each stage (the rule reads them only for that policy)
     stagelr: tuple[float, ...] = ()
     stageiter: tuple[int, ...] = ()

@@ -89,7 +89,7 @@ NVIDIA_SOLVER_TYPES = (*SOLVER_TYPES, "SAG")
 NVIDIA_MOMENTUM_POLICIES = ("fixed", "poly", "opt")
 NVIDIA_LARC_POLICIES = ("scale", "clip")
 #: NVIDIA's solver fields that change training, with their caffe.proto defaults
-#: (proto/nvidia_caffe.proto:392-394,429-442): SolverSpec attributes of the same names
+#: (NVIDIA/caffe caffe.proto:392-394,429-442): SolverSpec attributes of the same names
 NVIDIA_FIELDS = (
     "rampup_interval",
     "rampup_lr",

@@ -358,7 +358,7 @@ def _tsn_solver_as_bvlc(parsed: Parsed) -> tuple[Any, list[Note]]:
         reason = {
             "richness": "it caps the memory cuDNN may use when TSN's fork picks convolution "
             "algorithms (cudnn_conv_layer.cpp:124-193)",
-            "group_id": "it groups the MPI ranks of a TSN run (proto/tsn_caffe.proto:187)",
+            "group_id": "it groups the MPI ranks of a TSN run (yjxiong/caffe caffe.proto:187)",
         }.get(name)
         notes.append(
             _note(

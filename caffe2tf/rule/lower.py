@@ -80,7 +80,7 @@ def fp16_gradient_layers(net: NetSpec | None) -> frozenset[str]:
     msg = net.message if net is not None else None
     if msg is None or not hasattr(msg, "default_backward_type"):
         return frozenset()
-    fp16 = 2  # enum Type FLOAT16 (proto/nvidia_caffe.proto:9)
+    fp16 = 2  # enum Type FLOAT16 (NVIDIA/caffe caffe.proto:9)
     out = set()
     for layer in msg.layer:
         btype = layer.backward_type if layer.HasField("backward_type") else None
@@ -304,7 +304,7 @@ def _default_notes(spec: SolverSpec, has_decay: bool) -> list[Note]:
         add(
             "rms_decay",
             "RMSProp rho = rms_decay = 0 because it is not set (the yolo fork's caffe.proto has "
-            "no default, proto/yolo_caffe.proto:225; BVLC's is 0.99)",
+            "no default, caffe-yolo-2 caffe.proto:225; BVLC's is 0.99)",
             Severity.WARNING,
         )
     elif "rms_decay" in d and t == "RMSProp":

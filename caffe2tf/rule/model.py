@@ -303,7 +303,7 @@ SOLVER_TABLES = {
     "nvidia": NVIDIA_SOLVERS,
     "yolo": SOLVERS,
     # TSN's fork knows SGD, Nesterov and AdaGrad, with BVLC's math (yjxiong/caffe
-    # src/caffe/solver.cpp:740-930; its enum has no other type, proto/tsn_caffe.proto:194-198)
+    # src/caffe/solver.cpp:740-930; its enum has no other type, yjxiong/caffe caffe.proto:194-198)
     "tsn": {name: SOLVERS[name] for name in ("SGD", "Nesterov", "AdaGrad")},
 }
 Step = ClipByGlobalNorm | NormalizeBy | AddDecay | NvidiaDecay | ScaleByLr | SolverStep

@@ -94,3 +94,25 @@ def test_frozen_blobs_get_no_gradient_in_any_run():
 
 def _init() -> dict[str, np.ndarray]:
     return {k: np.ones(v, np.float32) for k, v in SHAPES.items()}
+
+
+def test_rate_differences_judge_tiny_tail_rates_against_a_floor():
+    """The rate check forgives float32 noise in rates a thousandth of the run's largest, but
+    not a missing floor (NVIDIA's min_lr), nor a relative error where the rate is large."""
+    from caffe2tf.verify.schedule_check import RATE_FLOOR, SCHEDULE_TOLERANCE, rate_differences
+
+    k = np.arange(2_400_000, dtype=np.float64)
+    poly = (0.005 * (1.0 - k / 2_400_000) ** 2).astype(np.float32)
+    # the tail of a poly schedule read with a relative error of 1e-4 (float32 cancellation)
+    noisy = poly.copy()
+    tail = poly < RATE_FLOOR * poly.max() / 10
+    noisy[tail] *= np.float32(1 + 1e-4)
+    assert rate_differences(poly, noisy).max() <= SCHEDULE_TOLERANCE
+    # the same relative error where the rate is large is a different schedule
+    big = poly.copy()
+    big[:1000] *= np.float32(1 + 1e-3)
+    assert rate_differences(poly, big).max() > SCHEDULE_TOLERANCE
+    # a rate floor (min_lr 1e-5) the candidate forgot shows only at the tail, and is caught
+    floored = np.maximum(poly, np.float32(1e-5))
+    assert rate_differences(floored, poly).max() > SCHEDULE_TOLERANCE
+    assert np.isinf(rate_differences(poly, np.where(tail, np.nan, poly)).max())

@@ -28,6 +28,24 @@ from caffe2tf.rule.schedules import boundaries, lr_sequence
 
 #: relative difference of two float32 rates that counts as a different schedule
 SCHEDULE_TOLERANCE = 1e-4
+#: a rate difference is judged against the rate, or against this fraction of the run's largest
+#: rate where the rate is smaller (docs/verify.md#the-measures): at the tail of a long ``poly``
+#: schedule Caffe's own rate carries float32 cancellation (``1 - fl(k / max_iter)``), and XLA
+#: may divide by a constant as a multiplication by its reciprocal, so two exact ports of
+#: VGG16's 2.4M-iteration ``poly`` differ by 1e-4 of a rate a millionth of ``base_lr``
+RATE_FLOOR = 1e-3
+
+
+def rate_differences(want: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Per iteration ``|got - want| / max(|want|, |got|, RATE_FLOOR * max|want|)`` (0 where
+    every term is 0, inf where either side is not finite)."""
+    finite = np.abs(want[np.isfinite(want)])
+    floor = RATE_FLOOR * float(finite.max()) if finite.size else 0.0
+    with np.errstate(all="ignore"):
+        scale = np.maximum(np.maximum(np.abs(want), np.abs(got)), floor)
+        rel = np.where(scale > 0, np.abs(got - want) / np.where(scale > 0, scale, 1), 0.0)
+    finite_sides = np.isfinite(want) & np.isfinite(got)
+    return np.where(finite_sides & np.isfinite(rel), rel, np.inf)
 
 
 @dataclass(frozen=True)
@@ -243,10 +261,7 @@ def check_schedule(
         rates, _ = got
         lr_mult = float(np.float32(rule.group(key).lr_mult))
         want = caffe * lr_mult
-        with np.errstate(all="ignore"):
-            scale = np.maximum(np.abs(want), np.abs(rates))
-            rel = np.where(scale > 0, np.abs(rates - want) / np.where(scale > 0, scale, 1), 0.0)
-        rel = np.where(np.isfinite(rel), rel, np.inf)
+        rel = rate_differences(want, rates)
         bad = np.flatnonzero(rel > tolerance)
         worst_at = int(np.argmax(rel)) if iterations else 0
         first = int(bad[0]) if bad.size else None

@@ -50,6 +50,13 @@ def _rule(rng: random.Random) -> UpdateRule:
         stepvalue=stepvalue,
         max_iter=rng.choice([10, 450000, 2**25]),
     )
+    if schedule.policy == "multifixed":  # the yolo fork's stages (at least one, as it checks)
+        n_stages = rng.choice([1, 3, 40])
+        schedule = replace(
+            schedule,
+            stagelr=tuple(rng.choice(FLOATS[1:]) for _ in range(n_stages)),
+            stageiter=tuple(rng.sample(range(0, 10**6), n_stages)),
+        )
     if rng.random() < 0.3:  # NVIDIA Caffe's warm-up and floor
         schedule = replace(
             schedule,

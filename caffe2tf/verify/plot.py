@@ -218,15 +218,21 @@ def plot_components(
                 f"{'ok' if schedule.passed else 'first differs at ' + str(worst.first_bad)}",
                 fontsize="medium",
             )
-            xs = [b.worst_iteration for b in schedule.blobs]
-            ys = [max(b.worst, tiny) if math.isfinite(b.worst) else 1e6 for b in schedule.blobs]
-            ax.scatter(xs, ys, s=14)
-            for b, x, y in zip(schedule.blobs, xs, ys, strict=True):
-                ax.annotate(b.key, (x, y), fontsize="x-small")
-            ax.axhline(schedule.tolerance, color="red", linestyle="--", linewidth=1)
-            ax.set_yscale("log")
-            ax.set_xlabel("iteration of the worst relative difference")
-            ax.set_ylabel("|rate - Caffe's| / rate")
+            # one bar per blob (the 12 that differ most): its worst relative rate difference
+            # over every iteration, and where it was
+            shown = sorted(schedule.blobs, key=lambda b: -b.worst)[:12][::-1]
+            widths = [max(b.worst, tiny) if math.isfinite(b.worst) else 1e6 for b in shown]
+            ax.barh(range(len(shown)), widths, color="tab:blue", height=0.6)
+            for i, (b, w) in enumerate(zip(shown, widths, strict=True)):
+                label = "0" if b.worst == 0 else f"{b.worst:.1e}"
+                ax.annotate(
+                    f" {label} at k={b.worst_iteration}", (w, i), va="center", fontsize="x-small"
+                )
+            ax.axvline(schedule.tolerance, color="red", linestyle="--", linewidth=1)
+            ax.set_yticks(range(len(shown)), [b.key for b in shown], fontsize="x-small")
+            ax.set_xscale("log")
+            ax.set_xlim(tiny / 2, max(schedule.tolerance * 100, max(widths) * 100))
+            ax.set_xlabel("worst |rate - Caffe's| / rate over the iterations (log)")
         for ax, (layer, series) in zip(flat[first_norm:], norms, strict=False):
             _draw_norms(ax, layer, series, reference_label, candidate_label)
         for ax in flat[panels:]:

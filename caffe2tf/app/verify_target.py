@@ -127,7 +127,7 @@ def verify_target(
 ) -> Any:
     """Run the ``target``'s module (see the module docstring); a ``VerifyReport``."""
     from caffe2tf.app.targets import get_target
-    from caffe2tf.app.verify import VerifyReport, _caffe_trajectory
+    from caffe2tf.app.verify_report import VerifyReport, caffe_trajectory
     from caffe2tf.rule.reference import run_reference
     from caffe2tf.verify import streams
 
@@ -162,7 +162,7 @@ def verify_target(
         t = time.perf_counter()
         if against == "caffe":
             net_file = Path(net_path) if net_path is not None else Path(net.path)
-            reference = list(_caffe_trajectory(Path(solver), net_file, init, grads, len(grads)))
+            reference = list(caffe_trajectory(Path(solver), net_file, init, grads, len(grads)))
         else:
             reference = run_reference(rule, init, grads, precision="float32")
         timings[against] = time.perf_counter() - t

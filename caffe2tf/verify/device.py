@@ -302,35 +302,22 @@ class DeviceEngine:
     gradients (the stream and the schedule windows) share one compiled program."""
 
     def __init__(self, rule: UpdateRule, candidate: Any, layers: Sequence[Any], device: Any):
+        from caffe2tf.verify import keras_harness
+
         self.rule = rule
-        self.candidate = candidate
         self.layers = layers
         self.device = device
-        self.built: dict[str, Any] = {}
+        self.session = keras_harness.CandidateSession(candidate)
         self.compiled: dict[tuple, Any] = {}
 
-    def _candidate(self, run: Run) -> Any:
-        from caffe2tf.verify import keras_harness
+    def _candidate(self, run: Run) -> tuple[Any, Any, Any]:
+        """The run's model and optimizer (built once per precision and shapes, else reset:
+        :class:`caffe2tf.verify.keras_harness.CandidateSession`) and their trained pairs."""
         from caffe2tf.verify.mirror import trained_pairs
 
-        built_key = (run.dtype, tuple(sorted(run.shapes.items())))
-        if built_key not in self.built:
-            layers = self.layers(run.shapes) if callable(self.layers) else self.layers
-            model, optimizer = keras_harness.build_candidate(
-                self.candidate, layers, run.init, dtype=run.dtype
-            )
-            pairs = trained_pairs(model)
-            tvars = [v for _, v in pairs]
-            optimizer.build(tvars)
-            # the optimizer's fresh state: zeros are remade per run, anything else (a step
-            # counter, a rate, Keras Adagrad's 0.1) is kept as a copy
-            fresh = [
-                (tuple(v.shape), v.dtype, None if not np.any(np.asarray(v.value)) else
-                 np.array(v.value))
-                for v in optimizer.variables
-            ]  # fmt: skip
-            self.built[built_key] = (model, optimizer, pairs, fresh)
-        return self.built[built_key]
+        layers = self.layers(run.shapes) if callable(self.layers) else self.layers
+        model, optimizer, _ = self.session.model_for(layers, run.init, run.dtype)
+        return model, optimizer, trained_pairs(model)
 
     def run(
         self,
@@ -357,18 +344,13 @@ class DeviceEngine:
         timings: dict[str, float] | None,
     ) -> Comparison:
         import jax
-        import jax.numpy as jnp
 
         from caffe2tf.verify import keras_harness
-        from caffe2tf.verify.mirror import set_caffe_weights
 
         timings = timings if timings is not None else {}
         t0 = time.perf_counter()
         dt = np.float32 if run.dtype == "float32" else np.float64
-        model, optimizer, pairs, fresh = self._candidate(run)
-        set_caffe_weights(model, run.init)
-        for var, (shape, dtype, value) in zip(optimizer.variables, fresh, strict=True):
-            var.assign(jnp.zeros(shape, dtype) if value is None else jnp.asarray(value))
+        model, optimizer, pairs = self._candidate(run)
         tvars = [v for _, v in pairs]
         iter_size = max(1, self.rule.iter_size)
         if run.start:

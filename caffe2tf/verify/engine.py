@@ -103,7 +103,7 @@ def lean_backend() -> None:
     """Before TensorFlow is imported: no oneDNN (``TF_ENABLE_ONEDNN_OPTS=0``) unless the user
     chose. The mirror runs no convolution or matrix product, only the optimizer's elementwise
     arithmetic (Eigen's either way), and oneDNN's caches held about 0.9 GB more on CaffeNet
-    (docs/verify.md#memory)."""
+    (docs/verify.md#next-to-a-tensorflow-candidate)."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 

@@ -252,7 +252,7 @@ class CandidateSession:
         self.candidate = (
             candidate if isinstance(candidate, Candidate) else candidate_from_module(candidate)
         )
-        self.built: dict[tuple, tuple[Any, Any, list[Any], dict[str, Any]]] = {}
+        self.built: dict[tuple, tuple[Any, Any, list[tuple[Any, Any]], dict[str, Any]]] = {}
 
     def model_for(
         self, layers: Sequence[MirrorLayer], init: Mapping[str, np.ndarray], dtype: str
@@ -262,19 +262,19 @@ class CandidateSession:
         if key not in self.built:
             model, optimizer = build_candidate(self.candidate, layers, init, dtype=dtype)
             optimizer.build([v for _, v in trained_pairs(model)])
-            # the state as built: zeros are remade per run, anything else is kept as a copy
-            fresh = [
-                None if not np.any(_host_value(v)) else np.array(_host_value(v))
-                for v in optimizer.variables
-            ]
+            # the state as built: zeros are remade per run, anything else (a step counter, a
+            # rate, Keras Adagrad's 0.1) is kept as a copy; the dtype is kept too, since a run
+            # on the JAX device engine consumes (donates) the variables' arrays
+            fresh = []
+            for v in optimizer.variables:
+                value = _host_value(v)
+                fresh.append((value.dtype, np.array(value) if np.any(value) else None))
             self.built[key] = (model, optimizer, fresh, {})
             return model, optimizer, self.built[key][3]
         model, optimizer, fresh, cache = self.built[key]
         set_caffe_weights(model, init)
-        for var, value in zip(optimizer.variables, fresh, strict=True):
-            var.assign(
-                np.zeros(tuple(var.shape), _host_value(var).dtype) if value is None else value
-            )
+        for var, (dtype, value) in zip(optimizer.variables, fresh, strict=True):
+            var.assign(np.zeros(tuple(var.shape), dtype) if value is None else value)
         return model, optimizer, cache
 
 

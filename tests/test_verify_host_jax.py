@@ -102,3 +102,68 @@ def test_one_model_serves_every_run_of_a_precision(keras_tf, monkeypatch):
     # the float32 stream and windows share one model; the float64 probes (cut blobs) another
     # and the schedule check its own
     assert built.count("float32") <= 2, built
+
+
+@pytest.fixture
+def lean(monkeypatch):
+    """The paths a net of VGG16's size takes, forced on LeNet: the step compiled with XLA
+    (caffe2tf/verify/loops/tensorflow.py ``XLA_MIN_ELEMENTS``) and the comparison reduced a
+    block of Caffe rows at a time (caffe2tf/verify/jax_compare.py ``BLOCK_ELEMENTS``)."""
+    import tensorflow as tf
+
+    from caffe2tf.verify import jax_compare
+    from caffe2tf.verify.loops import tensorflow as tf_loop
+
+    compiled = []
+    real = tf.function
+
+    def recording(fn=None, **kwargs):
+        compiled.append(kwargs.get("jit_compile"))
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(tf_loop, "XLA_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(tf, "function", recording)
+    monkeypatch.setattr(jax_compare, "BLOCK_ELEMENTS", 1000)  # ip1/0 (500x800): 400 blocks
+    return compiled
+
+
+def test_the_xla_step_and_blocked_comparison_judge_as_the_plain_ones(keras_tf, lean):
+    lean_report = _verify(device="cpu")
+    assert True in lean, "the step was not compiled with XLA"
+    assert None not in lean and False not in lean, "XLA was refused: the plain trace ran"
+    lean.clear()
+    from caffe2tf.verify import jax_compare
+    from caffe2tf.verify.loops import tensorflow as tf_loop
+
+    tf_loop.XLA_MIN_ELEMENTS = 2**62
+    jax_compare.BLOCK_ELEMENTS = 2**62
+    plain_report = _verify(device="cpu")
+    assert lean and True not in lean
+    assert lean_report.passed and plain_report.passed
+    a, b = _runs(lean_report), _runs(plain_report)
+    assert a.keys() == b.keys()
+    for key, ca in a.items():
+        cb = b[key]
+        assert ca.travelled == cb.travelled
+        for blob in ca.per_blob:  # the same arithmetic up to XLA's float32 rounding (an
+            # ulp of a weight, next to a window's short motion: a few 1e-6 here)
+            assert abs(ca.per_blob[blob] - cb.per_blob[blob]) < 1e-5, (key, blob)
+        for blob, norms in ca.candidate_norms.items():
+            np.testing.assert_allclose(norms, cb.candidate_norms[blob], rtol=1e-6)
+            np.testing.assert_allclose(
+                ca.reference_norms[blob], cb.reference_norms[blob], rtol=1e-6
+            )
+
+
+def test_a_wrong_port_fails_on_the_xla_step(keras_tf, lean, tmp_path):
+    from caffe2tf.api import convert
+
+    convert(LENET).write(tmp_path / "out")
+    module = tmp_path / "out" / "optimizer.py"
+    text = module.read_text()
+    module.write_text(text.replace('("L2", 0.00025)', '("L2", 0.0005)'))  # decay x2
+    report = _verify(device="cpu", module_path=str(module))
+    assert True in lean
+    assert not report.passed
+    failed = {v["component"] for v in report.component_verdicts() if not v["passed"]}
+    assert {"stream", "decay"} <= failed

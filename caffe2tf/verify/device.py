@@ -233,8 +233,18 @@ def _compiled_gradients(spec: GradientSpec, shapes: Mapping[str, Sequence[int]])
     key = ("gradients", spec.kind, spec.dtype, spec.iter_size, spec.scale, spec.norm)
     key += (spec.frozen, shape_key)
     if key not in _COMPILED:
-        _COMPILED[key] = (None, jax.jit(gradient_function(spec, shapes)))
+        fn = gradient_function(spec, shapes)
+        if spec.iter_size <= 1:  # the diff alone (see JaxGradients.update)
+            fn = _diff_only(fn)
+        _COMPILED[key] = (None, jax.jit(fn))
     return _COMPILED[key][1]
+
+
+def _diff_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def diff(k: Any, seed: Any, salts: Any) -> dict[str, Any]:
+        return fn(k, seed, salts)[1]
+
+    return diff
 
 
 class JaxGradients:
@@ -249,7 +259,11 @@ class JaxGradients:
 
     def update(self, k: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """JAX arrays (NumPy reads them without a copy on the CPU; the compiled rule takes
-        them as they are)."""
+        them as they are). With one micro-batch it is the diff itself: the compiled program
+        returns it once (an output listed twice is two buffers)."""
+        if self.spec.iter_size <= 1:
+            total = self.fn(np.uint32(k), self.seed, self.salts)
+            return [total], total
         return self.fn(np.uint32(k), self.seed, self.salts)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -100,11 +99,12 @@ def host_run(
 
 
 def lean_backend() -> None:
-    """Before TensorFlow is imported: no oneDNN (``TF_ENABLE_ONEDNN_OPTS=0``) unless the user
-    chose. The mirror runs no convolution or matrix product, only the optimizer's elementwise
-    arithmetic (Eigen's either way), and oneDNN's caches held about 0.9 GB more on CaffeNet
-    (docs/verify.md#next-to-a-tensorflow-candidate)."""
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    """Before TensorFlow is imported: no oneDNN unless the user chose
+    (:func:`caffe2tf._quiet.prefer_lean_tensorflow`, which the CLI calls before it imports
+    Keras; this is the same for API callers)."""
+    from caffe2tf._quiet import prefer_lean_tensorflow
+
+    prefer_lean_tensorflow()
 
 
 def release_freed_memory() -> None:

@@ -70,9 +70,25 @@ def run_device(executor: Any) -> Any:
     return None
 
 
-def _reduce(cand: Any, ref: Any, w0: Any, perm: tuple[int, ...] | None) -> tuple[Any, ...]:
+#: blobs above this many elements are reduced a block of Caffe rows at a time: XLA on the CPU
+#: writes the transposed read out before reducing it, a whole extra copy of VGG16's fc6
+#: (411 MB) at once otherwise
+BLOCK_ELEMENTS = 2**22
+
+
+def _reduce(
+    cand: Any, ref: Any, w0: Any, start: Any, perm: tuple[int, ...] | None, rows: int
+) -> tuple[Any, ...]:
+    """The scalars of Caffe rows ``start .. start + rows`` of one blob (``rows`` = all of
+    them for a small blob): ``max|c - r|``, the largest finite ``|r - w0|``, NaN/inf flags of
+    both sides and both sides' sums of squares."""
+    import jax
     import jax.numpy as jnp
 
+    if rows < ref.shape[0]:
+        ref = jax.lax.dynamic_slice_in_dim(ref, start, rows, 0)
+        w0 = jax.lax.dynamic_slice_in_dim(w0, start, rows, 0)
+        cand = jax.lax.dynamic_slice_in_dim(cand, start, rows, 0 if perm is None else perm[0])
     c = cand.transpose(perm) if perm is not None else cand
     c = c.astype(ref.dtype)
     moved = jnp.abs(ref - w0)
@@ -84,9 +100,23 @@ def _reduce(cand: Any, ref: Any, w0: Any, perm: tuple[int, ...] | None) -> tuple
         jnp.any(jnp.isinf(ref)),
         jnp.any(jnp.isnan(c)),
         jnp.any(jnp.isinf(c)),
-        jnp.sqrt(jnp.dot(flat_r, flat_r)),
-        jnp.sqrt(jnp.dot(flat_c, flat_c)),
+        jnp.dot(flat_r, flat_r),
+        jnp.dot(flat_c, flat_c),
     )
+
+
+def _max(a: float, b: float) -> float:
+    """The larger of two blocks' figures; a NaN (a side gone non-finite) wins."""
+    return a if (a != a or a >= b) else b
+
+
+def _blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``(start, rows)`` blocks of Caffe's first axis, each about :data:`BLOCK_ELEMENTS`."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if not shape or n <= BLOCK_ELEMENTS:
+        return [(0, shape[0] if shape else 0)]
+    rows = max(1, BLOCK_ELEMENTS // max(1, n // shape[0]))
+    return [(a, min(rows, shape[0] - a)) for a in range(0, shape[0], rows)]
 
 
 class JaxComparer:
@@ -105,7 +135,7 @@ class JaxComparer:
             else jax.device_put(np.asarray(init[k]), device)
             for k in self.keys
         }
-        self.fn = jax.jit(_reduce, static_argnums=(3,))
+        self.fn = jax.jit(_reduce, static_argnums=(4, 5))
 
     def scalars(self, reference: Mapping[str, Any], candidate: Any) -> Scalars:
         """``reference``: Caffe-layout weights (JAX or NumPy); ``candidate``: a
@@ -125,10 +155,28 @@ class JaxComparer:
                 cand, perm = as_jax(np.asarray(candidate[k])), None
             else:
                 cand, perm = as_jax(raw[0]), raw[1]
-            pending.append((k, self.fn(cand, as_jax(reference[k]), self.w0[k], perm)))
+            ref = as_jax(reference[k])
+            if ref.ndim == 0:
+                ref, cand = ref.reshape(1), cand.reshape(1)
+                w0 = self.w0[k].reshape(1)
+            else:
+                w0 = self.w0[k]
+            for start, rows in _blocks(tuple(ref.shape)):
+                pending.append((k, self.fn(cand, ref, w0, np.int32(start), perm, rows)))
+        for k in self.keys:
+            diffs.setdefault(k, 0.0)
+            moved.setdefault(k, 0.0)
+            flags.setdefault(k, (False, False, False, False))
+        squares: dict[str, list[float]] = {}
         for k, out in pending:
-            d, m, *f, nr, nc = (np.asarray(x).item() for x in out)
-            diffs[k], moved[k] = float(d), float(m)
-            flags[k] = (bool(f[0]), bool(f[1]), bool(f[2]), bool(f[3]))
-            norms[k] = (float(nr), float(nc))
+            d, m, *f, sr, sc = (np.asarray(x).item() for x in out)
+            diffs[k], moved[k] = _max(diffs[k], float(d)), _max(moved[k], float(m))
+            was = flags[k]
+            flags[k] = (was[0] or bool(f[0]), was[1] or bool(f[1]), was[2] or bool(f[2]),
+                        was[3] or bool(f[3]))  # fmt: skip
+            acc = squares.setdefault(k, [0.0, 0.0])
+            acc[0] += float(sr)
+            acc[1] += float(sc)
+        for k, (sr, sc) in squares.items():
+            norms[k] = (float(np.sqrt(sr)), float(np.sqrt(sc)))
         return diffs, moved, flags, norms

@@ -402,23 +402,27 @@ def _make_layer(spec: MirrorLayer, dtype: str = "float32") -> Any:
     if spec.type == "InnerProduct":
         if len(shape0) != 2:
             raise InputError(f"InnerProduct {spec.name!r} weight has shape {shape0}, want 2-D")
-        layer = keras.layers.Dense(shape0[0], use_bias=use_bias, name=spec.name, dtype=dtype)
+        layer = keras.layers.Dense(
+            shape0[0], use_bias=use_bias, name=spec.name, dtype=dtype, **_LOADED
+        )
         layer.build((None, shape0[1]))
         return layer
     if spec.type == "Convolution":
         if len(shape0) != 4:
             raise InputError(f"Convolution {spec.name!r} weight has shape {shape0}, want 4-D")
         layer = keras.layers.Conv2D(
-            shape0[0], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name, dtype=dtype
-        )
+            shape0[0], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name, dtype=dtype,
+            **_LOADED,
+        )  # fmt: skip
         layer.build((None, None, None, shape0[1]))
         return layer
     if spec.type == "Deconvolution":
         if len(shape0) != 4:
             raise InputError(f"Deconvolution {spec.name!r} weight has shape {shape0}, want 4-D")
         layer = keras.layers.Conv2DTranspose(
-            shape0[1], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name, dtype=dtype
-        )
+            shape0[1], (shape0[2], shape0[3]), use_bias=use_bias, name=spec.name, dtype=dtype,
+            **_LOADED,
+        )  # fmt: skip
         layer.build((None, None, None, shape0[0]))
         return layer
     if spec.type == "Embed":
@@ -431,6 +435,11 @@ def _make_layer(spec: MirrorLayer, dtype: str = "float32") -> Any:
         layer.build((None,))
         return layer
     raise InputError(f"verify cannot mirror layer type {spec.type}")
+
+
+#: a mirror layer's weights are loaded from Caffe's right after it is built: made as zeros,
+#: not drawn from Keras' random initializers (two more copies of the weights on VGG16)
+_LOADED = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
 
 
 def _variable_for(layer: Any, spec: MirrorLayer, blob: MirrorBlob | int) -> Any:

@@ -273,8 +273,11 @@ class CandidateSession:
             return model, optimizer, self.built[key][3]
         model, optimizer, fresh, cache = self.built[key]
         set_caffe_weights(model, init)
+        import keras
+
         for var, (dtype, value) in zip(optimizer.variables, fresh, strict=True):
-            var.assign(np.zeros(tuple(var.shape), dtype) if value is None else value)
+            # zeros made by the backend: a NumPy array would be one more copy per variable
+            var.assign(keras.ops.zeros(tuple(var.shape), dtype) if value is None else value)
         return model, optimizer, cache
 
 

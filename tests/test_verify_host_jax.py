@@ -167,3 +167,34 @@ def test_a_wrong_port_fails_on_the_xla_step(keras_tf, lean, tmp_path):
     assert not report.passed
     failed = {v["component"] for v in report.component_verdicts() if not v["passed"]}
     assert {"stream", "decay"} <= failed
+
+
+def test_caffes_rule_is_made_after_the_candidate_is_loaded(keras_tf, monkeypatch):
+    """The compiled rule's arrays are made only once the candidate's model is built or reset
+    (caffe2tf/verify/engine.py ``Deferred``), so the two never peak together."""
+    from caffe2tf.verify import device as dev
+    from caffe2tf.verify import keras_harness
+
+    events = []
+    real_model_for = keras_harness.CandidateSession.model_for
+    real_init = dev.JaxReference.__init__
+
+    def model_for(self, *args, **kwargs):
+        out = real_model_for(self, *args, **kwargs)
+        events.append("candidate loaded")
+        return out
+
+    def init(self, *args, **kwargs):
+        # the float64 probes run on blobs cut to 8 per axis: made at once (caffe2tf/verify/
+        # engine.py _X64)
+        events.append("rule made" if kwargs["precision"] == "float32" else "float64 rule made")
+        return real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras_harness.CandidateSession, "model_for", model_for)
+    monkeypatch.setattr(dev.JaxReference, "__init__", init)
+    report = _verify(device="cpu")
+    assert report.passed
+    made = [i for i, e in enumerate(events) if e == "rule made"]
+    assert len(made) >= 3, events  # the stream and the schedule windows
+    for i in made:
+        assert i > 0 and events[i - 1] == "candidate loaded", events

@@ -111,6 +111,6 @@ def run(
                 raise
             cache["tensorflow_step"] = tf.function(step)
             cache["tensorflow_step"](args, present)
-        args = None
+        args = part = None  # the gradient goes once the update is observed
         if (j + 1) % iter_size == 0:
             on_update()

@@ -198,3 +198,40 @@ def test_caffes_rule_is_made_after_the_candidate_is_loaded(keras_tf, monkeypatch
     assert len(made) >= 3, events  # the stream and the schedule windows
     for i in made:
         assert i > 0 and events[i - 1] == "candidate loaded", events
+
+
+def test_a_step_xla_cannot_compile_is_traced_plainly(keras_tf, lean, tmp_path):
+    """A candidate whose step holds an op XLA has no kernel for (``tf.numpy_function`` in a
+    regularizer, adding nothing) still verifies: the step is traced again without XLA
+    (caffe2tf/verify/loops/tensorflow.py)."""
+    from caffe2tf.api import convert
+
+    convert(LENET).write(tmp_path / "out")
+    module = tmp_path / "out" / "optimizer.py"
+    module.write_text(
+        module.read_text()
+        + """
+
+_emitted_prepare_model = prepare_model
+
+
+def prepare_model(model):
+    import numpy as np
+    import tensorflow as tf
+
+    out = _emitted_prepare_model(model)
+    for variable in model.trainable_variables:
+        emitted = variable.regularizer
+        if emitted is not None:
+
+            def through_numpy(x, emitted=emitted):
+                host = tf.numpy_function(lambda a: np.asarray(a), [x.value], x.dtype)
+                return emitted(x) + 0.0 * tf.reduce_sum(host)
+
+            variable.regularizer = through_numpy
+    return out
+"""
+    )
+    report = _verify(device="cpu", module_path=str(module))
+    assert True in lean and None in lean, "XLA was not tried first, or not given up"
+    assert report.passed

@@ -234,17 +234,23 @@ def _compiled_gradients(spec: GradientSpec, shapes: Mapping[str, Sequence[int]])
     key += (spec.frozen, shape_key)
     if key not in _COMPILED:
         fn = gradient_function(spec, shapes)
-        if spec.iter_size <= 1:  # the diff alone (see JaxGradients.update)
-            fn = _diff_only(fn)
-        _COMPILED[key] = (None, jax.jit(fn))
+        if spec.iter_size <= 1:
+            _COMPILED[key] = (None, _one_part(jax.jit(lambda *a: fn(*a)[1])))
+        else:
+            _COMPILED[key] = (None, jax.jit(fn))
     return _COMPILED[key][1]
 
 
-def _diff_only(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def diff(k: Any, seed: Any, salts: Any) -> dict[str, Any]:
-        return fn(k, seed, salts)[1]
+def _one_part(diff: Callable[..., Any]) -> Callable[..., Any]:
+    """``(micro-batches, diff)`` from a compiled program that returns the diff alone: with one
+    micro-batch it is the diff itself, and a program listing an output twice returns two
+    buffers of it."""
 
-    return diff
+    def both(k: Any, seed: Any, salts: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        total = diff(k, seed, salts)
+        return [total], total
+
+    return both
 
 
 class JaxGradients:
@@ -259,11 +265,7 @@ class JaxGradients:
 
     def update(self, k: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """JAX arrays (NumPy reads them without a copy on the CPU; the compiled rule takes
-        them as they are). With one micro-batch it is the diff itself: the compiled program
-        returns it once (an output listed twice is two buffers)."""
-        if self.spec.iter_size <= 1:
-            total = self.fn(np.uint32(k), self.seed, self.salts)
-            return [total], total
+        them as they are)."""
         return self.fn(np.uint32(k), self.seed, self.salts)
 
 

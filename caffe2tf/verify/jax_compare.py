@@ -161,12 +161,9 @@ class JaxComparer:
                 w0 = self.w0[k].reshape(1)
             else:
                 w0 = self.w0[k]
+            diffs[k], moved[k], flags[k] = 0.0, 0.0, (False, False, False, False)
             for start, rows in _blocks(tuple(ref.shape)):
                 pending.append((k, self.fn(cand, ref, w0, np.int32(start), perm, rows)))
-        for k in self.keys:
-            diffs.setdefault(k, 0.0)
-            moved.setdefault(k, 0.0)
-            flags.setdefault(k, (False, False, False, False))
         squares: dict[str, list[float]] = {}
         for k, out in pending:
             d, m, *f, sr, sc = (np.asarray(x).item() for x in out)

@@ -241,7 +241,8 @@ def ratio_bench(recipe: str, steps: int, device: str, repeats: int = 3) -> None:
         # kept (on a shared machine the load comes and goes)
         for _ in range(1 + repeats):
             t = time.perf_counter()
-            comparison = engine.run(stream, tolerance=1e-3, keys=list(shapes))
+            # as verify runs it without --plot: no weight norms
+            comparison = engine.run(stream, tolerance=1e-3, keys=list(shapes), norms=False)
             times.append(time.perf_counter() - t)
             t = time.perf_counter()
             jax.block_until_ready(loop(values, opt_values))

@@ -103,3 +103,43 @@ def test_the_sliced_maximum_is_the_whole_arrays(monkeypatch):
     assert compare.max_abs_diff(a[:1, :3], b[:1, :3]) == float(
         np.max(np.abs(a[:1, :3] - b[:1, :3]))
     )
+
+
+@pytest.mark.parametrize("with_norms", [True, False])
+def test_a_block_of_device_scalars_judges_as_the_same_updates_one_by_one(with_norms: bool):
+    """The fused engine hands back a chunk of updates at once (``observe_block``): the same
+    comparison as ``observe_scalars`` per update, non-finite moves, an overflowing difference,
+    a flagged NaN and an empty blob included; norms kept only when asked for."""
+    from caffe2tf.verify.compare import StreamingComparison
+
+    init = {"a/0": np.ones(3, np.float32), "e/0": np.zeros(0, np.float32), "b/0": np.ones(2)}
+    keys = list(init)
+    rng = np.random.default_rng(0)
+    n = 7
+    diffs, moved = rng.random((n, 3)) * 1e-4, rng.random((n, 3))
+    moved[2, 0], diffs[3, 2] = np.inf, np.inf  # a move past float32's range; c - r overflowed
+    diffs[:, 1] = moved[:, 1] = 0.0  # the empty blob
+    norms = rng.random((n, 3, 2))
+    for flagged in (False, True):
+        flags = np.zeros((n, 3, 4), bool)
+        if flagged:
+            flags[5, 2, 2] = True  # the candidate holds a NaN after update 6
+            diffs[5, 2] = np.nan
+        one = StreamingComparison(init, keys=keys, norms=with_norms)
+        block = StreamingComparison(init, keys=keys, norms=with_norms)
+        for t in range(n):
+            one.observe_scalars(
+                {k: float(diffs[t, i]) for i, k in enumerate(keys)},
+                {k: float(moved[t, i]) for i, k in enumerate(keys)},
+                {k: tuple(bool(x) for x in flags[t, i]) for i, k in enumerate(keys)},
+                {k: (float(norms[t, i, 0]), float(norms[t, i, 1])) for i, k in enumerate(keys)},
+            )
+        block.observe_block(diffs[:4], moved[:4], flags[:4], norms[:4])
+        block.observe_block(diffs[4:], moved[4:], flags[4:], norms[4:])
+        a, b = one.result(), block.result()
+        assert a.to_dict() == b.to_dict()
+        assert a.per_blob_step == b.per_blob_step and a.nonfinite == b.nonfinite
+        assert (b.nonfinite == "the candidate has NaN in b/0 after update 6") is flagged
+        assert a.reference_norms == b.reference_norms
+        assert bool(b.candidate_norms) is with_norms
+        assert a.travelled == b.travelled and math.isfinite(b.travelled) and b.travelled > 0

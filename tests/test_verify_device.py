@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent("""
     from caffe2tf.app.verify import verify_solver
     from caffe2tf.errors import InputError
     out = {}
-    right = verify_solver("fixtures/zoo/resnet/solver.prototxt", steps=3)
+    right = verify_solver("fixtures/zoo/resnet/solver.prototxt", steps=3, norms=True)
     names = [c["component"] for c in right.component_verdicts()]
     out["right"] = [right.passed, right.device, names]
     stream = next(r for r in right.runs if r.component == "stream").comparison
@@ -53,6 +53,8 @@ SCRIPT = textwrap.dedent("""
     gaps = [abs(c - r) / r for k in ref for r, c in zip(ref[k], cand[k]) if r > 0]
     lengths = sorted({len(v) for v in ref.values()})
     out["norms"] = [sorted(ref) == sorted(right.shapes), lengths, max(gaps)]
+    plain = verify_solver("fixtures/zoo/resnet/solver.prototxt", steps=3)
+    out["plain_norms"] = [bool(r.comparison.reference_norms) for r in plain.runs]
     wrong = verify_solver("fixtures/lenet/solver.prototxt", steps=5, module_path=sys.argv[1])
     out["wrong"] = [wrong.passed, wrong.comparison.deviation]
     from caffe2tf.verify import device
@@ -89,6 +91,7 @@ def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
     # the fused program also returns each blob's weight norm per update, on both sides
     every_blob, lengths, gap = out["norms"]
     assert every_blob and lengths == [3] and gap < 1e-5, out["norms"]
+    assert not any(out["plain_norms"])  # not asked for (no plot): not reduced
     assert out["wrong"][0] is False and out["wrong"][1] > 1e-3
     # the gradients' per-blob tables kept across updates or made in each: the same run
     assert out["remade"][0] is False

@@ -110,13 +110,29 @@ def test_jax_makes_the_same_numbers():
                 assert np.array_equal(tn[key], tj[key]) and tj[key].dtype == np.float32
                 assert all(np.array_equal(a[key], b[key]) for a, b in zip(mn, mj, strict=True))
     with jax.enable_x64(True):
-        for spec in (
-            GradientSpec("impulse", 5, dtype="float64"),
-            GradientSpec("uniform", 5, dtype="float64", scale=1e-4),
-        ):
-            a = NumpyGradients(spec, SHAPES).update(0)[1]
-            b = JaxGradients(spec, SHAPES).update(0)[1]
-            assert all(np.array_equal(a[key], b[key]) for key in SHAPES)
+        probes = [
+            GradientSpec("zeros", 5, 2, dtype="float64"),
+            GradientSpec("impulse", 5, 2, dtype="float64"),
+            GradientSpec("uniform", 5, 2, dtype="float64", scale=1e-4),
+            GradientSpec("norm", 6, 2, dtype="float64", norm=0.37, frozen=("b/0",)),
+            GradientSpec("norm", 6, 2, dtype="float64", norm=2.5),
+            GradientSpec("cancel", 5, 3, dtype="float64", scale=1e-3),
+        ]
+        for spec in probes:
+            numpy_made, jax_made = NumpyGradients(spec, SHAPES), JaxGradients(spec, SHAPES)
+            for k in (0, 1, 3):
+                (mn, tn), (mj, tj) = numpy_made.update(k), jax_made.update(k)
+                for key in SHAPES:
+                    if spec.kind in ("norm", "cancel"):  # XLA's order of sums and differences
+                        for a, b in zip([tn, *mn], [tj, *mj], strict=True):
+                            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-13)
+                        continue
+                    # bit for bit, the diff and every micro-batch
+                    assert np.array_equal(tn[key], tj[key]), (spec.kind, k, key)
+                    assert all(np.array_equal(a[key], b[key]) for a, b in zip(mn, mj, strict=True))
+        # the probe kinds differ in the program's arguments, not in the program
+        made = {JaxGradients(spec, SHAPES).fn for spec in probes if spec.kind != "cancel"}
+        assert len(made) == 2  # one with the frozen blob, one without
 
 
 def test_jax_makes_them_in_keras_layout_without_transposing():
@@ -125,7 +141,7 @@ def test_jax_makes_them_in_keras_layout_without_transposing():
     require("jax")
     import jax
 
-    from caffe2tf.verify.device import gradient_function, salts_of
+    from caffe2tf.verify.device import gradient_function, knobs_of, salts_of
     from caffe2tf.verify.mirror import caffe_to_keras, keras_axes
 
     shapes = {**SHAPES, "d/0": (6, 4)}
@@ -135,7 +151,7 @@ def test_jax_makes_them_in_keras_layout_without_transposing():
         plain = jax.jit(gradient_function(spec, shapes))
         laid = jax.jit(gradient_function(spec, shapes, axes))
         for k in (0, 1, 4):
-            args = (np.uint32(k), np.uint32(spec.seed), salts_of(spec, shapes))
+            args = (np.uint32(k), np.uint32(spec.seed), salts_of(spec, shapes), knobs_of(spec))
             (mp, tp), (ml, tl) = plain(*args), laid(*args)
             for key in shapes:
                 want = caffe_to_keras(*layers.get(key, ("Bias", 1)), np.asarray(tp[key]))

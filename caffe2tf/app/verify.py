@@ -195,6 +195,7 @@ def verify_solver(
     input_shapes: Mapping[str, tuple[int, ...]] | Sequence[str] | None = None,
     device: str = "auto",
     fmt: str = "json",
+    norms: bool | None = None,
 ) -> VerifyReport:
     """See the module docstring. Raises :class:`~caffe2tf.errors.Caffe2TfError` for bad input
     (unknown net or shapes, missing module, no Caffe root for ``against="caffe"``).
@@ -205,7 +206,10 @@ def verify_solver(
     convert's automatic renames. ``input_shapes``: ``--input-shape`` (``TOP=N,C,H,W`` texts
     or ``{top: shape}``). ``device``: ``--device cpu|gpu|auto``, where JAX runs (both rules on
     Keras' JAX backend, Caffe's rule otherwise). ``fmt``: the report's format; a progress bar
-    is drawn only for ``table`` on a terminal."""
+    is drawn only for ``table`` on a terminal. ``norms``: keep both sides' weight norms per
+    update of the stream run (``reference_norms`` / ``candidate_norms`` of its comparison;
+    two more reductions per blob and update); by default only when ``plot_path`` draws
+    them."""
     device_kind = device
     if device_kind not in ("cpu", "gpu", "auto"):
         raise InputError(f"--device must be cpu, gpu or auto (got {device_kind!r})")
@@ -329,6 +333,7 @@ def verify_solver(
                     caffe_reference=caffe_reference if against == "caffe" else None,
                     progress=advance,
                     timings=timings,
+                    norms=plot_path is not None if norms is None else norms,
                 )
             except ValueError as err:
                 if "--device" in str(err):

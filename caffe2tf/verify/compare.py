@@ -277,6 +277,7 @@ class StreamingComparison:
         tolerance: float = DEFAULT_TOLERANCE,
         keys: Sequence[str] | None = None,
         floor_fraction: float = 0.01,
+        norms: bool = True,
     ) -> None:
         if not (math.isfinite(tolerance) and tolerance > 0):
             raise ValueError(f"tolerance must be a finite number > 0, not {tolerance!r}")
@@ -291,7 +292,8 @@ class StreamingComparison:
         self.travelled = 0.0
         self.diffs: dict[str, list[float]] = {k: [] for k in self.keys}
         #: per blob, (||ref_t||, ||cand_t||) for each update t (the weight-norm trajectories
-        #: verify --plot draws)
+        #: verify --plot draws); kept when ``norms``
+        self.keep_norms = norms
         self.norms: dict[str, list[tuple[float, float]]] = {k: [] for k in self.keys}
         self.steps = 0
 
@@ -311,10 +313,12 @@ class StreamingComparison:
             w0 = self.w0[k]
             if w0.size == 0:
                 self.diffs[k].append(0.0)
-                self.norms[k].append((0.0, 0.0))
+                if self.keep_norms:
+                    self.norms[k].append((0.0, 0.0))
                 continue
             r, c = np.asarray(reference[k]), np.asarray(candidate[k])
-            self.norms[k].append((l2_norm(r), l2_norm(c)))
+            if self.keep_norms:
+                self.norms[k].append((l2_norm(r), l2_norm(c)))
             # In the arrays' own precision (a device reduces them the same way): the
             # difference of two float32 numbers within a factor 2 of each other is exact
             # (Sterbenz); a NaN or inf anywhere makes the maximum non-finite.
@@ -349,7 +353,7 @@ class StreamingComparison:
         self.steps += 1
         t = self.steps
         for k in self.keys:
-            if norms is not None:
+            if norms is not None and self.keep_norms:
                 self.norms[k].append((float(norms[k][0]), float(norms[k][1])))
             if self.w0[k].size == 0:
                 self.diffs[k].append(0.0)
@@ -371,6 +375,39 @@ class StreamingComparison:
                 self.diffs[k].append(math.inf)
             else:
                 self.diffs[k].append(float(diffs[k]))
+
+    def observe_block(
+        self,
+        diffs: np.ndarray,
+        moved: np.ndarray,
+        flags: np.ndarray,
+        norms: np.ndarray | None = None,
+    ) -> None:
+        """``n`` updates at once, as :meth:`observe_scalars` takes them one by one: arrays of
+        shape ``(n, len(keys))``, ``flags`` ``(n, len(keys), 4)``, ``norms`` ``(n, len(keys),
+        2)`` or None; the columns in :attr:`keys`' order."""
+        diffs, moved, flags = np.asarray(diffs), np.asarray(moved), np.asarray(flags, bool)
+        n = diffs.shape[0]
+        if flags.any():  # a NaN or inf somewhere: update by update, for the message
+            for t in range(n):
+                self.observe_scalars(
+                    {k: diffs[t, i] for i, k in enumerate(self.keys)},
+                    {k: moved[t, i] for i, k in enumerate(self.keys)},
+                    {k: tuple(bool(x) for x in flags[t, i]) for i, k in enumerate(self.keys)},
+                    None if norms is None else {k: norms[t, i] for i, k in enumerate(self.keys)},
+                )
+            return
+        self.steps += n
+        for i, k in enumerate(self.keys):
+            if norms is not None and self.keep_norms:
+                self.norms[k].extend(map(tuple, norms[:, i, :].tolist()))
+            if self.w0[k].size == 0:
+                self.diffs[k].extend([0.0] * n)
+                continue
+            m = moved[:, i][np.isfinite(moved[:, i])]
+            if m.size:
+                self.travelled = max(self.travelled, float(m.max()))
+            self.diffs[k].extend(diffs[:, i].tolist())
 
     def result(self) -> Comparison:
         """The :class:`Comparison` of the updates observed so far."""

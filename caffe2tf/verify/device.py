@@ -99,15 +99,38 @@ def _unit(h: Any, dtype: Any) -> Any:
     return (h >> jnp.uint32(8)).astype(dtype) * dtype(2.0**-24) - dtype(0.5)
 
 
+#: the gradient kinds one compiled program makes, told apart at run time by :func:`knobs_of`
+#: (a verify's probes then share one program instead of compiling one each)
+PROBE_KINDS = ("zeros", "impulse", "uniform", "norm")
+_MODES = {"zeros": 0, "impulse": 1, "uniform": 2, "norm": 3}
+
+
+def program_kind(spec: GradientSpec) -> str:
+    """What a compiled program of ``spec``'s gradients is made for: ``stream``, ``cancel`` or
+    ``probe`` (every kind of :data:`PROBE_KINDS`; the kind, ``scale`` and ``norm`` are then
+    arguments, :func:`knobs_of`)."""
+    return "probe" if spec.kind in PROBE_KINDS else spec.kind
+
+
+def knobs_of(spec: GradientSpec) -> tuple[Any, np.int32, Any]:
+    """A run's arguments of its compiled gradient program: the uniform numbers' factor
+    ``scale / std(U[-1/2, 1/2))`` in the run's precision, the probe kind's number and the
+    target global norm."""
+    dt = np.float32 if spec.dtype == "float32" else np.float64
+    factor = dt(spec.scale / streams._UNIT_STD)
+    return factor, np.int32(_MODES.get(spec.kind, 0)), dt(spec.norm)
+
+
 def gradient_function(
     spec: GradientSpec,
     shapes: Mapping[str, Sequence[int]],
     axes: Mapping[str, tuple[int, ...] | None] | None = None,
-) -> Callable[[Any, Any, Any], tuple[list[dict[str, Any]], dict[str, Any]]]:
-    """``f(k, seed, salts) -> (micro-batches, diff)`` of update ``k`` (traceable: ``k``,
-    ``seed`` and the per-blob ``salts`` may be traced, so runs that differ only in them share
-    one compiled program). ``salts``: ``{key: streams.blob_salt(seed, key)}``. ``axes``: per
-    blob, the ``transpose`` axes of the layout to make it in (e.g. Keras', from
+) -> Callable[[Any, Any, Any, Any], tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """``f(k, seed, salts, knobs) -> (micro-batches, diff)`` of update ``k`` (traceable: ``k``,
+    ``seed``, the per-blob ``salts`` and the ``knobs`` may be traced, so runs that differ only
+    in them share one compiled program; :func:`program_kind` says which runs those are).
+    ``salts``: :func:`salts_of`; ``knobs``: :func:`knobs_of`. ``axes``: per blob, the
+    ``transpose`` axes of the layout to make it in (e.g. Keras', from
     :func:`caffe2tf.verify.mirror.keras_axes`): each element is computed from its Caffe index
     in place, so no array is transposed and the numbers are those of Caffe's layout,
     transposed."""
@@ -120,6 +143,7 @@ def gradient_function(
     dt = jnp.float32 if spec.dtype == "float32" else jnp.float64
     s = max(1, spec.iter_size)
     live = [k for k in keys if k not in spec.frozen]
+    family = program_kind(spec)
     u = jnp.uint32
 
     def shape_of(key: str) -> tuple[int, ...]:
@@ -141,9 +165,10 @@ def gradient_function(
     def base(key: str, salts: Any) -> Any:
         return _fmix32(index(key) * u(streams._GOLDEN) + salts[key])
 
-    def uniform(key: str, salts: Any, counter: Any, std: float) -> Any:
+    def uniform(key: str, salts: Any, counter: Any, factor: Any) -> Any:
+        """Uniform numbers of standard deviation ``factor * std(U[-1/2, 1/2))``."""
         h = _fmix32(base(key, salts) ^ counter)
-        return _unit(h, dt) * dt(std / streams._UNIT_STD)
+        return _unit(h, dt) * factor
 
     def counter(k: Any, j: int) -> Any:
         return _mix(u(streams._MICRO), k, j)
@@ -155,13 +180,17 @@ def gradient_function(
     def zeros() -> dict[str, Any]:
         return {k: jnp.zeros(shape_of(k), dt) for k in keys}
 
-    def fn(k: Any, seed: Any, salts: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def fn(
+        k: Any, seed: Any, salts: Any, knobs: Any
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         k = jnp.asarray(k).astype(u)
-        if spec.kind == "stream":
+        factor, mode, target = knobs
+        factor, target = jnp.asarray(factor, dt), jnp.asarray(target, dt)
+        if family == "stream":
             micro = [zeros() for _ in range(s)]
             total = zeros()
             f32 = jnp.float32
-            factor = jnp.where(spiked(k, seed), f32(streams.STREAM_SPIKE), f32(1.0))
+            spike = jnp.where(spiked(k, seed), f32(streams.STREAM_SPIKE), f32(1.0))
             for key in live:
                 b = base(key, salts)
                 drift = _unit(b, f32) * f32(streams.STREAM_DRIFT)
@@ -171,7 +200,7 @@ def gradient_function(
                 acc = jnp.zeros(b.shape, dt)
                 for j in range(s):
                     noise = _unit(_fmix32(b ^ counter(k, j)), f32) * f32(streams.STREAM_NOISE)
-                    value = (drift + noise) * factor
+                    value = (drift + noise) * spike
                     if dead is not None:
                         value = jnp.where(dead, f32(0.0), value)
                     part = value.astype(dt)
@@ -181,14 +210,15 @@ def gradient_function(
             if s == 1:  # 0 + x is x: one array for both (no -0.0 arises, see streams.py)
                 return [total], total
             return micro, total
-        if spec.kind == "cancel":
+        if family == "cancel":
             micro = [zeros() for _ in range(s)]
             total = zeros()
+            three = dt(3.0 / streams._UNIT_STD)
             for key in live:
-                diff = uniform(key, salts, counter(k, s), spec.scale)
+                diff = uniform(key, salts, counter(k, s), factor)
                 rest = diff
                 for j in range(s - 1):
-                    part = uniform(key, salts, counter(k, j), 3.0)
+                    part = uniform(key, salts, counter(k, j), three)
                     micro[j][key] = part
                     rest = rest - part
                 micro[s - 1][key] = rest
@@ -197,19 +227,21 @@ def gradient_function(
                     acc = acc + micro[j][key]
                 total[key] = acc
             return micro, total
-        total = zeros()
-        if spec.kind in ("impulse", "uniform", "norm"):
-            for key in live:
-                value = uniform(key, salts, counter(k, 0), spec.scale)
-                if spec.kind == "impulse":
-                    value = jnp.where(k == 0, value, jnp.zeros_like(value))
-                total[key] = value
-        if spec.kind == "norm":
-            norm = jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float64))) for v in total.values()))
-            scale = jnp.where(norm > 0, spec.norm / norm, 1.0)
-            total = {key: (v * scale).astype(dt) for key, v in total.items()}
-        elif spec.kind not in ("zeros", "impulse", "uniform"):
+        if family != "probe":
             raise ValueError(f"unknown gradient kind {spec.kind!r}")
+        # zeros (0): +0.0 everywhere; impulse (1): uniform at update 0 only; uniform (2) and
+        # norm (3): uniform every update, norm's rescaled to the global norm ``target``
+        on = (mode >= 2) | ((mode == 1) & (k == 0))
+        total = zeros()
+        for key in live:
+            value = uniform(key, salts, counter(k, 0), factor)
+            total[key] = jnp.where(on, value, jnp.zeros_like(value))
+        if live:
+            wide = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
+            norm = jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(wide))) for v in total.values()))
+            scale = jnp.where(norm > 0, target / norm, 1.0)
+            scaled = {key: (v * scale).astype(dt) for key, v in total.items()}
+            total = {key: jnp.where(mode == 3, scaled[key], v) for key, v in total.items()}
         rest = [zeros() for _ in range(s - 1)]
         return [total, *rest], total
 
@@ -230,8 +262,7 @@ def _compiled_gradients(spec: GradientSpec, shapes: Mapping[str, Sequence[int]])
     import jax
 
     shape_key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
-    key = ("gradients", spec.kind, spec.dtype, spec.iter_size, spec.scale, spec.norm)
-    key += (spec.frozen, shape_key)
+    key = ("gradients", program_kind(spec), spec.dtype, spec.iter_size, spec.frozen, shape_key)
     if key not in _COMPILED:
         fn = gradient_function(spec, shapes)
         if spec.iter_size <= 1:
@@ -246,8 +277,10 @@ def _one_part(diff: Callable[..., Any]) -> Callable[..., Any]:
     micro-batch it is the diff itself, and a program listing an output twice returns two
     buffers of it."""
 
-    def both(k: Any, seed: Any, salts: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        total = diff(k, seed, salts)
+    def both(
+        k: Any, seed: Any, salts: Any, knobs: Any
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        total = diff(k, seed, salts, knobs)
         return [total], total
 
     return both
@@ -262,11 +295,12 @@ class JaxGradients:
         self.fn = _compiled_gradients(spec, shapes)
         self.salts = salts_of(spec, shapes)
         self.seed = np.uint32(spec.seed & 0xFFFFFFFF)
+        self.knobs = knobs_of(spec)
 
     def update(self, k: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """JAX arrays (NumPy reads them without a copy on the CPU; the compiled rule takes
         them as they are)."""
-        return self.fn(np.uint32(k), self.seed, self.salts)
+        return self.fn(np.uint32(k), self.seed, self.salts, self.knobs)
 
 
 class JaxReference:
@@ -343,13 +377,18 @@ class DeviceEngine:
         keys: Sequence[str],
         progress: Callable[[int], None] | None = None,
         timings: dict[str, float] | None = None,
+        norms: bool = True,
     ) -> Comparison:
+        """``run`` compared; ``norms``: also keep both sides' weight norms per update (what
+        ``verify --plot`` draws). The compiled program reduces them in any case: on XLA:CPU
+        the loop without them was slower, not faster (LeNet, 1000 updates: 0.70 s against
+        0.58 s, alternating in one process; bench/RESULTS.md)."""
         import jax
 
         if run.dtype == "float64":
             with jax.enable_x64(True):
-                return self._run(run, tolerance, keys, progress, timings)
-        return self._run(run, tolerance, keys, progress, timings)
+                return self._run(run, tolerance, keys, progress, timings, norms)
+        return self._run(run, tolerance, keys, progress, timings, norms)
 
     def _run(
         self,
@@ -358,6 +397,7 @@ class DeviceEngine:
         keys: Sequence[str],
         progress: Callable[[int], None] | None,
         timings: dict[str, float] | None,
+        norms: bool,
     ) -> Comparison:
         import jax
 
@@ -390,10 +430,14 @@ class DeviceEngine:
         ref_state = jr.init_state(ref_w)
         w0 = {k: put(k) for k in keys}
         rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
-        salts = salts_of(run.spec, run.shapes)
+        salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
         seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
         comparison = StreamingComparison(
-            run.init, tolerance=tolerance, keys=list(keys), floor_fraction=run.floor_fraction
+            run.init,
+            tolerance=tolerance,
+            keys=list(keys),
+            floor_fraction=run.floor_fraction,
+            norms=norms,
         )
         carry = (ref_w, ref_state, values, opt_values)
         length = min(CHUNK, run.updates)  # chunks of one length, then the rest (if any)
@@ -402,15 +446,8 @@ class DeviceEngine:
             chunk = self._compiled(run, model, optimizer, pairs, jr, list(keys), n)
             idx = np.arange(begin, begin + n, dtype=np.uint32)
             r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
-            carry, ys = chunk(carry, w0, idx, r, c, seed, salts)
-            diffs, moved, flags, norms = jax.device_get(ys)
-            for t in range(n):
-                comparison.observe_scalars(
-                    {k: float(diffs[t, i]) for i, k in enumerate(keys)},
-                    {k: float(moved[t, i]) for i, k in enumerate(keys)},
-                    {k: tuple(bool(x) for x in flags[t, i]) for i, k in enumerate(keys)},
-                    {k: (float(norms[t, i, 0]), float(norms[t, i, 1])) for i, k in enumerate(keys)},
-                )
+            carry, ys = chunk(carry, w0, idx, r, c, seed, salts, knobs)
+            comparison.observe_block(*jax.device_get(ys))
             if progress is not None:
                 progress(n)
         del carry
@@ -436,7 +473,7 @@ class DeviceEngine:
         length: int,
     ) -> Any:
         shapes_key = tuple(sorted(run.shapes.items()))
-        cache_key = (run.spec.kind, run.dtype, run.spec.scale, run.spec.norm, shapes_key, length)
+        cache_key = (program_kind(run.spec), run.dtype, shapes_key, length)
         if cache_key in self.compiled:
             return self.compiled[cache_key]
         import jax
@@ -458,7 +495,7 @@ class DeviceEngine:
                 reg_total = sum((jnp.sum(x).astype(dt) for x in reg), dt(0))
             return lin + reg_total
 
-        def one_update(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any) -> Any:
+        def one_update(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any, knobs: Any) -> Any:
             ref_w, ref_state, values, opt_values = carry
             k, rate, corr = xs
             if not keep_tables:  # loop-variant: XLA cannot hoist the per-blob hashes
@@ -466,7 +503,7 @@ class DeviceEngine:
             # XLA fuses the gradients into each consumer (the candidate, the rule) and makes
             # the noise there: no gradient-sized buffer is written and read back (with the
             # per-blob tables kept, that is one finalizer per element and consumer)
-            micro, diff = gen(k, seed, salts)
+            micro, diff = gen(k, seed, salts, knobs)
             for j in range(iter_size):
                 gs = [micro[j][key] for key in tkeys]
                 grads = jax.grad(total_loss)(values, gs)
@@ -492,24 +529,17 @@ class DeviceEngine:
             moved = {key: jnp.max(jnp.abs(r - w0[key])) for key, r, _ in live}
             zero, no = dt(0), jnp.zeros(4, bool)
 
-            # the weight-norm trajectories of verify --plot: (||r||, ||c||), any layout
-            norms = jnp.stack(
-                [jnp.stack([jnp.sqrt(jnp.sum(r * r)), jnp.sqrt(jnp.sum(c * c))])
-                 for _, r, c in pairs_rc]
-            )  # fmt: skip
-
-            def stack(d: dict, m: dict, f: dict) -> tuple[Any, Any, Any, Any]:
+            def stack(d: dict, m: dict, f: dict) -> tuple[Any, Any, Any]:
                 return (
                     jnp.stack([d.get(key, zero) for key, _, _ in pairs_rc]),
                     jnp.stack([m.get(key, zero) for key, _, _ in pairs_rc]),
                     jnp.stack([f.get(key, no) for key, _, _ in pairs_rc]),
-                    norms,
                 )
 
-            def fine() -> tuple[Any, Any, Any, Any]:
+            def fine() -> tuple[Any, Any, Any]:
                 return stack(diffs, moved, {})
 
-            def looked_at() -> tuple[Any, Any, Any, Any]:
+            def looked_at() -> tuple[Any, Any, Any]:
                 m, f = {}, {}
                 for key, r, c in live:
                     d = jnp.abs(r - w0[key])
@@ -519,11 +549,16 @@ class DeviceEngine:
                 return stack(diffs, m, f)
 
             ok = jnp.all(jnp.isfinite(jnp.stack([*diffs.values(), *moved.values(), zero])))
-            return jax.lax.cond(ok, fine, looked_at)
+            # the weight-norm trajectories of verify --plot: (||r||, ||c||), any layout
+            norms = jnp.stack(
+                [jnp.stack([jnp.sqrt(jnp.sum(r * r)), jnp.sqrt(jnp.sum(c * c))])
+                 for _, r, c in pairs_rc]
+            )  # fmt: skip
+            return (*jax.lax.cond(ok, fine, looked_at), norms)
 
-        def chunk(carry, w0, ks, rates, corr, seed, salts):  # noqa: ANN001, ANN202
+        def chunk(carry, w0, ks, rates, corr, seed, salts, knobs):  # noqa: ANN001, ANN202
             return jax.lax.scan(
-                lambda c, xs: one_update(c, xs, w0, seed, salts), carry, (ks, rates, corr)
+                lambda c, xs: one_update(c, xs, w0, seed, salts, knobs), carry, (ks, rates, corr)
             )
 
         compiled = jax.jit(chunk, donate_argnums=(0,))

@@ -44,6 +44,7 @@ def host_run(
     executor: Any = None,
     gradients: Any = None,
     session: keras_harness.CandidateSession | None = None,
+    norms: bool = True,
 ) -> Comparison:
     """Compare ``candidate`` with Caffe's rule on ``run``. ``reference``: the real Caffe's
     weights after each update (an iterator), instead of an executor. ``executor``: an object
@@ -52,10 +53,15 @@ def host_run(
     ``update(k)`` (default: ``run.gradients()``, NumPy).
     ``progress(n)`` is told each finished update; ``timings`` gets the seconds spent in each
     rule. ``session``: the candidate's model and optimizer kept from an earlier run
-    (:class:`caffe2tf.verify.keras_harness.CandidateSession`)."""
+    (:class:`caffe2tf.verify.keras_harness.CandidateSession`). ``norms``: keep both sides'
+    weight norms per update (:attr:`caffe2tf.verify.compare.Comparison.reference_norms`)."""
     timings = timings if timings is not None else {}
     comparison = StreamingComparison(
-        run.init, tolerance=tolerance, keys=list(keys), floor_fraction=run.floor_fraction
+        run.init,
+        tolerance=tolerance,
+        keys=list(keys),
+        floor_fraction=run.floor_fraction,
+        norms=norms,
     )
     if reference is None and executor is None:
         executor = ReferenceOptimizer(rule, run.init, precision=run.dtype)
@@ -68,7 +74,7 @@ def host_run(
         deferred or isinstance(getattr(executor, "weights", None), dict)
     )
     device = executor.device if deferred else run_device(executor)
-    comparer = JaxComparer(run.init, comparison.keys, device) if on_device else None
+    comparer = JaxComparer(run.init, comparison.keys, device, norms=norms) if on_device else None
 
     def observe(k: int, diff: Weights, weights: Weights) -> None:
         t = time.perf_counter()
@@ -166,6 +172,7 @@ def compare_runs(
     caffe_reference: Callable[[Run], Iterator[Weights]] | None = None,
     progress: Callable[[int], None] | None = None,
     timings: dict[str, float] | None = None,
+    norms: bool = True,
 ) -> tuple[list[Comparison], str]:
     """Every run's :class:`Comparison`, and where both rules ran (for the report).
 
@@ -176,7 +183,9 @@ def compare_runs(
     (``--against caffe``) gives the real Caffe's weights for the ``stream`` run, which is then
     run on the host. ``device``: ``cpu``, ``gpu`` or ``auto`` for JAX (the candidate's device
     on the other backends is the backend's own choice). ``layers``: the mirror's layers, or a
-    function of the blob shapes giving them (the probes run on cut blobs)."""
+    function of the blob shapes giving them (the probes run on cut blobs). ``norms``: keep
+    both sides' weight norms per update in the ``stream`` run's comparison (what ``verify
+    --plot`` draws; the other runs never keep them)."""
     from caffe2tf.rule import jax_executor
     from caffe2tf.verify import device as dev
 
@@ -200,7 +209,14 @@ def compare_runs(
             reference = caffe_reference(run)
         if engine is not None and reference is None:
             out.append(
-                engine.run(run, tolerance=tolerance, keys=keys, progress=progress, timings=timings)
+                engine.run(
+                    run,
+                    tolerance=tolerance,
+                    keys=keys,
+                    progress=progress,
+                    timings=timings,
+                    norms=norms and run.component == "stream",
+                )
             )
             continue
         executor = gradients = None
@@ -221,6 +237,7 @@ def compare_runs(
                 executor=executor if reference is None else None,
                 gradients=gradients,
                 session=session,
+                norms=norms and run.component == "stream",
             )
         )
         executor = gradients = None

@@ -2,8 +2,8 @@
 (docs/verify.md#streams): the reference's weights are JAX arrays already, the candidate's
 variables are shared with JAX (DLPack from TensorFlow, as they are on Keras' JAX backend),
 and one compiled function per blob gives ``max|cand - ref|``, the largest finite
-``|ref - w0|``, whether either side holds a NaN or inf and both sides' L2 norms (for the
-plot) -- the scalars of
+``|ref - w0|``, whether either side holds a NaN or inf and, when asked, both sides' L2 norms
+(for the plot) -- the scalars of
 :meth:`caffe2tf.verify.compare.StreamingComparison.observe_scalars`. The Caffe layout is made
 inside that function (a transposed read, fused with the differences), so no converted copy of
 a blob is ever held (the NumPy path transposes, subtracts and takes the absolute value in three
@@ -20,7 +20,7 @@ Scalars = tuple[
     dict[str, float],
     dict[str, float],
     dict[str, tuple[bool, bool, bool, bool]],
-    dict[str, tuple[float, float]],
+    dict[str, tuple[float, float]] | None,
 ]
 
 
@@ -77,11 +77,17 @@ BLOCK_ELEMENTS = 2**22
 
 
 def _reduce(
-    cand: Any, ref: Any, w0: Any, start: Any, perm: tuple[int, ...] | None, rows: int
+    cand: Any,
+    ref: Any,
+    w0: Any,
+    start: Any,
+    perm: tuple[int, ...] | None,
+    rows: int,
+    norms: bool,
 ) -> tuple[Any, ...]:
     """The scalars of Caffe rows ``start .. start + rows`` of one blob (``rows`` = all of
     them for a small blob): ``max|c - r|``, the largest finite ``|r - w0|``, NaN/inf flags of
-    both sides and both sides' sums of squares."""
+    both sides and, with ``norms``, both sides' sums of squares."""
     import jax
     import jax.numpy as jnp
 
@@ -92,17 +98,18 @@ def _reduce(
     c = cand.transpose(perm) if perm is not None else cand
     c = c.astype(ref.dtype)
     moved = jnp.abs(ref - w0)
-    flat_r, flat_c = ref.reshape(-1), c.reshape(-1)
-    return (
+    figures = (
         jnp.max(jnp.abs(c - ref), initial=0.0),
         jnp.max(jnp.where(jnp.isfinite(moved), moved, 0.0), initial=0.0),
         jnp.any(jnp.isnan(ref)),
         jnp.any(jnp.isinf(ref)),
         jnp.any(jnp.isnan(c)),
         jnp.any(jnp.isinf(c)),
-        jnp.dot(flat_r, flat_r),
-        jnp.dot(flat_c, flat_c),
     )
+    if not norms:
+        return figures
+    flat_r, flat_c = ref.reshape(-1), c.reshape(-1)
+    return (*figures, jnp.dot(flat_r, flat_r), jnp.dot(flat_c, flat_c))
 
 
 def _max(a: float, b: float) -> float:
@@ -122,7 +129,14 @@ def _blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
 class JaxComparer:
     """Keeps ``w0`` of ``keys`` on the device and reduces each update there."""
 
-    def __init__(self, init: Mapping[str, np.ndarray], keys: Sequence[str], device: Any = None):
+    def __init__(
+        self,
+        init: Mapping[str, np.ndarray],
+        keys: Sequence[str],
+        device: Any = None,
+        *,
+        norms: bool = True,
+    ) -> None:
         import jax
         import jax.numpy as jnp
 
@@ -135,7 +149,8 @@ class JaxComparer:
             else jax.device_put(np.asarray(init[k]), device)
             for k in self.keys
         }
-        self.fn = jax.jit(_reduce, static_argnums=(4, 5))
+        self.norms = norms
+        self.fn = jax.jit(_reduce, static_argnums=(4, 5, 6))
 
     def scalars(self, reference: Mapping[str, Any], candidate: Any) -> Scalars:
         """``reference``: Caffe-layout weights (JAX or NumPy); ``candidate``: a
@@ -163,17 +178,20 @@ class JaxComparer:
                 w0 = self.w0[k]
             diffs[k], moved[k], flags[k] = 0.0, 0.0, (False, False, False, False)
             for start, rows in _blocks(tuple(ref.shape)):
-                pending.append((k, self.fn(cand, ref, w0, np.int32(start), perm, rows)))
+                args = (cand, ref, w0, np.int32(start), perm, rows, self.norms)
+                pending.append((k, self.fn(*args)))
         squares: dict[str, list[float]] = {}
         for k, out in pending:
-            d, m, *f, sr, sc = (np.asarray(x).item() for x in out)
+            d, m, *f = (np.asarray(x).item() for x in out)
             diffs[k], moved[k] = _max(diffs[k], float(d)), _max(moved[k], float(m))
             was = flags[k]
             flags[k] = (was[0] or bool(f[0]), was[1] or bool(f[1]), was[2] or bool(f[2]),
                         was[3] or bool(f[3]))  # fmt: skip
-            acc = squares.setdefault(k, [0.0, 0.0])
-            acc[0] += float(sr)
-            acc[1] += float(sc)
+            if self.norms:
+                sr, sc = f[4:]
+                acc = squares.setdefault(k, [0.0, 0.0])
+                acc[0] += float(sr)
+                acc[1] += float(sc)
         for k, (sr, sc) in squares.items():
             norms[k] = (float(np.sqrt(sr)), float(np.sqrt(sc)))
-        return diffs, moved, flags, norms
+        return diffs, moved, flags, norms if self.norms else None

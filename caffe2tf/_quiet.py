@@ -1,4 +1,5 @@
-"""Keep TensorFlow's native start-up chatter out of caffe2tf's reports.
+"""What the verifying commands set up before the backends are imported: TensorFlow's native
+start-up chatter kept out of caffe2tf's reports, a lean TensorFlow, JAX's compilation cache.
 
 TensorFlow 2.21 logs through absl *before* ``absl::InitializeLog()`` runs, so
 ``TF_CPP_MIN_LOG_LEVEL`` does not silence the oneDNN / CUDA-probe lines printed while it is
@@ -8,11 +9,20 @@ is kept and printed after all if the import fails, so a broken install is still 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import platform
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+
+#: where verify and check keep JAX's compiled programs (empty: nowhere); default below
+CACHE_ENV = "CAFFE2TF_CACHE_DIR"
+#: the compilation cache's size bound: the least recently used programs go beyond it
+CACHE_MAX_BYTES = 2**30
 
 
 @contextmanager
@@ -56,3 +66,60 @@ def import_keras_quietly() -> None:
         import keras
 
         keras.ops.convert_to_tensor(0.0)  # device discovery logs happen here, not at import
+
+
+def compile_cache_dir(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """Where JAX's compiled programs are kept between runs: ``$CAFFE2TF_CACHE_DIR/xla/HOST``,
+    else ``$XDG_CACHE_HOME/caffe2tf/xla/HOST``, else ``~/.cache/caffe2tf/xla/HOST``; None when
+    ``CAFFE2TF_CACHE_DIR`` is set empty (docs/verify.md#compiled-programs-kept-between-runs).
+    ``HOST`` (:func:`host_tag`) keeps apart the programs of machines whose CPUs differ, which
+    may share a home directory: XLA compiles for the CPU it runs on."""
+    chosen = environ.get(CACHE_ENV)
+    if chosen is not None:
+        if not chosen.strip():
+            return None
+        base = Path(chosen).expanduser()
+    else:
+        base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "caffe2tf"
+    return base / "xla" / host_tag()
+
+
+def host_tag() -> str:
+    """``MACHINE-HASH``: the architecture and a hash of the CPU's feature flags (Linux'
+    ``/proc/cpuinfo``; elsewhere the processor's name)."""
+    features = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.split(":")[0].strip() in ("flags", "Features"):
+                    features = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    digest = hashlib.sha256(features.encode()).hexdigest()[:12]
+    return f"{platform.machine() or 'cpu'}-{digest}"
+
+
+def use_compile_cache() -> Path | None:
+    """Keep JAX's compiled programs on disk (JAX's persistent compilation cache, at
+    :func:`compile_cache_dir`, bounded to :data:`CACHE_MAX_BYTES`), so a second verify of
+    the same recipe loads them instead of compiling. Set through JAX's environment variables,
+    so it must run before JAX is imported; a user's own ``JAX_COMPILATION_CACHE_DIR`` wins.
+    Nothing is kept where the directory cannot be written, or without the ``filelock``
+    package, which JAX needs to bound the cache's size. Returns the directory in use."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    where = compile_cache_dir()
+    if where is None or importlib.util.find_spec("filelock") is None:
+        return None
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(where, os.W_OK | os.X_OK):
+        return None
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(where)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))
+    # the small programs too (each a few tens of ms to compile, about 30 in a verify)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    return where

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from caffe2tf._quiet import use_compile_cache
 from caffe2tf.app.report import EXIT_INVALID, EXIT_OK
 from caffe2tf.errors import Caffe2TfError, SourceLocation
 
@@ -380,6 +381,7 @@ def verify(
     device: str = "auto",
 ) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
+    use_compile_cache()
     if target == "keras":
         _quiet_tensorflow()
     from caffe2tf.app.verify import verify_solver
@@ -459,6 +461,7 @@ def check(
     """
     if len(pairs) % 2:
         raise click.UsageError("give SOLVER OUT pairs (an even number of paths)")
+    use_compile_cache()
     if target == "keras":
         _quiet_tensorflow()
     if manifest is not None or len(pairs) != 2 or jobs != 1 or junit is not None:

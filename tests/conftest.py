@@ -22,14 +22,24 @@ jax, matplotlib, ruff, grpcio-tools): use :func:`require` / :func:`need` instead
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 _CI_TRUE = {"1", "true", "yes", "on"}
+
+# verify and check keep JAX's compiled programs in a cache directory (caffe2tf/_quiet.py
+# use_compile_cache): the suite's runs share one of their own, not the user's ~/.cache
+if "CAFFE2TF_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="caffe2tf-test-cache-")
+    os.environ["CAFFE2TF_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 
 def in_ci() -> bool:

@@ -274,6 +274,20 @@ def test_names_are_escaped_in_tables(tmp_path: Path, cmd: list[str]) -> None:
     assert HOSTILE_SHOWN in res.output and "ip2\\r/0" in res.output
 
 
+@pytest.mark.keras
+def test_names_are_escaped_in_the_verify_report(tmp_path: Path) -> None:
+    """verify's per-blob table lines its names up after escaping them."""
+    from conftest import require
+
+    require("tensorflow")
+    res = CliRunner().invoke(cli, ["verify", str(_hostile_recipe(tmp_path)), "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    _no_controls(res.output)
+    rows = [line for line in res.output.splitlines() if line.endswith("  ok")]
+    assert any(line.lstrip().startswith(f"{HOSTILE_SHOWN}/0 ") for line in rows), rows
+    assert len({len(line) for line in rows}) == 1, rows  # the columns line up
+
+
 def test_error_quoting_names_is_one_line(tmp_path: Path) -> None:
     # the second layer shares "sh\tx" with a different shape: Caffe's error names both layers
     solver = _hostile_recipe(tmp_path, 'param { name: "sh\\tx" }')

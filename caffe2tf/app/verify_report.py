@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from caffe2tf.app.pipeline import Pipeline
-from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
+from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation, escape_controls
 from caffe2tf.verify import components
 from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.schedule_check import ScheduleCheck
@@ -150,13 +150,15 @@ class VerifyReport:
             f"{c.floor:.4g}) = max|Δw| / {c.scale:.4g}",
             "",
         ]
-        width = max([len("blob")] + [len(k) for k in c.keys])
+        # blob names come from the prototxt: their control characters are shown as escapes
+        # (caffe2tf/errors.py), also when the columns are lined up
+        width = max([len("blob")] + [len(escape_controls(k)) for k in c.keys])
         lines.append(f"  {'blob':<{width}}  {'shape':<12}  {'deviation':>10}  verdict")
         for key in c.keys:
             dev = c.per_blob.get(key, 0.0)
             shape = "x".join(str(d) for d in self.shapes.get(key, ())) or "-"
             ok = "ok" if dev <= c.tolerance else "MISMATCH"
-            lines.append(f"  {key:<{width}}  {shape:<12}  {_fmt(dev):>10}  {ok}")
+            lines.append(f"  {escape_controls(key):<{width}}  {shape:<12}  {_fmt(dev):>10}  {ok}")
         lines.append("")
         for note in self.notes:
             lines.append(f"  note      : {note}")
@@ -202,7 +204,7 @@ class VerifyReport:
                     )
         if c.nonfinite:  # a failure whatever the deviation says
             lines.append(f"FAIL: not finite: {c.nonfinite}")
-            return "\n".join(lines)
+            return "\n".join(escape_controls(line) for line in lines)
         failed = [v["component"] for v in verdicts if not v["passed"]]
         if failed or not self.passed:
             lines.append(
@@ -215,7 +217,7 @@ class VerifyReport:
                 f"PASS: every component within {c.tolerance:g} (stream deviation "
                 f"{_fmt(c.deviation)})"
             )
-        return "\n".join(lines)
+        return "\n".join(escape_controls(line) for line in lines)
 
 
 def _json_number(v: Any) -> Any:

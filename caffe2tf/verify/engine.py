@@ -241,7 +241,8 @@ def compare_runs(
             )
         )
         executor = gradients = None
-        release_freed_memory()
+        if keras_harness.worth_collecting(run.shapes):
+            release_freed_memory()
     if fused:
         where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"
     elif use_jax:

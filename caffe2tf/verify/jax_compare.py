@@ -180,7 +180,6 @@ class JaxComparer:
         flags: dict[str, tuple[bool, bool, bool, bool]] = {}
         norms: dict[str, tuple[float, float]] = {}
         blocks = []  # (key, (cand, ref, w0, start), perm, rows)
-        cut = False
         for k in self.keys:
             if self.w0[k].size == 0:
                 norms[k] = (0.0, 0.0)
@@ -197,13 +196,13 @@ class JaxComparer:
             else:
                 w0 = self.w0[k]
             diffs[k], moved[k], flags[k] = 0.0, 0.0, (False, False, False, False)
-            parts = _blocks(tuple(ref.shape))
-            cut = cut or len(parts) > 1
-            for start, rows in parts:
+            for start, rows in _blocks(tuple(ref.shape)):
                 blocks.append((k, (cand, ref, w0, np.int32(start)), perm, rows))
-        # one program for the whole net; where a blob is cut in blocks (above BLOCK_ELEMENTS),
-        # one per block, so that no two blocks' transposed reads are held at once
-        groups = [[b] for b in blocks] if cut else [blocks]
+        # one program for a net of up to BLOCK_ELEMENTS weights; above, one per block (a blob
+        # above BLOCK_ELEMENTS is cut in blocks), so that no two transposed reads are held at
+        # once
+        whole = sum(int(b[1][1].size) for b in blocks) <= BLOCK_ELEMENTS
+        groups = [blocks] if whole else [[b] for b in blocks]
         pending = []
         for group in groups:
             args = tuple(b[1] for b in group), tuple(b[2] for b in group)

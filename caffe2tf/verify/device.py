@@ -258,7 +258,7 @@ _COMPILED: dict[tuple, tuple[Any, Any]] = {}
 
 
 def _compiled_gradients(spec: GradientSpec, shapes: Mapping[str, Sequence[int]]) -> Any:
-    """One compiled gradient program per kind of run (the seed is an argument)."""
+    """One compiled gradient program per :func:`program_kind` (the seed and knobs are arguments)."""
     import jax
 
     shape_key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
@@ -287,8 +287,9 @@ def _one_part(diff: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class JaxGradients:
-    """A run's gradients made by JAX (compiled once per kind), handed to the host as NumPy
-    arrays: the interface of :class:`caffe2tf.verify.streams.NumpyGradients`."""
+    """A run's gradients made by JAX (one compiled program per :func:`program_kind`), handed
+    to the host as NumPy arrays: the interface of
+    :class:`caffe2tf.verify.streams.NumpyGradients`."""
 
     def __init__(self, spec: GradientSpec, shapes: Mapping[str, Sequence[int]]) -> None:
         self.spec = spec

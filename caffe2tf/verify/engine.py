@@ -68,12 +68,12 @@ def host_run(
         if run.start:
             fast_forward(executor, run.start)
     spent = [0.0]
-    # Caffe's rule compiled (its weights on a JAX device): the comparison runs there too
+    # Caffe's rule compiled (its weights on a JAX device): the comparison runs there too. The
+    # NumPy executor's weights are host arrays, and NumPy compares them for less (LeNet: 0.7 ms
+    # an update, against 6.4 ms for copying them to JAX and reducing them there)
     deferred = isinstance(executor, Deferred)
-    on_device = reference is None and (
-        deferred or isinstance(getattr(executor, "weights", None), dict)
-    )
     device = executor.device if deferred else run_device(executor)
+    on_device = reference is None and (deferred or device is not None)
     comparer = JaxComparer(run.init, comparison.keys, device, norms=norms) if on_device else None
 
     def observe(k: int, diff: Weights, weights: Weights) -> None:

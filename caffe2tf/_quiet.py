@@ -78,7 +78,7 @@ def compile_cache_dir(environ: Mapping[str, str] = os.environ) -> Path | None:
     if chosen is not None:
         if not chosen.strip():
             return None
-        base = Path(chosen).expanduser()
+        base = Path(chosen).expanduser().absolute()  # a relative one: from where verify ran
     else:
         base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "caffe2tf"
     return base / "xla" / host_tag()

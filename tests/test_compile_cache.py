@@ -22,6 +22,7 @@ def test_the_cache_directory_follows_the_environment(tmp_path: Path) -> None:
     tag = host_tag()
     assert compile_cache_dir({"CAFFE2TF_CACHE_DIR": str(tmp_path)}) == tmp_path / "xla" / tag
     assert compile_cache_dir({"CAFFE2TF_CACHE_DIR": ""}) is None
+    assert compile_cache_dir({"CAFFE2TF_CACHE_DIR": "c"}) == Path.cwd() / "c" / "xla" / tag
     xdg = compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)})
     assert xdg == tmp_path / "caffe2tf" / "xla" / tag
     assert compile_cache_dir({}) == Path.home() / ".cache" / "caffe2tf" / "xla" / tag

@@ -91,7 +91,7 @@ def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
     # the fused program also returns each blob's weight norm per update, on both sides
     every_blob, lengths, gap = out["norms"]
     assert every_blob and lengths == [3] and gap < 1e-5, out["norms"]
-    assert not any(out["plain_norms"])  # not asked for (no plot): not reduced
+    assert not any(out["plain_norms"])  # not asked for (no plot): none kept
     assert out["wrong"][0] is False and out["wrong"][1] > 1e-3
     # the gradients' per-blob tables kept across updates or made in each: the same run
     assert out["remade"][0] is False

@@ -208,8 +208,8 @@ def verify_solver(
     Keras' JAX backend, Caffe's rule otherwise). ``fmt``: the report's format; a progress bar
     is drawn only for ``table`` on a terminal. ``norms``: keep both sides' weight norms per
     update of the stream run (``reference_norms`` / ``candidate_norms`` of its comparison;
-    two more reductions per blob and update); by default only when ``plot_path`` draws
-    them."""
+    two more reductions per blob and update on the host paths); by default only when
+    ``plot_path`` draws them."""
     device_kind = device
     if device_kind not in ("cpu", "gpu", "auto"):
         raise InputError(f"--device must be cpu, gpu or auto (got {device_kind!r})")

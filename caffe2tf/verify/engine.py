@@ -241,7 +241,7 @@ def compare_runs(
             )
         )
         executor = gradients = None
-        if keras_harness.worth_collecting(run.shapes):
+        if keras_harness.worth_collecting(run.shapes.values()):
             release_freed_memory()
     if fused:
         where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"

@@ -182,7 +182,8 @@ class JaxComparer:
         blocks = []  # (key, (cand, ref, w0, start), perm, rows)
         for k in self.keys:
             if self.w0[k].size == 0:
-                norms[k] = (0.0, 0.0)
+                if self.norms:
+                    norms[k] = (0.0, 0.0)
                 continue
             raw = candidate.raw(k)
             if raw is None:

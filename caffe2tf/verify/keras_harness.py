@@ -43,7 +43,7 @@ this module runs them in order. Keras is imported lazily, inside the functions.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,12 +69,9 @@ from caffe2tf.verify.streams import split_micro_batches
 COLLECT_MIN_ELEMENTS = 2**22
 
 
-def worth_collecting(shapes: Mapping[str, Any]) -> bool:
-    """Whether blobs of these shapes (or arrays) reach :data:`COLLECT_MIN_ELEMENTS`."""
-    return (
-        sum(int(np.prod(np.shape(v) if hasattr(v, "shape") else v)) for v in shapes.values())
-        >= COLLECT_MIN_ELEMENTS
-    )
+def worth_collecting(shapes: Iterable[Sequence[int]]) -> bool:
+    """Whether blobs of these shapes reach :data:`COLLECT_MIN_ELEMENTS` weights in all."""
+    return sum(int(np.prod(shape)) for shape in shapes) >= COLLECT_MIN_ELEMENTS
 
 
 Progress = Callable[[int, int], None]
@@ -381,6 +378,6 @@ def run_candidate_lockstep(
     if done[0] != updates:
         raise RuntimeError(f"observed {done[0]} updates, expected {updates}")
     model = optimizer = cache = None  # noqa: F841 (the closure's cells)
-    if worth_collecting(init):
+    if worth_collecting(np.shape(v) for v in init.values()):
         gc.collect()  # a traced training step holds the model's variables until collected
     return None

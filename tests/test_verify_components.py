@@ -16,7 +16,7 @@ from caffe2tf.rule.model import (
     ScaleByLr,
     UpdateRule,
 )
-from caffe2tf.verify.components import MAX_WINDOWS, milestones, plan_runs
+from caffe2tf.verify.components import MAX_WINDOWS, WINDOW_UPDATES, milestones, plan_runs
 
 SHAPES = {"ip/0": (3, 4), "ip/1": (3,)}
 
@@ -58,6 +58,25 @@ def test_windows_straddle_each_milestone_and_probes_match_the_rule():
     init, micro, grads = decay.data()
     assert decay.dtype == "float64" and decay.floor_fraction == 0.0
     assert all(not np.any(g[k]) for g in grads for k in g)  # decay alone
+
+
+def test_windows_keep_their_length_when_the_stream_grows():
+    """A long ``--steps`` lengthens the stream, not the windows: a mistake at a milestone is
+    a fixed amount, so a longer window would only dilute it in the distance travelled."""
+    s = LrSchedule("multistep", 0.1, gamma=0.1, stepvalue=(5000,), max_iter=10000)
+    runs = plan_runs(_rule(s), SHAPES, _init(), steps=1000, seed=0)
+    assert runs[0].component == "stream" and runs[0].updates == 1000
+    windows = [r for r in runs if r.component == "schedule"]
+    assert [(r.start, r.updates) for r in windows] == [
+        (5000 - WINDOW_UPDATES // 2, WINDOW_UPDATES),
+        (10000 - WINDOW_UPDATES, WINDOW_UPDATES),
+    ]
+    assert windows[0].label == "iterations 4950..5049 (multistep stage at 5000)"
+    short = plan_runs(_rule(s), SHAPES, _init(), steps=20, seed=0)
+    assert [(r.start, r.updates) for r in short if r.component == "schedule"] == [
+        (4990, 20),
+        (9980, 20),
+    ]
 
 
 def test_probes_are_planned_only_where_their_term_exists():

@@ -8,11 +8,14 @@ rule at hand:
 ``stream``
     the seeded gradient stream from iteration 0 (float32, ``steps`` updates);
 ``schedule``
-    one window of ``steps`` updates around each schedule milestone (every multistep stage,
-    the first ``step`` multiples, the ``sigmoid`` midpoint, the last updates before
-    ``max_iter``), entered by fast-forwarding both rules' iteration counters with fresh state
-    (:func:`caffe2tf.rule.reference.fast_forward`, :func:`caffe2tf.verify.keras_harness.
-    fast_forward`); a lr outside the momentum buffer shows where the lr changes;
+    one window of ``min(steps, WINDOW_UPDATES)`` updates around each schedule milestone
+    (every multistep stage, the first ``step`` multiples, the ``sigmoid`` midpoint, the last
+    updates before ``max_iter``), entered by fast-forwarding both rules' iteration counters
+    with fresh state (:func:`caffe2tf.rule.reference.fast_forward`,
+    :func:`caffe2tf.verify.keras_harness.fast_forward`); a lr outside the momentum buffer
+    shows where the lr changes. A window is short on purpose: a mistake at a milestone moves
+    the weights by a fixed amount, while the distance travelled it is divided by grows with
+    the window (docs/verify.md#what-verify-catches);
 ``decay``
     zero gradients, so only the weight decay moves the weights: a factor 2 is a 100% error
     whatever ``weight_decay`` is;
@@ -67,6 +70,8 @@ COMPONENTS = (
     "accumulation",
 )
 MAX_WINDOWS = 6
+#: updates in a schedule window at most (half before the milestone, half from it on)
+WINDOW_UPDATES = 100
 PROBE_STEPS = 30
 
 
@@ -179,13 +184,14 @@ def plan_runs(
         return GradientSpec(kind, probe_seed, iter_size, "float64", frozen=frozen, **kw)
 
     runs = [run("stream", f"iterations 0..{steps - 1}", 0, steps, stream(seed))]
+    width = min(steps, WINDOW_UPDATES)
     for i, (m, why) in enumerate(milestones(rule, steps)):
-        start = max(0, m - steps // 2) if why != "last updates before max_iter" else m - steps
+        start = m - width if why == "last updates before max_iter" else m - width // 2
         start = max(0, start)
         if start == 0 or any(r.start == start for r in runs):
             continue  # the stream from 0 (or another window) already covers it
-        label = f"iterations {start}..{start + steps - 1} ({why} at {m})"
-        runs.append(run("schedule", label, start, steps, stream(seed + 1 + i)))
+        label = f"iterations {start}..{start + width - 1} ({why} at {m})"
+        runs.append(run("schedule", label, start, width, stream(seed + 1 + i)))
 
     n = min(steps, PROBE_STEPS)
     decay = rule.step(AddDecay)

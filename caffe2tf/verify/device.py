@@ -70,33 +70,38 @@ def describe(device: Any) -> str:
 
 
 def _fmix32(h: Any) -> Any:
-    import jax.numpy as jnp
+    """:func:`caffe2tf.verify.streams.fmix32` on a uint32 array, written with ``lax`` (the
+    same wrapping operations; a fraction of ``jax.numpy``'s cost to trace, which is most of a
+    verify's tracing: the gradients hash every blob in every update)."""
+    from jax import lax
 
-    u = jnp.uint32
-    h = h ^ (h >> u(16))
-    h = h * u(0x85EBCA6B)
-    h = h ^ (h >> u(13))
-    h = h * u(0xC2B2AE35)
-    return h ^ (h >> u(16))
+    h = lax.bitwise_xor(h, lax.shift_right_logical(h, np.uint32(16)))
+    h = lax.mul(h, np.uint32(0x85EBCA6B))
+    h = lax.bitwise_xor(h, lax.shift_right_logical(h, np.uint32(13)))
+    h = lax.mul(h, np.uint32(0xC2B2AE35))
+    return lax.bitwise_xor(h, lax.shift_right_logical(h, np.uint32(16)))
 
 
 def _mix(*values: Any) -> Any:
     """:func:`caffe2tf.verify.streams.mix` on uint32 scalars (traced or not)."""
     import jax.numpy as jnp
+    from jax import lax
 
-    u = jnp.uint32
-    h = u(0x811C9DC5)
+    h = jnp.uint32(0x811C9DC5)
     for v in values:
-        v = u(v & 0xFFFFFFFF) if isinstance(v, int) else jnp.asarray(v).astype(u)
-        h = _fmix32(h ^ v)
-        h = h * u(0x01000193) + u(0x7F4A7C15)
+        v = np.uint32(v & 0xFFFFFFFF) if isinstance(v, int) else jnp.asarray(v).astype(jnp.uint32)
+        h = _fmix32(lax.bitwise_xor(h, v))
+        h = lax.add(lax.mul(h, np.uint32(0x01000193)), np.uint32(0x7F4A7C15))
     return _fmix32(h)
 
 
 def _unit(h: Any, dtype: Any) -> Any:
-    import jax.numpy as jnp
+    """Uniform numbers in [-1/2, 1/2) from the top 24 bits of ``h``
+    (``caffe2tf/verify/streams.py`` ``_unit``)."""
+    from jax import lax
 
-    return (h >> jnp.uint32(8)).astype(dtype) * dtype(2.0**-24) - dtype(0.5)
+    top = lax.convert_element_type(lax.shift_right_logical(h, np.uint32(8)), dtype)
+    return lax.sub(lax.mul(top, np.dtype(dtype).type(2.0**-24)), np.dtype(dtype).type(0.5))
 
 
 #: the gradient kinds one compiled program makes, told apart at run time by :func:`knobs_of`
@@ -143,6 +148,7 @@ def gradient_function(
     dt = jnp.float32 if spec.dtype == "float32" else jnp.float64
     s = max(1, spec.iter_size)
     live = [k for k in keys if k not in spec.frozen]
+    frozen = set(keys) - set(live)
     family = program_kind(spec)
     u = jnp.uint32
 
@@ -177,8 +183,9 @@ def gradient_function(
         thr = u(int(streams.STREAM_SPIKE_RATE * 2.0**32))
         return jnp.where(k <= 1, k == 1, _mix(u(streams._SPIKE), seed, k) < thr)
 
-    def zeros() -> dict[str, Any]:
-        return {k: jnp.zeros(shape_of(k), dt) for k in keys}
+    def zeros(frozen_only: bool = False) -> dict[str, Any]:
+        """Zeros for every blob, or only for those that get no gradient."""
+        return {k: jnp.zeros(shape_of(k), dt) for k in keys if not frozen_only or k in frozen}
 
     def fn(
         k: Any, seed: Any, salts: Any, knobs: Any
@@ -187,8 +194,11 @@ def gradient_function(
         factor, mode, target = knobs
         factor, target = jnp.asarray(factor, dt), jnp.asarray(target, dt)
         if family == "stream":
-            micro = [zeros() for _ in range(s)]
-            total = zeros()
+            # the counters are the same for every blob: hashed once per update (XLA would
+            # merge the copies, but tracing and lowering them cost a third of the program's)
+            counters = [counter(k, j) for j in range(s)]
+            micro = [zeros(frozen_only=True) for _ in range(s)]
+            total = zeros(frozen_only=True)
             f32 = jnp.float32
             spike = jnp.where(spiked(k, seed), f32(streams.STREAM_SPIKE), f32(1.0))
             for key in live:
@@ -197,28 +207,32 @@ def gradient_function(
                 dead = None
                 if b.size >= 4:
                     dead = (b & u(0xFF)) < u(streams.STREAM_DEAD_BYTE)
-                acc = jnp.zeros(b.shape, dt)
+                acc = None
                 for j in range(s):
-                    noise = _unit(_fmix32(b ^ counter(k, j)), f32) * f32(streams.STREAM_NOISE)
+                    noise = _unit(_fmix32(b ^ counters[j]), f32) * f32(streams.STREAM_NOISE)
                     value = (drift + noise) * spike
                     if dead is not None:
                         value = jnp.where(dead, f32(0.0), value)
                     part = value.astype(dt)
                     micro[j][key] = part
-                    acc = acc + part
+                    # the sum from the first part on: 0 + x is x, since no -0.0 arises
+                    # (see streams.py), so these are NumpyGradients' sums from zero
+                    acc = part if acc is None else acc + part
                 total[key] = acc
-            if s == 1:  # 0 + x is x: one array for both (no -0.0 arises, see streams.py)
+            total = {key: total[key] for key in keys}  # Caffe's blob order, as the others
+            if s == 1:  # one array for both
                 return [total], total
             return micro, total
         if family == "cancel":
             micro = [zeros() for _ in range(s)]
             total = zeros()
             three = dt(3.0 / streams._UNIT_STD)
+            counters = [counter(k, j) for j in range(s + 1)]
             for key in live:
-                diff = uniform(key, salts, counter(k, s), factor)
+                diff = uniform(key, salts, counters[s], factor)
                 rest = diff
                 for j in range(s - 1):
-                    part = uniform(key, salts, counter(k, j), three)
+                    part = uniform(key, salts, counters[j], three)
                     micro[j][key] = part
                     rest = rest - part
                 micro[s - 1][key] = rest
@@ -233,8 +247,9 @@ def gradient_function(
         # norm (3): uniform every update, norm's rescaled to the global norm ``target``
         on = (mode >= 2) | ((mode == 1) & (k == 0))
         total = zeros()
+        first = counter(k, 0)
         for key in live:
-            value = uniform(key, salts, counter(k, 0), factor)
+            value = uniform(key, salts, first, factor)
             total[key] = jnp.where(on, value, jnp.zeros_like(value))
         if live:
             wide = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on

@@ -258,23 +258,18 @@ for mistake in {mistakes!r}:
         text, _ = edit(right.read_text())
         (tmp / "port.py").write_text(text)
         wrong_code, out = cat._verify(solver, tmp / "port.py")
-        print("RESULT", mistake, "|", right_code, wrong_code, out.splitlines()[-1])
+        rates = [ln for ln in out.splitlines() if ln.startswith("  schedule  :")]
+        print("RESULT", mistake, "|", right_code, wrong_code, out.splitlines()[-1], *rates)
 """
 
 
-def test_the_float64_probes_work_on_the_jax_backend() -> None:
-    """On JAX the probes run inside jax.enable_x64: a decay factor 2 at wd 1e-5 (visible only
-    in float64) is still caught, and the right ports still pass."""
+def _jax_results(mistakes: list[str]) -> list[str]:
+    """Each mistake's ``RESULT`` line from :data:`JAX_SCRIPT` on Keras' JAX backend."""
     import os
     import subprocess
     import sys
 
     require("jax")
-    mistakes = [
-        "decay not halved (wd 1e-5)",
-        "lr outside momentum (step)",
-        "epsilon inside the root (RMSProp)",
-    ]
     script = JAX_SCRIPT.format(tests=str(Path(__file__).parent), mistakes=mistakes)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
@@ -283,6 +278,28 @@ def test_the_float64_probes_work_on_the_jax_backend() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert len(lines) == len(mistakes), proc.stdout
-    for line in lines:
+    return lines
+
+
+def test_the_rate_check_reads_compiled_schedules_on_the_jax_backend() -> None:
+    """On JAX the candidate's schedule is evaluated compiled (``jax.jit``, as its training
+    step runs it): a schedule mistake is still named at the iteration where it starts, and
+    the right ports' rates still equal Caffe's."""
+    mistakes = ["multistep boundaries not shifted", "staircase=False for step"]
+    for line in _jax_results(mistakes):
+        codes = line.split("|", 1)[1].split()
+        assert codes[:2] == ["0", "1"], line
+        assert "first differs at iteration" in line, line
+
+
+def test_the_float64_probes_work_on_the_jax_backend() -> None:
+    """On JAX the probes run inside jax.enable_x64: a decay factor 2 at wd 1e-5 (visible only
+    in float64) is still caught, and the right ports still pass."""
+    mistakes = [
+        "decay not halved (wd 1e-5)",
+        "lr outside momentum (step)",
+        "epsilon inside the root (RMSProp)",
+    ]
+    for line in _jax_results(mistakes):
         codes = line.split("|", 1)[1].split()
         assert codes[:2] == ["0", "1"], line

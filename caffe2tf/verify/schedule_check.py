@@ -205,11 +205,21 @@ SCALAR_CALLS = 200_000
 
 
 def _evaluate(schedule: Any, calls: np.ndarray) -> np.ndarray:
-    """The schedule at every step of ``calls``: one vectorised call, or (for a schedule that
-    only takes a scalar step, such as ``PiecewiseConstantDecay`` on the torch backend) one
+    """The schedule at every step of ``calls``: one vectorised call (compiled with ``jax.jit``
+    on Keras' JAX backend, as a training step runs it), or (for a schedule that only takes a
+    scalar step, such as ``PiecewiseConstantDecay`` on the torch backend) one
     call per step, up to :data:`SCALAR_CALLS`."""
     import keras
 
+    if keras.backend.backend() == "jax":
+        import jax
+
+        try:  # compiled, as a training step evaluates it (one program, not one per operation)
+            return np.broadcast_to(_to_numpy(jax.jit(schedule)(calls)), calls.shape).astype(
+                np.float64
+            )
+        except Exception:
+            pass  # e.g. a schedule that reads its step as a Python number: eagerly, below
     try:
         return np.broadcast_to(
             _to_numpy(schedule(keras.ops.convert_to_tensor(calls))), calls.shape

@@ -10,6 +10,8 @@
 
     KERAS_BACKEND=jax python bench/bench_verify.py --ratio [--steps 1000] [--device cpu|gpu]
 
+    python bench/bench_verify.py --startup [--steps 1000] [--backends jax] [--repeats 5]
+
 Each run is a fresh ``caffe2tf verify RECIPE --steps N --format json`` process with
 ``KERAS_BACKEND`` set; the table shows wall time (imports and convert included), the phases the
 report times (load, convert, reference/caffe, keras), the device the backend used and the
@@ -21,8 +23,11 @@ reference instead): max/median deviation, failures, time. ``--memory``: the same
 flat in ``--steps``). ``--ratio`` (JAX backend): in one process, the stream run of ``verify``
 (both rules and the comparison, compiled) against the emitted optimizer's own compiled apply
 loop on the same mirror model (``jax.grad`` + ``stateless_apply`` per update, in a
-``lax.scan``), both timed after compilation; the target is at most 3x. Prints Markdown for
-bench/RESULTS.md.
+``lax.scan``), both timed after compilation; the target is at most 3x. ``--startup``: fresh
+processes that each import what a verify imports (Python, Keras on the backend, caffe2tf's
+modules, protobuf, rich: the start-up, timed) and then run ``caffe2tf verify RECIPE --steps
+N`` in the same process (timed: the time beyond start-up); the first process fills JAX's
+compile cache and is not counted. Prints Markdown for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -274,6 +279,58 @@ def ratio_bench(recipe: str, steps: int, device: str, repeats: int = 3) -> None:
     )
 
 
+#: one process of --startup: the imports a verify makes, then the verify itself, each timed
+STARTUP_CHILD = """
+import sys, time
+t0 = time.perf_counter()
+from caffe2tf._quiet import use_compile_cache
+use_compile_cache()
+import keras
+import google.protobuf.text_format, rich.live, rich.progress
+import caffe2tf.cli, caffe2tf.app.convert, caffe2tf.app.output, caffe2tf.app.targets
+import caffe2tf.app.verify, caffe2tf.caffe.net, caffe2tf.caffe.shapes, caffe2tf.caffe.solver
+import caffe2tf.caffe.upgrade, caffe2tf.targets.keras.render_python
+import caffe2tf.targets.keras.runtime, caffe2tf.verify.device, caffe2tf.verify.engine
+import caffe2tf.verify.keras_harness, caffe2tf.verify.mirror, caffe2tf.verify.schedule_check
+t1 = time.perf_counter()
+sys.argv = ["caffe2tf", "verify", sys.argv[1], "--steps", sys.argv[2]]
+try:
+    caffe2tf.cli.main()
+except SystemExit as e:
+    code = e.code
+t2 = time.perf_counter()
+print("TIMES", t1 - t0, t2 - t1, code, file=sys.stderr)
+"""
+
+
+def startup_bench(recipe: str, steps: int, backend: str, repeats: int) -> None:
+    """``verify``'s time beyond start-up, in fresh processes (see the module docstring)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    times = []
+    for i in range(1 + repeats):
+        proc = subprocess.run(
+            [sys.executable, "-c", STARTUP_CHILD, recipe, str(steps)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        line = [ln for ln in proc.stderr.splitlines() if ln.startswith("TIMES ")]
+        if not line:
+            raise SystemExit(proc.stderr[-3000:])
+        start, rest, code = line[0].split()[1:]
+        if code != "0":
+            raise SystemExit(f"verify exited {code}:\n{proc.stdout[-3000:]}")
+        if i:  # the first one fills the compile cache
+            times.append((float(start), float(rest)))
+    start, rest = np.array(times).T
+    print(f"recipe: {recipe}, --steps {steps}, backend {backend}, {repeats} processes\n")
+    print("| | min (s) | median (s) | max (s) |")
+    print("|---|---|---|---|")
+    for label, xs in (("start-up (imports)", start), ("verify beyond start-up", rest)):
+        print(f"| {label} | {xs.min():.2f} | {np.median(xs):.2f} | {xs.max():.2f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", default="fixtures/lenet/solver.prototxt")
@@ -284,6 +341,8 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--ratio", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    parser.add_argument("--startup", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -297,6 +356,10 @@ def main() -> int:
         return 0
     if args.ratio:
         ratio_bench(args.recipe, args.steps[-1], args.device)
+        return 0
+    if args.startup:
+        for backend in args.backends:
+            startup_bench(args.recipe, args.steps[-1], backend, args.repeats)
         return 0
     print(f"recipe: {args.recipe}, against {args.against}\n")
     print(

@@ -207,6 +207,7 @@ def compare_runs(
         reference = None
         if caffe_reference is not None and run.component == "stream":
             reference = caffe_reference(run)
+        keep = norms and run.component == "stream"
         if engine is not None and reference is None:
             out.append(
                 engine.run(
@@ -215,32 +216,34 @@ def compare_runs(
                     keys=keys,
                     progress=progress,
                     timings=timings,
-                    norms=norms and run.component == "stream",
+                    norms=keep,
                 )
             )
-            continue
-        executor = gradients = None
-        if use_jax:
-            executor, gradients = _jax_host_pieces(rule, run, jax_device)
-        out.append(
-            host_run(
-                rule,
-                run,
-                candidate,
-                layers,
-                tolerance=tolerance,
-                keys=keys,
-                reference=reference,
-                progress=progress,
-                timings=timings,
-                reference_label="caffe" if reference is not None else "reference",
-                executor=executor if reference is None else None,
-                gradients=gradients,
-                session=session,
-                norms=norms and run.component == "stream",
+        else:
+            executor = gradients = None
+            if use_jax:
+                executor, gradients = _jax_host_pieces(rule, run, jax_device)
+            out.append(
+                host_run(
+                    rule,
+                    run,
+                    candidate,
+                    layers,
+                    tolerance=tolerance,
+                    keys=keys,
+                    reference=reference,
+                    progress=progress,
+                    timings=timings,
+                    reference_label="caffe" if reference is not None else "reference",
+                    executor=executor if reference is None else None,
+                    gradients=gradients,
+                    session=session,
+                    norms=keep,
+                )
             )
-        )
-        executor = gradients = None
+            executor = gradients = None
+        # on either engine: a big net's freed run would otherwise stay resident through the
+        # next (VGG16 on the fused engine: 0.5-1 GB between runs, bench/RESULTS.md)
         if keras_harness.worth_collecting(run.shapes.values()):
             release_freed_memory()
     if fused:

@@ -85,7 +85,11 @@ def trajectory_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         (
             click.option(
-                "--steps", type=int, default=100, show_default=True, help="Caffe updates to run."
+                "--steps",
+                type=int,
+                default=100,
+                show_default=True,
+                help="Caffe updates in the stream run (a schedule window runs at most 100).",
             ),
             click.option(
                 "--seed",

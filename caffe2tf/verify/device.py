@@ -322,7 +322,8 @@ class JaxGradients:
 class JaxReference:
     """Caffe's rule compiled, stepped one update at a time (the host engine's reference when
     the candidate is not on JAX): :meth:`step` applies Caffe's diff and returns the weights
-    keyed like ``init`` (NumPy views of the device arrays)."""
+    keyed like ``init`` (the device arrays, valid until the next :meth:`step` consumes
+    them)."""
 
     def __init__(
         self,
@@ -355,8 +356,10 @@ class JaxReference:
             self.weights, self.state, g, self.rates[self.k], self.corr[self.k]
         )
         self.k += 1
-        out = {k: np.asarray(v) for k, v in self.weights.items()}
-        return {**out, **self.rest}
+        # the device arrays themselves (NumPy reads them without a copy on the CPU): a NumPy
+        # view of each would wait for the update here, and a buffer still viewed cannot be
+        # donated to the next one
+        return {**self.weights, **self.rest}
 
 
 # ---- the fused engine: Keras-JAX candidate + compiled rule + comparison ----------------------

@@ -11,6 +11,7 @@ passes, each a copy of the blob)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -136,6 +137,7 @@ def _max(a: float, b: float) -> float:
     return a if (a != a or a >= b) else b
 
 
+@functools.cache
 def _blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
     """``(start, rows)`` blocks of Caffe's first axis, each about :data:`BLOCK_ELEMENTS`."""
     n = int(np.prod(shape, dtype=np.int64))

@@ -124,3 +124,57 @@ def test_elsewhere_caffes_rule_runs_on_jax_and_the_report_names_it(monkeypatch):
         )
         assert result.exit_code == 2 and "--device gpu" in result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+AHEAD = textwrap.dedent("""
+    import json, sys, tempfile
+    from pathlib import Path
+    from caffe2tf._quiet import import_keras_quietly
+    import_keras_quietly()
+    import jax
+    from caffe2tf.app.convert import convert_solver
+    from caffe2tf.app.pipeline import load_pipeline
+    from caffe2tf.verify import components, mirror
+    from caffe2tf.verify.candidate import load_module
+    from caffe2tf.verify.device import DeviceEngine
+    from caffe2tf.verify.inputs import initial_weights
+
+    recipe = "tests/cases/clip_decay_sgd/solver.prototxt"
+    rule = load_pipeline(recipe).rule
+    shapes = {g.key: tuple(g.shape) for g in rule.params}
+    runs = components.plan_runs(rule, shapes, initial_weights(shapes, 0), steps=60, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_solver(recipe, out_dir=Path(tmp) / "o")
+        module = load_module(Path(tmp) / "o" / "optimizer.py")
+    layers = mirror.mirror_layers_for(rule)
+    keys = list(shapes)
+    ahead = DeviceEngine(rule, module, layers, jax.devices()[0])
+    ahead.build(runs)
+    first = ahead.run(runs[0], tolerance=1e-3, keys=keys, ahead=runs[1:])
+    ready = sorted({(k[0], k[1], k[3]) for k in ahead.executables})
+    got = [first] + [ahead.run(r, tolerance=1e-3, keys=keys) for r in runs[1:]]
+    plain = DeviceEngine(rule, module, layers, jax.devices()[0])
+    want = [plain.run(r, tolerance=1e-3, keys=keys) for r in runs]
+    same = [(g.deviation, g.per_step) == (w.deviation, w.per_step) for g, w in zip(got, want)]
+    print("RESULT" + json.dumps({"ready": ready, "same": same,
+                                  "components": [r.component for r in runs]}))
+""")
+
+
+def test_programs_compiled_ahead_give_the_same_runs():
+    """While the stream's updates run, the programs of the runs to come are compiled from
+    their arrays' shapes (``DeviceEngine.run(ahead=...)``): they are ready before those runs
+    start, and every run's figures equal those of an engine that compiles as it goes."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", AHEAD], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    out = json.loads(line[len("RESULT") :])
+    # the stream (chunks of 50 and 10), and the float64 probes' program (30 updates), made
+    # before any probe ran
+    assert ["stream", "float32", 50] in out["ready"] and ["stream", "float32", 10] in out["ready"]
+    assert ["probe", "float64", 30] in out["ready"], out
+    assert "clipping" in out["components"] and all(out["same"]), out

@@ -365,6 +365,28 @@ class JaxReference:
 # ---- the fused engine: Keras-JAX candidate + compiled rule + comparison ----------------------
 
 
+def _chunks(updates: int) -> list[tuple[int, int]]:
+    """``(first update, updates)`` of each compiled call: :data:`CHUNK` at a time, the rest
+    last (two programs at most per run)."""
+    length = min(CHUNK, updates)
+    return [(b, min(length, updates - b)) for b in range(0, updates, length)]
+
+
+def _program_key(run: Run, length: int) -> tuple:
+    """What one compiled chunk program serves: runs of one :func:`program_kind`, precision and
+    set of blob shapes, ``length`` updates a call (the seed, start and knobs are arguments)."""
+    return (program_kind(run.spec), run.dtype, tuple(sorted(run.shapes.items())), length)
+
+
+def _precision(dtype: str) -> Any:
+    """The context a run of ``dtype`` is traced and run in (JAX's 64-bit mode for float64)."""
+    import contextlib
+
+    import jax
+
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
 class DeviceEngine:
     """The fused engine for one candidate module on Keras' JAX backend. A mirror model and
     optimizer are built once per precision and reset for each run, so the runs of one kind of
@@ -378,6 +400,7 @@ class DeviceEngine:
         self.device = device
         self.session = keras_harness.CandidateSession(candidate)
         self.compiled: dict[tuple, Any] = {}
+        self.executables: dict[tuple, Any] = {}
 
     def _candidate(self, run: Run) -> tuple[Any, Any, Any]:
         """The run's model and optimizer (built once per precision and shapes, else reset:
@@ -397,17 +420,27 @@ class DeviceEngine:
         progress: Callable[[int], None] | None = None,
         timings: dict[str, float] | None = None,
         norms: bool = True,
+        ahead: Sequence[Run] = (),
     ) -> Comparison:
         """``run`` compared; ``norms``: also keep both sides' weight norms per update (what
         ``verify --plot`` draws). The compiled program reduces them in any case: on XLA:CPU
         the loop without them was slower, not faster (LeNet, 1000 updates: 0.70 s against
-        0.58 s, alternating in one process; bench/RESULTS.md)."""
-        import jax
+        0.58 s, alternating in one process; bench/RESULTS.md). ``ahead``: runs to come, whose
+        programs are compiled while the device works through this run's updates, where
+        their models are built (:meth:`build`)."""
+        with _precision(run.dtype):
+            return self._run(run, tolerance, keys, progress, timings, norms, ahead)
 
-        if run.dtype == "float64":
-            with jax.enable_x64(True):
-                return self._run(run, tolerance, keys, progress, timings, norms)
-        return self._run(run, tolerance, keys, progress, timings, norms)
+    def build(self, runs: Sequence[Run]) -> None:
+        """The model and optimizer of every precision and shape among ``runs``, built now
+        (building runs programs on the device, which would wait behind a run's updates)."""
+        seen = set()
+        for run in runs:
+            key = (run.dtype, tuple(sorted(run.shapes.items())))
+            if key not in seen:
+                seen.add(key)
+                with _precision(run.dtype):
+                    self._candidate(run)
 
     def _run(
         self,
@@ -417,6 +450,7 @@ class DeviceEngine:
         progress: Callable[[int], None] | None,
         timings: dict[str, float] | None,
         norms: bool,
+        ahead: Sequence[Run],
     ) -> Comparison:
         import jax
 
@@ -446,7 +480,7 @@ class DeviceEngine:
             return jax.device_put(value, self.device)
 
         ref_w = {k: put(k) for k in jr.keys}
-        ref_state = jr.init_state(ref_w)
+        ref_state = jax.device_put(jr.init_state(ref_w), self.device)
         w0 = {k: put(k) for k in keys}
         rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
         salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
@@ -459,17 +493,25 @@ class DeviceEngine:
             norms=norms,
         )
         carry = (ref_w, ref_state, values, opt_values)
-        length = min(CHUNK, run.updates)  # chunks of one length, then the rest (if any)
-        for begin in range(0, run.updates, length):
-            n = min(length, run.updates - begin)
-            chunk = self._compiled(run, model, optimizer, pairs, jr, list(keys), n)
+        blocks = []
+        for begin, n in _chunks(run.updates):
             idx = np.arange(begin, begin + n, dtype=np.uint32)
             r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
-            carry, ys = chunk(carry, w0, idx, r, c, seed, salts, knobs)
+            args = (carry, w0, idx, r, c, seed, salts, knobs)
+            chunk = self._executable(run, model, optimizer, pairs, jr, list(keys), n, args)
+            carry, ys = chunk(*args)
+            blocks.append((n, ys))
+            args = None
+        del carry
+        # the device works through the chunks in order; meanwhile the host compiles what
+        # the runs to come need, and then reads each chunk's scalars back as it is done
+        for later in ahead:
+            with _precision(later.dtype):
+                self._compile_ahead(later, list(keys))
+        for n, ys in blocks:
             comparison.observe_block(*jax.device_get(ys))
             if progress is not None:
                 progress(n)
-        del carry
         timings["device"] = timings.get("device", 0.0) + time.perf_counter() - t0
         return comparison.result()
 
@@ -481,6 +523,70 @@ class DeviceEngine:
         blobs = model.blob_variables()
         return {k: keras_axes(blobs[k][1], blobs[k][2]) for k, _ in pairs}
 
+    def _executable(
+        self,
+        run: Run,
+        model: Any,
+        optimizer: Any,
+        pairs: Any,
+        jr: JaxRule,
+        keys: list[str],
+        length: int,
+        args: tuple,
+    ) -> Any:
+        """The chunk program of ``length`` updates for runs like ``run``, compiled for
+        ``args`` (arrays, or their shapes: :meth:`_compile_ahead`) the first time."""
+        key = _program_key(run, length)
+        if key not in self.executables:
+            fn = self._compiled(run, model, optimizer, pairs, jr, keys, length)
+            self.executables[key] = fn.lower(*args).compile()
+        return self.executables[key]
+
+    def _compile_ahead(self, run: Run, keys: list[str]) -> None:
+        """``run``'s chunk programs traced, lowered and compiled (or read from JAX's cache)
+        from the shapes of its arrays, without running anything on the device; nothing where
+        its model is not built yet."""
+        import jax
+        from jax.sharding import SingleDeviceSharding
+
+        from caffe2tf.verify.mirror import trained_pairs
+
+        if all(_program_key(run, n) in self.executables for _, n in _chunks(run.updates)):
+            return
+        built = self.session.built_model(run.init, run.dtype)
+        if built is None:
+            return
+        model, optimizer = built
+        pairs = trained_pairs(model)
+        jr = jax_rule(self.rule, list(run.init), precision=run.dtype)
+        axes = self._axes(model, pairs)
+        dt = np.dtype(np.float32 if run.dtype == "float32" else np.float64)
+        where = SingleDeviceSharding(self.device) if self.device is not None else None
+
+        def like(shape: Sequence[int], dtype: Any) -> Any:
+            return jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=where)
+
+        def blob(key: str) -> Any:
+            shape, perm = run.shapes[key], axes.get(key)
+            return like(shape if perm is None else [shape[a] for a in perm], dt)
+
+        ref_w = {k: blob(k) for k in jr.keys}
+        ref_state = jax.tree.map(
+            lambda x: like(x.shape, x.dtype), jax.eval_shape(jr.init_state, ref_w)
+        )
+        values = [like(v.shape, v.dtype) for _, v in pairs]
+        opt_values = [like(v.shape, v.dtype) for v in optimizer.variables]
+        w0 = {k: blob(k) for k in keys}
+        rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
+        salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
+        seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
+        for begin, n in _chunks(run.updates):
+            idx = np.arange(begin, begin + n, dtype=np.uint32)
+            r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
+            carry = (ref_w, ref_state, values, opt_values)
+            args = (carry, w0, idx, r, c, seed, salts, knobs)
+            self._executable(run, model, optimizer, pairs, jr, keys, n, args)
+
     def _compiled(
         self,
         run: Run,
@@ -491,8 +597,7 @@ class DeviceEngine:
         keys: list[str],
         length: int,
     ) -> Any:
-        shapes_key = tuple(sorted(run.shapes.items()))
-        cache_key = (program_kind(run.spec), run.dtype, shapes_key, length)
+        cache_key = _program_key(run, length)
         if cache_key in self.compiled:
             return self.compiled[cache_key]
         import jax

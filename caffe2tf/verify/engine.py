@@ -202,8 +202,10 @@ def compare_runs(
         use_jax = work >= JAX_HOST_MIN_WORK
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
     session = keras_harness.CandidateSession(candidate)
+    if engine is not None:
+        engine.build([r for r in runs if caffe_reference is None or r.component != "stream"])
     out = []
-    for run in runs:
+    for i, run in enumerate(runs):
         reference = None
         if caffe_reference is not None and run.component == "stream":
             reference = caffe_reference(run)
@@ -217,6 +219,7 @@ def compare_runs(
                     progress=progress,
                     timings=timings,
                     norms=keep,
+                    ahead=runs[i + 1 :],
                 )
             )
         else:

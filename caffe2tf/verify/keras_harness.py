@@ -266,11 +266,21 @@ class CandidateSession:
         )
         self.built: dict[tuple, tuple[Any, Any, list[tuple[Any, Any]], dict[str, Any]]] = {}
 
+    @staticmethod
+    def _key(init: Mapping[str, np.ndarray], dtype: str) -> tuple:
+        return (dtype, tuple(sorted((k, tuple(np.shape(v))) for k, v in init.items())))
+
+    def built_model(self, init: Mapping[str, np.ndarray], dtype: str) -> tuple[Any, Any] | None:
+        """``(model, optimizer)`` of ``init``'s shapes and ``dtype`` as they are (not reset),
+        or None where :meth:`model_for` has not built them yet."""
+        built = self.built.get(self._key(init, dtype))
+        return None if built is None else built[:2]
+
     def model_for(
         self, layers: Sequence[MirrorLayer], init: Mapping[str, np.ndarray], dtype: str
     ) -> tuple[Any, Any, dict[str, Any]]:
         """``(model, optimizer, loop cache)`` holding ``init`` and a fresh optimizer state."""
-        key = (dtype, tuple(sorted((k, tuple(np.shape(v))) for k, v in init.items())))
+        key = self._key(init, dtype)
         if key not in self.built:
             model, optimizer = build_candidate(self.candidate, layers, init, dtype=dtype)
             optimizer.build([v for _, v in trained_pairs(model)])

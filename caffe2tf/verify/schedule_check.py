@@ -207,8 +207,8 @@ SCALAR_CALLS = 200_000
 def _evaluate(schedule: Any, calls: np.ndarray) -> np.ndarray:
     """The schedule at every step of ``calls``: one vectorised call (compiled with ``jax.jit``
     on Keras' JAX backend, as a training step runs it), or (for a schedule that only takes a
-    scalar step, such as ``PiecewiseConstantDecay`` on the torch backend) one
-    call per step, up to :data:`SCALAR_CALLS`."""
+    scalar step, such as ``PiecewiseConstantDecay`` on the torch backend) one call per step,
+    up to :data:`SCALAR_CALLS`."""
     import keras
 
     if keras.backend.backend() == "jax":

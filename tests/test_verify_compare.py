@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from caffe2tf.verify.compare import (
+    StreamingComparison,
     compare_trajectories,
     trajectory_from_flat,
     trajectory_to_flat,
@@ -143,3 +144,28 @@ def test_a_block_of_device_scalars_judges_as_the_same_updates_one_by_one(with_no
         assert a.reference_norms == b.reference_norms
         assert bool(b.candidate_norms) is with_norms
         assert a.travelled == b.travelled and math.isfinite(b.travelled) and b.travelled > 0
+
+
+class _CountingView(dict):
+    """A mapping that counts its lookups, as a view over a backend's variables would pay for
+    each (a read and a transpose)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.reads += 1
+        return super().__getitem__(key)
+
+
+def test_streaming_observe_reads_each_blob_once_and_names_what_is_wrong():
+    init = {"a/0": np.zeros((2, 3), np.float32), "a/1": np.zeros(3, np.float32)}
+    comparison = StreamingComparison(init, tolerance=1e-3)
+    cand = _CountingView({k: v + 1 for k, v in init.items()})
+    comparison.observe({k: v + 1 for k, v in init.items()}, cand)
+    assert cand.reads == len(init)
+    with pytest.raises(ValueError, match="candidate lacks 'a/1' at step 2"):
+        comparison.observe(init, {"a/0": init["a/0"]})
+    with pytest.raises(ValueError, match=r"reference 'a/0' at step 3 has shape \(3, 2\)"):
+        comparison.observe({**init, "a/0": np.zeros((3, 2), np.float32)}, init)

@@ -302,21 +302,27 @@ class StreamingComparison:
         self.steps += 1
         t = self.steps
         for k in self.keys:
+            # each side's blob read once (a view of a backend's variable reads and transposes
+            # it on every access: LeNet on TensorFlow, 2.5 ms an update for three reads)
+            sides = []
             for who, ws in (("reference", reference), ("candidate", candidate)):
-                if k not in ws:
-                    raise ValueError(f"{who} lacks {k!r} at step {t}")
-                if np.shape(ws[k]) != self.w0[k].shape:
+                try:
+                    value = np.asarray(ws[k])
+                except KeyError:
+                    raise ValueError(f"{who} lacks {k!r} at step {t}") from None
+                if value.shape != self.w0[k].shape:
                     raise ValueError(
-                        f"{who} {k!r} at step {t} has shape {np.shape(ws[k])}, "
+                        f"{who} {k!r} at step {t} has shape {value.shape}, "
                         f"init has {self.w0[k].shape}"
                     )
+                sides.append(value)
             w0 = self.w0[k]
             if w0.size == 0:
                 self.diffs[k].append(0.0)
                 if self.keep_norms:
                     self.norms[k].append((0.0, 0.0))
                 continue
-            r, c = np.asarray(reference[k]), np.asarray(candidate[k])
+            r, c = sides
             if self.keep_norms:
                 self.norms[k].append((l2_norm(r), l2_norm(c)))
             # In the arrays' own precision (a device reduces them the same way): the

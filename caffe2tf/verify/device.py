@@ -399,7 +399,6 @@ class DeviceEngine:
         self.layers = layers
         self.device = device
         self.session = keras_harness.CandidateSession(candidate)
-        self.compiled: dict[tuple, Any] = {}
         self.executables: dict[tuple, Any] = {}
 
     def _candidate(self, run: Run) -> tuple[Any, Any, Any]:
@@ -538,7 +537,7 @@ class DeviceEngine:
         ``args`` (arrays, or their shapes: :meth:`_compile_ahead`) the first time."""
         key = _program_key(run, length)
         if key not in self.executables:
-            fn = self._compiled(run, model, optimizer, pairs, jr, keys, length)
+            fn = self._program(run, model, optimizer, pairs, jr, keys)
             self.executables[key] = fn.lower(*args).compile()
         return self.executables[key]
 
@@ -587,19 +586,11 @@ class DeviceEngine:
             args = (carry, w0, idx, r, c, seed, salts, knobs)
             self._executable(run, model, optimizer, pairs, jr, keys, n, args)
 
-    def _compiled(
-        self,
-        run: Run,
-        model: Any,
-        optimizer: Any,
-        pairs: Any,
-        jr: JaxRule,
-        keys: list[str],
-        length: int,
+    def _program(
+        self, run: Run, model: Any, optimizer: Any, pairs: Any, jr: JaxRule, keys: list[str]
     ) -> Any:
-        cache_key = _program_key(run, length)
-        if cache_key in self.compiled:
-            return self.compiled[cache_key]
+        """The chunk program of runs like ``run``, traced when it is lowered (its length is
+        that of the updates' arguments: :meth:`_executable` keeps one compiled per length)."""
         import jax
         import jax.numpy as jnp
         import keras
@@ -685,6 +676,4 @@ class DeviceEngine:
                 lambda c, xs: one_update(c, xs, w0, seed, salts, knobs), carry, (ks, rates, corr)
             )
 
-        compiled = jax.jit(chunk, donate_argnums=(0,))
-        self.compiled[cache_key] = compiled
-        return compiled
+        return jax.jit(chunk, donate_argnums=(0,))

@@ -15,7 +15,7 @@ Keras' layout, so nothing is transposed per update.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -372,6 +372,20 @@ def _chunks(updates: int) -> list[tuple[int, int]]:
     return [(b, min(length, updates - b)) for b in range(0, updates, length)]
 
 
+def _chunk_args(rule: UpdateRule, run: Run) -> Iterator[tuple[int, tuple]]:
+    """Per compiled call of ``run``: its number of updates and its arguments after the carry
+    and ``w0``: the updates' indices, rates and corrections (:func:`host_scalars`, in the
+    run's precision), the seed, the per-blob salts and the knobs."""
+    dt = np.float32 if run.dtype == "float32" else np.float64
+    rates, corr = host_scalars(rule, run.start, run.updates, run.dtype)
+    seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
+    salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
+    for begin, n in _chunks(run.updates):
+        idx = np.arange(begin, begin + n, dtype=np.uint32)
+        r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
+        yield n, (idx, r, c, seed, salts, knobs)
+
+
 def _program_key(run: Run, length: int) -> tuple:
     """What one compiled chunk program serves: runs of one :func:`program_kind`, precision and
     set of blob shapes, ``length`` updates a call (the seed, start and knobs are arguments)."""
@@ -433,11 +447,8 @@ class DeviceEngine:
     def build(self, runs: Sequence[Run]) -> None:
         """The model and optimizer of every precision and shape among ``runs``, built now
         (building runs programs on the device, which would wait behind a run's updates)."""
-        seen = set()
         for run in runs:
-            key = (run.dtype, tuple(sorted(run.shapes.items())))
-            if key not in seen:
-                seen.add(key)
+            if self.session.built_model(run.init, run.dtype) is None:
                 with _precision(run.dtype):
                     self._candidate(run)
 
@@ -481,9 +492,6 @@ class DeviceEngine:
         ref_w = {k: put(k) for k in jr.keys}
         ref_state = jax.device_put(jr.init_state(ref_w), self.device)
         w0 = {k: put(k) for k in keys}
-        rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
-        salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
-        seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
         comparison = StreamingComparison(
             run.init,
             tolerance=tolerance,
@@ -493,10 +501,8 @@ class DeviceEngine:
         )
         carry = (ref_w, ref_state, values, opt_values)
         blocks = []
-        for begin, n in _chunks(run.updates):
-            idx = np.arange(begin, begin + n, dtype=np.uint32)
-            r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
-            args = (carry, w0, idx, r, c, seed, salts, knobs)
+        for n, rest in _chunk_args(self.rule, run):
+            args = (carry, w0, *rest)
             chunk = self._executable(run, model, optimizer, pairs, jr, list(keys), n, args)
             carry, ys = chunk(*args)
             blocks.append((n, ys))
@@ -576,15 +582,9 @@ class DeviceEngine:
         values = [like(v.shape, v.dtype) for _, v in pairs]
         opt_values = [like(v.shape, v.dtype) for v in optimizer.variables]
         w0 = {k: blob(k) for k in keys}
-        rates, corr = host_scalars(self.rule, run.start, run.updates, run.dtype)
-        salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
-        seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
-        for begin, n in _chunks(run.updates):
-            idx = np.arange(begin, begin + n, dtype=np.uint32)
-            r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
-            carry = (ref_w, ref_state, values, opt_values)
-            args = (carry, w0, idx, r, c, seed, salts, knobs)
-            self._executable(run, model, optimizer, pairs, jr, keys, n, args)
+        carry = (ref_w, ref_state, values, opt_values)
+        for n, rest in _chunk_args(self.rule, run):
+            self._executable(run, model, optimizer, pairs, jr, keys, n, (carry, w0, *rest))
 
     def _program(
         self, run: Run, model: Any, optimizer: Any, pairs: Any, jr: JaxRule, keys: list[str]

@@ -211,19 +211,18 @@ def _evaluate(schedule: Any, calls: np.ndarray) -> np.ndarray:
     up to :data:`SCALAR_CALLS`."""
     import keras
 
+    def every(rates: Any) -> np.ndarray:
+        return np.broadcast_to(_to_numpy(rates), calls.shape).astype(np.float64)
+
     if keras.backend.backend() == "jax":
         import jax
 
         try:  # compiled, as a training step evaluates it (one program, not one per operation)
-            return np.broadcast_to(_to_numpy(jax.jit(schedule)(calls)), calls.shape).astype(
-                np.float64
-            )
+            return every(jax.jit(schedule)(calls))
         except Exception:
             pass  # e.g. a schedule that reads its step as a Python number: eagerly, below
     try:
-        return np.broadcast_to(
-            _to_numpy(schedule(keras.ops.convert_to_tensor(calls))), calls.shape
-        ).astype(np.float64)
+        return every(schedule(keras.ops.convert_to_tensor(calls)))
     except Exception:
         if len(calls) > SCALAR_CALLS:
             raise

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from caffe2tf.rule.jax_executor import JaxRule, host_scalars, jax_rule
+from caffe2tf.rule.compiled import CompiledRule, host_scalars
+from caffe2tf.rule.jax_executor import jax_rule
 from caffe2tf.rule.model import UpdateRule
 from caffe2tf.verify import streams
 from caffe2tf.verify.compare import Comparison, StreamingComparison
@@ -338,7 +339,7 @@ class JaxReference:
         import jax
 
         dt = np.float32 if precision == "float32" else np.float64
-        self.jr: JaxRule = jax_rule(rule, list(init), precision=precision)
+        self.jr: CompiledRule = jax_rule(rule, list(init), precision=precision)
         self.init_keys = list(init)
         self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.jr.keys}
         self.weights = {k: jax.device_put(np.asarray(init[k], dt), device) for k in self.jr.keys}
@@ -534,7 +535,7 @@ class DeviceEngine:
         model: Any,
         optimizer: Any,
         pairs: Any,
-        jr: JaxRule,
+        jr: CompiledRule,
         keys: list[str],
         length: int,
         args: tuple,
@@ -587,7 +588,7 @@ class DeviceEngine:
             self._executable(run, model, optimizer, pairs, jr, keys, n, (carry, w0, *rest))
 
     def _program(
-        self, run: Run, model: Any, optimizer: Any, pairs: Any, jr: JaxRule, keys: list[str]
+        self, run: Run, model: Any, optimizer: Any, pairs: Any, jr: CompiledRule, keys: list[str]
     ) -> Any:
         """The chunk program of runs like ``run``, traced when it is lowered (its length is
         that of the updates' arguments: :meth:`_executable` keeps one compiled per length)."""

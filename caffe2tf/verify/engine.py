@@ -177,7 +177,7 @@ def compare_runs(
     """Every run's :class:`Comparison`, and where both rules ran (for the report).
 
     On Keras' JAX backend, with JAX able to run every step of the rule
-    (:func:`caffe2tf.rule.jax_executor.supports`), the runs go through the fused device engine
+    (:func:`caffe2tf.rule.compiled.supports`), the runs go through the fused device engine
     (:class:`caffe2tf.verify.device.DeviceEngine`); otherwise through :func:`host_run`, with
     JAX's compiled rule and gradients where JAX is installed, else NumPy's. ``caffe_reference``
     (``--against caffe``) gives the real Caffe's weights for the ``stream`` run, which is then
@@ -186,11 +186,11 @@ def compare_runs(
     function of the blob shapes giving them (the probes run on cut blobs). ``norms``: keep
     both sides' weight norms per update in the ``stream`` run's comparison (what ``verify
     --plot`` draws; the other runs never keep them)."""
-    from caffe2tf.rule import jax_executor
+    from caffe2tf.rule import compiled
     from caffe2tf.verify import device as dev
 
     timings = timings if timings is not None else {}
-    use_jax = dev.jax_available() and jax_executor.supports(rule)
+    use_jax = dev.jax_available() and compiled.supports(rule)
     jax_device = dev.jax_device(device) if use_jax else None
     if use_jax and jax_device is None:
         raise ValueError(f"--device {device}: JAX sees no such device")

@@ -1,6 +1,7 @@
-"""The compiled JAX executor of Caffe's rule (caffe2tf/rule/jax_executor.py) against the NumPy
-reference (float32 and float64), the committed traces of the real Caffe (fixtures/golden) and
-the real Caffe 1.0 on the whole update-rule matrix; a planted mistake (decay x2) must fail."""
+"""The compiled executors of Caffe's rule (caffe2tf/rule/compiled.py's steps, on JAX and on
+TensorFlow with XLA) against the NumPy reference (float32 and float64), the committed traces of
+the real Caffe (fixtures/golden) and the real Caffe 1.0 on the whole update-rule matrix; a
+planted mistake (decay x2) must fail on each."""
 
 from __future__ import annotations
 
@@ -9,20 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from executors import EXECUTORS
 
 from caffe2tf.app.matrix import write_case_files
 from caffe2tf.caffe.load import load_recipe
+from caffe2tf.rule import compiled
+from caffe2tf.rule.compiled import STEP_FUNCTIONS, supports
 from caffe2tf.rule.lower import lower
 from caffe2tf.rule.model import AddDecay, NvidiaSGD
 from caffe2tf.rule.reference import run_reference
 from caffe2tf.verify import matrix
 from caffe2tf.verify.compare import compare_trajectories
-
-jax = require("jax")
-
-from caffe2tf.rule import jax_executor  # noqa: E402
-from caffe2tf.rule.jax_executor import JAX_STEP_FUNCTIONS, run_jax, supports  # noqa: E402
 
 #: measured max deviations (bench/RESULTS.md): float32 5.6e-7 from the NumPy reference
 FLOAT32_BAR = 1e-5
@@ -43,10 +41,19 @@ def cases():
     return out
 
 
+BACKENDS = sorted(EXECUTORS)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def float32_runs(cases):
-    """Every matrix case through the compiled executor (float32), once for all tests."""
-    return {case.name: run_jax(rule, case.init, case.grads) for case, rule in cases}
+def float32_runs(cases, backend):
+    """Every matrix case through the backend's compiled executor (float32), once per backend."""
+    run = EXECUTORS[backend]
+    return {case.name: run(rule, case.init, case.grads) for case, rule in cases}
 
 
 def test_every_matrix_rule_is_supported(cases):
@@ -65,39 +72,38 @@ def test_float32_agrees_with_the_numpy_reference_on_the_matrix(cases, float32_ru
     assert worst > 0  # XLA rounds differently somewhere: the comparison is not vacuous
 
 
-def test_float64_agrees_with_the_numpy_reference(cases):
+def test_float64_agrees_with_the_numpy_reference(cases, backend):
     for case, rule in cases[::3]:
         ref = run_reference(rule, case.init, case.grads, precision="float64")
-        with jax.enable_x64(True):
-            got = run_jax(rule, case.init, case.grads, precision="float64")
+        got = EXECUTORS[backend](rule, case.init, case.grads, precision="float64")
         assert got[0][next(iter(case.init))].dtype == np.float64
         dev = compare_trajectories(case.init, ref, got).deviation
         assert dev <= FLOAT64_BAR, (case.name, dev)
 
 
-def test_agrees_with_the_committed_caffe_traces(tmp_path):
+def test_agrees_with_the_committed_caffe_traces(tmp_path, backend):
     golden = matrix.golden_cases()
     assert golden
     for g in golden:
         rule = _lowered(g.case, tmp_path)
-        got = run_jax(rule, g.case.init, g.case.grads)
+        got = EXECUTORS[backend](rule, g.case.init, g.case.grads)
         dev = compare_trajectories(g.case.init, g.weights, got).deviation
         assert dev <= FLOAT32_BAR, (g.case.name, dev)
 
 
-def test_a_run_entered_later_matches_the_reference(cases):
+def test_a_run_entered_later_matches_the_reference(cases, backend):
     """Windows enter at a milestone with fresh state: the host scalars follow fast_forward."""
     for case, rule in cases[:12]:
         if rule.schedule.policy not in ("multistep", "step"):
             continue
         start = 57
         ref = run_reference(rule, case.init, case.grads[:20], start=start)
-        got = run_jax(rule, case.init, case.grads[:20], start=start)
+        got = EXECUTORS[backend](rule, case.init, case.grads[:20], start=start)
         assert compare_trajectories(case.init, ref, got).deviation <= FLOAT32_BAR, case.name
 
 
 @pytest.mark.oracle
-def test_agrees_with_the_real_caffe_on_the_matrix(caffe_root, cases, float32_runs):
+def test_agrees_with_the_real_caffe_on_the_matrix(caffe_root, cases, float32_runs, backend):
     from caffe2tf.verify import oracle
 
     caffe = oracle.run_cases([case.oracle_case() for case, _ in cases], root=caffe_root)
@@ -106,17 +112,17 @@ def test_agrees_with_the_real_caffe_on_the_matrix(caffe_root, cases, float32_run
         dev = compare_trajectories(case.init, caffe[case.name], float32_runs[case.name]).deviation
         assert dev <= FLOAT32_BAR, (case.name, dev)
         worst = max(worst, dev)
-    print(f"JAX executor vs the real Caffe on {len(cases)} cases: max deviation {worst:.2e}")
+    print(f"{backend} executor vs the real Caffe on {len(cases)} cases: max deviation {worst:.2e}")
 
 
-def test_planted_decay_x2_is_caught(cases):
-    """The same comparison fails a JAX executor whose decay is doubled, on every case that
+def test_planted_decay_x2_is_caught(cases, backend):
+    """The same comparison fails an executor whose decay is doubled, on every case that
     decays a trained blob."""
 
     def doubled(step, env):
-        jax_executor.add_decay(AddDecay(step.kind, 2 * step.weight_decay), env)
+        compiled.add_decay(AddDecay(step.kind, 2 * step.weight_decay), env)
 
-    registry = {**JAX_STEP_FUNCTIONS, AddDecay: doubled}
+    registry = {**STEP_FUNCTIONS, AddDecay: doubled}
     decayed = [
         (case, rule)
         for case, rule in cases
@@ -125,6 +131,6 @@ def test_planted_decay_x2_is_caught(cases):
     assert len(decayed) >= 10
     for case, rule in decayed[:6]:
         ref = run_reference(rule, case.init, case.grads)
-        wrong = run_jax(rule, case.init, case.grads, registry=registry)
+        wrong = EXECUTORS[backend](rule, case.init, case.grads, registry=registry)
         dev = compare_trajectories(case.init, ref, wrong).deviation
         assert dev > 1e-3, (case.name, dev)

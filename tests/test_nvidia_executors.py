@@ -1,8 +1,8 @@
-"""NVIDIA Caffe's steps on the compiled JAX executor (caffe2tf/rule/jax_executor.py
-``nvidia_sgd``, ``nvidia_decay``): against the NumPy reference (float64 to 1e-12, float32) and
-the float64 restatement of NVIDIA's GPU source (tests/nvidia_restatement.py) on every NVIDIA
-recipe of tests/test_nvidia_rule.py and a few more (SAG with L2, decay policy under Adam, L1),
-and a planted mistake (LARC's norm taken of the decayed gradient) caught."""
+"""NVIDIA Caffe's steps on the compiled executors (caffe2tf/rule/compiled.py ``nvidia_sgd``,
+``nvidia_decay``, on JAX and on TensorFlow): against the NumPy reference (float64 to 1e-12,
+float32) and the float64 restatement of NVIDIA's GPU source (tests/nvidia_restatement.py) on
+every NVIDIA recipe of tests/test_nvidia_rule.py and a few more (SAG with L2, decay policy under
+Adam, L1), and a planted mistake (LARC's norm taken of the decayed gradient) caught."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ from conftest import require
 sys.path.insert(0, str(Path(__file__).parent))
 
 import nvidia_restatement as nv  # noqa: E402
+from executors import EXECUTORS  # noqa: E402
 from test_nvidia_rule import RECIPES, STEPS  # noqa: E402
 from test_nvidia_rule import _setup as _setup_recipe  # noqa: E402
 
 jax = require("jax")
 
-from caffe2tf.rule import jax_executor  # noqa: E402
-from caffe2tf.rule.jax_executor import JAX_STEP_FUNCTIONS, run_jax, supports  # noqa: E402
+from caffe2tf.rule import compiled  # noqa: E402
+from caffe2tf.rule.compiled import STEP_FUNCTIONS, supports  # noqa: E402
+from caffe2tf.rule.jax_executor import run_jax  # noqa: E402
 from caffe2tf.rule.model import NvidiaDecay, NvidiaSGD  # noqa: E402
 from caffe2tf.rule.reference import run_reference  # noqa: E402
 from caffe2tf.verify.compare import compare_trajectories  # noqa: E402
@@ -65,16 +67,19 @@ def _dev(init, ref, got) -> float:
     return compare_trajectories(init, ref, got, keys=list(init)).deviation
 
 
+@pytest.mark.parametrize("backend", sorted(EXECUTORS))
 @pytest.mark.parametrize("name", ALL)
-def test_jax_follows_the_reference_and_nvidia(tmp_path: Path, name: str) -> None:
+def test_the_executors_follow_the_reference_and_nvidia(
+    tmp_path: Path, name: str, backend: str
+) -> None:
     rule, _, p, mults, init, grads = _setup(tmp_path, name)
     assert supports(rule)
+    run = EXECUTORS[backend]
     ref64 = run_reference(rule, init, grads, precision="float64")
-    with jax.enable_x64(True):
-        got64 = run_jax(rule, init, grads, precision="float64")
+    got64 = run(rule, init, grads, precision="float64")
     assert _dev(init, ref64, got64) <= 1e-12
     ref32 = run_reference(rule, init, grads)
-    got32 = run_jax(rule, init, grads)
+    got32 = run(rule, init, grads)
     assert _dev(init, ref32, got32) <= 1e-5
     restated = nv.run(p, mults, init, grads)
     assert _dev(init, restated, got64) <= 1e-6
@@ -116,9 +121,9 @@ def test_a_planted_larc_norm_of_the_decayed_gradient_is_caught(tmp_path: Path) -
         for key in env.keys:
             local = env.wd * env.s(env.groups[key].decay_mult)
             env.grads[key] = env.grads[key] + local * env.weights[key]
-        jax_executor.nvidia_sgd(replace(s, decay_kind=""), env)
+        compiled.nvidia_sgd(replace(s, decay_kind=""), env)
 
-    registry = {**JAX_STEP_FUNCTIONS, NvidiaSGD: decayed_first}
+    registry = {**STEP_FUNCTIONS, NvidiaSGD: decayed_first}
     # the weight decay of the recipe is small; scale it so the difference is plain
     big = replace(
         rule, steps=tuple(replace(s, weight_decay=0.5) if s is step else s for s in rule.steps)

@@ -59,7 +59,7 @@ def float32_runs(cases, backend):
 def test_every_matrix_rule_is_supported(cases):
     assert all(supports(rule) for _, rule in cases)
     nvidia = cases[0][1].__class__(solver="SGD", steps=(NvidiaSGD(0.9),))
-    assert supports(nvidia)  # NVIDIA's steps too (tests/test_jax_nvidia.py)
+    assert supports(nvidia)  # NVIDIA's steps too (tests/test_nvidia_executors.py)
 
 
 def test_float32_agrees_with_the_numpy_reference_on_the_matrix(cases, float32_runs):

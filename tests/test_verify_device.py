@@ -1,7 +1,7 @@
 """Both rules on one device: on Keras' JAX backend verify runs the candidate, the compiled
 Caffe rule and the comparison as one JAX program (caffe2tf/verify/device.py) and says so; a
-wrong port still fails there; elsewhere Caffe's rule runs on JAX next to the candidate.
-``--device`` chooses where JAX runs."""
+wrong port still fails there; on TensorFlow's, Caffe's rule runs compiled by TensorFlow
+(tests/test_verify_host_tf.py). ``--device`` chooses the device."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def _any_gpu() -> bool:
         return False
 
 
-def test_elsewhere_caffes_rule_runs_on_jax_and_the_report_names_it(monkeypatch):
+def test_on_tensorflow_both_rules_run_there_and_the_report_names_it(monkeypatch):
     monkeypatch.chdir(REPO)
     result = CliRunner().invoke(
         cli,
@@ -115,8 +115,10 @@ def test_elsewhere_caffes_rule_runs_on_jax_and_the_report_names_it(monkeypatch):
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    assert "Caffe's rule on JAX CPU" in result.output
-    if not _any_gpu():
+    assert "TensorFlow CPU (both rules, Caffe's compiled with XLA" in result.output
+    import tensorflow as tf
+
+    if not tf.config.list_logical_devices("GPU"):
         result = CliRunner().invoke(
             cli,
             ["verify", "fixtures/lenet/solver.prototxt", "--steps", "3", "--device", "gpu"],

@@ -63,26 +63,68 @@ def tf_rule(
 
 
 #: compiled update functions, by (rule, owner keys, precision, step functions): the runs of one
-#: verify (the stream, the schedule windows, the probes) share one traced function per shape
+#: verify (the stream, the schedule windows, the probes) share one traced function per set of
+#: shapes (the variables are its arguments)
 _COMPILED: dict[tuple, tuple[Any, Any]] = {}
 
 
 def _compiled_update(cr: CompiledRule) -> Any:
+    """``fn(weights, state, grads, rate, corr)``: one Caffe update applied in place to the
+    variables ``weights`` and ``state`` (dicts as :meth:`CompiledRule.update` takes them;
+    XLA writes the new values over the old, so an update holds no second copy of them)."""
     import tensorflow as tf
 
-    key = (id(cr.rule), cr.keys, cr.precision, tuple(sorted(map(id, cr.registry.values()))))
+    registry = tuple(sorted(map(id, cr.registry.values())))
+    key = (id(cr.rule), cr.keys, cr.precision, registry)
     if key not in _COMPILED:
+
+        def update(weights: Any, state: Any, grads: Any, rate: Any, corr: Any) -> None:
+            w = {k: v.read_value() for k, v in weights.items()}
+            st = {k: {s: v.read_value() for s, v in d.items()} for k, d in state.items()}
+            new_w, new_st = cr.update(w, st, grads, rate, corr)
+            for k in cr.keys:
+                weights[k].assign(new_w[k])
+                for s in cr.slots:
+                    state[k][s].assign(new_st[k][s])
+
         # the rule is kept with its function so that its id is not reused while cached
-        _COMPILED[key] = (cr.rule, tf.function(cr.update, jit_compile=True))
+        _COMPILED[key] = (cr.rule, tf.function(update, jit_compile=True))
     return _COMPILED[key][1]
+
+
+#: the alignment TensorFlow's CPU kernels assume of a tensor's buffer (Eigen's largest)
+ALIGNMENT = 64
+
+
+def shared_tensor(value: Any, dtype: Any) -> Any:
+    """``value`` as a TensorFlow tensor of ``dtype``: a NumPy or JAX array of that dtype and C
+    order on the CPU is shared through DLPack, not copied (VGG16's gradient: 552 MB an
+    update); anything else (a read-only NumPy view, another dtype) is converted."""
+    import tensorflow as tf
+
+    if isinstance(value, tf.Tensor | tf.Variable):
+        return tf.convert_to_tensor(value, dtype=dtype)
+    if np.dtype(getattr(value, "dtype", object)) == np.dtype(dtype) and hasattr(
+        value, "__dlpack__"
+    ):
+        # TensorFlow's own kernels require 64-byte aligned buffers (a CHECK aborts the process
+        # otherwise), and NumPy aligns its arrays to 16 bytes only
+        view = np.asarray(value)  # no copy: a NumPy array, or a JAX array on the CPU
+        shareable = view.flags.c_contiguous and view.ctypes.data % ALIGNMENT == 0
+        if shareable and view.size:
+            try:
+                return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+            except Exception:  # not shareable (read-only, alignment, another device): copy
+                pass
+    return tf.convert_to_tensor(np.asarray(value), dtype=dtype)
 
 
 class TfExecutor:
     """Caffe's rule compiled with TensorFlow, stepped one update at a time from update
     ``start`` of a run of ``updates`` (with fresh state, as
-    :func:`caffe2tf.rule.reference.fast_forward` enters it): :meth:`step` applies Caffe's
-    diff and returns the weights keyed like ``init`` (TensorFlow tensors for the blobs the rule
-    owns). ``device``: a TensorFlow device name (None: TensorFlow's choice)."""
+    :func:`caffe2tf.rule.reference.fast_forward` enters it). The weights and the state are
+    TensorFlow variables in Caffe's layout, updated in place. ``device``: a TensorFlow device
+    name (None: TensorFlow's choice)."""
 
     def __init__(
         self,
@@ -103,8 +145,13 @@ class TfExecutor:
         self.device = device
         self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.cr.keys}
         with self._placed():
-            self.weights = {k: tf.constant(np.asarray(init[k], dt)) for k in self.cr.keys}
-            self.state = self.cr.init_state(self.weights)
+            self.weights = {
+                k: tf.Variable(np.asarray(init[k], dt), trainable=False) for k in self.cr.keys
+            }
+            self.state = {
+                k: {s: tf.Variable(v, trainable=False) for s, v in d.items()}
+                for k, d in self.cr.init_state(self.weights).items()
+            }
         rates, corr = host_scalars(rule, start, updates, precision)
         self.rates, self.corr = rates.astype(dt), corr.astype(dt)
         self.fn = _compiled_update(self.cr)
@@ -116,18 +163,15 @@ class TfExecutor:
         return self._tf.device(self.device) if self.device else contextlib.nullcontext()
 
     def step(self, grads: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """Apply update ``k`` with Caffe's diff ``grads`` (NumPy arrays or tensors)."""
+        """Apply update ``k`` with Caffe's diff ``grads`` (NumPy arrays or tensors); the
+        weights after it: the variables and, for the blobs the rule does not own, the initial
+        values."""
         tf = self._tf
         dt = self.rates.dtype
         with self._placed():
-            g = {k: tf.convert_to_tensor(grads[k], dtype=dt) for k in self.cr.keys}
-            self.weights, self.state = self.fn(
-                self.weights,
-                self.state,
-                g,
-                tf.constant(self.rates[self.k]),
-                tf.constant(self.corr[self.k]),
-            )
+            g = {k: shared_tensor(grads[k], dt) for k in self.cr.keys}
+            rate, corr = tf.constant(self.rates[self.k]), tf.constant(self.corr[self.k])
+            self.fn(self.weights, self.state, g, rate, corr)
         self.k += 1
         return {**self.weights, **self.rest}
 
@@ -152,9 +196,9 @@ def run_tf(
         diff = {k: np.asarray(g.get(k, np.zeros_like(init[k])), dt) for k in ex.cr.keys}
         weights = ex.step(diff)
         for k in ex.cr.keys:
-            out[k].append(weights[k].numpy())
+            out[k].append(weights[k].numpy())  # a copy: the variable is updated in place
     stacked = {k: np.stack(v) if v else np.zeros((0,), dt) for k, v in out.items()}
     return trajectory(ex.cr.keys, init, stacked, len(grads), dt)
 
 
-__all__ = ["TfExecutor", "TfOps", "run_tf", "tf_ops", "tf_rule"]
+__all__ = ["TfExecutor", "TfOps", "run_tf", "shared_tensor", "tf_ops", "tf_rule"]

@@ -25,6 +25,12 @@ from caffe2tf.verify import keras_harness
 from caffe2tf.verify.compare import Comparison, StreamingComparison
 from caffe2tf.verify.components import Run
 from caffe2tf.verify.jax_compare import JaxComparer, run_device
+from caffe2tf.verify.tf_compare import (
+    HOST_COMPARE_MAX_ELEMENTS,
+    TfComparer,
+    describe_tf,
+    tf_device,
+)
 
 Weights = Mapping[str, np.ndarray]
 
@@ -45,6 +51,7 @@ def host_run(
     gradients: Any = None,
     session: keras_harness.CandidateSession | None = None,
     norms: bool = True,
+    comparer: Callable[[Sequence[str]], Any] | None = None,
 ) -> Comparison:
     """Compare ``candidate`` with Caffe's rule on ``run``. ``reference``: the real Caffe's
     weights after each update (an iterator), instead of an executor. ``executor``: an object
@@ -54,7 +61,10 @@ def host_run(
     ``progress(n)`` is told each finished update; ``timings`` gets the seconds spent in each
     rule. ``session``: the candidate's model and optimizer kept from an earlier run
     (:class:`caffe2tf.verify.keras_harness.CandidateSession`). ``norms``: keep both sides'
-    weight norms per update (:attr:`caffe2tf.verify.compare.Comparison.reference_norms`)."""
+    weight norms per update (:attr:`caffe2tf.verify.compare.Comparison.reference_norms`).
+    ``comparer``: makes, from the blob keys, the object that reduces each update where the
+    executor's weights are, or None for NumPy's comparison on the host (default: JAX's for a
+    compiled executor on JAX, else NumPy's)."""
     timings = timings if timings is not None else {}
     comparison = StreamingComparison(
         run.init,
@@ -74,7 +84,10 @@ def host_run(
     deferred = isinstance(executor, Deferred)
     device = executor.device if deferred else run_device(executor)
     on_device = reference is None and (deferred or device is not None)
-    comparer = JaxComparer(run.init, comparison.keys, device, norms=norms) if on_device else None
+    if on_device:
+        comparer = comparer or (lambda keys: JaxComparer(run.init, keys, device, norms=norms))
+    # a comparer factory may answer None: then NumPy compares on the host
+    reducer = comparer(comparison.keys) if on_device and comparer else None
 
     def observe(k: int, diff: Weights, weights: Weights) -> None:
         t = time.perf_counter()
@@ -84,8 +97,8 @@ def host_run(
         else:
             ref = next(reference)  # type: ignore[arg-type]
         spent[0] += time.perf_counter() - t
-        if comparer is not None:
-            comparison.observe_scalars(*comparer.scalars({**ref, **executor.weights}, weights))
+        if reducer is not None:
+            comparison.observe_scalars(*reducer.scalars({**ref, **executor.weights}, weights))
         else:
             comparison.observe(ref, weights)
         if progress is not None:
@@ -190,14 +203,17 @@ def compare_runs(
     from caffe2tf.verify import device as dev
 
     timings = timings if timings is not None else {}
+    on_tf = backend == "tensorflow" and compiled.supports(rule)
+    tf_dev = tf_device(device) if on_tf else None
     use_jax = dev.jax_available() and compiled.supports(rule)
-    jax_device = dev.jax_device(device) if use_jax else None
+    jax_device = dev.jax_device(device if not on_tf else "cpu") if use_jax else None
     if use_jax and jax_device is None:
         raise ValueError(f"--device {device}: JAX sees no such device")
     fused = use_jax and backend == "jax"
-    if use_jax and not fused and device == "auto":
-        # next to a candidate on another backend, compiling the rule pays only for a
-        # run's worth of work (compiling costs seconds; NumPy does small nets faster)
+    if use_jax and not fused and (device == "auto" or on_tf):
+        # next to a candidate on another backend, compiling the rule (or, on TensorFlow,
+        # the gradients) with JAX pays only for a run's worth of work (compiling costs
+        # seconds; NumPy does small nets faster)
         work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
         use_jax = work >= JAX_HOST_MIN_WORK
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
@@ -223,8 +239,11 @@ def compare_runs(
                 )
             )
         else:
-            executor = gradients = None
-            if use_jax:
+            executor = gradients = comparer = None
+            if on_tf:
+                executor, comparer = _tf_host_pieces(rule, run, tf_dev, norms=keep)
+                gradients = _jax_gradients(run) if use_jax else None
+            elif use_jax:
                 executor, gradients = _jax_host_pieces(rule, run, jax_device)
             out.append(
                 host_run(
@@ -242,20 +261,68 @@ def compare_runs(
                     gradients=gradients,
                     session=session,
                     norms=keep,
+                    comparer=comparer,
                 )
             )
-            executor = gradients = None
+            executor = gradients = comparer = None
         # on either engine: a big net's freed run would otherwise stay resident through the
         # next (VGG16 on the fused engine: 0.5-1 GB between runs, bench/RESULTS.md)
         if keras_harness.worth_collecting(run.shapes.values()):
             release_freed_memory()
     if fused:
         where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"
+    elif on_tf:
+        compared = "in NumPy on the host" if _tf_compares_on_host(runs[0], tf_dev) else "too"
+        where = (
+            f"TensorFlow {describe_tf(tf_dev)} (both rules, Caffe's compiled with XLA; the "
+            f"comparison {compared})"
+        )
     elif use_jax:
         where = f"candidate on {backend}; Caffe's rule on JAX {dev.describe(jax_device)}"
     else:
         where = f"candidate on {backend}; Caffe's rule in NumPy on the host CPU"
     return out, where
+
+
+def _tf_host_pieces(
+    rule: UpdateRule, run: Run, device: str | None, *, norms: bool
+) -> tuple[Any, Callable[[Sequence[str]], Any]]:
+    """Caffe's rule compiled with TensorFlow (made at its first update, after the candidate's
+    model: :class:`Deferred`) and the comparison reduced by TensorFlow (in NumPy on the host
+    for a small net on the CPU: :func:`_tf_compares_on_host`), for :func:`host_run` next to a
+    candidate on Keras' TensorFlow backend."""
+    from caffe2tf.rule.tf_executor import TfExecutor
+
+    executor = Deferred(
+        lambda: TfExecutor(
+            rule, run.init, precision=run.dtype, start=run.start, updates=run.updates,
+            device=device,
+        ),
+        device,
+    )  # fmt: skip
+    on_host = _tf_compares_on_host(run, device)
+
+    def comparer(keys: Sequence[str]) -> Any:
+        return None if on_host else TfComparer(run.init, keys, device, norms=norms)
+
+    return executor, comparer
+
+
+def _tf_compares_on_host(run: Run, device: str | None) -> bool:
+    """Whether NumPy compares ``run`` on the host next to Caffe's rule on TensorFlow: on the
+    CPU, for a net of up to :data:`caffe2tf.verify.tf_compare.HOST_COMPARE_MAX_ELEMENTS`
+    weights (faster there than TensorFlow's compiled reduction)."""
+    size = sum(int(np.prod(s)) for s in run.shapes.values())
+    return size <= HOST_COMPARE_MAX_ELEMENTS and describe_tf(device) == "CPU"
+
+
+def _jax_gradients(run: Run) -> Any:
+    """The run's gradients made by JAX (inside ``jax.enable_x64`` for float64 runs)."""
+    from caffe2tf.verify import device as dev
+
+    if run.dtype == "float32":
+        return dev.JaxGradients(run.spec, run.shapes)
+    return _X64(lambda: dev.JaxGradients(run.spec, run.shapes))
 
 
 def _jax_host_pieces(rule: UpdateRule, run: Run, jax_device: Any) -> tuple[Any, Any]:
@@ -271,7 +338,7 @@ def _jax_host_pieces(rule: UpdateRule, run: Run, jax_device: Any) -> tuple[Any, 
             ),
             jax_device,
         )  # fmt: skip
-        return ref, dev.JaxGradients(run.spec, run.shapes)
+        return ref, _jax_gradients(run)
     return _X64(
         lambda: dev.JaxReference(
             rule,
@@ -281,7 +348,7 @@ def _jax_host_pieces(rule: UpdateRule, run: Run, jax_device: Any) -> tuple[Any, 
             updates=run.updates,
             device=jax_device,
         )  # fmt: skip
-    ), _X64(lambda: dev.JaxGradients(run.spec, run.shapes))
+    ), _jax_gradients(run)
 
 
 class _X64:

@@ -92,6 +92,9 @@ def _reduce(
     import jax
     import jax.numpy as jnp
 
+    if ref.ndim == 0:  # a scalar blob, reduced as one element
+        ref, cand, w0 = ref.reshape(1), cand.reshape(1), w0.reshape(1)
+        rows = 1
     if rows < ref.shape[0]:
         ref = jax.lax.dynamic_slice_in_dim(ref, start, rows, 0)
         w0 = jax.lax.dynamic_slice_in_dim(w0, start, rows, 0)
@@ -147,8 +150,14 @@ def _blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(a, min(rows, shape[0] - a)) for a in range(0, shape[0], rows)]
 
 
+def _size(x: Any) -> int:
+    return int(np.prod(x.shape, dtype=np.int64))
+
+
 class JaxComparer:
-    """Keeps ``w0`` of ``keys`` on the device and reduces each update there."""
+    """Keeps ``w0`` of ``keys`` on the device and reduces each update there. Subclasses
+    change the array library (:class:`caffe2tf.verify.tf_compare.TfComparer`): how a value
+    becomes one of its arrays (:meth:`_array`) and the compiled :func:`_stacked`."""
 
     def __init__(
         self,
@@ -173,6 +182,10 @@ class JaxComparer:
         self.norms = norms
         self.fn = jax.jit(_stacked, static_argnums=(1, 2, 3))
 
+    def _array(self, value: Any) -> Any:
+        """A backend value (a variable's, a reference's weights) as this library's array."""
+        return as_jax(value)
+
     def scalars(self, reference: Mapping[str, Any], candidate: Any) -> Scalars:
         """``reference``: Caffe-layout weights (JAX or NumPy); ``candidate``: a
         :class:`caffe2tf.verify.mirror.CaffeWeightsView` (its :meth:`raw` gives a variable and
@@ -183,28 +196,23 @@ class JaxComparer:
         norms: dict[str, tuple[float, float]] = {}
         blocks = []  # (key, (cand, ref, w0, start), perm, rows)
         for k in self.keys:
-            if self.w0[k].size == 0:
+            if _size(self.w0[k]) == 0:
                 if self.norms:
                     norms[k] = (0.0, 0.0)
                 continue
             raw = candidate.raw(k)
             if raw is None:
-                cand, perm = as_jax(np.asarray(candidate[k])), None
+                cand, perm = self._array(np.asarray(candidate[k])), None
             else:
-                cand, perm = as_jax(raw[0]), raw[1]
-            ref = as_jax(reference[k])
-            if ref.ndim == 0:
-                ref, cand = ref.reshape(1), cand.reshape(1)
-                w0 = self.w0[k].reshape(1)
-            else:
-                w0 = self.w0[k]
+                cand, perm = self._array(raw[0]), raw[1]
+            ref = self._array(reference[k])
             diffs[k], moved[k], flags[k] = 0.0, 0.0, (False, False, False, False)
             for start, rows in _blocks(tuple(ref.shape)):
-                blocks.append((k, (cand, ref, w0, np.int32(start)), perm, rows))
+                blocks.append((k, (cand, ref, self.w0[k], np.int32(start)), perm, rows))
         # one program for a net of up to BLOCK_ELEMENTS weights; above, one per block (a blob
         # above BLOCK_ELEMENTS is cut in blocks), so that no two transposed reads are held at
         # once
-        whole = sum(int(b[1][1].size) for b in blocks) <= BLOCK_ELEMENTS
+        whole = sum(_size(b[1][1]) for b in blocks) <= BLOCK_ELEMENTS
         groups = [blocks] if whole else [[b] for b in blocks]
         pending = []
         for group in groups:

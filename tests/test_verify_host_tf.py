@@ -1,7 +1,7 @@
-"""A TensorFlow candidate next to Caffe's rule compiled with JAX (the host engine with
-``--device cpu``, or a large net): the gradients reach TensorFlow through DLPack, the
-comparison is reduced by JAX on the candidate's variables (caffe2tf/verify/jax_compare.py),
-and one model and optimizer serve every run of a precision
+"""A TensorFlow candidate next to Caffe's rule compiled with TensorFlow (the host engine on
+Keras' TensorFlow backend, caffe2tf/rule/tf_executor.py): the comparison reduced by TensorFlow
+(caffe2tf/verify/tf_compare.py; NumPy on the host for a small net on the CPU), and one model
+and optimizer serve every run of a precision
 (:class:`caffe2tf.verify.keras_harness.CandidateSession`). It must judge as the NumPy path
 judges: the same deviations up to the two references' float32 rounding, the same norms, and a
 wrong port fails the same components."""
@@ -16,7 +16,6 @@ import pytest
 from conftest import require
 
 require("tensorflow")
-require("jax")
 
 pytestmark = pytest.mark.keras
 
@@ -43,13 +42,28 @@ def _runs(report):
     return {(r.component, r.label): r.comparison for r in report.runs}
 
 
-def test_the_jax_comparison_judges_as_numpy_does(keras_tf):
-    on_jax = _verify(device="cpu")
-    in_numpy = _verify(device="auto")  # LeNet is small: Caffe's rule in NumPy
-    assert "Caffe's rule on JAX CPU" in on_jax.device
-    assert "NumPy" in in_numpy.device
-    assert on_jax.passed and in_numpy.passed
-    a, b = _runs(on_jax), _runs(in_numpy)
+@pytest.fixture
+def tf_comparison(monkeypatch):
+    """TensorFlow's compiled comparison on LeNet too (it compares nets above
+    ``HOST_COMPARE_MAX_ELEMENTS`` weights, or on a GPU)."""
+    from caffe2tf.verify import engine
+
+    monkeypatch.setattr(engine, "HOST_COMPARE_MAX_ELEMENTS", 0)
+
+
+def _numpy_report(monkeypatch):
+    """The same verify with Caffe's rule and the comparison in NumPy (no compiled executor
+    supports the rule)."""
+    from caffe2tf.rule import compiled
+
+    with monkeypatch.context() as m:
+        m.setattr(compiled, "supports", lambda rule, registry=None: False)
+        return _verify(device="cpu")
+
+
+def _judge_alike(a_report, b_report):
+    assert a_report.passed and b_report.passed
+    a, b = _runs(a_report), _runs(b_report)
     assert a.keys() == b.keys() and len(a) >= 3
     for key, ca in a.items():
         cb = b[key]
@@ -70,7 +84,21 @@ def test_the_jax_comparison_judges_as_numpy_does(keras_tf):
         )
 
 
-def test_a_wrong_port_fails_on_the_jax_comparison(keras_tf, tmp_path):
+def test_caffes_rule_on_tensorflow_judges_as_numpy_does(keras_tf, monkeypatch):
+    on_tf = _verify(device="cpu")
+    in_numpy = _numpy_report(monkeypatch)
+    assert "TensorFlow CPU" in on_tf.device and "comparison in NumPy" in on_tf.device
+    assert "NumPy on the host CPU" in in_numpy.device
+    _judge_alike(on_tf, in_numpy)
+
+
+def test_the_tensorflow_comparison_judges_as_numpy_does(keras_tf, monkeypatch, tf_comparison):
+    on_tf = _verify(device="cpu")
+    assert "TensorFlow CPU" in on_tf.device and "comparison too" in on_tf.device
+    _judge_alike(on_tf, _numpy_report(monkeypatch))
+
+
+def test_a_wrong_port_fails_on_the_tensorflow_comparison(keras_tf, tf_comparison, tmp_path):
     from caffe2tf.api import convert
 
     convert(LENET).write(tmp_path / "out")
@@ -82,6 +110,17 @@ def test_a_wrong_port_fails_on_the_jax_comparison(keras_tf, tmp_path):
     assert not report.passed
     failed = {v["component"] for v in report.component_verdicts() if not v["passed"]}
     assert {"stream", "decay"} <= failed
+
+
+def test_a_gpu_tensorflow_lacks_is_refused(keras_tf):
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("TensorFlow sees a GPU here")
+    from caffe2tf.errors import InputError
+
+    with pytest.raises(InputError, match="--device gpu: TensorFlow sees no such device"):
+        _verify(device="gpu")
 
 
 def test_one_model_serves_every_run_of_a_precision(keras_tf, monkeypatch):
@@ -105,10 +144,11 @@ def test_one_model_serves_every_run_of_a_precision(keras_tf, monkeypatch):
 
 
 @pytest.fixture
-def lean(monkeypatch):
+def lean(monkeypatch, tf_comparison):
     """The paths a net of VGG16's size takes, forced on LeNet: the step compiled with XLA
-    (caffe2tf/verify/loops/tensorflow.py ``XLA_MIN_ELEMENTS``) and the comparison reduced a
-    block of Caffe rows at a time (caffe2tf/verify/jax_compare.py ``BLOCK_ELEMENTS``)."""
+    (caffe2tf/verify/loops/tensorflow.py ``XLA_MIN_ELEMENTS``) and TensorFlow's comparison
+    reduced a block of Caffe rows at a time (caffe2tf/verify/jax_compare.py
+    ``BLOCK_ELEMENTS``)."""
     import tensorflow as tf
 
     from caffe2tf.verify import jax_compare
@@ -118,13 +158,16 @@ def lean(monkeypatch):
     real = tf.function
 
     def recording(fn=None, **kwargs):
-        compiled.append(kwargs.get("jit_compile"))
+        if getattr(fn, "__module__", None) == tf_loop.__name__:  # the candidate's step only
+            compiled.append(kwargs.get("jit_compile"))
         return real(fn, **kwargs)
 
     monkeypatch.setattr(tf_loop, "XLA_MIN_ELEMENTS", 0)
     monkeypatch.setattr(tf, "function", recording)
     monkeypatch.setattr(jax_compare, "BLOCK_ELEMENTS", 1000)  # ip1/0 (500x800): 400 blocks
-    return compiled
+    jax_compare._blocks.cache_clear()  # cut by the size just set
+    yield compiled
+    jax_compare._blocks.cache_clear()
 
 
 def test_the_xla_step_and_blocked_comparison_judge_as_the_plain_ones(keras_tf, lean):
@@ -137,6 +180,7 @@ def test_the_xla_step_and_blocked_comparison_judge_as_the_plain_ones(keras_tf, l
 
     tf_loop.XLA_MIN_ELEMENTS = 2**62
     jax_compare.BLOCK_ELEMENTS = 2**62
+    jax_compare._blocks.cache_clear()
     plain_report = _verify(device="cpu")
     assert lean and True not in lean
     assert lean_report.passed and plain_report.passed
@@ -172,12 +216,12 @@ def test_a_wrong_port_fails_on_the_xla_step(keras_tf, lean, tmp_path):
 def test_caffes_rule_is_made_after_the_candidate_is_loaded(keras_tf, monkeypatch):
     """The compiled rule's arrays are made only once the candidate's model is built or reset
     (caffe2tf/verify/engine.py ``Deferred``), so the two never peak together."""
-    from caffe2tf.verify import device as dev
+    from caffe2tf.rule.tf_executor import TfExecutor
     from caffe2tf.verify import keras_harness
 
     events = []
     real_model_for = keras_harness.CandidateSession.model_for
-    real_init = dev.JaxReference.__init__
+    real_init = TfExecutor.__init__
 
     def model_for(self, *args, **kwargs):
         out = real_model_for(self, *args, **kwargs)
@@ -185,17 +229,15 @@ def test_caffes_rule_is_made_after_the_candidate_is_loaded(keras_tf, monkeypatch
         return out
 
     def init(self, *args, **kwargs):
-        # the float64 probes run on blobs cut to 8 per axis: made at once (caffe2tf/verify/
-        # engine.py _X64)
-        events.append("rule made" if kwargs["precision"] == "float32" else "float64 rule made")
+        events.append("rule made")
         return real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(keras_harness.CandidateSession, "model_for", model_for)
-    monkeypatch.setattr(dev.JaxReference, "__init__", init)
+    monkeypatch.setattr(TfExecutor, "__init__", init)
     report = _verify(device="cpu")
     assert report.passed
     made = [i for i, e in enumerate(events) if e == "rule made"]
-    assert len(made) >= 3, events  # the stream and the schedule windows
+    assert len(made) >= 5, events  # the stream, the schedule windows and the probes
     for i in made:
         assert i > 0 and events[i - 1] == "candidate loaded", events
 

@@ -96,27 +96,39 @@ def _compiled_update(cr: CompiledRule) -> Any:
 ALIGNMENT = 64
 
 
+def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """An uninitialised C-order array whose buffer starts on an :data:`ALIGNMENT` boundary
+    (NumPy's own start 16 bytes past a page for big arrays), so that TensorFlow can share it
+    (:func:`shared_tensor`)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(n * dt.itemsize + ALIGNMENT, np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT
+    return raw[offset : offset + n * dt.itemsize].view(dt).reshape(tuple(shape))
+
+
 def shared_tensor(value: Any, dtype: Any) -> Any:
     """``value`` as a TensorFlow tensor of ``dtype``: a NumPy or JAX array of that dtype and C
-    order on the CPU is shared through DLPack, not copied (VGG16's gradient: 552 MB an
-    update); anything else (a read-only NumPy view, another dtype) is converted."""
+    order on the CPU, starting on an :data:`ALIGNMENT` boundary, is shared through DLPack, not
+    copied (VGG16's gradient: 552 MB an update); anything else is copied once, into an aligned
+    buffer shared the same way."""
     import tensorflow as tf
 
     if isinstance(value, tf.Tensor | tf.Variable):
         return tf.convert_to_tensor(value, dtype=dtype)
-    if np.dtype(getattr(value, "dtype", object)) == np.dtype(dtype) and hasattr(
-        value, "__dlpack__"
-    ):
-        # TensorFlow's own kernels require 64-byte aligned buffers (a CHECK aborts the process
-        # otherwise), and NumPy aligns its arrays to 16 bytes only
-        view = np.asarray(value)  # no copy: a NumPy array, or a JAX array on the CPU
-        shareable = view.flags.c_contiguous and view.ctypes.data % ALIGNMENT == 0
-        if shareable and view.size:
-            try:
-                return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
-            except Exception:  # not shareable (read-only, alignment, another device): copy
-                pass
-    return tf.convert_to_tensor(np.asarray(value), dtype=dtype)
+    view = np.asarray(value)  # no copy: a NumPy array, or a JAX array on the CPU
+    if view.size == 0:
+        return tf.convert_to_tensor(view, dtype=dtype)
+    # TensorFlow's own kernels require aligned buffers (a CHECK aborts the process otherwise)
+    shareable = view.flags.c_contiguous and view.ctypes.data % ALIGNMENT == 0
+    if view.dtype == np.dtype(dtype) and shareable and hasattr(value, "__dlpack__"):
+        try:
+            return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+        except Exception:  # not shareable (read-only, another device): copied below
+            pass
+    copy = aligned_empty(view.shape, dtype)
+    copy[...] = view
+    return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
 
 
 class TfExecutor:
@@ -201,4 +213,12 @@ def run_tf(
     return trajectory(ex.cr.keys, init, stacked, len(grads), dt)
 
 
-__all__ = ["TfExecutor", "TfOps", "run_tf", "shared_tensor", "tf_ops", "tf_rule"]
+__all__ = [
+    "TfExecutor",
+    "TfOps",
+    "aligned_empty",
+    "run_tf",
+    "shared_tensor",
+    "tf_ops",
+    "tf_rule",
+]

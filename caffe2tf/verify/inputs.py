@@ -15,11 +15,16 @@ PROGRESS_MIN_STEPS = 200  # runs at least this long report progress on stderr
 
 def initial_weights(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
     """Seeded N(0, 0.5²) float32 initial weights, one array per owner blob (Caffe layout),
-    drawn in float32 (no float64 copy of a large blob on the way)."""
+    drawn in float32 (no float64 copy of a large blob on the way), each on a 64-byte boundary
+    so that TensorFlow shares it instead of copying it (w0 of the comparison:
+    :func:`caffe2tf.rule.tf_executor.shared_tensor`)."""
+    from caffe2tf.rule.tf_executor import aligned_empty
+
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x1A17])
     out = {}
     for k in sorted(shapes):
-        w = rng.standard_normal(tuple(shapes[k]), dtype=np.float32)
+        w = aligned_empty(tuple(shapes[k]), np.float32)
+        rng.standard_normal(dtype=np.float32, out=w)
         w *= np.float32(0.5)
         out[k] = w
     return out

@@ -1,0 +1,68 @@
+"""Arrays handed to TensorFlow without a copy (caffe2tf/rule/tf_executor.py ``shared_tensor``):
+a 64-byte aligned C-order array is shared through DLPack, anything else is copied once into an
+aligned buffer; TensorFlow's own kernels (which abort the process on a misaligned buffer) run
+on both. verify's initial weights are made aligned so that they are shared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require
+
+tf = require("tensorflow")
+
+from caffe2tf.rule.tf_executor import ALIGNMENT, aligned_empty, shared_tensor  # noqa: E402
+from caffe2tf.verify.inputs import initial_weights  # noqa: E402
+
+
+def _misaligned(shape):
+    raw = np.empty(int(np.prod(shape)) * 4 + ALIGNMENT + 16, np.uint8)
+    start = (-raw.ctypes.data) % ALIGNMENT + 16
+    out = raw[start : start + int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
+    assert out.ctypes.data % ALIGNMENT == 16
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3,), (40, 7), (2, 3, 5, 5), ()])
+def test_aligned_arrays_are_shared_and_others_copied(shape):
+    a = aligned_empty(shape, np.float32)
+    assert a.ctypes.data % ALIGNMENT == 0 and a.flags.c_contiguous and a.shape == shape
+    a[...] = 1.5
+    shared = shared_tensor(a, np.float32)
+    a[...] = 2.5  # the tensor sees the array's own buffer
+    assert float(tf.reduce_sum(shared)) == pytest.approx(2.5 * a.size)
+
+    b = _misaligned(shape) if shape else np.array(1.5, np.float32)
+    b[...] = 1.5
+    copied = shared_tensor(b, np.float32)
+    b[...] = 9.0  # a copy: unchanged
+    # an op TensorFlow runs itself (not XLA) checks its buffer's alignment
+    assert float(tf.reduce_sum(copied * 2.0)) == pytest.approx(3.0 * max(1, b.size))
+
+
+def test_other_dtypes_and_layouts_are_converted():
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    t = shared_tensor(a, np.float32)
+    assert t.dtype == tf.float32 and np.array_equal(t.numpy(), a.astype(np.float32))
+    t = shared_tensor(a.T, np.float64)  # not C order
+    assert np.array_equal(t.numpy(), a.T)
+
+
+def test_jax_arrays_are_shared():
+    jnp = require("jax.numpy")
+    j = jnp.arange(64, dtype=jnp.float32)
+    t = shared_tensor(j, np.float32)
+    assert np.asarray(j).ctypes.data % ALIGNMENT == 0
+    assert np.array_equal(t.numpy(), np.asarray(j))
+
+
+def test_initial_weights_are_aligned_and_unchanged_in_value():
+    shapes = {"a/0": (20, 1, 5, 5), "a/1": (20,), "b/0": (500, 800), "s/0": ()}
+    w = initial_weights(shapes, 7)
+    for k, v in w.items():
+        assert v.ctypes.data % ALIGNMENT == 0 and v.dtype == np.float32, k
+    # the same draws as NumPy's own arrays would hold (a seed gives the same weights as before)
+    rng = np.random.default_rng([7, 0x1A17])
+    for k in sorted(shapes):
+        expected = rng.standard_normal(shapes[k], dtype=np.float32) * np.float32(0.5)
+        np.testing.assert_array_equal(w[k], expected)

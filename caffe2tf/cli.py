@@ -355,8 +355,8 @@ def convert(
     type=click.Choice(["auto", "cpu", "gpu"]),
     default="auto",
     show_default=True,
-    help="Where JAX runs Caffe's rule (and, on Keras' JAX backend, the candidate and the "
-    "comparison too): auto is JAX's default device.",
+    help="Where Caffe's compiled rule and the comparison run, on the candidate's backend "
+    "(TensorFlow or JAX; on JAX the candidate too): auto is that library's default device.",
 )
 @click.option(
     "--plot",

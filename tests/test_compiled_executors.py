@@ -134,3 +134,26 @@ def test_planted_decay_x2_is_caught(cases, backend):
         wrong = EXECUTORS[backend](rule, case.init, case.grads, registry=registry)
         dev = compare_trajectories(case.init, ref, wrong).deviation
         assert dev > 1e-3, (case.name, dev)
+
+
+def test_a_tensorflow_executor_reset_for_another_run_starts_afresh(cases):
+    """verify keeps one TensorFlow executor per precision and shapes and resets it for each run
+    (its variables reused): a reset one must step as a new one, and as the NumPy reference."""
+    from conftest import require
+
+    require("tensorflow")
+    from caffe2tf.rule.tf_executor import TfExecutor
+
+    momentum = [(c, r) for c, r in cases if r.solver in ("SGD", "Adam", "AdaDelta")][:4]
+    assert momentum
+    for case, rule in momentum:
+        ex = TfExecutor(rule, case.init, updates=30)
+        for g in case.grads[:30]:
+            ex.step(g)
+        ex.reset(case.init, start=57, updates=20)
+        got = []
+        for g in case.grads[:20]:
+            w = ex.step(g)
+            got.append({k: np.asarray(v) for k, v in w.items()})
+        ref = run_reference(rule, case.init, case.grads[:20], start=57)
+        assert compare_trajectories(case.init, ref, got).deviation <= FLOAT32_BAR, case.name

@@ -131,12 +131,32 @@ def shared_tensor(value: Any, dtype: Any) -> Any:
     return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
 
 
+def _compiled_reset(cr: CompiledRule) -> Any:
+    """``fn(weights, state, init)``: the variables set to ``init`` and fresh (zero) state, in
+    place, with no second copy of them (a compiled function like :func:`_compiled_update`)."""
+    import tensorflow as tf
+
+    key = ("reset", id(cr.rule), cr.keys, cr.precision)
+    if key not in _COMPILED:
+
+        def reset(weights: Any, state: Any, init: Any) -> None:
+            for k in cr.keys:
+                weights[k].assign(init[k])
+                for s in cr.slots:
+                    state[k][s].assign(tf.zeros_like(state[k][s]))
+
+        _COMPILED[key] = (cr.rule, tf.function(reset, jit_compile=True))
+    return _COMPILED[key][1]
+
+
 class TfExecutor:
     """Caffe's rule compiled with TensorFlow, stepped one update at a time from update
     ``start`` of a run of ``updates`` (with fresh state, as
     :func:`caffe2tf.rule.reference.fast_forward` enters it). The weights and the state are
-    TensorFlow variables in Caffe's layout, updated in place. ``device``: a TensorFlow device
-    name (None: TensorFlow's choice)."""
+    TensorFlow variables in Caffe's layout, updated in place; :meth:`reset` starts another run
+    of the same blobs on them (TensorFlow keeps the memory of variables it has freed for its
+    own later use, so a verify makes one set per precision and set of shapes, not one per
+    run). ``device``: a TensorFlow device name (None: TensorFlow's choice)."""
 
     def __init__(
         self,
@@ -164,10 +184,25 @@ class TfExecutor:
                 k: {s: tf.Variable(v, trainable=False) for s, v in d.items()}
                 for k, d in self.cr.init_state(self.weights).items()
             }
-        rates, corr = host_scalars(rule, start, updates, precision)
-        self.rates, self.corr = rates.astype(dt), corr.astype(dt)
         self.fn = _compiled_update(self.cr)
+        self._schedule(start, updates)
+
+    def _schedule(self, start: int, updates: int) -> None:
+        """The host scalars of updates ``start .. start + updates - 1``, from the first."""
+        dt = np.float32 if self.cr.precision == "float32" else np.float64
+        rates, corr = host_scalars(self.cr.rule, start, updates, self.cr.precision)
+        self.rates, self.corr = rates.astype(dt), corr.astype(dt)
         self.k = 0
+
+    def reset(self, init: Mapping[str, np.ndarray], *, start: int = 0, updates: int) -> None:
+        """Start a run from ``init`` (the same blobs and shapes) at update ``start`` with
+        fresh state, on the same variables."""
+        dt = np.float32 if self.cr.precision == "float32" else np.float64
+        self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.cr.keys}
+        with self._placed():
+            values = {k: shared_tensor(init[k], dt) for k in self.cr.keys}
+            _compiled_reset(self.cr)(self.weights, self.state, values)
+        self._schedule(start, updates)
 
     def _placed(self) -> Any:
         import contextlib

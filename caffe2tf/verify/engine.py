@@ -191,11 +191,14 @@ def compare_runs(
 
     On Keras' JAX backend, with JAX able to run every step of the rule
     (:func:`caffe2tf.rule.compiled.supports`), the runs go through the fused device engine
-    (:class:`caffe2tf.verify.device.DeviceEngine`); otherwise through :func:`host_run`, with
-    JAX's compiled rule and gradients where JAX is installed, else NumPy's. ``caffe_reference``
+    (:class:`caffe2tf.verify.device.DeviceEngine`); otherwise through :func:`host_run`: on
+    the TensorFlow backend with Caffe's rule compiled by TensorFlow (:func:`_tf_host_pieces`),
+    elsewhere with JAX's compiled rule where JAX is installed and the work pays for compiling
+    it; else NumPy's. The gradients are JAX's where the same holds. ``caffe_reference``
     (``--against caffe``) gives the real Caffe's weights for the ``stream`` run, which is then
     run on the host. ``device``: ``cpu``, ``gpu`` or ``auto`` for JAX (the candidate's device
-    on the other backends is the backend's own choice). ``layers``: the mirror's layers, or a
+    on the torch backend is the backend's own choice); on TensorFlow, TensorFlow's device for
+    its rule and comparison. ``layers``: the mirror's layers, or a
     function of the blob shapes giving them (the probes run on cut blobs). ``norms``: keep
     both sides' weight norms per update in the ``stream`` run's comparison (what ``verify
     --plot`` draws; the other runs never keep them)."""
@@ -218,6 +221,7 @@ def compare_runs(
         use_jax = work >= JAX_HOST_MIN_WORK
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
     session = keras_harness.CandidateSession(candidate)
+    tf_pool: dict[tuple, Any] = {}  # Caffe's rule on TensorFlow, per precision and shapes
     if engine is not None:
         engine.build([r for r in runs if caffe_reference is None or r.component != "stream"])
     out = []
@@ -241,7 +245,7 @@ def compare_runs(
         else:
             executor = gradients = comparer = None
             if on_tf:
-                executor, comparer = _tf_host_pieces(rule, run, tf_dev, norms=keep)
+                executor, comparer = _tf_host_pieces(rule, run, tf_dev, tf_pool, norms=keep)
                 gradients = _jax_gradients(run) if use_jax else None
             elif use_jax:
                 executor, gradients = _jax_host_pieces(rule, run, jax_device)
@@ -285,21 +289,27 @@ def compare_runs(
 
 
 def _tf_host_pieces(
-    rule: UpdateRule, run: Run, device: str | None, *, norms: bool
+    rule: UpdateRule, run: Run, device: str | None, pool: dict[tuple, Any], *, norms: bool
 ) -> tuple[Any, Callable[[Sequence[str]], Any]]:
-    """Caffe's rule compiled with TensorFlow (made at its first update, after the candidate's
-    model: :class:`Deferred`) and the comparison reduced by TensorFlow (in NumPy on the host
-    for a small net on the CPU: :func:`_tf_compares_on_host`), for :func:`host_run` next to a
-    candidate on Keras' TensorFlow backend."""
+    """Caffe's rule compiled with TensorFlow (made or reset at its first update, after the
+    candidate's model: :class:`Deferred`; ``pool`` keeps one executor per precision and set
+    of blob shapes for the verify's runs) and the comparison reduced by TensorFlow (in NumPy
+    on the host for a small net on the CPU: :func:`_tf_compares_on_host`), for
+    :func:`host_run` next to a candidate on Keras' TensorFlow backend."""
     from caffe2tf.rule.tf_executor import TfExecutor
 
-    executor = Deferred(
-        lambda: TfExecutor(
-            rule, run.init, precision=run.dtype, start=run.start, updates=run.updates,
-            device=device,
-        ),
-        device,
-    )  # fmt: skip
+    def make() -> TfExecutor:
+        key = (run.dtype, tuple(sorted(run.shapes.items())))
+        if key not in pool:
+            pool[key] = TfExecutor(
+                rule, run.init, precision=run.dtype, start=run.start, updates=run.updates,
+                device=device,
+            )  # fmt: skip
+        else:
+            pool[key].reset(run.init, start=run.start, updates=run.updates)
+        return pool[key]
+
+    executor = Deferred(make, device)
     on_host = _tf_compares_on_host(run, device)
 
     def comparer(keys: Sequence[str]) -> Any:

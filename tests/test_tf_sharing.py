@@ -5,6 +5,8 @@ on both. verify's initial weights are made aligned so that they are shared."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import require
@@ -66,3 +68,30 @@ def test_initial_weights_are_aligned_and_unchanged_in_value():
     for k in sorted(shapes):
         expected = rng.standard_normal(shapes[k], dtype=np.float32) * np.float32(0.5)
         np.testing.assert_array_equal(w[k], expected)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_the_executor_never_writes_into_a_shared_init(monkeypatch, xla):
+    """verify's w0 is the run's init array, shared with TensorFlow: Caffe's rule on TensorFlow,
+    made from it, stepped, reset from it (compiled with XLA or not) and stepped again, must
+    leave it as it was."""
+    from caffe2tf.caffe.load import load_recipe
+    from caffe2tf.rule import tf_executor
+    from caffe2tf.rule.lower import lower
+
+    monkeypatch.setattr(tf_executor, "XLA_RESET_MIN_ELEMENTS", 0 if xla else 2**62)
+    rule = lower(
+        load_recipe(str(Path(__file__).resolve().parents[1] / "fixtures/lenet/solver.prototxt"))
+    )
+    init = {"ip1/0": aligned_empty((30, 20), np.float32)}
+    init["ip1/0"][...] = 1.0
+    kept = init["ip1/0"].copy()
+    grad = {"ip1/0": np.full((30, 20), 0.5, np.float32)}
+    ex = tf_executor.TfExecutor(rule, init, updates=10)
+    ex.step(grad)
+    moved = ex.weights["ip1/0"].numpy()
+    ex.reset(init, updates=10)
+    np.testing.assert_array_equal(ex.weights["ip1/0"].numpy(), kept)
+    ex.step(grad)
+    np.testing.assert_array_equal(ex.weights["ip1/0"].numpy(), moved)  # fresh state again
+    np.testing.assert_array_equal(init["ip1/0"], kept)

@@ -62,36 +62,6 @@ def tf_rule(
     return compiled_rule(rule, keys, tf_ops(), precision=precision, registry=registry)
 
 
-#: compiled update functions, by (rule, owner keys, precision, step functions): the runs of one
-#: verify (the stream, the schedule windows, the probes) share one traced function per set of
-#: shapes (the variables are its arguments)
-_COMPILED: dict[tuple, tuple[Any, Any]] = {}
-
-
-def _compiled_update(cr: CompiledRule) -> Any:
-    """``fn(weights, state, grads, rate, corr)``: one Caffe update applied in place to the
-    variables ``weights`` and ``state`` (dicts as :meth:`CompiledRule.update` takes them;
-    XLA writes the new values over the old, so an update holds no second copy of them)."""
-    import tensorflow as tf
-
-    registry = tuple(sorted(map(id, cr.registry.values())))
-    key = (id(cr.rule), cr.keys, cr.precision, registry)
-    if key not in _COMPILED:
-
-        def update(weights: Any, state: Any, grads: Any, rate: Any, corr: Any) -> None:
-            w = {k: v.read_value() for k, v in weights.items()}
-            st = {k: {s: v.read_value() for s, v in d.items()} for k, d in state.items()}
-            new_w, new_st = cr.update(w, st, grads, rate, corr)
-            for k in cr.keys:
-                weights[k].assign(new_w[k])
-                for s in cr.slots:
-                    state[k][s].assign(new_st[k][s])
-
-        # the rule is kept with its function so that its id is not reused while cached
-        _COMPILED[key] = (cr.rule, tf.function(update, jit_compile=True))
-    return _COMPILED[key][1]
-
-
 #: the alignment TensorFlow's CPU kernels assume of a tensor's buffer (Eigen's largest)
 ALIGNMENT = 64
 
@@ -131,32 +101,21 @@ def shared_tensor(value: Any, dtype: Any) -> Any:
     return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
 
 
-def _compiled_reset(cr: CompiledRule) -> Any:
-    """``fn(weights, state, init)``: the variables set to ``init`` and fresh (zero) state, in
-    place, with no second copy of them (a compiled function like :func:`_compiled_update`)."""
-    import tensorflow as tf
-
-    key = ("reset", id(cr.rule), cr.keys, cr.precision)
-    if key not in _COMPILED:
-
-        def reset(weights: Any, state: Any, init: Any) -> None:
-            for k in cr.keys:
-                weights[k].assign(init[k])
-                for s in cr.slots:
-                    state[k][s].assign(tf.zeros_like(state[k][s]))
-
-        _COMPILED[key] = (cr.rule, tf.function(reset, jit_compile=True))
-    return _COMPILED[key][1]
+#: weights (all blobs) from which :meth:`TfExecutor.reset` is compiled with XLA, which sets the
+#: variables in place; below, assigning them one by one costs less than compiling
+XLA_RESET_MIN_ELEMENTS = 2**24
 
 
 class TfExecutor:
     """Caffe's rule compiled with TensorFlow, stepped one update at a time from update
     ``start`` of a run of ``updates`` (with fresh state, as
     :func:`caffe2tf.rule.reference.fast_forward` enters it). The weights and the state are
-    TensorFlow variables in Caffe's layout, updated in place; :meth:`reset` starts another run
-    of the same blobs on them (TensorFlow keeps the memory of variables it has freed for its
-    own later use, so a verify makes one set per precision and set of shapes, not one per
-    run). ``device``: a TensorFlow device name (None: TensorFlow's choice)."""
+    TensorFlow variables in Caffe's layout, updated in place by one
+    ``tf.function(jit_compile=True)`` that holds them (XLA writes the new values over the old,
+    so an update holds no second copy); :meth:`reset` starts another run of the same blobs on
+    them (TensorFlow keeps the memory of variables it has freed for its own later use, so a
+    verify makes one executor per precision and set of shapes, not one per run). ``device``: a
+    TensorFlow device name (None: TensorFlow's choice)."""
 
     def __init__(
         self,
@@ -184,8 +143,33 @@ class TfExecutor:
                 k: {s: tf.Variable(v, trainable=False) for s, v in d.items()}
                 for k, d in self.cr.init_state(self.weights).items()
             }
-        self.fn = _compiled_update(self.cr)
+        # the variables are captured, not passed: a call then costs a fraction (LeNet: ~0.9
+        # against 1.3-2 ms an update)
+        self.fn = tf.function(self._update, jit_compile=True, autograph=False)
+        size = sum(int(np.prod(v.shape)) for v in self.weights.values())
+        self._reset = tf.function(
+            self._assign_init, jit_compile=size >= XLA_RESET_MIN_ELEMENTS, autograph=False
+        )
         self._schedule(start, updates)
+
+    def _update(self, grads: list[Any], rate: Any, corr: Any) -> None:
+        """One Caffe update of the variables (:meth:`CompiledRule.update`), traced."""
+        cr = self.cr
+        w = {k: v.read_value() for k, v in self.weights.items()}
+        st = {k: {s: v.read_value() for s, v in d.items()} for k, d in self.state.items()}
+        new_w, new_st = cr.update(w, st, dict(zip(cr.keys, grads, strict=True)), rate, corr)
+        for k in cr.keys:
+            self.weights[k].assign(new_w[k])
+            for s in cr.slots:
+                self.state[k][s].assign(new_st[k][s])
+
+    def _assign_init(self, init: list[Any]) -> None:
+        """The weights set to ``init`` and the state to zeros, traced."""
+        tf = self._tf
+        for k, value in zip(self.cr.keys, init, strict=True):
+            self.weights[k].assign(value)
+            for v in self.state[k].values():
+                v.assign(tf.zeros_like(v))
 
     def _schedule(self, start: int, updates: int) -> None:
         """The host scalars of updates ``start .. start + updates - 1``, from the first."""
@@ -200,8 +184,7 @@ class TfExecutor:
         dt = np.float32 if self.cr.precision == "float32" else np.float64
         self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.cr.keys}
         with self._placed():
-            values = {k: shared_tensor(init[k], dt) for k in self.cr.keys}
-            _compiled_reset(self.cr)(self.weights, self.state, values)
+            self._reset([shared_tensor(init[k], dt) for k in self.cr.keys])
         self._schedule(start, updates)
 
     def _placed(self) -> Any:
@@ -216,9 +199,8 @@ class TfExecutor:
         tf = self._tf
         dt = self.rates.dtype
         with self._placed():
-            g = {k: shared_tensor(grads[k], dt) for k in self.cr.keys}
-            rate, corr = tf.constant(self.rates[self.k]), tf.constant(self.corr[self.k])
-            self.fn(self.weights, self.state, g, rate, corr)
+            g = [shared_tensor(grads[k], dt) for k in self.cr.keys]
+            self.fn(g, tf.constant(self.rates[self.k]), tf.constant(self.corr[self.k]))
         self.k += 1
         return {**self.weights, **self.rest}
 

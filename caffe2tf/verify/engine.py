@@ -100,7 +100,9 @@ def host_run(
         if reducer is not None:
             comparison.observe_scalars(*reducer.scalars({**ref, **executor.weights}, weights))
         else:
-            comparison.observe(ref, weights)
+            # an executor whose weights NumPy cannot read in place gives views of them
+            host = getattr(executor, "host_weights", None) if reference is None else None
+            comparison.observe(host() if host is not None else ref, weights)
         if progress is not None:
             progress(1)
 
@@ -143,6 +145,12 @@ class Deferred:
     def weights(self) -> Any:
         return self._made().weights
 
+    def __getattr__(self, name: str) -> Any:
+        # the made executor's other methods (e.g. TfExecutor.host_weights)
+        if name in ("make", "device", "inner"):
+            raise AttributeError(name)
+        return getattr(self._made(), name)
+
     def step(self, *args: Any, **kwargs: Any) -> Any:
         return self._made().step(*args, **kwargs)
 
@@ -163,6 +171,26 @@ def release_freed_memory() -> None:
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+#: glibc's ``mallopt`` parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def reuse_freed_buffers() -> None:
+    """Keep blob-sized buffers (up to 32 MiB) in the C heap once freed, for the next update to
+    reuse, instead of mapping fresh pages for each (glibc ``mallopt``; elsewhere a no-op). The
+    host comparison next to TensorFlow copies every blob in every update, and glibc's default
+    maps and unmaps each copy: LeNet at ``--steps 1000`` took 1.9 million page faults and 5 s
+    of system time (bench/RESULTS.md, "Session 7"). The setting is the process's: it is made
+    only for the nets that take that path (:func:`_tf_compares_on_host`), and
+    :func:`release_freed_memory` still hands free pages back after each big run."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
     except (OSError, AttributeError):
         pass
 
@@ -219,6 +247,8 @@ def compare_runs(
         # seconds; NumPy does small nets faster)
         work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
         use_jax = work >= JAX_HOST_MIN_WORK
+    if on_tf and _tf_compares_on_host(runs[0], tf_dev):
+        reuse_freed_buffers()
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
     session = keras_harness.CandidateSession(candidate)
     tf_pool: dict[tuple, Any] = {}  # Caffe's rule on TensorFlow, per precision and shapes

@@ -214,14 +214,15 @@ def test_a_wrong_port_fails_on_the_xla_step(keras_tf, lean, tmp_path):
 
 
 def test_caffes_rule_is_made_after_the_candidate_is_loaded(keras_tf, monkeypatch):
-    """The compiled rule's arrays are made only once the candidate's model is built or reset
-    (caffe2tf/verify/engine.py ``Deferred``), so the two never peak together."""
+    """Caffe's compiled rule is made, or reset for the next run, only once the candidate's
+    model is built or reset (caffe2tf/verify/engine.py ``Deferred``), so the two never peak
+    together; one executor per precision serves every run (reset, not made again)."""
     from caffe2tf.rule.tf_executor import TfExecutor
     from caffe2tf.verify import keras_harness
 
     events = []
     real_model_for = keras_harness.CandidateSession.model_for
-    real_init = TfExecutor.__init__
+    real_init, real_reset = TfExecutor.__init__, TfExecutor.reset
 
     def model_for(self, *args, **kwargs):
         out = real_model_for(self, *args, **kwargs)
@@ -232,13 +233,20 @@ def test_caffes_rule_is_made_after_the_candidate_is_loaded(keras_tf, monkeypatch
         events.append("rule made")
         return real_init(self, *args, **kwargs)
 
+    def reset(self, *args, **kwargs):
+        events.append("rule reset")
+        return real_reset(self, *args, **kwargs)
+
     monkeypatch.setattr(keras_harness.CandidateSession, "model_for", model_for)
     monkeypatch.setattr(TfExecutor, "__init__", init)
+    monkeypatch.setattr(TfExecutor, "reset", reset)
     report = _verify(device="cpu")
     assert report.passed
     made = [i for i, e in enumerate(events) if e == "rule made"]
-    assert len(made) >= 5, events  # the stream, the schedule windows and the probes
-    for i in made:
+    reset_at = [i for i, e in enumerate(events) if e == "rule reset"]
+    assert len(made) == 2, events  # float32 (stream, windows) and float64 (the probes)
+    assert len(made) + len(reset_at) >= 5, events  # the stream, the windows and the probes
+    for i in made + reset_at:
         assert i > 0 and events[i - 1] == "candidate loaded", events
 
 

@@ -407,6 +407,11 @@ class CompiledRule:
     def slots(self) -> tuple[str, ...]:
         return SLOTS[type(self.rule.solver_step)]
 
+    @property
+    def np_dtype(self) -> type:
+        """The working dtype as NumPy's scalar type."""
+        return np.float32 if self.precision == "float32" else np.float64
+
     def init_state(self, weights: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Zeros for every slot (``sgd_solver.cpp:72-85``); a scalar for :data:`SCALAR_SLOTS`."""
         xp = self.xp

@@ -36,10 +36,7 @@ class TfOps:
         self.minimum = tf.minimum
         self.zeros = tf.zeros
         self.zeros_like = tf.zeros_like
-        self._constant = tf.constant
-
-    def asarray(self, x: Any) -> Any:
-        return self._constant(x)
+        self.asarray = tf.constant
 
     @staticmethod
     def ndim(x: Any) -> int:
@@ -130,8 +127,8 @@ class TfExecutor:
         import tensorflow as tf
 
         self._tf = tf
-        dt = np.float32 if precision == "float32" else np.float64
         self.cr = tf_rule(rule, list(init), precision=precision, registry=registry)
+        dt = self.cr.np_dtype
         self.device = device
         self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.cr.keys}
         with self._placed():
@@ -172,15 +169,14 @@ class TfExecutor:
 
     def _schedule(self, start: int, updates: int) -> None:
         """The host scalars of updates ``start .. start + updates - 1``, from the first."""
-        dt = np.float32 if self.cr.precision == "float32" else np.float64
         rates, corr = host_scalars(self.cr.rule, start, updates, self.cr.precision)
-        self.rates, self.corr = rates.astype(dt), corr.astype(dt)
+        self.rates, self.corr = rates.astype(self.cr.np_dtype), corr.astype(self.cr.np_dtype)
         self.k = 0
 
     def reset(self, init: Mapping[str, np.ndarray], *, start: int = 0, updates: int) -> None:
         """Start a run from ``init`` (the same blobs and shapes) at update ``start`` with
         fresh state, on the same variables."""
-        dt = np.float32 if self.cr.precision == "float32" else np.float64
+        dt = self.cr.np_dtype
         self.rest = {k: np.asarray(init[k], dt) for k in init if k not in self.cr.keys}
         with self._placed():
             self._reset([shared_tensor(init[k], dt) for k in self.cr.keys])

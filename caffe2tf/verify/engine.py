@@ -21,6 +21,7 @@ import numpy as np
 
 from caffe2tf.rule.model import UpdateRule
 from caffe2tf.rule.reference import ReferenceOptimizer, fast_forward
+from caffe2tf.rule.tf_executor import TfExecutor
 from caffe2tf.verify import keras_harness
 from caffe2tf.verify.compare import Comparison, StreamingComparison
 from caffe2tf.verify.components import Run
@@ -326,7 +327,6 @@ def _tf_host_pieces(
     of blob shapes for the verify's runs) and the comparison reduced by TensorFlow (in NumPy
     on the host for a small net on the CPU: :func:`_tf_compares_on_host`), for
     :func:`host_run` next to a candidate on Keras' TensorFlow backend."""
-    from caffe2tf.rule.tf_executor import TfExecutor
 
     def make() -> TfExecutor:
         key = (run.dtype, tuple(sorted(run.shapes.items())))

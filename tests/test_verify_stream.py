@@ -162,6 +162,32 @@ def test_jax_makes_them_in_keras_layout_without_transposing():
     assert axes["a/0"] == (2, 3, 1, 0) and axes["a/1"] is None  # a conv kernel moves
 
 
+def test_an_origin_of_zero_changes_no_number():
+    """The fused engine passes a uint32 zero through an ``optimization_barrier`` as every
+    index's origin (so that XLA makes the index arrays in the loop instead of keeping them
+    whole): with it the gradients are bit for bit those without it, in either layout; an
+    origin of 1 (a planted off-by-one) moves every number."""
+    require("jax")
+    import jax
+
+    from caffe2tf.verify.device import gradient_function, knobs_of, salts_of
+    from caffe2tf.verify.mirror import keras_axes
+
+    shapes = {**SHAPES, "d/0": (6, 4)}
+    axes = {"a/0": keras_axes("Convolution", 0), "d/0": keras_axes("InnerProduct", 0)}
+    for spec in (GradientSpec("stream", 7, 2), GradientSpec("uniform", 7, scale=0.5)):
+        for layout in (None, axes):
+            fn = jax.jit(gradient_function(spec, shapes, layout))
+            args = (np.uint32(3), np.uint32(spec.seed), salts_of(spec, shapes), knobs_of(spec))
+            _, plain = fn(*args)
+            _, zero = fn(*args, np.uint32(0))
+            _, one = fn(*args, np.uint32(1))
+            for key in shapes:
+                assert np.array_equal(np.asarray(plain[key]), np.asarray(zero[key])), key
+                if key not in spec.frozen:
+                    assert not np.array_equal(np.asarray(plain[key]), np.asarray(one[key])), key
+
+
 # ---- the deviation reduced as the updates come ------------------------------------------------
 
 

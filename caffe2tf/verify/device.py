@@ -131,12 +131,15 @@ def gradient_function(
     spec: GradientSpec,
     shapes: Mapping[str, Sequence[int]],
     axes: Mapping[str, tuple[int, ...] | None] | None = None,
-) -> Callable[[Any, Any, Any, Any], tuple[list[dict[str, Any]], dict[str, Any]]]:
-    """``f(k, seed, salts, knobs) -> (micro-batches, diff)`` of update ``k`` (traceable: ``k``,
-    ``seed``, the per-blob ``salts`` and the ``knobs`` may be traced, so runs that differ only
-    in them share one compiled program; :func:`program_kind` says which runs those are).
-    ``salts``: :func:`salts_of`; ``knobs``: :func:`knobs_of`. ``axes``: per blob, the
-    ``transpose`` axes of the layout to make it in (e.g. Keras', from
+) -> Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """``f(k, seed, salts, knobs, origin=None) -> (micro-batches, diff)`` of update ``k``
+    (traceable: ``k``, ``seed``, the per-blob ``salts`` and the ``knobs`` may be traced, so runs
+    that differ only in them share one compiled program; :func:`program_kind` says which runs
+    those are). ``salts``: :func:`salts_of`; ``knobs``: :func:`knobs_of`. ``origin``: a uint32
+    zero added to every element's index; passed through an ``optimization_barrier`` in a loop,
+    it keeps XLA from hoisting the index arrays out of the loop, where they would be kept
+    whole (VGG16: 528 MB of uint32), and makes them in the kernels that use them instead.
+    ``axes``: per blob, the ``transpose`` axes of the layout to make it in (e.g. Keras', from
     :func:`caffe2tf.verify.mirror.keras_axes`): each element is computed from its Caffe index
     in place, so no array is transposed and the numbers are those of Caffe's layout,
     transposed."""
@@ -157,24 +160,32 @@ def gradient_function(
         perm = axes[key]
         return shapes[key] if perm is None else tuple(shapes[key][a] for a in perm)
 
-    def index(key: str) -> Any:
-        """Each element's flat index in Caffe's layout, laid out as :func:`shape_of` says."""
+    def index(key: str, origin: Any) -> Any:
+        """Each element's flat index in Caffe's layout, laid out as :func:`shape_of` says,
+        plus ``origin`` (a uint32 zero, or None)."""
         shape, perm = shapes[key], axes[key]
         if perm is None:
-            return jnp.arange(int(np.prod(shape, dtype=np.int64)), dtype=u).reshape(shape)
+            idx = jnp.arange(int(np.prod(shape, dtype=np.int64)), dtype=u)
+            return (idx if origin is None else idx + origin).reshape(shape)
         strides = np.cumprod((1,) + shape[:0:-1])[::-1]  # Caffe's row-major strides
         out = shape_of(key)
-        idx = jnp.zeros(out, u)
+        idx = None
         for d, a in enumerate(perm):
-            idx = idx + jax.lax.broadcasted_iota(u, out, d) * u(int(strides[a]))
-        return idx
+            # each axis' term made in one dimension and broadcast (the origin in the first:
+            # every sum of terms then depends on it)
+            term = jnp.arange(out[d], dtype=u) * u(int(strides[a]))
+            if idx is None and origin is not None:
+                term = term + origin
+            term = jax.lax.broadcast_in_dim(term, out, (d,))
+            idx = term if idx is None else idx + term
+        return idx if idx is not None else jnp.zeros(out, u)
 
-    def base(key: str, salts: Any) -> Any:
-        return _fmix32(index(key) * u(streams._GOLDEN) + salts[key])
+    def base(key: str, salts: Any, origin: Any = None) -> Any:
+        return _fmix32(index(key, origin) * u(streams._GOLDEN) + salts[key])
 
-    def uniform(key: str, salts: Any, counter: Any, factor: Any) -> Any:
+    def uniform(key: str, salts: Any, counter: Any, factor: Any, origin: Any) -> Any:
         """Uniform numbers of standard deviation ``factor * std(U[-1/2, 1/2))``."""
-        h = _fmix32(base(key, salts) ^ counter)
+        h = _fmix32(base(key, salts, origin) ^ counter)
         return _unit(h, dt) * factor
 
     def counter(k: Any, j: int) -> Any:
@@ -189,7 +200,7 @@ def gradient_function(
         return {k: jnp.zeros(shape_of(k), dt) for k in keys if not frozen_only or k in frozen}
 
     def fn(
-        k: Any, seed: Any, salts: Any, knobs: Any
+        k: Any, seed: Any, salts: Any, knobs: Any, origin: Any = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         k = jnp.asarray(k).astype(u)
         factor, mode, target = knobs
@@ -203,7 +214,7 @@ def gradient_function(
             f32 = jnp.float32
             spike = jnp.where(spiked(k, seed), f32(streams.STREAM_SPIKE), f32(1.0))
             for key in live:
-                b = base(key, salts)
+                b = base(key, salts, origin)
                 drift = _unit(b, f32) * f32(streams.STREAM_DRIFT)
                 dead = None
                 if b.size >= 4:
@@ -230,10 +241,10 @@ def gradient_function(
             three = dt(3.0 / streams._UNIT_STD)
             counters = [counter(k, j) for j in range(s + 1)]
             for key in live:
-                diff = uniform(key, salts, counters[s], factor)
+                diff = uniform(key, salts, counters[s], factor, origin)
                 rest = diff
                 for j in range(s - 1):
-                    part = uniform(key, salts, counters[j], three)
+                    part = uniform(key, salts, counters[j], three, origin)
                     micro[j][key] = part
                     rest = rest - part
                 micro[s - 1][key] = rest
@@ -250,7 +261,7 @@ def gradient_function(
         total = zeros()
         first = counter(k, 0)
         for key in live:
-            value = uniform(key, salts, first, factor)
+            value = uniform(key, salts, first, factor, origin)
             total[key] = jnp.where(on, value, jnp.zeros_like(value))
         if live:
             wide = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
@@ -415,15 +426,40 @@ class DeviceEngine:
         self.device = device
         self.session = keras_harness.CandidateSession(candidate)
         self.executables: dict[tuple, Any] = {}
+        #: per initial weights and precision: the init, and its trained blobs on the device
+        #: in their Keras variables' layout as the model loaded them (w0 of the comparison;
+        #: each run's weights are copies of it, so no run transposes or copies from the host)
+        self.origins: dict[tuple[int, str], tuple[Any, dict[str, Any]]] = {}
 
     def _candidate(self, run: Run) -> tuple[Any, Any, Any]:
         """The run's model and optimizer (built once per precision and shapes, else reset:
-        :class:`caffe2tf.verify.keras_harness.CandidateSession`) and their trained pairs."""
+        :class:`caffe2tf.verify.keras_harness.CandidateSession`; the weights from
+        :meth:`origin` where the model loaded ``run.init`` before) and their trained pairs."""
+        import jax
+        import jax.numpy as jnp
+
         from caffe2tf.verify.mirror import trained_pairs
 
         layers = self.layers(run.shapes) if callable(self.layers) else self.layers
-        model, optimizer, _ = self.session.model_for(layers, run.init, run.dtype)
-        return model, optimizer, trained_pairs(model)
+        kept = self.origins.get((id(run.init), run.dtype))
+        reload = None
+        if kept is not None:
+
+            def reload(model: Any) -> None:
+                for key, var in trained_pairs(model):
+                    var.assign(jnp.copy(kept[1][key]))  # a buffer of its own: runs donate it
+
+        model, optimizer, _ = self.session.model_for(layers, run.init, run.dtype, reload=reload)
+        pairs = trained_pairs(model)
+        if kept is None:  # just loaded from the host: kept on the device from now on
+            loaded = {key: jnp.copy(jax.device_put(var.value, self.device)) for key, var in pairs}
+            self.origins[(id(run.init), run.dtype)] = (run.init, loaded)
+        return model, optimizer, pairs
+
+    def origin(self, run: Run) -> dict[str, Any]:
+        """``run.init``'s trained blobs on the device as its model loaded them (Keras' layout
+        and precision): made by :meth:`_candidate`."""
+        return self.origins[(id(run.init), run.dtype)][1]
 
     def run(
         self,
@@ -464,6 +500,7 @@ class DeviceEngine:
         ahead: Sequence[Run],
     ) -> Comparison:
         import jax
+        import jax.numpy as jnp
 
         from caffe2tf.verify import keras_harness
 
@@ -490,9 +527,12 @@ class DeviceEngine:
                 value = np.ascontiguousarray(value.transpose(axes[key]))
             return jax.device_put(value, self.device)
 
-        ref_w = {k: put(k) for k in jr.keys}
+        origin = self.origin(run)
+        # Caffe's weights start as copies of what the candidate's model loaded (the runs
+        # donate them); w0 is that itself. Blobs the model does not train come from the host
+        ref_w = {k: jnp.copy(origin[k]) if k in origin else put(k) for k in jr.keys}
         ref_state = jax.device_put(jr.init_state(ref_w), self.device)
-        w0 = {k: put(k) for k in keys}
+        w0 = {k: origin[k] if k in origin else put(k) for k in keys}
         comparison = StreamingComparison(
             run.init,
             tolerance=tolerance,
@@ -614,12 +654,14 @@ class DeviceEngine:
         def one_update(carry: Any, xs: Any, w0: Any, seed: Any, salts: Any, knobs: Any) -> Any:
             ref_w, ref_state, values, opt_values = carry
             k, rate, corr = xs
-            if not keep_tables:  # loop-variant: XLA cannot hoist the per-blob hashes
-                salts = jax.lax.optimization_barrier((salts, k))[0]
+            origin = None
+            if not keep_tables:  # loop-variant: XLA cannot hoist the per-blob hashes and
+                # indices (a table per blob, kept whole across the loop)
+                salts, origin = jax.lax.optimization_barrier((salts, np.uint32(0), k))[:2]
             # XLA fuses the gradients into each consumer (the candidate, the rule) and makes
             # the noise there: no gradient-sized buffer is written and read back (with the
             # per-blob tables kept, that is one finalizer per element and consumer)
-            micro, diff = gen(k, seed, salts, knobs)
+            micro, diff = gen(k, seed, salts, knobs, origin)
             for j in range(iter_size):
                 gs = [micro[j][key] for key in tkeys]
                 grads = jax.grad(total_loss)(values, gs)

@@ -277,9 +277,16 @@ class CandidateSession:
         return None if built is None else built[:2]
 
     def model_for(
-        self, layers: Sequence[MirrorLayer], init: Mapping[str, np.ndarray], dtype: str
+        self,
+        layers: Sequence[MirrorLayer],
+        init: Mapping[str, np.ndarray],
+        dtype: str,
+        *,
+        reload: Callable[[Any], None] | None = None,
     ) -> tuple[Any, Any, dict[str, Any]]:
-        """``(model, optimizer, loop cache)`` holding ``init`` and a fresh optimizer state."""
+        """``(model, optimizer, loop cache)`` holding ``init`` and a fresh optimizer state.
+        ``reload``: for a model already built, called with it instead of loading ``init``
+        again (a caller that kept the loaded values, on a device, in Keras' layout)."""
         key = self._key(init, dtype)
         if key not in self.built:
             model, optimizer = build_candidate(self.candidate, layers, init, dtype=dtype)
@@ -294,7 +301,10 @@ class CandidateSession:
             self.built[key] = (model, optimizer, fresh, {})
             return model, optimizer, self.built[key][3]
         model, optimizer, fresh, cache = self.built[key]
-        set_caffe_weights(model, init)
+        if reload is None:
+            set_caffe_weights(model, init)
+        else:
+            reload(model)
         import keras
 
         for var, (dtype, value) in zip(optimizer.variables, fresh, strict=True):

@@ -429,19 +429,20 @@ class DeviceEngine:
         #: per initial weights and precision: the init, and its trained blobs on the device
         #: in their Keras variables' layout as the model loaded them (w0 of the comparison;
         #: each run's weights are copies of it, so no run transposes or copies from the host)
-        self.origins: dict[tuple[int, str], tuple[Any, dict[str, Any]]] = {}
+        self.loaded: dict[tuple[int, str], tuple[Any, dict[str, Any]]] = {}
 
     def _candidate(self, run: Run) -> tuple[Any, Any, Any]:
         """The run's model and optimizer (built once per precision and shapes, else reset:
         :class:`caffe2tf.verify.keras_harness.CandidateSession`; the weights from
-        :meth:`origin` where the model loaded ``run.init`` before) and their trained pairs."""
+        :meth:`loaded_weights` where the model loaded ``run.init`` before) and their trained
+        pairs."""
         import jax
         import jax.numpy as jnp
 
         from caffe2tf.verify.mirror import trained_pairs
 
         layers = self.layers(run.shapes) if callable(self.layers) else self.layers
-        kept = self.origins.get((id(run.init), run.dtype))
+        kept = self.loaded.get((id(run.init), run.dtype))
         reload = None
         if kept is not None:
 
@@ -453,13 +454,13 @@ class DeviceEngine:
         pairs = trained_pairs(model)
         if kept is None:  # just loaded from the host: kept on the device from now on
             loaded = {key: jnp.copy(jax.device_put(var.value, self.device)) for key, var in pairs}
-            self.origins[(id(run.init), run.dtype)] = (run.init, loaded)
+            self.loaded[(id(run.init), run.dtype)] = (run.init, loaded)
         return model, optimizer, pairs
 
-    def origin(self, run: Run) -> dict[str, Any]:
+    def loaded_weights(self, run: Run) -> dict[str, Any]:
         """``run.init``'s trained blobs on the device as its model loaded them (Keras' layout
         and precision): made by :meth:`_candidate`."""
-        return self.origins[(id(run.init), run.dtype)][1]
+        return self.loaded[(id(run.init), run.dtype)][1]
 
     def run(
         self,
@@ -527,12 +528,12 @@ class DeviceEngine:
                 value = np.ascontiguousarray(value.transpose(axes[key]))
             return jax.device_put(value, self.device)
 
-        origin = self.origin(run)
+        loaded = self.loaded_weights(run)
         # Caffe's weights start as copies of what the candidate's model loaded (the runs
         # donate them); w0 is that itself. Blobs the model does not train come from the host
-        ref_w = {k: jnp.copy(origin[k]) if k in origin else put(k) for k in jr.keys}
+        ref_w = {k: jnp.copy(loaded[k]) if k in loaded else put(k) for k in jr.keys}
         ref_state = jax.device_put(jr.init_state(ref_w), self.device)
-        w0 = {k: origin[k] if k in origin else put(k) for k in keys}
+        w0 = {k: loaded[k] if k in loaded else put(k) for k in keys}
         comparison = StreamingComparison(
             run.init,
             tolerance=tolerance,

@@ -138,7 +138,7 @@ def gradient_function(
     those are). ``salts``: :func:`salts_of`; ``knobs``: :func:`knobs_of`. ``origin``: a uint32
     zero added to every element's index; passed through an ``optimization_barrier`` in a loop,
     it keeps XLA from hoisting the index arrays out of the loop, where they would be kept
-    whole (VGG16: 528 MB of uint32), and makes them in the kernels that use them instead.
+    whole (VGG16: 528 MiB of uint32), and makes them in the kernels that use them instead.
     ``axes``: per blob, the ``transpose`` axes of the layout to make it in (e.g. Keras', from
     :func:`caffe2tf.verify.mirror.keras_axes`): each element is computed from its Caffe index
     in place, so no array is transposed and the numbers are those of Caffe's layout,

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from caffe2tf.rule.tf_executor import shared_tensor
 from caffe2tf.verify.mirror import caffe_layout_perm, keras_grads, trained_pairs
 
 #: trained weights (elements, all variables) from which the traced step is compiled with XLA
@@ -16,20 +17,6 @@ from caffe2tf.verify.mirror import caffe_layout_perm, keras_grads, trained_pairs
 #: while XLA assigns buffers for the whole step and updates the variables in place. Below it
 #: compiling costs more than it saves.
 XLA_MIN_ELEMENTS = 2**24
-
-
-def as_tensor(x: Any) -> Any:
-    """``x`` (a NumPy array, or a JAX array from the compiled gradient stream) as a TensorFlow
-    tensor: a JAX array is shared through DLPack instead of copied (VGG16's fc6 gradient alone
-    is 411 MB), anything else is converted."""
-    import tensorflow as tf
-
-    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
-        try:
-            return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
-        except Exception:  # e.g. an alignment TensorFlow refuses: copy instead
-            return tf.convert_to_tensor(np.asarray(x))
-    return tf.convert_to_tensor(x)
 
 
 def run(
@@ -101,8 +88,9 @@ def run(
     for j, part in parts_iter:
         present = tuple(part.get(k) is not None for k in keys)
         # a placeholder scalar where the part has no gradient (made as zeros in the trace)
-        args = [as_tensor(part[k]) if there else tf.constant(0.0) for k, there in
-                zip(keys, present, strict=True)]  # fmt: skip
+        # a gradient on the host is shared where TensorFlow can (VGG16's fc6 alone is 411 MB)
+        args = [shared_tensor(part[k], part[k].dtype) if there else tf.constant(0.0)
+                for k, there in zip(keys, present, strict=True)]  # fmt: skip
         try:
             cache["tensorflow_step"](args, present)
         except tf.errors.InvalidArgumentError:

@@ -98,9 +98,9 @@ def test_the_executor_never_writes_into_a_shared_init(monkeypatch, xla):
 
 
 def test_loading_a_model_shares_each_transposed_blob_with_its_variable(monkeypatch):
-    """``set_caffe_weights`` puts each blob in its Keras layout in an aligned buffer and hands
-    TensorFlow a tensor sharing it, which the variable copies into its own: TensorFlow makes no
-    converted copy of its own (VGG16's fc6: 392 MiB at every run's reset). The values are the
+    """``set_caffe_weights`` (below ``XLA_RESET_MIN_ELEMENTS`` weights) puts each blob in its
+    Keras layout in an aligned buffer and hands TensorFlow a tensor sharing it, which the
+    variable adopts: TensorFlow makes no converted copy of its own. The values are the
     transposed blob; a misaligned buffer (planted) makes TensorFlow copy again."""
     import keras
 
@@ -122,3 +122,66 @@ def test_loading_a_model_shares_each_transposed_blob_with_its_variable(monkeypat
     assert np.array_equal(t.numpy(), a.T) and not copied
     mirror._assignable(_misaligned((4, 6)))
     assert copied == [(4, 6)]
+
+
+def _buffer(var):
+    return np.from_dlpack(tf.convert_to_tensor(var.value)).ctypes.data
+
+
+def test_a_big_net_is_loaded_in_place_with_the_host_paths_values(monkeypatch):
+    """From ``XLA_RESET_MIN_ELEMENTS`` weights, ``set_caffe_weights`` on TensorFlow writes every
+    blob but the BatchNorm statistics into the variables' own buffers with one compiled program
+    (``in_place_loader``, the layouts transposed there): the values are exactly those the host
+    path assigns, every variable keeps its buffer, and the statistics still load divided by
+    their factor. A planted layout mistake in the compiled loader (a kernel's spatial axes
+    swapped, same shape) is seen by the same comparison."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TensorFlow loader")
+    from caffe2tf.rule import tf_executor
+    from caffe2tf.verify import mirror
+
+    shapes = {"c/0": (4, 3, 3, 3), "c/1": (4,), "ip/0": (5, 36), "ip/1": (5,)}
+    shapes |= {"bn/0": (5,), "bn/1": (5,), "bn/2": (1,), "sc/0": (5,), "sc/1": (5,)}
+    types = {"c": "Convolution", "ip": "InnerProduct", "bn": "BatchNorm", "sc": "Scale"}
+    model = mirror.build_mirror_model(
+        mirror.mirror_layers_from_shapes(shapes, types, pairs={"sc": "bn"})
+    )
+    init, other = initial_weights(shapes, 7), initial_weights(shapes, 8)
+    for w in (init, other):
+        w["bn/1"] = np.abs(w["bn/1"])
+        w["bn/2"] = np.array([0.5], np.float32)
+    blobs = model.blob_variables()
+
+    monkeypatch.setattr(tf_executor, "XLA_RESET_MIN_ELEMENTS", 2**62)  # the host path
+    mirror.set_caffe_weights(model, init)
+    host = {k: v[0].numpy().copy() for k, v in blobs.items()}
+
+    monkeypatch.setattr(tf_executor, "XLA_RESET_MIN_ELEMENTS", 0)
+    mirror.set_caffe_weights(model, other)  # compiles the loader; later loads reuse it
+    before = {k: _buffer(v[0]) for k, v in blobs.items()}
+    mirror.set_caffe_weights(model, init)
+    direct = set(mirror._IN_PLACE_LOADERS[model][0])
+    assert direct == set(blobs) - {"bn/0", "bn/1"}
+    for k, (var, _, _) in blobs.items():
+        np.testing.assert_array_equal(var.numpy(), host[k], err_msg=k)
+        if k in direct:
+            assert _buffer(var) == before[k], k  # written in place
+    back = mirror.get_caffe_weights(model)
+    for k in init:
+        np.testing.assert_allclose(back[k], init[k], rtol=1e-6, err_msg=k)
+
+    planted = {}
+
+    def swapped_loader(blobs_, keys):
+        perms = [(3, 2, 1, 0) if blobs_[k][1] == "Convolution" and k.endswith("/0") else
+                 mirror.keras_axes(blobs_[k][1], blobs_[k][2]) for k in keys]  # fmt: skip
+        return tf_executor.in_place_loader([blobs_[k][0] for k in keys], perms)
+
+    monkeypatch.setattr(mirror, "_in_place_loader", swapped_loader)
+    mirror._IN_PLACE_LOADERS.pop(model)
+    mirror.set_caffe_weights(model, init)
+    planted = {k: v[0].numpy() for k, v in blobs.items()}
+    assert not np.array_equal(planted["c/0"], host["c/0"])
+    np.testing.assert_array_equal(planted["ip/0"], host["ip/0"])

@@ -7,7 +7,7 @@ mode of its own."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,9 +97,33 @@ def shared_tensor(value: Any, dtype: Any) -> Any:
     return tf.convert_to_tensor(view, dtype=dtype)
 
 
-#: weights (all blobs) from which :meth:`TfExecutor.reset` is compiled with XLA, which sets the
-#: variables in place; below, assigning them one by one costs less than compiling
+#: weights (all blobs) from which :meth:`TfExecutor.reset` and :func:`in_place_loader` are
+#: compiled with XLA, which sets the variables in place; below, assigning them one by one
+#: costs less than compiling
 XLA_RESET_MIN_ELEMENTS = 2**24
+
+
+def in_place_loader(
+    variables: Sequence[Any], perms: Sequence[tuple[int, ...] | None]
+) -> Callable[[list[Any]], None]:
+    """``load(values)``: variable ``i`` set to ``transpose(values[i], perms[i])`` (``None``: as
+    it is), cast to the variable's dtype, by one ``tf.function(jit_compile=True)``. XLA writes
+    into the variables' own buffers. An eager ``assign`` of a :func:`shared_tensor` instead
+    makes the variable adopt the host array's buffer, and the first compiled update after it
+    then writes every variable it updates into a new buffer (on VGG16 the first update of each
+    run rose 0.5 GB above the others, bench/RESULTS.md "Session 9"). ``values``: tensors,
+    e.g. :func:`shared_tensor` views of host arrays in Caffe's layout, so the host makes no
+    transposed copy either."""
+    import tensorflow as tf
+
+    pairs = list(zip(variables, perms, strict=True))
+
+    def load(values: list[Any]) -> None:
+        for (var, perm), value in zip(pairs, values, strict=True):
+            value = tf.transpose(value, perm) if perm is not None else value
+            var.assign(tf.cast(value, var.dtype))
+
+    return tf.function(load, jit_compile=True, autograph=False)
 
 
 class TfExecutor:

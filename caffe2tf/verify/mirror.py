@@ -14,6 +14,7 @@ Keras is imported lazily, inside the functions.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -572,19 +573,73 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         raise ValueError(f"initial weights lack {missing}")
     model.caffe_constants = {k: np.array(weights[k], np.float32) for k in constants}
     model.caffe_statistics = {}
+    direct = _loaded_in_place(model, blobs, factors)
     for key, (var, ltype, idx) in blobs.items():
+        if key in direct:
+            _check_shape(key, var, keras_shape(ltype, idx, np.shape(weights[key])))
+            continue
         value = caffe_to_keras(ltype, idx, np.asarray(weights[key], np.float32))
         if key in factors:
             value = value * _inverse_factor(weights[factors[key]])
         value = _aligned_copy(value, _np_dtype(var))
         if key in factors:  # read back as loaded while Keras leaves it alone (see below)
             model.caffe_statistics[key] = (value.copy(), np.array(weights[key], _np_dtype(var)))
-        if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(
-                f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
-                f"the Caffe blob gives {value.shape}"
-            )
+        _check_shape(key, var, value.shape)
         var.assign(_assignable(value))
+    if direct:
+        from caffe2tf.rule.tf_executor import shared_tensor
+
+        load = _IN_PLACE_LOADERS.get(model)
+        if load is None or load[0] != tuple(direct):
+            load = _IN_PLACE_LOADERS[model] = (tuple(direct), _in_place_loader(blobs, direct))
+        f32 = np.float32
+        load[1]([shared_tensor(np.asarray(weights[k], f32), f32) for k in direct])
+
+
+def _check_shape(key: str, var: Any, shape: Sequence[int]) -> None:
+    if tuple(shape) != tuple(var.shape):
+        raise ValueError(
+            f"{key}: Keras variable {var.path} has shape {tuple(var.shape)}, "
+            f"the Caffe blob gives {tuple(shape)}"
+        )
+
+
+def keras_shape(layer_type: str, index: int, shape: Sequence[int]) -> tuple[int, ...]:
+    """The Keras layout's shape of a Caffe blob of ``shape`` (:func:`keras_axes`)."""
+    axes = keras_axes(layer_type, index)
+    return tuple(shape) if axes is None else tuple(shape[a] for a in axes)
+
+
+#: per model on TensorFlow, the blobs it loads in place and the compiled loader
+_IN_PLACE_LOADERS: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loaded_in_place(model: Any, blobs: Mapping[str, Any], factors: Mapping[str, str]) -> list[str]:
+    """The blobs :func:`set_caffe_weights` loads with one compiled program writing into the
+    variables (:func:`caffe2tf.rule.tf_executor.in_place_loader`): on TensorFlow, for a net of
+    at least :data:`caffe2tf.rule.tf_executor.XLA_RESET_MIN_ELEMENTS` weights, every blob but
+    the BatchNorm statistics (divided by their factor on the host, as before). Elsewhere none:
+    each is assigned from a host array in Keras' layout."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return []
+    from caffe2tf.rule.tf_executor import XLA_RESET_MIN_ELEMENTS
+
+    size = sum(int(np.prod(var.shape)) for var, _, _ in blobs.values())
+    if size < XLA_RESET_MIN_ELEMENTS:
+        return []
+    return [k for k in blobs if k not in factors]
+
+
+def _in_place_loader(blobs: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    from caffe2tf.rule.tf_executor import in_place_loader
+
+    return in_place_loader(
+        [blobs[k][0] for k in keys], [keras_axes(blobs[k][1], blobs[k][2]) for k in keys]
+    )
 
 
 def _aligned_copy(value: np.ndarray, dtype: type) -> np.ndarray:
@@ -600,8 +655,9 @@ def _aligned_copy(value: np.ndarray, dtype: type) -> np.ndarray:
 def _assignable(value: np.ndarray) -> Any:
     """``value`` as ``Variable.assign`` takes it without a copy of its own: on TensorFlow a
     tensor sharing the buffer (:func:`caffe2tf.rule.tf_executor.shared_tensor`), which the
-    variable then copies into its own (a NumPy array would be converted to a tensor first:
-    VGG16's fc6, 392 MiB more at every run's reset); elsewhere the array."""
+    variable adopts as its own storage (a NumPy array would be converted to a tensor first:
+    VGG16's fc6, 392 MiB more at every run's reset); elsewhere the array. A big net on
+    TensorFlow is loaded in place instead (:func:`_loaded_in_place`)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":

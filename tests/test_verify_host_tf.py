@@ -285,3 +285,34 @@ def prepare_model(model):
     report = _verify(device="cpu", module_path=str(module))
     assert True in lean and None in lean, "XLA was not tried first, or not given up"
     assert report.passed
+
+
+def test_blocks_of_many_shapes_log_no_retracing_warning(keras_tf, tf_comparison, monkeypatch):
+    """A big net's comparison is one call per block of many shapes (here LeNet cut in blocks of
+    20,000 weights): each shape gets a compiled function of its own, so TensorFlow logs no
+    retracing warning into verify's output. Planted: one function for every shape (as before
+    2026-12-06) logs it."""
+    import logging
+
+    import tensorflow as tf
+
+    from caffe2tf.verify import jax_compare, tf_compare
+
+    monkeypatch.setattr(jax_compare, "BLOCK_ELEMENTS", 20000)
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    tf.get_logger().addHandler(handler)
+    try:
+        assert _verify(device="cpu").passed
+        assert not [r for r in records if "retracing" in r]
+        one = tf.function(tf_compare._stacked, jit_compile=True)
+        monkeypatch.setattr(tf_compare, "_compiled_stacked", lambda signature: one)
+        _verify(device="cpu")
+        assert [r for r in records if "retracing" in r]
+    finally:
+        tf.get_logger().removeHandler(handler)

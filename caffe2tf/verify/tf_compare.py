@@ -80,12 +80,22 @@ def _stacked(
 
 
 @functools.cache
-def _compiled_stacked() -> Any:
-    """One compiled :func:`_stacked` for the process: every run of a verify (and every verify
-    of a ``check``) with the same blobs reuses its traces and XLA programs."""
+def _compiled_stacked(signature: tuple) -> Any:
+    """The compiled :func:`_stacked` of one call ``signature`` (the blocks' shapes and dtypes,
+    their permutations and rows, ``norms``), kept for the process: every run of a verify (and
+    every verify of a ``check``) with the same blobs reuses its trace and XLA program. One
+    ``tf.function`` per signature, each of a ``functools.partial`` of its own: TensorFlow
+    counts traces per Python code object (``_get_key_for_call_stats``), and one function that
+    traced a big net's many block shapes in turn logged its retracing warning into verify's
+    output."""
     import tensorflow as tf
 
-    return tf.function(_stacked, jit_compile=True)
+    return tf.function(functools.partial(_stacked), jit_compile=True)
+
+
+def _signature(items: tuple[tuple[Any, ...], ...], *static: Any) -> tuple:
+    arrays = tuple(tuple((tuple(x.shape), str(x.dtype)) for x in item[:3]) for item in items)
+    return (arrays, *static)
 
 
 #: on the CPU, nets of up to this many weights are compared in NumPy on the host: TensorFlow's
@@ -112,13 +122,15 @@ class TfComparer(JaxComparer):
         self.device = device
         self.w0 = {k: shared_tensor(init[k], np.asarray(init[k]).dtype) for k in self.keys}
         self.norms = norms
-        compiled = _compiled_stacked()
 
-        def fn(*args: Any) -> Any:
+        def fn(items: tuple[tuple[Any, ...], ...], *static: Any) -> Any:
+            compiled = _compiled_stacked(_signature(items, *static))
+            # each block's first row as a tensor: a NumPy scalar is a constant of the trace
+            items = tuple((*item[:3], tf.constant(item[3], tf.int32)) for item in items)
             if device is None:
-                return compiled(*args)
+                return compiled(items, *static)
             with tf.device(device):
-                return compiled(*args)
+                return compiled(items, *static)
 
         self.fn = fn
 

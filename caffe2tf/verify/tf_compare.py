@@ -94,6 +94,8 @@ def _compiled_stacked(signature: tuple) -> Any:
 
 
 def _signature(items: tuple[tuple[Any, ...], ...], *static: Any) -> tuple:
+    """What a call of :func:`_stacked` is traced for: each block's array shapes and dtypes,
+    then the static arguments (permutations, rows, ``norms``)."""
     arrays = tuple(tuple((tuple(x.shape), str(x.dtype)) for x in item[:3]) for item in items)
     return (arrays, *static)
 

@@ -172,8 +172,6 @@ def test_a_big_net_is_loaded_in_place_with_the_host_paths_values(monkeypatch):
     for k in init:
         np.testing.assert_allclose(back[k], init[k], rtol=1e-6, err_msg=k)
 
-    planted = {}
-
     def swapped_loader(blobs_, keys):
         perms = [(3, 2, 1, 0) if blobs_[k][1] == "Convolution" and k.endswith("/0") else
                  mirror.keras_axes(blobs_[k][1], blobs_[k][2]) for k in keys]  # fmt: skip

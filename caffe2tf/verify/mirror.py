@@ -573,7 +573,7 @@ def set_caffe_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         raise ValueError(f"initial weights lack {missing}")
     model.caffe_constants = {k: np.array(weights[k], np.float32) for k in constants}
     model.caffe_statistics = {}
-    direct = _loaded_in_place(model, blobs, factors)
+    direct = _loaded_in_place(blobs, factors)
     for key, (var, ltype, idx) in blobs.items():
         if key in direct:
             _check_shape(key, var, keras_shape(ltype, idx, np.shape(weights[key])))
@@ -616,7 +616,7 @@ _IN_PLACE_LOADERS: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], Any]] =
 )
 
 
-def _loaded_in_place(model: Any, blobs: Mapping[str, Any], factors: Mapping[str, str]) -> list[str]:
+def _loaded_in_place(blobs: Mapping[str, Any], factors: Mapping[str, str]) -> list[str]:
     """The blobs :func:`set_caffe_weights` loads with one compiled program writing into the
     variables (:func:`caffe2tf.rule.tf_executor.in_place_loader`): on TensorFlow, for a net of
     at least :data:`caffe2tf.rule.tf_executor.XLA_RESET_MIN_ELEMENTS` weights, every blob but

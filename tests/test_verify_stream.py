@@ -98,10 +98,11 @@ def test_jax_makes_the_same_numbers():
     require("jax")
     import jax
 
-    from caffe2tf.verify.device import JaxGradients, _mix
+    from caffe2tf.verify import stream_program
+    from caffe2tf.verify.device import JaxGradients
 
     for values in [(1, 2, 3), (0xB55A4F09, 7, 2), (0xFD7046C5, 123456789, 77)]:
-        assert int(_mix(*values)) == mix(*values)
+        assert int(stream_program.mix(stream_program.jax_ops(), *values)) == mix(*values)
     for spec in (GradientSpec("stream", 3, 3, frozen=("b/0",)), GradientSpec("stream", 2**32 - 1)):
         numpy_made, jax_made = NumpyGradients(spec, SHAPES), JaxGradients(spec, SHAPES)
         for k in (0, 1, 5):
@@ -133,6 +134,89 @@ def test_jax_makes_the_same_numbers():
         # the probe kinds differ in the program's arguments, not in the program
         made = {JaxGradients(spec, SHAPES).fn for spec in probes if spec.kind != "cancel"}
         assert len(made) == 2  # one with the frozen blob, one without
+
+
+def _tf_made(spec, shapes, axes=None, *, planted=None):
+    """A run's gradients made by the TensorFlow program of the fused TensorFlow engine, compiled
+    with XLA as it runs there: ``f(k) -> (micro-batches, diff)`` as NumPy arrays."""
+    import tensorflow as tf
+
+    from caffe2tf.verify import stream_program as sp
+
+    ops = planted or sp.tf_ops()
+    fn = sp.gradient_function(spec, shapes, axes, ops=ops)
+    salts = {k: tf.constant(v) for k, v in sp.salts_of(spec, shapes).items()}
+    knobs = tuple(tf.constant(x) for x in sp.knobs_of(spec))
+    seed = tf.constant(np.uint32(spec.seed & 0xFFFFFFFF))
+    compiled = tf.function(lambda k: fn(k, seed, salts, knobs), jit_compile=True)
+
+    def update(k):
+        micro, total = compiled(tf.constant(np.uint32(k)))
+        return [{a: b.numpy() for a, b in m.items()} for m in micro], {
+            a: b.numpy() for a, b in total.items()
+        }
+
+    return update
+
+
+def test_tensorflow_makes_the_same_numbers():
+    """The fused TensorFlow engine's gradients (:mod:`caffe2tf.verify.stream_program` over
+    TensorFlow, compiled with XLA) are NumPy's, bit for bit where no sum is reordered, in
+    Caffe's layout and in Keras'; a planted hash constant changes them."""
+    require("tensorflow")
+    import tensorflow as tf
+
+    from caffe2tf.verify import stream_program as sp
+    from caffe2tf.verify.mirror import caffe_to_keras, keras_axes
+
+    ops = sp.tf_ops()
+    for values in [(1, 2, 3), (0xB55A4F09, 7, 2), (0xFD7046C5, 123456789, 77)]:
+        assert int(sp.mix(ops, *values).numpy()) == mix(*values)
+    specs = [
+        GradientSpec("stream", 3, 3, frozen=("b/0",)),
+        GradientSpec("stream", 2**32 - 1),
+        GradientSpec("zeros", 5, 2, dtype="float64"),
+        GradientSpec("impulse", 5, 2, dtype="float64"),
+        GradientSpec("uniform", 5, 2, dtype="float64", scale=1e-4),
+        GradientSpec("norm", 6, 2, dtype="float64", norm=0.37, frozen=("b/0",)),
+        GradientSpec("cancel", 5, 3, dtype="float64", scale=1e-3),
+    ]
+    for spec in specs:
+        numpy_made, tf_made = NumpyGradients(spec, SHAPES), _tf_made(spec, SHAPES)
+        for k in (0, 1, 5):
+            (mn, tn), (mt, tt) = numpy_made.update(k), tf_made(k)
+            for key in SHAPES:
+                for a, b in zip([tn, *mn], [tt, *mt], strict=True):
+                    assert b[key].dtype == np.dtype(spec.dtype)
+                    if spec.kind in ("norm", "cancel"):  # XLA's order of sums and differences
+                        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-13)
+                    else:
+                        assert np.array_equal(a[key], b[key]), (spec.kind, k, key)
+    # in Keras' layout: Caffe's numbers, transposed
+    shapes = {**SHAPES, "d/0": (6, 4)}
+    layers = {"a/0": ("Convolution", 0), "a/1": ("Convolution", 1), "d/0": ("InnerProduct", 0)}
+    axes = {k: keras_axes(*layers[k]) for k in layers}
+    spec = GradientSpec("stream", 7, 2)
+    _, plain = _tf_made(spec, shapes)(4)
+    _, laid = _tf_made(spec, shapes, axes)(4)
+    for key in shapes:
+        want = caffe_to_keras(*layers.get(key, ("Bias", 1)), plain[key])
+        assert np.array_equal(laid[key], want), key
+
+    class Planted(sp.TfHashOps):  # MurmurHash's second constant off by one
+        def __init__(self):
+            super().__init__()
+
+            def mul(a, b):
+                if isinstance(b, tf.Tensor) and b.shape == () and b.dtype == tf.uint32:
+                    b = tf.where(b == tf.constant(0xC2B2AE35, tf.uint32), b + 1, b)
+                return tf.multiply(a, b)
+
+            self.mul = mul
+
+    _, good = NumpyGradients(spec, SHAPES).update(2)
+    _, bad = _tf_made(spec, SHAPES, planted=Planted())(2)
+    assert not any(np.array_equal(good[key], bad[key]) for key in SHAPES)
 
 
 def test_jax_makes_them_in_keras_layout_without_transposing():

@@ -326,7 +326,8 @@ def gradient_function(
             total[key] = ops.where(on, value, ops.zeros(shape_of(key), dt))
         if live:
             norm = ops.sqrt(sum(ops.sum_squares(v) for v in total.values()))
-            scale = ops.where(norm > 0, ops.cast(target, norm.dtype) / norm, ops.const(1.0, norm.dtype))
+            one = ops.const(1.0, norm.dtype)
+            scale = ops.where(norm > 0, ops.cast(target, norm.dtype) / norm, one)
             scaled = {key: ops.cast(v * scale, dt) for key, v in total.items()}
             total = {key: ops.where(mode == 3, scaled[key], v) for key, v in total.items()}
         rest = [zeros() for _ in range(s - 1)]

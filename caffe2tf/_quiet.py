@@ -122,4 +122,27 @@ def use_compile_cache() -> Path | None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))
     # the small programs too (each a few tens of ms to compile, about 30 in a verify)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    keep_tensorflow_programs(where.parent.parent / "xla-tensorflow" / where.name)
     return where
+
+
+def keep_tensorflow_programs(where: Path) -> None:
+    """TensorFlow's XLA programs (``tf.function(jit_compile=True)``: the fused TensorFlow
+    engine's loop, a few MB each) kept in ``where`` through TensorFlow's own persistent cache
+    (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory``, read when TensorFlow first compiles);
+    a user's own setting of that flag wins. TensorFlow does not bound it: the oldest files go
+    here once the directory holds more than :data:`CACHE_MAX_BYTES`."""
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" in flags:
+        return
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        files = sorted(where.iterdir(), key=lambda f: f.stat().st_mtime, reverse=True)
+        total = 0
+        for f in files:
+            total += f.stat().st_size
+            if total > CACHE_MAX_BYTES:
+                f.unlink()
+    except OSError:
+        return
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={where}".strip()

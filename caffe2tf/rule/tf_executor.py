@@ -165,15 +165,17 @@ class TfExecutor:
             }
         # the variables are captured, not passed: a call then costs a fraction (LeNet: ~0.9
         # against 1.3-2 ms an update)
-        self.fn = tf.function(self._update, jit_compile=True, autograph=False)
+        self.fn = tf.function(self.apply, jit_compile=True, autograph=False)
         size = sum(int(np.prod(v.shape)) for v in self.weights.values())
         self._reset = tf.function(
             self._assign_init, jit_compile=size >= XLA_RESET_MIN_ELEMENTS, autograph=False
         )
         self._schedule(start, updates)
 
-    def _update(self, grads: list[Any], rate: Any, corr: Any) -> None:
-        """One Caffe update of the variables (:meth:`CompiledRule.update`), traced."""
+    def apply(self, grads: list[Any], rate: Any, corr: Any) -> None:
+        """One Caffe update of the variables (:meth:`CompiledRule.update`) with Caffe's diff
+        ``grads`` (in :attr:`cr`'s key order), to be traced: :meth:`step` calls it compiled,
+        and the fused TensorFlow engine inside its loop (:mod:`caffe2tf.verify.tf_device`)."""
         cr = self.cr
         w = {k: v.read_value() for k, v in self.weights.items()}
         st = {k: {s: v.read_value() for s, v in d.items()} for k, d in self.state.items()}

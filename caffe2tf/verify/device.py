@@ -170,14 +170,14 @@ class JaxReference:
 # ---- the fused engine: Keras-JAX candidate + compiled rule + comparison ----------------------
 
 
-def _chunks(updates: int) -> list[tuple[int, int]]:
+def chunks_of(updates: int) -> list[tuple[int, int]]:
     """``(first update, updates)`` of each compiled call: :data:`CHUNK` at a time, the rest
     last (two programs at most per run)."""
     length = min(CHUNK, updates)
     return [(b, min(length, updates - b)) for b in range(0, updates, length)]
 
 
-def _chunk_args(rule: UpdateRule, run: Run) -> Iterator[tuple[int, tuple]]:
+def chunk_args(rule: UpdateRule, run: Run) -> Iterator[tuple[int, tuple]]:
     """Per compiled call of ``run``: its number of updates and its arguments after the carry
     and ``w0``: the updates' indices, rates and corrections (:func:`host_scalars`, in the
     run's precision), the seed, the per-blob salts and the knobs."""
@@ -185,7 +185,7 @@ def _chunk_args(rule: UpdateRule, run: Run) -> Iterator[tuple[int, tuple]]:
     rates, corr = host_scalars(rule, run.start, run.updates, run.dtype)
     seed = np.uint32(run.spec.seed & 0xFFFFFFFF)
     salts, knobs = salts_of(run.spec, run.shapes), knobs_of(run.spec)
-    for begin, n in _chunks(run.updates):
+    for begin, n in chunks_of(run.updates):
         idx = np.arange(begin, begin + n, dtype=np.uint32)
         r, c = rates[begin : begin + n].astype(dt), corr[begin : begin + n].astype(dt)
         yield n, (idx, r, c, seed, salts, knobs)
@@ -336,7 +336,7 @@ class DeviceEngine:
         )
         carry = (ref_w, ref_state, values, opt_values)
         blocks = []
-        for n, rest in _chunk_args(self.rule, run):
+        for n, rest in chunk_args(self.rule, run):
             args = (carry, w0, *rest)
             chunk = self._executable(run, model, optimizer, pairs, jr, list(keys), n, args)
             carry, ys = chunk(*args)
@@ -391,7 +391,7 @@ class DeviceEngine:
 
         from caffe2tf.verify.mirror import trained_pairs
 
-        if all(_program_key(run, n) in self.executables for _, n in _chunks(run.updates)):
+        if all(_program_key(run, n) in self.executables for _, n in chunks_of(run.updates)):
             return
         built = self.session.built_model(run.init, run.dtype)
         if built is None:
@@ -418,7 +418,7 @@ class DeviceEngine:
         opt_values = [like(v.shape, v.dtype) for v in optimizer.variables]
         w0 = {k: blob(k) for k in keys}
         carry = (ref_w, ref_state, values, opt_values)
-        for n, rest in _chunk_args(self.rule, run):
+        for n, rest in chunk_args(self.rule, run):
             self._executable(run, model, optimizer, pairs, jr, keys, n, (carry, w0, *rest))
 
     def _program(

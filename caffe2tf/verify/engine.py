@@ -32,6 +32,7 @@ from caffe2tf.verify.tf_compare import (
     describe_tf,
     tf_device,
 )
+from caffe2tf.verify.tf_device import NotCompiled, TfDeviceEngine, fused_applies
 
 Weights = Mapping[str, np.ndarray]
 
@@ -248,9 +249,12 @@ def compare_runs(
         # seconds; NumPy does small nets faster)
         work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
         use_jax = work >= JAX_HOST_MIN_WORK
-    if on_tf and _tf_compares_on_host(runs[0], tf_dev):
+    tf_fused = on_tf and fused_applies(runs)
+    if on_tf and not tf_fused and _tf_compares_on_host(runs[0], tf_dev):
         reuse_freed_buffers()
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
+    tf_engine = TfDeviceEngine(rule, candidate, layers, tf_dev) if tf_fused else None
+    refused = ""  # why XLA refused the candidate's step on TensorFlow, if it did
     session = keras_harness.CandidateSession(candidate)
     tf_pool: dict[tuple, Any] = {}  # Caffe's rule on TensorFlow, per precision and shapes
     if engine is not None:
@@ -273,7 +277,14 @@ def compare_runs(
                     ahead=runs[i + 1 :],
                 )
             )
+        elif tf_engine is not None and reference is None and _fused_tf_run(
+            tf_engine, run, out, tolerance=tolerance, keys=keys, progress=progress,
+            timings=timings, norms=keep,
+        ):  # fmt: skip
+            pass
         else:
+            if tf_engine is not None and reference is None:  # refused: the host from now on
+                refused, tf_engine = tf_engine.refused, None
             executor = gradients = comparer = None
             if on_tf:
                 executor, comparer = _tf_host_pieces(rule, run, tf_dev, tf_pool, norms=keep)
@@ -306,8 +317,12 @@ def compare_runs(
             release_freed_memory()
     if fused:
         where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"
+    elif tf_engine is not None:
+        where = f"TensorFlow {describe_tf(tf_dev)} (both rules and the comparison, one XLA program)"
     elif on_tf:
         compared = "in NumPy on the host" if _tf_compares_on_host(runs[0], tf_dev) else "too"
+        if refused:
+            compared += f"; XLA refused the whole loop: {refused}"
         where = (
             f"TensorFlow {describe_tf(tf_dev)} (both rules, Caffe's compiled with XLA; the "
             f"comparison {compared})"
@@ -317,6 +332,18 @@ def compare_runs(
     else:
         where = f"candidate on {backend}; Caffe's rule in NumPy on the host CPU"
     return out, where
+
+
+def _fused_tf_run(engine: TfDeviceEngine, run: Run, out: list[Comparison], **kw: Any) -> bool:
+    """``run`` on the fused TensorFlow engine, its comparison appended to ``out``; False (and
+    the reason in ``engine.refused``) where XLA refused the candidate's step before any update
+    ran."""
+    try:
+        out.append(engine.run(run, **kw))
+    except NotCompiled as e:
+        engine.refused = str(e)
+        return False
+    return True
 
 
 def _tf_host_pieces(

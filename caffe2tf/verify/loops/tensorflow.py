@@ -19,6 +19,31 @@ from caffe2tf.verify.mirror import caffe_layout_perm, keras_grads, trained_pairs
 XLA_MIN_ELEMENTS = 2**24
 
 
+def tape_apply(model: Any, optimizer: Any, tvars: list[Any]) -> Callable[[list[Any]], None]:
+    """``apply(grads)``: one ``apply_gradients`` on the tape gradient of ``sum(g * w) +
+    sum(model.losses)``, so the candidate's own regularizers (an ``L2`` the module put on a
+    layer) add their terms as they do in training; ``grads`` in Keras' layout."""
+    import tensorflow as tf
+
+    def apply(grads_in: list[Any]) -> None:
+        with tf.GradientTape() as tape:
+            terms = [
+                tf.reduce_sum(tf.stop_gradient(g) * v.value)
+                for g, v in zip(grads_in, tvars, strict=True)
+            ]
+            loss = tf.add_n(terms) if terms else tf.constant(0.0)
+            reg = model.losses
+            if reg:
+                loss = loss + tf.add_n([tf.cast(tf.reduce_sum(r), loss.dtype) for r in reg])
+        grads = tape.gradient(loss, [v.value for v in tvars])
+        grads = [
+            tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, tvars, strict=True)
+        ]
+        optimizer.apply_gradients(zip(grads, tvars, strict=True))
+
+    return apply
+
+
 def run(
     model: Any,
     optimizer: Any,
@@ -45,21 +70,7 @@ def run(
     blobs = model.blob_variables()
     perms = {k: caffe_layout_perm(blobs[k][1], blobs[k][2]) for k in keys}
 
-    def apply(grads_in: list[Any]) -> None:
-        with tf.GradientTape() as tape:
-            terms = [
-                tf.reduce_sum(tf.stop_gradient(g) * v.value)
-                for g, v in zip(grads_in, tvars, strict=True)
-            ]
-            loss = tf.add_n(terms) if terms else tf.constant(0.0)
-            reg = model.losses
-            if reg:
-                loss = loss + tf.add_n([tf.cast(tf.reduce_sum(r), loss.dtype) for r in reg])
-        grads = tape.gradient(loss, [v.value for v in tvars])
-        grads = [
-            tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, tvars, strict=True)
-        ]
-        optimizer.apply_gradients(zip(grads, tvars, strict=True))
+    apply = tape_apply(model, optimizer, tvars)
 
     if not (jit and tvars):
         for j, part in parts_iter:

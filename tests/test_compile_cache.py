@@ -71,3 +71,61 @@ def test_a_second_verify_loads_the_compiled_programs(tmp_path: Path) -> None:
     third, log = _verify("")
     assert hit not in log and "Compiling jit(chunk)" in log
     assert third["passed"] and sorted(where.iterdir()) == before
+
+
+def test_tensorflow_programs_are_kept_beside_jax_ones(tmp_path: Path, monkeypatch) -> None:
+    """``keep_tensorflow_programs`` points TensorFlow's own persistent XLA cache at the
+    directory, leaves a user's own setting alone, and bounds the directory's size by removing
+    the oldest files (TensorFlow does not)."""
+    from caffe2tf import _quiet
+
+    where = tmp_path / "xla-tensorflow" / host_tag()
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
+    _quiet.keep_tensorflow_programs(where)
+    flags = os.environ["TF_XLA_FLAGS"]
+    assert flags == f"--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory={where}"
+    assert where.is_dir()
+    # a user's own cache directory wins
+    own = "--tf_xla_persistent_cache_directory=/somewhere/else"
+    monkeypatch.setenv("TF_XLA_FLAGS", own)
+    _quiet.keep_tensorflow_programs(where)
+    assert os.environ["TF_XLA_FLAGS"] == own
+    # over the bound, the oldest files go first
+    monkeypatch.delenv("TF_XLA_FLAGS")
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        f = where / f"{name}.pb"
+        f.write_bytes(b"x" * 400)
+        os.utime(f, (1e9 - age * 100, 1e9 - age * 100))
+    monkeypatch.setattr(_quiet, "CACHE_MAX_BYTES", 1000)
+    _quiet.keep_tensorflow_programs(where)
+    assert sorted(p.name for p in where.iterdir()) == ["middle.pb", "newest.pb"]
+
+
+@pytest.mark.slow
+def test_a_second_tensorflow_verify_compiles_nothing(tmp_path: Path) -> None:
+    """On TensorFlow, verify's fused loop (from 1000 updates on) is compiled by XLA once:
+    the next run of the recipe finds every program in the cache and adds none."""
+    require("tensorflow")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CAFFE2TF_CACHE_DIR": str(tmp_path)}
+    env.pop("KERAS_BACKEND", None)
+    env.pop("TF_XLA_FLAGS", None)
+    args = ["verify", "fixtures/lenet/solver.prototxt", "--steps", "1000", "--format", "json"]
+    where = tmp_path / "xla-tensorflow" / host_tag()
+    reports, kept = [], []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "caffe2tf", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports.append(json.loads(proc.stdout))
+        kept.append(sorted((p.name, p.stat().st_mtime) for p in where.iterdir()))
+    assert "one XLA program" in reports[0]["device"]
+    assert len(kept[0]) >= 2 and kept[1] == kept[0]  # the stream's and the probes' programs
+    assert [r["comparison"] for r in reports[1]["runs"]] == [
+        r["comparison"] for r in reports[0]["runs"]
+    ]

@@ -20,10 +20,12 @@ per the contract on each backend (``scripts/keras_matrix.py`` in a subprocess) a
 real Caffe trajectories (one batched oracle run; ``--against reference`` uses the NumPy
 reference instead): max/median deviation, failures, time. ``--memory``: the same runs under
 ``/usr/bin/time -v``, peak resident memory and wall time per ``--steps`` (the memory target:
-flat in ``--steps``). ``--ratio`` (JAX backend): in one process, the stream run of ``verify``
-(both rules and the comparison, compiled) against the emitted optimizer's own compiled apply
-loop on the same mirror model (``jax.grad`` + ``stateless_apply`` per update, in a
-``lax.scan``), both timed after compilation; the target is at most 3x. ``--startup``: fresh
+flat in ``--steps``). ``--ratio``: in one process, the stream run of ``verify`` (both rules
+and the comparison, compiled) against the emitted optimizer's own compiled apply loop on the
+same mirror model, both timed after compilation; the target is at most 3x. With
+``KERAS_BACKEND=jax`` the fused JAX engine against ``jax.grad`` + ``stateless_apply`` per
+update in a ``lax.scan``; on TensorFlow (the default) the fused TensorFlow engine against
+``apply_gradients`` on the tape gradient in a ``tf.while_loop``, both compiled by XLA. ``--startup``: fresh
 processes that each import what a verify imports (Python, Keras on the backend, caffe2tf's
 modules, protobuf, rich: the start-up, timed) and then run ``caffe2tf verify RECIPE --steps
 N`` in the same process (timed: the time beyond start-up); the first process fills JAX's
@@ -318,6 +320,80 @@ def ratio_bench(recipe: str, steps: int, device: str, repeats: int = 3) -> None:
     )
 
 
+def ratio_bench_tf(recipe: str, steps: int, repeats: int = 3) -> None:
+    """On Keras' TensorFlow backend: the fused TensorFlow engine's stream run against the
+    emitted optimizer's own loop compiled the same way (``tf.function(jit_compile=True)``
+    around a ``tf.while_loop`` of ``apply_gradients`` on the tape gradient); each compiled on
+    its first call, then ``repeats`` calls of each in turn, the fastest kept."""
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    from caffe2tf.app.convert import convert_solver
+    from caffe2tf.app.pipeline import load_pipeline
+    from caffe2tf.verify import components, keras_harness, mirror
+    from caffe2tf.verify.candidate import load_module
+    from caffe2tf.verify.inputs import initial_weights, never_written_blobs
+    from caffe2tf.verify.loops.tensorflow import tape_apply
+    from caffe2tf.verify.tf_device import TfDeviceEngine
+
+    assert keras.backend.backend() == "tensorflow", "run with KERAS_BACKEND=tensorflow"
+    pipeline = load_pipeline(recipe)
+    rule = pipeline.rule
+    shapes = {g.key: tuple(g.shape) for g in rule.params}
+    init = initial_weights(shapes, 0)
+    frozen = tuple(never_written_blobs(rule.params, rule.force_backward))
+    stream = components.plan_runs(rule, shapes, init, steps=steps, seed=0, frozen=frozen)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_solver(recipe, out_dir=Path(tmp) / "o")
+        module = load_module(Path(tmp) / "o" / "optimizer.py")
+    layers = mirror.mirror_layers_from_rule(rule)
+    engine = TfDeviceEngine(rule, module, layers)
+    model, optimizer = keras_harness.build_candidate(module, layers, init)
+    tvars = [v for _, v in mirror.trained_pairs(model)]
+    optimizer.build(tvars)
+    apply = tape_apply(model, optimizer, tvars)
+    consts = [tf.constant(np.full(v.shape, 1e-3, v.dtype)) for v in tvars]
+
+    def loop(gs: list) -> None:
+        tf.while_loop(lambda i: i < steps, lambda i: (apply(gs), i + 1)[1], [tf.constant(0)])
+
+    # the gradient a constant of the program (XLA may fold it), and an argument read in
+    # every update, as a training step reads what its backward pass wrote
+    folded = tf.function(lambda: loop(consts), jit_compile=True, autograph=False)
+    reading = tf.function(loop, jit_compile=True, autograph=False)
+    times, own, own_read = [], [], []
+    for _ in range(1 + repeats):
+        t = time.perf_counter()
+        comparison = engine.run(stream, tolerance=1e-3, keys=list(shapes), norms=False)
+        times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        folded()
+        tvars[0].numpy()
+        own.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        reading(consts)
+        tvars[0].numpy()
+        own_read.append(time.perf_counter() - t)
+    times[1], own[1], own_read[1] = min(times[1:]), min(own[1:]), min(own_read[1:])
+    n = sum(int(np.prod(s)) for s in shapes.values())
+    print(f"recipe: {recipe} ({n:,} parameters), {steps} updates, TensorFlow CPU")
+    print(f"| | first call (s, compiles) | fastest of {repeats} more (s) | per update (ms) |")
+    print("|---|---|---|---|")
+    for label, xs in (
+        ("verify stream run, fused TensorFlow engine (both rules + comparison)", times),
+        ("the emitted optimizer's own apply loop, gradient a constant", own),
+        ("the same loop, gradient an argument", own_read),
+    ):
+        print(f"| {label} | {xs[0]:.2f} | {xs[1]:.2f} | {1000 * xs[1] / steps:.2f} |")
+    print(
+        f"\nratio {times[1] / own[1]:.2f} against the constant-gradient loop, "
+        f"{times[1] / own_read[1]:.2f} against the loop that reads its gradient (target <= 3); "
+        f"stream deviation {comparison.deviation:.2e}"
+    )
+
+
 #: one process of --startup: the imports a verify makes, then the verify itself, each timed
 STARTUP_CHILD = """
 import sys, time
@@ -394,7 +470,10 @@ def main() -> int:
         memory_bench(args.recipe, args.steps, args.backends, args.device, args.against)
         return 0
     if args.ratio:
-        ratio_bench(args.recipe, args.steps[-1], args.device)
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            ratio_bench_tf(args.recipe, args.steps[-1])
+        else:
+            ratio_bench(args.recipe, args.steps[-1], args.device)
         return 0
     if args.startup:
         for backend in args.backends:

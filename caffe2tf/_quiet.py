@@ -103,13 +103,16 @@ def host_tag() -> str:
 def use_compile_cache() -> Path | None:
     """Keep JAX's compiled programs on disk (JAX's persistent compilation cache, at
     :func:`compile_cache_dir`, bounded to :data:`CACHE_MAX_BYTES`), so a second verify of
-    the same recipe loads them instead of compiling. Set through JAX's environment variables,
+    the same recipe loads them instead of compiling; TensorFlow's beside them
+    (:func:`keep_tensorflow_programs`). Set through JAX's environment variables,
     so it must run before JAX is imported; a user's own ``JAX_COMPILATION_CACHE_DIR`` wins.
     Nothing is kept where the directory cannot be written, or without the ``filelock``
     package, which JAX needs to bound the cache's size. Returns the directory in use."""
+    where = compile_cache_dir()
+    if where is not None:
+        keep_tensorflow_programs(where.parent.parent / "xla-tensorflow" / where.name)
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
-    where = compile_cache_dir()
     if where is None or importlib.util.find_spec("filelock") is None:
         return None
     try:
@@ -122,7 +125,6 @@ def use_compile_cache() -> Path | None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))
     # the small programs too (each a few tens of ms to compile, about 30 in a verify)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    keep_tensorflow_programs(where.parent.parent / "xla-tensorflow" / where.name)
     return where
 
 

@@ -99,6 +99,17 @@ def test_tensorflow_programs_are_kept_beside_jax_ones(tmp_path: Path, monkeypatc
     monkeypatch.setattr(_quiet, "CACHE_MAX_BYTES", 1000)
     _quiet.keep_tensorflow_programs(where)
     assert sorted(p.name for p in where.iterdir()) == ["middle.pb", "newest.pb"]
+    # as verify sets it up: beside JAX's directory, or nowhere with CAFFE2TF_CACHE_DIR empty
+    for name in ("TF_XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAX_COMPILATION_CACHE_MAX_SIZE",
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CAFFE2TF_CACHE_DIR", "")
+    _quiet.use_compile_cache()
+    assert "TF_XLA_FLAGS" not in os.environ
+    monkeypatch.setenv("CAFFE2TF_CACHE_DIR", str(tmp_path / "c"))
+    _quiet.use_compile_cache()
+    beside = tmp_path / "c" / "xla-tensorflow" / host_tag()
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={beside}"
 
 
 @pytest.mark.slow

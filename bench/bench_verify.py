@@ -25,11 +25,12 @@ and the comparison, compiled) against the emitted optimizer's own compiled apply
 same mirror model, both timed after compilation; the target is at most 3x. With
 ``KERAS_BACKEND=jax`` the fused JAX engine against ``jax.grad`` + ``stateless_apply`` per
 update in a ``lax.scan``; on TensorFlow (the default) the fused TensorFlow engine against
-``apply_gradients`` on the tape gradient in a ``tf.while_loop``, both compiled by XLA. ``--startup``: fresh
-processes that each import what a verify imports (Python, Keras on the backend, caffe2tf's
-modules, protobuf, rich: the start-up, timed) and then run ``caffe2tf verify RECIPE --steps
-N`` in the same process (timed: the time beyond start-up); the first process fills JAX's
-compile cache and is not counted. Prints Markdown for bench/RESULTS.md.
+``apply_gradients`` on the tape gradient in a ``tf.while_loop``, both compiled by XLA.
+``--startup``: fresh processes that each import what a verify imports (Python, Keras on the
+backend, caffe2tf's modules, protobuf, rich: the start-up, timed) and then run ``caffe2tf
+verify RECIPE --steps N`` in the same process (timed: the time beyond start-up); the first
+process fills the compile caches (JAX's, TensorFlow's) and is not counted. Prints Markdown
+for bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -60,6 +60,22 @@ UNCOMPILABLE = textwrap.dedent('''
 ''')
 
 
+def test_which_verifies_the_fused_engine_takes():
+    from types import SimpleNamespace as Run
+
+    lenet = {"ip1/0": (500, 800), "conv1/0": (20, 1, 5, 5)}
+    vgg16 = {"fc6/0": (4096, 25088), "fc7/0": (4096, 4096)}
+
+    def runs(shapes, *updates):
+        return [Run(shapes=shapes, updates=n) for n in updates]
+
+    assert tf_device.fused_applies(runs(lenet, 1000, 300, 60))  # --steps 1000
+    assert not tf_device.fused_applies(runs(lenet, 100, 300, 60))  # --steps 100
+    assert tf_device.fused_applies(runs({"a": (4000, 1000)}, 100, 200))  # 1.2e9 weight-updates
+    assert not tf_device.fused_applies(runs(vgg16, 1000, 3000))  # above 2^24 weights
+    assert not tf_device.fused_applies([])
+
+
 @pytest.fixture
 def fused(monkeypatch):
     """Every verify on the fused engine, however few its updates."""

@@ -32,13 +32,18 @@ from caffe2tf.verify.loops.tensorflow import tape_apply
 from caffe2tf.verify.mirror import keras_axes, trained_pairs
 from caffe2tf.verify.stream_program import gradient_function, tf_ops
 
-#: up to this many weights the fused TensorFlow engine verifies on the CPU; above it the host
-#: engine does, whose memory was measured at VGG16's scale (bench/RESULTS.md)
-FUSED_MAX_ELEMENTS = 2**24
-#: from this many updates in a verify's runs on: tracing the loop and having XLA compile it
-#: (or load it from the cache) costs 2-5 s on LeNet, each update then ~0.7 ms against ~9 ms
-#: on the host engine (bench/RESULTS.md "Session 10"); LeNet's --steps 1000 makes 1,360
+#: the fused TensorFlow engine takes a verify of at least this many updates in all its runs
+#: (tracing the loop and having XLA compile it, or load it from the cache, costs 2-5 s on
+#: LeNet; each update then costs ~0.7 ms against ~9 ms on the host engine: bench/RESULTS.md
+#: "Session 10"; LeNet's --steps 1000 makes 1,360), or of this much work (weights x updates)
 FUSED_MIN_UPDATES = 1000
+FUSED_MIN_WORK = 1e9
+#: and of a net of at most this many weights, for which XLA may keep the gradients' per-blob
+#: tables across a chunk's updates, as on JAX (:data:`caffe2tf.verify.device.
+#: HOIST_MAX_ELEMENTS`). VGG16 on this engine, with the tables made in every update, peaked at
+#: 5.7 GB (the first chunk, while XLA compiled the loop, 1.1 GB above the later ones) against
+#: 4.3 GB on the host engine (bench/RESULTS.md "Session 10")
+FUSED_MAX_ELEMENTS = 2**24
 
 
 class NotCompiled(Exception):
@@ -47,10 +52,12 @@ class NotCompiled(Exception):
 
 def fused_applies(runs: Sequence[Run]) -> bool:
     """Whether the fused TensorFlow engine takes a verify of these runs: a net of at most
-    :data:`FUSED_MAX_ELEMENTS` weights, and at least :data:`FUSED_MIN_UPDATES` updates."""
+    :data:`FUSED_MAX_ELEMENTS` weights, from :data:`FUSED_MIN_UPDATES` updates or
+    :data:`FUSED_MIN_WORK` weights x updates on."""
     size = sum(int(np.prod(s)) for s in runs[0].shapes.values()) if runs else 0
     updates = sum(r.updates for r in runs)
-    return size <= FUSED_MAX_ELEMENTS and updates >= FUSED_MIN_UPDATES
+    enough = updates >= FUSED_MIN_UPDATES or size * updates >= FUSED_MIN_WORK
+    return size <= FUSED_MAX_ELEMENTS and enough
 
 
 class TfDeviceEngine:
@@ -275,4 +282,11 @@ def _chunk_program(
     return tf.function(chunk, jit_compile=True, autograph=False)
 
 
-__all__ = ["FUSED_MAX_ELEMENTS", "NotCompiled", "TfDeviceEngine", "fused_applies"]
+__all__ = [
+    "FUSED_MAX_ELEMENTS",
+    "FUSED_MIN_UPDATES",
+    "FUSED_MIN_WORK",
+    "NotCompiled",
+    "TfDeviceEngine",
+    "fused_applies",
+]

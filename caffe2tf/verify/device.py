@@ -4,9 +4,10 @@ rule (:mod:`caffe2tf.rule.jax_executor`) and, on Keras' JAX backend, the candida
 scalars (the largest ``|cand - ref|`` and ``|ref - w0|`` of each blob, and whether either side
 holds a NaN or inf) come back to the host.
 
-:func:`gradient_function` makes a run's gradients on the device, bit for bit the numbers of
-:class:`caffe2tf.verify.streams.NumpyGradients` (the same counters and hash in uint32, the same
-float32 operations), in Caffe's layout or, for the fused engine, in Keras'.
+:func:`caffe2tf.verify.stream_program.gradient_function` makes a run's gradients on the
+device, bit for bit the numbers of :class:`caffe2tf.verify.streams.NumpyGradients` (the same
+counters and hash in uint32, the same float32 operations), in Caffe's layout or, for the fused
+engine, in Keras'.
 :class:`JaxReference` steps the compiled rule one update at a time for the host engine (a
 candidate on TensorFlow). :class:`DeviceEngine` is the fused engine; it runs Caffe's rule in
 Keras' layout, so nothing is transposed per update.

@@ -196,13 +196,14 @@ def split_micro_batches(
 # Every element of every gradient is a pure function of (seed, blob, update, micro-batch,
 # element index): a 32-bit hash (the MurmurHash3 finalizer ``fmix32``) of those counters, so
 # any update can be made without the ones before it, nothing is held between updates, and the
-# same numbers come out of NumPy here and of JAX on a device
-# (:func:`caffe2tf.verify.device.gradient_function`). A hash value h becomes a uniform number in
-# [-1/2, 1/2) as ``(h >> 8) * 2^-24 - 1/2``, exact in float32; the stream's scales are powers
-# of two, so every float32 operation but the one sum ``drift + noise`` is exact and that sum
-# is rounded the same way everywhere. Two finalizers per element and micro-batch: the base
-# hash of (element index, blob counter) gives the drift (bits 8-31) and the dead flag (bits
-# 0-7), and the finalizer of the base XOR the (update, micro-batch) counter gives the noise.
+# same numbers come out of NumPy here and of JAX or TensorFlow on a device
+# (:func:`caffe2tf.verify.stream_program.gradient_function`). A hash value h becomes a
+# uniform number in [-1/2, 1/2) as ``(h >> 8) * 2^-24 - 1/2``, exact in float32; the
+# stream's scales are powers of two, so every float32 operation but the one sum ``drift +
+# noise`` is exact and that sum is rounded the same way everywhere. Two finalizers per
+# element and micro-batch: the base hash of (element index, blob counter) gives the drift
+# (bits 8-31) and the dead flag (bits 0-7), and the finalizer of the base XOR the (update,
+# micro-batch) counter gives the noise.
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B1

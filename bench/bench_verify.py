@@ -222,26 +222,19 @@ def memory_bench(
             )
 
 
-def ratio_bench(recipe: str, steps: int, device: str, repeats: int = 3) -> None:
-    """The verify loop (stream run, fused) vs the emitted optimizer's compiled apply loop:
-    each compiled on its first call, then ``repeats`` calls of each in turn, the fastest
-    kept."""
+def _ratio_setup(recipe: str, steps: int) -> tuple:
+    """What both ``--ratio`` benches start from: the recipe's rule, its blob shapes, verify's
+    initial weights, the stream run of ``steps`` updates, the emitted module and the mirror's
+    layers."""
     import tempfile
-
-    import jax
-    import jax.numpy as jnp
-    import keras
 
     from caffe2tf.app.convert import convert_solver
     from caffe2tf.app.pipeline import load_pipeline
-    from caffe2tf.verify import components, keras_harness, mirror
-    from caffe2tf.verify import device as dev
+    from caffe2tf.verify import components, mirror
     from caffe2tf.verify.candidate import load_module
     from caffe2tf.verify.inputs import initial_weights, never_written_blobs
 
-    assert keras.backend.backend() == "jax", "run with KERAS_BACKEND=jax"
-    pipeline = load_pipeline(recipe)
-    rule = pipeline.rule
+    rule = load_pipeline(recipe).rule
     shapes = {g.key: tuple(g.shape) for g in rule.params}
     init = initial_weights(shapes, 0)
     frozen = tuple(never_written_blobs(rule.params, rule.force_backward))
@@ -249,7 +242,22 @@ def ratio_bench(recipe: str, steps: int, device: str, repeats: int = 3) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         convert_solver(recipe, out_dir=Path(tmp) / "o")
         module = load_module(Path(tmp) / "o" / "optimizer.py")
-    layers = mirror.mirror_layers_from_rule(rule)
+    return rule, shapes, init, stream, module, mirror.mirror_layers_from_rule(rule)
+
+
+def ratio_bench(recipe: str, steps: int, device: str, repeats: int = 3) -> None:
+    """The verify loop (stream run, fused) vs the emitted optimizer's compiled apply loop:
+    each compiled on its first call, then ``repeats`` calls of each in turn, the fastest
+    kept."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from caffe2tf.verify import device as dev
+    from caffe2tf.verify import keras_harness, mirror
+
+    assert keras.backend.backend() == "jax", "run with KERAS_BACKEND=jax"
+    rule, shapes, init, stream, module, layers = _ratio_setup(recipe, steps)
     jdev = dev.jax_device(device)
     with jax.default_device(jdev):
         engine = dev.DeviceEngine(rule, module, layers, jdev)
@@ -326,30 +334,15 @@ def ratio_bench_tf(recipe: str, steps: int, repeats: int = 3) -> None:
     emitted optimizer's own loop compiled the same way (``tf.function(jit_compile=True)``
     around a ``tf.while_loop`` of ``apply_gradients`` on the tape gradient); each compiled on
     its first call, then ``repeats`` calls of each in turn, the fastest kept."""
-    import tempfile
-
     import keras
     import tensorflow as tf
 
-    from caffe2tf.app.convert import convert_solver
-    from caffe2tf.app.pipeline import load_pipeline
-    from caffe2tf.verify import components, keras_harness, mirror
-    from caffe2tf.verify.candidate import load_module
-    from caffe2tf.verify.inputs import initial_weights, never_written_blobs
+    from caffe2tf.verify import keras_harness, mirror
     from caffe2tf.verify.loops.tensorflow import tape_apply
     from caffe2tf.verify.tf_device import TfDeviceEngine
 
     assert keras.backend.backend() == "tensorflow", "run with KERAS_BACKEND=tensorflow"
-    pipeline = load_pipeline(recipe)
-    rule = pipeline.rule
-    shapes = {g.key: tuple(g.shape) for g in rule.params}
-    init = initial_weights(shapes, 0)
-    frozen = tuple(never_written_blobs(rule.params, rule.force_backward))
-    stream = components.plan_runs(rule, shapes, init, steps=steps, seed=0, frozen=frozen)[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        convert_solver(recipe, out_dir=Path(tmp) / "o")
-        module = load_module(Path(tmp) / "o" / "optimizer.py")
-    layers = mirror.mirror_layers_from_rule(rule)
+    rule, shapes, init, stream, module, layers = _ratio_setup(recipe, steps)
     engine = TfDeviceEngine(rule, module, layers)
     model, optimizer = keras_harness.build_candidate(module, layers, init)
     tvars = [v for _, v in mirror.trained_pairs(model)]

@@ -30,23 +30,24 @@ def test_the_cache_directory_follows_the_environment(tmp_path: Path) -> None:
     assert machine and len(digest) == 12
 
 
-def _verify(cache: str) -> tuple[dict, str]:
+def _verify(cache: str, backend: str = "jax", steps: int = 5) -> tuple[dict, str]:
     env = {
         **os.environ,
-        "KERAS_BACKEND": "jax",
+        "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "JAX_LOG_COMPILES": "1",  # JAX then logs each persistent-cache hit
         "CAFFE2TF_CACHE_DIR": cache,
     }
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    args = ["verify", "fixtures/lenet/solver.prototxt", "--steps", "5", "--format", "json"]
+    env.pop("TF_XLA_FLAGS", None)
+    args = ["verify", "fixtures/lenet/solver.prototxt", "--steps", str(steps), "--format", "json"]
     proc = subprocess.run(
         [sys.executable, "-m", "caffe2tf", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout), proc.stderr
@@ -117,23 +118,10 @@ def test_a_second_tensorflow_verify_compiles_nothing(tmp_path: Path) -> None:
     """On TensorFlow, verify's fused loop (from 1000 updates on) is compiled by XLA once:
     the next run of the recipe finds every program in the cache and adds none."""
     require("tensorflow")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CAFFE2TF_CACHE_DIR": str(tmp_path)}
-    env.pop("KERAS_BACKEND", None)
-    env.pop("TF_XLA_FLAGS", None)
-    args = ["verify", "fixtures/lenet/solver.prototxt", "--steps", "1000", "--format", "json"]
     where = tmp_path / "xla-tensorflow" / host_tag()
     reports, kept = [], []
     for _ in range(2):
-        proc = subprocess.run(
-            [sys.executable, "-m", "caffe2tf", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        reports.append(json.loads(proc.stdout))
+        reports.append(_verify(str(tmp_path), "tensorflow", steps=1000)[0])
         kept.append(sorted((p.name, p.stat().st_mtime) for p in where.iterdir()))
     assert "one XLA program" in reports[0]["device"]
     assert len(kept[0]) >= 2 and kept[1] == kept[0]  # the stream's and the probes' programs

@@ -55,6 +55,7 @@ from caffe2tf.rule.model import (
 )
 from caffe2tf.rule.schedules import boundaries
 from caffe2tf.verify import streams
+from caffe2tf.verify.compare import StreamingComparison
 from caffe2tf.verify.streams import GradientSpec
 
 Grads = list[dict[str, np.ndarray]]
@@ -99,6 +100,19 @@ class Run:
         """The deviation's floor (:func:`caffe2tf.verify.compare.compare_trajectories`): none
         for the float64 probes, which are judged on their own term's motion."""
         return 0.01 if self.dtype == "float32" else 0.0
+
+    def comparison(
+        self, *, tolerance: float, keys: Sequence[str], norms: bool
+    ) -> StreamingComparison:
+        """What each engine feeds as the run's updates come: the deviation of ``keys`` from
+        ``init`` at the run's floor; ``norms``: keep both sides' weight norms too."""
+        return StreamingComparison(
+            self.init,
+            tolerance=tolerance,
+            keys=list(keys),
+            floor_fraction=self.floor_fraction,
+            norms=norms,
+        )
 
     def gradients(self) -> streams.NumpyGradients:
         """The run's gradients on the host, update by update."""

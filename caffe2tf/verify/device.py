@@ -24,7 +24,7 @@ import numpy as np
 from caffe2tf.rule.compiled import CompiledRule, host_scalars
 from caffe2tf.rule.jax_executor import jax_rule
 from caffe2tf.rule.model import UpdateRule
-from caffe2tf.verify.compare import Comparison, StreamingComparison
+from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.components import Run
 from caffe2tf.verify.stream_program import (
     gradient_function,
@@ -328,13 +328,7 @@ class DeviceEngine:
         ref_w = {k: jnp.copy(loaded[k]) if k in loaded else put(k) for k in jr.keys}
         ref_state = jax.device_put(jr.init_state(ref_w), self.device)
         w0 = {k: loaded[k] if k in loaded else put(k) for k in keys}
-        comparison = StreamingComparison(
-            run.init,
-            tolerance=tolerance,
-            keys=list(keys),
-            floor_fraction=run.floor_fraction,
-            norms=norms,
-        )
+        comparison = run.comparison(tolerance=tolerance, keys=keys, norms=norms)
         carry = (ref_w, ref_state, values, opt_values)
         blocks = []
         for n, rest in chunk_args(self.rule, run):

@@ -23,7 +23,7 @@ from caffe2tf.rule.model import UpdateRule
 from caffe2tf.rule.reference import ReferenceOptimizer, fast_forward
 from caffe2tf.rule.tf_executor import TfExecutor
 from caffe2tf.verify import keras_harness
-from caffe2tf.verify.compare import Comparison, StreamingComparison
+from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.components import Run
 from caffe2tf.verify.jax_compare import JaxComparer, run_device
 from caffe2tf.verify.tf_compare import (
@@ -68,13 +68,7 @@ def host_run(
     executor's weights are, or None for NumPy's comparison on the host (default: JAX's for a
     compiled executor on JAX, else NumPy's)."""
     timings = timings if timings is not None else {}
-    comparison = StreamingComparison(
-        run.init,
-        tolerance=tolerance,
-        keys=list(keys),
-        floor_fraction=run.floor_fraction,
-        norms=norms,
-    )
+    comparison = run.comparison(tolerance=tolerance, keys=keys, norms=norms)
     if reference is None and executor is None:
         executor = ReferenceOptimizer(rule, run.init, precision=run.dtype)
         if run.start:

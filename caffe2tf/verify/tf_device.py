@@ -25,7 +25,7 @@ import numpy as np
 from caffe2tf.rule.model import UpdateRule
 from caffe2tf.rule.tf_executor import TfExecutor
 from caffe2tf.verify import keras_harness
-from caffe2tf.verify.compare import Comparison, StreamingComparison
+from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.components import Run
 from caffe2tf.verify.device import chunk_args, program_kind
 from caffe2tf.verify.loops.tensorflow import tape_apply
@@ -119,13 +119,7 @@ class TfDeviceEngine:
                     w0[k] = tf.constant(np.asarray(run.init[k], run.dtype))
             executor = self._executor(run, w0)
             program = self._program(run, model, optimizer, pairs, executor, axes, list(keys), norms)
-        comparison = StreamingComparison(
-            run.init,
-            tolerance=tolerance,
-            keys=list(keys),
-            floor_fraction=run.floor_fraction,
-            norms=norms,
-        )
+        comparison = run.comparison(tolerance=tolerance, keys=keys, norms=norms)
         w0_list = [w0[k] for k in keys]
         for n, (idx, rates, corr, seed, salts, knobs) in chunk_args(self.rule, run):
             args = (

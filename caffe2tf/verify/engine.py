@@ -259,6 +259,14 @@ def compare_runs(
         if caffe_reference is not None and run.component == "stream":
             reference = caffe_reference(run)
         keep = norms and run.component == "stream"
+        on_tf_device = False  # the run went through the fused TensorFlow engine
+        if tf_engine is not None and reference is None:
+            on_tf_device = _fused_tf_run(
+                tf_engine, run, out, tolerance=tolerance, keys=keys, progress=progress,
+                timings=timings, norms=keep,
+            )  # fmt: skip
+            if not on_tf_device:  # XLA refused the step: the host engine from now on
+                refused, tf_engine = tf_engine.refused, None
         if engine is not None and reference is None:
             out.append(
                 engine.run(
@@ -271,14 +279,7 @@ def compare_runs(
                     ahead=runs[i + 1 :],
                 )
             )
-        elif tf_engine is not None and reference is None and _fused_tf_run(
-            tf_engine, run, out, tolerance=tolerance, keys=keys, progress=progress,
-            timings=timings, norms=keep,
-        ):  # fmt: skip
-            pass
-        else:
-            if tf_engine is not None and reference is None:  # refused: the host from now on
-                refused, tf_engine = tf_engine.refused, None
+        elif not on_tf_device:
             executor = gradients = comparer = None
             if on_tf:
                 executor, comparer = _tf_host_pieces(rule, run, tf_dev, tf_pool, norms=keep)

@@ -192,6 +192,16 @@ def chunk_args(rule: UpdateRule, run: Run) -> Iterator[tuple[int, tuple]]:
         yield n, (idx, r, c, seed, salts, knobs)
 
 
+def keras_layout_axes(model: Any, pairs: Any) -> dict[str, tuple[int, ...] | None]:
+    """Per trained blob of ``pairs`` (:func:`caffe2tf.verify.mirror.trained_pairs`), the axes
+    from Caffe's layout to its Keras variable's: the layout both fused engines make the
+    gradients in and run Caffe's rule in."""
+    from caffe2tf.verify.mirror import keras_axes
+
+    blobs = model.blob_variables()
+    return {k: keras_axes(blobs[k][1], blobs[k][2]) for k, _ in pairs}
+
+
 def _program_key(run: Run, length: int) -> tuple:
     """What one compiled chunk program serves: runs of one :func:`program_kind`, precision and
     set of blob shapes, ``length`` updates a call (the seed, start and knobs are arguments)."""
@@ -314,7 +324,7 @@ class DeviceEngine:
         jr = jax_rule(self.rule, list(run.init), precision=run.dtype)
         # Caffe's rule runs in Keras' layout (every step but the clip norm's sum is
         # elementwise): the gradients are made in it, and nothing is transposed per update
-        axes = self._axes(model, pairs)
+        axes = keras_layout_axes(model, pairs)
 
         def put(key: str) -> Any:
             value = np.asarray(run.init[key], dt)
@@ -349,14 +359,6 @@ class DeviceEngine:
                 progress(n)
         timings["device"] = timings.get("device", 0.0) + time.perf_counter() - t0
         return comparison.result()
-
-    @staticmethod
-    def _axes(model: Any, pairs: Any) -> dict[str, tuple[int, ...] | None]:
-        """Per trained blob, the axes from Caffe's layout to its Keras variable's."""
-        from caffe2tf.verify.mirror import keras_axes
-
-        blobs = model.blob_variables()
-        return {k: keras_axes(blobs[k][1], blobs[k][2]) for k, _ in pairs}
 
     def _executable(
         self,
@@ -394,7 +396,7 @@ class DeviceEngine:
         model, optimizer = built
         pairs = trained_pairs(model)
         jr = jax_rule(self.rule, list(run.init), precision=run.dtype)
-        axes = self._axes(model, pairs)
+        axes = keras_layout_axes(model, pairs)
         dt = np.dtype(np.float32 if run.dtype == "float32" else np.float64)
         where = SingleDeviceSharding(self.device) if self.device is not None else None
 
@@ -426,7 +428,7 @@ class DeviceEngine:
         import keras
 
         dt = jnp.float32 if run.dtype == "float32" else jnp.float64
-        gen = gradient_function(run.spec, run.shapes, self._axes(model, pairs))
+        gen = gradient_function(run.spec, run.shapes, keras_layout_axes(model, pairs))
         tkeys = [k for k, _ in pairs]
         tvars = [v for _, v in pairs]
         position = {k: i for i, k in enumerate(tkeys)}

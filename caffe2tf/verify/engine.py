@@ -259,14 +259,21 @@ def compare_runs(
         if caffe_reference is not None and run.component == "stream":
             reference = caffe_reference(run)
         keep = norms and run.component == "stream"
-        on_tf_device = False  # the run went through the fused TensorFlow engine
-        if tf_engine is not None and reference is None:
-            on_tf_device = _fused_tf_run(
-                tf_engine, run, out, tolerance=tolerance, keys=keys, progress=progress,
-                timings=timings, norms=keep,
-            )  # fmt: skip
-            if not on_tf_device:  # XLA refused the step: the host engine from now on
-                refused, tf_engine = tf_engine.refused, None
+        on_tf_device = tf_engine is not None and reference is None
+        if on_tf_device:
+            try:
+                out.append(
+                    tf_engine.run(
+                        run,
+                        tolerance=tolerance,
+                        keys=keys,
+                        progress=progress,
+                        timings=timings,
+                        norms=keep,
+                    )
+                )
+            except NotCompiled as e:  # before any update ran: the host engine from now on
+                refused, tf_engine, on_tf_device = str(e), None, False
         if engine is not None and reference is None:
             out.append(
                 engine.run(
@@ -327,18 +334,6 @@ def compare_runs(
     else:
         where = f"candidate on {backend}; Caffe's rule in NumPy on the host CPU"
     return out, where
-
-
-def _fused_tf_run(engine: TfDeviceEngine, run: Run, out: list[Comparison], **kw: Any) -> bool:
-    """``run`` on the fused TensorFlow engine, its comparison appended to ``out``; False (and
-    the reason in ``engine.refused``) where XLA refused the candidate's step before any update
-    ran."""
-    try:
-        out.append(engine.run(run, **kw))
-    except NotCompiled as e:
-        engine.refused = str(e)
-        return False
-    return True
 
 
 def _tf_host_pieces(

@@ -27,9 +27,9 @@ from caffe2tf.rule.tf_executor import TfExecutor
 from caffe2tf.verify import keras_harness
 from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.components import Run
-from caffe2tf.verify.device import chunk_args, program_kind
+from caffe2tf.verify.device import chunk_args, keras_layout_axes, program_kind
 from caffe2tf.verify.loops.tensorflow import tape_apply
-from caffe2tf.verify.mirror import keras_axes, trained_pairs
+from caffe2tf.verify.mirror import trained_pairs
 from caffe2tf.verify.stream_program import gradient_function, tf_ops
 
 #: the fused TensorFlow engine takes a verify of at least this many updates in all its runs
@@ -76,8 +76,6 @@ class TfDeviceEngine:
         self.session = keras_harness.CandidateSession(candidate)
         self.executors: dict[tuple, TfExecutor] = {}
         self.programs: dict[tuple, Any] = {}
-        #: why XLA refused the candidate's step (set by the caller on :class:`NotCompiled`)
-        self.refused = ""
 
     def _placed(self) -> Any:
         import contextlib
@@ -111,14 +109,19 @@ class TfDeviceEngine:
                 keras_harness.fast_forward(
                     optimizer, tvars, run.start * max(1, self.rule.iter_size)
                 )
-            axes = _axes(model, pairs)
             # w0: what the model loaded (Keras' layout), the other blobs as Caffe has them
             w0 = {k: tf.identity(v.value) for k, v in pairs}
             for k in run.init:
                 if k not in w0:
                     w0[k] = tf.constant(np.asarray(run.init[k], run.dtype))
             executor = self._executor(run, w0)
-            program = self._program(run, model, optimizer, pairs, executor, axes, list(keys), norms)
+            shapes = tuple(sorted(run.shapes.items()))
+            key = (program_kind(run.spec), run.dtype, run.spec.frozen, shapes, norms)
+            if key not in self.programs:  # XLA compiles it once per chunk length (two at most)
+                self.programs[key] = _chunk_program(
+                    run, model, optimizer, pairs, executor, list(keys), norms
+                )
+            program = self.programs[key]
         comparison = run.comparison(tolerance=tolerance, keys=keys, norms=norms)
         w0_list = [w0[k] for k in keys]
         for n, (idx, rates, corr, seed, salts, knobs) in chunk_args(self.rule, run):
@@ -161,35 +164,6 @@ class TfDeviceEngine:
             self.executors[key].reset(init, start=run.start, updates=run.updates)
         return self.executors[key]
 
-    def _program(
-        self,
-        run: Run,
-        model: Any,
-        optimizer: Any,
-        pairs: list[tuple[str, Any]],
-        executor: TfExecutor,
-        axes: Mapping[str, tuple[int, ...] | None],
-        keys: list[str],
-        norms: bool,
-    ) -> Any:
-        """The chunk program of runs like ``run`` (one ``tf.function``; XLA compiles it once
-        per chunk length, two at most per run: :func:`caffe2tf.verify.device.chunks_of`)."""
-        shapes = tuple(sorted(run.shapes.items()))
-        kind = program_kind(run.spec)
-        key = (kind, run.dtype, run.spec.iter_size, run.spec.frozen, shapes, norms)
-        if key not in self.programs:
-            iter_size = max(1, self.rule.iter_size)
-            self.programs[key] = _chunk_program(
-                run, model, optimizer, pairs, executor, axes, keys, iter_size, norms
-            )
-        return self.programs[key]
-
-
-def _axes(model: Any, pairs: Sequence[tuple[str, Any]]) -> dict[str, tuple[int, ...] | None]:
-    """Per trained blob, the axes from Caffe's layout to its Keras variable's."""
-    blobs = model.blob_variables()
-    return {k: keras_axes(blobs[k][1], blobs[k][2]) for k, _ in pairs}
-
 
 def _chunk_program(
     run: Run,
@@ -197,9 +171,7 @@ def _chunk_program(
     optimizer: Any,
     pairs: list[tuple[str, Any]],
     executor: TfExecutor,
-    axes: Mapping[str, tuple[int, ...] | None],
     keys: list[str],
-    iter_size: int,
     norms: bool,
 ) -> Any:
     """``program(ks, rates, corr, seed, salts, knobs, w0) -> (diffs, moved, flags[, norms])``:
@@ -210,7 +182,8 @@ def _chunk_program(
     import tensorflow as tf
 
     dt = tf.float32 if run.dtype == "float32" else tf.float64
-    gen = gradient_function(run.spec, run.shapes, axes, ops=tf_ops())
+    gen = gradient_function(run.spec, run.shapes, keras_layout_axes(model, pairs), ops=tf_ops())
+    iter_size = max(1, executor.cr.rule.iter_size)
     apply = tape_apply(model, optimizer, [v for _, v in pairs])
     position = {k: v for k, v in pairs}
     cr = executor.cr

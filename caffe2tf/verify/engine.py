@@ -259,33 +259,16 @@ def compare_runs(
         if caffe_reference is not None and run.component == "stream":
             reference = caffe_reference(run)
         keep = norms and run.component == "stream"
+        # what either fused engine takes for a run
+        fused_kw = dict(tolerance=tolerance, keys=keys, progress=progress, timings=timings)
         on_tf_device = tf_engine is not None and reference is None
         if on_tf_device:
             try:
-                out.append(
-                    tf_engine.run(
-                        run,
-                        tolerance=tolerance,
-                        keys=keys,
-                        progress=progress,
-                        timings=timings,
-                        norms=keep,
-                    )
-                )
+                out.append(tf_engine.run(run, norms=keep, **fused_kw))
             except NotCompiled as e:  # before any update ran: the host engine from now on
                 refused, tf_engine, on_tf_device = str(e), None, False
         if engine is not None and reference is None:
-            out.append(
-                engine.run(
-                    run,
-                    tolerance=tolerance,
-                    keys=keys,
-                    progress=progress,
-                    timings=timings,
-                    norms=keep,
-                    ahead=runs[i + 1 :],
-                )
-            )
+            out.append(engine.run(run, norms=keep, ahead=runs[i + 1 :], **fused_kw))
         elif not on_tf_device:
             executor = gradients = comparer = None
             if on_tf:

@@ -44,14 +44,6 @@ def _user_errors_exit_2(command: Callable[..., int | None]) -> Callable[..., Non
     return wrapper
 
 
-def _quiet_tensorflow() -> None:
-    """Import Keras/TensorFlow now, with their native start-up chatter (oneDNN, CUDA probing)
-    kept out of the report (see ``caffe2tf/_quiet.py``)."""
-    from caffe2tf._quiet import import_keras_quietly
-
-    import_keras_quietly()
-
-
 # Input paths are checked by the readers, not by click: a directory, a missing file or a net
 # given as the solver must be one ``file: error: ...`` line (exit 2), not click's usage block.
 _existing_file = click.Path(exists=False, dir_okay=True, path_type=Path)
@@ -386,8 +378,6 @@ def verify(
 ) -> int:
     """Run the emitted optimizer against Caffe's rule for N steps on seeded gradients."""
     use_compile_cache()
-    if target == "keras":
-        _quiet_tensorflow()
     from caffe2tf.app.verify import verify_solver
 
     report = verify_solver(
@@ -466,8 +456,6 @@ def check(
     if len(pairs) % 2:
         raise click.UsageError("give SOLVER OUT pairs (an even number of paths)")
     use_compile_cache()
-    if target == "keras":
-        _quiet_tensorflow()
     if manifest is not None or len(pairs) != 2 or jobs != 1 or junit is not None:
         if input_shapes:
             raise click.UsageError("--input-shape checks one SOLVER OUT pair (no --manifest)")

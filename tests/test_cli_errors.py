@@ -372,3 +372,47 @@ def test_binary_garbage_same_error_in_inspect_and_explain(work: Path) -> None:
     b = fails_cleanly(["explain", "garbage.bin"])
     assert a == b
     assert re.match(r"^garbage\.bin:\d+:\d+: error: ", a), a
+
+
+# -- 12. verify and check read their inputs before they import Keras ---------------------------
+
+BAD_RUNS = [
+    (["verify", "nonet.prototxt"], "nonet.prototxt: error: verify needs the train net"),
+    (["verify", "solver.prototxt", "--steps", "0"], "caffe2tf: error: --steps must be at least 1"),
+    (["verify", "solver.prototxt", "--module", "gone.py"], "gone.py: error: module gone.py"),
+    (["verify", "solver.prototxt", "--module", "adir"], "adir: error: is a directory"),
+    (["verify", "solver.prototxt", "--input-shape", "data=2,x"], "error: --input-shape"),
+    (["check", "solver.prototxt", "gone"], "gone"),
+]
+
+
+def test_bad_input_is_reported_before_keras_is_imported(work: Path) -> None:
+    """Importing Keras and TensorFlow takes seconds: a typo must not wait for it. One child
+    process runs every bad command in turn and lists the heavy modules loaded after each."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    (work / "nonet.prototxt").write_text(SOLVER.replace("net.prototxt", "missing.prototxt"))
+    code = textwrap.dedent(f"""
+        import json, sys
+        from click.testing import CliRunner
+        from caffe2tf.cli import cli
+        out = []
+        for args in {json.dumps([a for a, _ in BAD_RUNS])}:
+            res = CliRunner().invoke(cli, args)
+            loaded = {{m.split(".")[0] for m in sys.modules}}
+            heavy = sorted(loaded & {{"tensorflow", "keras", "jax"}})
+            out.append((res.exit_code, res.stderr.strip(), heavy))
+        print(json.dumps(out))
+    """)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=work
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads(res.stdout.splitlines()[-1])
+    for (args, expected), (exit_code, stderr, heavy) in zip(BAD_RUNS, results, strict=True):
+        assert exit_code == 2, (args, stderr)
+        assert expected in stderr, (args, stderr)
+        assert heavy == [], (args, heavy)

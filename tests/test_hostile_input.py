@@ -424,7 +424,6 @@ def test_verify_tolerance_must_be_finite_and_positive(
     from caffe2tf.app import verify as app_verify
 
     monkeypatch.setattr(app_verify, "load_pipeline", _no_run, raising=False)
-    monkeypatch.setattr("caffe2tf.cli._quiet_tensorflow", lambda: None)
     res = CliRunner().invoke(
         cli, ["verify", str(_lenet_solver(tmp_path)), "--tolerance", tolerance]
     )
@@ -447,7 +446,6 @@ def test_verify_plot_without_matplotlib_fails_before_the_run(
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     monkeypatch.setattr(app_verify, "load_pipeline", _no_run, raising=False)
-    monkeypatch.setattr("caffe2tf.cli._quiet_tensorflow", lambda: None)
     solver = _lenet_solver(tmp_path)
     res = CliRunner().invoke(cli, ["verify", str(solver), "--plot", str(tmp_path / "p.png")])
     assert _one_error_line(res) == (

@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from caffe2tf._quiet import import_keras_quietly
 from caffe2tf.app.pipeline import Pipeline, load_pipeline
 from caffe2tf.app.verify_report import RunResult, VerifyReport, caffe_trajectory
 from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
@@ -109,10 +110,6 @@ def _load_candidate(
     from caffe2tf.verify.candidate import load_module
 
     if module_path is not None:
-        if not Path(module_path).is_file():
-            raise InputError(
-                f"module {module_path} does not exist", SourceLocation(str(module_path))
-            )
         return load_module(module_path), str(module_path)
     from caffe2tf.app.convert import convert_solver
 
@@ -288,6 +285,14 @@ def verify_solver(
 
     results: list[RunResult] = []
     schedule = None
+    if module_path is not None and not Path(module_path).is_file():
+        where = SourceLocation(str(module_path))
+        if Path(module_path).is_dir():
+            raise InputError("is a directory, not a Python module", where)
+        raise InputError(f"module {module_path} does not exist", where)
+    # Keras (and TensorFlow, ~3 s) only now that the inputs are read: a bad recipe, net or
+    # flag is reported before it, in a fraction of a second
+    import_keras_quietly()
     with tempfile.TemporaryDirectory(prefix="caffe2tf-verify-") as tmp:
         t = time.perf_counter()
         module, module_label = _load_candidate(

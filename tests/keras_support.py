@@ -283,3 +283,37 @@ def run_fit(
         )
         traj.append(get_weights(model, names))
     return traj
+
+
+#: LeNet's emitted optimizer (``optimizer.py`` beside it) with one weight of each matrix turned
+#: NaN from the second update on, in ``keras.ops`` (any backend): verify must fail it as "not
+#: finite" on every engine
+ONE_NAN = '''"""LeNet's emitted optimizer; one weight of each matrix NaN from update 2."""
+import keras
+from keras import ops
+
+import optimizer as emitted
+
+
+class OneNaN(keras.optimizers.SGD):
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, learning_rate)
+        if len(variable.shape) == 2:
+            size = int(variable.shape[0]) * int(variable.shape[1])
+            hole = ops.concatenate([ops.array([float("nan")]), ops.zeros(size - 1)], 0)
+            hole = ops.reshape(ops.cast(hole, variable.dtype), variable.shape)
+            later = self.iterations >= 1
+            variable.assign(variable + ops.where(later, hole, ops.zeros_like(hole)))
+
+
+def build_optimizer():
+    plain = keras.optimizers.SGD
+    keras.optimizers.SGD = OneNaN  # the emitted sub-optimizers (LeNet's are SGD)
+    try:
+        return emitted.build_optimizer()
+    finally:
+        keras.optimizers.SGD = plain
+
+
+prepare_model = emitted.prepare_model
+'''

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pytest
 from conftest import require
 
@@ -170,3 +171,116 @@ def test_a_step_xla_cannot_compile_runs_on_the_host_engine(fused, tmp_path):
     assert report.passed, report.device
     assert "one XLA program" not in report.device
     assert "XLA refused the whole loop" in report.device and "PyFunc" in report.device
+
+
+def test_big_blobs_are_reduced_by_blocks_with_the_whole_blobs_figures(monkeypatch):
+    """``_blockwise`` over blocks of rows (and the rows left over) gives what one reduction of
+    the whole array gives; the extremes and the NaN sit in the last, partial block, so a block
+    left out shows."""
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf_device, "BLOCK_ELEMENTS", 1000)
+
+    def figures(r, c, s):  # a NaN counted as inf, as the loop counts it
+        d = tf.abs(c - r)
+        return (
+            tf.reduce_max(tf.where(tf.math.is_nan(d), np.float32(np.inf), d)),
+            tf.reduce_max(tf.abs(r - s)),
+            tf.reduce_sum(r * r),
+            tf.reduce_any(tf.math.is_nan(c)),
+        )
+
+    combine = (tf.maximum, tf.maximum, tf.add, tf.logical_or)
+    blocked = tf.function(lambda *a: tf_device._blockwise(a, figures, combine), jit_compile=True)
+    rng = np.random.default_rng(5)
+    for shape in [(103, 37), (7, 3, 11, 13)]:
+        r, c, s = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+        c[-1].flat[0] = r[-1].flat[0] + 9.0  # the largest |c - r|, in the last row
+        s[-1].flat[-1] = r[-1].flat[-1] - 7.0  # the largest |r - w0|
+        c_nan = c.copy()
+        c_nan[-1].flat[1] = np.nan
+        for cand in (c, c_nan):
+            got = [x.numpy() for x in blocked(r, cand, s)]
+            whole = [x.numpy() for x in figures(r, cand, s)]
+            assert got[0] == whole[0] == (np.inf if cand is c_nan else np.float32(9.0))
+            assert got[1] == whole[1] == np.float32(7.0)
+            assert got[3] == whole[3] == (cand is c_nan)
+            assert got[2] == pytest.approx(whole[2], rel=1e-5)
+
+
+def test_the_loop_reduces_big_blobs_by_blocks_to_the_same_figures(fused, monkeypatch):
+    """LeNet with blocks of 4,096 elements (every blob but the biases cut) against LeNet with
+    every blob reduced whole: the same maxima, norms within float32 sums' rounding; a wrong
+    port still fails."""
+    whole = verify_solver("fixtures/lenet/solver.prototxt", steps=3, norms=True)
+    monkeypatch.setattr(tf_device, "BLOCK_ELEMENTS", 2**12)
+    blocked = verify_solver("fixtures/lenet/solver.prototxt", steps=3, norms=True)
+    assert "one XLA program" in blocked.device and blocked.passed
+    for a, b in zip(whole.runs, blocked.runs, strict=True):
+        assert a.comparison.travelled == b.comparison.travelled
+        assert a.comparison.per_blob_step == b.comparison.per_blob_step
+    ref_a = whole.runs[0].comparison.reference_norms
+    ref_b = blocked.runs[0].comparison.reference_norms
+    for k in ref_a:
+        assert ref_b[k] == pytest.approx(ref_a[k], rel=1e-5)
+
+
+def test_index_arrays_made_in_every_update_give_the_same_figures(fused, monkeypatch):
+    """Above HOIST_MAX_ELEMENTS weights the loop adds a loop-variant zero to every element's
+    index (so XLA makes the index arrays in each update instead of holding them): LeNet run
+    so moves its weights as far as LeNet run with the arrays kept, and a planted origin of one
+    (every gradient element taken from its neighbour's hash) changes that."""
+    kept = verify_solver("fixtures/lenet/solver.prototxt", steps=3)
+    monkeypatch.setattr(tf_device, "HOIST_MAX_ELEMENTS", 0)
+    remade = verify_solver("fixtures/lenet/solver.prototxt", steps=3)
+    assert "one XLA program" in remade.device and remade.passed
+    for a, b in zip(kept.runs, remade.runs, strict=True):
+        # the same gradients; XLA fuses the two programs' updates apart (float32 roundings)
+        assert b.comparison.travelled == pytest.approx(a.comparison.travelled, rel=1e-6)
+        assert a.comparison.deviation < 1e-5 and b.comparison.deviation < 1e-5
+
+    def one(origin, k):  # planted: an origin of one from the second update on
+        import tensorflow as tf
+
+        return tf.bitwise.bitwise_or(origin, tf.constant(1, tf.uint32))
+
+    monkeypatch.setattr(tf_device, "_next_origin", one)
+    shifted = verify_solver("fixtures/lenet/solver.prototxt", steps=3)
+    moved = [r.comparison.travelled for r in shifted.runs if r.component == "stream"]
+    before = [r.comparison.travelled for r in kept.runs if r.component == "stream"]
+    assert moved != pytest.approx(before, rel=1e-4)
+
+
+def test_one_nan_weight_is_reported_on_both_engines(fused, tmp_path, monkeypatch):
+    """TensorFlow's XLA takes a maximum over NaN as the maximum of the rest (its fast min/max
+    on the CPU): one NaN weight must still fail the run, with the message the host engine
+    gives."""
+    from caffe2tf.app.convert import convert_solver
+
+    out = tmp_path / "lenet"
+    convert_solver("fixtures/lenet/solver.prototxt", out_dir=out)
+    from keras_support import ONE_NAN
+
+    (out / "one_nan.py").write_text(ONE_NAN)
+    import sys
+
+    sys.path.insert(0, str(out))
+    try:
+        reports = {}
+        for engine, least in (("fused", 0), ("host", 10**9)):
+            monkeypatch.setattr(tf_device, "FUSED_MIN_UPDATES", least)
+            reports[engine] = verify_solver(
+                "fixtures/lenet/solver.prototxt", steps=3, module_path=out / "one_nan.py"
+            )
+            sys.modules.pop("optimizer", None)
+    finally:
+        sys.path.remove(str(out))
+    fused_report, host_report = reports["fused"], reports["host"]
+    assert "one XLA program" in fused_report.device
+    assert "one XLA program" not in host_report.device
+    for report in (fused_report, host_report):
+        assert not report.passed
+        stream = report.runs[0].comparison
+        assert stream.nonfinite.startswith("the candidate has NaN in "), stream.nonfinite
+        assert stream.nonfinite.endswith("after update 2"), stream.nonfinite
+    assert fused_report.runs[0].comparison.nonfinite == host_report.runs[0].comparison.nonfinite

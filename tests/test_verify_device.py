@@ -180,3 +180,29 @@ def test_programs_compiled_ahead_give_the_same_runs():
     assert ["stream", "float32", 50] in out["ready"] and ["stream", "float32", 10] in out["ready"]
     assert ["probe", "float64", 30] in out["ready"], out
     assert "clipping" in out["components"] and all(out["same"]), out
+
+
+def test_one_nan_weight_fails_the_jax_program(tmp_path):
+    """XLA:CPU's reductions of big arrays take a maximum over a NaN as the maximum of the
+    rest: one NaN weight in LeNet's 400,000-weight blob must still fail the fused JAX run."""
+    from keras_support import ONE_NAN
+
+    out = tmp_path / "lenet"
+    res = CliRunner().invoke(cli, ["convert", "fixtures/lenet/solver.prototxt", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    (out / "one_nan.py").write_text(ONE_NAN)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["PYTHONPATH"] = os.pathsep.join([str(out), env.get("PYTHONPATH", "")])
+    args = ["verify", "fixtures/lenet/solver.prototxt", "--steps", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "caffe2tf", *args, "--module", str(out / "one_nan.py")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert "one JAX program" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == "FAIL: not finite: the candidate has NaN in ip1/0 after update 2", last

@@ -474,8 +474,15 @@ class DeviceEngine:
             for the whole update) are the sides looked at and ``|r - w0|``'s finite part
             taken."""
             live = [(key, r, c) for key, r, c in pairs_rc if r.size]
-            diffs = {key: jnp.max(jnp.abs(c - r)) for key, r, c in live}
-            moved = {key: jnp.max(jnp.abs(r - w0[key])) for key, r, _ in live}
+
+            def biggest(x: Any) -> Any:
+                """``max(x)``, a NaN counted as inf: XLA:CPU's reductions of big arrays
+                (YNNPACK's) take the maximum of the other elements, and the NaN must send
+                the update to ``looked_at``."""
+                return jnp.max(jnp.where(jnp.isnan(x), jnp.inf, x))
+
+            diffs = {key: biggest(jnp.abs(c - r)) for key, r, c in live}
+            moved = {key: biggest(jnp.abs(r - w0[key])) for key, r, _ in live}
             zero, no = dt(0), jnp.zeros(4, bool)
 
             def stack(d: dict, m: dict, f: dict) -> tuple[Any, Any, Any]:

@@ -233,7 +233,7 @@ def gradient_function(
             # each axis' term made in one dimension and broadcast (the origin in the first:
             # every sum of terms then depends on it)
             term = ops.mul(ops.arange(out[d]), u(int(strides[a])))
-            if idx is None and origin is not None:
+            if origin is not None:
                 term = ops.add(term, origin)
             term = ops.broadcast_in_dim(term, out, (d,))
             idx = term if idx is None else ops.add(idx, term)

@@ -27,7 +27,13 @@ from caffe2tf.rule.tf_executor import TfExecutor
 from caffe2tf.verify import keras_harness
 from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.components import Run
-from caffe2tf.verify.device import chunk_args, keras_layout_axes, program_kind
+from caffe2tf.verify.device import (
+    HOIST_MAX_ELEMENTS,
+    chunk_args,
+    keras_layout_axes,
+    program_kind,
+)
+from caffe2tf.verify.jax_compare import BLOCK_ELEMENTS
 from caffe2tf.verify.loops.tensorflow import tape_apply
 from caffe2tf.verify.mirror import trained_pairs
 from caffe2tf.verify.stream_program import gradient_function, tf_ops
@@ -38,11 +44,13 @@ from caffe2tf.verify.stream_program import gradient_function, tf_ops
 #: "Session 10"; LeNet's --steps 1000 makes 1,360), or of this much work (weights x updates)
 FUSED_MIN_UPDATES = 1000
 FUSED_MIN_WORK = 1e9
-#: and of a net of at most this many weights, for which XLA may keep the gradients' per-blob
-#: tables across a chunk's updates, as on JAX (:data:`caffe2tf.verify.device.
-#: HOIST_MAX_ELEMENTS`). VGG16 on this engine, with the tables made in every update, peaked at
-#: 5.7 GB (the first chunk, while XLA compiled the loop, 1.1 GB above the later ones) against
-#: 4.3 GB on the host engine (bench/RESULTS.md "Session 10")
+#: and of a net of at most this many weights. The loop can hold bigger ones: above
+#: :data:`~caffe2tf.verify.device.HOIST_MAX_ELEMENTS` weights it makes the gradients' index
+#: arrays in every update, and it reduces each blob above
+#: :data:`~caffe2tf.verify.jax_compare.BLOCK_ELEMENTS` by blocks. Yet VGG16 on it peaks at
+#: 4.6-4.9 GiB against the host engine's 4.3 (``--steps 20``: 65-69 s against 6.7 min), 1-9%
+#: above the stricter memory bound (bench/RESULTS.md "Session 11"), so such nets stay on the
+#: host engine
 FUSED_MAX_ELEMENTS = 2**24
 
 
@@ -187,6 +195,7 @@ def _chunk_program(
     apply = tape_apply(model, optimizer, [v for _, v in pairs])
     position = {k: v for k, v in pairs}
     cr = executor.cr
+    keep_tables = sum(int(np.prod(v)) for v in run.shapes.values()) <= HOIST_MAX_ELEMENTS
 
     def compare(w0: list[Any]) -> tuple[Any, ...]:
         sides = []
@@ -194,30 +203,52 @@ def _chunk_program(
             r = executor.weights[key].read_value() if key in executor.weights else start
             c = position[key].value if key in position else start
             sides.append((r, c, start))
-        zero = tf.zeros((), dt)
+        zero, no = tf.zeros((), dt), tf.zeros((), tf.bool)
         live = [int(np.prod(r.shape)) > 0 for r, _, _ in sides]
 
-        def biggest(x: Any, there: bool) -> Any:
-            return tf.reduce_max(x) if there else zero
+        def per_blob(fn: Callable[..., tuple], combine: tuple, empty: tuple) -> list[tuple]:
+            """``fn(r, c, w0)``'s figures of every blob, a big one's by blocks (``combine``:
+            how two blocks' figures make one); ``empty``: those of an empty blob."""
+            return [
+                _blockwise(side, fn, combine) if ok else empty
+                for side, ok in zip(sides, live, strict=True)
+            ]
 
-        pairs_live = list(zip(sides, live, strict=True))
-        diffs = tf.stack([biggest(tf.abs(c - r), ok) for (r, c, _), ok in pairs_live])
-        moved = [biggest(tf.abs(r - s), ok) for (r, _, s), ok in pairs_live]
-        finite = tf.reduce_all(tf.math.is_finite(tf.concat([diffs, tf.stack(moved)], 0)))
+        inf = tf.constant(np.inf, dt)
+
+        def apart(r: Any, c: Any, s: Any) -> tuple[Any, Any]:
+            """``max|c - r|`` and ``max|r - w0|``, a NaN counted as inf: TensorFlow's XLA
+            takes the maximum of the other elements (its fast min/max on the CPU), and the
+            NaN must send the update to :func:`looked_at`"""
+            d, m = tf.abs(c - r), tf.abs(r - s)
+            d, m = (tf.where(tf.math.is_nan(x), inf, x) for x in (d, m))
+            return tf.reduce_max(d), tf.reduce_max(m)
+
+        figures = per_blob(apart, (tf.maximum, tf.maximum), (zero, zero))
+        diffs = tf.stack([d for d, _ in figures])
+        moved = tf.stack([m for _, m in figures])
+        finite = tf.reduce_all(tf.math.is_finite(tf.concat([diffs, moved], 0)))
 
         def fine() -> tuple[Any, Any]:
-            return tf.stack(moved), tf.zeros((len(keys), 4), tf.bool)
+            return moved, tf.zeros((len(keys), 4), tf.bool)
 
         def looked_at() -> tuple[Any, Any]:
             """A NaN or inf: each side looked at, and ``|r - w0|``'s finite part taken."""
-            m, f = [], []
-            for (r, c, s), ok in zip(sides, live, strict=True):
+
+            def seen(r: Any, c: Any, s: Any) -> tuple[Any, ...]:
                 d = tf.abs(r - s)
-                m.append(biggest(tf.where(tf.math.is_finite(d), d, zero), ok))
-                checks = [tf.math.is_nan(x) for x in (r, c)] + [tf.math.is_inf(x) for x in (r, c)]
-                nan_r, nan_c, inf_r, inf_c = (tf.reduce_any(x) if ok else False for x in checks)
-                f.append(tf.stack([nan_r, inf_r, nan_c, inf_c]))
-            return tf.stack(m), tf.stack(f)
+                far = tf.reduce_max(tf.where(tf.math.is_finite(d), d, zero))
+                checks = (
+                    tf.math.is_nan(r),
+                    tf.math.is_inf(r),
+                    tf.math.is_nan(c),
+                    tf.math.is_inf(c),
+                )
+                return (far, *(tf.reduce_any(x) for x in checks))
+
+            anyof = tf.logical_or
+            found = per_blob(seen, (tf.maximum, anyof, anyof, anyof, anyof), (zero, *[no] * 4))
+            return tf.stack([f[0] for f in found]), tf.stack([tf.stack(f[1:]) for f in found])
 
         moved_out, flags = tf.cond(finite, fine, looked_at)
         if not norms:
@@ -225,28 +256,74 @@ def _chunk_program(
         # the weight-norm trajectories of verify --plot: (||r||, ||c||), any layout; only
         # where asked, unlike on JAX: TensorFlow's XLA sums these slowly (LeNet: the loop
         # took 1.6 ms an update with them, 0.66 without, bench/RESULTS.md)
-        weights = tf.stack(
-            [tf.stack([tf.sqrt(tf.reduce_sum(r * r)), tf.sqrt(tf.reduce_sum(c * c))])
-             for r, c, _ in sides]
-        )  # fmt: skip
-        return diffs, moved_out, flags, weights
+
+        def squares(r: Any, c: Any, _: Any) -> tuple[Any, Any]:
+            return tf.reduce_sum(r * r), tf.reduce_sum(c * c)
+
+        sums = per_blob(squares, (tf.add, tf.add), (zero, zero))
+        return diffs, moved_out, flags, tf.sqrt(tf.stack([tf.stack(x) for x in sums]))
 
     def chunk(ks, rates, corr, seed, salts, knobs, w0):  # noqa: ANN001, ANN202
         n = int(ks.shape[0])
         out = [tf.TensorArray(t, size=n) for t in (dt, dt, tf.bool, dt)[: 4 if norms else 3]]
 
-        def body(i: Any, *arrays: Any) -> tuple[Any, ...]:
-            micro, diff = gen(ks[i], seed, salts, knobs)
+        def body(i: Any, origin: Any, *arrays: Any) -> tuple[Any, ...]:
+            micro, diff = gen(ks[i], seed, salts, knobs, None if keep_tables else origin)
             for j in range(iter_size):
                 apply([micro[j][key] for key in position])
             executor.apply([diff[k] for k in cr.keys], rates[i], corr[i])
             ys = compare(w0)
-            return (i + 1, *(a.write(i, y) for a, y in zip(arrays, ys, strict=True)))
+            origin = _next_origin(origin, ks[i])
+            return (i + 1, origin, *(a.write(i, y) for a, y in zip(arrays, ys, strict=True)))
 
-        done = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), *out))
-        return tuple(a.stack() for a in done[1:])
+        start = (tf.constant(0), tf.constant(0, tf.uint32), *out)
+        done = tf.while_loop(lambda i, *_: i < n, body, start)
+        return tuple(a.stack() for a in done[2:])
 
     return tf.function(chunk, jit_compile=True, autograph=False)
+
+
+def _next_origin(origin: Any, k: Any) -> Any:
+    """The loop's origin for the next update: ``origin & k``, a zero (the origin starts at
+    zero) that XLA cannot prove constant across the loop, since it changes with the update's
+    number; so the index arrays it is added to are made in every update, not held whole."""
+    import tensorflow as tf
+
+    return tf.bitwise.bitwise_and(origin, tf.cast(k, tf.uint32))
+
+
+def _blockwise(
+    arrays: Sequence[Any], fn: Callable[..., tuple], combine: Sequence[Callable]
+) -> tuple[Any, ...]:
+    """``fn(*arrays)`` (a tuple of scalars) for arrays of one shape; above
+    :data:`~caffe2tf.verify.jax_compare.BLOCK_ELEMENTS` elements, over blocks of whole rows of
+    their first axis in a ``tf.while_loop`` (plus the rows left over), each block's figures
+    folded into the last's by ``combine`` (one binary operation per figure: maximum, or, sum).
+    XLA materialises ``|c - r|`` before it reduces it; by blocks it holds one block's such
+    temporaries, not the whole blob's (VGG16's fc6: 411 MB for each difference)."""
+    import tensorflow as tf
+
+    shape = [int(d) for d in arrays[0].shape]
+    n = int(np.prod(shape, dtype=np.int64))
+    if not shape or n <= BLOCK_ELEMENTS:
+        return tuple(fn(*arrays))
+    step = max(1, BLOCK_ELEMENTS // max(1, n // shape[0]))
+    blocks, left = divmod(shape[0], step)
+
+    def rows(at: Any, count: int) -> list[Any]:
+        begin = [at] + [0] * (len(shape) - 1)
+        return [tf.slice(a, begin, [count, *shape[1:]]) for a in arrays]
+
+    def body(i: Any, *acc: Any) -> tuple[Any, ...]:
+        figures = fn(*rows(i * step, step))
+        return (i + 1, *(op(a, f) for op, a, f in zip(combine, acc, figures, strict=True)))
+
+    first = tuple(fn(*rows(0, step)))
+    done = tf.while_loop(lambda i, *_: i < blocks, body, (tf.constant(1), *first))[1:]
+    if left:
+        rest = fn(*rows(blocks * step, left))
+        done = tuple(op(a, f) for op, a, f in zip(combine, done, rest, strict=True))
+    return tuple(done)
 
 
 __all__ = [

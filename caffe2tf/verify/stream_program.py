@@ -230,8 +230,9 @@ def gradient_function(
         out = shape_of(key)
         idx = None
         for d, a in enumerate(perm):
-            # each axis' term made in one dimension and broadcast (the origin in the first:
-            # every sum of terms then depends on it)
+            # each axis' term made in one dimension and broadcast, the origin added to every
+            # term (with it in the first only, TensorFlow folded the others, broadcast, into
+            # blob-sized constants while converting the loop to XLA: bench/RESULTS.md)
             term = ops.mul(ops.arange(out[d]), u(int(strides[a])))
             if origin is not None:
                 term = ops.add(term, origin)

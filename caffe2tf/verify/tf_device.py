@@ -219,7 +219,7 @@ def _chunk_program(
         def apart(r: Any, c: Any, s: Any) -> tuple[Any, Any]:
             """``max|c - r|`` and ``max|r - w0|``, a NaN counted as inf: TensorFlow's XLA
             takes the maximum of the other elements (its fast min/max on the CPU), and the
-            NaN must send the update to :func:`looked_at`"""
+            NaN must send the update to :func:`looked_at`."""
             d, m = tf.abs(c - r), tf.abs(r - s)
             d, m = (tf.where(tf.math.is_nan(x), inf, x) for x in (d, m))
             return tf.reduce_max(d), tf.reduce_max(m)

@@ -73,7 +73,8 @@ def test_which_verifies_the_fused_engine_takes():
     assert tf_device.fused_applies(runs(lenet, 1000, 300, 60))  # --steps 1000
     assert not tf_device.fused_applies(runs(lenet, 100, 300, 60))  # --steps 100
     assert tf_device.fused_applies(runs({"a": (4000, 1000)}, 100, 200))  # 1.2e9 weight-updates
-    assert not tf_device.fused_applies(runs(vgg16, 1000, 3000))  # above 2^24 weights
+    assert tf_device.fused_applies(runs(vgg16, 20, 150))  # VGG16 --steps 20: any size
+    assert not tf_device.fused_applies(runs({"a": (10, 10)}, 999))
     assert not tf_device.fused_applies([])
 
 
@@ -284,3 +285,47 @@ def test_one_nan_weight_is_reported_on_both_engines(fused, tmp_path, monkeypatch
         assert stream.nonfinite.startswith("the candidate has NaN in "), stream.nonfinite
         assert stream.nonfinite.endswith("after update 2"), stream.nonfinite
     assert fused_report.runs[0].comparison.nonfinite == host_report.runs[0].comparison.nonfinite
+
+
+def test_the_host_copy_of_the_seeded_weights_is_let_go_during_the_loop(fused, monkeypatch):
+    """The fused loop runs with the host's seeded initial weights released (VGG16: 552 MB
+    less at its peak), and the runs' figures are those of weights held throughout."""
+    import caffe2tf.app.verify as app_verify
+    from caffe2tf.verify.inputs import SeededWeights, initial_weights
+
+    made: list[SeededWeights] = []
+
+    def seeded(shapes, seed):
+        made.append(SeededWeights(shapes, seed))
+        return made[-1]
+
+    held_in_loop: list[bool] = []
+    plain_program = tf_device._chunk_program
+
+    def watched(*args, **kwargs):
+        program = plain_program(*args, **kwargs)
+
+        def call(*a):
+            held_in_loop.append(any(s.drawn for s in made))
+            return program(*a)
+
+        return call
+
+    monkeypatch.setattr(app_verify, "SeededWeights", seeded)
+    monkeypatch.setattr(tf_device, "_chunk_program", watched)
+    released = verify_solver("fixtures/lenet/solver.prototxt", steps=60)
+    assert released.passed and "one XLA program" in released.device
+    assert held_in_loop and not any(held_in_loop)
+    # the watch has teeth: an engine that keeps the host's copy is seen holding it
+    held_in_loop.clear()
+    monkeypatch.setattr(tf_device, "release_host_copy", lambda weights: None)
+    verify_solver("fixtures/lenet/solver.prototxt", steps=60)
+    assert held_in_loop and all(held_in_loop)
+    # the same runs with the weights a plain dict, held all along
+    monkeypatch.setattr(app_verify, "SeededWeights", initial_weights)
+    held = verify_solver("fixtures/lenet/solver.prototxt", steps=60)
+    for a, b in zip(held.runs, released.runs, strict=True):
+        assert (a.component, a.start) == (b.component, b.start)
+        assert a.comparison.per_step == b.comparison.per_step
+        assert a.comparison.travelled == b.comparison.travelled
+        assert a.comparison.floor == b.comparison.floor

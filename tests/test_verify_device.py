@@ -206,3 +206,66 @@ def test_one_nan_weight_fails_the_jax_program(tmp_path):
     assert proc.returncode == 1, proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
     assert last == "FAIL: not finite: the candidate has NaN in ip1/0 after update 2", last
+
+
+RELEASE = textwrap.dedent("""
+    import json
+    from caffe2tf._quiet import import_keras_quietly
+    import_keras_quietly()
+    import caffe2tf.app.verify as app_verify
+    from caffe2tf.verify import device
+    from caffe2tf.verify.inputs import SeededWeights, initial_weights
+    made, held = [], []
+
+    def seeded(shapes, seed):
+        made.append(SeededWeights(shapes, seed))
+        return made[-1]
+
+    plain = device.DeviceEngine._executable
+
+    def watched(self, *args):
+        program = plain(self, *args)
+
+        def call(*a):
+            held.append(any(s.drawn for s in made))
+            return program(*a)
+
+        return call
+
+    app_verify.SeededWeights = seeded
+    device.DeviceEngine._executable = watched
+    out = {}
+    released = app_verify.verify_solver("fixtures/lenet/solver.prototxt", steps=60)
+    out["released"] = [released.passed, released.device, held[:]]
+    held.clear()
+    device.release_host_copy = lambda weights: None  # planted: the host's copy kept
+    app_verify.verify_solver("fixtures/lenet/solver.prototxt", steps=60)
+    out["kept"] = held[:]
+    app_verify.SeededWeights = initial_weights  # a plain dict, held throughout
+    whole = app_verify.verify_solver("fixtures/lenet/solver.prototxt", steps=60)
+    out["same"] = [
+        (a.component, a.comparison.per_step, a.comparison.travelled, a.comparison.floor)
+        == (b.component, b.comparison.per_step, b.comparison.travelled, b.comparison.floor)
+        for a, b in zip(whole.runs, released.runs)
+    ]
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_the_jax_program_runs_with_the_hosts_seeded_weights_let_go():
+    """As on TensorFlow (tests/test_tf_device.py): every chunk of the fused JAX program runs
+    with the host's seeded initial weights released, to the figures of weights held
+    throughout; an engine that keeps them is seen doing so."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", RELEASE], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    out = json.loads(line[len("RESULT") :])
+    passed, where, held = out["released"]
+    assert passed and "one JAX program" in where, out
+    assert held and not any(held), out
+    assert out["kept"] and all(out["kept"]), out
+    assert out["same"] and all(out["same"]), out

@@ -41,8 +41,8 @@ from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
 from caffe2tf.verify import components
 from caffe2tf.verify.inputs import (
     PROGRESS_MIN_STEPS,
+    SeededWeights,
     backend_and_device,
-    initial_weights,
     mirror_notes,
     never_written_blobs,
 )
@@ -276,7 +276,7 @@ def verify_solver(
     layers = mirror.mirror_layers_from_rule(rule, given_map)
     shapes = {p.key: tuple(int(d) for d in p.shape or ()) for p in rule.params}
     iter_size = max(1, int(rule.iter_size))
-    init = initial_weights(shapes, seed)
+    init = SeededWeights(shapes, seed)  # drawn when first read; a fused engine lets go of it
     unwritten = never_written_blobs(rule.params, rule.force_backward)
     runs = components.plan_runs(
         rule, shapes, init, steps=steps, seed=seed, frozen=frozen_keys(unwritten)

@@ -264,11 +264,14 @@ class StreamingComparison:
     """:func:`compare_trajectories` reduced as the updates come: :meth:`observe` takes the
     weights after one update on both sides, keeps per blob the largest ``|cand - ref|`` and
     ``|ref - w0|`` of that update (scalars) and forgets the arrays; :meth:`result` divides by
-    the scale once the run is over. Memory: ``init`` and a few floats per update, whatever the
-    number of updates. The same verdict and figures as :func:`compare_trajectories`, up to
-    the rounding of the differences in the weights' own precision (relative 2^-24 in float32;
-    ``|cand - ref|`` is exact wherever the two are within a factor 2 of each other, i.e.
-    wherever the deviation is small)."""
+    the scale once the run is over. Memory: a few floats per update, whatever the number of
+    updates. ``init`` is read when the comparison is made (its largest weight, for the floor,
+    and whether it is finite) and by :meth:`observe`, but not held, so a device engine, which
+    feeds :meth:`observe_block`, can let go of seeded weights during its run
+    (:class:`caffe2tf.verify.inputs.SeededWeights`). The same verdict and figures as
+    :func:`compare_trajectories`, up to the rounding of the differences in the weights' own
+    precision (relative 2^-24 in float32; ``|cand - ref|`` is exact wherever the two are
+    within a factor 2 of each other, i.e. wherever the deviation is small)."""
 
     def __init__(
         self,
@@ -284,11 +287,23 @@ class StreamingComparison:
         self.keys = tuple(keys) if keys is not None else tuple(init)
         self.tolerance = float(tolerance)
         self.floor_fraction = floor_fraction
-        self.w0 = {k: np.asarray(init[k]) for k in self.keys}
+        self.init = init
+        self.shapes: dict[str, tuple[int, ...]] = {}
         self.nonfinite = ""
+        largest = 0.0  # max |w0| over the finite weights of every compared blob
         for k in self.keys:
-            if not _finite(self.w0[k]):
-                self.nonfinite = self.nonfinite or f"init has {_what(self.w0[k])} in {k}"
+            w0 = np.asarray(init[k])
+            self.shapes[k] = w0.shape
+            if not w0.size:
+                continue
+            # the extremes first: no temporary as big as the blob (VGG16's fc6: 411 MB)
+            hi, lo = float(np.max(w0)), float(np.min(w0))
+            if math.isfinite(hi) and math.isfinite(lo):
+                largest = max(largest, hi, -lo)
+                continue
+            largest = max(largest, float(np.max(np.abs(w0), where=np.isfinite(w0), initial=0)))
+            self.nonfinite = self.nonfinite or f"init has {_what(w0)} in {k}"
+        self.largest_init = largest
         self.travelled = 0.0
         self.diffs: dict[str, list[float]] = {k: [] for k in self.keys}
         #: per blob, (||ref_t||, ||cand_t||) for each update t (the weight-norm trajectories
@@ -310,13 +325,13 @@ class StreamingComparison:
                     value = np.asarray(ws[k])
                 except KeyError:
                     raise ValueError(f"{who} lacks {k!r} at step {t}") from None
-                if value.shape != self.w0[k].shape:
+                if value.shape != self.shapes[k]:
                     raise ValueError(
                         f"{who} {k!r} at step {t} has shape {value.shape}, "
-                        f"init has {self.w0[k].shape}"
+                        f"init has {self.shapes[k]}"
                     )
                 sides.append(value)
-            w0 = self.w0[k]
+            w0 = np.asarray(self.init[k])
             if w0.size == 0:
                 self.diffs[k].append(0.0)
                 if self.keep_norms:
@@ -361,7 +376,7 @@ class StreamingComparison:
         for k in self.keys:
             if norms is not None and self.keep_norms:
                 self.norms[k].append((float(norms[k][0]), float(norms[k][1])))
-            if self.w0[k].size == 0:
+            if not math.prod(self.shapes[k]):
                 self.diffs[k].append(0.0)
                 continue
             m = float(moved[k])
@@ -407,7 +422,7 @@ class StreamingComparison:
         for i, k in enumerate(self.keys):
             if norms is not None and self.keep_norms:
                 self.norms[k].extend(map(tuple, norms[:, i, :].tolist()))
-            if self.w0[k].size == 0:
+            if not math.prod(self.shapes[k]):
                 self.diffs[k].extend([0.0] * n)
                 continue
             m = moved[:, i][np.isfinite(moved[:, i])]
@@ -418,10 +433,7 @@ class StreamingComparison:
     def result(self) -> Comparison:
         """The :class:`Comparison` of the updates observed so far."""
         keys, steps = self.keys, self.steps
-        floor = self.floor_fraction * max(
-            (float(np.max(np.abs(v), initial=0.0, where=np.isfinite(v))) for v in self.w0.values()),
-            default=0.0,
-        )
+        floor = self.floor_fraction * self.largest_init
         scale = max(self.travelled, floor)
         if not scale > 0:
             scale = 1.0

@@ -56,6 +56,7 @@ from caffe2tf.rule.model import (
 from caffe2tf.rule.schedules import boundaries
 from caffe2tf.verify import streams
 from caffe2tf.verify.compare import StreamingComparison
+from caffe2tf.verify.inputs import SeededWeights
 from caffe2tf.verify.streams import GradientSpec
 
 Grads = list[dict[str, np.ndarray]]
@@ -177,7 +178,12 @@ def plan_runs(
     """Every run of every component that applies to ``rule`` (see the module docstring).
     ``frozen``: blobs whose gradient Caffe never writes (they get zero in every run)."""
     iter_size = max(1, rule.iter_size)
-    init32 = {k: np.asarray(v, np.float32) for k, v in init.items()}
+    # seeded weights stay as they are (float32 already), so that a fused engine can let go
+    # of their arrays (:class:`caffe2tf.verify.inputs.SeededWeights`)
+    if isinstance(init, SeededWeights):
+        init32: Mapping[str, np.ndarray] = init
+    else:
+        init32 = {k: np.asarray(v, np.float32) for k, v in init.items()}
     frozen = tuple(frozen)
     shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
     small = probe_shapes(shapes)

@@ -26,6 +26,7 @@ from caffe2tf.rule.jax_executor import jax_rule
 from caffe2tf.rule.model import UpdateRule
 from caffe2tf.verify.compare import Comparison
 from caffe2tf.verify.components import Run
+from caffe2tf.verify.inputs import release_host_copy
 from caffe2tf.verify.stream_program import (
     gradient_function,
     knobs_of,
@@ -339,6 +340,7 @@ class DeviceEngine:
         ref_state = jax.device_put(jr.init_state(ref_w), self.device)
         w0 = {k: loaded[k] if k in loaded else put(k) for k in keys}
         comparison = run.comparison(tolerance=tolerance, keys=keys, norms=norms)
+        release_host_copy(run.init)  # the device holds the weights now (as on TensorFlow)
         carry = (ref_w, ref_state, values, opt_values)
         blocks = []
         for n, rest in chunk_args(self.rule, run):

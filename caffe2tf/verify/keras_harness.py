@@ -50,6 +50,7 @@ import numpy as np
 
 from caffe2tf.errors import InputError
 from caffe2tf.verify.candidate import Candidate, candidate_from_module
+from caffe2tf.verify.inputs import shapes_of
 from caffe2tf.verify.loops import loop_for
 from caffe2tf.verify.mirror import (
     CaffeWeightsView,
@@ -268,7 +269,7 @@ class CandidateSession:
 
     @staticmethod
     def _key(init: Mapping[str, np.ndarray], dtype: str) -> tuple:
-        return (dtype, tuple(sorted((k, tuple(np.shape(v))) for k, v in init.items())))
+        return (dtype, tuple(sorted(shapes_of(init).items())))
 
     def built_model(self, init: Mapping[str, np.ndarray], dtype: str) -> tuple[Any, Any] | None:
         """``(model, optimizer)`` of ``init``'s shapes and ``dtype`` as they are (not reset),
@@ -398,6 +399,6 @@ def run_candidate_lockstep(
     if done[0] != updates:
         raise RuntimeError(f"observed {done[0]} updates, expected {updates}")
     model = optimizer = cache = None  # noqa: F841 (the closure's cells)
-    if worth_collecting(np.shape(v) for v in init.values()):
+    if worth_collecting(shapes_of(init).values()):
         gc.collect()  # a traced training step holds the model's variables until collected
     return None

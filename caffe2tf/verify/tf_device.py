@@ -33,6 +33,7 @@ from caffe2tf.verify.device import (
     keras_layout_axes,
     program_kind,
 )
+from caffe2tf.verify.inputs import release_host_copy
 from caffe2tf.verify.jax_compare import BLOCK_ELEMENTS
 from caffe2tf.verify.loops.tensorflow import tape_apply
 from caffe2tf.verify.mirror import trained_pairs
@@ -41,17 +42,14 @@ from caffe2tf.verify.stream_program import gradient_function, tf_ops
 #: the fused TensorFlow engine takes a verify of at least this many updates in all its runs
 #: (tracing the loop and having XLA compile it, or load it from the cache, costs 2-5 s on
 #: LeNet; each update then costs ~0.7 ms against ~9 ms on the host engine: bench/RESULTS.md
-#: "Session 10"; LeNet's --steps 1000 makes 1,360), or of this much work (weights x updates)
+#: "Session 10"; LeNet's --steps 1000 makes 1,360), or of this much work (weights x updates).
+#: Nets of any size: above :data:`~caffe2tf.verify.device.HOIST_MAX_ELEMENTS` weights the loop
+#: makes the gradients' index arrays in every update, it reduces each blob above
+#: :data:`~caffe2tf.verify.jax_compare.BLOCK_ELEMENTS` by blocks, and the host's seeded
+#: initial weights are let go during it; VGG16 ``--steps 20`` peaks lower than on the host
+#: engine, in a sixth of its time (bench/RESULTS.md "Session 12")
 FUSED_MIN_UPDATES = 1000
 FUSED_MIN_WORK = 1e9
-#: and of a net of at most this many weights. The loop can hold bigger ones: above
-#: :data:`~caffe2tf.verify.device.HOIST_MAX_ELEMENTS` weights it makes the gradients' index
-#: arrays in every update, and it reduces each blob above
-#: :data:`~caffe2tf.verify.jax_compare.BLOCK_ELEMENTS` by blocks. Yet VGG16 on it peaks at
-#: 4.6-4.9 GiB against the host engine's 4.3 (``--steps 20``: 65-69 s against 6.7 min), 1-9%
-#: above the stricter memory bound (bench/RESULTS.md "Session 11"), so such nets stay on the
-#: host engine
-FUSED_MAX_ELEMENTS = 2**24
 
 
 class NotCompiled(Exception):
@@ -59,13 +57,11 @@ class NotCompiled(Exception):
 
 
 def fused_applies(runs: Sequence[Run]) -> bool:
-    """Whether the fused TensorFlow engine takes a verify of these runs: a net of at most
-    :data:`FUSED_MAX_ELEMENTS` weights, from :data:`FUSED_MIN_UPDATES` updates or
-    :data:`FUSED_MIN_WORK` weights x updates on."""
+    """Whether the fused TensorFlow engine takes a verify of these runs: from
+    :data:`FUSED_MIN_UPDATES` updates or :data:`FUSED_MIN_WORK` weights x updates on."""
     size = sum(int(np.prod(s)) for s in runs[0].shapes.values()) if runs else 0
     updates = sum(r.updates for r in runs)
-    enough = updates >= FUSED_MIN_UPDATES or size * updates >= FUSED_MIN_WORK
-    return size <= FUSED_MAX_ELEMENTS and enough
+    return bool(runs) and (updates >= FUSED_MIN_UPDATES or size * updates >= FUSED_MIN_WORK)
 
 
 class TfDeviceEngine:
@@ -131,6 +127,9 @@ class TfDeviceEngine:
                 )
             program = self.programs[key]
         comparison = run.comparison(tolerance=tolerance, keys=keys, norms=norms)
+        # the model, Caffe's executor and w0 hold the weights now: the host's seeded copy
+        # goes until a later run reads it (VGG16: 552 MB less at the loop's peak)
+        release_host_copy(run.init)
         w0_list = [w0[k] for k in keys]
         for n, (idx, rates, corr, seed, salts, knobs) in chunk_args(self.rule, run):
             args = (
@@ -327,7 +326,6 @@ def _blockwise(
 
 
 __all__ = [
-    "FUSED_MAX_ELEMENTS",
     "FUSED_MIN_UPDATES",
     "FUSED_MIN_WORK",
     "NotCompiled",

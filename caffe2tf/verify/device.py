@@ -279,9 +279,8 @@ class DeviceEngine:
         ahead: Sequence[Run] = (),
     ) -> Comparison:
         """``run`` compared; ``norms``: also keep both sides' weight norms per update (what
-        ``verify --plot`` draws). The compiled program reduces them in any case: on XLA:CPU
-        the loop without them was slower, not faster (LeNet, 1000 updates: 0.70 s against
-        0.58 s, alternating in one process; bench/RESULTS.md). ``ahead``: runs to come, whose
+        ``verify --plot`` draws). The compiled program reduces them in any case: their sums
+        say whether the update was finite (:func:`fused_figures`). ``ahead``: runs to come, whose
         programs are compiled while the device works through this run's updates, where
         their models are built (:meth:`build`)."""
         with _precision(run.dtype):
@@ -466,53 +465,8 @@ class DeviceEngine:
                 r = ref_w[key] if key in ref_w else w0[key]
                 c = values[position[key]] if key in position else w0[key]  # frozen in Keras
                 pairs_rc.append((key, r, c))
-            ys = compare(pairs_rc, w0)
+            ys = fused_figures(pairs_rc, w0, dt)
             return (ref_w, ref_state, values, opt_values), ys
-
-        def compare(pairs_rc: list, w0: Any) -> tuple[Any, Any, Any, Any]:
-            """Per blob ``max|c - r|``, ``max|r - w0|``, ``(r NaN, r inf, c NaN, c inf)`` and
-            ``(||r||, ||c||)``.
-            A NaN or inf on either side makes a maximum non-finite: only then (one branch
-            for the whole update) are the sides looked at and ``|r - w0|``'s finite part
-            taken."""
-            live = [(key, r, c) for key, r, c in pairs_rc if r.size]
-
-            def biggest(x: Any) -> Any:
-                """``max(x)``, a NaN counted as inf: XLA:CPU's reductions of big arrays
-                (YNNPACK's) take the maximum of the other elements, and the NaN must send
-                the update to ``looked_at``."""
-                return jnp.max(jnp.where(jnp.isnan(x), jnp.inf, x))
-
-            diffs = {key: biggest(jnp.abs(c - r)) for key, r, c in live}
-            moved = {key: biggest(jnp.abs(r - w0[key])) for key, r, _ in live}
-            zero, no = dt(0), jnp.zeros(4, bool)
-
-            def stack(d: dict, m: dict, f: dict) -> tuple[Any, Any, Any]:
-                return (
-                    jnp.stack([d.get(key, zero) for key, _, _ in pairs_rc]),
-                    jnp.stack([m.get(key, zero) for key, _, _ in pairs_rc]),
-                    jnp.stack([f.get(key, no) for key, _, _ in pairs_rc]),
-                )
-
-            def fine() -> tuple[Any, Any, Any]:
-                return stack(diffs, moved, {})
-
-            def looked_at() -> tuple[Any, Any, Any]:
-                m, f = {}, {}
-                for key, r, c in live:
-                    d = jnp.abs(r - w0[key])
-                    m[key] = jnp.max(jnp.where(jnp.isfinite(d), d, zero))
-                    checks = [jnp.isnan(r), jnp.isinf(r), jnp.isnan(c), jnp.isinf(c)]
-                    f[key] = jnp.stack([jnp.any(x) for x in checks])
-                return stack(diffs, m, f)
-
-            ok = jnp.all(jnp.isfinite(jnp.stack([*diffs.values(), *moved.values(), zero])))
-            # the weight-norm trajectories of verify --plot: (||r||, ||c||), any layout
-            norms = jnp.stack(
-                [jnp.stack([jnp.sqrt(jnp.sum(r * r)), jnp.sqrt(jnp.sum(c * c))])
-                 for _, r, c in pairs_rc]
-            )  # fmt: skip
-            return (*jax.lax.cond(ok, fine, looked_at), norms)
 
         def chunk(carry, w0, ks, rates, corr, seed, salts, knobs):  # noqa: ANN001, ANN202
             return jax.lax.scan(
@@ -520,3 +474,60 @@ class DeviceEngine:
             )
 
         return jax.jit(chunk, donate_argnums=(0,))
+
+
+def update_is_finite(figures: Sequence[Any]) -> Any:
+    """Whether every figure of an update (the maxima and the squared norms' sums) is finite:
+    a NaN or inf weight on either side makes a sum non-finite (a sum, unlike XLA:CPU's
+    maximum, carries a NaN whatever the order it adds in; an inf in ``c`` or ``r`` alone also
+    shows in ``max|c - r|``)."""
+    import jax.numpy as jnp
+
+    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in figures])))
+
+
+def fused_figures(pairs_rc: Sequence[tuple[str, Any, Any]], w0: Mapping[str, Any], dt: Any) -> Any:
+    """An update's per-blob figures in the fused JAX program, for ``(key, r, c)`` of each
+    compared blob: ``max|c - r|``, ``max|r - w0|``, ``(r NaN, r inf, c NaN, c inf)`` and
+    ``(||r||, ||c||)``, stacked in ``pairs_rc``' order.
+
+    The maxima are plain reductions, which XLA:CPU fuses with ``|c - r|``: no blob-sized
+    temporary (VGG16: two of fc6's 411 MB each, when a NaN was made inf first), but YNNPACK's
+    reductions of big arrays drop a NaN. The squared norms' sums carry it instead
+    (:func:`update_is_finite`); only where a figure is not finite (one branch for the whole
+    update) are the sides looked at, a NaN counted as inf in ``|c - r|`` and ``|r - w0|``'s
+    finite part taken, as the host's comparison does (caffe2tf/verify/compare.py)."""
+    import jax
+    import jax.numpy as jnp
+
+    live = [(key, r, c) for key, r, c in pairs_rc if r.size]
+    diffs = {key: jnp.max(jnp.abs(c - r)) for key, r, c in live}
+    moved = {key: jnp.max(jnp.abs(r - w0[key])) for key, r, _ in live}
+    squares = {key: jnp.stack([jnp.sum(r * r), jnp.sum(c * c)]) for key, r, c in live}
+    zero, no = dt(0), jnp.zeros(4, bool)
+
+    def stack(d: dict, m: dict, f: dict) -> tuple[Any, Any, Any]:
+        return (
+            jnp.stack([d.get(key, zero) for key, _, _ in pairs_rc]),
+            jnp.stack([m.get(key, zero) for key, _, _ in pairs_rc]),
+            jnp.stack([f.get(key, no) for key, _, _ in pairs_rc]),
+        )
+
+    def fine() -> tuple[Any, Any, Any]:
+        return stack(diffs, moved, {})
+
+    def looked_at() -> tuple[Any, Any, Any]:
+        d, m, f = {}, {}, {}
+        for key, r, c in live:
+            apart = jnp.abs(c - r)
+            d[key] = jnp.max(jnp.where(jnp.isnan(apart), jnp.inf, apart))
+            travel = jnp.abs(r - w0[key])
+            m[key] = jnp.max(jnp.where(jnp.isfinite(travel), travel, zero))
+            checks = [jnp.isnan(r), jnp.isinf(r), jnp.isnan(c), jnp.isinf(c)]
+            f[key] = jnp.stack([jnp.any(x) for x in checks])
+        return stack(d, m, f)
+
+    ok = update_is_finite([*diffs.values(), *moved.values(), *squares.values(), zero[None]])
+    # the weight-norm trajectories of verify --plot: (||r||, ||c||), any layout
+    norms = jnp.stack([jnp.sqrt(squares.get(key, jnp.zeros(2, dt))) for key, _, _ in pairs_rc])
+    return (*jax.lax.cond(ok, fine, looked_at), norms)

@@ -124,7 +124,7 @@ def test_a_second_tensorflow_verify_compiles_nothing(tmp_path: Path) -> None:
         reports.append(_verify(str(tmp_path), "tensorflow", steps=1000)[0])
         kept.append(sorted((p.name, p.stat().st_mtime) for p in where.iterdir()))
     assert "one XLA program" in reports[0]["device"]
-    assert len(kept[0]) >= 2 and kept[1] == kept[0]  # the stream's and the probes' programs
+    assert len(kept[0]) >= 2 and kept[1] == kept[0]  # the stream's program, Caffe's rule's
     assert [r["comparison"] for r in reports[1]["runs"]] == [
         r["comparison"] for r in reports[0]["runs"]
     ]

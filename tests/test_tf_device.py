@@ -78,6 +78,35 @@ def test_which_verifies_the_fused_engine_takes():
     assert not tf_device.fused_applies([])
 
 
+def test_the_runs_of_one_program_go_to_it_together_where_they_pay_for_it():
+    """LeNet's --steps 1000: the stream and its schedule windows share the float32 program
+    (1,300 updates) and take the fused loop; the float64 probes (60 updates of cut blobs)
+    would pay 2 s for their own program and run on the host engine. At --steps 100 neither
+    group is enough. The report's device line names the runs on the host engine."""
+    from caffe2tf.app.pipeline import load_pipeline
+    from caffe2tf.verify.components import plan_runs
+    from caffe2tf.verify.inputs import SeededWeights
+
+    rule = load_pipeline("fixtures/lenet/solver.prototxt").rule
+    shapes = {p.key: tuple(p.shape) for p in rule.params}
+
+    def plan(steps):
+        return plan_runs(rule, shapes, SeededWeights(shapes, 0), steps=steps, seed=0)
+
+    runs = plan(1000)
+    fused = tf_device.fused_runs(runs)
+    chosen = {(r.component, r.start): f for r, f in zip(runs, fused, strict=True)}
+    assert {c for (c, _), f in chosen.items() if f} == {"stream", "schedule"}
+    assert {c for (c, _), f in chosen.items() if not f} == {"decay", "state"}
+    assert not any(tf_device.fused_runs(plan(100)))
+    report = verify_solver("fixtures/lenet/solver.prototxt", steps=1000)
+    assert report.passed
+    assert report.device == (
+        "TensorFlow CPU (both rules and the comparison, one XLA program; decay, state: both "
+        "rules, Caffe's compiled with XLA, the comparison in NumPy on the host)"
+    )
+
+
 @pytest.fixture
 def fused(monkeypatch):
     """Every verify on the fused engine, however few its updates."""

@@ -32,7 +32,7 @@ from caffe2tf.verify.tf_compare import (
     describe_tf,
     tf_device,
 )
-from caffe2tf.verify.tf_device import NotCompiled, TfDeviceEngine, fused_applies
+from caffe2tf.verify.tf_device import NotCompiled, TfDeviceEngine, fused_runs
 
 Weights = Mapping[str, np.ndarray]
 
@@ -243,8 +243,12 @@ def compare_runs(
         # seconds; NumPy does small nets faster)
         work = sum(int(np.prod(s)) for s in runs[0].shapes.values()) * sum(r.updates for r in runs)
         use_jax = work >= JAX_HOST_MIN_WORK
-    tf_fused = on_tf and fused_applies(runs)
-    if on_tf and not tf_fused and _tf_compares_on_host(runs[0], tf_dev):
+    # on TensorFlow, per run: whether the fused loop takes it (the runs of one compiled
+    # program together, where they are enough work for it)
+    fused_at = fused_runs(runs) if on_tf else [False] * len(runs)
+    tf_fused = any(fused_at)
+    on_host = [run for run, fused in zip(runs, fused_at, strict=True) if not fused]
+    if on_tf and on_host and _tf_compares_on_host(on_host[0], tf_dev):
         reuse_freed_buffers()
     engine = dev.DeviceEngine(rule, candidate, layers, jax_device) if fused else None
     tf_engine = TfDeviceEngine(rule, candidate, layers, tf_dev) if tf_fused else None
@@ -261,7 +265,7 @@ def compare_runs(
         keep = norms and run.component == "stream"
         # what either fused engine takes for a run
         fused_kw = dict(tolerance=tolerance, keys=keys, progress=progress, timings=timings)
-        on_tf_device = tf_engine is not None and reference is None
+        on_tf_device = tf_engine is not None and reference is None and fused_at[i]
         if on_tf_device:
             try:
                 out.append(tf_engine.run(run, norms=keep, **fused_kw))
@@ -303,7 +307,12 @@ def compare_runs(
     if fused:
         where = f"{dev.describe(jax_device)} (both rules and the comparison, one JAX program)"
     elif tf_engine is not None:
-        where = f"TensorFlow {describe_tf(tf_dev)} (both rules and the comparison, one XLA program)"
+        where = f"TensorFlow {describe_tf(tf_dev)} (both rules and the comparison, one XLA program"
+        if on_host:  # the runs too short to pay for their own program
+            named = ", ".join(dict.fromkeys(run.component for run in on_host))
+            compared = "in NumPy on the host" if _tf_compares_on_host(on_host[0], tf_dev) else "too"
+            where += f"; {named}: both rules, Caffe's compiled with XLA, the comparison {compared}"
+        where += ")"
     elif on_tf:
         compared = "in NumPy on the host" if _tf_compares_on_host(runs[0], tf_dev) else "too"
         if refused:

@@ -39,10 +39,12 @@ from caffe2tf.verify.loops.tensorflow import tape_apply
 from caffe2tf.verify.mirror import trained_pairs
 from caffe2tf.verify.stream_program import gradient_function, tf_ops
 
-#: the fused TensorFlow engine takes a verify of at least this many updates in all its runs
+#: the fused TensorFlow engine takes the runs of one compiled program (:func:`fused_runs`)
+#: that make at least this many updates together
 #: (tracing the loop and having XLA compile it, or load it from the cache, costs 2-5 s on
 #: LeNet; each update then costs ~0.7 ms against ~9 ms on the host engine: bench/RESULTS.md
-#: "Session 10"; LeNet's --steps 1000 makes 1,360), or of this much work (weights x updates).
+#: "Session 10"; LeNet's --steps 1000 makes 1,300 in the stream and its windows), or of this
+#: much work (weights x updates).
 #: Nets of any size: above :data:`~caffe2tf.verify.device.HOIST_MAX_ELEMENTS` weights the loop
 #: makes the gradients' index arrays in every update, it reduces each blob above
 #: :data:`~caffe2tf.verify.jax_compare.BLOCK_ELEMENTS` by blocks, and the host's seeded
@@ -54,6 +56,25 @@ FUSED_MIN_WORK = 1e9
 
 class NotCompiled(Exception):
     """XLA refused the candidate's step (an operation it cannot compile): nothing ran."""
+
+
+def fused_runs(runs: Sequence[Run]) -> list[bool]:
+    """Per run of a verify, whether the fused TensorFlow engine takes it. The runs that share
+    one compiled program (one :func:`program_kind`, precision and set of blob shapes: the
+    stream and the schedule windows; the float64 probes) go to it together where they are
+    enough work to pay for tracing and compiling it (:func:`fused_applies`); the others run on
+    the host engine, which starts sooner (LeNet's probes: 60 updates of cut blobs, about 2 s
+    for their program against 1 s on the host engine; bench/RESULTS.md "Session 12")."""
+    groups: dict[tuple, list[int]] = {}
+    for i, run in enumerate(runs):
+        key = (program_kind(run.spec), run.dtype, tuple(sorted(run.shapes.items())))
+        groups.setdefault(key, []).append(i)
+    out = [False] * len(runs)
+    for members in groups.values():
+        if fused_applies([runs[i] for i in members]):
+            for i in members:
+                out[i] = True
+    return out
 
 
 def fused_applies(runs: Sequence[Run]) -> bool:
@@ -331,4 +352,5 @@ __all__ = [
     "NotCompiled",
     "TfDeviceEngine",
     "fused_applies",
+    "fused_runs",
 ]

@@ -70,12 +70,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
-    wrong = tmp_path / "wrong.py"
-    wrong.write_text(WRONG)
+def on_jax(script: str, *args: str) -> dict:
+    """What ``script`` printed after ``RESULT`` (JSON), run in a child process on Keras' JAX
+    backend from the repository's root."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(wrong)],
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -83,8 +83,14 @@ def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
         timeout=900,
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
-    assert line is not None, proc.stderr[-3000:]
-    out = json.loads(line[len("RESULT") :])
+    assert line is not None and proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(line[len("RESULT") :])
+
+
+def test_on_the_jax_backend_both_rules_run_as_one_program(tmp_path):
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(WRONG)
+    out = on_jax(SCRIPT, str(wrong))
     passed, device, components = out["right"]
     assert passed and "one JAX program" in device, out
     assert {"stream", "schedule", "decay", "state"} <= set(components)
@@ -167,14 +173,7 @@ def test_programs_compiled_ahead_give_the_same_runs():
     """While the stream's updates run, the programs of the runs to come are compiled from
     their arrays' shapes (``DeviceEngine.run(ahead=...)``): they are ready before those runs
     start, and every run's figures equal those of an engine that compiles as it goes."""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, "-c", AHEAD], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = on_jax(AHEAD)
     # the stream (chunks of 50 and 10), and the float64 probes' program (30 updates), made
     # before any probe ran
     assert ["stream", "float32", 50] in out["ready"] and ["stream", "float32", 10] in out["ready"]
@@ -256,14 +255,7 @@ def test_the_jax_program_runs_with_the_hosts_seeded_weights_let_go():
     """As on TensorFlow (tests/test_tf_device.py): every chunk of the fused JAX program runs
     with the host's seeded initial weights released, to the figures of weights held
     throughout; an engine that keeps them is seen doing so."""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, "-c", RELEASE], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = on_jax(RELEASE)
     passed, where, held = out["released"]
     assert passed and "one JAX program" in where, out
     assert held and not any(held), out

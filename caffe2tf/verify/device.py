@@ -203,10 +203,17 @@ def keras_layout_axes(model: Any, pairs: Any) -> dict[str, tuple[int, ...] | Non
     return {k: keras_axes(blobs[k][1], blobs[k][2]) for k, _ in pairs}
 
 
+def program_group(run: Run) -> tuple:
+    """The runs one compiled program serves, on either fused engine: those of one
+    :func:`program_kind`, precision and set of blob shapes (the seed, start and knobs are
+    arguments)."""
+    return (program_kind(run.spec), run.dtype, tuple(sorted(run.shapes.items())))
+
+
 def _program_key(run: Run, length: int) -> tuple:
-    """What one compiled chunk program serves: runs of one :func:`program_kind`, precision and
-    set of blob shapes, ``length`` updates a call (the seed, start and knobs are arguments)."""
-    return (program_kind(run.spec), run.dtype, tuple(sorted(run.shapes.items())), length)
+    """The compiled chunk program of ``run``'s :func:`program_group`, ``length`` updates a
+    call."""
+    return (*program_group(run), length)
 
 
 def _precision(dtype: str) -> Any:

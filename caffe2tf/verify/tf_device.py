@@ -31,7 +31,7 @@ from caffe2tf.verify.device import (
     HOIST_MAX_ELEMENTS,
     chunk_args,
     keras_layout_axes,
-    program_kind,
+    program_group,
 )
 from caffe2tf.verify.inputs import release_host_copy
 from caffe2tf.verify.jax_compare import BLOCK_ELEMENTS
@@ -60,15 +60,14 @@ class NotCompiled(Exception):
 
 def fused_runs(runs: Sequence[Run]) -> list[bool]:
     """Per run of a verify, whether the fused TensorFlow engine takes it. The runs that share
-    one compiled program (one :func:`program_kind`, precision and set of blob shapes: the
-    stream and the schedule windows; the float64 probes) go to it together where they are
-    enough work to pay for tracing and compiling it (:func:`fused_applies`); the others run on
-    the host engine, which starts sooner (LeNet's probes: 60 updates of cut blobs, about 2 s
+    one compiled program (:func:`~caffe2tf.verify.device.program_group`: the stream and the
+    schedule windows; the float64 probes) go to it together where they are enough work to pay
+    for tracing and compiling it (:func:`fused_applies`); the others run on the host engine,
+    which starts sooner (LeNet's probes: 60 updates of cut blobs, about 2 s
     for their program against 1 s on the host engine; bench/RESULTS.md "Session 12")."""
     groups: dict[tuple, list[int]] = {}
     for i, run in enumerate(runs):
-        key = (program_kind(run.spec), run.dtype, tuple(sorted(run.shapes.items())))
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(program_group(run), []).append(i)
     out = [False] * len(runs)
     for members in groups.values():
         if fused_applies([runs[i] for i in members]):
@@ -140,8 +139,7 @@ class TfDeviceEngine:
                 if k not in w0:
                     w0[k] = tf.constant(np.asarray(run.init[k], run.dtype))
             executor = self._executor(run, w0)
-            shapes = tuple(sorted(run.shapes.items()))
-            key = (program_kind(run.spec), run.dtype, run.spec.frozen, shapes, norms)
+            key = (*program_group(run), run.spec.frozen, norms)
             if key not in self.programs:  # XLA compiles it once per chunk length (two at most)
                 self.programs[key] = _chunk_program(
                     run, model, optimizer, pairs, executor, list(keys), norms

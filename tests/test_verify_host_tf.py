@@ -316,3 +316,38 @@ def test_blocks_of_many_shapes_log_no_retracing_warning(keras_tf, tf_comparison,
         assert [r for r in records if "retracing" in r]
     finally:
         tf.get_logger().removeHandler(handler)
+
+
+def test_the_candidates_step_is_traced_without_autograph(keras_tf, monkeypatch, tf_comparison):
+    """The host engine's traced step (caffe2tf/verify/loops/tensorflow.py) and TensorFlow's
+    comparison (caffe2tf/verify/tf_compare.py) are not converted by AutoGraph, which cost about
+    0.5 s of every verify and changes nothing there (their branches read static values, and
+    what Keras calls is never converted). Planted: traced with AutoGraph, as before 2026-12-07,
+    both are seen converted."""
+    import functools
+
+    import tensorflow as tf
+    from tensorflow.python.autograph.impl import api
+
+    from caffe2tf.verify import tf_compare
+
+    converted: list[str] = []
+    convert = api._convert_actual
+
+    def spy(entity, program_ctx):  # noqa: ANN001, ANN202
+        converted.append(f"{entity.__module__}.{entity.__qualname__}")
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", spy)
+    assert _verify(device="cpu").passed
+    assert not [name for name in converted if name.startswith("caffe2tf.")], converted
+
+    plain = tf.function
+    monkeypatch.setattr(tf, "function", lambda fn, **kw: plain(fn, **{**kw, "autograph": True}))
+    # the comparison's compiled functions are kept for the process: traced again here
+    monkeypatch.setattr(
+        tf_compare, "_compiled_stacked", functools.cache(tf_compare._compiled_stacked.__wrapped__)
+    )
+    assert _verify(device="cpu").passed
+    assert "caffe2tf.verify.loops.tensorflow.run.<locals>.step" in converted, converted
+    assert "caffe2tf.verify.tf_compare._stacked" in converted, converted

@@ -90,7 +90,7 @@ def _compiled_stacked(signature: tuple) -> Any:
     output."""
     import tensorflow as tf
 
-    return tf.function(functools.partial(_stacked), jit_compile=True)
+    return tf.function(functools.partial(_stacked), jit_compile=True, autograph=False)
 
 
 def _signature(items: tuple[tuple[Any, ...], ...], *static: Any) -> tuple:

@@ -56,6 +56,10 @@ def run(
     """One ``apply_gradients`` per micro-batch on the tape gradient of ``L_j + sum(losses)``;
     with ``jit`` the step runs as a ``tf.function`` (the optimizer is built first, so no
     variable is created inside the traced function; Keras' own ``fit`` traces the same way).
+    It is traced without AutoGraph: its Python branches read only static values (which blobs
+    a micro-batch carries, dtypes), and AutoGraph does not convert what Keras calls in turn
+    (``apply_gradients``, the optimizer's own steps), so the traced graph is the same; converting
+    the step's source cost about 0.5 s of every verify (bench/RESULTS.md, "Session 13").
 
     With ``jit`` the micro-batch enters in Caffe layout and is put in Keras layout inside the
     traced step (TensorFlow's own transpose, one blob at a time), and a blob the micro-batch
@@ -94,7 +98,7 @@ def run(
     cache = cache if cache is not None else {}
     if "tensorflow_step" not in cache:
         big = sum(int(np.prod(v.shape)) for v in tvars) >= XLA_MIN_ELEMENTS
-        cache["tensorflow_step"] = tf.function(step, jit_compile=big)
+        cache["tensorflow_step"] = tf.function(step, jit_compile=big, autograph=False)
         cache["tensorflow_step_xla"] = big
     for j, part in parts_iter:
         present = tuple(part.get(k) is not None for k in keys)
@@ -108,7 +112,7 @@ def run(
             # an op XLA cannot compile (refused before anything ran): trace it plainly
             if not cache.pop("tensorflow_step_xla", False):
                 raise
-            cache["tensorflow_step"] = tf.function(step)
+            cache["tensorflow_step"] = tf.function(step, autograph=False)
             cache["tensorflow_step"](args, present)
         args = part = None  # the gradient goes once the update is observed
         if (j + 1) % iter_size == 0:

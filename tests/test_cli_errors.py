@@ -302,6 +302,53 @@ def test_verify_module_whose_build_optimizer_raises(work: Path) -> None:
     assert "build_optimizer()" in line and "ValueError: boom" in line
 
 
+@pytest.mark.keras
+def test_verify_module_whose_optimizer_fails_while_training(work: Path) -> None:
+    """The optimizer's own step is user code too: a Python branch on a traced value (which
+    neither TensorFlow's nor JAX's tracing allows) is reported at its line, not as a
+    traceback."""
+    pytest.importorskip("keras")
+    (work / "broken.py").write_text(
+        "import keras\n\n\n"
+        "class Branchy(keras.optimizers.SGD):\n"
+        "    def update_step(self, gradient, variable, learning_rate):\n"
+        "        if keras.ops.any(keras.ops.isnan(gradient)):\n"
+        "            gradient = keras.ops.zeros_like(gradient)\n"
+        "        return super().update_step(gradient, variable, learning_rate)\n\n\n"
+        "def build_optimizer():\n    return Branchy(0.1, momentum=0.9)\n\n\n"
+        "def prepare_model(model):\n    return {}\n"
+    )
+    line = fails_cleanly(
+        ["verify", "solver.prototxt", "--module", "broken.py", "--steps", "2"], "broken.py:6"
+    )
+    assert "the optimizer failed while verify trained with it" in line, line
+
+
+def test_only_what_came_through_the_module_is_blamed_on_it(tmp_path: Path) -> None:
+    """:func:`caffe2tf.verify.candidate.blame_module`: an exception raised through the module
+    becomes an InputError at its deepest line there; one that never entered it (caffe2tf's own
+    failure), or any when no module was given, stays as it was, traceback and all."""
+    from caffe2tf.errors import InputError
+    from caffe2tf.verify.candidate import blame_module, load_module
+
+    path = tmp_path / "mod.py"
+    path.write_text(
+        "def prepare_model(model):\n    return {}\n\n\n"
+        "def build_optimizer():\n    return None\n\n\n"
+        "def step(x):\n    return helper(x)\n\n\n"
+        "def helper(x):\n    return x['lr']\n"
+    )
+    module = load_module(path)
+    with pytest.raises(InputError) as err, blame_module(str(path)):
+        module.step({})
+    assert str(err.value.location) == f"{path}:14"
+    assert "KeyError: 'lr'" in err.value.message
+    with pytest.raises(KeyError), blame_module(str(path)):
+        {}["lr"]  # noqa: B018 (raised here, outside the module)
+    with pytest.raises(KeyError), blame_module(None):
+        module.step({})
+
+
 # -- 7. a directory where a file is expected ------------------------------------------------
 
 

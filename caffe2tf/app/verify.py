@@ -39,6 +39,7 @@ from caffe2tf.app.pipeline import Pipeline, load_pipeline
 from caffe2tf.app.verify_report import RunResult, VerifyReport, caffe_trajectory
 from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
 from caffe2tf.verify import components
+from caffe2tf.verify.candidate import blame_module
 from caffe2tf.verify.inputs import (
     PROGRESS_MIN_STEPS,
     SeededWeights,
@@ -324,7 +325,8 @@ def verify_solver(
             timings["caffe"] = timings.get("caffe", 0.0) + time.perf_counter() - t
             return trajectory
 
-        with progress_bar("verify", total, fmt) as advance:
+        user_module = str(module_path) if module_path is not None else None
+        with progress_bar("verify", total, fmt) as advance, blame_module(user_module):
             try:
                 comparisons, device = engine.compare_runs(
                     rule,
@@ -350,9 +352,10 @@ def verify_solver(
         # the rates do not depend on the blobs' sizes: read them off a model of cut blobs
         small = components.probe_shapes(shapes)
         small_init = {k: init[k][tuple(slice(0, d) for d in small[k])] for k in shapes}
-        schedule = _schedule_check(
-            rule, module, layers_of(small), small_init, runs, steps, tolerance / 10
-        )
+        with blame_module(user_module):
+            schedule = _schedule_check(
+                rule, module, layers_of(small), small_init, runs, steps, tolerance / 10
+            )
         timings["schedule"] = time.perf_counter() - t
 
     comparison = results[0].comparison

@@ -7,11 +7,12 @@ becomes one :class:`~caffe2tf.errors.InputError` at its ``file:line``, never a t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,27 @@ def _raised_at(err: BaseException, path: str) -> SourceLocation:
     except (OSError, ValueError):
         pass
     return SourceLocation(path, line)
+
+
+@contextlib.contextmanager
+def blame_module(path: str | None) -> Iterator[None]:
+    """Within it, an exception raised through the user's module ``path`` (its optimizer's own
+    steps, called while verify trains the mirror: ``update_step`` traced by TensorFlow or JAX,
+    a schedule's ``__call__``) becomes an :class:`InputError` at the deepest line of ``path``
+    it passed, not a traceback. An exception that never entered ``path`` is left as it is (it
+    is not the module's doing), and so is everything when ``path`` is None (a module verify
+    converted itself)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:
+        where = _raised_at(err, path) if path is not None else None
+        if where is None or where.line is None:
+            raise
+        raise InputError(
+            f"the optimizer failed while verify trained with it: {_one_line(err)}", where
+        ) from None
 
 
 def _guarded(fn: Callable[..., Any], label: str, path: str) -> Callable[..., Any]:

@@ -259,6 +259,40 @@ def test_verify_and_check_target_optax(optax, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "check FAILED" in res.output, res.output
 
 
+def test_a_module_that_fails_while_verify_trains_with_it_is_one_error_line(
+    optax, tmp_path: Path
+) -> None:
+    """The target's module is user code: an exception raised through it while verify trains
+    with it is one line at the module's line, exit 2 (caffe2tf/verify/candidate.py
+    ``blame_module``), not a traceback."""
+    from click.testing import CliRunner
+
+    from caffe2tf.cli import cli
+
+    case = ts.CASES / "lenet_sgd_multistep"
+    solver, files = str(case / "solver.prototxt"), ["--net", str(case / "net.prototxt")]
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["convert", solver, *files, "--target", TARGET, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    module = out / MODULE
+    text = module.read_text() + (
+        "\n\n_emitted = build_optimizer\n\n\n"
+        "def build_optimizer():\n"
+        "    raise RuntimeError('no optimizer today')\n"
+    )
+    module.write_text(text)
+    line = len(text.splitlines())
+    args = ["verify", solver, *files, "--target", TARGET, "--module", str(module), "--steps", "2"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert (
+        f"{module}:{line}: error: the optimizer failed while verify trained with it: "
+        "RuntimeError: no optimizer today" in res.output
+    ), res.output
+
+
 def test_a_step_without_a_mapping_is_refused_not_guessed(tmp_path: Path) -> None:
     """A rule step this target has no mapping for (a fork's solver or decay policy) makes the
     plan unsupported, so convert writes nothing."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from caffe2tf.app.pipeline import Pipeline
 from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
+from caffe2tf.verify.candidate import blame_module
 from caffe2tf.verify.compare import compare_trajectories
 from caffe2tf.verify.inputs import (
     frozen_blobs_get_no_gradient,
@@ -111,6 +112,24 @@ def _backend(target: str) -> tuple[str, str]:
         ) from None
 
 
+def _run_candidate(
+    target: str, module: Any, plan: Any, init: Any, micro: Any, iter_size: int
+) -> list[dict[str, Any]]:
+    """The module trained per its target's contract on the stream's micro-batches: the
+    weights after each update."""
+    if target == "torch":
+        from caffe2tf.verify.torch_harness import run_torch
+
+        return run_torch(module.build_optimizer, plan.blobs, init, micro, iter_size=iter_size)
+    if target == "tf-compat-v1":
+        from caffe2tf.verify.tf_v1_harness import run_tf_v1
+
+        return run_tf_v1(module.build_train_op, plan.blobs, init, micro, iter_size=iter_size)
+    from caffe2tf.verify.optax_harness import run_optax
+
+    return run_optax(module.build_optimizer, init, micro, iter_size=iter_size)
+
+
 def verify_target(
     solver: Path,
     *,
@@ -167,22 +186,8 @@ def verify_target(
             reference = run_reference(rule, init, grads, precision="float32")
         timings[against] = time.perf_counter() - t
         t = time.perf_counter()
-        if target == "torch":
-            from caffe2tf.verify.torch_harness import run_torch
-
-            candidate = run_torch(
-                module.build_optimizer, plan.blobs, init, micro, iter_size=iter_size
-            )
-        elif target == "tf-compat-v1":
-            from caffe2tf.verify.tf_v1_harness import run_tf_v1
-
-            candidate = run_tf_v1(
-                module.build_train_op, plan.blobs, init, micro, iter_size=iter_size
-            )
-        else:
-            from caffe2tf.verify.optax_harness import run_optax
-
-            candidate = run_optax(module.build_optimizer, init, micro, iter_size=iter_size)
+        with blame_module(str(module_path) if module_path is not None else None):
+            candidate = _run_candidate(target, module, plan, init, micro, iter_size)
         timings[target] = time.perf_counter() - t
 
     comparison = compare_trajectories(

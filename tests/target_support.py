@@ -165,6 +165,21 @@ def convert_case(case: Any, directory: Path, target: str) -> Path:
     return out / get_target(target).module
 
 
+def cli_convert(target: str, out: Path, case: str = "lenet_sgd_multistep") -> tuple[str, list[str]]:
+    """``caffe2tf convert SOLVER --net NET --target TARGET -o OUT`` of a committed case through
+    the CLI, as a user runs it (asserted to succeed); the solver and the ``--net`` arguments,
+    for the case's next commands."""
+    from click.testing import CliRunner
+
+    from caffe2tf.cli import cli
+
+    folder = CASES / case
+    solver, files = str(folder / "solver.prototxt"), ["--net", str(folder / "net.prototxt")]
+    res = CliRunner().invoke(cli, ["convert", solver, *files, "--target", target, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return solver, files
+
+
 def case_rule(case: Any, directory: Path) -> Any:
     from caffe2tf.app.pipeline import load_pipeline
 

@@ -220,15 +220,8 @@ def test_jit_and_eager_give_the_same_trajectory(optax) -> None:
 
 
 def test_convert_target_optax_writes_only_its_module(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from caffe2tf.cli import cli
-
-    case = ts.CASES / "lenet_sgd_multistep"
     out = tmp_path / "out"
-    args = ["convert", str(case / "solver.prototxt"), "--net", str(case / "net.prototxt")]
-    res = CliRunner().invoke(cli, [*args, "--target", TARGET, "-o", str(out)])
-    assert res.exit_code == 0, res.output
+    ts.cli_convert(TARGET, out)
     assert sorted(p.name for p in out.iterdir()) == [MODULE]
 
 
@@ -245,8 +238,7 @@ def test_verify_and_check_target_optax(optax, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["verify", solver, *files, "--target", TARGET])
     assert res.exit_code == 0 and "PASS" in res.output, res.output
     out = tmp_path / "out"
-    res = runner.invoke(cli, ["convert", solver, *files, "--target", TARGET, "-o", str(out)])
-    assert res.exit_code == 0, res.output
+    ts.cli_convert(TARGET, out)
     module = out / MODULE
     rate = "        optax.scale_by_learning_rate(learning_rate(lr_mult)),\n"
     text = module.read_text()
@@ -269,12 +261,8 @@ def test_a_module_that_fails_while_verify_trains_with_it_is_one_error_line(
 
     from caffe2tf.cli import cli
 
-    case = ts.CASES / "lenet_sgd_multistep"
-    solver, files = str(case / "solver.prototxt"), ["--net", str(case / "net.prototxt")]
     out = tmp_path / "out"
-    runner = CliRunner()
-    res = runner.invoke(cli, ["convert", solver, *files, "--target", TARGET, "-o", str(out)])
-    assert res.exit_code == 0, res.output
+    solver, files = ts.cli_convert(TARGET, out)
     module = out / MODULE
     text = module.read_text() + (
         "\n\n_emitted = build_optimizer\n\n\n"
@@ -284,7 +272,7 @@ def test_a_module_that_fails_while_verify_trains_with_it_is_one_error_line(
     module.write_text(text)
     line = len(text.splitlines())
     args = ["verify", solver, *files, "--target", TARGET, "--module", str(module), "--steps", "2"]
-    res = runner.invoke(cli, args)
+    res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
     assert (

@@ -240,12 +240,9 @@ def test_check_target_tf_compat_v1_fails_a_doubled_decay(tf, tmp_path) -> None:
 
     from caffe2tf.cli import cli
 
-    case = ts.CASES / "lenet_sgd_multistep"
-    solver, files = str(case / "solver.prototxt"), ["--net", str(case / "net.prototxt")]
     out = tmp_path / "out"
+    solver, files = ts.cli_convert(TARGET, out)
     runner = CliRunner()
-    res = runner.invoke(cli, ["convert", solver, *files, "--target", TARGET, "-o", str(out)])
-    assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == [MODULE]
     res = runner.invoke(cli, ["check", solver, str(out), *files, "--target", TARGET])
     assert res.exit_code == 0 and "check PASSED" in res.output, res.output

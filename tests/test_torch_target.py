@@ -365,20 +365,12 @@ def _check(tmp_path: Path, edit=None) -> tuple[int, str]:
 
     from caffe2tf.cli import cli
 
-    case = ts.CASES / "lenet_sgd_multistep"
-    files = ["--net", str(case / "net.prototxt")]
     out = tmp_path / "out"
-    runner = CliRunner()
-    res = runner.invoke(
-        cli, ["convert", str(case / "solver.prototxt"), *files, "--target", TARGET, "-o", str(out)]
-    )
-    assert res.exit_code == 0, res.output
+    solver, files = ts.cli_convert(TARGET, out)
     if edit is not None:
         module = out / ts_module()
         module.write_text(edit(module.read_text()))
-    res = runner.invoke(
-        cli, ["check", str(case / "solver.prototxt"), str(out), *files, "--target", TARGET]
-    )
+    res = CliRunner().invoke(cli, ["check", solver, str(out), *files, "--target", TARGET])
     return res.exit_code, res.output
 
 

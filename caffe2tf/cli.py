@@ -132,6 +132,15 @@ input_shape_option = click.option(
     "else the conventional 3x224x224 images (a note names each assumed dimension).",
 )
 
+
+def layer_map_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--layer-map YAML``, Caffe layer names to Keras ones; ``help_text`` says what the
+    command reads it for."""
+    return click.option(
+        "--layer-map", "layer_map", type=_existing_file, default=None, help=help_text
+    )
+
+
 format_option = click.option(
     "--format",
     "fmt",
@@ -253,13 +262,7 @@ def replay(
 @click.argument("solver", type=_existing_file)
 @net_option
 @lenient_option
-@click.option(
-    "--layer-map",
-    "layer_map",
-    type=_existing_file,
-    default=None,
-    help="YAML mapping Caffe layer names to Keras layer names.",
-)
+@layer_map_option("YAML mapping Caffe layer names to Keras layer names.")
 @click.option(
     "-o",
     "--output",
@@ -332,13 +335,9 @@ def convert(
     default=None,
     help="An emitted optimizer.py to check (default: convert SOLVER in a temp dir).",
 )
-@click.option(
-    "--layer-map",
-    "layer_map",
-    type=_existing_file,
-    default=None,
-    help="The YAML layer map the module was written for (default: the names its blob table "
-    "lists, else convert's automatic renames).",
+@layer_map_option(
+    "The YAML layer map the module was written for (default: the names its blob table "
+    "lists, else convert's automatic renames)."
 )
 @input_shape_option
 @trajectory_options
@@ -404,13 +403,7 @@ def verify(
 @click.argument("pairs", nargs=-1, type=click.Path(path_type=Path), metavar="[SOLVER OUT]...")
 @net_option
 @lenient_option
-@click.option(
-    "--layer-map",
-    "layer_map",
-    type=_existing_file,
-    default=None,
-    help="The YAML layer map that was given to convert, if any.",
-)
+@layer_map_option("The YAML layer map that was given to convert, if any.")
 @click.option(
     "--manifest",
     type=_existing_file,

@@ -68,11 +68,11 @@ def _keras_render(p: Any) -> dict[str, str]:
     return {"train_config.yaml": render_yaml(p), "optimizer.py": render_python(p)}
 
 
-def _torch_plan(
-    pipeline: Pipeline, layer_map: Mapping[str, str] | None
+def _planned(
+    plan: Callable[..., Any], pipeline: Pipeline, layer_map: Mapping[str, str] | None
 ) -> tuple[Any, tuple[Note, ...]]:
-    from caffe2tf.targets.torch.plan import plan
-
+    """A non-Keras target's ``plan(rule, layer_map=..., source=...)`` applied to the pipeline:
+    the plan, carrying every inexact note (:func:`_with_inexact`), and all the notes."""
     p = plan(
         pipeline.rule,
         layer_map=checked_layer_map(pipeline, layer_map),
@@ -80,6 +80,17 @@ def _torch_plan(
     )
     notes = _all_notes(pipeline, p.notes)
     return _with_inexact(p, notes), notes
+
+
+# each target's modules are imported when its --target is used, not with the CLI
+
+
+def _torch_plan(
+    pipeline: Pipeline, layer_map: Mapping[str, str] | None
+) -> tuple[Any, tuple[Note, ...]]:
+    from caffe2tf.targets.torch.plan import plan
+
+    return _planned(plan, pipeline, layer_map)
 
 
 def _torch_render(p: Any) -> dict[str, str]:
@@ -93,13 +104,7 @@ def _optax_plan(
 ) -> tuple[Any, tuple[Note, ...]]:
     from caffe2tf.targets.optax.plan import plan
 
-    p = plan(
-        pipeline.rule,
-        layer_map=checked_layer_map(pipeline, layer_map),
-        source=plan_source(pipeline),
-    )
-    notes = _all_notes(pipeline, p.notes)
-    return _with_inexact(p, notes), notes
+    return _planned(plan, pipeline, layer_map)
 
 
 def _optax_render(p: Any) -> dict[str, str]:
@@ -113,13 +118,7 @@ def _tf_v1_plan(
 ) -> tuple[Any, tuple[Note, ...]]:
     from caffe2tf.targets.tf_compat_v1.plan import plan
 
-    p = plan(
-        pipeline.rule,
-        layer_map=checked_layer_map(pipeline, layer_map),
-        source=plan_source(pipeline),
-    )
-    notes = _all_notes(pipeline, p.notes)
-    return _with_inexact(p, notes), notes
+    return _planned(plan, pipeline, layer_map)
 
 
 def _tf_v1_render(p: Any) -> dict[str, str]:

@@ -67,13 +67,9 @@ class NormsReport:
 
 def plot_norms(logs: list[NormLog], out: str | os.PathLike[str], *, title: str = "") -> NormsReport:
     """One panel per weight path found in any log; runs overlaid with their labels."""
-    try:
-        import matplotlib
+    from caffe2tf.verify.plot import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("norms needs matplotlib: pip install 'caffe2tf[plot]'") from None
+    plt = pyplot("norms")
     out = Path(out)
     if out.is_dir():
         raise InputError("is a directory; -o names the PNG file", SourceLocation(str(out)))
@@ -105,17 +101,7 @@ def plot_norms(logs: list[NormLog], out: str | os.PathLike[str], *, title: str =
             ax.axis("off")
         fig.suptitle(title or "weight norms over training")
         fig.tight_layout()
-        tmp = out.with_name(out.name + ".tmp")
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, out)
-        except OSError as err:
-            raise InputError(
-                f"cannot write: {err.strerror or err}", SourceLocation(str(out))
-            ) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_png(fig, out, "cannot write")
     finally:
         plt.close(fig)
     return NormsReport(str(out), len(keys), len(logs))

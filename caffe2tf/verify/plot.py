@@ -11,8 +11,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caffe2tf.errors import Caffe2TfError, InputError, SourceLocation
+from caffe2tf.errors import InputError, SourceLocation
 from caffe2tf.verify.compare import Comparison
+
+
+def pyplot(needed_by: str) -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display); an InputError naming
+    ``needed_by`` (``--plot``, ``norms``) where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError(f"{needed_by} needs matplotlib: pip install 'caffe2tf[plot]'") from None
+    return plt
+
+
+def save_png(fig: Any, path: Path, failure: str) -> None:
+    """``fig`` written to ``path`` as a PNG through a temporary name beside it, renamed over
+    ``path`` once whole (a failed write leaves neither a half PNG nor the temporary file); an
+    InputError at ``path``, ``failure`` and the reason, where it cannot be written."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"{failure}: {err.strerror or err}", SourceLocation(str(path))) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def plot_deviation(
@@ -20,13 +48,7 @@ def plot_deviation(
 ) -> Path:
     """Write a log-scale plot of ``dev[t][b]`` (one line per blob), the max over blobs and the
     tolerance, to ``path`` (written to a temporary name, then renamed)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise Caffe2TfError("--plot needs matplotlib: pip install 'caffe2tf[plot]'") from err
+    plt = pyplot("--plot")
     path = Path(path)
     steps = list(range(1, comparison.steps + 1))
     tiny = 1e-12
@@ -52,17 +74,7 @@ def plot_deviation(
         ax.set_title(title or f"deviation per step ({verdict}, max {comparison.deviation:.2e})")
         ax.legend(fontsize="small", ncol=2)
         fig.tight_layout()
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, path)
-        except OSError as err:
-            raise InputError(
-                f"cannot write the plot: {err.strerror or err}", SourceLocation(str(path))
-            ) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_png(fig, path, "cannot write the plot")
     finally:
         plt.close(fig)
     return path
@@ -175,13 +187,7 @@ def plot_components(
     difference of the rates at every iteration; the tolerance dashed in red. Then one panel
     per Caffe layer (:func:`norm_panels`): the L2 norm of each of its blobs over the updates
     of the ``stream`` run, ``reference_label`` solid and ``candidate_label`` dashed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise Caffe2TfError("--plot needs matplotlib: pip install 'caffe2tf[plot]'") from err
+    plt = pyplot("--plot")
     path = Path(path)
     tiny = 1e-12
     names = list(dict.fromkeys(r.component for r in runs))
@@ -250,17 +256,7 @@ def plot_components(
             fig.suptitle(title)
         # leave the suptitle its own band above the panels' titles
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()) if title else None)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, path)
-        except OSError as err:
-            raise InputError(
-                f"cannot write the plot: {err.strerror or err}", SourceLocation(str(path))
-            ) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_png(fig, path, "cannot write the plot")
     finally:
         plt.close(fig)
     return path

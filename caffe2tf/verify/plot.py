@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,9 @@ def plot_components(
                 c = r.comparison
                 xs = [r.start + t for t in range(1, c.steps + 1)]
                 ys = [max(v, tiny) if math.isfinite(v) else 1e6 for v in c.per_step]
-                ax.plot(xs, ys, linewidth=1.2, label=r.label[:48])
+                # a long label (a window's milestone) wrapped, not cut mid-word
+                label = "\n".join(textwrap.wrap(r.label, 44, max_lines=2, placeholder="..."))
+                ax.plot(xs, ys, linewidth=1.2, label=label)
             tol = mine[0].comparison.tolerance
             ax.axhline(tol, color="red", linestyle="--", linewidth=1, label=f"tolerance {tol:g}")
             ax.set_yscale("log")

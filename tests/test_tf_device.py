@@ -64,25 +64,35 @@ UNCOMPILABLE = textwrap.dedent('''
 def test_which_verifies_the_fused_engine_takes():
     from types import SimpleNamespace as Run
 
-    lenet = {"ip1/0": (500, 800), "conv1/0": (20, 1, 5, 5)}
+    lenet = {"conv1/0": (20, 1, 5, 5), "conv1/1": (20,), "conv2/0": (50, 20, 5, 5),
+             "conv2/1": (50,), "ip1/0": (500, 800), "ip1/1": (500,), "ip2/0": (10, 500),
+             "ip2/1": (10,)}  # fmt: skip
     vgg16 = {"fc6/0": (4096, 25088), "fc7/0": (4096, 4096)}
+    # 128 blobs of 7M weights in all, as GoogLeNet's
+    googlenet = {f"b{i}/0": (54_700,) for i in range(128)}
 
     def runs(shapes, *updates):
         return [Run(shapes=shapes, updates=n) for n in updates]
 
     assert tf_device.fused_applies(runs(lenet, 1000, 300, 60))  # --steps 1000
-    assert not tf_device.fused_applies(runs(lenet, 100, 300, 60))  # --steps 100
+    # --steps 100: 400 updates of LeNet's 431k weights, 1.7e8 >= 8 blobs x 1.5e7
+    assert tf_device.fused_applies(runs(lenet, 100, 300))
+    assert not tf_device.fused_applies(runs(lenet, 20, 60))  # --steps 20: 3.4e7
     assert tf_device.fused_applies(runs({"a": (4000, 1000)}, 100, 200))  # 1.2e9 weight-updates
     assert tf_device.fused_applies(runs(vgg16, 20, 150))  # VGG16 --steps 20: any size
     assert not tf_device.fused_applies(runs({"a": (10, 10)}, 999))
+    # many blobs: the per-blob rule would ask for 1.9e9, the plain one for 1e9
+    assert not tf_device.fused_applies(runs(googlenet, 20, 100))  # 8.4e8
+    assert tf_device.fused_applies(runs(googlenet, 20, 130))  # 1.05e9
     assert not tf_device.fused_applies([])
 
 
 def test_the_runs_of_one_program_go_to_it_together_where_they_pay_for_it():
     """LeNet's --steps 1000: the stream and its schedule windows share the float32 program
     (1,300 updates) and take the fused loop; the float64 probes (60 updates of cut blobs)
-    would pay 2 s for their own program and run on the host engine. At --steps 100 neither
-    group is enough. The report's device line names the runs on the host engine."""
+    would pay 2 s for their own program and run on the host engine. At --steps 100 (400
+    updates of 8 blobs) the float32 group is still enough, at --steps 20 neither group is. The
+    report's device line names the runs on the host engine."""
     from caffe2tf.app.pipeline import load_pipeline
     from caffe2tf.verify.components import plan_runs
     from caffe2tf.verify.inputs import SeededWeights
@@ -98,7 +108,10 @@ def test_the_runs_of_one_program_go_to_it_together_where_they_pay_for_it():
     chosen = {(r.component, r.start): f for r, f in zip(runs, fused, strict=True)}
     assert {c for (c, _), f in chosen.items() if f} == {"stream", "schedule"}
     assert {c for (c, _), f in chosen.items() if not f} == {"decay", "state"}
-    assert not any(tf_device.fused_runs(plan(100)))
+    for steps, fused_components in ((100, {"stream", "schedule"}), (20, set())):
+        runs = plan(steps)
+        fused = tf_device.fused_runs(runs)
+        assert {r.component for r, f in zip(runs, fused, strict=True) if f} == fused_components
     report = verify_solver("fixtures/lenet/solver.prototxt", steps=1000)
     assert report.passed
     assert report.device == (

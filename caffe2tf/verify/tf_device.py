@@ -52,6 +52,14 @@ from caffe2tf.verify.stream_program import gradient_function, tf_ops
 #: engine, in a sixth of its time (bench/RESULTS.md "Session 12")
 FUSED_MIN_UPDATES = 1000
 FUSED_MIN_WORK = 1e9
+#: ... or from this much work per compared blob, where that is less: the loop's one-off cost
+#: grows with the blobs it traces and converts (LeNet's 8: about 2.3 s with its program in the
+#: cache, 5 s compiling it), the host engine's with the weights and updates (LeNet: about
+#: 18 ms an update). So LeNet's ``--steps 100`` (400 updates, 1.7e8 weight-updates) takes the
+#: loop: 3.4-4.2 s beyond start-up against 7.6-8.4 s on the host engine, 6.5-7.0 s against
+#: 8.6-9.1 s with nothing cached (bench/RESULTS.md "Session 14"); a net of many blobs
+#: (GoogLeNet's 128) is held to :data:`FUSED_MIN_WORK`
+FUSED_WORK_PER_BLOB = 1.5e7
 
 
 class NotCompiled(Exception):
@@ -78,10 +86,14 @@ def fused_runs(runs: Sequence[Run]) -> list[bool]:
 
 def fused_applies(runs: Sequence[Run]) -> bool:
     """Whether the fused TensorFlow engine takes a verify of these runs: from
-    :data:`FUSED_MIN_UPDATES` updates or :data:`FUSED_MIN_WORK` weights x updates on."""
-    size = sum(int(np.prod(s)) for s in runs[0].shapes.values()) if runs else 0
+    :data:`FUSED_MIN_UPDATES` updates on, or from ``min(FUSED_MIN_WORK, FUSED_WORK_PER_BLOB
+    x blobs)`` weights x updates."""
+    if not runs:
+        return False
+    size = sum(int(np.prod(s)) for s in runs[0].shapes.values())
     updates = sum(r.updates for r in runs)
-    return bool(runs) and (updates >= FUSED_MIN_UPDATES or size * updates >= FUSED_MIN_WORK)
+    least = min(FUSED_MIN_WORK, FUSED_WORK_PER_BLOB * len(runs[0].shapes))
+    return updates >= FUSED_MIN_UPDATES or size * updates >= least
 
 
 class TfDeviceEngine:
@@ -347,6 +359,7 @@ def _blockwise(
 __all__ = [
     "FUSED_MIN_UPDATES",
     "FUSED_MIN_WORK",
+    "FUSED_WORK_PER_BLOB",
     "NotCompiled",
     "TfDeviceEngine",
     "fused_applies",

@@ -19,14 +19,13 @@ Each form is one compiled ``lax.scan`` of ``K`` updates of one blob of ``N`` flo
 - ``paired``: the two weights as one ``(2, N)`` array and the two states as another, both rules
   one elementwise formula with a sign per row.
 
-Prints the fastest of 5 calls of each (the forms alternating) and its ratio to ``alone``, in a
-Markdown table for bench/RESULTS.md ("Session 14").
+Prints the fastest of 5 calls of each (the forms alternating: ``bench_reductions.fastest``)
+and its ratio to ``alone``, in a Markdown table for bench/RESULTS.md ("Session 14").
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+from bench_reductions import fastest, forms_parser
 
 FORMS = ("alone", "separate", "separate-nomax", "stacked", "interleaved", "paired")
 
@@ -104,11 +103,7 @@ def arguments(form: str, arrays: list) -> tuple:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--elements", type=int, default=409_600)
-    parser.add_argument("--updates", type=int, default=1000)
-    parser.add_argument("forms", nargs="*", default=list(FORMS))
-    args = parser.parse_args()
+    args = forms_parser(__doc__, FORMS).parse_args()
     import jax
     import numpy as np
 
@@ -116,14 +111,7 @@ def main() -> int:
     arrays = [jax.numpy.asarray(rng.standard_normal(args.elements, dtype=np.float32))
               for _ in range(5)]  # fmt: skip
     fns = {f: (make(f, args.updates), arguments(f, arrays)) for f in args.forms}
-    for fn, xs in fns.values():
-        jax.block_until_ready(fn(*xs))  # compiled on the first call
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(5):
-        for f, (fn, xs) in fns.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*xs))
-            best[f] = min(best[f], time.perf_counter() - t)
+    best = fastest({f: (lambda fn=fn, xs=xs: fn(*xs)) for f, (fn, xs) in fns.items()})
     base = best.get("alone")
     print(f"{args.elements:,} float32 weights, {args.updates} updates, {jax.devices()[0]}")
     print("| form | µs per update | ratio to `alone` |")

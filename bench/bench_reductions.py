@@ -58,11 +58,34 @@ def make(form: str, updates: int):  # noqa: ANN201
     return jax.jit(lambda c, r: lax.fori_loop(0, updates, body, (c, r, jnp.float32(0))))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def forms_parser(doc: str, forms: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The command line these microbenchmarks share: ``--elements``, ``--updates``, forms."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--elements", type=int, default=409_600)
     parser.add_argument("--updates", type=int, default=1000)
-    parser.add_argument("forms", nargs="*", default=list(FORMS))
+    parser.add_argument("forms", nargs="*", default=list(forms))
+    return parser
+
+
+def fastest(calls: dict, repeats: int = 5) -> dict[str, float]:
+    """Per name, the fastest of ``repeats`` timed calls of its compiled function (a call
+    first, which compiles it; then the names in turn, so a load that comes and goes is
+    shared)."""
+    import jax
+
+    for call in calls.values():
+        jax.block_until_ready(call())
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(call())
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def main() -> int:
+    parser = forms_parser(__doc__, FORMS)
     args = parser.parse_args()
     if args.elements % 128:
         parser.error("--elements must be a multiple of 128")
@@ -72,14 +95,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     c, r = (jax.numpy.asarray(rng.standard_normal(args.elements, dtype=np.float32)) for _ in "cr")
     fns = {f: make(f, args.updates) for f in args.forms}
-    for fn in fns.values():
-        jax.block_until_ready(fn(c, r))  # compiled on the first call
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(5):
-        for f, fn in fns.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn(c, r))
-            best[f] = min(best[f], time.perf_counter() - t)
+    best = fastest({f: (lambda fn=fn: fn(c, r)) for f, fn in fns.items()})
     base = best.get("none")
     print(f"{args.elements:,} float32 elements, {args.updates} iterations, {jax.devices()[0]}")
     print("| form | µs per iteration | above the update alone (µs) |")
